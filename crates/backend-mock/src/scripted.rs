@@ -1,0 +1,282 @@
+//! A [`FlowSource`] that plays a script.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flow_core::{FlowError, FlowEvent, FlowKey, FlowSource, FlowStream, LossPoint};
+use futures::stream::{self, BoxStream};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+/// One step of a script.
+#[derive(Debug)]
+pub enum Step {
+    /// Yield this item: an event, a loss, or a (fatal) error.
+    Item(Result<FlowEvent, FlowError>),
+    /// Wait this long before the next step (tokio time, so paused test
+    /// clocks apply).
+    Delay(Duration),
+}
+
+impl From<FlowEvent> for Step {
+    fn from(event: FlowEvent) -> Self {
+        Self::Item(Ok(event))
+    }
+}
+
+impl From<FlowError> for Step {
+    fn from(error: FlowError) -> Self {
+        Self::Item(Err(error))
+    }
+}
+
+impl From<Result<FlowEvent, FlowError>> for Step {
+    fn from(item: Result<FlowEvent, FlowError>) -> Self {
+        Self::Item(item)
+    }
+}
+
+/// A [`FlowSource`] that yields a scripted sequence of items.
+///
+/// It behaves like a real backend: a fatal (non-[`Lost`](FlowError::Lost))
+/// error ends its stream, and it can be started only once.
+///
+/// ```
+/// use flow_backend_mock::{ScriptedSource, Step};
+/// use flow_core::{FlowEvent, FlowKey, FlowSource};
+/// use futures::StreamExt;
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// let key = FlowKey::udp("10.0.0.1:5353".parse().unwrap(), "10.0.0.2:53".parse().unwrap());
+/// let (sender, mut source) = ScriptedSource::channel("live", 16);
+/// sender.send(Step::from(FlowEvent::opened(key, 1))).await.unwrap();
+/// drop(sender); // the stream ends when every sender is gone
+/// let items: Vec<_> = source.start().await?.collect().await;
+/// assert_eq!(items.len(), 1);
+/// # Ok::<(), flow_core::FlowError>(())
+/// # }).unwrap();
+/// ```
+pub struct ScriptedSource {
+    name: String,
+    script: Option<BoxStream<'static, Step>>,
+}
+
+impl ScriptedSource {
+    /// A source that plays `script`, a stream of steps.
+    pub fn from_stream(
+        name: impl Into<String>,
+        script: impl Stream<Item = Step> + Send + 'static,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            script: Some(script.boxed()),
+        }
+    }
+
+    /// A source that plays a list or iterator of steps.
+    pub fn from_steps<I>(name: impl Into<String>, steps: I) -> Self
+    where
+        I: IntoIterator<Item = Step>,
+        I::IntoIter: Send + 'static,
+    {
+        Self::from_stream(name, stream::iter(steps))
+    }
+
+    /// A source that yields these events, in order, then ends.
+    ///
+    /// ```
+    /// use flow_backend_mock::ScriptedSource;
+    /// use flow_core::{FlowEvent, FlowKey};
+    /// let key = FlowKey::tcp("10.0.0.1:40000".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
+    /// let source = ScriptedSource::from_events("mock", vec![FlowEvent::opened(key, 1)]);
+    /// ```
+    pub fn from_events<I>(name: impl Into<String>, events: I) -> Self
+    where
+        I: IntoIterator<Item = FlowEvent>,
+        I::IntoIter: Send + 'static,
+    {
+        Self::from_steps(name, events.into_iter().map(Step::from))
+    }
+
+    /// A source that yields these items (events, losses, errors), in order.
+    pub fn from_items<I>(name: impl Into<String>, items: I) -> Self
+    where
+        I: IntoIterator<Item = Result<FlowEvent, FlowError>>,
+        I::IntoIter: Send + 'static,
+    {
+        Self::from_steps(name, items.into_iter().map(Step::Item))
+    }
+
+    /// A source fed live through a channel of `capacity` steps; it ends when
+    /// every sender is dropped.
+    pub fn channel(name: impl Into<String>, capacity: usize) -> (mpsc::Sender<Step>, Self) {
+        let (sender, receiver) = mpsc::channel(capacity);
+        let script = stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|step| (step, receiver))
+        });
+        (sender, Self::from_stream(name, script))
+    }
+
+    /// A builder for a script written step by step.
+    pub fn builder(name: impl Into<String>) -> ScriptBuilder {
+        ScriptBuilder {
+            name: name.into(),
+            steps: Vec::new(),
+        }
+    }
+}
+
+/// Plays a script: sleeps on delays, yields items, and stops after a fatal
+/// error as a real backend would.
+fn play(script: BoxStream<'static, Step>) -> FlowStream {
+    stream::unfold(Some(script), |script| async move {
+        let mut script = script?;
+        loop {
+            match script.next().await? {
+                Step::Delay(duration) => tokio::time::sleep(duration).await,
+                Step::Item(item) => {
+                    let fatal = item.as_ref().is_err_and(|error| !error.is_recoverable());
+                    return Some((item, (!fatal).then_some(script)));
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+#[async_trait]
+impl FlowSource for ScriptedSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn start(&mut self) -> Result<FlowStream, FlowError> {
+        let script = self.script.take().ok_or_else(|| {
+            FlowError::unavailable(&self.name, "this scripted source was already started")
+        })?;
+        Ok(play(script))
+    }
+}
+
+/// Writes a script step by step; [`ScriptBuilder::build`] makes the source.
+#[derive(Debug)]
+pub struct ScriptBuilder {
+    name: String,
+    steps: Vec<Step>,
+}
+
+impl ScriptBuilder {
+    /// Adds any step.
+    #[must_use]
+    pub fn step(mut self, step: impl Into<Step>) -> Self {
+        self.steps.push(step.into());
+        self
+    }
+
+    /// Adds an event.
+    #[must_use]
+    pub fn event(self, event: FlowEvent) -> Self {
+        self.step(event)
+    }
+
+    /// Adds an `Opened` event.
+    #[must_use]
+    pub fn opened(self, key: FlowKey, timestamp_ns: u64) -> Self {
+        self.event(FlowEvent::opened(key, timestamp_ns))
+    }
+
+    /// Adds a `Closed` event.
+    #[must_use]
+    pub fn closed(self, key: FlowKey, pkt_count: u64, byte_count: u64, timestamp_ns: u64) -> Self {
+        self.event(FlowEvent::closed(key, pkt_count, byte_count, timestamp_ns))
+    }
+
+    /// Adds a recoverable loss item, stamped when it is played.
+    #[must_use]
+    pub fn lost(self, point: LossPoint, count: Option<u64>) -> Self {
+        self.step(FlowError::lost(point, count))
+    }
+
+    /// Adds an error; a fatal one ends the stream when it is played.
+    #[must_use]
+    pub fn error(self, error: FlowError) -> Self {
+        self.step(error)
+    }
+
+    /// Adds a pause.
+    #[must_use]
+    pub fn delay(self, duration: Duration) -> Self {
+        self.step(Step::Delay(duration))
+    }
+
+    /// The source that plays the script.
+    #[must_use]
+    pub fn build(self) -> ScriptedSource {
+        ScriptedSource::from_steps(self.name, self.steps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> FlowKey {
+        FlowKey::tcp(
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_fatal_error_ends_the_stream() {
+        let mut source = ScriptedSource::builder("s")
+            .opened(key(), 1)
+            .error(FlowError::unavailable("s", "gone"))
+            .opened(key(), 2)
+            .build();
+        let items: Vec<_> = source.start().await.unwrap().collect().await;
+        assert_eq!(items.len(), 2);
+        assert!(matches!(items[1], Err(FlowError::Unavailable { .. })));
+    }
+
+    #[tokio::test]
+    async fn losses_do_not_end_the_stream() {
+        let mut source = ScriptedSource::builder("s")
+            .lost(LossPoint::SequenceGap, Some(4))
+            .opened(key(), 2)
+            .build();
+        let items: Vec<_> = source.start().await.unwrap().collect().await;
+        assert!(matches!(
+            items[0],
+            Err(FlowError::Lost {
+                point: LossPoint::SequenceGap,
+                count: Some(4),
+                ..
+            })
+        ));
+        assert_eq!(items[1].as_ref().unwrap().timestamp_ns, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delays_wait_on_tokio_time() {
+        let mut source = ScriptedSource::builder("s")
+            .delay(Duration::from_secs(30))
+            .opened(key(), 1)
+            .build();
+        let started = tokio::time::Instant::now();
+        let items: Vec<_> = source.start().await.unwrap().collect().await;
+        assert_eq!(items.len(), 1);
+        assert!(started.elapsed() >= Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn starts_only_once() {
+        let mut source = ScriptedSource::from_events("s", Vec::new());
+        assert!(source.start().await.is_ok());
+        let error = source.start().await.err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            "s backend unavailable: this scripted source was already started"
+        );
+    }
+}

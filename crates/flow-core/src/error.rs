@@ -1,0 +1,213 @@
+use std::fmt;
+use std::io;
+
+use crate::clock;
+use crate::event::Seconds;
+
+/// Where along the way observations were dropped.
+///
+/// Every loss point is counted separately, so that an operator can tell a
+/// kernel buffer overrun from a slow consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub enum LossPoint {
+    /// The eBPF ring buffer was full when the kernel program reserved a
+    /// record.
+    RingBufferFull,
+    /// The kernel's flow table evicted a live flow to make room.
+    FlowTableEviction,
+    /// A netlink receive queue overflowed (`ENOBUFS`).
+    NetlinkOverrun,
+    /// nfnetlink_log sequence numbers skipped.
+    SequenceGap,
+    /// A bounded queue inside flowtrack was full.
+    QueueOverflow,
+    /// The loss was recorded elsewhere and replayed; where it happened is not
+    /// known (flowtrack's JSON output does not carry the loss point).
+    Recorded,
+}
+
+impl LossPoint {
+    /// A short, stable, snake_case name for logs and metrics labels.
+    ///
+    /// ```
+    /// assert_eq!(flow_core::LossPoint::RingBufferFull.name(), "ring_buffer_full");
+    /// ```
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::RingBufferFull => "ring_buffer_full",
+            Self::FlowTableEviction => "flow_table_eviction",
+            Self::NetlinkOverrun => "netlink_overrun",
+            Self::SequenceGap => "sequence_gap",
+            Self::QueueOverflow => "queue_overflow",
+            Self::Recorded => "recorded",
+        }
+    }
+}
+
+impl fmt::Display for LossPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::RingBufferFull => "ring buffer full",
+            Self::FlowTableEviction => "flow table eviction",
+            Self::NetlinkOverrun => "netlink receive queue overrun",
+            Self::SequenceGap => "sequence gap",
+            Self::QueueOverflow => "flowtrack queue full",
+            Self::Recorded => "recorded loss",
+        })
+    }
+}
+
+/// Displays an optional loss count: `12 observations` or `an unknown number
+/// of observations`.
+struct LossCount(Option<u64>);
+
+impl fmt::Display for LossCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(1) => f.write_str("1 observation"),
+            Some(count) => write!(f, "{count} observations"),
+            None => f.write_str("an unknown number of observations"),
+        }
+    }
+}
+
+/// What a [`FlowSource`](crate::FlowSource) yields instead of an event.
+///
+/// [`FlowError::Lost`] is recoverable: the source reports it in-band where
+/// the loss happened and keeps going, so that consumers can tell "no flows"
+/// from "flows lost". Every other variant is fatal: the source yields nothing
+/// after it. [`FlowError::is_recoverable`] tells which.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlowError {
+    /// Observations were dropped at `point`; the stream goes on.
+    #[error("{} lost ({point}) at {}", LossCount(*count), Seconds(*timestamp_ns))]
+    Lost {
+        /// Where they were dropped.
+        point: LossPoint,
+        /// How many, when the backend knows.
+        count: Option<u64>,
+        /// When the loss was noticed, CLOCK_MONOTONIC nanoseconds.
+        timestamp_ns: u64,
+    },
+    /// The process lacks a privilege the backend needs.
+    #[error("{action} needs {needs}: run as root or grant it")]
+    PermissionDenied {
+        /// What was attempted, e.g. "loading the eBPF program".
+        action: String,
+        /// The privilege, e.g. "CAP_BPF".
+        needs: String,
+    },
+    /// The backend cannot run here: not built in, kernel support missing, or
+    /// already started.
+    #[error("{backend} backend unavailable: {reason}")]
+    Unavailable {
+        /// The backend's name.
+        backend: String,
+        /// Why, and what to do about it.
+        reason: String,
+    },
+    /// Input the source reads (a file, a kernel message) is malformed.
+    #[error("{context}: {message}")]
+    InvalidInput {
+        /// Where: a file and line, a message type.
+        context: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An I/O operation failed. The message includes the underlying error
+    /// (it is not repeated as `source()`, so error chains print it once).
+    #[error("{context}: {error}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        error: io::Error,
+    },
+}
+
+impl FlowError {
+    /// A loss at `point`, stamped with the current monotonic time.
+    ///
+    /// ```
+    /// use flow_core::{FlowError, LossPoint};
+    /// let loss = FlowError::lost(LossPoint::NetlinkOverrun, None);
+    /// assert!(loss.is_recoverable());
+    /// assert!(loss.to_string().starts_with("an unknown number of observations lost"));
+    /// ```
+    #[must_use]
+    pub fn lost(point: LossPoint, count: Option<u64>) -> Self {
+        Self::lost_at(point, count, clock::monotonic_now_ns())
+    }
+
+    /// A loss at `point`, noticed at `timestamp_ns`.
+    ///
+    /// ```
+    /// use flow_core::{FlowError, LossPoint};
+    /// let loss = FlowError::lost_at(LossPoint::RingBufferFull, Some(3), 1_000_000_000);
+    /// assert_eq!(loss.to_string(), "3 observations lost (ring buffer full) at 1.000000000s");
+    /// ```
+    #[must_use]
+    pub fn lost_at(point: LossPoint, count: Option<u64>, timestamp_ns: u64) -> Self {
+        Self::Lost {
+            point,
+            count,
+            timestamp_ns,
+        }
+    }
+
+    /// An I/O error with what was being done.
+    ///
+    /// ```
+    /// use flow_core::FlowError;
+    /// let err = FlowError::io("reading flows.jsonl", std::io::ErrorKind::NotFound.into());
+    /// assert!(!err.is_recoverable());
+    /// assert!(err.to_string().starts_with("reading flows.jsonl: "));
+    /// ```
+    #[must_use]
+    pub fn io(context: impl Into<String>, error: io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            error,
+        }
+    }
+
+    /// Malformed input at `context`.
+    ///
+    /// ```
+    /// use flow_core::FlowError;
+    /// let err = FlowError::invalid_input("flows.jsonl line 3", "missing field `dport`");
+    /// assert_eq!(err.to_string(), "flows.jsonl line 3: missing field `dport`");
+    /// ```
+    #[must_use]
+    pub fn invalid_input(context: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidInput {
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The backend cannot run here, and why.
+    ///
+    /// ```
+    /// use flow_core::FlowError;
+    /// let err = FlowError::unavailable("ebpf", "kernel lacks BTF");
+    /// assert_eq!(err.to_string(), "ebpf backend unavailable: kernel lacks BTF");
+    /// ```
+    #[must_use]
+    pub fn unavailable(backend: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Unavailable {
+            backend: backend.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether the source goes on after this item (only losses do).
+    #[must_use]
+    pub fn is_recoverable(&self) -> bool {
+        matches!(self, Self::Lost { .. })
+    }
+}

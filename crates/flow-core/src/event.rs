@@ -1,0 +1,144 @@
+use std::fmt;
+
+use crate::FlowKey;
+use crate::clock::NANOS_PER_SEC;
+
+/// What happened to a flow.
+///
+/// Non-exhaustive: backends that know more (a policy drop, a close reason)
+/// add variants; match with a wildcard arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub enum FlowEventKind {
+    /// The flow's first packet was seen.
+    Opened,
+    /// The flow ended. Counters cover both directions at the IP level
+    /// (header included). A backend that cannot count documents it.
+    Closed {
+        /// Packets in both directions.
+        pkt_count: u64,
+        /// IP-level bytes in both directions.
+        byte_count: u64,
+    },
+}
+
+impl FlowEventKind {
+    /// The kind's name in the output: `opened`, `closed`.
+    ///
+    /// ```
+    /// assert_eq!(flow_core::FlowEventKind::Opened.name(), "opened");
+    /// ```
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Opened => "opened",
+            Self::Closed { .. } => "closed",
+        }
+    }
+}
+
+/// One thing that happened to one flow, at one time.
+///
+/// Built with [`FlowEvent::opened`], [`FlowEvent::closed`] or
+/// [`FlowEvent::new`]; non-exhaustive so that fields can be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct FlowEvent {
+    /// The flow, oriented initiator → responder.
+    pub key: FlowKey,
+    /// What happened.
+    pub kind: FlowEventKind,
+    /// When, in CLOCK_MONOTONIC nanoseconds ([`crate::clock`]).
+    pub timestamp_ns: u64,
+}
+
+impl FlowEvent {
+    /// An event of any kind.
+    ///
+    /// ```
+    /// use flow_core::{FlowEvent, FlowEventKind, FlowKey};
+    /// let key = FlowKey::udp("10.0.0.1:5353".parse()?, "10.0.0.2:53".parse()?);
+    /// let event = FlowEvent::new(key, FlowEventKind::Opened, 42);
+    /// assert_eq!(event.timestamp_ns, 42);
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn new(key: FlowKey, kind: FlowEventKind, timestamp_ns: u64) -> Self {
+        Self {
+            key,
+            kind,
+            timestamp_ns,
+        }
+    }
+
+    /// A flow's first packet was seen.
+    ///
+    /// ```
+    /// use flow_core::{FlowEvent, FlowEventKind, FlowKey};
+    /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
+    /// assert_eq!(FlowEvent::opened(key, 7).kind, FlowEventKind::Opened);
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn opened(key: FlowKey, timestamp_ns: u64) -> Self {
+        Self::new(key, FlowEventKind::Opened, timestamp_ns)
+    }
+
+    /// A flow ended after `pkt_count` packets and `byte_count` bytes (both
+    /// directions).
+    ///
+    /// ```
+    /// use flow_core::{FlowEvent, FlowEventKind, FlowKey};
+    /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
+    /// let event = FlowEvent::closed(key, 10, 1_200, 9);
+    /// assert_eq!(event.kind, FlowEventKind::Closed { pkt_count: 10, byte_count: 1_200 });
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn closed(key: FlowKey, pkt_count: u64, byte_count: u64, timestamp_ns: u64) -> Self {
+        Self::new(
+            key,
+            FlowEventKind::Closed {
+                pkt_count,
+                byte_count,
+            },
+            timestamp_ns,
+        )
+    }
+}
+
+/// Formats nanoseconds as seconds with nine decimals: `12.000000345s`.
+pub(crate) struct Seconds(pub(crate) u64);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}.{:09}s",
+            self.0 / NANOS_PER_SEC,
+            self.0 % NANOS_PER_SEC
+        )
+    }
+}
+
+impl fmt::Display for FlowEvent {
+    /// `closed tcp 10.0.0.1:40000 -> 10.0.0.2:80 at 1.5s (10 packets, 1200 bytes)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} at {}",
+            self.kind.name(),
+            self.key,
+            Seconds(self.timestamp_ns)
+        )?;
+        match self.kind {
+            FlowEventKind::Opened => Ok(()),
+            FlowEventKind::Closed {
+                pkt_count,
+                byte_count,
+            } => write!(f, " ({pkt_count} packets, {byte_count} bytes)"),
+        }
+    }
+}

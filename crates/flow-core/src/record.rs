@@ -1,0 +1,307 @@
+//! flowtrack's JSON-lines output schema: one object per line.
+//!
+//! | field     | on            | value                                                   |
+//! |-----------|---------------|---------------------------------------------------------|
+//! | `ts_ns`   | every line    | CLOCK_MONOTONIC nanoseconds                             |
+//! | `kind`    | every line    | `"opened"`, `"closed"`, or `"lost"`                     |
+//! | `proto`   | opened/closed | `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"`, else the number as a string |
+//! | `src`     | opened/closed | initiator address                                       |
+//! | `sport`   | opened/closed | initiator port                                          |
+//! | `dst`     | opened/closed | responder address                                       |
+//! | `dport`   | opened/closed | responder port                                          |
+//! | `packets` | closed        | packets, both directions                                |
+//! | `bytes`   | closed        | IP-level bytes, both directions                         |
+//! | `backend` | every line    | the backend that observed it                            |
+//! | `count`   | lost          | observations lost, `null` when unknown                  |
+//!
+//! Unknown fields are ignored when reading, so that files written by a newer
+//! flowtrack still replay.
+//!
+//! ```
+//! use flow_core::{FlowEvent, FlowKey};
+//! use flow_core::record::FlowRecord;
+//!
+//! let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
+//! let record = FlowRecord::event("ebpf", FlowEvent::closed(key, 10, 1_200, 5));
+//! let mut line = Vec::new();
+//! record.write_json_line(&mut line)?;
+//! assert_eq!(
+//!     String::from_utf8(line.clone())?,
+//!     "{\"ts_ns\":5,\"kind\":\"closed\",\"proto\":\"tcp\",\"src\":\"10.0.0.1\",\"sport\":40000,\
+//!      \"dst\":\"10.0.0.2\",\"dport\":80,\"packets\":10,\"bytes\":1200,\"backend\":\"ebpf\"}\n"
+//! );
+//! assert_eq!(FlowRecord::from_json_line(std::str::from_utf8(&line)?)?, record);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::{FlowEvent, FlowEventKind, FlowKey, LossPoint, protocol};
+
+/// One line of output: an observation, tagged with the backend that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowRecord<'a> {
+    /// The backend's name.
+    pub backend: Cow<'a, str>,
+    /// What the backend observed.
+    pub item: RecordItem,
+}
+
+/// The content of a [`FlowRecord`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordItem {
+    /// A flow event.
+    Event(FlowEvent),
+    /// Observations were lost.
+    Lost {
+        /// Where (not written to JSON; [`LossPoint::Recorded`] when read back).
+        point: LossPoint,
+        /// How many, when known.
+        count: Option<u64>,
+        /// When the loss was noticed.
+        timestamp_ns: u64,
+    },
+}
+
+impl<'a> FlowRecord<'a> {
+    /// A record of an event.
+    #[must_use]
+    pub fn event(backend: impl Into<Cow<'a, str>>, event: FlowEvent) -> Self {
+        Self {
+            backend: backend.into(),
+            item: RecordItem::Event(event),
+        }
+    }
+
+    /// A record of a loss.
+    ///
+    /// ```
+    /// use flow_core::LossPoint;
+    /// use flow_core::record::FlowRecord;
+    /// let record = FlowRecord::lost("nflog", LossPoint::NetlinkOverrun, None, 9);
+    /// let mut line = Vec::new();
+    /// record.write_json_line(&mut line)?;
+    /// assert_eq!(line, b"{\"ts_ns\":9,\"kind\":\"lost\",\"backend\":\"nflog\",\"count\":null}\n");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use]
+    pub fn lost(
+        backend: impl Into<Cow<'a, str>>,
+        point: LossPoint,
+        count: Option<u64>,
+        timestamp_ns: u64,
+    ) -> Self {
+        Self {
+            backend: backend.into(),
+            item: RecordItem::Lost {
+                point,
+                count,
+                timestamp_ns,
+            },
+        }
+    }
+
+    /// The record's time, CLOCK_MONOTONIC nanoseconds.
+    #[must_use]
+    pub fn timestamp_ns(&self) -> u64 {
+        match self.item {
+            RecordItem::Event(event) => event.timestamp_ns,
+            RecordItem::Lost { timestamp_ns, .. } => timestamp_ns,
+        }
+    }
+
+    /// The `kind` field: `opened`, `closed` or `lost`.
+    #[must_use]
+    pub fn kind_name(&self) -> &'static str {
+        match &self.item {
+            RecordItem::Event(event) => event.kind.name(),
+            RecordItem::Lost { .. } => "lost",
+        }
+    }
+
+    /// Writes the record as one JSON line, newline included.
+    ///
+    /// # Errors
+    /// Whatever the writer returns.
+    pub fn write_json_line<W: io::Write>(&self, mut writer: W) -> io::Result<()> {
+        serde_json::to_writer(&mut writer, self).map_err(io::Error::from)?;
+        writer.write_all(b"\n")
+    }
+
+    /// Parses one JSON line (without or with its newline).
+    ///
+    /// # Errors
+    /// [`RecordError`] names the field that is missing or malformed.
+    pub fn from_json_line(line: &str) -> Result<FlowRecord<'static>, RecordError> {
+        let mut deserializer = serde_json::Deserializer::from_str(line);
+        let wire: WireRecord =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(RecordError::from_serde)?;
+        deserializer.end().map_err(|e| RecordError {
+            field: None,
+            message: strip_position(&e),
+        })?;
+        wire.into_record()
+    }
+}
+
+impl Serialize for FlowRecord<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("ts_ns", &self.timestamp_ns())?;
+        map.serialize_entry("kind", self.kind_name())?;
+        match &self.item {
+            RecordItem::Event(event) => {
+                serialize_key(&mut map, &event.key)?;
+                if let FlowEventKind::Closed {
+                    pkt_count,
+                    byte_count,
+                } = event.kind
+                {
+                    map.serialize_entry("packets", &pkt_count)?;
+                    map.serialize_entry("bytes", &byte_count)?;
+                }
+                map.serialize_entry("backend", &self.backend)?;
+            }
+            RecordItem::Lost { count, .. } => {
+                map.serialize_entry("backend", &self.backend)?;
+                map.serialize_entry("count", count)?;
+            }
+        }
+        map.end()
+    }
+}
+
+fn serialize_key<M: SerializeMap>(map: &mut M, key: &FlowKey) -> Result<(), M::Error> {
+    match protocol::name(key.protocol) {
+        Some(name) => map.serialize_entry("proto", name)?,
+        None => map.serialize_entry("proto", &key.protocol.to_string())?,
+    }
+    map.serialize_entry("src", &key.src_addr)?;
+    map.serialize_entry("sport", &key.src_port)?;
+    map.serialize_entry("dst", &key.dst_addr)?;
+    map.serialize_entry("dport", &key.dst_port)
+}
+
+/// A line that is not a valid record, and which field is at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// The field at fault, when one is.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "field `{field}`: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+impl RecordError {
+    fn from_serde(error: serde_path_to_error::Error<serde_json::Error>) -> Self {
+        let path = error.path().to_string();
+        let field = (path != ".").then_some(path);
+        Self {
+            field,
+            message: strip_position(error.inner()),
+        }
+    }
+
+    fn missing(field: &str, kind: &str) -> Self {
+        Self {
+            field: None,
+            message: format!("missing field `{field}` (required on \"{kind}\")"),
+        }
+    }
+}
+
+/// serde_json appends " at line 1 column N"; within one line the caller
+/// names the line, so only the column is kept.
+fn strip_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    match text.rsplit_once(" at line ") {
+        Some((message, _)) => format!("{message} (column {})", error.column()),
+        None => text,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WireKind {
+    Opened,
+    Closed,
+    Lost,
+}
+
+/// The schema as read: everything optional but what every line has, then
+/// checked per kind in [`WireRecord::into_record`] to name what is missing.
+#[derive(Deserialize)]
+struct WireRecord {
+    ts_ns: u64,
+    kind: WireKind,
+    backend: String,
+    proto: Option<String>,
+    src: Option<IpAddr>,
+    sport: Option<u16>,
+    dst: Option<IpAddr>,
+    dport: Option<u16>,
+    packets: Option<u64>,
+    bytes: Option<u64>,
+    count: Option<u64>,
+}
+
+impl WireRecord {
+    fn into_record(self) -> Result<FlowRecord<'static>, RecordError> {
+        let kind_name = match self.kind {
+            WireKind::Opened => "opened",
+            WireKind::Closed => "closed",
+            WireKind::Lost => {
+                return Ok(FlowRecord::lost(
+                    self.backend,
+                    LossPoint::Recorded,
+                    self.count,
+                    self.ts_ns,
+                ));
+            }
+        };
+        fn require<T>(value: Option<T>, field: &str, kind: &str) -> Result<T, RecordError> {
+            value.ok_or_else(|| RecordError::missing(field, kind))
+        }
+        let proto_text = require(self.proto, "proto", kind_name)?;
+        let protocol = protocol::parse(&proto_text).ok_or_else(|| RecordError {
+            field: Some("proto".into()),
+            message: format!(
+                "unknown protocol {proto_text:?}: expected tcp, udp, icmp, icmpv6 or a number 0-255"
+            ),
+        })?;
+        let key = FlowKey {
+            src_addr: require(self.src, "src", kind_name)?,
+            src_port: require(self.sport, "sport", kind_name)?,
+            dst_addr: require(self.dst, "dst", kind_name)?,
+            dst_port: require(self.dport, "dport", kind_name)?,
+            protocol,
+        };
+        let event = match self.kind {
+            WireKind::Closed => FlowEvent::closed(
+                key,
+                require(self.packets, "packets", kind_name)?,
+                require(self.bytes, "bytes", kind_name)?,
+                self.ts_ns,
+            ),
+            _ => FlowEvent::opened(key, self.ts_ns),
+        };
+        Ok(FlowRecord::event(self.backend, event))
+    }
+}

@@ -1,0 +1,165 @@
+//! Properties of the event contract.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use flow_core::record::{FlowRecord, RecordItem};
+use flow_core::{FlowError, FlowEvent, FlowEventKind, FlowKey, LossPoint};
+use proptest::prelude::*;
+
+fn any_addr() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<u32>().prop_map(|bits| IpAddr::V4(Ipv4Addr::from(bits))),
+        any::<u128>().prop_map(|bits| IpAddr::V6(Ipv6Addr::from(bits))),
+    ]
+}
+
+fn any_key() -> impl Strategy<Value = FlowKey> {
+    (
+        any_addr(),
+        any::<u16>(),
+        any_addr(),
+        any::<u16>(),
+        any::<u8>(),
+    )
+        .prop_map(
+            |(src_addr, src_port, dst_addr, dst_port, protocol)| FlowKey {
+                src_addr,
+                src_port,
+                dst_addr,
+                dst_port,
+                protocol,
+            },
+        )
+}
+
+fn any_kind() -> impl Strategy<Value = FlowEventKind> {
+    prop_oneof![
+        Just(FlowEventKind::Opened),
+        (any::<u64>(), any::<u64>()).prop_map(|(pkt_count, byte_count)| FlowEventKind::Closed {
+            pkt_count,
+            byte_count
+        }),
+    ]
+}
+
+fn any_event() -> impl Strategy<Value = FlowEvent> {
+    (any_key(), any_kind(), any::<u64>()).prop_map(|(key, kind, ts)| FlowEvent::new(key, kind, ts))
+}
+
+fn any_record() -> impl Strategy<Value = FlowRecord<'static>> {
+    let backend = "[a-z0-9_\\-\"\\\\ é]{0,12}";
+    prop_oneof![
+        (backend, any_event()).prop_map(|(backend, event)| FlowRecord::event(backend, event)),
+        (backend, proptest::option::of(any::<u64>()), any::<u64>()).prop_map(
+            |(backend, count, ts)| FlowRecord::lost(backend, LossPoint::Recorded, count, ts)
+        ),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn json_round_trip(record in any_record()) {
+        let mut line = Vec::new();
+        record.write_json_line(&mut line).unwrap();
+        prop_assert_eq!(line.last(), Some(&b'\n'));
+        prop_assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        let text = std::str::from_utf8(&line).unwrap();
+        prop_assert_eq!(FlowRecord::from_json_line(text).unwrap(), record);
+    }
+
+    #[test]
+    fn key_reversal_is_an_involution(key in any_key()) {
+        prop_assert_eq!(key.reversed().reversed(), key);
+        prop_assert_eq!(key.reversed().src(), key.dst());
+    }
+
+    #[test]
+    fn display_never_panics(event in any_event(), count in proptest::option::of(any::<u64>()), ts in any::<u64>()) {
+        prop_assert!(!event.to_string().is_empty());
+        prop_assert!(!event.key.to_string().is_empty());
+        let loss = FlowError::lost_at(LossPoint::QueueOverflow, count, ts);
+        prop_assert!(!loss.to_string().is_empty());
+    }
+
+    #[test]
+    fn parsing_arbitrary_text_never_panics(line in ".{0,200}") {
+        let _ = FlowRecord::from_json_line(&line);
+    }
+
+    #[test]
+    fn serde_round_trip_of_events(event in any_event()) {
+        let json = serde_json::to_string(&event).unwrap();
+        prop_assert_eq!(serde_json::from_str::<FlowEvent>(&json).unwrap(), event);
+    }
+}
+
+#[test]
+fn errors_name_the_field() {
+    let cases = [
+        (
+            r#"{"ts_ns":1,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":1,"dst":"10.0.0.2","backend":"x"}"#,
+            "missing field `dport` (required on \"opened\")",
+        ),
+        (
+            r#"{"ts_ns":1,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":70000,"dst":"10.0.0.2","dport":1,"backend":"x"}"#,
+            "field `sport`: invalid value: integer `70000`, expected u16 (column 71)",
+        ),
+        (
+            r#"{"ts_ns":1,"kind":"opened","proto":"tcpp","src":"10.0.0.1","sport":1,"dst":"10.0.0.2","dport":1,"backend":"x"}"#,
+            "field `proto`: unknown protocol \"tcpp\": expected tcp, udp, icmp, icmpv6 or a number 0-255",
+        ),
+        (
+            r#"{"ts_ns":1,"kind":"gone","backend":"x"}"#,
+            "field `kind`: unknown variant `gone`, expected one of `opened`, `closed`, `lost` (column 24)",
+        ),
+        (
+            r#"{"ts_ns":1,"kind":"closed","proto":"udp","src":"::1","sport":1,"dst":"::1","dport":1,"packets":2,"backend":"x"}"#,
+            "missing field `bytes` (required on \"closed\")",
+        ),
+        (
+            r#"{"ts_ns":1,"kind":"opened","proto":"tcp","src":"10.0.0.300","sport":1,"dst":"10.0.0.2","dport":1,"backend":"x"}"#,
+            "field `src`: invalid IP address syntax (column 59)",
+        ),
+        (
+            r#"{"ts_ns":1,"kind":"lost","backend":"x"} trailing"#,
+            "trailing characters (column 41)",
+        ),
+        ("", "EOF while parsing a value (column 0)"),
+    ];
+    for (line, expected) in cases {
+        let error = FlowRecord::from_json_line(line).unwrap_err();
+        assert_eq!(error.to_string(), expected, "for {line}");
+    }
+}
+
+#[test]
+fn lost_without_count_reads_as_unknown() {
+    let record =
+        FlowRecord::from_json_line(r#"{"ts_ns":3,"kind":"lost","backend":"ebpf"}"#).unwrap();
+    assert_eq!(
+        record.item,
+        RecordItem::Lost {
+            point: LossPoint::Recorded,
+            count: None,
+            timestamp_ns: 3
+        }
+    );
+}
+
+#[test]
+fn unknown_protocols_are_written_as_numbers() {
+    let key = FlowKey::new(
+        "10.0.0.1:1".parse().unwrap(),
+        "10.0.0.2:2".parse().unwrap(),
+        132,
+    );
+    let mut line = Vec::new();
+    FlowRecord::event("x", FlowEvent::opened(key, 0))
+        .write_json_line(&mut line)
+        .unwrap();
+    assert!(
+        String::from_utf8(line)
+            .unwrap()
+            .contains(r#""proto":"132""#)
+    );
+}

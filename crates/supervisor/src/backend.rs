@@ -1,0 +1,92 @@
+//! Choosing and opening backends by name.
+
+use flow_core::{FlowError, FlowSource};
+
+/// Which backend(s) observe the flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum BackendChoice {
+    /// eBPF when it can load and attach, else nflog.
+    #[default]
+    Auto,
+    /// The eBPF `cgroup_skb` backend only.
+    Ebpf,
+    /// The conntrack + nfnetlink_log backend only.
+    Nflog,
+    /// Both at once.
+    Both,
+}
+
+/// Opens the sources `choice` names, ready for [`crate::merge::Merger::add`].
+///
+/// # Errors
+/// [`FlowError::Unavailable`] naming each backend that cannot run and why:
+/// not compiled into this build, not built yet, or not supported here.
+///
+/// ```
+/// use flow_supervisor::backend::{BackendChoice, open};
+/// let error = open(BackendChoice::Auto).err().unwrap();
+/// assert!(error.to_string().starts_with("auto backend unavailable: no backend can run here: ebpf:"));
+/// ```
+pub fn open(choice: BackendChoice) -> Result<Vec<Box<dyn FlowSource>>, FlowError> {
+    match choice {
+        BackendChoice::Ebpf => Ok(vec![open_ebpf()?]),
+        BackendChoice::Nflog => Ok(vec![open_nflog()?]),
+        BackendChoice::Both => Ok(vec![open_ebpf()?, open_nflog()?]),
+        BackendChoice::Auto => match open_ebpf() {
+            Ok(ebpf) => Ok(vec![ebpf]),
+            Err(ebpf_error) => match open_nflog() {
+                Ok(nflog) => {
+                    tracing::warn!(%ebpf_error, "falling back to the nflog backend");
+                    Ok(vec![nflog])
+                }
+                Err(nflog_error) => Err(FlowError::unavailable(
+                    "auto",
+                    format!(
+                        "no backend can run here: ebpf: {}; nflog: {}",
+                        reason(&ebpf_error),
+                        reason(&nflog_error)
+                    ),
+                )),
+            },
+        },
+    }
+}
+
+/// Why a backend is unavailable, without repeating its name.
+fn reason(error: &FlowError) -> String {
+    match error {
+        FlowError::Unavailable { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn open_ebpf() -> Result<Box<dyn FlowSource>, FlowError> {
+    #[cfg(feature = "ebpf")]
+    return Err(FlowError::unavailable(
+        flow_backend_ebpf::BACKEND_NAME,
+        flow_backend_ebpf::NOT_BUILT_REASON,
+    ));
+    #[cfg(not(feature = "ebpf"))]
+    return Err(not_compiled_in("ebpf"));
+}
+
+fn open_nflog() -> Result<Box<dyn FlowSource>, FlowError> {
+    #[cfg(feature = "nflog")]
+    return Err(FlowError::unavailable(
+        flow_backend_nflog::BACKEND_NAME,
+        flow_backend_nflog::NOT_BUILT_REASON,
+    ));
+    #[cfg(not(feature = "nflog"))]
+    return Err(not_compiled_in("nflog"));
+}
+
+#[cfg(not(all(feature = "ebpf", feature = "nflog")))]
+fn not_compiled_in(backend: &str) -> FlowError {
+    FlowError::unavailable(
+        backend,
+        format!(
+            "not compiled into this build: rebuild flow-supervisor with `--features {backend}`"
+        ),
+    )
+}

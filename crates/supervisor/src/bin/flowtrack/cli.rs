@@ -1,0 +1,93 @@
+//! The command line, as clap parses it.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use flow_supervisor::backend::BackendChoice;
+use flow_supervisor::output::OutputFormat;
+
+/// Report every network connection a workload makes, straight from the Linux
+/// kernel.
+#[derive(Debug, Parser)]
+#[command(name = "flowtrack", version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a command and report every connection it makes (events on stderr).
+    Run(RunArgs),
+    /// Follow an existing cgroup or network namespace until Ctrl-C (events on stdout).
+    Watch(WatchArgs),
+    /// Replay recorded JSON lines through the same pipeline (events on stdout).
+    Replay(ReplayArgs),
+}
+
+/// Where and how events are written.
+#[derive(Debug, Args)]
+pub(crate) struct OutputArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub(crate) format: OutputFormat,
+    /// Write events to FILE instead of the command's default stream.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Which backend observes the flows.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub(crate) backend: BackendChoice,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+    /// The command to run, and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub(crate) command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    /// Which backend observes the flows.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub(crate) backend: BackendChoice,
+    #[command(flatten)]
+    pub(crate) scope: WatchScope,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// What `watch` follows: exactly one of a cgroup or a network namespace.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct WatchScope {
+    /// A cgroup v2 directory: report the connections of its processes.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) cgroup: Option<PathBuf>,
+    /// A network namespace (a name under /run/netns, or a path): report every
+    /// connection in it.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) netns: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReplayArgs {
+    /// A JSON-lines file as written by `--format json`.
+    pub(crate) file: PathBuf,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

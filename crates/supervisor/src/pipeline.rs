@@ -1,0 +1,93 @@
+//! Drives a merged stream into a [`RecordWriter`] and tallies what passed.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use flow_core::FlowError;
+use futures::{FutureExt, StreamExt};
+
+use crate::merge::{MergedItem, MergedStream};
+use crate::output::RecordWriter;
+
+/// A source that failed during the run.
+#[derive(Debug)]
+pub struct SourceFailure {
+    /// The source's name.
+    pub backend: Arc<str>,
+    /// Why it failed.
+    pub error: FlowError,
+}
+
+/// What a pipeline run wrote.
+#[derive(Debug, Default)]
+pub struct PipelineReport {
+    /// Flow events written.
+    pub events: u64,
+    /// Loss items written.
+    pub loss_items: u64,
+    /// Observations those loss items counted (those with a known count).
+    pub lost_observations: u64,
+    /// Loss items whose count was unknown.
+    pub losses_of_unknown_size: u64,
+    /// Sources that failed, in the order they failed.
+    pub failures: Vec<SourceFailure>,
+}
+
+impl PipelineReport {
+    /// Whether any observation was lost or any source failed.
+    #[must_use]
+    pub fn is_degraded(&self) -> bool {
+        self.loss_items > 0 || !self.failures.is_empty()
+    }
+}
+
+/// Writes every event and loss of `stream` until it ends, flushing whenever
+/// the stream has nothing ready (so a live reader sees events at once, and a
+/// burst is written in large blocks). A failing source is logged and listed
+/// in the report; the others go on.
+///
+/// # Errors
+/// The writer's error; the stream is dropped, which stops every source.
+pub async fn write_all<W: Write>(
+    mut stream: MergedStream,
+    writer: &mut RecordWriter<W>,
+) -> io::Result<PipelineReport> {
+    let mut report = PipelineReport::default();
+    loop {
+        let item = match stream.next().now_or_never() {
+            Some(Some(item)) => item,
+            Some(None) => break,
+            None => {
+                writer.flush()?;
+                match stream.next().await {
+                    Some(item) => item,
+                    None => break,
+                }
+            }
+        };
+        if let Some(record) = item.to_record() {
+            writer.write(&record)?;
+        }
+        tally(&mut report, item);
+    }
+    writer.flush()?;
+    Ok(report)
+}
+
+fn tally(report: &mut PipelineReport, item: MergedItem) {
+    match item {
+        MergedItem::Event { .. } => report.events += 1,
+        MergedItem::Lost { count, .. } => {
+            report.loss_items += 1;
+            match count {
+                Some(count) => report.lost_observations += count,
+                None => report.losses_of_unknown_size += 1,
+            }
+        }
+        MergedItem::SourceFailed { backend, error } => {
+            tracing::error!(%backend, %error, "flow source failed");
+            report.failures.push(SourceFailure { backend, error });
+        }
+        MergedItem::SourceEnded { backend } => tracing::debug!(%backend, "flow source ended"),
+    }
+}

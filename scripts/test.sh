@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this script).
+# Installs what it needs first (scripts/setup.sh), so it works on a fresh
+# machine. Run from anywhere, as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+echo "== format"
+cargo fmt --all --check
+
+echo "== lint (all features)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+# A downstream crate picks features; each choice must build on its own.
+for features in "" ebpf nflog mock; do
+    echo "== lint flow-supervisor, no default features${features:+, features: $features}"
+    cargo clippy -p flow-supervisor --no-default-features ${features:+--features "$features"} --all-targets -- -D warnings
+done
+
+echo "== dependency policy"
+cargo deny check licenses bans sources
+
+echo "== tests"
+cargo nextest run --workspace --all-features --no-fail-fast
+
+echo "== doc tests"
+cargo test --workspace --all-features --doc
