@@ -22,8 +22,9 @@ done
 echo "== dependency policy"
 cargo deny check licenses bans sources
 
-echo "== tests"
-cargo nextest run --workspace --all-features --no-fail-fast
-
 echo "== doc tests"
 cargo test --workspace --all-features --doc
+
+# Last, so that its summary line closes the log.
+echo "== tests"
+cargo nextest run --workspace --all-features --no-fail-fast

@@ -206,6 +206,12 @@ impl FlowError {
     }
 
     /// Whether the source goes on after this item (only losses do).
+    ///
+    /// ```
+    /// use flow_core::{FlowError, LossPoint};
+    /// assert!(FlowError::lost(LossPoint::SequenceGap, Some(1)).is_recoverable());
+    /// assert!(!FlowError::unavailable("nflog", "needs CAP_NET_ADMIN").is_recoverable());
+    /// ```
     #[must_use]
     pub fn is_recoverable(&self) -> bool {
         matches!(self, Self::Lost { .. })

@@ -106,12 +106,26 @@ impl FlowKey {
     }
 
     /// The initiator's socket address.
+    ///
+    /// ```
+    /// use flow_core::FlowKey;
+    /// let key = FlowKey::tcp("[::1]:40000".parse()?, "[::1]:80".parse()?);
+    /// assert_eq!(key.src().to_string(), "[::1]:40000");
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
     #[must_use]
     pub fn src(&self) -> SocketAddr {
         SocketAddr::new(self.src_addr, self.src_port)
     }
 
     /// The responder's socket address.
+    ///
+    /// ```
+    /// use flow_core::FlowKey;
+    /// let key = FlowKey::udp("10.0.0.1:5353".parse()?, "10.0.0.2:53".parse()?);
+    /// assert_eq!(key.dst().port(), 53);
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
     #[must_use]
     pub fn dst(&self) -> SocketAddr {
         SocketAddr::new(self.dst_addr, self.dst_port)
@@ -141,6 +155,13 @@ impl FlowKey {
     }
 
     /// The protocol's display name (`tcp`, `udp`, …, or its number).
+    ///
+    /// ```
+    /// use flow_core::FlowKey;
+    /// let key = FlowKey::new("10.0.0.1:1".parse()?, "10.0.0.2:2".parse()?, 132);
+    /// assert_eq!(key.protocol_name().to_string(), "132");
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
     #[must_use]
     pub fn protocol_name(&self) -> protocol::Display {
         protocol::Display(self.protocol)

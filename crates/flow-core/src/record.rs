@@ -109,6 +109,12 @@ impl<'a> FlowRecord<'a> {
     }
 
     /// The record's time, CLOCK_MONOTONIC nanoseconds.
+    ///
+    /// ```
+    /// use flow_core::LossPoint;
+    /// use flow_core::record::FlowRecord;
+    /// assert_eq!(FlowRecord::lost("ebpf", LossPoint::RingBufferFull, None, 7).timestamp_ns(), 7);
+    /// ```
     #[must_use]
     pub fn timestamp_ns(&self) -> u64 {
         match self.item {
@@ -118,6 +124,12 @@ impl<'a> FlowRecord<'a> {
     }
 
     /// The `kind` field: `opened`, `closed` or `lost`.
+    ///
+    /// ```
+    /// use flow_core::LossPoint;
+    /// use flow_core::record::FlowRecord;
+    /// assert_eq!(FlowRecord::lost("ebpf", LossPoint::RingBufferFull, None, 7).kind_name(), "lost");
+    /// ```
     #[must_use]
     pub fn kind_name(&self) -> &'static str {
         match &self.item {

@@ -82,14 +82,15 @@ impl<W: Write> RecordWriter<W> {
     }
 }
 
-/// Formats nanoseconds as seconds with nine decimals, right-aligned.
+/// Formats nanoseconds as seconds with nine decimals, right-aligned in 19
+/// columns (without an intermediate string: this is per event).
 fn write_seconds(out: &mut impl Write, timestamp_ns: u64) -> io::Result<()> {
-    let seconds = format!(
-        "{}.{:09}",
+    write!(
+        out,
+        "{:>9}.{:09}",
         timestamp_ns / NANOS_PER_SEC,
         timestamp_ns % NANOS_PER_SEC
-    );
-    write!(out, "{seconds:>19}")
+    )
 }
 
 /// `   1.500000000  closed  ebpf    tcp   10.0.0.1:40000 -> 10.0.0.2:80   6 pkts  400 B`

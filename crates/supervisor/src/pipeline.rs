@@ -33,14 +33,6 @@ pub struct PipelineReport {
     pub failures: Vec<SourceFailure>,
 }
 
-impl PipelineReport {
-    /// Whether any observation was lost or any source failed.
-    #[must_use]
-    pub fn is_degraded(&self) -> bool {
-        self.loss_items > 0 || !self.failures.is_empty()
-    }
-}
-
 /// Writes every event and loss of `stream` until it ends, flushing whenever
 /// the stream has nothing ready (so a live reader sees events at once, and a
 /// burst is written in large blocks). A failing source is logged and listed

@@ -37,11 +37,18 @@ pub(crate) struct OutputArgs {
     pub(crate) output: Option<PathBuf>,
 }
 
+/// Which backend(s) observe the flows.
 #[derive(Debug, Args)]
-pub(crate) struct RunArgs {
+pub(crate) struct BackendArgs {
     /// Which backend observes the flows.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub(crate) backend: BackendChoice,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) backend: BackendArgs,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
     /// The command to run, and its arguments.
@@ -51,9 +58,8 @@ pub(crate) struct RunArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct WatchArgs {
-    /// Which backend observes the flows.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub(crate) backend: BackendChoice,
+    #[command(flatten)]
+    pub(crate) backend: BackendArgs,
     #[command(flatten)]
     pub(crate) scope: WatchScope,
     #[command(flatten)]

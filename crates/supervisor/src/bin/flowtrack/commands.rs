@@ -111,7 +111,8 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
 
 async fn watch(args: WatchArgs) -> Result<ExitCode> {
     let scope = Scope::resolve(&args.scope)?;
-    let sources = backend::open(args.backend).with_context(|| format!("cannot watch {scope}"))?;
+    let sources =
+        backend::open(args.backend.backend).with_context(|| format!("cannot watch {scope}"))?;
     let writer = open_writer(&args.output, DefaultStream::Stdout)?;
     let merger = start_merger(sources).await?;
     tracing::info!(%scope, "watching until Ctrl-C");
@@ -125,7 +126,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         .command
         .split_first()
         .context("run needs a command: flowtrack run -- CMD [ARGS...]")?;
-    let sources = backend::open(args.backend).context("cannot observe the command")?;
+    let sources = backend::open(args.backend.backend).context("cannot observe the command")?;
     let writer = open_writer(&args.output, DefaultStream::Stderr)?;
     // Every source is attached before the child starts, so its first
     // connection is seen.
