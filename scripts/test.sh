@@ -22,6 +22,16 @@ done
 echo "== dependency policy"
 cargo deny check licenses bans sources
 
+echo "== the README's main job, as written there"
+main_job=$(sed -n '/^# The main job/{n;p;q}' README.md)
+echo "$main_job"
+main_output=$(eval "$main_job")
+if [ "$(printf '%s\n' "$main_output" | grep -c .)" -ne "$(grep -c . examples/flows.jsonl)" ]; then
+    echo "the main job printed something else than one line per recorded flow:" >&2
+    printf '%s\n' "$main_output" >&2
+    exit 1
+fi
+
 echo "== doc tests"
 cargo test --workspace --all-features --doc
 

@@ -9,6 +9,11 @@
 use rustix::time::{ClockId, clock_gettime};
 
 /// Nanoseconds per second, for converting stamps to seconds.
+///
+/// ```
+/// use flow_core::clock::NANOS_PER_SEC;
+/// assert_eq!(2_500_000_000 / NANOS_PER_SEC, 2);
+/// ```
 pub const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// The current CLOCK_MONOTONIC time in nanoseconds.

@@ -8,6 +8,11 @@ use crate::event::Seconds;
 ///
 /// Every loss point is counted separately, so that an operator can tell a
 /// kernel buffer overrun from a slow consumer.
+///
+/// ```
+/// use flow_core::LossPoint;
+/// assert_eq!(LossPoint::NetlinkOverrun.to_string(), "netlink receive queue overrun");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
@@ -80,6 +85,17 @@ impl fmt::Display for LossCount {
 /// the loss happened and keeps going, so that consumers can tell "no flows"
 /// from "flows lost". Every other variant is fatal: the source yields nothing
 /// after it. [`FlowError::is_recoverable`] tells which.
+///
+/// ```
+/// use flow_core::{FlowError, LossPoint};
+/// fn describe(item: &FlowError) -> &'static str {
+///     match item {
+///         FlowError::Lost { .. } => "observations lost, stream goes on",
+///         _ => "source failed",
+///     }
+/// }
+/// assert_eq!(describe(&FlowError::lost(LossPoint::RingBufferFull, Some(1))), "observations lost, stream goes on");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FlowError {

@@ -7,6 +7,16 @@ use crate::clock::NANOS_PER_SEC;
 ///
 /// Non-exhaustive: backends that know more (a policy drop, a close reason)
 /// add variants; match with a wildcard arm.
+///
+/// ```
+/// use flow_core::FlowEventKind;
+/// let kind = FlowEventKind::Closed { pkt_count: 4, byte_count: 240 };
+/// let bytes = match kind {
+///     FlowEventKind::Closed { byte_count, .. } => byte_count,
+///     _ => 0,
+/// };
+/// assert_eq!(bytes, 240);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
@@ -42,6 +52,14 @@ impl FlowEventKind {
 ///
 /// Built with [`FlowEvent::opened`], [`FlowEvent::closed`] or
 /// [`FlowEvent::new`]; non-exhaustive so that fields can be added.
+///
+/// ```
+/// use flow_core::{FlowEvent, FlowKey, clock};
+/// let key = FlowKey::udp("[fd00::2]:5353".parse()?, "[fd00::1]:53".parse()?);
+/// let event = FlowEvent::opened(key, clock::monotonic_now_ns());
+/// assert_eq!(event.key.dst_port, 53);
+/// # Ok::<(), std::net::AddrParseError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]

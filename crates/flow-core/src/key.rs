@@ -14,6 +14,14 @@ use crate::protocol;
 /// ports are the transport ports. ICMP and ICMPv6 have no ports; their keys
 /// carry the echo identifier in `src_port` and the initiating message's
 /// `type << 8 | code` in `dst_port` (see [`FlowKey::icmp`]).
+///
+/// ```
+/// use flow_core::FlowKey;
+/// // An outbound connection: the local socket is the source.
+/// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "93.184.216.34:443".parse()?);
+/// assert_eq!(key.to_string(), "tcp 10.0.0.1:40000 -> 93.184.216.34:443");
+/// # Ok::<(), std::net::AddrParseError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct FlowKey {

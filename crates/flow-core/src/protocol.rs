@@ -3,6 +3,11 @@
 //! [`FlowKey::protocol`](crate::FlowKey::protocol) is the IANA number. The
 //! output names the four protocols flowtrack tracks by name (`tcp`, `udp`,
 //! `icmp`, `icmpv6`) and any other by its decimal number.
+//!
+//! ```
+//! use flow_core::protocol::{ICMP, ICMPV6, TCP, UDP};
+//! assert_eq!([ICMP, TCP, UDP, ICMPV6], [1, 6, 17, 58]);
+//! ```
 
 use std::fmt;
 

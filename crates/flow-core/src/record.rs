@@ -45,6 +45,14 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::{FlowEvent, FlowEventKind, FlowKey, LossPoint, protocol};
 
 /// One line of output: an observation, tagged with the backend that made it.
+///
+/// ```
+/// use flow_core::record::{FlowRecord, RecordItem};
+/// let record = FlowRecord::from_json_line(r#"{"ts_ns":5,"kind":"lost","backend":"nflog","count":2}"#)?;
+/// assert_eq!(record.backend, "nflog");
+/// assert!(matches!(record.item, RecordItem::Lost { count: Some(2), .. }));
+/// # Ok::<(), flow_core::record::RecordError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowRecord<'a> {
     /// The backend's name.
@@ -54,6 +62,14 @@ pub struct FlowRecord<'a> {
 }
 
 /// The content of a [`FlowRecord`].
+///
+/// ```
+/// use flow_core::record::{FlowRecord, RecordItem};
+/// let line = r#"{"ts_ns":1,"kind":"opened","proto":"udp","src":"::1","sport":5,"dst":"::1","dport":53,"backend":"ebpf"}"#;
+/// let RecordItem::Event(event) = FlowRecord::from_json_line(line)?.item else { panic!() };
+/// assert_eq!(event.key.protocol, 17);
+/// # Ok::<(), flow_core::record::RecordError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RecordItem {
@@ -72,6 +88,14 @@ pub enum RecordItem {
 
 impl<'a> FlowRecord<'a> {
     /// A record of an event.
+    ///
+    /// ```
+    /// use flow_core::{FlowEvent, FlowKey};
+    /// use flow_core::record::FlowRecord;
+    /// let key = FlowKey::tcp("10.0.0.1:1".parse()?, "10.0.0.2:2".parse()?);
+    /// assert_eq!(FlowRecord::event("ebpf", FlowEvent::opened(key, 3)).kind_name(), "opened");
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
     #[must_use]
     pub fn event(backend: impl Into<Cow<'a, str>>, event: FlowEvent) -> Self {
         Self {
@@ -138,7 +162,8 @@ impl<'a> FlowRecord<'a> {
         }
     }
 
-    /// Writes the record as one JSON line, newline included.
+    /// Writes the record as one JSON line, newline included (example: the
+    /// module documentation).
     ///
     /// # Errors
     /// Whatever the writer returns.
@@ -148,6 +173,12 @@ impl<'a> FlowRecord<'a> {
     }
 
     /// Parses one JSON line (without or with its newline).
+    ///
+    /// ```
+    /// use flow_core::record::FlowRecord;
+    /// let error = FlowRecord::from_json_line(r#"{"ts_ns":1,"kind":"closed","backend":"x"}"#).unwrap_err();
+    /// assert_eq!(error.to_string(), "missing field `proto` (required on \"closed\")");
+    /// ```
     ///
     /// # Errors
     /// [`RecordError`] names the field that is missing or malformed.
@@ -202,6 +233,12 @@ fn serialize_key<M: SerializeMap>(map: &mut M, key: &FlowKey) -> Result<(), M::E
 }
 
 /// A line that is not a valid record, and which field is at fault.
+///
+/// ```
+/// use flow_core::record::FlowRecord;
+/// let error = FlowRecord::from_json_line(r#"{"ts_ns":-1}"#).unwrap_err();
+/// assert_eq!(error.field.as_deref(), Some("ts_ns"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordError {
     /// The field at fault, when one is.

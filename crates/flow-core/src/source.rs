@@ -10,6 +10,14 @@ use crate::{FlowError, FlowEvent};
 /// sockets, file descriptors); dropping it detaches and releases them.
 /// Items are events or errors: a [`FlowError::Lost`] item is recoverable and
 /// the stream goes on; after any other error the stream ends.
+///
+/// ```
+/// use flow_core::{FlowEvent, FlowKey, FlowStream};
+/// use futures::{StreamExt, stream};
+/// let key = FlowKey::tcp("10.0.0.1:40000".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
+/// let stream: FlowStream = stream::iter([Ok(FlowEvent::opened(key, 1))]).boxed();
+/// # drop(stream);
+/// ```
 pub type FlowStream = Pin<Box<dyn Stream<Item = Result<FlowEvent, FlowError>> + Send + 'static>>;
 
 /// A backend that observes flows: the one trait every backend implements.
