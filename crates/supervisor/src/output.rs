@@ -13,7 +13,7 @@ pub enum OutputFormat {
     /// One aligned, readable line per record.
     #[default]
     Text,
-    /// JSON lines in the schema of [`flow_core::record`].
+    /// JSON lines, one object per record (schema: `flow_core::record`, and the README).
     Json,
 }
 

@@ -10,7 +10,11 @@ use flow_supervisor::output::OutputFormat;
 /// Report every network connection a workload makes, straight from the Linux
 /// kernel.
 #[derive(Debug, Parser)]
-#[command(name = "flowtrack", version, about, long_about = None)]
+#[command(
+    name = "flowtrack",
+    version,
+    about = "Report every network connection a workload makes, straight from the Linux kernel."
+)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
