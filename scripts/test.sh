@@ -7,8 +7,18 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 
+# Tests that need root (network namespaces, cgroups, BPF) fail instead of
+# skipping when this is set; CI sets it.
+if [ "${CI:-}" = "true" ]; then
+    export FLOWTRACK_REQUIRE_PRIVILEGED=1
+fi
+
 echo "== format"
 cargo fmt --all --check
+cargo fmt --manifest-path ebpf/Cargo.toml --check
+
+echo "== the committed eBPF object matches ebpf/"
+bash scripts/ebpf-object.sh check
 
 echo "== lint (all features)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings

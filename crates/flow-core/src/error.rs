@@ -28,6 +28,9 @@ pub enum LossPoint {
     SequenceGap,
     /// A bounded queue inside flowtrack was full.
     QueueOverflow,
+    /// A record or message from the kernel could not be decoded and was
+    /// skipped.
+    Malformed,
     /// The loss was recorded elsewhere and replayed; where it happened is not
     /// known (flowtrack's JSON output does not carry the loss point).
     Recorded,
@@ -47,6 +50,7 @@ impl LossPoint {
             Self::NetlinkOverrun => "netlink_overrun",
             Self::SequenceGap => "sequence_gap",
             Self::QueueOverflow => "queue_overflow",
+            Self::Malformed => "malformed",
             Self::Recorded => "recorded",
         }
     }
@@ -60,6 +64,7 @@ impl fmt::Display for LossPoint {
             Self::NetlinkOverrun => "netlink receive queue overrun",
             Self::SequenceGap => "sequence gap",
             Self::QueueOverflow => "flowtrack queue full",
+            Self::Malformed => "undecodable kernel record",
             Self::Recorded => "recorded loss",
         })
     }

@@ -25,6 +25,7 @@
 //! # Ok::<(), std::net::AddrParseError>(())
 //! ```
 
+pub mod cgroup;
 pub mod clock;
 mod error;
 mod event;

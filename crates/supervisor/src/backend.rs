@@ -1,6 +1,17 @@
 //! Choosing and opening backends by name.
 
+use std::path::PathBuf;
+
 use flow_core::{FlowError, FlowSource};
+
+/// What the backends observe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// The processes of a cgroup v2 directory (and its descendants).
+    Cgroup(PathBuf),
+    /// Everything in a network namespace (the path of its nsfs file).
+    Netns(PathBuf),
+}
 
 /// Which backend(s) observe the flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -17,23 +28,24 @@ pub enum BackendChoice {
     Both,
 }
 
-/// Opens the sources `choice` names, ready for [`crate::merge::Merger::add`].
+/// Opens the sources `choice` names for `scope`, ready for
+/// [`crate::merge::Merger::add`] (which attaches them).
 ///
 /// # Errors
 /// [`FlowError::Unavailable`] naming each backend that cannot run and why:
 /// not compiled into this build, not built yet, or not supported here.
 ///
 /// ```
-/// use flow_supervisor::backend::{BackendChoice, open};
-/// let error = open(BackendChoice::Auto).err().unwrap();
-/// assert!(error.to_string().starts_with("auto backend unavailable: no backend can run here: ebpf:"));
+/// use flow_supervisor::backend::{BackendChoice, Scope, open};
+/// let error = open(BackendChoice::Nflog, &Scope::Netns("/run/netns/x".into())).err().unwrap();
+/// assert!(error.to_string().starts_with("nflog backend unavailable:"));
 /// ```
-pub fn open(choice: BackendChoice) -> Result<Vec<Box<dyn FlowSource>>, FlowError> {
+pub fn open(choice: BackendChoice, scope: &Scope) -> Result<Vec<Box<dyn FlowSource>>, FlowError> {
     match choice {
-        BackendChoice::Ebpf => Ok(vec![open_ebpf()?]),
+        BackendChoice::Ebpf => Ok(vec![open_ebpf(scope)?]),
         BackendChoice::Nflog => Ok(vec![open_nflog()?]),
-        BackendChoice::Both => Ok(vec![open_ebpf()?, open_nflog()?]),
-        BackendChoice::Auto => match open_ebpf() {
+        BackendChoice::Both => Ok(vec![open_ebpf(scope)?, open_nflog()?]),
+        BackendChoice::Auto => match open_ebpf(scope) {
             Ok(ebpf) => Ok(vec![ebpf]),
             Err(ebpf_error) => match open_nflog() {
                 Ok(nflog) => {
@@ -61,14 +73,21 @@ fn reason(error: &FlowError) -> String {
     }
 }
 
-fn open_ebpf() -> Result<Box<dyn FlowSource>, FlowError> {
-    #[cfg(feature = "ebpf")]
-    return Err(FlowError::unavailable(
-        flow_backend_ebpf::BACKEND_NAME,
-        flow_backend_ebpf::NOT_BUILT_REASON,
-    ));
-    #[cfg(not(feature = "ebpf"))]
-    return Err(not_compiled_in("ebpf"));
+#[cfg(feature = "ebpf")]
+fn open_ebpf(scope: &Scope) -> Result<Box<dyn FlowSource>, FlowError> {
+    use flow_backend_ebpf::{BACKEND_NAME, EbpfConfig, EbpfSource};
+    match scope {
+        Scope::Cgroup(path) => Ok(Box::new(EbpfSource::new(EbpfConfig::new(path.clone())))),
+        Scope::Netns(_) => Err(FlowError::unavailable(
+            BACKEND_NAME,
+            "it observes cgroups, not network namespaces: use --cgroup, or --backend nflog",
+        )),
+    }
+}
+
+#[cfg(not(feature = "ebpf"))]
+fn open_ebpf(_scope: &Scope) -> Result<Box<dyn FlowSource>, FlowError> {
+    Err(not_compiled_in("ebpf"))
 }
 
 fn open_nflog() -> Result<Box<dyn FlowSource>, FlowError> {

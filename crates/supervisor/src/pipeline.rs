@@ -1,10 +1,12 @@
 //! Drives a merged stream into a [`RecordWriter`] and tallies what passed.
 
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use flow_core::FlowError;
+use flow_core::{FlowError, FlowEventKind, FlowKey};
 use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
 
 use crate::merge::{MergedItem, MergedStream};
 use crate::output::RecordWriter;
@@ -23,6 +25,10 @@ pub struct SourceFailure {
 pub struct PipelineReport {
     /// Flow events written.
     pub events: u64,
+    /// `Opened` events among them.
+    pub opened: u64,
+    /// `Closed` events among them.
+    pub closed: u64,
     /// Loss items written.
     pub loss_items: u64,
     /// Observations those loss items counted (those with a known count).
@@ -41,16 +47,42 @@ pub struct PipelineReport {
 /// # Errors
 /// The writer's error; the stream is dropped, which stops every source.
 pub async fn write_all<W: Write>(
-    mut stream: MergedStream,
+    stream: MergedStream,
     writer: &mut RecordWriter<W>,
 ) -> io::Result<PipelineReport> {
+    write_stream(stream, writer, None).await
+}
+
+/// [`write_all`], and publishes how many flows are open (opened and not yet
+/// closed, per backend) on `open_flows`, so that a supervisor can wait for a
+/// workload's flows to close before it stops the sources.
+///
+/// # Errors
+/// The writer's error.
+pub async fn write_all_tracking_open<W: Write>(
+    stream: MergedStream,
+    writer: &mut RecordWriter<W>,
+    open_flows: watch::Sender<usize>,
+) -> io::Result<PipelineReport> {
+    write_stream(stream, writer, Some(open_flows)).await
+}
+
+async fn write_stream<W: Write>(
+    mut stream: MergedStream,
+    writer: &mut RecordWriter<W>,
+    open_flows: Option<watch::Sender<usize>>,
+) -> io::Result<PipelineReport> {
     let mut report = PipelineReport::default();
+    let mut open: HashSet<(Arc<str>, FlowKey)> = HashSet::new();
     loop {
         let item = match stream.next().now_or_never() {
             Some(Some(item)) => item,
             Some(None) => break,
             None => {
                 writer.flush()?;
+                if let Some(sender) = &open_flows {
+                    sender.send_replace(open.len());
+                }
                 match stream.next().await {
                     Some(item) => item,
                     None => break,
@@ -60,15 +92,38 @@ pub async fn write_all<W: Write>(
         if let Some(record) = item.to_record() {
             writer.write(&record)?;
         }
+        if open_flows.is_some()
+            && let MergedItem::Event { backend, event } = &item
+        {
+            match event.kind {
+                FlowEventKind::Opened => {
+                    open.insert((Arc::clone(backend), event.key));
+                }
+                FlowEventKind::Closed { .. } => {
+                    open.remove(&(Arc::clone(backend), event.key));
+                }
+                _ => {}
+            }
+        }
         tally(&mut report, item);
     }
     writer.flush()?;
+    if let Some(sender) = &open_flows {
+        sender.send_replace(open.len());
+    }
     Ok(report)
 }
 
 fn tally(report: &mut PipelineReport, item: MergedItem) {
     match item {
-        MergedItem::Event { .. } => report.events += 1,
+        MergedItem::Event { event, .. } => {
+            report.events += 1;
+            match event.kind {
+                FlowEventKind::Opened => report.opened += 1,
+                FlowEventKind::Closed { .. } => report.closed += 1,
+                _ => {}
+            }
+        }
         MergedItem::Lost { count, .. } => {
             report.loss_items += 1;
             match count {

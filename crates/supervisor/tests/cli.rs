@@ -185,31 +185,32 @@ fn unknown_values_get_clap_errors() {
 }
 
 #[test]
-fn run_and_watch_say_that_a_backend_is_not_built_yet() {
-    for backend in ["ebpf", "nflog", "both", "auto"] {
-        let assert = flowtrack()
-            .args(["run", "--backend", backend, "--", "true"])
-            .assert()
-            .code(1);
+fn the_nflog_backend_says_it_is_not_built_yet() {
+    for backend in ["nflog", "both"] {
+        let assert = flowtrack().args(["run", "--backend", backend, "--", "true"]).assert().code(1);
         let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
-        assert!(
-            stderr.starts_with("flowtrack: error: cannot observe the command: "),
-            "{stderr}"
-        );
-        assert!(stderr.contains("not built yet (issue #"), "{stderr}");
+        assert!(stderr.starts_with("flowtrack: error: cannot observe the command: "), "{stderr}");
+        assert!(stderr.contains("nflog backend unavailable: not built yet (issue #6)"), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cgroup.procs"), "").unwrap();
     let assert = flowtrack()
-        .args(["watch", "--backend", "nflog", "--cgroup"])
-        .arg(dir.path())
+        .args(["watch", "--backend", "nflog", "--netns", "/proc/self/ns/net"])
         .assert()
         .code(1);
     let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
-    assert!(
-        stderr.contains("nflog backend unavailable: not built yet (issue #6)"),
-        "{stderr}"
+    assert!(stderr.contains("nflog backend unavailable: not built yet (issue #6)"), "{stderr}");
+}
+
+#[test]
+fn the_ebpf_backend_does_not_watch_a_netns() {
+    let assert = flowtrack()
+        .args(["watch", "--backend", "ebpf", "--netns", "/proc/self/ns/net"])
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert_eq!(
+        stderr,
+        "flowtrack: error: cannot watch network namespace /proc/self/ns/net: ebpf backend unavailable: it observes cgroups, not network namespaces: use --cgroup, or --backend nflog\n"
     );
 }
 

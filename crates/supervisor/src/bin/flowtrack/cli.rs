@@ -55,6 +55,10 @@ pub(crate) struct RunArgs {
     pub(crate) backend: BackendArgs,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
+    /// After the command exits, wait at most this many seconds for its flows
+    /// to close before observation stops.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_grace)]
+    pub(crate) grace: f64,
     /// The command to run, and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub(crate) command: Vec<OsString>,
@@ -89,6 +93,18 @@ pub(crate) struct ReplayArgs {
     pub(crate) file: PathBuf,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
+}
+
+/// A grace period: a finite number of seconds, 0 to one hour.
+fn parse_grace(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if (0.0..=3600.0).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(format!("{seconds} is out of range: give 0 to 3600 seconds"))
+    }
 }
 
 #[cfg(test)]

@@ -3,17 +3,19 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use flow_core::FlowSource;
-use flow_supervisor::backend;
+use flow_supervisor::backend::{self, Scope};
 use flow_supervisor::merge::{MergeConfig, Merger, ShutdownHandle};
 use flow_supervisor::mock::Replay;
 use flow_supervisor::output::RecordWriter;
 use flow_supervisor::pipeline::{self, PipelineReport};
 
 use crate::cli::{Command, OutputArgs, ReplayArgs, RunArgs, WatchArgs};
-use crate::scope::Scope;
+use crate::scope::{self, Describe};
+use crate::workload::WorkloadCgroup;
 
 /// Runs one subcommand; the exit code is the command's, errors are printed
 /// by `main`.
@@ -110,12 +112,12 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
 }
 
 async fn watch(args: WatchArgs) -> Result<ExitCode> {
-    let scope = Scope::resolve(&args.scope)?;
-    let sources =
-        backend::open(args.backend.backend).with_context(|| format!("cannot watch {scope}"))?;
+    let scope = scope::resolve(&args.scope)?;
+    let sources = backend::open(args.backend.backend, &scope)
+        .with_context(|| format!("cannot watch {}", Describe(&scope)))?;
     let writer = open_writer(&args.output, DefaultStream::Stdout)?;
     let merger = start_merger(sources).await?;
-    tracing::info!(%scope, "watching until Ctrl-C");
+    tracing::info!(scope = %Describe(&scope), "watching until Ctrl-C");
     shutdown_on_ctrl_c(merger.shutdown_handle());
     let report = write_events(merger, writer).await?;
     Ok(exit_code_of(&report))
@@ -126,26 +128,96 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         .command
         .split_first()
         .context("run needs a command: flowtrack run -- CMD [ARGS...]")?;
-    let sources = backend::open(args.backend.backend).context("cannot observe the command")?;
-    let writer = open_writer(&args.output, DefaultStream::Stderr)?;
+    let cgroup = WorkloadCgroup::create()?;
+    let scope = Scope::Cgroup(cgroup.path().to_path_buf());
+    let sources =
+        backend::open(args.backend.backend, &scope).context("cannot observe the command")?;
+    let mut writer = open_writer(&args.output, DefaultStream::Stderr)?;
     // Every source is attached before the child starts, so its first
     // connection is seen.
     let merger = start_merger(sources).await?;
     let shutdown = merger.shutdown_handle();
-    let mut child = tokio::process::Command::new(program)
-        .args(program_args)
+    let mut child = cgroup
+        .command(program, program_args)
         .spawn()
         .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
-    let output = write_events(merger, writer);
-    let waited = async {
-        let status = child.wait().await;
+    let (open_flows, mut open_flows_now) = tokio::sync::watch::channel(0);
+    let output = pipeline::write_all_tracking_open(merger.into_stream(), &mut writer, open_flows);
+    let grace = Duration::from_secs_f64(args.grace);
+    let supervise = async {
+        let status = wait_forwarding_signals(&mut child).await;
+        // Bounded grace for the command's flows to close (TCP's last ACK,
+        // released sockets, the backend's sweep of the emptied cgroup).
+        let settled = tokio::time::timeout(grace, async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = open_flows_now.wait_for(|open| *open == 0).await;
+        });
+        let _ = settled.await;
         shutdown.shutdown();
         status
     };
-    let (report, status) = tokio::join!(output, waited);
+    let (report, status) = tokio::join!(output, supervise);
     let status = status.context("cannot wait for the command")?;
-    exit_code_of(&report?);
+    let report = match report {
+        Ok(report) => report,
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => PipelineReport::default(),
+        Err(error) => return Err(error).context("cannot write events"),
+    };
+    exit_code_of(&report);
+    print_summary(&report);
+    drop(cgroup);
     Ok(child_exit_code(status))
+}
+
+/// Waits for the child, passing SIGINT and SIGTERM sent to flowtrack on to
+/// it, so that flowtrack outlives it and cleans up.
+async fn wait_forwarding_signals(
+    child: &mut tokio::process::Child,
+) -> io::Result<std::process::ExitStatus> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    loop {
+        let forward = tokio::select! {
+            status = child.wait() => return status,
+            _ = interrupt.recv() => rustix::process::Signal::INT,
+            _ = terminate.recv() => rustix::process::Signal::TERM,
+        };
+        if let Some(pid) = child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id.cast_signed()))
+        {
+            let _ = rustix::process::kill_process(pid, forward);
+        }
+    }
+}
+
+/// One line on stderr: what was observed, and what was not.
+fn print_summary(report: &PipelineReport) {
+    let still_open = report.opened.saturating_sub(report.closed);
+    let mut line = format!(
+        "flowtrack: {} flows opened, {} closed",
+        report.opened, report.closed
+    );
+    if still_open > 0 {
+        line.push_str(&format!(
+            ", {still_open} still open when observation stopped"
+        ));
+    }
+    if report.loss_items > 0 {
+        line.push_str(&format!(
+            "; LOST {} observations{}",
+            report.lost_observations,
+            if report.losses_of_unknown_size > 0 {
+                " and an unknown number more"
+            } else {
+                ""
+            }
+        ));
+    } else {
+        line.push_str("; nothing lost");
+    }
+    eprintln!("{line}");
 }
 
 /// The child's exit code, or 128 + signal number as a shell reports it.

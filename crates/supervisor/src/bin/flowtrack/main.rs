@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod scope;
+mod workload;
 
 use std::process::ExitCode;
 

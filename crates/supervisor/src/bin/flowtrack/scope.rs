@@ -4,30 +4,25 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
+use flow_supervisor::backend::Scope;
 
 use crate::cli::WatchScope;
 
-/// A checked scope: the directory or namespace file exists.
-#[derive(Debug)]
-pub(crate) enum Scope {
-    /// A cgroup v2 directory.
-    Cgroup(PathBuf),
-    /// A network namespace file.
-    Netns(PathBuf),
-}
+/// A scope, for messages.
+pub(crate) struct Describe<'a>(pub(crate) &'a Scope);
 
-impl fmt::Display for Scope {
+impl fmt::Display for Describe<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Cgroup(path) => write!(f, "cgroup {}", path.display()),
-            Self::Netns(path) => write!(f, "network namespace {}", path.display()),
+        match self.0 {
+            Scope::Cgroup(path) => write!(f, "cgroup {}", path.display()),
+            Scope::Netns(path) => write!(f, "network namespace {}", path.display()),
         }
     }
 }
 
-impl Scope {
-    /// Checks the scope the user named.
-    pub(crate) fn resolve(scope: &WatchScope) -> Result<Self> {
+/// Checks the scope the user named: the directory or namespace file exists.
+pub(crate) fn resolve(scope: &WatchScope) -> Result<Scope> {
+    {
         if let Some(path) = &scope.cgroup {
             if !path.join("cgroup.procs").is_file() {
                 bail!(
@@ -35,7 +30,7 @@ impl Scope {
                     path.display()
                 );
             }
-            return Ok(Self::Cgroup(path.clone()));
+            return Ok(Scope::Cgroup(path.clone()));
         }
         if let Some(name) = &scope.netns {
             let path = if name.contains('/') {
@@ -49,7 +44,7 @@ impl Scope {
                     path.display()
                 );
             }
-            return Ok(Self::Netns(path));
+            return Ok(Scope::Netns(path));
         }
         // clap's argument group requires exactly one of the two.
         bail!("watch needs --cgroup PATH or --netns NAME")

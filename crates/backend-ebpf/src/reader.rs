@@ -1,0 +1,279 @@
+//! The stream of a running eBPF source: ring-buffer records as they come,
+//! and every sweep interval the idle flows and the loss counters.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aya::Pod;
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use flow_core::clock::monotonic_now_ns;
+use flow_core::{FlowError, FlowEvent, FlowStream, LossPoint};
+use flow_ebpf_common::{
+    COUNTER_FLOWS_INSERTED, COUNTER_FLOWS_REMOVED, COUNTER_INSERT_FAILED, COUNTER_RING_FULL,
+    COUNTERS_MAP, EVENTS_MAP, FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLOWS_MAP, RawFlowKey, RawFlowState,
+};
+use futures::StreamExt;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::attach::Attached;
+use crate::decode::{decode_record, flow_key};
+use flow_core::cgroup;
+
+use crate::{BACKEND_NAME, EbpfConfig};
+
+/// The flow table's key, as aya reads it.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct TableKey(RawFlowKey);
+
+/// The flow table's value, as aya reads it.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct TableValue(RawFlowState);
+
+// SAFETY: both wrap `#[repr(C)]` plain-old-data structs with explicit padding
+// fields, valid for any bit pattern (aya::Pod's contract).
+#[allow(unsafe_code)]
+unsafe impl Pod for TableKey {}
+#[allow(unsafe_code)]
+unsafe impl Pod for TableValue {}
+
+type Item = Result<FlowEvent, FlowError>;
+
+/// Builds the stream; it owns the programs, so dropping it detaches them.
+pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowStream, FlowError> {
+    let missing = |name: &str| {
+        FlowError::unavailable(BACKEND_NAME, format!("the eBPF object has no map {name}"))
+    };
+    let map_error =
+        |e: aya::maps::MapError| FlowError::unavailable(BACKEND_NAME, format!("eBPF map: {e}"));
+    let ring = RingBuf::try_from(
+        attached
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or_else(|| missing(EVENTS_MAP))?,
+    )
+    .map_err(map_error)?;
+    let flows = HashMap::try_from(
+        attached
+            .ebpf
+            .take_map(FLOWS_MAP)
+            .ok_or_else(|| missing(FLOWS_MAP))?,
+    )
+    .map_err(map_error)?;
+    let counters = PerCpuArray::try_from(
+        attached
+            .ebpf
+            .take_map(COUNTERS_MAP)
+            .ok_or_else(|| missing(COUNTERS_MAP))?,
+    )
+    .map_err(map_error)?;
+    // SAFETY: the ring buffer owns its map file descriptor, which stays open
+    // and unchanged until the RingBuf (inside the AsyncFd) is dropped.
+    #[allow(unsafe_code)]
+    let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| FlowError::io("watching the eBPF ring buffer", e.into()))?;
+    let mut sweep = tokio::time::interval(config.sweep_interval);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reader = Reader {
+        ring,
+        flows,
+        counters,
+        sweep,
+        cgroup: config.cgroup.clone(),
+        timeouts: Timeouts::from(&config),
+        capacity: u64::from(config.flow_table_entries),
+        reported: Counts::default(),
+        user_removed: 0,
+        pending: VecDeque::new(),
+        _attached: attached,
+    };
+    Ok(futures::stream::unfold(reader, |mut reader| async move {
+        let item = reader.next_item().await?;
+        Some((item, reader))
+    })
+    .boxed())
+}
+
+/// Decodes every record in the ring into `pending`; undecodable ones are
+/// counted and reported as a loss.
+fn drain(ring: &mut RingBuf<MapData>, pending: &mut VecDeque<Item>, reported: &mut Counts) {
+    while let Some(record) = ring.next() {
+        match decode_record(&record) {
+            Ok(event) => pending.push_back(Ok(event)),
+            Err(error) => {
+                tracing::warn!(?error, "skipping an undecodable eBPF record");
+                reported.malformed += 1;
+                pending.push_back(Err(FlowError::lost(LossPoint::Malformed, Some(1))));
+            }
+        }
+    }
+}
+
+/// Idle limits, in nanoseconds.
+struct Timeouts {
+    datagram: u64,
+    tcp: u64,
+    fin_linger: u64,
+}
+
+impl From<&EbpfConfig> for Timeouts {
+    fn from(config: &EbpfConfig) -> Self {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Self {
+            datagram: ns(config.datagram_idle),
+            tcp: ns(config.tcp_idle),
+            fin_linger: ns(config.fin_linger),
+        }
+    }
+}
+
+/// Kernel counters, summed over CPUs, and what was already reported.
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    ring_full: u64,
+    insert_failed: u64,
+    evicted: u64,
+    malformed: u64,
+}
+
+struct Reader {
+    ring: AsyncFd<RingBuf<MapData>>,
+    flows: HashMap<MapData, TableKey, TableValue>,
+    counters: PerCpuArray<MapData, u64>,
+    sweep: tokio::time::Interval,
+    cgroup: PathBuf,
+    timeouts: Timeouts,
+    capacity: u64,
+    reported: Counts,
+    /// Flows this reader removed from the table (idle or scope ended).
+    user_removed: u64,
+    pending: VecDeque<Item>,
+    /// Declared last: dropped after the maps, it detaches the programs.
+    _attached: Attached,
+}
+
+impl Reader {
+    async fn next_item(&mut self) -> Option<Item> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Some(item);
+            }
+            // Records already in the ring are read without waiting for the
+            // reactor, so a shutdown drain sees everything the kernel wrote.
+            self.drain_ring();
+            if !self.pending.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                guard = self.ring.readable_mut() => match guard {
+                    Ok(mut guard) => {
+                        drain(guard.get_inner_mut(), &mut self.pending, &mut self.reported);
+                        guard.clear_ready();
+                    }
+                    Err(e) => return Some(Err(FlowError::io("reading the eBPF ring buffer", e))),
+                },
+                _ = self.sweep.tick() => self.sweep(),
+            }
+        }
+    }
+
+    fn drain_ring(&mut self) {
+        drain(self.ring.get_mut(), &mut self.pending, &mut self.reported);
+    }
+
+    /// Closes idle flows and reports new losses.
+    fn sweep(&mut self) {
+        let now = monotonic_now_ns();
+        let scope_ended = cgroup::is_populated(&self.cgroup) == Some(false);
+        let mut live = 0_u64;
+        let mut expired = Vec::new();
+        for entry in self.flows.iter() {
+            let Ok((key, TableValue(state))) = entry else {
+                continue;
+            };
+            live += 1;
+            let idle = now.saturating_sub(state.last_seen_ns);
+            let limit = if scope_ended {
+                self.timeouts.fin_linger
+            } else {
+                self.idle_limit(&key.0, &state)
+            };
+            if idle >= limit {
+                expired.push(key);
+            }
+        }
+        for key in expired {
+            // Read, then remove: whoever removes the entry reports the close.
+            let Ok(TableValue(state)) = self.flows.get(&key, 0) else {
+                continue;
+            };
+            if self.flows.remove(&key).is_ok() {
+                self.user_removed += 1;
+                live = live.saturating_sub(1);
+                self.pending.push_back(Ok(FlowEvent::closed(
+                    flow_key(&key.0),
+                    state.packets,
+                    state.bytes,
+                    now,
+                )));
+            }
+        }
+        self.report_losses(live);
+    }
+
+    fn idle_limit(&self, key: &RawFlowKey, state: &RawFlowState) -> u64 {
+        let fins = FLAG_FIN_ORIG | FLAG_FIN_REPLY;
+        match key.protocol {
+            6 if state.flags & fins == fins => self.timeouts.fin_linger,
+            6 => self.timeouts.tcp,
+            _ => self.timeouts.datagram,
+        }
+    }
+
+    fn counter(&self, index: u32) -> u64 {
+        self.counters
+            .get(&index, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Turns counter increases into loss items, one per loss point.
+    fn report_losses(&mut self, live: u64) {
+        let ring_full = self.counter(COUNTER_RING_FULL);
+        let insert_failed = self.counter(COUNTER_INSERT_FAILED);
+        let inserted = self.counter(COUNTER_FLOWS_INSERTED);
+        let removed = self.counter(COUNTER_FLOWS_REMOVED) + self.user_removed;
+        // The LRU table evicts silently when full: flows inserted and never
+        // removed that are no longer in it were evicted. Only near capacity
+        // can that happen, which keeps racing inserts from looking like loss.
+        let outstanding = inserted.saturating_sub(removed);
+        let evicted = if outstanding + 4_096 >= self.capacity {
+            outstanding.saturating_sub(live).max(self.reported.evicted)
+        } else {
+            self.reported.evicted
+        };
+        for (point, now, before) in [
+            (
+                LossPoint::RingBufferFull,
+                ring_full,
+                self.reported.ring_full,
+            ),
+            (
+                LossPoint::FlowTableEviction,
+                insert_failed + evicted,
+                self.reported.insert_failed + self.reported.evicted,
+            ),
+        ] {
+            if now > before {
+                self.pending
+                    .push_back(Err(FlowError::lost(point, Some(now - before))));
+            }
+        }
+        self.reported.ring_full = ring_full;
+        self.reported.insert_failed = insert_failed;
+        self.reported.evicted = evicted;
+    }
+}

@@ -1,0 +1,226 @@
+//! The records flowtrack's eBPF program (`ebpf/`) and its loader
+//! (`flow-backend-ebpf`) share, defined once for both sides.
+//!
+//! Everything is `#[repr(C)]` with explicit padding fields, because the
+//! kernel hashes map keys byte by byte: a key with uninitialised padding
+//! would never match. Addresses are network-order bytes (IPv4 in the first
+//! four bytes, the rest zero); ports are host order.
+
+#![no_std]
+
+/// Name of the flow table map (LRU hash: [`RawFlowKey`] → [`RawFlowState`]).
+pub const FLOWS_MAP: &str = "FLOWS";
+/// Name of the ring buffer of [`RawFlowRecord`]s.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU counter array (indices `COUNTER_*`).
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the egress `cgroup_skb` program.
+pub const EGRESS_PROGRAM: &str = "flowtrack_egress";
+/// Name of the ingress `cgroup_skb` program.
+pub const INGRESS_PROGRAM: &str = "flowtrack_ingress";
+/// Name of the `cgroup/sock_release` program.
+pub const SOCK_RELEASE_PROGRAM: &str = "flowtrack_sock_release";
+
+/// Flow table entries compiled into the object (the loader may resize).
+pub const DEFAULT_FLOW_TABLE_ENTRIES: u32 = 65_536;
+/// Ring buffer bytes compiled into the object (the loader may resize; a
+/// power of two, multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
+
+/// Ring buffer reservations that failed: the record was lost.
+pub const COUNTER_RING_FULL: u32 = 0;
+/// Flows the kernel program inserted into the flow table.
+pub const COUNTER_FLOWS_INSERTED: u32 = 1;
+/// Flows the kernel program removed from the flow table (it closed them).
+pub const COUNTER_FLOWS_REMOVED: u32 = 2;
+/// Packets that would have started a flow but the insert failed.
+pub const COUNTER_INSERT_FAILED: u32 = 3;
+/// Number of counters.
+pub const COUNTERS_LEN: u32 = 4;
+
+/// [`RawFlowRecord::kind`]: a flow was opened.
+pub const RECORD_OPENED: u32 = 1;
+/// [`RawFlowRecord::kind`]: a flow was closed.
+pub const RECORD_CLOSED: u32 = 2;
+
+/// Close reason: FIN in both directions (and the last ACK, or a linger).
+pub const CLOSE_FIN: u32 = 1;
+/// Close reason: a TCP reset.
+pub const CLOSE_RST: u32 = 2;
+/// Close reason: the socket was released (connected UDP).
+pub const CLOSE_SOCK_RELEASE: u32 = 3;
+/// Close reason: idle timeout, swept by userspace.
+pub const CLOSE_IDLE: u32 = 4;
+/// Close reason: the scope ended (no process left in the cgroup).
+pub const CLOSE_SCOPE_ENDED: u32 = 5;
+
+/// [`RawFlowState::flags`]: FIN seen from the initiator.
+pub const FLAG_FIN_ORIG: u64 = 1;
+/// [`RawFlowState::flags`]: FIN seen from the responder.
+pub const FLAG_FIN_REPLY: u64 = 1 << 1;
+/// [`RawFlowState::flags`]: an initiator packet was seen leaving (egress).
+pub const FLAG_ORIG_EGRESS: u64 = 1 << 2;
+/// [`RawFlowState::flags`]: an initiator packet was seen arriving (ingress).
+pub const FLAG_ORIG_INGRESS: u64 = 1 << 3;
+
+/// IPv4 in [`RawFlowKey::family`].
+pub const FAMILY_V4: u8 = 4;
+/// IPv6 in [`RawFlowKey::family`].
+pub const FAMILY_V6: u8 = 6;
+
+/// A flow's 5-tuple as the kernel program keys it, initiator → responder.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RawFlowKey {
+    /// Initiator address, network order (IPv4: first four bytes).
+    pub src_addr: [u8; 16],
+    /// Responder address, network order.
+    pub dst_addr: [u8; 16],
+    /// Initiator port (ICMP: echo identifier), host order.
+    pub src_port: u16,
+    /// Responder port (ICMP: `type << 8 | code`), host order.
+    pub dst_port: u16,
+    /// IANA protocol number.
+    pub protocol: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Always zero.
+    pub pad: [u8; 2],
+}
+
+impl RawFlowKey {
+    /// The same flow seen from the responder.
+    #[must_use]
+    pub const fn reversed(&self) -> Self {
+        Self {
+            src_addr: self.dst_addr,
+            dst_addr: self.src_addr,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            protocol: self.protocol,
+            family: self.family,
+            pad: [0; 2],
+        }
+    }
+}
+
+/// Per-flow state kept in the kernel's flow table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RawFlowState {
+    /// Socket buffers seen, both directions.
+    pub packets: u64,
+    /// IP-level bytes seen, both directions.
+    pub bytes: u64,
+    /// CLOCK_MONOTONIC ns of the first packet.
+    pub first_seen_ns: u64,
+    /// CLOCK_MONOTONIC ns of the latest packet.
+    pub last_seen_ns: u64,
+    /// `FLAG_*` bits (64-bit so that the program can update them with the
+    /// BPF target's 64-bit atomics).
+    pub flags: u64,
+}
+
+/// One ring-buffer record: a flow opened or closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RawFlowRecord {
+    /// [`RECORD_OPENED`] or [`RECORD_CLOSED`].
+    pub kind: u32,
+    /// `CLOSE_*` on a closed record, else 0.
+    pub close_reason: u32,
+    /// The flow.
+    pub key: RawFlowKey,
+    /// Packets, both directions (closed records).
+    pub packets: u64,
+    /// Bytes, both directions (closed records).
+    pub bytes: u64,
+    /// CLOCK_MONOTONIC ns of the first packet.
+    pub first_seen_ns: u64,
+    /// CLOCK_MONOTONIC ns when the record was made.
+    pub timestamp_ns: u64,
+}
+
+/// Size of a [`RawFlowRecord`] in the ring buffer.
+pub const RECORD_SIZE: usize = core::mem::size_of::<RawFlowRecord>();
+
+/// Why bytes are not a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The record is not [`RECORD_SIZE`] bytes long.
+    Length(usize),
+    /// The kind is neither opened nor closed.
+    Kind(u32),
+    /// The address family is neither 4 nor 6.
+    Family(u8),
+}
+
+/// Little cursor over native-endian fields; safe, and never reads past the
+/// slice (the caller checked the length).
+struct Fields<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Fields<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0; N];
+        if let Some(src) = self.bytes.get(self.at..self.at + N) {
+            out.copy_from_slice(src);
+        }
+        self.at += N;
+        out
+    }
+    fn u8(&mut self) -> u8 {
+        self.take::<1>()[0]
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_ne_bytes(self.take())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_ne_bytes(self.take())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_ne_bytes(self.take())
+    }
+}
+
+impl RawFlowRecord {
+    /// Decodes a ring-buffer record, checking its length, kind and family.
+    ///
+    /// # Errors
+    /// [`DecodeError`] says what is wrong; nothing panics on any input.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() != RECORD_SIZE {
+            return Err(DecodeError::Length(bytes.len()));
+        }
+        let mut f = Fields { bytes, at: 0 };
+        let kind = f.u32();
+        let close_reason = f.u32();
+        let key = RawFlowKey {
+            src_addr: f.take(),
+            dst_addr: f.take(),
+            src_port: f.u16(),
+            dst_port: f.u16(),
+            protocol: f.u8(),
+            family: f.u8(),
+            pad: f.take(),
+        };
+        let record = Self {
+            kind,
+            close_reason,
+            key,
+            packets: f.u64(),
+            bytes: f.u64(),
+            first_seen_ns: f.u64(),
+            timestamp_ns: f.u64(),
+        };
+        if kind != RECORD_OPENED && kind != RECORD_CLOSED {
+            return Err(DecodeError::Kind(kind));
+        }
+        if key.family != FAMILY_V4 && key.family != FAMILY_V6 {
+            return Err(DecodeError::Family(key.family));
+        }
+        Ok(record)
+    }
+}

@@ -1,0 +1,64 @@
+//! Finding cgroup v2 and the state of a cgroup directory: the kernel facts
+//! every backend that scopes to a cgroup, and the supervisor, share.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Where cgroup v2 is mounted, read from `/proc/mounts` (hybrid hosts mount
+/// it at `/sys/fs/cgroup/unified`, unified ones at `/sys/fs/cgroup`).
+///
+/// # Errors
+/// `NotFound` when no cgroup2 filesystem is mounted.
+///
+/// ```
+/// if let Ok(mount) = flow_core::cgroup::cgroup2_mount() {
+///     assert!(mount.join("cgroup.procs").exists());
+/// }
+/// ```
+pub fn cgroup2_mount() -> io::Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_source, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(target)))
+        })
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "cgroup v2 is not mounted"))
+}
+
+/// `/proc/mounts` escapes spaces, tabs, newlines and backslashes as octal.
+fn unescape_mount_path(field: &str) -> String {
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Whether any process is in `cgroup` or its descendants
+/// (`populated` in `cgroup.events`); `None` if it cannot be read.
+///
+/// ```
+/// assert_eq!(flow_core::cgroup::is_populated("/nonexistent".as_ref()), None);
+/// ```
+#[must_use]
+pub fn is_populated(cgroup: &Path) -> Option<bool> {
+    let events = fs::read_to_string(cgroup.join("cgroup.events")).ok()?;
+    events
+        .lines()
+        .find_map(|line| line.strip_prefix("populated "))
+        .map(|value| value.trim() == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_octal_sequences() {
+        assert_eq!(unescape_mount_path("/a\\040b\\134c"), "/a b\\c");
+    }
+}
