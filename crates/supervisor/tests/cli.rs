@@ -187,18 +187,36 @@ fn unknown_values_get_clap_errors() {
 #[test]
 fn the_nflog_backend_says_it_is_not_built_yet() {
     for backend in ["nflog", "both"] {
-        let assert = flowtrack().args(["run", "--backend", backend, "--", "true"]).assert().code(1);
+        let assert = flowtrack()
+            .args(["run", "--backend", backend, "--", "true"])
+            .assert()
+            .code(1);
         let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
-        assert!(stderr.starts_with("flowtrack: error: cannot observe the command: "), "{stderr}");
-        assert!(stderr.contains("nflog backend unavailable: not built yet (issue #6)"), "{stderr}");
+        assert!(
+            stderr.starts_with("flowtrack: error: cannot observe the command: "),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("nflog backend unavailable: not built yet (issue #6)"),
+            "{stderr}"
+        );
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
     let assert = flowtrack()
-        .args(["watch", "--backend", "nflog", "--netns", "/proc/self/ns/net"])
+        .args([
+            "watch",
+            "--backend",
+            "nflog",
+            "--netns",
+            "/proc/self/ns/net",
+        ])
         .assert()
         .code(1);
     let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
-    assert!(stderr.contains("nflog backend unavailable: not built yet (issue #6)"), "{stderr}");
+    assert!(
+        stderr.contains("nflog backend unavailable: not built yet (issue #6)"),
+        "{stderr}"
+    );
 }
 
 #[test]
