@@ -97,6 +97,12 @@ fn bump(counter: u32) {
 
 fn observe(ctx: &SkBuffContext, hook: Hook) {
     let Some(packet) = parse(ctx) else { return };
+    // A raw ICMP socket receives a copy of its own echo requests: counted
+    // at egress already. (An echo request from elsewhere is answered by the
+    // kernel, not by a socket of the cgroup.)
+    if hook == Hook::Ingress && packet.starts_flow && is_icmp(packet.key.protocol) {
+        return;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let len = u64::from(ctx.len());
     if let Some(state) = FLOWS.get_ptr_mut(&packet.key) {
@@ -113,6 +119,10 @@ fn observe(ctx: &SkBuffContext, hook: Hook) {
         // Best effort: without it the flow still closes when idle.
         let _ = SOCKETS.insert(&cookie, &packet.key, 0);
     }
+}
+
+fn is_icmp(protocol: u8) -> bool {
+    protocol == PROTO_ICMP || protocol == PROTO_ICMPV6
 }
 
 /// Inserts a new flow and reports it; false if it was not inserted.

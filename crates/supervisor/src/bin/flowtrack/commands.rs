@@ -137,6 +137,9 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     // connection is seen.
     let merger = start_merger(sources).await?;
     let shutdown = merger.shutdown_handle();
+    // Handlers first: a signal flowtrack handles is reset to its default in
+    // the child at exec, even if flowtrack's parent ignored it.
+    let signals = ForwardedSignals::install()?;
     let mut child = cgroup
         .command(program, program_args)
         .spawn()
@@ -145,7 +148,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let output = pipeline::write_all_tracking_open(merger.into_stream(), &mut writer, open_flows);
     let grace = Duration::from_secs_f64(args.grace);
     let supervise = async {
-        let status = wait_forwarding_signals(&mut child).await;
+        let status = signals.wait_forwarding(&mut child).await;
         // Bounded grace for the command's flows to close (TCP's last ACK,
         // released sockets, the backend's sweep of the emptied cgroup).
         let settled = tokio::time::timeout(grace, async {
@@ -169,25 +172,39 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(child_exit_code(status))
 }
 
-/// Waits for the child, passing SIGINT and SIGTERM sent to flowtrack on to
-/// it, so that flowtrack outlives it and cleans up.
-async fn wait_forwarding_signals(
-    child: &mut tokio::process::Child,
-) -> io::Result<std::process::ExitStatus> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    loop {
-        let forward = tokio::select! {
-            status = child.wait() => return status,
-            _ = interrupt.recv() => rustix::process::Signal::INT,
-            _ = terminate.recv() => rustix::process::Signal::TERM,
-        };
-        if let Some(pid) = child
-            .id()
-            .and_then(|id| rustix::process::Pid::from_raw(id.cast_signed()))
-        {
-            let _ = rustix::process::kill_process(pid, forward);
+/// SIGINT and SIGTERM sent to flowtrack, passed on to the child so that
+/// flowtrack outlives it and cleans up.
+struct ForwardedSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ForwardedSignals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    /// Waits for the child, forwarding signals to it meanwhile.
+    async fn wait_forwarding(
+        mut self,
+        child: &mut tokio::process::Child,
+    ) -> io::Result<std::process::ExitStatus> {
+        loop {
+            let forward = tokio::select! {
+                status = child.wait() => return status,
+                _ = self.interrupt.recv() => rustix::process::Signal::INT,
+                _ = self.terminate.recv() => rustix::process::Signal::TERM,
+            };
+            if let Some(pid) = child
+                .id()
+                .and_then(|id| rustix::process::Pid::from_raw(id.cast_signed()))
+            {
+                let _ = rustix::process::kill_process(pid, forward);
+            }
         }
     }
 }

@@ -1,0 +1,214 @@
+//! `flowtrack run --backend ebpf` on a real kernel: it reports the
+//! command's flows, exits with its code, and leaves nothing behind after a
+//! normal run, SIGINT, or SIGKILL followed by a new start.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flow_core::record::{FlowRecord, RecordItem};
+use flowtrack_kernel_tests::{Netns, privileged};
+
+const FLOWTRACK: &str = env!("CARGO_BIN_EXE_flowtrack");
+
+/// A UDP datagram of 100 bytes to 127.0.0.1:9 from a connected socket, then
+/// exit status 7.
+const SEND_UDP: &str = "import socket,sys\n\
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+s.connect(('127.0.0.1',9))\n\
+s.send(b'x'*100)\n\
+print(s.getsockname()[1])\n\
+s.close()\n\
+sys.exit(7)";
+
+/// flowtrack's cgroups (`flowtrack-<pid>-<n>`) that belong to `pid`.
+fn cgroups_of(pid: u32) -> Vec<PathBuf> {
+    let mount = flow_core::cgroup::cgroup2_mount().expect("cgroup v2 is mounted");
+    std::fs::read_dir(&mount)
+        .expect("the cgroup mount is readable")
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(&format!("flowtrack-{pid}-")))
+        })
+        .collect()
+}
+
+/// IDs of the BPF programs attached to `cgroup` (from `bpftool`).
+fn attached_programs(cgroup: &Path) -> Vec<u64> {
+    let output = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains("flowtrack_"))
+        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn program_exists(id: u64) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+/// Whether program `id` is unloaded within a few seconds (the kernel frees
+/// programs after an RCU grace period, not at once).
+fn program_goes_away(id: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while program_exists(id) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// Waits until `flowtrack`'s cgroup exists with its programs attached.
+fn wait_for_cgroup(pid: u32) -> (PathBuf, Vec<u64>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(cgroup) = cgroups_of(pid).pop() {
+            let programs = attached_programs(&cgroup);
+            if programs.len() == 3 {
+                return (cgroup, programs);
+            }
+        }
+        assert!(Instant::now() < deadline, "flowtrack never attached");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_sleeping_run() -> Child {
+    Command::new(FLOWTRACK)
+        .args(["run", "--backend", "ebpf", "--", "sleep", "30"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flowtrack starts")
+}
+
+#[test]
+fn run_reports_the_commands_flows_and_exits_with_its_code() {
+    if !privileged("run_reports_the_commands_flows_and_exits_with_its_code") {
+        return;
+    }
+    let netns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("flows.jsonl");
+    let output = Command::new(FLOWTRACK)
+        .args(["run", "--backend", "ebpf", "--format", "json", "-o"])
+        .arg(&out)
+        .args([
+            "--",
+            "ip",
+            "netns",
+            "exec",
+            &netns.name,
+            "python3",
+            "-c",
+            SEND_UDP,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(7),
+        "the command's exit code: {output:?}"
+    );
+    let sport: u16 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("flowtrack: 1 flows opened, 1 closed; nothing lost"),
+        "{stderr}"
+    );
+
+    let lines = std::fs::read_to_string(&out).unwrap();
+    let records: Vec<FlowRecord<'static>> = lines
+        .lines()
+        .map(|l| FlowRecord::from_json_line(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = records.iter().map(FlowRecord::kind_name).collect();
+    assert_eq!(kinds, ["opened", "closed"], "{lines}");
+    for record in &records {
+        assert_eq!(record.backend, "ebpf");
+        let RecordItem::Event(event) = record.item else {
+            panic!("{record:?}")
+        };
+        assert_eq!(
+            event.key.to_string(),
+            format!("udp 127.0.0.1:{sport} -> 127.0.0.1:9")
+        );
+    }
+    let RecordItem::Event(closed) = records[1].item else {
+        unreachable!()
+    };
+    assert_eq!(
+        closed.kind,
+        flow_core::FlowEventKind::Closed {
+            pkt_count: 1,
+            byte_count: 128
+        },
+        "one datagram: 100 + 8 + 20 bytes"
+    );
+}
+
+#[test]
+fn sigint_stops_the_command_and_cleans_up() {
+    if !privileged("sigint_stops_the_command_and_cleans_up") {
+        return;
+    }
+    let child = start_sleeping_run();
+    let pid = child.id();
+    let (cgroup, programs) = wait_for_cgroup(pid);
+    let flowtrack_pid = rustix::process::Pid::from_raw(pid.cast_signed()).unwrap();
+    rustix::process::kill_process(flowtrack_pid, rustix::process::Signal::INT).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "sleep ended by the forwarded SIGINT"
+    );
+    assert!(!cgroup.exists(), "the cgroup is removed");
+    for id in programs {
+        assert!(program_goes_away(id), "program {id} is unloaded");
+    }
+}
+
+#[test]
+fn after_sigkill_the_next_start_removes_what_was_left() {
+    if !privileged("after_sigkill_the_next_start_removes_what_was_left") {
+        return;
+    }
+    let mut child = start_sleeping_run();
+    let pid = child.id();
+    let (cgroup, programs) = wait_for_cgroup(pid);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The links were file descriptors of the dead process: gone with it.
+    for id in &programs {
+        assert!(
+            program_goes_away(*id),
+            "program {id} is unloaded with its process"
+        );
+    }
+    // The cgroup (with `sleep` still in it) is left until flowtrack starts again.
+    assert!(cgroup.exists());
+    let status = Command::new(FLOWTRACK)
+        .args(["run", "--backend", "ebpf", "--", "true"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        !cgroup.exists(),
+        "the next start removed the leftover cgroup and its processes"
+    );
+}

@@ -1,0 +1,234 @@
+//! The kernel tests' traffic generator: it makes connections and prints,
+//! as JSON lines, every flow it made and every byte it sent (the ground
+//! truth the tests compare flowtrack's output with). Servers print
+//! `ready PORT` and serve until killed.
+
+use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use flowtrack_kernel_tests::GeneratedFlow;
+use socket2::{Domain, Protocol, Socket, Type};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// TCP echo server: reads to EOF, writes it all back, closes.
+    ServeTcp { addr: SocketAddr },
+    /// UDP echo server.
+    ServeUdp { addr: SocketAddr },
+    /// TCP connections that send BYTES and read the echo.
+    Tcp {
+        dst: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        bytes: usize,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
+    /// A connected UDP socket that sends DATAGRAMS of BYTES and reads the echoes.
+    Udp {
+        dst: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        bytes: usize,
+        #[arg(long, default_value_t = 1)]
+        datagrams: usize,
+    },
+    /// A TCP connection to a port nobody listens on.
+    Refused { dst: SocketAddr },
+    /// One ICMP (or ICMPv6) echo request and its reply, over a raw socket.
+    Icmp {
+        dst: SocketAddr,
+        #[arg(long, default_value_t = 4242)]
+        id: u16,
+    },
+}
+
+fn main() -> io::Result<()> {
+    match Cli::parse().command {
+        Command::ServeTcp { addr } => serve_tcp(addr),
+        Command::ServeUdp { addr } => serve_udp(addr),
+        Command::Tcp { dst, bytes, count } => {
+            for _ in 0..count {
+                tcp(dst, bytes)?;
+            }
+            Ok(())
+        }
+        Command::Udp {
+            dst,
+            bytes,
+            datagrams,
+        } => udp(dst, bytes, datagrams),
+        Command::Refused { dst } => refused(dst),
+        Command::Icmp { dst, id } => icmp(dst, id),
+    }
+}
+
+fn report(flow: &GeneratedFlow) {
+    println!(
+        "{}",
+        serde_json::to_string(flow).expect("a flow serializes")
+    );
+}
+
+fn ready(port: u16) {
+    println!("ready {port}");
+    let _ = io::stdout().flush();
+}
+
+fn serve_tcp(addr: SocketAddr) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    ready(listener.local_addr()?.port());
+    for stream in listener.incoming() {
+        let mut stream = stream?;
+        std::thread::spawn(move || {
+            let mut data = Vec::new();
+            if stream.read_to_end(&mut data).is_ok() {
+                let _ = stream.write_all(&data);
+            }
+        });
+    }
+    Ok(())
+}
+
+fn serve_udp(addr: SocketAddr) -> io::Result<()> {
+    let socket = UdpSocket::bind(addr)?;
+    ready(socket.local_addr()?.port());
+    let mut buffer = vec![0_u8; 65_536];
+    loop {
+        let (len, peer) = socket.recv_from(&mut buffer)?;
+        socket.send_to(&buffer[..len], peer)?;
+    }
+}
+
+fn tcp(dst: SocketAddr, bytes: usize) -> io::Result<()> {
+    let mut stream = TcpStream::connect(dst)?;
+    let src = stream.local_addr()?;
+    stream.write_all(&vec![b'x'; bytes])?;
+    stream.shutdown(Shutdown::Write)?;
+    let mut echo = Vec::new();
+    stream.read_to_end(&mut echo)?;
+    drop(stream);
+    report(&GeneratedFlow::new(
+        6,
+        src,
+        dst,
+        bytes as u64,
+        echo.len() as u64,
+        0,
+    ));
+    Ok(())
+}
+
+fn udp(dst: SocketAddr, bytes: usize, datagrams: usize) -> io::Result<()> {
+    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .expect("literal");
+    let socket = UdpSocket::bind(bind)?;
+    socket.connect(dst)?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let src = socket.local_addr()?;
+    let payload = vec![b'u'; bytes];
+    let mut buffer = vec![0_u8; bytes + 1];
+    let mut received = 0;
+    for _ in 0..datagrams {
+        socket.send(&payload)?;
+        received += socket.recv(&mut buffer)? as u64;
+    }
+    drop(socket);
+    report(&GeneratedFlow::new(
+        17,
+        src,
+        dst,
+        (bytes * datagrams) as u64,
+        received,
+        datagrams as u64,
+    ));
+    Ok(())
+}
+
+fn refused(dst: SocketAddr) -> io::Result<()> {
+    let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    // Bind first, so that the local address is known when connect fails.
+    let local: SocketAddr = match (dst.is_ipv4(), dst.ip().is_loopback()) {
+        (true, true) => "127.0.0.1:0",
+        (true, false) => "0.0.0.0:0",
+        (false, true) => "[::1]:0",
+        (false, false) => "[::]:0",
+    }
+    .parse()
+    .expect("literal");
+    socket.bind(&local.into())?;
+    let src = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("no local address"))?;
+    match socket.connect(&dst.into()) {
+        Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {}
+        other => {
+            return Err(io::Error::other(format!(
+                "expected a refusal, got {other:?}"
+            )));
+        }
+    }
+    report(&GeneratedFlow::new(6, src, dst, 0, 0, 0));
+    Ok(())
+}
+
+fn icmp(dst: SocketAddr, id: u16) -> io::Result<()> {
+    let (domain, protocol, request, number) = if dst.is_ipv4() {
+        (Domain::IPV4, Protocol::ICMPV4, 8_u8, 1_u8)
+    } else {
+        (Domain::IPV6, Protocol::ICMPV6, 128_u8, 58_u8)
+    };
+    let socket = Socket::new(domain, Type::RAW, Some(protocol))?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let payload = [0x5a_u8; 32];
+    let mut message = vec![request, 0, 0, 0];
+    message.extend(id.to_be_bytes());
+    message.extend(1_u16.to_be_bytes()); // sequence
+    message.extend(payload);
+    if dst.is_ipv4() {
+        let sum = checksum(&message);
+        message[2..4].copy_from_slice(&sum.to_be_bytes());
+    } // the kernel computes ICMPv6 checksums on raw sockets
+    socket.send_to(&message, &dst.into())?;
+    let mut buffer = [MaybeUninit::<u8>::uninit(); 1500];
+    let (len, _) = socket.recv_from(&mut buffer)?;
+    let src = SocketAddr::new(
+        if dst.is_ipv4() {
+            "127.0.0.1".parse().expect("literal")
+        } else {
+            "::1".parse().expect("literal")
+        },
+        id,
+    );
+    let dst = SocketAddr::new(dst.ip(), u16::from(request) << 8);
+    report(&GeneratedFlow::new(
+        number,
+        src,
+        dst,
+        message.len() as u64,
+        len as u64,
+        1,
+    ));
+    Ok(())
+}
+
+/// The Internet checksum (RFC 1071).
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

@@ -1,0 +1,397 @@
+//! The harness of flowtrack's kernel tests: privileges, network namespaces,
+//! cgroups and processes placed in them, the traffic generator's ground
+//! truth, and conntrack as an independent peer.
+//!
+//! Every test makes its own namespace and cgroup with unique names and
+//! removes them when dropped, even when the test fails. Traffic only goes to
+//! addresses inside namespaces the test made.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use flow_core::FlowKey;
+use serde::{Deserialize, Serialize};
+
+/// One flow the generator made, with what it sent and received (payload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeneratedFlow {
+    /// IANA protocol number.
+    pub protocol: u8,
+    /// The generator's own end (ICMP: the echo identifier as port).
+    pub src: SocketAddr,
+    /// The peer (ICMP: `type << 8 | code` as port).
+    pub dst: SocketAddr,
+    /// Payload bytes sent.
+    pub sent: u64,
+    /// Payload bytes received.
+    pub received: u64,
+    /// Datagrams sent (UDP, ICMP), 0 for TCP.
+    pub datagrams: u64,
+}
+
+impl GeneratedFlow {
+    /// A flow record.
+    #[must_use]
+    pub fn new(
+        protocol: u8,
+        src: SocketAddr,
+        dst: SocketAddr,
+        sent: u64,
+        received: u64,
+        datagrams: u64,
+    ) -> Self {
+        Self {
+            protocol,
+            src,
+            dst,
+            sent,
+            received,
+            datagrams,
+        }
+    }
+
+    /// The key flowtrack must report for this flow.
+    #[must_use]
+    pub fn key(&self) -> FlowKey {
+        FlowKey::new(self.src, self.dst, self.protocol)
+    }
+}
+
+/// Whether this process may run the privileged tests. Without root they are
+/// skipped with a message, unless `FLOWTRACK_REQUIRE_PRIVILEGED=1` (CI),
+/// where skipping is a failure.
+///
+/// # Panics
+/// When privileges are missing and required.
+#[must_use]
+pub fn privileged(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("FLOWTRACK_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+        "{test} needs root, and FLOWTRACK_REQUIRE_PRIVILEGED=1 forbids skipping it"
+    );
+    eprintln!("skipping {test}: needs root (network namespaces, cgroups, BPF)");
+    false
+}
+
+static SERIAL: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name for this process's `kind` of object.
+fn unique(kind: &str) -> String {
+    format!(
+        "ft{kind}-{}-{}",
+        std::process::id(),
+        SERIAL.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().expect("the command starts");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A network namespace with loopback up; deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    /// Its name under /run/netns.
+    pub name: String,
+}
+
+impl Netns {
+    /// Makes a fresh namespace with `lo` up.
+    ///
+    /// # Panics
+    /// When `ip` fails.
+    #[must_use]
+    pub fn new() -> Self {
+        let name = unique("ns");
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let netns = Self { name };
+        run(Command::new("ip").args(["-n", &netns.name, "link", "set", "lo", "up"]));
+        netns
+    }
+
+    /// `program args` to run inside the namespace.
+    #[must_use]
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// Makes conntrack track this namespace (an nft rule with a `ct`
+    /// expression) with accounting on, so that `conntrack -L` can be the
+    /// peer check.
+    ///
+    /// # Panics
+    /// When `nft` or `sysctl` fail.
+    pub fn enable_conntrack(&self) {
+        let mut nft = self.command("nft");
+        nft.args(["add table inet flowtrack_test; \
+             add chain inet flowtrack_test out { type filter hook output priority 0; }; \
+             add rule inet flowtrack_test out ct state new counter"]);
+        run(&mut nft);
+        run(self
+            .command("sysctl")
+            .args(["-qw", "net.netfilter.nf_conntrack_acct=1"]));
+    }
+
+    /// conntrack's entries in this namespace.
+    ///
+    /// # Panics
+    /// When `conntrack` fails.
+    #[must_use]
+    pub fn conntrack_entries(&self) -> Vec<ConntrackEntry> {
+        let output = self
+            .command("conntrack")
+            .args(["-L", "-o", "extended"])
+            .output()
+            .expect("conntrack runs");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(ConntrackEntry::parse)
+            .collect()
+    }
+}
+
+/// `conntrack -E` listening for DESTROY events in a namespace: the peer
+/// for flows whose entry conntrack deletes at once (a refused connection).
+#[derive(Debug)]
+pub struct ConntrackEvents {
+    child: Child,
+}
+
+impl ConntrackEvents {
+    /// Starts listening in `netns` (give it a moment before the traffic).
+    ///
+    /// # Panics
+    /// When `conntrack` cannot start.
+    #[must_use]
+    pub fn listen(netns: &Netns) -> Self {
+        let child = netns
+            .command("conntrack")
+            .args(["-E", "-e", "DESTROY", "-o", "extended"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("conntrack -E starts");
+        std::thread::sleep(Duration::from_millis(300));
+        Self { child }
+    }
+
+    /// Stops listening and returns the destroyed entries.
+    ///
+    /// # Panics
+    /// When the output cannot be read.
+    #[must_use]
+    pub fn destroyed(mut self) -> Vec<ConntrackEntry> {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.child.kill();
+        let output = self.child.wait_with_output().expect("conntrack -E output");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(ConntrackEntry::parse)
+            .collect()
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Processes still inside would keep it alive: kill them first.
+        if let Ok(output) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// One conntrack entry's original tuple and counters (both directions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConntrackEntry {
+    /// The original tuple as a flow key (ICMP: id and type/code as ports).
+    pub key: FlowKey,
+    /// Packets, both directions.
+    pub packets: u64,
+    /// Bytes, both directions.
+    pub bytes: u64,
+}
+
+impl ConntrackEntry {
+    /// Parses a `conntrack -L -o extended` or `conntrack -E -o extended`
+    /// line (the latter starts with an event tag such as `[DESTROY]`).
+    #[must_use]
+    pub fn parse(line: &str) -> Option<Self> {
+        let fields: Vec<&str> = line
+            .split_whitespace()
+            .skip_while(|field| field.starts_with('['))
+            .collect();
+        let protocol: u8 = fields.get(3)?.parse().ok()?;
+        let value = |name: &str, nth: usize| {
+            fields
+                .iter()
+                .filter_map(|field| field.strip_prefix(name)?.strip_prefix('='))
+                .nth(nth)
+        };
+        let (sport, dport) = match protocol {
+            1 | 58 => {
+                let kind: u16 = value("type", 0)?.parse().ok()?;
+                let code: u16 = value("code", 0)?.parse().ok()?;
+                (value("id", 0)?.parse().ok()?, kind << 8 | code)
+            }
+            _ => (
+                value("sport", 0)?.parse().ok()?,
+                value("dport", 0)?.parse().ok()?,
+            ),
+        };
+        let key = FlowKey {
+            src_addr: value("src", 0)?.parse().ok()?,
+            src_port: sport,
+            dst_addr: value("dst", 0)?.parse().ok()?,
+            dst_port: dport,
+            protocol,
+        };
+        let number = |name: &str, nth: usize| value(name, nth).and_then(|v| v.parse::<u64>().ok());
+        Some(Self {
+            key,
+            packets: number("packets", 0)? + number("packets", 1)?,
+            bytes: number("bytes", 0)? + number("bytes", 1)?,
+        })
+    }
+}
+
+/// A cgroup v2 directory for one test; its processes are killed and it is
+/// removed on drop.
+#[derive(Debug)]
+pub struct TestCgroup {
+    /// The directory.
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    /// Makes a fresh cgroup under the cgroup v2 mount.
+    ///
+    /// # Panics
+    /// When cgroup v2 is not mounted or the directory cannot be made.
+    #[must_use]
+    pub fn new() -> Self {
+        let mount = flow_core::cgroup::cgroup2_mount().expect("cgroup v2 is mounted");
+        let path = mount.join(unique("cg"));
+        std::fs::create_dir(&path).expect("the test cgroup can be made");
+        Self { path }
+    }
+
+    /// Wraps `command` so that it joins this cgroup before it executes
+    /// (through `sh`, so the test needs no unsafe `pre_exec`).
+    #[must_use]
+    pub fn wrap(&self, command: &Command) -> Command {
+        let mut wrapped = Command::new("sh");
+        wrapped
+            .arg("-c")
+            .arg("echo 0 > \"$0/cgroup.procs\" && exec \"$@\"")
+            .arg(&self.path)
+            .arg(command.get_program())
+            .args(command.get_args());
+        wrapped
+    }
+}
+
+impl Default for TestCgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
+        for _ in 0..200 {
+            if flow_core::cgroup::is_populated(&self.path) != Some(true) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// A server started by a test; killed on drop.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl Server {
+    /// Starts `command` (the generator's `serve-*`) and waits for its
+    /// `ready PORT` line.
+    ///
+    /// # Panics
+    /// When the server does not start.
+    #[must_use]
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the server starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the server says it is ready");
+        let port = line
+            .strip_prefix("ready ")
+            .and_then(|port| port.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected server greeting {line:?}"));
+        Self { child, port }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the generator `command` to completion and returns the flows it
+/// reports.
+///
+/// # Panics
+/// When it fails.
+#[must_use]
+pub fn generate(command: &mut Command) -> Vec<GeneratedFlow> {
+    let output = command.output().expect("the generator starts");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("the generator writes JSON lines"))
+        .collect()
+}

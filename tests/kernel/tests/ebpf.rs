@@ -1,0 +1,434 @@
+//! The eBPF backend on a real kernel: each test has its own network
+//! namespace and cgroup; the traffic generator is the ground truth and
+//! conntrack (with accounting) the independent peer.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use flow_backend_ebpf::{EbpfConfig, EbpfSource};
+use flow_core::{FlowError, FlowEventKind, FlowKey, FlowSource, FlowStream};
+use flowtrack_kernel_tests::{
+    ConntrackEntry, ConntrackEvents, GeneratedFlow, Netns, Server, TestCgroup, generate, privileged,
+};
+use futures::StreamExt;
+
+const TRAFFIC: &str = env!("CARGO_BIN_EXE_traffic");
+
+/// A test's namespace and cgroup.
+struct Env {
+    netns: Netns,
+    cgroup: TestCgroup,
+}
+
+impl Env {
+    fn new(test: &str) -> Option<Self> {
+        privileged(test).then(|| Self {
+            netns: Netns::new(),
+            cgroup: TestCgroup::new(),
+        })
+    }
+
+    fn config(&self) -> EbpfConfig {
+        let mut config = EbpfConfig::new(&self.cgroup.path);
+        config.sweep_interval = Duration::from_millis(100);
+        config.fin_linger = Duration::from_millis(300);
+        config
+    }
+
+    async fn start(&self, config: EbpfConfig) -> FlowStream {
+        EbpfSource::new(config)
+            .start()
+            .await
+            .expect("the eBPF backend attaches")
+    }
+
+    /// The generator in the namespace, outside the cgroup.
+    fn traffic(&self, args: &[&str]) -> Command {
+        let mut command = self.netns.command(TRAFFIC);
+        command.args(args);
+        command
+    }
+
+    /// Runs the generator inside the cgroup; its flows.
+    fn inside(&self, args: &[&str]) -> Vec<GeneratedFlow> {
+        generate(&mut self.cgroup.wrap(&self.traffic(args)))
+    }
+
+    fn server_outside(&self, args: &[&str]) -> Server {
+        Server::start(self.traffic(args))
+    }
+}
+
+/// What the backend reported.
+#[derive(Default, Debug)]
+struct Observed {
+    opened: HashMap<FlowKey, u32>,
+    closed: HashMap<FlowKey, Vec<(u64, u64)>>,
+    lost: u64,
+}
+
+impl Observed {
+    fn closed_once(&self, key: &FlowKey) -> (u64, u64) {
+        assert_eq!(
+            self.opened.get(key),
+            Some(&1),
+            "one Opened for {key}: {self:#?}"
+        );
+        let closed = self
+            .closed
+            .get(key)
+            .unwrap_or_else(|| panic!("no Closed for {key}: {self:#?}"));
+        assert_eq!(closed.len(), 1, "one Closed for {key}");
+        closed[0]
+    }
+}
+
+/// Reads the stream until every key in `expected` is closed (then a little
+/// longer, to catch duplicates), or until the deadline.
+async fn observe(stream: &mut FlowStream, expected: &[FlowKey], deadline: Duration) -> Observed {
+    observe_until(
+        stream,
+        |observed| expected.iter().all(|key| observed.closed.contains_key(key)),
+        deadline,
+    )
+    .await
+}
+
+/// Reads the stream until `done` holds (then a little longer, to catch
+/// duplicates), or until the deadline.
+async fn observe_until(
+    stream: &mut FlowStream,
+    mut done: impl FnMut(&Observed) -> bool,
+    deadline: Duration,
+) -> Observed {
+    let mut observed = Observed::default();
+    let read = async {
+        let mut settle: Option<tokio::time::Instant> = None;
+        loop {
+            // Wake at least every 100 ms, so that `done` is checked again
+            // even when no event comes.
+            let wake = tokio::time::Instant::now() + Duration::from_millis(100);
+            let next = match tokio::time::timeout_at(
+                settle.map_or(wake, |until| until.min(wake)),
+                stream.next(),
+            )
+            .await
+            {
+                Ok(next) => next,
+                Err(_) if settle.is_some_and(|until| tokio::time::Instant::now() >= until) => break,
+                Err(_) => {
+                    if settle.is_none() && done(&observed) {
+                        settle = Some(tokio::time::Instant::now() + Duration::from_millis(300));
+                    }
+                    continue;
+                }
+            };
+            match next {
+                Some(Ok(event)) => match event.kind {
+                    FlowEventKind::Opened => *observed.opened.entry(event.key).or_default() += 1,
+                    FlowEventKind::Closed {
+                        pkt_count,
+                        byte_count,
+                    } => {
+                        observed
+                            .closed
+                            .entry(event.key)
+                            .or_default()
+                            .push((pkt_count, byte_count));
+                    }
+                    _ => {}
+                },
+                Some(Err(FlowError::Lost { count, .. })) => observed.lost += count.unwrap_or(1),
+                Some(Err(error)) => panic!("the backend failed: {error}"),
+                None => break,
+            }
+            if settle.is_none() && done(&observed) {
+                settle = Some(tokio::time::Instant::now() + Duration::from_millis(300));
+            }
+        }
+    };
+    let _ = tokio::time::timeout(deadline, read).await;
+    observed
+}
+
+/// IP + transport header bytes of one packet without options.
+fn headers(flow: &GeneratedFlow) -> u64 {
+    let ip = if flow.src.is_ipv4() { 20 } else { 40 };
+    ip + if flow.protocol == 6 { 20 } else { 8 }
+}
+
+/// The eBPF counters equal conntrack's for the same flow.
+fn assert_matches_conntrack(netns: &Netns, key: &FlowKey, counters: (u64, u64)) {
+    assert_in_conntrack(&netns.conntrack_entries(), key, counters);
+}
+
+fn assert_in_conntrack(entries: &[ConntrackEntry], key: &FlowKey, counters: (u64, u64)) {
+    let entry = entries
+        .iter()
+        .find(|entry| entry.key == *key)
+        .unwrap_or_else(|| panic!("conntrack has no entry for {key}: {entries:#?}"));
+    assert_eq!(
+        counters,
+        (entry.packets, entry.bytes),
+        "packets and bytes of {key}: eBPF vs conntrack"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_over_ipv4_and_ipv6_with_known_payloads() {
+    let Some(env) = Env::new("tcp_over_ipv4_and_ipv6_with_known_payloads") else {
+        return;
+    };
+    env.netns.enable_conntrack();
+    let v4 = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
+    let v6 = env.server_outside(&["serve-tcp", "[::1]:0"]);
+    let mut stream = env.start(env.config()).await;
+    let mut flows = env.inside(&[
+        "tcp",
+        &format!("127.0.0.1:{}", v4.port),
+        "--bytes",
+        "100000",
+    ]);
+    flows.extend(env.inside(&["tcp", &format!("[::1]:{}", v6.port), "--bytes", "3000"]));
+    let keys: Vec<FlowKey> = flows.iter().map(GeneratedFlow::key).collect();
+    let observed = observe(&mut stream, &keys, Duration::from_secs(20)).await;
+
+    assert_eq!(
+        observed.opened.len(),
+        2,
+        "exactly the generator's flows: {observed:#?}"
+    );
+    assert_eq!(observed.lost, 0);
+    for flow in &flows {
+        assert_eq!(flow.received, flow.sent, "the echo came back");
+        let key = flow.key();
+        assert_eq!(key.src(), flow.src, "oriented from the connecting client");
+        let (packets, bytes) = observed.closed_once(&key);
+        // At least the payload both ways and one header per packet (bytes
+        // exactly equal conntrack's, below).
+        assert!(
+            bytes >= flow.sent + flow.received + packets * headers(flow),
+            "{key}: {bytes} bytes"
+        );
+        assert!(packets >= 6, "handshake, data, FINs: {packets}");
+        assert_matches_conntrack(&env.netns, &key, (packets, bytes));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_over_ipv4_and_ipv6_counts_every_datagram() {
+    let Some(env) = Env::new("udp_over_ipv4_and_ipv6_counts_every_datagram") else {
+        return;
+    };
+    env.netns.enable_conntrack();
+    let v4 = env.server_outside(&["serve-udp", "127.0.0.1:0"]);
+    let v6 = env.server_outside(&["serve-udp", "[::1]:0"]);
+    let mut stream = env.start(env.config()).await;
+    let mut flows = env.inside(&[
+        "udp",
+        &format!("127.0.0.1:{}", v4.port),
+        "--bytes",
+        "512",
+        "--datagrams",
+        "5",
+    ]);
+    flows.extend(env.inside(&[
+        "udp",
+        &format!("[::1]:{}", v6.port),
+        "--bytes",
+        "1000",
+        "--datagrams",
+        "3",
+    ]));
+    let keys: Vec<FlowKey> = flows.iter().map(GeneratedFlow::key).collect();
+    let observed = observe(&mut stream, &keys, Duration::from_secs(20)).await;
+
+    assert_eq!(observed.opened.len(), 2, "{observed:#?}");
+    for flow in &flows {
+        let key = flow.key();
+        let expected_packets = 2 * flow.datagrams;
+        let expected_bytes = flow.sent + flow.received + expected_packets * headers(flow);
+        assert_eq!(
+            observed.closed_once(&key),
+            (expected_packets, expected_bytes),
+            "{key}"
+        );
+        assert_matches_conntrack(&env.netns, &key, (expected_packets, expected_bytes));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_opens_and_closes() {
+    let Some(env) = Env::new("a_refused_connection_opens_and_closes") else {
+        return;
+    };
+    env.netns.enable_conntrack();
+    // conntrack deletes a reset SYN_SENT entry at once: its DESTROY event
+    // carries the counters.
+    let events = ConntrackEvents::listen(&env.netns);
+    let mut stream = env.start(env.config()).await;
+    // Port 9 (discard): nothing listens in a fresh namespace.
+    let flows = env.inside(&["refused", "127.0.0.1:9"]);
+    let key = flows[0].key();
+    let observed = observe(&mut stream, &[key], Duration::from_secs(20)).await;
+    let (packets, bytes) = observed.closed_once(&key);
+    assert_eq!(packets, 2, "SYN and RST");
+    assert_in_conntrack(&events.destroyed(), &key, (packets, bytes));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn icmp_echo_over_ipv4_and_ipv6() {
+    let Some(env) = Env::new("icmp_echo_over_ipv4_and_ipv6") else {
+        return;
+    };
+    env.netns.enable_conntrack();
+    let mut stream = env.start(env.config()).await;
+    let mut flows = env.inside(&["icmp", "127.0.0.1:0", "--id", "4242"]);
+    flows.extend(env.inside(&["icmp", "[::1]:0", "--id", "4343"]));
+    let keys: Vec<FlowKey> = flows.iter().map(GeneratedFlow::key).collect();
+    let observed = observe(&mut stream, &keys, Duration::from_secs(20)).await;
+    for flow in &flows {
+        let key = flow.key();
+        let (packets, bytes) = observed.closed_once(&key);
+        // Request and reply: 8-byte ICMP header + 32 bytes of payload each.
+        let ip = if flow.src.is_ipv4() { 20 } else { 40 };
+        assert_eq!((packets, bytes), (2, 2 * (ip + 8 + 32)), "{key}");
+        if flow.src.is_ipv4() {
+            assert_matches_conntrack(&env.netns, &key, (packets, bytes));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_connection_is_keyed_from_the_remote_peer() {
+    let Some(env) = Env::new("an_inbound_connection_is_keyed_from_the_remote_peer") else {
+        return;
+    };
+    env.netns.enable_conntrack();
+    let mut stream = env.start(env.config()).await;
+    // The server is inside the cgroup, the client outside.
+    let server = Server::start(env.cgroup.wrap(&env.traffic(&["serve-tcp", "127.0.0.1:0"])));
+    let flows = generate(&mut env.traffic(&[
+        "tcp",
+        &format!("127.0.0.1:{}", server.port),
+        "--bytes",
+        "5000",
+    ]));
+    let key = flows[0].key();
+    assert_eq!(key.dst_port, server.port);
+    let observed = observe(&mut stream, &[key], Duration::from_secs(20)).await;
+    let (packets, bytes) = observed.closed_once(&key);
+    assert!(bytes >= 2 * 5000 + packets * 40);
+    assert_matches_conntrack(&env.netns, &key, (packets, bytes));
+    assert_eq!(observed.opened.len(), 1, "{observed:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_outside_the_cgroup_is_not_reported() {
+    let Some(env) = Env::new("traffic_outside_the_cgroup_is_not_reported") else {
+        return;
+    };
+    let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
+    let mut stream = env.start(env.config()).await;
+    let outside = generate(&mut env.traffic(&["tcp", &format!("127.0.0.1:{}", server.port)]));
+    let inside = env.inside(&["tcp", &format!("127.0.0.1:{}", server.port)]);
+    let observed = observe(&mut stream, &[inside[0].key()], Duration::from_secs(20)).await;
+    observed.closed_once(&inside[0].key());
+    assert!(
+        !observed.opened.contains_key(&outside[0].key()),
+        "{observed:#?}"
+    );
+    assert_eq!(observed.opened.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_ten_thousand_connections_loses_nothing() {
+    let Some(env) = Env::new("a_storm_of_ten_thousand_connections_loses_nothing") else {
+        return;
+    };
+    let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
+    let mut stream = env.start(EbpfConfig::new(&env.cgroup.path)).await;
+    let dst = format!("127.0.0.1:{}", server.port);
+    let mut command = env
+        .cgroup
+        .wrap(&env.traffic(&["tcp", &dst, "--bytes", "1", "--count", "10000"]));
+    let generated = std::sync::Arc::new(std::sync::OnceLock::new());
+    let generator = std::thread::spawn({
+        let generated = std::sync::Arc::clone(&generated);
+        move || {
+            let flows = generate(&mut command);
+            let keys: Vec<FlowKey> = flows.iter().map(GeneratedFlow::key).collect();
+            let _ = generated.set(keys);
+        }
+    });
+    // Read while the storm runs, as flowtrack does.
+    let observed = observe_until(
+        &mut stream,
+        |observed| {
+            generated.get().is_some_and(|keys| {
+                observed.closed.values().map(Vec::len).sum::<usize>() >= keys.len()
+            })
+        },
+        Duration::from_secs(180),
+    )
+    .await;
+    generator.join().expect("the generator runs");
+    let keys = generated.get().expect("the generator reported its flows");
+    assert_eq!(keys.len(), 10_000);
+    assert_eq!(observed.lost, 0, "no loss at default sizes");
+    // Loopback reuses a port in TIME_WAIT (tcp_tw_reuse), so one 5-tuple can
+    // carry several flows in turn: each must be opened and closed.
+    let mut made: HashMap<FlowKey, u32> = HashMap::new();
+    for key in keys {
+        *made.entry(*key).or_default() += 1;
+    }
+    for (key, times) in &made {
+        assert_eq!(observed.opened.get(key), Some(times), "Opened for {key}");
+        assert_eq!(
+            observed.closed.get(key).map(Vec::len),
+            Some(*times as usize),
+            "Closed for {key}"
+        );
+    }
+    assert_eq!(observed.opened.values().sum::<u32>(), 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_ring_buffer_reports_every_lost_record() {
+    let Some(env) = Env::new("a_tiny_ring_buffer_reports_every_lost_record") else {
+        return;
+    };
+    let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
+    let mut config = env.config();
+    config.ring_bytes = 4096; // one page: room for about 46 records
+    let mut stream = env.start(config).await;
+    // Nobody reads while 500 connections open and close: the ring overflows.
+    let flows = env.inside(&[
+        "tcp",
+        &format!("127.0.0.1:{}", server.port),
+        "--bytes",
+        "1",
+        "--count",
+        "500",
+    ]);
+    let records = 2 * flows.len() as u64;
+    let observed = observe_until(
+        &mut stream,
+        |observed| {
+            let opened: u32 = observed.opened.values().sum();
+            let closed: usize = observed.closed.values().map(Vec::len).sum();
+            u64::from(opened) + closed as u64 + observed.lost >= records
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    let opened = u64::from(observed.opened.values().sum::<u32>());
+    let closed = observed.closed.values().map(Vec::len).sum::<usize>() as u64;
+    assert!(observed.lost > 0, "the tiny ring must overflow");
+    assert_eq!(
+        opened + closed + observed.lost,
+        records,
+        "every record is delivered or counted as lost"
+    );
+}
