@@ -15,7 +15,7 @@ use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::BPF_NOEXIST;
-use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns};
+use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use aya_ebpf::macros::{cgroup_skb, cgroup_sock, map};
 use aya_ebpf::maps::{LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{SkBuffContext, SockContext};
@@ -61,8 +61,12 @@ enum Hook {
 
 /// What the parser learned from one packet.
 struct Packet {
-    /// The packet's tuple, oriented as the flow it belongs to would be if
-    /// this packet came from the initiator (ICMP replies are pre-reversed).
+    /// TCP sequence and acknowledgement numbers, and payload length.
+    tcp_seq: u32,
+    tcp_ack: u32,
+    tcp_payload: u32,
+    /// The packet's tuple as sent (ICMP echo replies pre-reversed, so that
+    /// request and reply have reversed keys like TCP and UDP).
     key: RawFlowKey,
     /// TCP flags, 0 for other protocols.
     tcp_flags: u8,
@@ -103,21 +107,26 @@ fn observe(ctx: &SkBuffContext, hook: Hook) {
     if hook == Hook::Ingress && packet.starts_flow && is_icmp(packet.key.protocol) {
         return;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
     let len = u64::from(ctx.len());
-    if let Some(state) = FLOWS.get_ptr_mut(&packet.key) {
-        update(&packet.key, state, true, hook, len, packet.tcp_flags, now);
+    // One lookup finds the flow from either direction: the table key is
+    // canonical, and the flow's flags say which end initiated it.
+    let source_first = packet.key.is_canonical();
+    let key = if source_first {
+        packet.key
+    } else {
+        packet.key.reversed()
+    };
+    if let Some(state) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a pointer from a successful lookup, valid for this run.
+        let original = unsafe { (*state).flags } & FLAG_KEY_IS_ORIGINAL != 0;
+        update(&key, state, original == source_first, hook, len, &packet);
         return;
     }
-    let reversed = packet.key.reversed();
-    if let Some(state) = FLOWS.get_ptr_mut(&reversed) {
-        update(&reversed, state, false, hook, len, packet.tcp_flags, now);
-        return;
-    }
-    if packet.starts_flow && open(&packet.key, hook, len, now) && packet.key.protocol == PROTO_UDP {
+    if packet.starts_flow && open(&key, source_first, hook, len) && packet.key.protocol == PROTO_UDP
+    {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // Best effort: without it the flow still closes when idle.
-        let _ = SOCKETS.insert(&cookie, &packet.key, 0);
+        let _ = SOCKETS.insert(&cookie, &key, 0);
     }
 }
 
@@ -125,18 +134,26 @@ fn is_icmp(protocol: u8) -> bool {
     protocol == PROTO_ICMP || protocol == PROTO_ICMPV6
 }
 
-/// Inserts a new flow and reports it; false if it was not inserted.
-fn open(key: &RawFlowKey, hook: Hook, len: u64, now: u64) -> bool {
+/// Inserts a new flow under its canonical `key` and reports it; false if it
+/// was not inserted.
+fn open(key: &RawFlowKey, key_is_original: bool, hook: Hook, len: u64) -> bool {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut flags = if hook == Hook::Egress {
+        FLAG_ORIG_EGRESS
+    } else {
+        FLAG_ORIG_INGRESS
+    };
+    if key_is_original {
+        flags |= FLAG_KEY_IS_ORIGINAL;
+    }
     let state = RawFlowState {
         packets: 1,
         bytes: len,
         first_seen_ns: now,
         last_seen_ns: now,
-        flags: if hook == Hook::Egress {
-            FLAG_ORIG_EGRESS
-        } else {
-            FLAG_ORIG_INGRESS
-        },
+        flags,
+        fin_ack_orig: 0,
+        fin_ack_reply: 0,
     };
     // NOEXIST: when two CPUs race on a flow's first packets, one opens it.
     if FLOWS.insert(key, &state, u64::from(BPF_NOEXIST)).is_err() {
@@ -154,8 +171,7 @@ fn update(
     from_initiator: bool,
     hook: Hook,
     len: u64,
-    tcp_flags: u8,
-    now: u64,
+    packet: &Packet,
 ) {
     // SAFETY: the pointer comes from a successful map lookup and stays valid
     // for this program run; fields other CPUs may update are changed with
@@ -182,49 +198,99 @@ fn update(
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).packets, 1);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).bytes, len);
-        (&raw mut (*state).last_seen_ns).write_volatile(now);
+        // Coarse time (jiffies) is enough for idle timeouts and cheaper.
+        (&raw mut (*state).last_seen_ns).write_volatile(bpf_ktime_get_coarse_ns());
     }
     if key.protocol != PROTO_TCP {
         return;
     }
-    if tcp_flags & TCP_RST != 0 {
-        close(key, state, CLOSE_RST, now);
+    if packet.tcp_flags & TCP_RST != 0 {
+        close(key, state, CLOSE_RST);
         return;
     }
-    let fins = FLAG_FIN_ORIG | FLAG_FIN_REPLY;
-    if tcp_flags & TCP_FIN != 0 {
-        let bit = if from_initiator {
-            FLAG_FIN_ORIG
-        } else {
-            FLAG_FIN_REPLY
-        };
-        unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(flags, bit) };
-    } else if seen & fins == fins && tcp_flags & TCP_ACK != 0 {
-        // The ACK of the second FIN: the exchange is complete.
-        close(key, state, CLOSE_FIN, now);
+    track_fin_exchange(key, state, flags, seen, from_initiator, packet);
+}
+
+/// Closes a TCP flow when the ACK of the second FIN passes: each side's FIN
+/// is remembered with the sequence number that acknowledges it.
+fn track_fin_exchange(
+    key: &RawFlowKey,
+    state: *mut RawFlowState,
+    flags: *mut u64,
+    mut seen: u64,
+    from_initiator: bool,
+    packet: &Packet,
+) {
+    let (fin_bit, own_fin_ack) = if from_initiator {
+        (FLAG_FIN_ORIG, unsafe { &raw mut (*state).fin_ack_orig })
+    } else {
+        (FLAG_FIN_REPLY, unsafe { &raw mut (*state).fin_ack_reply })
+    };
+    if packet.tcp_flags & TCP_FIN != 0 {
+        let acked_by = packet
+            .tcp_seq
+            .wrapping_add(packet.tcp_payload)
+            .wrapping_add(1);
+        unsafe {
+            own_fin_ack.write_volatile(acked_by);
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(flags, fin_bit);
+        }
+        seen |= fin_bit;
+    }
+    if packet.tcp_flags & TCP_ACK == 0 {
+        return;
+    }
+    let (peer_fin, peer_acked, peer_fin_ack) = if from_initiator {
+        (FLAG_FIN_REPLY, FLAG_FIN_REPLY_ACKED, unsafe {
+            (*state).fin_ack_reply
+        })
+    } else {
+        (FLAG_FIN_ORIG, FLAG_FIN_ORIG_ACKED, unsafe {
+            (*state).fin_ack_orig
+        })
+    };
+    // Serial-number comparison: the ACK covers the peer's FIN.
+    if seen & peer_fin != 0
+        && seen & peer_acked == 0
+        && packet.tcp_ack.wrapping_sub(peer_fin_ack) as i32 >= 0
+    {
+        unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(flags, peer_acked) };
+        seen |= peer_acked;
+    }
+    let done = FLAG_FIN_ORIG_ACKED | FLAG_FIN_REPLY_ACKED;
+    if seen & done == done {
+        close(key, state, CLOSE_FIN);
     }
 }
 
-fn close(key: &RawFlowKey, state: *const RawFlowState, reason: u32, now: u64) {
+fn close(key: &RawFlowKey, state: *const RawFlowState, reason: u32) {
     // Read the counters before removing: the slot may be reused at once.
     let snapshot = unsafe { *state };
     // Whoever removes the entry (this program or userspace's sweep) reports
     // the close, so it is reported once.
     if FLOWS.remove(key).is_ok() {
         bump(COUNTER_FLOWS_REMOVED);
-        emit(RECORD_CLOSED, reason, key, &snapshot, now);
+        emit(RECORD_CLOSED, reason, key, &snapshot, unsafe {
+            bpf_ktime_get_ns()
+        });
     }
 }
 
+/// Sends a record with the key oriented initiator → responder.
 fn emit(kind: u32, close_reason: u32, key: &RawFlowKey, state: &RawFlowState, now: u64) {
     let Some(mut entry) = EVENTS.reserve::<RawFlowRecord>(0) else {
         bump(COUNTER_RING_FULL);
         return;
     };
+    let key = if state.flags & FLAG_KEY_IS_ORIGINAL != 0 {
+        *key
+    } else {
+        key.reversed()
+    };
     entry.write(RawFlowRecord {
         kind,
         close_reason,
-        key: *key,
+        key,
         packets: state.packets,
         bytes: state.bytes,
         first_seen_ns: state.first_seen_ns,
@@ -233,52 +299,78 @@ fn emit(kind: u32, close_reason: u32, key: &RawFlowKey, state: &RawFlowState, no
     entry.submit(0);
 }
 
+/// Reads a `T` at `offset` from the packet: straight from the linear data
+/// when it is there (no helper call), else with `bpf_skb_load_bytes`.
+#[inline(always)]
+fn read<T: Copy>(ctx: &SkBuffContext, offset: usize) -> Option<T> {
+    // SAFETY: the context's __sk_buff, valid for this run; the verifier
+    // turns these fields into the packet's bounds.
+    let (start, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
+    if start + offset + core::mem::size_of::<T>() <= end {
+        // SAFETY: the range lies within the packet's linear data (checked
+        // above, and again by the verifier).
+        return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+    }
+    ctx.load(offset).ok()
+}
+
 fn parse(ctx: &SkBuffContext) -> Option<Packet> {
-    let first: u8 = ctx.load(0).ok()?;
     let mut key = RawFlowKey::default();
-    let (protocol, l4) = match first >> 4 {
+    // One read per header, straight from the packet where possible: a
+    // bpf_skb_load_bytes call costs more than the bytes it copies.
+    let ipv4: [u8; 20] = read(ctx, 0)?;
+    let (protocol, l4) = match ipv4[0] >> 4 {
         4 => {
-            let header_len = usize::from(first & 0x0f) * 4;
+            let header_len = usize::from(ipv4[0] & 0x0f) * 4;
             if header_len < 20 {
                 return None;
             }
-            let fragment: u16 = u16::from_be(ctx.load(6).ok()?);
-            if fragment & 0x1fff != 0 {
+            if u16::from_be_bytes([ipv4[6], ipv4[7]]) & 0x1fff != 0 {
                 return None; // not the first fragment: no transport header
             }
-            let src: [u8; 4] = ctx.load(12).ok()?;
-            let dst: [u8; 4] = ctx.load(16).ok()?;
-            key.src_addr[..4].copy_from_slice(&src);
-            key.dst_addr[..4].copy_from_slice(&dst);
+            key.src_addr[..4].copy_from_slice(&ipv4[12..16]);
+            key.dst_addr[..4].copy_from_slice(&ipv4[16..20]);
             key.family = FAMILY_V4;
-            (ctx.load::<u8>(9).ok()?, header_len)
+            (ipv4[9], header_len)
         }
         6 => {
-            key.src_addr = ctx.load(8).ok()?;
-            key.dst_addr = ctx.load(24).ok()?;
+            let ipv6: [u8; 40] = read(ctx, 0)?;
+            key.src_addr.copy_from_slice(&ipv6[8..24]);
+            key.dst_addr.copy_from_slice(&ipv6[24..40]);
             key.family = FAMILY_V6;
-            ipv6_transport(ctx)?
+            ipv6_transport(ctx, ipv6[6])?
         }
         _ => return None,
     };
     key.protocol = protocol;
-    let mut tcp_flags = 0;
+    let (mut tcp_flags, mut tcp_seq, mut tcp_ack, mut tcp_payload) = (0, 0, 0, 0);
     let starts_flow = match protocol {
         PROTO_TCP => {
-            key.src_port = u16::from_be(ctx.load(l4).ok()?);
-            key.dst_port = u16::from_be(ctx.load(l4 + 2).ok()?);
-            tcp_flags = ctx.load(l4 + 13).ok()?;
+            let tcp: [u8; 14] = read(ctx, l4)?;
+            key.src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+            key.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+            tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+            tcp_ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+            let headers = (l4 + usize::from(tcp[12] >> 4) * 4) as u32;
+            tcp_payload = ctx.len().saturating_sub(headers);
+            tcp_flags = tcp[13];
             tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0
         }
         PROTO_UDP => {
-            key.src_port = u16::from_be(ctx.load(l4).ok()?);
-            key.dst_port = u16::from_be(ctx.load(l4 + 2).ok()?);
+            let udp: [u8; 4] = read(ctx, l4)?;
+            key.src_port = u16::from_be_bytes([udp[0], udp[1]]);
+            key.dst_port = u16::from_be_bytes([udp[2], udp[3]]);
             true
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let icmp_type: u8 = ctx.load(l4).ok()?;
-            let code: u8 = ctx.load(l4 + 1).ok()?;
-            let identifier = u16::from_be(ctx.load(l4 + 4).ok()?);
+            let icmp: [u8; 6] = read(ctx, l4)?;
+            let (icmp_type, code) = (icmp[0], icmp[1]);
+            let identifier = u16::from_be_bytes([icmp[4], icmp[5]]);
             let (request, reply) = if protocol == PROTO_ICMP {
                 (8, 0)
             } else {
@@ -289,8 +381,8 @@ fn parse(ctx: &SkBuffContext) -> Option<Packet> {
                 key.dst_port = u16::from(icmp_type) << 8 | u16::from(code);
                 true
             } else if icmp_type == reply {
-                // Keyed as the reverse of its request, so the lookup of the
-                // reversed key finds the request's flow.
+                // Keyed as the reverse of its request, so that it finds the
+                // request's flow.
                 key.src_port = u16::from(request) << 8;
                 key.dst_port = identifier;
                 false
@@ -301,6 +393,9 @@ fn parse(ctx: &SkBuffContext) -> Option<Packet> {
         _ => return None,
     };
     Some(Packet {
+        tcp_seq,
+        tcp_ack,
+        tcp_payload,
         key,
         tcp_flags,
         starts_flow,
@@ -308,8 +403,8 @@ fn parse(ctx: &SkBuffContext) -> Option<Packet> {
 }
 
 /// Walks IPv6 extension headers; returns the transport protocol and offset.
-fn ipv6_transport(ctx: &SkBuffContext) -> Option<(u8, usize)> {
-    let mut next: u8 = ctx.load(6).ok()?;
+fn ipv6_transport(ctx: &SkBuffContext, first: u8) -> Option<(u8, usize)> {
+    let mut next = first;
     let mut offset = 40_usize;
     for _ in 0..MAX_IPV6_EXTENSIONS {
         match next {
@@ -352,9 +447,7 @@ fn release(ctx: &SockContext) {
     };
     let _ = SOCKETS.remove(&cookie);
     if let Some(state) = FLOWS.get_ptr(&key) {
-        close(&key, state, CLOSE_SOCK_RELEASE, unsafe {
-            bpf_ktime_get_ns()
-        });
+        close(&key, state, CLOSE_SOCK_RELEASE);
     }
 }
 

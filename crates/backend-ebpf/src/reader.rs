@@ -11,7 +11,8 @@ use flow_core::clock::monotonic_now_ns;
 use flow_core::{FlowError, FlowEvent, FlowStream, LossPoint};
 use flow_ebpf_common::{
     COUNTER_FLOWS_INSERTED, COUNTER_FLOWS_REMOVED, COUNTER_INSERT_FAILED, COUNTER_RING_FULL,
-    COUNTERS_MAP, EVENTS_MAP, FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLOWS_MAP, RawFlowKey, RawFlowState,
+    COUNTERS_MAP, EVENTS_MAP, FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLAG_KEY_IS_ORIGINAL, FLOWS_MAP,
+    RawFlowKey, RawFlowState,
 };
 use futures::StreamExt;
 use tokio::io::Interest;
@@ -213,8 +214,14 @@ impl Reader {
             if self.flows.remove(&key).is_ok() {
                 self.user_removed += 1;
                 live = live.saturating_sub(1);
+                // The table key is canonical; the flags say which end began.
+                let oriented = if state.flags & FLAG_KEY_IS_ORIGINAL != 0 {
+                    key.0
+                } else {
+                    key.0.reversed()
+                };
                 self.pending.push_back(Ok(FlowEvent::closed(
-                    flow_key(&key.0),
+                    flow_key(&oriented),
                     state.packets,
                     state.bytes,
                     now,

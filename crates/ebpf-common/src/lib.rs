@@ -62,13 +62,23 @@ pub const FLAG_FIN_REPLY: u64 = 1 << 1;
 pub const FLAG_ORIG_EGRESS: u64 = 1 << 2;
 /// [`RawFlowState::flags`]: an initiator packet was seen arriving (ingress).
 pub const FLAG_ORIG_INGRESS: u64 = 1 << 3;
+/// [`RawFlowState::flags`]: the flow table key is oriented initiator →
+/// responder. Keys are stored canonically (the smaller endpoint first) so
+/// that one lookup finds a flow from either direction; this bit says which
+/// end initiated.
+pub const FLAG_KEY_IS_ORIGINAL: u64 = 1 << 4;
+/// [`RawFlowState::flags`]: the responder acknowledged the initiator's FIN.
+pub const FLAG_FIN_ORIG_ACKED: u64 = 1 << 5;
+/// [`RawFlowState::flags`]: the initiator acknowledged the responder's FIN.
+pub const FLAG_FIN_REPLY_ACKED: u64 = 1 << 6;
 
 /// IPv4 in [`RawFlowKey::family`].
 pub const FAMILY_V4: u8 = 4;
 /// IPv6 in [`RawFlowKey::family`].
 pub const FAMILY_V6: u8 = 6;
 
-/// A flow's 5-tuple as the kernel program keys it, initiator → responder.
+/// A flow's 5-tuple: in ring-buffer records oriented initiator →
+/// responder; in the flow table canonical (see [`FLAG_KEY_IS_ORIGINAL`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RawFlowKey {
@@ -89,6 +99,13 @@ pub struct RawFlowKey {
 }
 
 impl RawFlowKey {
+    /// Whether the source endpoint sorts before the destination: the table
+    /// stores keys in that (canonical) order.
+    #[must_use]
+    pub fn is_canonical(&self) -> bool {
+        (self.src_addr, self.src_port) <= (self.dst_addr, self.dst_port)
+    }
+
     /// The same flow seen from the responder.
     #[must_use]
     pub const fn reversed(&self) -> Self {
@@ -114,11 +131,15 @@ pub struct RawFlowState {
     pub bytes: u64,
     /// CLOCK_MONOTONIC ns of the first packet.
     pub first_seen_ns: u64,
-    /// CLOCK_MONOTONIC ns of the latest packet.
+    /// CLOCK_MONOTONIC ns of the latest packet (coarse: jiffies resolution).
     pub last_seen_ns: u64,
     /// `FLAG_*` bits (64-bit so that the program can update them with the
     /// BPF target's 64-bit atomics).
     pub flags: u64,
+    /// TCP: the sequence number that acknowledges the initiator's FIN.
+    pub fin_ack_orig: u32,
+    /// TCP: the sequence number that acknowledges the responder's FIN.
+    pub fin_ack_reply: u32,
 }
 
 /// One ring-buffer record: a flow opened or closed.

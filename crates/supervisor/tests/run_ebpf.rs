@@ -212,3 +212,54 @@ fn after_sigkill_the_next_start_removes_what_was_left() {
         "the next start removed the leftover cgroup and its processes"
     );
 }
+
+#[test]
+fn watch_follows_an_existing_cgroup_until_ctrl_c() {
+    if !privileged("watch_follows_an_existing_cgroup_until_ctrl_c") {
+        return;
+    }
+    let netns = flowtrack_kernel_tests::Netns::new();
+    let cgroup = flowtrack_kernel_tests::TestCgroup::new();
+    let watch = Command::new(FLOWTRACK)
+        .args(["watch", "--backend", "ebpf", "--format", "json", "--cgroup"])
+        .arg(&cgroup.path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while attached_programs(&cgroup.path).len() < 3 {
+        assert!(Instant::now() < deadline, "watch never attached");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut python = netns.command("python3");
+    python.args(["-c", SEND_UDP]);
+    let sent = cgroup.wrap(&python).output().unwrap();
+    assert_eq!(sent.status.code(), Some(7));
+    let sport = String::from_utf8_lossy(&sent.stdout).trim().to_owned();
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = rustix::process::Pid::from_raw(watch.id().cast_signed()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let output = watch.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "Ctrl-C ends watch normally: {output:?}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].contains(r#""kind":"opened","proto":"udp""#),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].contains(&format!(
+            r#""sport":{sport},"dst":"127.0.0.1","dport":9,"packets":1,"bytes":128"#
+        )),
+        "{stdout}"
+    );
+    assert!(
+        attached_programs(&cgroup.path).is_empty(),
+        "detached after Ctrl-C"
+    );
+}
