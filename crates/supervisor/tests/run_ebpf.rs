@@ -263,3 +263,39 @@ fn watch_follows_an_existing_cgroup_until_ctrl_c() {
         "detached after Ctrl-C"
     );
 }
+
+#[test]
+fn without_privileges_the_error_says_what_is_needed() {
+    if !privileged("without_privileges_the_error_says_what_is_needed") {
+        return;
+    }
+    let cgroup = flowtrack_kernel_tests::TestCgroup::new();
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                FLOWTRACK,
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let cgroup_path = cgroup.path.to_str().unwrap();
+    let watch = as_nobody(&["watch", "--backend", "ebpf", "--cgroup", cgroup_path]);
+    assert_eq!(watch.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&watch.stderr),
+        "flowtrack: error: cannot start the ebpf backend: creating eBPF maps needs CAP_BPF and CAP_NET_ADMIN: run as root or grant it\n"
+    );
+    let run = as_nobody(&["run", "--backend", "ebpf", "--", "true"]);
+    assert_eq!(run.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.starts_with("flowtrack: error: cannot create cgroup ")
+            && stderr.contains("(needs root)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1);
+}
