@@ -29,6 +29,10 @@ for features in "" ebpf nflog mock; do
     cargo clippy -p flow-supervisor --no-default-features ${features:+--features "$features"} --all-targets -- -D warnings
 done
 
+echo "== lint the kernel-side program (nightly, bpfel-unknown-none)"
+(cd ebpf && cargo +nightly clippy --release --target bpfel-unknown-none -Z build-std=core \
+    --target-dir ../target/ebpf-clippy -- -D warnings)
+
 echo "== dependency policy"
 cargo deny check licenses bans sources
 

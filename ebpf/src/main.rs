@@ -116,7 +116,7 @@ fn observe(ctx: &SkBuffContext, hook: Hook) {
     } else {
         packet.key.reversed()
     };
-    if let Some(state) = FLOWS.get_ptr_mut(&key) {
+    if let Some(state) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a pointer from a successful lookup, valid for this run.
         let original = unsafe { (*state).flags } & FLAG_KEY_IS_ORIGINAL != 0;
         update(&key, state, original == source_first, hook, len, &packet);
@@ -126,7 +126,7 @@ fn observe(ctx: &SkBuffContext, hook: Hook) {
     {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // Best effort: without it the flow still closes when idle.
-        let _ = SOCKETS.insert(&cookie, &key, 0);
+        let _ = SOCKETS.insert(cookie, key, 0);
     }
 }
 
@@ -156,7 +156,7 @@ fn open(key: &RawFlowKey, key_is_original: bool, hook: Hook, len: u64) -> bool {
         fin_ack_reply: 0,
     };
     // NOEXIST: when two CPUs race on a flow's first packets, one opens it.
-    if FLOWS.insert(key, &state, u64::from(BPF_NOEXIST)).is_err() {
+    if FLOWS.insert(key, state, u64::from(BPF_NOEXIST)).is_err() {
         bump(COUNTER_INSERT_FAILED);
         return false;
     }
@@ -442,11 +442,11 @@ fn release(ctx: &SockContext) {
         return; // TCP closes on FIN/RST after release; others idle out
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(key) = (unsafe { SOCKETS.get(&cookie) }).copied() else {
+    let Some(key) = (unsafe { SOCKETS.get(cookie) }).copied() else {
         return;
     };
-    let _ = SOCKETS.remove(&cookie);
-    if let Some(state) = FLOWS.get_ptr(&key) {
+    let _ = SOCKETS.remove(cookie);
+    if let Some(state) = FLOWS.get_ptr(key) {
         close(&key, state, CLOSE_SOCK_RELEASE);
     }
 }

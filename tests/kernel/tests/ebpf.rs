@@ -432,3 +432,43 @@ async fn a_tiny_ring_buffer_reports_every_lost_record() {
         "every record is delivered or counted as lost"
     );
 }
+
+/// UDP over IPv6 with a destination-options extension header (8 bytes,
+/// PadN) on every datagram the client sends.
+const UDP6_WITH_DSTOPTS: &str = "import socket,sys,json\n\
+port=int(sys.argv[1])\n\
+s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n\
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0,0,1,4,0,0,0,0]))\n\
+s.connect(('::1',port))\n\
+s.send(b'e'*200)\n\
+s.settimeout(5)\n\
+s.recv(1000)\n\
+print(s.getsockname()[1])\n\
+s.close()";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_extension_headers_are_skipped() {
+    let Some(env) = Env::new("ipv6_extension_headers_are_skipped") else {
+        return;
+    };
+    env.netns.enable_conntrack();
+    let server = env.server_outside(&["serve-udp", "[::1]:0"]);
+    let mut stream = env.start(env.config()).await;
+    let mut python = env.netns.command("python3");
+    python.args(["-c", UDP6_WITH_DSTOPTS, &server.port.to_string()]);
+    let output = env.cgroup.wrap(&python).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let sport: u16 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let key = FlowKey::udp(
+        format!("[::1]:{sport}").parse().unwrap(),
+        format!("[::1]:{}", server.port).parse().unwrap(),
+    );
+    let observed = observe(&mut stream, &[key], Duration::from_secs(20)).await;
+    // Request: IPv6 40 + options 8 + UDP 8 + 200; echo: 40 + 8 + 200.
+    let counters = observed.closed_once(&key);
+    assert_eq!(counters, (2, 256 + 248));
+    assert_matches_conntrack(&env.netns, &key, counters);
+}
