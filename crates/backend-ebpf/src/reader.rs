@@ -43,34 +43,23 @@ unsafe impl Pod for TableValue {}
 
 type Item = Result<FlowEvent, FlowError>;
 
+/// Takes the map `name` out of the loaded object, typed.
+fn take_map<T>(attached: &mut Attached, name: &str) -> Result<T, FlowError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = attached.ebpf.take_map(name).ok_or_else(|| {
+        FlowError::unavailable(BACKEND_NAME, format!("the eBPF object has no map {name}"))
+    })?;
+    T::try_from(map)
+        .map_err(|e| FlowError::unavailable(BACKEND_NAME, format!("eBPF map {name}: {e}")))
+}
+
 /// Builds the stream; it owns the programs, so dropping it detaches them.
 pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowStream, FlowError> {
-    let missing = |name: &str| {
-        FlowError::unavailable(BACKEND_NAME, format!("the eBPF object has no map {name}"))
-    };
-    let map_error =
-        |e: aya::maps::MapError| FlowError::unavailable(BACKEND_NAME, format!("eBPF map: {e}"));
-    let ring = RingBuf::try_from(
-        attached
-            .ebpf
-            .take_map(EVENTS_MAP)
-            .ok_or_else(|| missing(EVENTS_MAP))?,
-    )
-    .map_err(map_error)?;
-    let flows = HashMap::try_from(
-        attached
-            .ebpf
-            .take_map(FLOWS_MAP)
-            .ok_or_else(|| missing(FLOWS_MAP))?,
-    )
-    .map_err(map_error)?;
-    let counters = PerCpuArray::try_from(
-        attached
-            .ebpf
-            .take_map(COUNTERS_MAP)
-            .ok_or_else(|| missing(COUNTERS_MAP))?,
-    )
-    .map_err(map_error)?;
+    let ring: RingBuf<MapData> = take_map(&mut attached, EVENTS_MAP)?;
+    let flows: HashMap<MapData, TableKey, TableValue> = take_map(&mut attached, FLOWS_MAP)?;
+    let counters: PerCpuArray<MapData, u64> = take_map(&mut attached, COUNTERS_MAP)?;
     // SAFETY: the ring buffer owns its map file descriptor, which stays open
     // and unchanged until the RingBuf (inside the AsyncFd) is dropped.
     #[allow(unsafe_code)]

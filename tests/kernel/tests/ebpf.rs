@@ -175,31 +175,47 @@ fn assert_in_conntrack(entries: &[ConntrackEntry], key: &FlowKey, counters: (u64
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_over_ipv4_and_ipv6_with_known_payloads() {
-    let Some(env) = Env::new("tcp_over_ipv4_and_ipv6_with_known_payloads") else {
-        return;
-    };
+/// Serves `protocol` (`tcp` or `udp`) on IPv4 and IPv6 loopback outside
+/// the cgroup, runs the generator inside it against both with `v4_args` and
+/// `v6_args`, and returns the generated flows and what the backend saw.
+async fn over_both_families(
+    env: &Env,
+    protocol: &str,
+    v4_args: &[&str],
+    v6_args: &[&str],
+) -> (Vec<GeneratedFlow>, Observed) {
     env.netns.enable_conntrack();
-    let v4 = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
-    let v6 = env.server_outside(&["serve-tcp", "[::1]:0"]);
+    let serve = format!("serve-{protocol}");
+    let v4 = env.server_outside(&[&serve, "127.0.0.1:0"]);
+    let v6 = env.server_outside(&[&serve, "[::1]:0"]);
     let mut stream = env.start(env.config()).await;
-    let mut flows = env.inside(&[
-        "tcp",
-        &format!("127.0.0.1:{}", v4.port),
-        "--bytes",
-        "100000",
-    ]);
-    flows.extend(env.inside(&["tcp", &format!("[::1]:{}", v6.port), "--bytes", "3000"]));
+    let mut flows = Vec::new();
+    for (dst, args) in [
+        (format!("127.0.0.1:{}", v4.port), v4_args),
+        (format!("[::1]:{}", v6.port), v6_args),
+    ] {
+        let mut command = vec![protocol, dst.as_str()];
+        command.extend_from_slice(args);
+        flows.extend(env.inside(&command));
+    }
     let keys: Vec<FlowKey> = flows.iter().map(GeneratedFlow::key).collect();
     let observed = observe(&mut stream, &keys, Duration::from_secs(20)).await;
-
     assert_eq!(
         observed.opened.len(),
         2,
         "exactly the generator's flows: {observed:#?}"
     );
     assert_eq!(observed.lost, 0);
+    (flows, observed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_over_ipv4_and_ipv6_with_known_payloads() {
+    let Some(env) = Env::new("tcp_over_ipv4_and_ipv6_with_known_payloads") else {
+        return;
+    };
+    let (flows, observed) =
+        over_both_families(&env, "tcp", &["--bytes", "100000"], &["--bytes", "3000"]).await;
     for flow in &flows {
         assert_eq!(flow.received, flow.sent, "the echo came back");
         let key = flow.key();
@@ -221,30 +237,13 @@ async fn udp_over_ipv4_and_ipv6_counts_every_datagram() {
     let Some(env) = Env::new("udp_over_ipv4_and_ipv6_counts_every_datagram") else {
         return;
     };
-    env.netns.enable_conntrack();
-    let v4 = env.server_outside(&["serve-udp", "127.0.0.1:0"]);
-    let v6 = env.server_outside(&["serve-udp", "[::1]:0"]);
-    let mut stream = env.start(env.config()).await;
-    let mut flows = env.inside(&[
+    let (flows, observed) = over_both_families(
+        &env,
         "udp",
-        &format!("127.0.0.1:{}", v4.port),
-        "--bytes",
-        "512",
-        "--datagrams",
-        "5",
-    ]);
-    flows.extend(env.inside(&[
-        "udp",
-        &format!("[::1]:{}", v6.port),
-        "--bytes",
-        "1000",
-        "--datagrams",
-        "3",
-    ]));
-    let keys: Vec<FlowKey> = flows.iter().map(GeneratedFlow::key).collect();
-    let observed = observe(&mut stream, &keys, Duration::from_secs(20)).await;
-
-    assert_eq!(observed.opened.len(), 2, "{observed:#?}");
+        &["--bytes", "512", "--datagrams", "5"],
+        &["--bytes", "1000", "--datagrams", "3"],
+    )
+    .await;
     for flow in &flows {
         let key = flow.key();
         let expected_packets = 2 * flow.datagrams;
