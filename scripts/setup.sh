@@ -37,3 +37,6 @@ fi
 if ! cargo deny --version >/dev/null 2>&1; then
     cargo install cargo-deny --locked
 fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi

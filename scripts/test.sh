@@ -16,6 +16,7 @@ fi
 echo "== format"
 cargo fmt --all --check
 cargo fmt --manifest-path ebpf/Cargo.toml --check
+cargo fmt --manifest-path fuzz/Cargo.toml --check
 
 echo "== the committed eBPF object matches ebpf/"
 bash scripts/ebpf-object.sh check
@@ -45,6 +46,10 @@ if ! grep -q '^flowtrack: 3 flows opened, 3 closed; nothing lost$' <<<"$main_out
     echo "the main job did not report the workload's three flows" >&2
     exit 1
 fi
+
+# Each fuzz target briefly (FUZZ_SECONDS, default 30), from the committed
+# corpus; longer runs: FUZZ_SECONDS=600 bash scripts/fuzz.sh.
+bash scripts/fuzz.sh
 
 echo "== doc tests"
 cargo test --workspace --all-features --doc

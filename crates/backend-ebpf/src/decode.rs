@@ -114,6 +114,19 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_corpus_decodes() {
+        let corpus =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/ring_record");
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(corpus).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            decode_record(&bytes).unwrap();
+            seeds += 1;
+        }
+        assert_eq!(seeds, 10);
+    }
+
+    #[test]
     fn the_layout_is_what_the_kernel_writes() {
         assert_eq!(RECORD_SIZE, 80);
         assert_eq!(std::mem::size_of::<RawFlowKey>(), 40);
