@@ -245,3 +245,33 @@ fn watch_rejects_a_missing_cgroup_or_netns() {
         .code(1)
         .stderr("flowtrack: error: network namespace flowtrack-test-no-such-netns not found (/run/netns/flowtrack-test-no-such-netns does not exist): see `ip netns list`\n");
 }
+
+#[test]
+fn verbosity_flags_set_the_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{}").unwrap();
+    // -q keeps the one-line error; -v adds diagnostics; both together are a usage error.
+    let quiet = flowtrack()
+        .args(["-q", "replay"])
+        .arg(&bad)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&quiet.stderr).lines().count(), 1);
+    let verbose = flowtrack()
+        .args(["replay", "-vv", "--format", "json"])
+        .arg(example())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(verbose.status.success());
+    assert!(
+        String::from_utf8_lossy(&verbose.stderr).contains("flow source ended"),
+        "{verbose:?}"
+    );
+    flowtrack()
+        .args(["-q", "-v", "replay", "x"])
+        .assert()
+        .code(2);
+}

@@ -16,8 +16,28 @@ use flow_supervisor::output::OutputFormat;
     about = "Report every network connection a workload makes, straight from the Linux kernel."
 )]
 pub(crate) struct Cli {
+    /// More diagnostics on stderr: -v info, -vv debug, -vvv trace
+    /// (RUST_LOG, when set, takes precedence).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    /// Only errors on stderr (the run summary still prints).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+impl Cli {
+    /// The log filter -v/-q ask for, when RUST_LOG does not say.
+    pub(crate) fn log_level(&self) -> &'static str {
+        match (self.quiet, self.verbose) {
+            (true, _) => "error",
+            (false, 0) => "warn",
+            (false, 1) => "info",
+            (false, 2) => "debug",
+            _ => "trace",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
