@@ -282,15 +282,10 @@ fn emit(kind: u32, close_reason: u32, key: &RawFlowKey, state: &RawFlowState, no
         bump(COUNTER_RING_FULL);
         return;
     };
-    let key = if state.flags & FLAG_KEY_IS_ORIGINAL != 0 {
-        *key
-    } else {
-        key.reversed()
-    };
     entry.write(RawFlowRecord {
         kind,
         close_reason,
-        key,
+        key: key.oriented(state.flags),
         packets: state.packets,
         bytes: state.bytes,
         first_seen_ns: state.first_seen_ns,

@@ -11,17 +11,16 @@ use flow_core::clock::monotonic_now_ns;
 use flow_core::{FlowError, FlowEvent, FlowStream, LossPoint};
 use flow_ebpf_common::{
     COUNTER_FLOWS_INSERTED, COUNTER_FLOWS_REMOVED, COUNTER_INSERT_FAILED, COUNTER_RING_FULL,
-    COUNTERS_MAP, EVENTS_MAP, FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLAG_KEY_IS_ORIGINAL, FLOWS_MAP,
-    RawFlowKey, RawFlowState,
+    COUNTERS_MAP, EVENTS_MAP, FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLOWS_MAP, RawFlowKey, RawFlowState,
 };
 use futures::StreamExt;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::attach::Attached;
-use crate::decode::{decode_record, flow_key};
 use flow_core::cgroup;
 
+use crate::attach::Attached;
+use crate::decode::{decode_record, flow_key};
 use crate::{BACKEND_NAME, EbpfConfig};
 
 /// The flow table's key, as aya reads it.
@@ -89,13 +88,12 @@ pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowS
 
 /// Decodes every record in the ring into `pending`; undecodable ones are
 /// counted and reported as a loss.
-fn drain(ring: &mut RingBuf<MapData>, pending: &mut VecDeque<Item>, reported: &mut Counts) {
+fn drain(ring: &mut RingBuf<MapData>, pending: &mut VecDeque<Item>) {
     while let Some(record) = ring.next() {
         match decode_record(&record) {
             Ok(event) => pending.push_back(Ok(event)),
             Err(error) => {
                 tracing::warn!(?error, "skipping an undecodable eBPF record");
-                reported.malformed += 1;
                 pending.push_back(Err(FlowError::lost(LossPoint::Malformed, Some(1))));
             }
         }
@@ -126,7 +124,6 @@ struct Counts {
     ring_full: u64,
     insert_failed: u64,
     evicted: u64,
-    malformed: u64,
 }
 
 struct Reader {
@@ -160,7 +157,7 @@ impl Reader {
             tokio::select! {
                 guard = self.ring.readable_mut() => match guard {
                     Ok(mut guard) => {
-                        drain(guard.get_inner_mut(), &mut self.pending, &mut self.reported);
+                        drain(guard.get_inner_mut(), &mut self.pending);
                         guard.clear_ready();
                     }
                     Err(e) => return Some(Err(FlowError::io("reading the eBPF ring buffer", e))),
@@ -171,7 +168,7 @@ impl Reader {
     }
 
     fn drain_ring(&mut self) {
-        drain(self.ring.get_mut(), &mut self.pending, &mut self.reported);
+        drain(self.ring.get_mut(), &mut self.pending);
     }
 
     /// Closes idle flows and reports new losses.
@@ -203,14 +200,8 @@ impl Reader {
             if self.flows.remove(&key).is_ok() {
                 self.user_removed += 1;
                 live = live.saturating_sub(1);
-                // The table key is canonical; the flags say which end began.
-                let oriented = if state.flags & FLAG_KEY_IS_ORIGINAL != 0 {
-                    key.0
-                } else {
-                    key.0.reversed()
-                };
                 self.pending.push_back(Ok(FlowEvent::closed(
-                    flow_key(&oriented),
+                    flow_key(&key.0.oriented(state.flags)),
                     state.packets,
                     state.bytes,
                     now,

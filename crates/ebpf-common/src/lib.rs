@@ -106,6 +106,17 @@ impl RawFlowKey {
         (self.src_addr, self.src_port) <= (self.dst_addr, self.dst_port)
     }
 
+    /// The flow table's canonical key turned initiator → responder, as the
+    /// flow's `flags` ([`FLAG_KEY_IS_ORIGINAL`]) say.
+    #[must_use]
+    pub const fn oriented(&self, flags: u64) -> Self {
+        if flags & FLAG_KEY_IS_ORIGINAL != 0 {
+            *self
+        } else {
+            self.reversed()
+        }
+    }
+
     /// The same flow seen from the responder.
     #[must_use]
     pub const fn reversed(&self) -> Self {

@@ -4,6 +4,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where cgroup v2 is mounted, read from `/proc/mounts` (hybrid hosts mount
 /// it at `/sys/fs/cgroup/unified`, unified ones at `/sys/fs/cgroup`).
@@ -51,6 +52,28 @@ pub fn is_populated(cgroup: &Path) -> Option<bool> {
         .lines()
         .find_map(|line| line.strip_prefix("populated "))
         .map(|value| value.trim() == "1")
+}
+
+/// Kills every process left in `cgroup` (`cgroup.kill`, Linux 5.14+), waits
+/// up to two seconds for it to empty, and removes the directory.
+///
+/// # Errors
+/// The `rmdir` error (`NotFound`, or `EBUSY` when processes remain).
+///
+/// ```
+/// assert!(flow_core::cgroup::kill_and_remove("/nonexistent".as_ref()).is_err());
+/// ```
+pub fn kill_and_remove(cgroup: &Path) -> io::Result<()> {
+    if is_populated(cgroup) == Some(true) {
+        let _ = fs::write(cgroup.join("cgroup.kill"), "1");
+        for _ in 0..200 {
+            if is_populated(cgroup) != Some(true) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    fs::remove_dir(cgroup)
 }
 
 #[cfg(test)]

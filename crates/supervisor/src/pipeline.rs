@@ -1,10 +1,9 @@
 //! Drives a merged stream into a [`RecordWriter`] and tallies what passed.
 
-use std::collections::HashSet;
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use flow_core::{FlowError, FlowEventKind, FlowKey};
+use flow_core::{FlowError, FlowEventKind};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
@@ -50,39 +49,28 @@ pub async fn write_all<W: Write>(
     stream: MergedStream,
     writer: &mut RecordWriter<W>,
 ) -> io::Result<PipelineReport> {
-    write_stream(stream, writer, None).await
+    write_all_tracking_open(stream, writer, watch::channel(0).0).await
 }
 
-/// [`write_all`], and publishes how many flows are open (opened and not yet
-/// closed, per backend) on `open_flows`, so that a supervisor can wait for a
-/// workload's flows to close before it stops the sources.
+/// [`write_all`], and publishes on `open_flows`, whenever the stream pauses,
+/// how many flows are open (opened and not yet closed), so that a supervisor
+/// can wait for a workload's flows to close before it stops the sources.
 ///
 /// # Errors
 /// The writer's error.
 pub async fn write_all_tracking_open<W: Write>(
-    stream: MergedStream,
+    mut stream: MergedStream,
     writer: &mut RecordWriter<W>,
     open_flows: watch::Sender<usize>,
 ) -> io::Result<PipelineReport> {
-    write_stream(stream, writer, Some(open_flows)).await
-}
-
-async fn write_stream<W: Write>(
-    mut stream: MergedStream,
-    writer: &mut RecordWriter<W>,
-    open_flows: Option<watch::Sender<usize>>,
-) -> io::Result<PipelineReport> {
     let mut report = PipelineReport::default();
-    let mut open: HashSet<(Arc<str>, FlowKey)> = HashSet::new();
     loop {
         let item = match stream.next().now_or_never() {
             Some(Some(item)) => item,
             Some(None) => break,
             None => {
                 writer.flush()?;
-                if let Some(sender) = &open_flows {
-                    sender.send_replace(open.len());
-                }
+                open_flows.send_replace(report.open_flows());
                 match stream.next().await {
                     Some(item) => item,
                     None => break,
@@ -92,26 +80,19 @@ async fn write_stream<W: Write>(
         if let Some(record) = item.to_record() {
             writer.write(&record)?;
         }
-        if open_flows.is_some()
-            && let MergedItem::Event { backend, event } = &item
-        {
-            match event.kind {
-                FlowEventKind::Opened => {
-                    open.insert((Arc::clone(backend), event.key));
-                }
-                FlowEventKind::Closed { .. } => {
-                    open.remove(&(Arc::clone(backend), event.key));
-                }
-                _ => {}
-            }
-        }
         tally(&mut report, item);
     }
     writer.flush()?;
-    if let Some(sender) = &open_flows {
-        sender.send_replace(open.len());
-    }
+    open_flows.send_replace(report.open_flows());
     Ok(report)
+}
+
+impl PipelineReport {
+    /// Flows opened and not (yet) closed.
+    #[must_use]
+    pub fn open_flows(&self) -> usize {
+        usize::try_from(self.opened.saturating_sub(self.closed)).unwrap_or(usize::MAX)
+    }
 }
 
 fn tally(report: &mut PipelineReport, item: MergedItem) {

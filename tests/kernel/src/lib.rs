@@ -326,14 +326,7 @@ impl Default for TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
-        for _ in 0..200 {
-            if flow_core::cgroup::is_populated(&self.path) != Some(true) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = std::fs::remove_dir(&self.path);
+        let _ = flow_core::cgroup::kill_and_remove(&self.path);
     }
 }
 

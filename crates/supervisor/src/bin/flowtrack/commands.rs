@@ -70,31 +70,46 @@ fn shutdown_on_ctrl_c(handle: ShutdownHandle) {
     });
 }
 
-/// Writes the merged stream; a reader that went away (`| head`) ends the
-/// output quietly.
+/// Writes the merged stream, publishing the number of open flows on
+/// `open_flows`; a reader that went away (`| head`) ends the output quietly.
 async fn write_events(
     merger: Merger,
     mut writer: RecordWriter<Box<dyn Write + Send>>,
+    open_flows: tokio::sync::watch::Sender<usize>,
 ) -> Result<PipelineReport> {
-    match pipeline::write_all(merger.into_stream(), &mut writer).await {
+    match pipeline::write_all_tracking_open(merger.into_stream(), &mut writer, open_flows).await {
         Ok(report) => Ok(report),
         Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(PipelineReport::default()),
         Err(error) => Err(error).context("cannot write events"),
     }
 }
 
-/// Reports failed sources on stderr: success only if none failed.
-fn exit_code_of(report: &PipelineReport) -> ExitCode {
+/// Writes the merged stream until it ends (for commands that do not wait
+/// on open flows).
+async fn write_all_events(
+    merger: Merger,
+    writer: RecordWriter<Box<dyn Write + Send>>,
+) -> Result<PipelineReport> {
+    write_events(merger, writer, tokio::sync::watch::channel(0).0).await
+}
+
+/// Reports failed sources on stderr; whether any failed.
+fn print_failures(report: &PipelineReport) -> bool {
     for failure in &report.failures {
         eprintln!(
             "flowtrack: error: the {} backend failed: {}",
             failure.backend, failure.error
         );
     }
-    if report.failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
+    !report.failures.is_empty()
+}
+
+/// Success unless a source failed (the failures are printed).
+fn exit_code_of(report: &PipelineReport) -> ExitCode {
+    if print_failures(report) {
         ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -107,7 +122,7 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
         .map(|source| Box::new(source) as Box<dyn FlowSource>);
     let merger = start_merger(sources.collect()).await?;
     shutdown_on_ctrl_c(merger.shutdown_handle());
-    let report = write_events(merger, writer).await?;
+    let report = write_all_events(merger, writer).await?;
     Ok(exit_code_of(&report))
 }
 
@@ -119,7 +134,7 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
     let merger = start_merger(sources).await?;
     tracing::info!(scope = %Describe(&scope), "watching until Ctrl-C");
     shutdown_on_ctrl_c(merger.shutdown_handle());
-    let report = write_events(merger, writer).await?;
+    let report = write_all_events(merger, writer).await?;
     Ok(exit_code_of(&report))
 }
 
@@ -132,7 +147,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let scope = Scope::Cgroup(cgroup.path().to_path_buf());
     let sources =
         backend::open(args.backend.backend, &scope).context("cannot observe the command")?;
-    let mut writer = open_writer(&args.output, DefaultStream::Stderr)?;
+    let writer = open_writer(&args.output, DefaultStream::Stderr)?;
     // Every source is attached before the child starts, so its first
     // connection is seen.
     let merger = start_merger(sources).await?;
@@ -145,7 +160,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         .spawn()
         .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
     let (open_flows, mut open_flows_now) = tokio::sync::watch::channel(0);
-    let output = pipeline::write_all_tracking_open(merger.into_stream(), &mut writer, open_flows);
+    let output = write_events(merger, writer, open_flows);
     let grace = Duration::from_secs_f64(args.grace);
     let supervise = async {
         let status = signals.wait_forwarding(&mut child).await;
@@ -161,12 +176,9 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let (report, status) = tokio::join!(output, supervise);
     let status = status.context("cannot wait for the command")?;
-    let report = match report {
-        Ok(report) => report,
-        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => PipelineReport::default(),
-        Err(error) => return Err(error).context("cannot write events"),
-    };
-    exit_code_of(&report);
+    let report = report?;
+    // The command's status is the exit code; failures are still shown.
+    print_failures(&report);
     print_summary(&report);
     drop(cgroup);
     Ok(child_exit_code(status))
@@ -211,7 +223,7 @@ impl ForwardedSignals {
 
 /// One line on stderr: what was observed, and what was not.
 fn print_summary(report: &PipelineReport) {
-    let still_open = report.opened.saturating_sub(report.closed);
+    let still_open = report.open_flows();
     let mut line = format!(
         "flowtrack: {} flows opened, {} closed",
         report.opened, report.closed

@@ -6,10 +6,9 @@ use std::ffi::{CString, OsString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use flow_core::cgroup::{cgroup2_mount, is_populated};
+use flow_core::cgroup::{cgroup2_mount, kill_and_remove};
 
 /// Names of flowtrack's cgroups: `flowtrack-<pid>-<n>`.
 const PREFIX: &str = "flowtrack-";
@@ -74,25 +73,10 @@ impl WorkloadCgroup {
 
 impl Drop for WorkloadCgroup {
     fn drop(&mut self) {
-        if let Err(error) = remove(&self.path) {
+        if let Err(error) = kill_and_remove(&self.path) {
             tracing::warn!(cgroup = %self.path.display(), %error, "could not remove the command's cgroup");
         }
     }
-}
-
-/// Kills every process in `path`, waits until it is empty, removes it.
-fn remove(path: &Path) -> std::io::Result<()> {
-    if is_populated(path) == Some(true) {
-        // cgroup.kill (5.14+) SIGKILLs every process in the subtree.
-        let _ = fs::write(path.join("cgroup.kill"), "1");
-        for _ in 0..200 {
-            if is_populated(path) != Some(true) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    fs::remove_dir(path)
 }
 
 /// Removes `flowtrack-<pid>-*` cgroups whose flowtrack process is gone.
@@ -113,7 +97,7 @@ fn remove_leftovers(mount: &Path) {
         if Path::new("/proc").join(pid.to_string()).exists() {
             continue; // its flowtrack is still running
         }
-        match remove(&entry.path()) {
+        match kill_and_remove(&entry.path()) {
             Ok(()) => {
                 tracing::info!(cgroup = %entry.path().display(), "removed a cgroup left by a crashed flowtrack")
             }
