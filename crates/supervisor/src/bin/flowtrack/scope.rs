@@ -22,31 +22,29 @@ impl fmt::Display for Describe<'_> {
 
 /// Checks the scope the user named: the directory or namespace file exists.
 pub(crate) fn resolve(scope: &WatchScope) -> Result<Scope> {
-    {
-        if let Some(path) = &scope.cgroup {
-            if !path.join("cgroup.procs").is_file() {
-                bail!(
-                    "cgroup {} does not exist or is not a cgroup directory: give the full path of a cgroup v2 directory",
-                    path.display()
-                );
-            }
-            return Ok(Scope::Cgroup(path.clone()));
+    if let Some(path) = &scope.cgroup {
+        if !path.join("cgroup.procs").is_file() {
+            bail!(
+                "cgroup {} does not exist or is not a cgroup directory: give the full path of a cgroup v2 directory",
+                path.display()
+            );
         }
-        if let Some(name) = &scope.netns {
-            let path = if name.contains('/') {
-                PathBuf::from(name)
-            } else {
-                Path::new("/run/netns").join(name)
-            };
-            if !path.exists() {
-                bail!(
-                    "network namespace {name} not found ({} does not exist): see `ip netns list`",
-                    path.display()
-                );
-            }
-            return Ok(Scope::Netns(path));
-        }
-        // clap's argument group requires exactly one of the two.
-        bail!("watch needs --cgroup PATH or --netns NAME")
+        return Ok(Scope::Cgroup(path.clone()));
     }
+    if let Some(name) = &scope.netns {
+        let path = if name.contains('/') {
+            PathBuf::from(name)
+        } else {
+            Path::new("/run/netns").join(name)
+        };
+        if !path.exists() {
+            bail!(
+                "network namespace {name} not found ({} does not exist): see `ip netns list`",
+                path.display()
+            );
+        }
+        return Ok(Scope::Netns(path));
+    }
+    // clap's argument group requires exactly one of the two.
+    bail!("watch needs --cgroup PATH or --netns NAME")
 }
