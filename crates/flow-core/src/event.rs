@@ -31,10 +31,14 @@ pub enum FlowEventKind {
         /// IP-level bytes in both directions.
         byte_count: u64,
     },
+    /// A packet of the flow was dropped by a firewall rule that reports
+    /// drops (the nflog backend: a drop rule logging to its group with the
+    /// prefix `flowtrack:deny`). The key is oriented as the packet travelled.
+    Denied,
 }
 
 impl FlowEventKind {
-    /// The kind's name in the output: `opened`, `closed`.
+    /// The kind's name in the output: `opened`, `closed`, `denied`.
     ///
     /// ```
     /// assert_eq!(flow_core::FlowEventKind::Opened.name(), "opened");
@@ -44,6 +48,7 @@ impl FlowEventKind {
         match self {
             Self::Opened => "opened",
             Self::Closed { .. } => "closed",
+            Self::Denied => "denied",
         }
     }
 }
@@ -152,7 +157,7 @@ impl fmt::Display for FlowEvent {
             Seconds(self.timestamp_ns)
         )?;
         match self.kind {
-            FlowEventKind::Opened => Ok(()),
+            FlowEventKind::Opened | FlowEventKind::Denied => Ok(()),
             FlowEventKind::Closed {
                 pkt_count,
                 byte_count,

@@ -3,12 +3,12 @@
 //! | field     | on            | value                                                   |
 //! |-----------|---------------|---------------------------------------------------------|
 //! | `ts_ns`   | every line    | CLOCK_MONOTONIC nanoseconds                             |
-//! | `kind`    | every line    | `"opened"`, `"closed"`, or `"lost"`                     |
-//! | `proto`   | opened/closed | `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"`, else the number as a string |
-//! | `src`     | opened/closed | initiator address                                       |
-//! | `sport`   | opened/closed | initiator port                                          |
-//! | `dst`     | opened/closed | responder address                                       |
-//! | `dport`   | opened/closed | responder port                                          |
+//! | `kind`    | every line    | `"opened"`, `"closed"`, `"denied"`, or `"lost"`         |
+//! | `proto`   | flow lines    | `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"`, else the number as a string |
+//! | `src`     | flow lines    | initiator address (denied: the dropped packet's source) |
+//! | `sport`   | flow lines    | initiator port                                          |
+//! | `dst`     | flow lines    | responder address                                       |
+//! | `dport`   | flow lines    | responder port                                          |
 //! | `packets` | closed        | packets, both directions                                |
 //! | `bytes`   | closed        | IP-level bytes, both directions                         |
 //! | `backend` | every line    | the backend that observed it                            |
@@ -147,7 +147,7 @@ impl<'a> FlowRecord<'a> {
         }
     }
 
-    /// The `kind` field: `opened`, `closed` or `lost`.
+    /// The `kind` field: `opened`, `closed`, `denied` or `lost`.
     ///
     /// ```
     /// use flow_core::LossPoint;
@@ -291,6 +291,7 @@ fn strip_position(error: &serde_json::Error) -> String {
 enum WireKind {
     Opened,
     Closed,
+    Denied,
     Lost,
 }
 
@@ -316,6 +317,7 @@ impl WireRecord {
         let kind_name = match self.kind {
             WireKind::Opened => "opened",
             WireKind::Closed => "closed",
+            WireKind::Denied => "denied",
             WireKind::Lost => {
                 return Ok(FlowRecord::lost(
                     self.backend,
@@ -349,6 +351,7 @@ impl WireRecord {
                 require(self.bytes, "bytes", kind_name)?,
                 self.ts_ns,
             ),
+            WireKind::Denied => FlowEvent::new(key, FlowEventKind::Denied, self.ts_ns),
             _ => FlowEvent::opened(key, self.ts_ns),
         };
         Ok(FlowRecord::event(self.backend, event))

@@ -37,17 +37,17 @@ pub enum BackendChoice {
 ///
 /// ```
 /// use flow_supervisor::backend::{BackendChoice, Scope, open};
-/// let error = open(BackendChoice::Nflog, &Scope::Netns("/run/netns/x".into())).err().unwrap();
-/// assert!(error.to_string().starts_with("nflog backend unavailable:"));
+/// let error = open(BackendChoice::Ebpf, &Scope::Netns("/run/netns/x".into())).err().unwrap();
+/// assert!(error.to_string().starts_with("ebpf backend unavailable:"));
 /// ```
 pub fn open(choice: BackendChoice, scope: &Scope) -> Result<Vec<Box<dyn FlowSource>>, FlowError> {
     match choice {
         BackendChoice::Ebpf => Ok(vec![open_ebpf(scope)?]),
-        BackendChoice::Nflog => Ok(vec![open_nflog()?]),
-        BackendChoice::Both => Ok(vec![open_ebpf(scope)?, open_nflog()?]),
+        BackendChoice::Nflog => Ok(vec![open_nflog(scope)?]),
+        BackendChoice::Both => Ok(vec![open_ebpf(scope)?, open_nflog(scope)?]),
         BackendChoice::Auto => match open_ebpf(scope) {
             Ok(ebpf) => Ok(vec![ebpf]),
-            Err(ebpf_error) => match open_nflog() {
+            Err(ebpf_error) => match open_nflog(scope) {
                 Ok(nflog) => {
                     tracing::warn!(%ebpf_error, "falling back to the nflog backend");
                     Ok(vec![nflog])
@@ -90,14 +90,19 @@ fn open_ebpf(_scope: &Scope) -> Result<Box<dyn FlowSource>, FlowError> {
     Err(not_compiled_in("ebpf"))
 }
 
-fn open_nflog() -> Result<Box<dyn FlowSource>, FlowError> {
-    #[cfg(feature = "nflog")]
-    return Err(FlowError::unavailable(
-        flow_backend_nflog::BACKEND_NAME,
-        flow_backend_nflog::NOT_BUILT_REASON,
-    ));
-    #[cfg(not(feature = "nflog"))]
-    return Err(not_compiled_in("nflog"));
+#[cfg(feature = "nflog")]
+fn open_nflog(scope: &Scope) -> Result<Box<dyn FlowSource>, FlowError> {
+    use flow_backend_nflog::{NflogConfig, NflogSource};
+    let config = match scope {
+        Scope::Cgroup(path) => NflogConfig::cgroup(path.clone()),
+        Scope::Netns(path) => NflogConfig::netns(path.clone()),
+    };
+    Ok(Box::new(NflogSource::new(config)))
+}
+
+#[cfg(not(feature = "nflog"))]
+fn open_nflog(_scope: &Scope) -> Result<Box<dyn FlowSource>, FlowError> {
+    Err(not_compiled_in("nflog"))
 }
 
 #[cfg(not(all(feature = "ebpf", feature = "nflog")))]

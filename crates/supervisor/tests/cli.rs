@@ -185,41 +185,6 @@ fn unknown_values_get_clap_errors() {
 }
 
 #[test]
-fn the_nflog_backend_says_it_is_not_built_yet() {
-    for backend in ["nflog", "both"] {
-        let assert = flowtrack()
-            .args(["run", "--backend", backend, "--", "true"])
-            .assert()
-            .code(1);
-        let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
-        assert!(
-            stderr.starts_with("flowtrack: error: cannot observe the command: "),
-            "{stderr}"
-        );
-        assert!(
-            stderr.contains("nflog backend unavailable: not built yet (issue #6)"),
-            "{stderr}"
-        );
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    }
-    let assert = flowtrack()
-        .args([
-            "watch",
-            "--backend",
-            "nflog",
-            "--netns",
-            "/proc/self/ns/net",
-        ])
-        .assert()
-        .code(1);
-    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
-    assert!(
-        stderr.contains("nflog backend unavailable: not built yet (issue #6)"),
-        "{stderr}"
-    );
-}
-
-#[test]
 fn the_ebpf_backend_does_not_watch_a_netns() {
     let assert = flowtrack()
         .args(["watch", "--backend", "ebpf", "--netns", "/proc/self/ns/net"])

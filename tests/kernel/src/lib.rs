@@ -6,6 +6,8 @@
 //! removes them when dropped, even when the test fails. Traffic only goes to
 //! addresses inside namespaces the test made.
 
+pub mod observe;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -121,6 +123,12 @@ impl Netns {
         netns
     }
 
+    /// Its nsfs path, `/run/netns/NAME`.
+    #[must_use]
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
     /// `program args` to run inside the namespace.
     #[must_use]
     pub fn command(&self, program: &str) -> Command {
@@ -164,23 +172,34 @@ impl Netns {
     }
 }
 
-/// `conntrack -E` listening for DESTROY events in a namespace: the peer
-/// for flows whose entry conntrack deletes at once (a refused connection).
+/// `conntrack -E` listening for events in a namespace: the independent peer
+/// of a backend on the same traffic.
 #[derive(Debug)]
 pub struct ConntrackEvents {
     child: Child,
 }
 
 impl ConntrackEvents {
-    /// Starts listening in `netns` (give it a moment before the traffic).
+    /// Starts listening for DESTROY events in `netns`: the peer for flows
+    /// whose entry conntrack deletes at once (a refused connection).
     ///
     /// # Panics
     /// When `conntrack` cannot start.
     #[must_use]
     pub fn listen(netns: &Netns) -> Self {
+        Self::listen_for(netns, "DESTROY")
+    }
+
+    /// Starts listening for `events` (`conntrack -e` syntax: `NEW`,
+    /// `NEW,DESTROY`) in `netns`, and waits a moment for it to subscribe.
+    ///
+    /// # Panics
+    /// When `conntrack` cannot start.
+    #[must_use]
+    pub fn listen_for(netns: &Netns, events: &str) -> Self {
         let child = netns
             .command("conntrack")
-            .args(["-E", "-e", "DESTROY", "-o", "extended"])
+            .args(["-E", "-e", events, "-o", "extended"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -189,7 +208,8 @@ impl ConntrackEvents {
         Self { child }
     }
 
-    /// Stops listening and returns the destroyed entries.
+    /// Stops listening and returns the entries of the events heard
+    /// (counters are zero on events that carry none).
     ///
     /// # Panics
     /// When the output cannot be read.
@@ -276,8 +296,8 @@ impl ConntrackEntry {
         let number = |name: &str, nth: usize| value(name, nth).and_then(|v| v.parse::<u64>().ok());
         Some(Self {
             key,
-            packets: number("packets", 0)? + number("packets", 1)?,
-            bytes: number("bytes", 0)? + number("bytes", 1)?,
+            packets: number("packets", 0).unwrap_or(0) + number("packets", 1).unwrap_or(0),
+            bytes: number("bytes", 0).unwrap_or(0) + number("bytes", 1).unwrap_or(0),
         })
     }
 }
@@ -327,6 +347,57 @@ impl Default for TestCgroup {
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         let _ = flow_core::cgroup::kill_and_remove(&self.path);
+    }
+}
+
+/// A test's network namespace and cgroup, and the traffic generator run
+/// in them.
+#[derive(Debug)]
+pub struct TestEnv {
+    /// The namespace every process of the test runs in.
+    pub netns: Netns,
+    /// The cgroup the observed processes join.
+    pub cgroup: TestCgroup,
+    traffic: String,
+}
+
+impl TestEnv {
+    /// A fresh namespace and cgroup for `test`, which runs the generator at
+    /// `traffic` (its `CARGO_BIN_EXE_traffic`); `None` when the test must
+    /// skip (see [`privileged`]).
+    #[must_use]
+    pub fn new(test: &str, traffic: &str) -> Option<Self> {
+        privileged(test).then(|| Self {
+            netns: Netns::new(),
+            cgroup: TestCgroup::new(),
+            traffic: traffic.to_owned(),
+        })
+    }
+
+    /// The generator with `args`, in the namespace, outside the cgroup.
+    #[must_use]
+    pub fn traffic(&self, args: &[&str]) -> Command {
+        let mut command = self.netns.command(&self.traffic);
+        command.args(args);
+        command
+    }
+
+    /// Runs the generator inside the cgroup; its flows.
+    #[must_use]
+    pub fn inside(&self, args: &[&str]) -> Vec<GeneratedFlow> {
+        generate(&mut self.cgroup.wrap(&self.traffic(args)))
+    }
+
+    /// Starts a generator server outside the cgroup.
+    #[must_use]
+    pub fn server_outside(&self, args: &[&str]) -> Server {
+        Server::start(self.traffic(args))
+    }
+
+    /// Starts a generator server inside the cgroup.
+    #[must_use]
+    pub fn server_inside(&self, args: &[&str]) -> Server {
+        Server::start(self.cgroup.wrap(&self.traffic(args)))
     }
 }
 

@@ -3,183 +3,42 @@
 //! conntrack (with accounting) the independent peer.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use flow_backend_ebpf::{EbpfConfig, EbpfSource};
-use flow_core::{FlowError, FlowEventKind, FlowKey, FlowSource, FlowStream};
-use flowtrack_kernel_tests::{
-    ConntrackEntry, ConntrackEvents, GeneratedFlow, Netns, Server, TestCgroup, generate, privileged,
+use flow_core::{FlowKey, FlowSource, FlowStream};
+use flowtrack_kernel_tests::observe::{
+    Observed, assert_in_conntrack, assert_matches_conntrack, headers, observe, observe_until,
 };
-use futures::StreamExt;
+use flowtrack_kernel_tests::{ConntrackEvents, GeneratedFlow, TestEnv, generate};
 
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_traffic");
 
-/// A test's namespace and cgroup.
-struct Env {
-    netns: Netns,
-    cgroup: TestCgroup,
+/// The test's environment, or `None` when it must skip.
+fn env(test: &str) -> Option<TestEnv> {
+    TestEnv::new(test, TRAFFIC)
 }
 
-impl Env {
-    fn new(test: &str) -> Option<Self> {
-        privileged(test).then(|| Self {
-            netns: Netns::new(),
-            cgroup: TestCgroup::new(),
-        })
-    }
-
-    fn config(&self) -> EbpfConfig {
-        let mut config = EbpfConfig::new(&self.cgroup.path);
-        config.sweep_interval = Duration::from_millis(100);
-        config.fin_linger = Duration::from_millis(300);
-        config
-    }
-
-    async fn start(&self, config: EbpfConfig) -> FlowStream {
-        EbpfSource::new(config)
-            .start()
-            .await
-            .expect("the eBPF backend attaches")
-    }
-
-    /// The generator in the namespace, outside the cgroup.
-    fn traffic(&self, args: &[&str]) -> Command {
-        let mut command = self.netns.command(TRAFFIC);
-        command.args(args);
-        command
-    }
-
-    /// Runs the generator inside the cgroup; its flows.
-    fn inside(&self, args: &[&str]) -> Vec<GeneratedFlow> {
-        generate(&mut self.cgroup.wrap(&self.traffic(args)))
-    }
-
-    fn server_outside(&self, args: &[&str]) -> Server {
-        Server::start(self.traffic(args))
-    }
+/// Test defaults: sweeps and FIN linger short, so closes come quickly.
+fn config(env: &TestEnv) -> EbpfConfig {
+    let mut config = EbpfConfig::new(&env.cgroup.path);
+    config.sweep_interval = Duration::from_millis(100);
+    config.fin_linger = Duration::from_millis(300);
+    config
 }
 
-/// What the backend reported.
-#[derive(Default, Debug)]
-struct Observed {
-    opened: HashMap<FlowKey, u32>,
-    closed: HashMap<FlowKey, Vec<(u64, u64)>>,
-    lost: u64,
-}
-
-impl Observed {
-    fn closed_once(&self, key: &FlowKey) -> (u64, u64) {
-        assert_eq!(
-            self.opened.get(key),
-            Some(&1),
-            "one Opened for {key}: {self:#?}"
-        );
-        let closed = self
-            .closed
-            .get(key)
-            .unwrap_or_else(|| panic!("no Closed for {key}: {self:#?}"));
-        assert_eq!(closed.len(), 1, "one Closed for {key}");
-        closed[0]
-    }
-}
-
-/// Reads the stream until every key in `expected` is closed (then a little
-/// longer, to catch duplicates), or until the deadline.
-async fn observe(stream: &mut FlowStream, expected: &[FlowKey], deadline: Duration) -> Observed {
-    observe_until(
-        stream,
-        |observed| expected.iter().all(|key| observed.closed.contains_key(key)),
-        deadline,
-    )
-    .await
-}
-
-/// Reads the stream until `done` holds (then a little longer, to catch
-/// duplicates), or until the deadline.
-async fn observe_until(
-    stream: &mut FlowStream,
-    mut done: impl FnMut(&Observed) -> bool,
-    deadline: Duration,
-) -> Observed {
-    let mut observed = Observed::default();
-    let read = async {
-        let mut settle: Option<tokio::time::Instant> = None;
-        loop {
-            // Wake at least every 100 ms, so that `done` is checked again
-            // even when no event comes.
-            let wake = tokio::time::Instant::now() + Duration::from_millis(100);
-            let next = match tokio::time::timeout_at(
-                settle.map_or(wake, |until| until.min(wake)),
-                stream.next(),
-            )
-            .await
-            {
-                Ok(next) => next,
-                Err(_) if settle.is_some_and(|until| tokio::time::Instant::now() >= until) => break,
-                Err(_) => {
-                    if settle.is_none() && done(&observed) {
-                        settle = Some(tokio::time::Instant::now() + Duration::from_millis(300));
-                    }
-                    continue;
-                }
-            };
-            match next {
-                Some(Ok(event)) => match event.kind {
-                    FlowEventKind::Opened => *observed.opened.entry(event.key).or_default() += 1,
-                    FlowEventKind::Closed {
-                        pkt_count,
-                        byte_count,
-                    } => {
-                        observed
-                            .closed
-                            .entry(event.key)
-                            .or_default()
-                            .push((pkt_count, byte_count));
-                    }
-                    _ => {}
-                },
-                Some(Err(FlowError::Lost { count, .. })) => observed.lost += count.unwrap_or(1),
-                Some(Err(error)) => panic!("the backend failed: {error}"),
-                None => break,
-            }
-            if settle.is_none() && done(&observed) {
-                settle = Some(tokio::time::Instant::now() + Duration::from_millis(300));
-            }
-        }
-    };
-    let _ = tokio::time::timeout(deadline, read).await;
-    observed
-}
-
-/// IP + transport header bytes of one packet without options.
-fn headers(flow: &GeneratedFlow) -> u64 {
-    let ip = if flow.src.is_ipv4() { 20 } else { 40 };
-    ip + if flow.protocol == 6 { 20 } else { 8 }
-}
-
-/// The eBPF counters equal conntrack's for the same flow.
-fn assert_matches_conntrack(netns: &Netns, key: &FlowKey, counters: (u64, u64)) {
-    assert_in_conntrack(&netns.conntrack_entries(), key, counters);
-}
-
-fn assert_in_conntrack(entries: &[ConntrackEntry], key: &FlowKey, counters: (u64, u64)) {
-    let entry = entries
-        .iter()
-        .find(|entry| entry.key == *key)
-        .unwrap_or_else(|| panic!("conntrack has no entry for {key}: {entries:#?}"));
-    assert_eq!(
-        counters,
-        (entry.packets, entry.bytes),
-        "packets and bytes of {key}: eBPF vs conntrack"
-    );
+async fn start(config: EbpfConfig) -> FlowStream {
+    EbpfSource::new(config)
+        .start()
+        .await
+        .expect("the eBPF backend attaches")
 }
 
 /// Serves `protocol` (`tcp` or `udp`) on IPv4 and IPv6 loopback outside
 /// the cgroup, runs the generator inside it against both with `v4_args` and
 /// `v6_args`, and returns the generated flows and what the backend saw.
 async fn over_both_families(
-    env: &Env,
+    env: &TestEnv,
     protocol: &str,
     v4_args: &[&str],
     v6_args: &[&str],
@@ -188,7 +47,7 @@ async fn over_both_families(
     let serve = format!("serve-{protocol}");
     let v4 = env.server_outside(&[&serve, "127.0.0.1:0"]);
     let v6 = env.server_outside(&[&serve, "[::1]:0"]);
-    let mut stream = env.start(env.config()).await;
+    let mut stream = start(config(&env)).await;
     let mut flows = Vec::new();
     for (dst, args) in [
         (format!("127.0.0.1:{}", v4.port), v4_args),
@@ -211,7 +70,7 @@ async fn over_both_families(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_over_ipv4_and_ipv6_with_known_payloads() {
-    let Some(env) = Env::new("tcp_over_ipv4_and_ipv6_with_known_payloads") else {
+    let Some(env) = env("tcp_over_ipv4_and_ipv6_with_known_payloads") else {
         return;
     };
     let (flows, observed) =
@@ -234,7 +93,7 @@ async fn tcp_over_ipv4_and_ipv6_with_known_payloads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_over_ipv4_and_ipv6_counts_every_datagram() {
-    let Some(env) = Env::new("udp_over_ipv4_and_ipv6_counts_every_datagram") else {
+    let Some(env) = env("udp_over_ipv4_and_ipv6_counts_every_datagram") else {
         return;
     };
     let (flows, observed) = over_both_families(
@@ -259,14 +118,14 @@ async fn udp_over_ipv4_and_ipv6_counts_every_datagram() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_opens_and_closes() {
-    let Some(env) = Env::new("a_refused_connection_opens_and_closes") else {
+    let Some(env) = env("a_refused_connection_opens_and_closes") else {
         return;
     };
     env.netns.enable_conntrack();
     // conntrack deletes a reset SYN_SENT entry at once: its DESTROY event
     // carries the counters.
     let events = ConntrackEvents::listen(&env.netns);
-    let mut stream = env.start(env.config()).await;
+    let mut stream = start(config(&env)).await;
     // Port 9 (discard): nothing listens in a fresh namespace.
     let flows = env.inside(&["refused", "127.0.0.1:9"]);
     let key = flows[0].key();
@@ -278,11 +137,11 @@ async fn a_refused_connection_opens_and_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn icmp_echo_over_ipv4_and_ipv6() {
-    let Some(env) = Env::new("icmp_echo_over_ipv4_and_ipv6") else {
+    let Some(env) = env("icmp_echo_over_ipv4_and_ipv6") else {
         return;
     };
     env.netns.enable_conntrack();
-    let mut stream = env.start(env.config()).await;
+    let mut stream = start(config(&env)).await;
     let mut flows = env.inside(&["icmp", "127.0.0.1:0", "--id", "4242"]);
     flows.extend(env.inside(&["icmp", "[::1]:0", "--id", "4343"]));
     let keys: Vec<FlowKey> = flows.iter().map(GeneratedFlow::key).collect();
@@ -301,13 +160,13 @@ async fn icmp_echo_over_ipv4_and_ipv6() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inbound_connection_is_keyed_from_the_remote_peer() {
-    let Some(env) = Env::new("an_inbound_connection_is_keyed_from_the_remote_peer") else {
+    let Some(env) = env("an_inbound_connection_is_keyed_from_the_remote_peer") else {
         return;
     };
     env.netns.enable_conntrack();
-    let mut stream = env.start(env.config()).await;
+    let mut stream = start(config(&env)).await;
     // The server is inside the cgroup, the client outside.
-    let server = Server::start(env.cgroup.wrap(&env.traffic(&["serve-tcp", "127.0.0.1:0"])));
+    let server = env.server_inside(&["serve-tcp", "127.0.0.1:0"]);
     let flows = generate(&mut env.traffic(&[
         "tcp",
         &format!("127.0.0.1:{}", server.port),
@@ -325,11 +184,11 @@ async fn an_inbound_connection_is_keyed_from_the_remote_peer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_outside_the_cgroup_is_not_reported() {
-    let Some(env) = Env::new("traffic_outside_the_cgroup_is_not_reported") else {
+    let Some(env) = env("traffic_outside_the_cgroup_is_not_reported") else {
         return;
     };
     let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
-    let mut stream = env.start(env.config()).await;
+    let mut stream = start(config(&env)).await;
     let outside = generate(&mut env.traffic(&["tcp", &format!("127.0.0.1:{}", server.port)]));
     let inside = env.inside(&["tcp", &format!("127.0.0.1:{}", server.port)]);
     let observed = observe(&mut stream, &[inside[0].key()], Duration::from_secs(20)).await;
@@ -343,11 +202,11 @@ async fn traffic_outside_the_cgroup_is_not_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_ten_thousand_connections_loses_nothing() {
-    let Some(env) = Env::new("a_storm_of_ten_thousand_connections_loses_nothing") else {
+    let Some(env) = env("a_storm_of_ten_thousand_connections_loses_nothing") else {
         return;
     };
     let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
-    let mut stream = env.start(EbpfConfig::new(&env.cgroup.path)).await;
+    let mut stream = start(EbpfConfig::new(&env.cgroup.path)).await;
     let dst = format!("127.0.0.1:{}", server.port);
     let mut command = env
         .cgroup
@@ -395,13 +254,13 @@ async fn a_storm_of_ten_thousand_connections_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_ring_buffer_reports_every_lost_record() {
-    let Some(env) = Env::new("a_tiny_ring_buffer_reports_every_lost_record") else {
+    let Some(env) = env("a_tiny_ring_buffer_reports_every_lost_record") else {
         return;
     };
     let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
-    let mut config = env.config();
+    let mut config = config(&env);
     config.ring_bytes = 4096; // one page: room for about 46 records
-    let mut stream = env.start(config).await;
+    let mut stream = start(config).await;
     // Nobody reads while 500 connections open and close: the ring overflows.
     let flows = env.inside(&[
         "tcp",
@@ -447,12 +306,12 @@ s.close()";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_extension_headers_are_skipped() {
-    let Some(env) = Env::new("ipv6_extension_headers_are_skipped") else {
+    let Some(env) = env("ipv6_extension_headers_are_skipped") else {
         return;
     };
     env.netns.enable_conntrack();
     let server = env.server_outside(&["serve-udp", "[::1]:0"]);
-    let mut stream = env.start(env.config()).await;
+    let mut stream = start(config(&env)).await;
     let mut python = env.netns.command("python3");
     python.args(["-c", UDP6_WITH_DSTOPTS, &server.port.to_string()]);
     let output = env.cgroup.wrap(&python).output().unwrap();

@@ -101,9 +101,9 @@ pub(crate) struct WatchScope {
     /// A cgroup v2 directory: report the connections of its processes.
     #[arg(long, value_name = "PATH")]
     pub(crate) cgroup: Option<PathBuf>,
-    /// A network namespace (a name under /run/netns, or a path): report every
+    /// A network namespace (a name under /run/netns, a path, or a pid): report every
     /// connection in it.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME|PATH|PID")]
     pub(crate) netns: Option<String>,
 }
 

@@ -34,12 +34,14 @@ pub(crate) fn resolve(scope: &WatchScope) -> Result<Scope> {
     if let Some(name) = &scope.netns {
         let path = if name.contains('/') {
             PathBuf::from(name)
+        } else if name.bytes().all(|b| b.is_ascii_digit()) {
+            Path::new("/proc").join(name).join("ns/net")
         } else {
             Path::new("/run/netns").join(name)
         };
         if !path.exists() {
             bail!(
-                "network namespace {name} not found ({} does not exist): see `ip netns list`",
+                "network namespace {name} not found ({} does not exist): see `ip netns list`, or give a path or a pid",
                 path.display()
             );
         }

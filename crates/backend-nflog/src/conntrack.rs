@@ -1,0 +1,472 @@
+//! ctnetlink: typed `CTA_*` attributes, decoding a conntrack message into
+//! a [`CtEntry`], and the requests flowtrack sends (get one entry, dump
+//! the table).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use flow_core::FlowKey;
+use neli::attr::Attribute;
+use neli::consts::genl::NlAttrType;
+use neli::consts::nl::NlmF;
+use neli::genl::Nlattr;
+use neli::neli_enum;
+use neli::types::Buffer;
+
+use crate::netlink::{self, Nfgenmsg, attr, nested};
+
+/// `NFNL_SUBSYS_CTNETLINK`.
+pub(crate) const SUBSYSTEM: u8 = 1;
+/// `IPCTNL_MSG_CT_NEW`: NEW and UPDATE events, and dump entries.
+const MSG_NEW: u8 = 0;
+/// `IPCTNL_MSG_CT_GET`.
+const MSG_GET: u8 = 1;
+/// `IPCTNL_MSG_CT_DELETE`: DESTROY events.
+const MSG_DELETE: u8 = 2;
+
+/// Multicast groups: `NFNLGRP_CONNTRACK_NEW`, `_UPDATE`, `_DESTROY`.
+pub(crate) const EVENT_GROUPS: [u32; 3] = [1, 2, 3];
+
+/// Top-level conntrack attributes (`enum ctattr_type`).
+#[neli_enum(serialized_type = "u16")]
+pub(crate) enum CtAttr {
+    TupleOrig = 1,
+    TupleReply = 2,
+    Status = 3,
+    Protoinfo = 4,
+    Mark = 8,
+    CountersOrig = 9,
+    CountersReply = 10,
+    Id = 12,
+    Timestamp = 20,
+}
+impl NlAttrType for CtAttr {}
+
+/// Inside a tuple (`enum ctattr_tuple`).
+#[neli_enum(serialized_type = "u16")]
+pub(crate) enum TupleAttr {
+    Ip = 1,
+    Proto = 2,
+}
+impl NlAttrType for TupleAttr {}
+
+/// Inside `CTA_TUPLE_IP` (`enum ctattr_ip`).
+#[neli_enum(serialized_type = "u16")]
+pub(crate) enum IpAttr {
+    V4Src = 1,
+    V4Dst = 2,
+    V6Src = 3,
+    V6Dst = 4,
+}
+impl NlAttrType for IpAttr {}
+
+/// Inside `CTA_TUPLE_PROTO` (`enum ctattr_l4proto`).
+#[neli_enum(serialized_type = "u16")]
+pub(crate) enum ProtoAttr {
+    Num = 1,
+    SrcPort = 2,
+    DstPort = 3,
+    IcmpId = 4,
+    IcmpType = 5,
+    IcmpCode = 6,
+    Icmpv6Id = 7,
+    Icmpv6Type = 8,
+    Icmpv6Code = 9,
+}
+impl NlAttrType for ProtoAttr {}
+
+/// Inside `CTA_PROTOINFO` (`enum ctattr_protoinfo`).
+#[neli_enum(serialized_type = "u16")]
+pub(crate) enum ProtoinfoAttr {
+    Tcp = 1,
+}
+impl NlAttrType for ProtoinfoAttr {}
+
+/// Inside `CTA_PROTOINFO_TCP` (`enum ctattr_protoinfo_tcp`).
+#[neli_enum(serialized_type = "u16")]
+pub(crate) enum TcpInfoAttr {
+    State = 1,
+}
+impl NlAttrType for TcpInfoAttr {}
+
+/// Inside `CTA_COUNTERS_*` (`enum ctattr_counters`).
+#[neli_enum(serialized_type = "u16")]
+pub(crate) enum CounterAttr {
+    Packets = 1,
+    Bytes = 2,
+}
+impl NlAttrType for CounterAttr {}
+
+/// Inside `CTA_TIMESTAMP` (`enum ctattr_tstamp`).
+#[neli_enum(serialized_type = "u16")]
+pub(crate) enum TimestampAttr {
+    Start = 1,
+    Stop = 2,
+}
+impl NlAttrType for TimestampAttr {}
+
+/// TCP conntrack states that mean the connection is over
+/// (`TCP_CONNTRACK_TIME_WAIT`, `TCP_CONNTRACK_CLOSE`).
+pub(crate) const TCP_STATE_TIME_WAIT: u8 = 7;
+/// See [`TCP_STATE_TIME_WAIT`].
+pub(crate) const TCP_STATE_CLOSE: u8 = 8;
+
+/// What a conntrack message says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CtEventKind {
+    /// A new entry (NEW event).
+    New,
+    /// An entry changed (UPDATE event) or was listed (dump or get reply).
+    Update,
+    /// An entry was removed (DESTROY event).
+    Destroy,
+}
+
+/// One decoded conntrack message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CtEntry {
+    /// What happened.
+    pub(crate) kind: CtEventKind,
+    /// The original tuple, initiator → responder.
+    pub(crate) key: FlowKey,
+    /// The kernel's id of the entry.
+    pub(crate) id: u32,
+    /// The ct mark.
+    pub(crate) mark: u32,
+    /// The TCP conntrack state, for TCP.
+    pub(crate) tcp_state: Option<u8>,
+    /// Packets and bytes of both directions, when accounting is on.
+    pub(crate) counters: Option<(u64, u64)>,
+    /// Kernel wall-clock stamps (ns since the epoch), when timestamps are on.
+    pub(crate) start_ns: Option<u64>,
+    /// See `start_ns`.
+    pub(crate) stop_ns: Option<u64>,
+}
+
+/// Why a message was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CtDecodeError {
+    /// Not a conntrack entry message (an expectation, say).
+    #[error("not a conntrack entry message (type {0:#06x})")]
+    NotAnEntry(u16),
+    /// Malformed: a missing or short attribute.
+    #[error("malformed conntrack message: {0}")]
+    Malformed(String),
+}
+
+fn malformed(what: impl std::fmt::Display) -> CtDecodeError {
+    CtDecodeError::Malformed(what.to_string())
+}
+
+/// Decodes a conntrack message of nfnetlink type `kind` with `flags`.
+pub(crate) fn decode(kind: u16, flags: NlmF, payload: &Buffer) -> Result<CtEntry, CtDecodeError> {
+    if netlink::subsystem(kind) != SUBSYSTEM {
+        return Err(CtDecodeError::NotAnEntry(kind));
+    }
+    let event = match (kind & 0xff) as u8 {
+        MSG_NEW if flags.contains(NlmF::CREATE) && flags.contains(NlmF::EXCL) => CtEventKind::New,
+        MSG_NEW => CtEventKind::Update,
+        MSG_DELETE => CtEventKind::Destroy,
+        _ => return Err(CtDecodeError::NotAnEntry(kind)),
+    };
+    let message = netlink::decode_payload::<CtAttr>(payload).map_err(malformed)?;
+    let attrs = message.attrs.get_attr_handle();
+    let tuple = attrs
+        .get_attribute(CtAttr::TupleOrig)
+        .ok_or_else(|| malformed("no original tuple"))?;
+    let key = decode_tuple(tuple)?;
+    let be32 = |attr: CtAttr| -> Result<Option<u32>, CtDecodeError> {
+        attrs
+            .get_attribute(attr)
+            .map(|a| be_u32(a.payload().as_ref()))
+            .transpose()
+    };
+    let tcp_state = match attrs.get_attribute(CtAttr::Protoinfo) {
+        Some(info) => {
+            let info = info.get_attr_handle::<ProtoinfoAttr>().map_err(malformed)?;
+            match info.get_attribute(ProtoinfoAttr::Tcp) {
+                Some(tcp) => tcp
+                    .get_attr_handle::<TcpInfoAttr>()
+                    .map_err(malformed)?
+                    .get_attribute(TcpInfoAttr::State)
+                    .and_then(|state| state.payload().as_ref().first().copied()),
+                None => None,
+            }
+        }
+        None => None,
+    };
+    let counters = match (
+        attrs.get_attribute(CtAttr::CountersOrig),
+        attrs.get_attribute(CtAttr::CountersReply),
+    ) {
+        (Some(orig), Some(reply)) => {
+            let (p1, b1) = decode_counters(orig)?;
+            let (p2, b2) = decode_counters(reply)?;
+            Some((p1.saturating_add(p2), b1.saturating_add(b2)))
+        }
+        _ => None,
+    };
+    let (start_ns, stop_ns) = match attrs.get_attribute(CtAttr::Timestamp) {
+        Some(stamps) => {
+            let stamps = stamps
+                .get_attr_handle::<TimestampAttr>()
+                .map_err(malformed)?;
+            let stamp = |which| {
+                stamps
+                    .get_attribute(which)
+                    .map(|a| be_u64(a.payload().as_ref()))
+                    .transpose()
+            };
+            (stamp(TimestampAttr::Start)?, stamp(TimestampAttr::Stop)?)
+        }
+        None => (None, None),
+    };
+    Ok(CtEntry {
+        kind: event,
+        key,
+        id: be32(CtAttr::Id)?.unwrap_or(0),
+        mark: be32(CtAttr::Mark)?.unwrap_or(0),
+        tcp_state,
+        counters,
+        start_ns,
+        stop_ns,
+    })
+}
+
+fn decode_counters(counters: &Nlattr<CtAttr, Buffer>) -> Result<(u64, u64), CtDecodeError> {
+    let counters = counters
+        .get_attr_handle::<CounterAttr>()
+        .map_err(malformed)?;
+    let value = |which| -> Result<u64, CtDecodeError> {
+        counters
+            .get_attribute(which)
+            .map(|a| be_u64(a.payload().as_ref()))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    Ok((value(CounterAttr::Packets)?, value(CounterAttr::Bytes)?))
+}
+
+fn decode_tuple(tuple: &Nlattr<CtAttr, Buffer>) -> Result<FlowKey, CtDecodeError> {
+    let tuple = tuple.get_attr_handle::<TupleAttr>().map_err(malformed)?;
+    let ip = tuple
+        .get_attribute(TupleAttr::Ip)
+        .ok_or_else(|| malformed("tuple without addresses"))?
+        .get_attr_handle::<IpAttr>()
+        .map_err(malformed)?;
+    let address = |attr| -> Result<Option<IpAddr>, CtDecodeError> {
+        ip.get_attribute(attr)
+            .map(|a| ip_addr(a.payload().as_ref()))
+            .transpose()
+    };
+    let (src, dst) = match (address(IpAttr::V4Src)?, address(IpAttr::V4Dst)?) {
+        (Some(src), Some(dst)) => (src, dst),
+        _ => (
+            address(IpAttr::V6Src)?.ok_or_else(|| malformed("tuple without a source"))?,
+            address(IpAttr::V6Dst)?.ok_or_else(|| malformed("tuple without a destination"))?,
+        ),
+    };
+    let proto = tuple
+        .get_attribute(TupleAttr::Proto)
+        .ok_or_else(|| malformed("tuple without a protocol"))?
+        .get_attr_handle::<ProtoAttr>()
+        .map_err(malformed)?;
+    let byte = |attr| {
+        proto
+            .get_attribute(attr)
+            .and_then(|a| a.payload().as_ref().first().copied())
+    };
+    let port = |attr| -> Result<u16, CtDecodeError> {
+        proto
+            .get_attribute(attr)
+            .map(|a| be_u16(a.payload().as_ref()))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    let protocol =
+        byte(ProtoAttr::Num).ok_or_else(|| malformed("tuple without a protocol number"))?;
+    let (src_port, dst_port) = match protocol {
+        // ICMP keys: the echo identifier as source port, type<<8|code as
+        // destination port (flow-core's convention).
+        1 | 58 => {
+            let (id, kind, code) = if protocol == 1 {
+                (ProtoAttr::IcmpId, ProtoAttr::IcmpType, ProtoAttr::IcmpCode)
+            } else {
+                (
+                    ProtoAttr::Icmpv6Id,
+                    ProtoAttr::Icmpv6Type,
+                    ProtoAttr::Icmpv6Code,
+                )
+            };
+            let type_code =
+                u16::from(byte(kind).unwrap_or(0)) << 8 | u16::from(byte(code).unwrap_or(0));
+            (port(id)?, type_code)
+        }
+        _ => (port(ProtoAttr::SrcPort)?, port(ProtoAttr::DstPort)?),
+    };
+    Ok(FlowKey {
+        src_addr: src,
+        src_port,
+        dst_addr: dst,
+        dst_port,
+        protocol,
+    })
+}
+
+fn ip_addr(bytes: &[u8]) -> Result<IpAddr, CtDecodeError> {
+    match bytes.len() {
+        4 => Ok(IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(bytes).expect("4 bytes"),
+        ))),
+        16 => Ok(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(bytes).expect("16 bytes"),
+        ))),
+        n => Err(malformed(format!("an address of {n} bytes"))),
+    }
+}
+
+fn be_u16(bytes: &[u8]) -> Result<u16, CtDecodeError> {
+    bytes
+        .try_into()
+        .map(u16::from_be_bytes)
+        .map_err(|_| malformed("a 16-bit attribute of the wrong size"))
+}
+
+fn be_u32(bytes: &[u8]) -> Result<u32, CtDecodeError> {
+    bytes
+        .try_into()
+        .map(u32::from_be_bytes)
+        .map_err(|_| malformed("a 32-bit attribute of the wrong size"))
+}
+
+fn be_u64(bytes: &[u8]) -> Result<u64, CtDecodeError> {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| malformed("a 64-bit attribute of the wrong size"))
+}
+
+/// The original tuple of `key`, as a `CTA_TUPLE_ORIG` attribute.
+fn encode_tuple(key: &FlowKey) -> Nlattr<u16, Buffer> {
+    let (src, dst) = match (key.src_addr, key.dst_addr) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => (
+            attr(IpAttr::V4Src.into(), src.octets()),
+            attr(IpAttr::V4Dst.into(), dst.octets()),
+        ),
+        (src, dst) => (
+            attr(IpAttr::V6Src.into(), v6_octets(src)),
+            attr(IpAttr::V6Dst.into(), v6_octets(dst)),
+        ),
+    };
+    let mut proto = vec![attr(ProtoAttr::Num.into(), [key.protocol])];
+    match key.protocol {
+        1 | 58 => {
+            let [kind, code] = key.dst_port.to_be_bytes();
+            let (id_attr, type_attr, code_attr) = if key.protocol == 1 {
+                (ProtoAttr::IcmpId, ProtoAttr::IcmpType, ProtoAttr::IcmpCode)
+            } else {
+                (
+                    ProtoAttr::Icmpv6Id,
+                    ProtoAttr::Icmpv6Type,
+                    ProtoAttr::Icmpv6Code,
+                )
+            };
+            proto.push(attr(id_attr.into(), key.src_port.to_be_bytes()));
+            proto.push(attr(type_attr.into(), [kind]));
+            proto.push(attr(code_attr.into(), [code]));
+        }
+        _ => {
+            proto.push(attr(ProtoAttr::SrcPort.into(), key.src_port.to_be_bytes()));
+            proto.push(attr(ProtoAttr::DstPort.into(), key.dst_port.to_be_bytes()));
+        }
+    }
+    nested(
+        CtAttr::TupleOrig.into(),
+        &[
+            nested(TupleAttr::Ip.into(), &[src, dst]),
+            nested(TupleAttr::Proto.into(), &proto),
+        ],
+    )
+}
+
+fn v6_octets(address: IpAddr) -> [u8; 16] {
+    match address {
+        IpAddr::V6(address) => address.octets(),
+        IpAddr::V4(address) => address.to_ipv6_mapped().octets(),
+    }
+}
+
+fn family(key: &FlowKey) -> u8 {
+    if key.src_addr.is_ipv4() {
+        libc::AF_INET as u8
+    } else {
+        libc::AF_INET6 as u8
+    }
+}
+
+/// A request for the one entry whose original tuple is `key`.
+pub(crate) fn get_request(key: &FlowKey, seq: u32) -> Vec<u8> {
+    netlink::encode(
+        netlink::message_type(SUBSYSTEM, MSG_GET),
+        NlmF::REQUEST | NlmF::ACK,
+        seq,
+        Nfgenmsg::new(family(key), 0, vec![encode_tuple(key)]),
+    )
+}
+
+/// A request to dump the whole table (both families).
+pub(crate) fn dump_request(seq: u32) -> Vec<u8> {
+    netlink::encode(
+        netlink::message_type(SUBSYSTEM, MSG_GET),
+        NlmF::REQUEST | NlmF::DUMP,
+        seq,
+        Nfgenmsg::<u16>::new(libc::AF_UNSPEC as u8, 0, Vec::new()),
+    )
+}
+
+/// Rebuilds a message as the kernel would send it, for tests and fuzz
+/// seeds: an entry of `kind` for `key` with `id`, `mark` and `counters`.
+#[cfg(test)]
+pub(crate) fn encode_event(
+    kind: CtEventKind,
+    key: &FlowKey,
+    id: u32,
+    mark: u32,
+    tcp_state: Option<u8>,
+    counters: Option<(u64, u64)>,
+) -> Vec<u8> {
+    let mut attrs = vec![encode_tuple(key)];
+    attrs.push(netlink::attr_be32(CtAttr::Id.into(), id));
+    attrs.push(netlink::attr_be32(CtAttr::Mark.into(), mark));
+    if let Some(state) = tcp_state {
+        attrs.push(nested(
+            CtAttr::Protoinfo.into(),
+            &[nested(
+                ProtoinfoAttr::Tcp.into(),
+                &[attr(TcpInfoAttr::State.into(), [state])],
+            )],
+        ));
+    }
+    if let Some((packets, bytes)) = counters {
+        for (which, share) in [(CtAttr::CountersOrig, 0), (CtAttr::CountersReply, 1)] {
+            let half = |n: u64| if share == 0 { n - n / 2 } else { n / 2 };
+            attrs.push(nested(
+                which.into(),
+                &[
+                    attr(CounterAttr::Packets.into(), half(packets).to_be_bytes()),
+                    attr(CounterAttr::Bytes.into(), half(bytes).to_be_bytes()),
+                ],
+            ));
+        }
+    }
+    let (message, flags) = match kind {
+        CtEventKind::New => (MSG_NEW, NlmF::CREATE | NlmF::EXCL),
+        CtEventKind::Update => (MSG_NEW, NlmF::empty()),
+        CtEventKind::Destroy => (MSG_DELETE, NlmF::empty()),
+    };
+    netlink::encode(
+        netlink::message_type(SUBSYSTEM, message),
+        flags,
+        0,
+        Nfgenmsg::new(family(key), 0, attrs),
+    )
+}

@@ -1,0 +1,307 @@
+//! nfnetlink plumbing shared by ctnetlink, nfnetlink_log and nf_tables: the
+//! `nfgenmsg` header (neli has none), attribute building, a socket with the
+//! options neli does not set, and splitting a datagram into messages.
+
+use std::io::{self, Cursor};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+use neli::consts::nl::{NlmF, Nlmsg};
+use neli::consts::socket::{Msg, NlFamily};
+use neli::err::DeError;
+use neli::genl::{AttrTypeBuilder, Nlattr, NlattrBuilder};
+use neli::nl::{NlPayload, Nlmsghdr};
+use neli::socket::NlSocket;
+use neli::types::{Buffer, GenlBuffer};
+use neli::utils::Groups;
+use neli::{FromBytes, FromBytesWithInput, Header, Size, ToBytes};
+
+/// The `nfgenmsg` header every nfnetlink message starts with, followed by
+/// its attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Size, ToBytes, FromBytesWithInput, Header)]
+#[neli(to_bytes_bound = "T: neli::consts::genl::NlAttrType")]
+#[neli(from_bytes_bound = "T: neli::consts::genl::NlAttrType")]
+pub(crate) struct Nfgenmsg<T> {
+    /// An address family (`AF_INET`, `AF_INET6`, `NFPROTO_INET`, or 0).
+    pub(crate) family: u8,
+    /// Always `NFNETLINK_V0`.
+    pub(crate) version: u8,
+    /// Resource id in network byte order: the nflog group, the nf_tables
+    /// subsystem of a batch.
+    pub(crate) res_id: u16,
+    #[neli(input = "input.checked_sub(Self::header_size()).ok_or(DeError::InvalidInput(input))?")]
+    pub(crate) attrs: GenlBuffer<T, Buffer>,
+}
+
+impl<T> Nfgenmsg<T> {
+    /// A header for `family` and resource `res_id` (host order) with `attrs`.
+    pub(crate) fn new(family: u8, res_id: u16, attrs: Vec<Nlattr<T, Buffer>>) -> Self {
+        Self {
+            family,
+            version: 0,
+            res_id: res_id.to_be(),
+            attrs: attrs.into_iter().collect(),
+        }
+    }
+}
+
+/// An nfnetlink message type: subsystem in the high byte.
+pub(crate) const fn message_type(subsystem: u8, message: u8) -> u16 {
+    ((subsystem as u16) << 8) | message as u16
+}
+
+/// The subsystem of an nfnetlink message type.
+pub(crate) const fn subsystem(message_type: u16) -> u8 {
+    (message_type >> 8) as u8
+}
+
+/// An attribute of type `kind` holding `payload` as is.
+pub(crate) fn attr(kind: u16, payload: impl AsRef<[u8]>) -> Nlattr<u16, Buffer> {
+    NlattrBuilder::default()
+        .nla_type(
+            AttrTypeBuilder::default()
+                .nla_type(kind)
+                .build()
+                .expect("type is set"),
+        )
+        .nla_payload(Buffer::from(payload.as_ref()))
+        .build()
+        .expect("type and payload are set")
+}
+
+/// A big-endian 32-bit attribute.
+pub(crate) fn attr_be32(kind: u16, value: u32) -> Nlattr<u16, Buffer> {
+    attr(kind, value.to_be_bytes())
+}
+
+/// A NUL-terminated string attribute.
+pub(crate) fn attr_str(kind: u16, value: &str) -> Nlattr<u16, Buffer> {
+    let mut bytes = value.as_bytes().to_vec();
+    bytes.push(0);
+    attr(kind, bytes)
+}
+
+/// An attribute nesting `children`.
+pub(crate) fn nested(kind: u16, children: &[Nlattr<u16, Buffer>]) -> Nlattr<u16, Buffer> {
+    children
+        .iter()
+        .try_fold(attr(kind, []), |outer, child| outer.nest(child))
+        .expect("attributes serialise into a Vec")
+}
+
+/// Serialises one nfnetlink request.
+pub(crate) fn encode<T>(kind: u16, flags: NlmF, seq: u32, body: Nfgenmsg<T>) -> Vec<u8>
+where
+    T: neli::consts::genl::NlAttrType,
+{
+    let message = neli::nl::NlmsghdrBuilder::default()
+        .nl_type(kind)
+        .nl_flags(flags)
+        .nl_seq(seq)
+        .nl_payload(NlPayload::Payload(body))
+        .build()
+        .expect("every field is set");
+    let mut bytes = Cursor::new(Vec::with_capacity(message.padded_size()));
+    message
+        .to_bytes(&mut bytes)
+        .expect("a message serialises into a Vec");
+    bytes.into_inner()
+}
+
+/// One message of a received datagram.
+#[derive(Debug)]
+pub(crate) enum Received {
+    /// An nfnetlink message: its type, flags, and payload bytes
+    /// (`nfgenmsg` + attributes), decoded by the subsystem.
+    Message {
+        kind: u16,
+        flags: NlmF,
+        payload: Buffer,
+    },
+    /// The kernel acknowledged request `seq` (errno 0) or refused it.
+    Ack { seq: u32, errno: i32 },
+    /// A dump ended.
+    Done { seq: u32 },
+}
+
+/// Splits a datagram into messages. Lengths are checked before neli parses
+/// a message; a malformed message ends the datagram and is returned as the
+/// error (with the messages before it kept).
+pub(crate) fn split(datagram: &[u8]) -> (Vec<Received>, Option<DeError>) {
+    const HEADER: usize = 16;
+    let mut messages = Vec::new();
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        let Some(length) = rest
+            .get(..4)
+            .map(|bytes| u32::from_ne_bytes(bytes.try_into().expect("four bytes")) as usize)
+        else {
+            return (messages, Some(DeError::new("truncated netlink header")));
+        };
+        if length < HEADER || length > rest.len() {
+            return (
+                messages,
+                Some(DeError::new("netlink message length out of bounds")),
+            );
+        }
+        let message = match Nlmsghdr::<u16, Buffer>::from_bytes(&mut Cursor::new(&rest[..length])) {
+            Ok(message) => message,
+            Err(error) => return (messages, Some(error)),
+        };
+        messages.push(classify(message));
+        let aligned = length.next_multiple_of(4).min(rest.len());
+        rest = &rest[aligned..];
+    }
+    (messages, None)
+}
+
+fn classify(message: Nlmsghdr<u16, Buffer>) -> Received {
+    let seq = *message.nl_seq();
+    match message.nl_payload() {
+        NlPayload::Ack(_) => Received::Ack { seq, errno: 0 },
+        NlPayload::Err(error) => Received::Ack {
+            seq,
+            errno: -*error.error(),
+        },
+        NlPayload::DumpExtAck(_) | NlPayload::Empty
+            if *message.nl_type() == u16::from(Nlmsg::Done) =>
+        {
+            Received::Done { seq }
+        }
+        NlPayload::Payload(payload) if *message.nl_type() == u16::from(Nlmsg::Done) => {
+            let _ = payload;
+            Received::Done { seq }
+        }
+        NlPayload::Payload(payload) => Received::Message {
+            kind: *message.nl_type(),
+            flags: *message.nl_flags(),
+            payload: payload.clone(),
+        },
+        NlPayload::DumpExtAck(_) | NlPayload::Empty => Received::Message {
+            kind: *message.nl_type(),
+            flags: *message.nl_flags(),
+            payload: Buffer::new(),
+        },
+    }
+}
+
+/// Decodes an nfnetlink payload into its header and typed attributes.
+pub(crate) fn decode_payload<T>(payload: &Buffer) -> Result<Nfgenmsg<T>, DeError>
+where
+    T: neli::consts::genl::NlAttrType,
+{
+    Nfgenmsg::from_bytes_with_input(&mut Cursor::new(payload.as_ref()), payload.len())
+}
+
+/// A netfilter netlink socket, with a receive buffer for whole datagrams.
+pub(crate) struct Socket {
+    socket: NlSocket,
+    buffer: Vec<u8>,
+    next_seq: u32,
+}
+
+impl Socket {
+    /// A socket subscribed to the multicast `groups` (none for requests).
+    pub(crate) fn open(groups: &[u32]) -> io::Result<Self> {
+        let socket = NlSocket::connect(NlFamily::Netfilter, None, Groups::empty())?;
+        if !groups.is_empty() {
+            socket.add_mcast_membership(Groups::new_groups(groups))?;
+        }
+        Ok(Self {
+            socket,
+            // Large enough for the biggest datagram the kernel sends
+            // (NLMSG_GOODSIZE is at most 8 KiB; dumps use up to 32 KiB).
+            buffer: vec![0; 64 * 1024],
+            next_seq: 1,
+        })
+    }
+
+    /// Sets the receive buffer with `SO_RCVBUFFORCE` (not capped by
+    /// `rmem_max`; needs CAP_NET_ADMIN) and returns the size the kernel
+    /// granted. neli has no setter for it.
+    pub(crate) fn force_receive_buffer(&self, bytes: usize) -> io::Result<usize> {
+        let fd = self.fd();
+        rustix::net::sockopt::set_socket_recv_buffer_size_force(fd, bytes)?;
+        Ok(rustix::net::sockopt::socket_recv_buffer_size(fd)?)
+    }
+
+    /// Makes `recv` give up after `timeout` (requests must not hang).
+    pub(crate) fn set_receive_timeout(&self, timeout: Duration) -> io::Result<()> {
+        rustix::net::sockopt::set_socket_timeout(
+            self.fd(),
+            rustix::net::sockopt::Timeout::Recv,
+            Some(timeout),
+        )?;
+        Ok(())
+    }
+
+    /// The file descriptor, to poll.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor belongs to `self.socket`, which stays open
+        // for as long as the borrow of `self` (neli's socket has no AsFd).
+        #[allow(unsafe_code)]
+        unsafe {
+            BorrowedFd::borrow_raw(self.socket.as_raw_fd())
+        }
+    }
+
+    /// A fresh sequence number for a request.
+    pub(crate) fn next_seq(&mut self) -> u32 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1).max(1);
+        seq
+    }
+
+    /// Sends one or more serialised messages in one datagram.
+    pub(crate) fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        let sent = self.socket.send(bytes, Msg::empty())?;
+        if sent == bytes.len() {
+            Ok(())
+        } else {
+            Err(io::Error::other("netlink send was cut short"))
+        }
+    }
+
+    /// Receives one datagram (blocking, or `WouldBlock` when `nonblocking`).
+    /// `ENOBUFS` comes back as an error of that raw OS code.
+    pub(crate) fn recv(&mut self, nonblocking: bool) -> io::Result<&[u8]> {
+        let flags = if nonblocking {
+            Msg::DONTWAIT
+        } else {
+            Msg::empty()
+        };
+        let (length, _) = self.socket.recv(&mut self.buffer[..], flags)?;
+        Ok(&self.buffer[..length.min(self.buffer.len())])
+    }
+
+    /// Sends `bytes` (requests with sequence numbers up to `last_seq`, each
+    /// asking for an ACK or a dump) and collects every message until the
+    /// ACK of `last_seq` or a dump's end. A refused request is an error
+    /// carrying its errno.
+    pub(crate) fn transact(&mut self, bytes: &[u8], last_seq: u32) -> io::Result<Vec<Received>> {
+        self.send(bytes)?;
+        let mut replies = Vec::new();
+        loop {
+            let datagram = self.recv(false)?;
+            let (messages, malformed) = split(datagram);
+            if let Some(error) = malformed {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    error.to_string(),
+                ));
+            }
+            for message in messages {
+                match message {
+                    Received::Ack { errno, .. } if errno != 0 => {
+                        return Err(io::Error::from_raw_os_error(errno));
+                    }
+                    Received::Ack { seq, .. } | Received::Done { seq } if seq == last_seq => {
+                        return Ok(replies);
+                    }
+                    Received::Ack { .. } | Received::Done { .. } => {}
+                    other => replies.push(other),
+                }
+            }
+        }
+    }
+}

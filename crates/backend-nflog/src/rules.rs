@@ -1,0 +1,304 @@
+//! The nf_tables table flowtrack owns, built as netlink messages (the `nft`
+//! binary cannot name a cgroup by id, nor a cgroup outside /sys/fs/cgroup).
+//!
+//! For a cgroup scope, in family `inet`:
+//!
+//! ```text
+//! table inet flowtrack_<pid>_<n> {            # flags owner
+//!   chain output { type filter hook output priority 0; }
+//!   chain input  { type filter hook input  priority 0; }
+//!   # in both chains:
+//!   ct state new socket cgroupv2 level L == ID
+//!     ct mark set MARK ct event set new,destroy,protoinfo
+//!     log group G prefix "flowtrack:new"
+//! }
+//! ```
+//!
+//! A network-namespace scope hooks prerouting and output instead and
+//! matches every new connection. The `owner` flag ties the table to the
+//! netlink socket that made it: the kernel removes it when flowtrack's
+//! process ends, however it ends.
+
+use neli::consts::nl::NlmF;
+use neli::genl::Nlattr;
+use neli::types::Buffer;
+
+use crate::netlink::{self, Nfgenmsg, attr, attr_be32, attr_str, nested};
+
+/// `NFNL_SUBSYS_NFTABLES`.
+const SUBSYSTEM: u8 = 10;
+/// `NFNL_MSG_BATCH_BEGIN`, `NFNL_MSG_BATCH_END`.
+const BATCH_BEGIN: u16 = 16;
+const BATCH_END: u16 = 17;
+/// `NFT_MSG_*`.
+const NEWTABLE: u8 = 0;
+const GETTABLE: u8 = 1;
+const DELTABLE: u8 = 2;
+const NEWCHAIN: u8 = 3;
+const NEWRULE: u8 = 6;
+/// `NFPROTO_INET`.
+const FAMILY_INET: u8 = 1;
+/// `NFT_TABLE_F_OWNER`.
+const TABLE_OWNER: u32 = 2;
+/// `NF_INET_*` hooks.
+const HOOK_PREROUTING: u32 = 0;
+const HOOK_INPUT: u32 = 1;
+const HOOK_OUTPUT: u32 = 3;
+/// `NFT_REG_1` (a 16-byte register) and `NFT_REG_VERDICT`.
+const REG_1: u32 = 1;
+
+/// `ct state new`: `NF_CT_STATE_BIT(IP_CT_NEW)`.
+const CT_STATE_NEW: u32 = 1 << 3;
+/// `NFT_CT_*` keys.
+const CT_STATE: u32 = 0;
+const CT_MARK: u32 = 3;
+const CT_EVENTMASK: u32 = 18;
+/// Events flowtrack needs: `IPCT_NEW`, `IPCT_DESTROY`, and `IPCT_PROTOINFO`
+/// (TCP state changes, which show a close at once).
+const EVENTS: u32 = 1 << 0 | 1 << 2 | 1 << 5;
+/// `NFT_SOCKET_CGROUPV2`.
+const SOCKET_CGROUPV2: u32 = 3;
+
+/// Table names flowtrack makes start with this.
+pub(crate) const TABLE_PREFIX: &str = "flowtrack_";
+
+/// Which connections the table marks and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RuleScope {
+    /// Every new connection of the network namespace.
+    Netns,
+    /// New connections of local sockets in a cgroup v2 directory (or its
+    /// descendants): its id and depth below the cgroup root.
+    Cgroup { id: u64, level: u32 },
+}
+
+/// The table's name, mark and log group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Table {
+    pub(crate) name: String,
+    pub(crate) scope: RuleScope,
+    pub(crate) mark: u32,
+    pub(crate) log_group: u16,
+}
+
+fn message(kind: u8, flags: NlmF, seq: u32, attrs: Vec<Nlattr<u16, Buffer>>) -> Vec<u8> {
+    netlink::encode(
+        netlink::message_type(SUBSYSTEM, kind),
+        NlmF::REQUEST | flags,
+        seq,
+        Nfgenmsg::new(FAMILY_INET, 0, attrs),
+    )
+}
+
+fn batch_marker(kind: u16, seq: u32) -> Vec<u8> {
+    netlink::encode(
+        kind,
+        NlmF::REQUEST,
+        seq,
+        Nfgenmsg::<u16>::new(0, u16::from(SUBSYSTEM), Vec::new()),
+    )
+}
+
+/// Wraps messages (each with its sequence number) in a batch; returns the
+/// bytes and the sequence number of the last message.
+fn batch(
+    first_seq: u32,
+    build: impl FnOnce(&mut dyn FnMut() -> u32) -> Vec<Vec<u8>>,
+) -> (Vec<u8>, u32) {
+    let mut seq = first_seq;
+    let mut next = || {
+        seq += 1;
+        seq
+    };
+    let begin = batch_marker(BATCH_BEGIN, first_seq);
+    let messages = build(&mut next);
+    let last = seq;
+    let end = batch_marker(BATCH_END, last + 1);
+    let mut bytes = begin;
+    for message in messages {
+        bytes.extend_from_slice(&message);
+    }
+    bytes.extend_from_slice(&end);
+    (bytes, last)
+}
+
+fn expression(name: &str, data: &[Nlattr<u16, Buffer>]) -> Nlattr<u16, Buffer> {
+    /// `NFTA_LIST_ELEM`, `NFTA_EXPR_NAME`, `NFTA_EXPR_DATA`.
+    const LIST_ELEM: u16 = 1;
+    const NAME: u16 = 1;
+    const DATA: u16 = 2;
+    nested(LIST_ELEM, &[attr_str(NAME, name), nested(DATA, data)])
+}
+
+fn data_value(kind: u16, bytes: &[u8]) -> Nlattr<u16, Buffer> {
+    /// `NFTA_DATA_VALUE`.
+    const VALUE: u16 = 1;
+    nested(kind, &[attr(VALUE, bytes)])
+}
+
+/// `ct <key>` into register 1.
+fn ct_load(key: u32) -> Nlattr<u16, Buffer> {
+    // NFTA_CT_DREG = 1, NFTA_CT_KEY = 2.
+    expression("ct", &[attr_be32(1, REG_1), attr_be32(2, key)])
+}
+
+/// `ct <key> set` from register 1.
+fn ct_store(key: u32) -> Nlattr<u16, Buffer> {
+    // NFTA_CT_KEY = 2, NFTA_CT_SREG = 4.
+    expression("ct", &[attr_be32(2, key), attr_be32(4, REG_1)])
+}
+
+/// Register 1 = `bytes`.
+fn immediate(bytes: &[u8]) -> Nlattr<u16, Buffer> {
+    // NFTA_IMMEDIATE_DREG = 1, NFTA_IMMEDIATE_DATA = 2.
+    expression("immediate", &[attr_be32(1, REG_1), data_value(2, bytes)])
+}
+
+/// Register 1 compared with `bytes`: `equal` or not equal.
+fn compare(equal: bool, bytes: &[u8]) -> Nlattr<u16, Buffer> {
+    // NFTA_CMP_SREG = 1, NFTA_CMP_OP = 2 (EQ 0, NEQ 1), NFTA_CMP_DATA = 3.
+    expression(
+        "cmp",
+        &[
+            attr_be32(1, REG_1),
+            attr_be32(2, u32::from(!equal)),
+            data_value(3, bytes),
+        ],
+    )
+}
+
+/// Register 1 &= `mask` (32 bits).
+fn mask(mask: u32) -> Nlattr<u16, Buffer> {
+    // NFTA_BITWISE_SREG 1, DREG 2, LEN 3, MASK 4, XOR 5.
+    expression(
+        "bitwise",
+        &[
+            attr_be32(1, REG_1),
+            attr_be32(2, REG_1),
+            attr_be32(3, 4),
+            data_value(4, &mask.to_ne_bytes()),
+            data_value(5, &0u32.to_ne_bytes()),
+        ],
+    )
+}
+
+/// The rule's expressions for `table`.
+fn rule_expressions(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
+    let mut expressions = vec![
+        ct_load(CT_STATE),
+        mask(CT_STATE_NEW),
+        compare(false, &[0; 4]),
+    ];
+    if let RuleScope::Cgroup { id, level } = table.scope {
+        // NFTA_SOCKET_KEY 1, DREG 2, LEVEL 3: the socket's cgroup id at
+        // `level` (8 bytes, host order) into register 1.
+        expressions.push(expression(
+            "socket",
+            &[
+                attr_be32(1, SOCKET_CGROUPV2),
+                attr_be32(2, REG_1),
+                attr_be32(3, level),
+            ],
+        ));
+        expressions.push(compare(true, &id.to_ne_bytes()));
+    }
+    expressions.extend([
+        immediate(&table.mark.to_ne_bytes()),
+        ct_store(CT_MARK),
+        immediate(&EVENTS.to_ne_bytes()),
+        ct_store(CT_EVENTMASK),
+        // NFTA_LOG_GROUP 1 (be16), NFTA_LOG_PREFIX 2.
+        expression(
+            "log",
+            &[
+                attr(1, table.log_group.to_be_bytes()),
+                attr_str(2, crate::nflog::NEW_FLOW_PREFIX),
+            ],
+        ),
+    ]);
+    expressions
+}
+
+/// The batch that creates `table` with its chains and rules; and the
+/// sequence number whose ACK ends it.
+pub(crate) fn create_batch(table: &Table, first_seq: u32) -> (Vec<u8>, u32) {
+    let hooks = match table.scope {
+        RuleScope::Netns => [("prerouting", HOOK_PREROUTING), ("output", HOOK_OUTPUT)],
+        RuleScope::Cgroup { .. } => [("input", HOOK_INPUT), ("output", HOOK_OUTPUT)],
+    };
+    batch(first_seq, |next| {
+        let create = NlmF::CREATE | NlmF::ACK;
+        let mut messages = vec![message(
+            NEWTABLE,
+            create | NlmF::EXCL,
+            next(),
+            // NFTA_TABLE_NAME 1, NFTA_TABLE_FLAGS 2.
+            vec![attr_str(1, &table.name), attr_be32(2, TABLE_OWNER)],
+        )];
+        for (chain, hook) in hooks {
+            // NFTA_CHAIN_TABLE 1, NAME 3, HOOK 4 {HOOKNUM 1, PRIORITY 2},
+            // TYPE 7. Priority 0: after conntrack (-200) made the entry,
+            // before it is confirmed (so the event mask still applies).
+            messages.push(message(
+                NEWCHAIN,
+                create,
+                next(),
+                vec![
+                    attr_str(1, &table.name),
+                    attr_str(3, chain),
+                    nested(4, &[attr_be32(1, hook), attr_be32(2, 0)]),
+                    attr_str(7, "filter"),
+                ],
+            ));
+            // NFTA_RULE_TABLE 1, CHAIN 2, EXPRESSIONS 4.
+            messages.push(message(
+                NEWRULE,
+                create | NlmF::APPEND,
+                next(),
+                vec![
+                    attr_str(1, &table.name),
+                    attr_str(2, chain),
+                    nested(4, &rule_expressions(table)),
+                ],
+            ));
+        }
+        messages
+    })
+}
+
+/// The batch that deletes the table `name`; and the sequence number whose
+/// ACK ends it.
+pub(crate) fn delete_batch(name: &str, first_seq: u32) -> (Vec<u8>, u32) {
+    batch(first_seq, |next| {
+        vec![message(
+            DELTABLE,
+            NlmF::ACK,
+            next(),
+            vec![attr_str(1, name)],
+        )]
+    })
+}
+
+/// A request listing the `inet` tables.
+pub(crate) fn list_tables_request(seq: u32) -> Vec<u8> {
+    message(GETTABLE, NlmF::DUMP, seq, Vec::new())
+}
+
+/// The name of a table in a `GETTABLE` reply.
+pub(crate) fn table_name(payload: &Buffer) -> Option<String> {
+    let message = netlink::decode_payload::<u16>(payload).ok()?;
+    let attrs = message.attrs.get_attr_handle();
+    let name = attrs.get_attribute(1)?;
+    let bytes = neli::attr::Attribute::payload(name).as_ref();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8(bytes[..end].to_vec()).ok()
+}
+
+/// The pid in a flowtrack table name `flowtrack_<pid>_<n>`.
+pub(crate) fn owner_pid(name: &str) -> Option<u32> {
+    name.strip_prefix(TABLE_PREFIX)?
+        .split('_')
+        .next()?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,435 @@
+//! The nflog (conntrack + nfnetlink_log) backend on a real kernel: each test
+//! has its own network namespace and cgroup; the traffic generator is the
+//! ground truth and `conntrack` the independent peer.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use flow_backend_nflog::{DENY_PREFIX, NflogConfig, NflogSource};
+use flow_core::{FlowKey, FlowSource, FlowStream};
+use flowtrack_kernel_tests::observe::{
+    Observed, assert_in_conntrack, assert_matches_conntrack, headers, observe, observe_until,
+};
+use flowtrack_kernel_tests::{ConntrackEvents, GeneratedFlow, TestEnv, generate};
+
+const TRAFFIC: &str = env!("CARGO_BIN_EXE_traffic");
+
+fn env(test: &str) -> Option<TestEnv> {
+    TestEnv::new(test, TRAFFIC)
+}
+
+/// The test's namespace, only the cgroup's connections.
+fn cgroup_config(env: &TestEnv) -> NflogConfig {
+    NflogConfig {
+        netns: Some(env.netns.path()),
+        ..NflogConfig::cgroup(&env.cgroup.path)
+    }
+}
+
+async fn start(config: NflogConfig) -> FlowStream {
+    NflogSource::new(config)
+        .start()
+        .await
+        .expect("the nflog backend starts")
+}
+
+/// Serves `protocol` on IPv4 and IPv6 loopback outside the cgroup, runs the
+/// generator inside it against both, and returns its flows and what the
+/// backend saw.
+async fn over_both_families(
+    env: &TestEnv,
+    protocol: &str,
+    v4_args: &[&str],
+    v6_args: &[&str],
+) -> (Vec<GeneratedFlow>, Observed) {
+    let serve = format!("serve-{protocol}");
+    let v4 = env.server_outside(&[&serve, "127.0.0.1:0"]);
+    let v6 = env.server_outside(&[&serve, "[::1]:0"]);
+    let mut stream = start(cgroup_config(env)).await;
+    let mut flows = Vec::new();
+    for (dst, args) in [
+        (format!("127.0.0.1:{}", v4.port), v4_args),
+        (format!("[::1]:{}", v6.port), v6_args),
+    ] {
+        let mut command = vec![protocol, dst.as_str()];
+        command.extend_from_slice(args);
+        flows.extend(env.inside(&command));
+    }
+    let keys: Vec<FlowKey> = flows.iter().map(GeneratedFlow::key).collect();
+    let observed = observe(&mut stream, &keys, Duration::from_secs(20)).await;
+    assert_eq!(
+        observed.opened.len(),
+        2,
+        "exactly the generator's flows: {observed:#?}"
+    );
+    assert_eq!(observed.lost, 0);
+    (flows, observed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_over_ipv4_and_ipv6_with_known_payloads() {
+    let Some(env) = env("nflog tcp_over_ipv4_and_ipv6_with_known_payloads") else {
+        return;
+    };
+    let (flows, observed) =
+        over_both_families(&env, "tcp", &["--bytes", "100000"], &["--bytes", "3000"]).await;
+    for flow in &flows {
+        assert_eq!(flow.received, flow.sent, "the echo came back");
+        let key = flow.key();
+        let (packets, bytes) = observed.closed_once(&key);
+        assert!(
+            bytes >= flow.sent + flow.received + packets * headers(flow),
+            "{key}: {bytes} bytes"
+        );
+        assert!(packets >= 6, "handshake, data, FINs: {packets}");
+        // The entry lives on in TIME_WAIT: conntrack's own listing agrees.
+        assert_matches_conntrack(&env.netns, &key, (packets, bytes));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_over_ipv4_and_ipv6_counts_every_datagram() {
+    let Some(env) = env("nflog udp_over_ipv4_and_ipv6_counts_every_datagram") else {
+        return;
+    };
+    // UDP flows close when the cgroup has no process left.
+    let (flows, observed) = over_both_families(
+        &env,
+        "udp",
+        &["--bytes", "512", "--datagrams", "5"],
+        &["--bytes", "1000", "--datagrams", "3"],
+    )
+    .await;
+    for flow in &flows {
+        let key = flow.key();
+        let packets = 2 * flow.datagrams;
+        let bytes = flow.sent + flow.received + packets * headers(flow);
+        assert_eq!(observed.closed_once(&key), (packets, bytes), "{key}");
+        assert_matches_conntrack(&env.netns, &key, (packets, bytes));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_opens_and_closes() {
+    let Some(env) = env("nflog a_refused_connection_opens_and_closes") else {
+        return;
+    };
+    let mut stream = start(cgroup_config(&env)).await;
+    let events = ConntrackEvents::listen(&env.netns);
+    let flows = env.inside(&["refused", "127.0.0.1:9"]);
+    let key = flows[0].key();
+    let observed = observe(&mut stream, &[key], Duration::from_secs(20)).await;
+    let (packets, bytes) = observed.closed_once(&key);
+    assert_eq!(packets, 2, "SYN and RST");
+    assert_in_conntrack(&events.destroyed(), &key, (packets, bytes));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn icmp_echo_over_ipv4_and_ipv6() {
+    let Some(env) = env("nflog icmp_echo_over_ipv4_and_ipv6") else {
+        return;
+    };
+    let mut stream = start(cgroup_config(&env)).await;
+    let mut flows = env.inside(&["icmp", "127.0.0.1:0", "--id", "4242"]);
+    flows.extend(env.inside(&["icmp", "[::1]:0", "--id", "4343"]));
+    let keys: Vec<FlowKey> = flows.iter().map(GeneratedFlow::key).collect();
+    let observed = observe(&mut stream, &keys, Duration::from_secs(20)).await;
+    for flow in &flows {
+        let key = flow.key();
+        let (packets, bytes) = observed.closed_once(&key);
+        let ip = if flow.src.is_ipv4() { 20 } else { 40 };
+        assert_eq!((packets, bytes), (2, 2 * (ip + 8 + 32)), "{key}");
+        assert_matches_conntrack(&env.netns, &key, (packets, bytes));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_connection_is_keyed_from_the_remote_peer() {
+    let Some(env) = env("nflog an_inbound_connection_is_keyed_from_the_remote_peer") else {
+        return;
+    };
+    let mut stream = start(cgroup_config(&env)).await;
+    let server = env.server_inside(&["serve-tcp", "127.0.0.1:0"]);
+    let flows = generate(&mut env.traffic(&[
+        "tcp",
+        &format!("127.0.0.1:{}", server.port),
+        "--bytes",
+        "5000",
+    ]));
+    let key = flows[0].key();
+    assert_eq!(key.dst_port, server.port);
+    let observed = observe(&mut stream, &[key], Duration::from_secs(20)).await;
+    let (packets, bytes) = observed.closed_once(&key);
+    assert!(bytes >= 2 * 5000 + packets * 40);
+    assert_matches_conntrack(&env.netns, &key, (packets, bytes));
+    assert_eq!(observed.opened.len(), 1, "{observed:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_outside_the_cgroup_is_not_reported() {
+    let Some(env) = env("nflog traffic_outside_the_cgroup_is_not_reported") else {
+        return;
+    };
+    let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
+    let mut stream = start(cgroup_config(&env)).await;
+    let dst = format!("127.0.0.1:{}", server.port);
+    let outside = generate(&mut env.traffic(&["tcp", &dst, "--bytes", "100"]));
+    let inside = env.inside(&["tcp", &dst, "--bytes", "100"]);
+    let observed = observe(&mut stream, &[inside[0].key()], Duration::from_secs(20)).await;
+    let _ = observed.closed_once(&inside[0].key());
+    assert!(
+        !observed.opened.contains_key(&outside[0].key()),
+        "{observed:#?}"
+    );
+    assert_eq!(observed.opened.len(), 1, "{observed:#?}");
+}
+
+/// `conntrack -E` beside the backend on a whole namespace: the same flows,
+/// the same counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conntrack_events_see_the_same_flows_and_counters() {
+    let Some(env) = env("nflog conntrack_events_see_the_same_flows_and_counters") else {
+        return;
+    };
+    let tcp = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
+    let udp = env.server_outside(&["serve-udp", "[::1]:0"]);
+    let mut stream = start(NflogConfig::netns(env.netns.path())).await;
+    let peer = ConntrackEvents::listen_for(&env.netns, "NEW");
+    let mut flows = generate(&mut env.traffic(&[
+        "tcp",
+        &format!("127.0.0.1:{}", tcp.port),
+        "--bytes",
+        "2000",
+        "--count",
+        "20",
+    ]));
+    flows.extend(generate(&mut env.traffic(&[
+        "udp",
+        &format!("[::1]:{}", udp.port),
+        "--datagrams",
+        "2",
+    ])));
+    flows.extend(generate(&mut env.traffic(&[
+        "icmp",
+        "127.0.0.1:0",
+        "--id",
+        "77",
+    ])));
+    let keys: Vec<FlowKey> = flows.iter().map(GeneratedFlow::key).collect();
+    // Whole-namespace scope: UDP and ICMP close at DESTROY, 30 s later;
+    // TCP at once. Wait for the TCP closes and every open.
+    let observed = observe_until(
+        &mut stream,
+        |observed| {
+            keys.iter().all(|key| observed.opened.contains_key(key))
+                && keys
+                    .iter()
+                    .filter(|key| key.protocol == 6)
+                    .all(|key| observed.closed.contains_key(key))
+        },
+        Duration::from_secs(20),
+    )
+    .await;
+    let heard: HashSet<FlowKey> = peer
+        .destroyed()
+        .into_iter()
+        .map(|entry| entry.key)
+        .collect();
+    let reported: HashSet<FlowKey> = observed.opened.keys().copied().collect();
+    assert_eq!(
+        reported, heard,
+        "flowtrack and conntrack -E saw the same flows"
+    );
+    assert_eq!(
+        reported,
+        keys.iter().copied().collect(),
+        "and they are the generator's"
+    );
+    let table = env.netns.conntrack_entries();
+    for key in keys.iter().filter(|key| key.protocol == 6) {
+        let (packets, bytes) = observed.closed_once(key);
+        assert_in_conntrack(&table, key, (packets, bytes));
+    }
+    assert_eq!(observed.lost, 0);
+}
+
+/// With a receive buffer far too small for a burst, overruns are reported
+/// and the resync still gives every flow its Opened and Closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_receive_buffer_overruns_and_resyncs() {
+    let Some(env) = env("nflog a_tiny_receive_buffer_overruns_and_resyncs") else {
+        return;
+    };
+    let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
+    let mut config = cgroup_config(&env);
+    config.receive_buffer = 4096;
+    config.max_receive_buffer = 4096;
+    let mut stream = start(config).await;
+    let mut command = env.cgroup.wrap(&env.traffic(&[
+        "tcp",
+        &format!("127.0.0.1:{}", server.port),
+        "--bytes",
+        "1",
+        "--count",
+        "2000",
+    ]));
+    let generated = std::sync::Arc::new(std::sync::OnceLock::new());
+    let generator = std::thread::spawn({
+        let generated = std::sync::Arc::clone(&generated);
+        move || {
+            let keys: Vec<FlowKey> = generate(&mut command)
+                .iter()
+                .map(GeneratedFlow::key)
+                .collect();
+            let _ = generated.set(keys);
+        }
+    });
+    let observed = observe_until(
+        &mut stream,
+        |observed| {
+            generated.get().is_some_and(|keys| {
+                observed.closed.values().map(Vec::len).sum::<usize>() >= keys.len()
+            })
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    generator.join().expect("the generator runs");
+    let keys = generated.get().expect("the generator reported its flows");
+    assert!(
+        observed.lost > 0 || observed.lost_items > 0,
+        "overruns reported: {observed:?}"
+    );
+    let mut made: HashMap<FlowKey, u32> = HashMap::new();
+    for key in keys {
+        *made.entry(*key).or_default() += 1;
+    }
+    let unaccounted: Vec<_> = made
+        .iter()
+        .filter(|(key, times)| {
+            observed.opened.get(key) != Some(times)
+                || observed.closed.get(key).map(Vec::len) != Some(**times as usize)
+        })
+        .collect();
+    assert!(
+        unaccounted.is_empty(),
+        "{} of {} flows without their Opened and Closed, e.g. {:?}; {} observations lost in {} items",
+        unaccounted.len(),
+        made.len(),
+        unaccounted.iter().take(3).collect::<Vec<_>>(),
+        observed.lost,
+        observed.lost_items
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_drop_is_reported_denied() {
+    let Some(env) = env("nflog a_logged_drop_is_reported_denied") else {
+        return;
+    };
+    let group = 4711;
+    let mut config = cgroup_config(&env);
+    config.log_group = Some(group);
+    let mut stream = start(config).await;
+    let mut nft = env.netns.command("nft");
+    nft.arg(format!(
+        "add table inet guard; \
+         add chain inet guard out {{ type filter hook output priority 10; }}; \
+         add rule inet guard out udp dport 9 log group {group} prefix \"{DENY_PREFIX}\" drop"
+    ));
+    assert!(nft.status().unwrap().success());
+    let mut send = env.netns.command("python3");
+    send.args([
+        "-c",
+        // A local packet dropped on output fails the send with EPERM.
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('127.0.0.1', 0))\n\
+         try:\n    s.sendto(b'x', ('127.0.0.1', 9))\nexcept PermissionError:\n    pass\n\
+         print(s.getsockname()[1])",
+    ]);
+    let output = env.cgroup.wrap(&send).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let sport: u16 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let key = FlowKey::udp(
+        format!("127.0.0.1:{sport}").parse().unwrap(),
+        "127.0.0.1:9".parse().unwrap(),
+    );
+    let observed = observe_until(
+        &mut stream,
+        |o| o.denied.contains_key(&key),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(observed.denied.get(&key), Some(&1), "{observed:#?}");
+}
+
+fn sysctl(env: &TestEnv, name: &str) -> String {
+    let output = env
+        .netns
+        .command("sysctl")
+        .args(["-n", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+fn tables(env: &TestEnv) -> String {
+    let output = env
+        .netns
+        .command("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_removes_the_table_and_restores_the_settings() {
+    let Some(env) = env("nflog stopping_removes_the_table_and_restores_the_settings") else {
+        return;
+    };
+    let settings = [
+        "net.netfilter.nf_conntrack_acct",
+        "net.netfilter.nf_conntrack_timestamp",
+    ];
+    for name in settings {
+        assert_eq!(sysctl(&env, name), "0");
+    }
+    let stream = start(cgroup_config(&env)).await;
+    assert!(tables(&env).contains("flowtrack_"), "{}", tables(&env));
+    for name in settings {
+        assert_eq!(sysctl(&env, name), "1", "{name} on while running");
+    }
+    drop(stream);
+    assert_eq!(tables(&env), "", "no table left");
+    for name in settings {
+        assert_eq!(sysctl(&env, name), "0", "{name} restored");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_cgroup_or_namespace_is_a_clear_error() {
+    let Some(env) = env("nflog a_missing_cgroup_or_namespace_is_a_clear_error") else {
+        return;
+    };
+    let mut config = cgroup_config(&env);
+    config.cgroup = Some(env.cgroup.path.join("nope"));
+    let error = NflogSource::new(config)
+        .start()
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("does not exist"), "{error}");
+    let error = NflogSource::new(NflogConfig::netns("/run/netns/flowtrack-no-such-ns"))
+        .start()
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("network namespace"), "{error}");
+    assert_eq!(tables(&env), "");
+}
