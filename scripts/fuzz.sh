@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-30}
-for target in ring_record json_line; do
+for target in ring_record json_line ctnetlink nflog; do
     echo "== fuzz $target for ${seconds}s"
     scratch=$(mktemp -d)
     log=$(mktemp)

@@ -232,6 +232,33 @@ pub(crate) fn decode(kind: u16, flags: NlmF, payload: &Buffer) -> Result<CtEntry
     })
 }
 
+/// Decodes every conntrack entry message of a datagram; also returns how
+/// many messages were malformed (a truncated tail counts one). Other
+/// message types (acks, expectations) are passed over.
+pub(crate) fn decode_datagram(datagram: &[u8]) -> (Vec<CtEntry>, usize) {
+    let (messages, truncated) = netlink::split(datagram);
+    let mut malformed = usize::from(truncated.is_some());
+    let mut entries = Vec::new();
+    for message in messages {
+        if let netlink::Received::Message {
+            kind,
+            flags,
+            payload,
+        } = message
+        {
+            match decode(kind, flags, &payload) {
+                Ok(entry) => entries.push(entry),
+                Err(CtDecodeError::NotAnEntry(_)) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "skipped a conntrack message");
+                    malformed += 1;
+                }
+            }
+        }
+    }
+    (entries, malformed)
+}
+
 fn decode_counters(counters: &Nlattr<CtAttr, Buffer>) -> Result<(u64, u64), CtDecodeError> {
     let counters = counters
         .get_attr_handle::<CounterAttr>()
@@ -469,4 +496,141 @@ pub(crate) fn encode_event(
         0,
         Nfgenmsg::new(family(key), 0, attrs),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn corpus() -> Vec<Vec<u8>> {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/ctnetlink");
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn real_events_decode() {
+        let entries: Vec<CtEntry> = corpus()
+            .iter()
+            .flat_map(|datagram| {
+                let (entries, malformed) = decode_datagram(datagram);
+                assert_eq!(malformed, 0);
+                entries
+            })
+            .collect();
+        let count = |kind| entries.iter().filter(|e| e.kind == kind).count();
+        assert!(count(CtEventKind::New) >= 8, "{entries:#?}");
+        assert!(count(CtEventKind::Update) >= 2);
+        assert_eq!(
+            count(CtEventKind::New),
+            count(CtEventKind::Destroy),
+            "conntrack -F destroyed all"
+        );
+        for entry in entries.iter().filter(|e| e.kind == CtEventKind::Destroy) {
+            let (packets, bytes) = entry.counters.expect("accounting was on");
+            assert!(packets >= 1 && bytes >= 28, "{entry:?}");
+            assert!(
+                entry.start_ns.is_some() && entry.stop_ns >= entry.start_ns,
+                "{entry:?}"
+            );
+        }
+        let protocols: std::collections::BTreeSet<u8> =
+            entries.iter().map(|e| e.key.protocol).collect();
+        assert_eq!(
+            protocols.into_iter().collect::<Vec<_>>(),
+            vec![1, 6, 17, 58]
+        );
+        let echo = entries.iter().find(|e| e.key.protocol == 58).unwrap();
+        assert_eq!(
+            (echo.key.src_port, echo.key.dst_port),
+            (4242, 128 << 8),
+            "ICMPv6 key convention"
+        );
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.tcp_state == Some(TCP_STATE_TIME_WAIT))
+        );
+    }
+
+    fn any_key() -> impl Strategy<Value = FlowKey> {
+        let v4 = (any::<[u8; 4]>(), any::<[u8; 4]>())
+            .prop_map(|(a, b)| (IpAddr::from(a), IpAddr::from(b)));
+        let v6 = (any::<[u8; 16]>(), any::<[u8; 16]>())
+            .prop_map(|(a, b)| (IpAddr::from(a), IpAddr::from(b)));
+        (
+            prop_oneof![v4, v6],
+            prop::sample::select(vec![1u8, 6, 17, 58, 132]),
+            any::<u16>(),
+            any::<u16>(),
+        )
+            .prop_map(
+                |((src_addr, dst_addr), protocol, src_port, dst_port)| FlowKey {
+                    src_addr,
+                    src_port,
+                    dst_addr,
+                    dst_port,
+                    protocol,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn entries_round_trip(
+            key in any_key(),
+            kind in prop::sample::select(vec![CtEventKind::New, CtEventKind::Update, CtEventKind::Destroy]),
+            id: u32,
+            mark: u32,
+            tcp_state in proptest::option::of(0u8..10),
+            counters in proptest::option::of((0u64..1 << 40, 0u64..1 << 50)),
+        ) {
+            let bytes = encode_event(kind, &key, id, mark, tcp_state, counters);
+            let (entries, malformed) = decode_datagram(&bytes);
+            prop_assert_eq!(malformed, 0);
+            prop_assert_eq!(entries.len(), 1);
+            let entry = &entries[0];
+            prop_assert_eq!(entry.kind, kind);
+            prop_assert_eq!(entry.key, key);
+            prop_assert_eq!((entry.id, entry.mark, entry.tcp_state, entry.counters), (id, mark, tcp_state, counters));
+        }
+
+        #[test]
+        fn get_requests_carry_the_tuple(key in any_key(), seq: u32) {
+            // A GET request has the layout of an entry message: decode it as one.
+            let (messages, malformed) = netlink::split(&get_request(&key, seq));
+            prop_assert!(malformed.is_none());
+            let netlink::Received::Message { payload, .. } = &messages[0] else {
+                return Err(TestCaseError::fail("not a message"));
+            };
+            let message = netlink::decode_payload::<CtAttr>(payload).unwrap();
+            let tuple = message.attrs.get_attr_handle().get_attribute(CtAttr::TupleOrig).cloned().unwrap();
+            prop_assert_eq!(decode_tuple(&tuple).unwrap(), key);
+        }
+
+        #[test]
+        fn mutated_real_messages_never_panic(
+            pick: prop::sample::Index,
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut: prop::sample::Index,
+        ) {
+            let corpus = corpus();
+            let mut datagram = corpus[pick.index(corpus.len())].clone();
+            for (at, byte) in flips {
+                let i = at.index(datagram.len());
+                datagram[i] ^= byte;
+            }
+            datagram.truncate(cut.index(datagram.len() + 1));
+            let _ = decode_datagram(&datagram);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(datagram in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_datagram(&datagram);
+        }
+    }
 }

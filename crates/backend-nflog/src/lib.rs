@@ -122,6 +122,51 @@ impl Default for NflogConfig {
     }
 }
 
+/// What a datagram of kernel messages decoded into: the entry points the
+/// fuzz targets and property tests drive, doing what the listener does with
+/// the bytes it receives.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// The flow key of each message that decoded.
+    pub keys: Vec<flow_core::FlowKey>,
+    /// Messages skipped as malformed (a truncated tail counts one).
+    pub malformed: usize,
+}
+
+/// Decodes a datagram from a ctnetlink event socket.
+///
+/// ```
+/// let decoded = flow_backend_nflog::decode_conntrack_datagram(&[1, 2, 3]);
+/// assert_eq!((decoded.keys.len(), decoded.malformed), (0, 1));
+/// ```
+#[must_use]
+pub fn decode_conntrack_datagram(datagram: &[u8]) -> Decoded {
+    let (entries, malformed) = conntrack::decode_datagram(datagram);
+    Decoded {
+        keys: entries.into_iter().map(|entry| entry.key).collect(),
+        malformed,
+    }
+}
+
+/// Decodes a datagram from an nfnetlink_log socket (packets whose flow
+/// cannot be told have no key).
+///
+/// ```
+/// let decoded = flow_backend_nflog::decode_nflog_datagram(&[]);
+/// assert_eq!(decoded, flow_backend_nflog::Decoded::default());
+/// ```
+#[must_use]
+pub fn decode_nflog_datagram(datagram: &[u8]) -> Decoded {
+    let (packets, malformed) = nflog::decode_datagram(datagram);
+    Decoded {
+        keys: packets
+            .into_iter()
+            .filter_map(|packet| packet.key)
+            .collect(),
+        malformed,
+    }
+}
+
 /// The nflog [`FlowSource`]: installs its rules on [`FlowSource::start`];
 /// dropping the stream removes them and restores the settings.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use rustix::event::{PollFd, PollFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conntrack::{self, CtEntry};
-use crate::netlink::{Received, Socket, split};
+use crate::netlink::{Received, Socket};
 use crate::nflog::{self, DENY_PREFIX};
 use crate::rules::{self, RuleScope, Table};
 use crate::sysctl::ConntrackSettings;
@@ -108,7 +108,7 @@ struct Session {
     receive_buffer: usize,
     max_receive_buffer: usize,
     resync_pending: bool,
-    next_log_seq: Option<u32>,
+    log_sequence: nflog::Sequence,
     denied: HashMap<FlowKey, Instant>,
     // Dropped last: restores the settings after the table is gone.
     _settings: ConntrackSettings,
@@ -182,7 +182,7 @@ impl Session {
             receive_buffer: granted,
             max_receive_buffer: config.max_receive_buffer,
             resync_pending: false,
-            next_log_seq: None,
+            log_sequence: nflog::Sequence::default(),
             denied: HashMap::new(),
             _settings: settings,
         })
@@ -245,29 +245,11 @@ impl Session {
                 Err(e) => return Err(FlowError::io("reading conntrack events", e)),
             };
             let clock = Clock::now();
-            let (messages, malformed) = split(&datagram);
-            if malformed.is_some() {
-                batch.push(Err(FlowError::lost(LossPoint::Malformed, Some(1))));
-            }
+            let (entries, malformed) = conntrack::decode_datagram(&datagram);
+            push_malformed(batch, malformed);
             let mut steps = Vec::new();
-            for message in messages {
-                let Received::Message {
-                    kind,
-                    flags,
-                    payload,
-                    ..
-                } = message
-                else {
-                    continue;
-                };
-                match conntrack::decode(kind, flags, &payload) {
-                    Ok(entry) => self.tracker.on_message(&entry, clock, &mut steps),
-                    Err(conntrack::CtDecodeError::NotAnEntry(_)) => {}
-                    Err(error) => {
-                        tracing::debug!(%error, "skipped a conntrack message");
-                        batch.push(Err(FlowError::lost(LossPoint::Malformed, Some(1))));
-                    }
-                }
+            for entry in &entries {
+                self.tracker.on_message(entry, clock, &mut steps);
             }
             self.apply(steps, batch)?;
         }
@@ -354,38 +336,21 @@ impl Session {
                 }
                 Err(e) => return Err(FlowError::io("reading nflog packets", e)),
             };
-            let (messages, malformed) = split(&datagram);
-            if malformed.is_some() {
-                batch.push(Err(FlowError::lost(LossPoint::Malformed, Some(1))));
-            }
-            for message in messages {
-                let Received::Message { kind, payload, .. } = message else {
-                    continue;
-                };
-                match nflog::decode(kind, &payload) {
-                    Ok(packet) => self.on_logged(&packet, batch),
-                    Err(nflog::LogDecodeError::NotAPacket(_)) => {}
-                    Err(error) => {
-                        tracing::debug!(%error, "skipped an nflog message");
-                        batch.push(Err(FlowError::lost(LossPoint::Malformed, Some(1))));
-                    }
-                }
+            let (packets, malformed) = nflog::decode_datagram(&datagram);
+            push_malformed(batch, malformed);
+            for packet in &packets {
+                self.on_logged(packet, batch);
             }
         }
     }
 
     fn on_logged(&mut self, packet: &nflog::LoggedPacket, batch: &mut Vec<Item>) {
-        if let Some(seq) = packet.seq {
-            if let Some(expected) = self.next_log_seq {
-                let gap = seq.wrapping_sub(expected);
-                if gap != 0 && gap < u32::MAX / 2 {
-                    batch.push(Err(FlowError::lost(
-                        LossPoint::SequenceGap,
-                        Some(u64::from(gap)),
-                    )));
-                }
-            }
-            self.next_log_seq = Some(seq.wrapping_add(1));
+        let gap = packet.seq.map_or(0, |seq| self.log_sequence.observe(seq));
+        if gap > 0 {
+            batch.push(Err(FlowError::lost(
+                LossPoint::SequenceGap,
+                Some(u64::from(gap)),
+            )));
         }
         let Some(key) = packet.key else { return };
         if packet.prefix.starts_with(DENY_PREFIX) {
@@ -428,6 +393,16 @@ impl Session {
         if let Err(error) = self.nft.transact(&batch, last) {
             tracing::warn!(%error, table = %self.table.name, "could not remove the nf_tables table");
         }
+    }
+}
+
+/// Reports `count` undecodable messages as one loss item.
+fn push_malformed(batch: &mut Vec<Item>, count: usize) {
+    if count > 0 {
+        batch.push(Err(FlowError::lost(
+            LossPoint::Malformed,
+            Some(count as u64),
+        )));
     }
 }
 
@@ -514,7 +489,12 @@ fn bind_log_group(group: Option<u16>) -> Result<(Socket, u16), FlowError> {
         let seq = socket.next_seq();
         match socket.transact(&nflog::bind_request(candidate, seq), seq) {
             Ok(_) => return Ok((socket, candidate)),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last_error = Some(candidate),
+            // The kernel answers EPERM when another socket has the group (a
+            // missing privilege failed earlier, at the conntrack
+            // subscription).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EBUSY)) => {
+                last_error = Some(candidate);
+            }
             Err(e) => return Err(setup_error("binding an nflog group", "CAP_NET_ADMIN", e)),
         }
     }

@@ -104,6 +104,45 @@ pub(crate) fn decode(kind: u16, payload: &Buffer) -> Result<LoggedPacket, LogDec
     })
 }
 
+/// Follows a group's sequence numbers and tells how many packets a gap
+/// skipped (the kernel drops packets when the socket's queue is full).
+#[derive(Debug, Default)]
+pub(crate) struct Sequence {
+    next: Option<u32>,
+}
+
+impl Sequence {
+    /// Records `seq`; returns how many numbers were skipped before it.
+    pub(crate) fn observe(&mut self, seq: u32) -> u32 {
+        let gap = self.next.map_or(0, |next| seq.wrapping_sub(next));
+        self.next = Some(seq.wrapping_add(1));
+        // A number from the past (reordering cannot happen on one socket,
+        // but a rebind restarts at 0) is not a gap.
+        if gap < u32::MAX / 2 { gap } else { 0 }
+    }
+}
+
+/// Decodes every logged packet of a datagram; also returns how many
+/// messages were malformed (a truncated tail counts one).
+pub(crate) fn decode_datagram(datagram: &[u8]) -> (Vec<LoggedPacket>, usize) {
+    let (messages, truncated) = netlink::split(datagram);
+    let mut malformed = usize::from(truncated.is_some());
+    let mut packets = Vec::new();
+    for message in messages {
+        if let netlink::Received::Message { kind, payload, .. } = message {
+            match decode(kind, &payload) {
+                Ok(packet) => packets.push(packet),
+                Err(LogDecodeError::NotAPacket(_)) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "skipped an nflog message");
+                    malformed += 1;
+                }
+            }
+        }
+    }
+    (packets, malformed)
+}
+
 /// The flow of an IP packet (possibly cut short after its transport
 /// header), oriented as it travelled; `None` when it cannot be told.
 pub(crate) fn packet_key(packet: &[u8]) -> Option<FlowKey> {
@@ -171,4 +210,114 @@ pub(crate) fn encode_packet(seq: u32, prefix: &str, packet: &[u8]) -> Vec<u8> {
         0,
         Nfgenmsg::new(family as u8, 7, attrs),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn corpus() -> Vec<Vec<u8>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/nflog");
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn real_logged_packets_decode() {
+        let packets: Vec<LoggedPacket> = corpus()
+            .iter()
+            .flat_map(|datagram| {
+                let (packets, malformed) = decode_datagram(datagram);
+                assert_eq!(malformed, 0);
+                packets
+            })
+            .collect();
+        assert!(packets.iter().all(|p| p.seq.is_some() && p.key.is_some()));
+        let denied: Vec<&LoggedPacket> = packets
+            .iter()
+            .filter(|p| p.prefix.starts_with(DENY_PREFIX))
+            .collect();
+        assert_eq!(denied.len(), 2, "one UDP datagram to port 9 per family");
+        assert!(
+            denied
+                .iter()
+                .all(|p| p.key.unwrap().dst_port == 9 && p.key.unwrap().protocol == 17)
+        );
+        let protocols: std::collections::BTreeSet<u8> =
+            packets.iter().map(|p| p.key.unwrap().protocol).collect();
+        assert_eq!(
+            protocols.into_iter().collect::<Vec<_>>(),
+            vec![1, 6, 17, 58]
+        );
+        let echo = packets
+            .iter()
+            .find(|p| p.key.unwrap().protocol == 1)
+            .unwrap()
+            .key
+            .unwrap();
+        assert_eq!(
+            (echo.src_port, echo.dst_port),
+            (4242, 8 << 8),
+            "ICMP key convention"
+        );
+    }
+
+    #[test]
+    fn gaps_in_sequence_numbers_are_counted() {
+        let mut sequence = Sequence::default();
+        assert_eq!(sequence.observe(0), 0);
+        assert_eq!(sequence.observe(1), 0);
+        assert_eq!(sequence.observe(5), 3);
+        assert_eq!(sequence.observe(0), 0, "a restart is not a gap");
+        let mut sequence = Sequence::default();
+        assert_eq!(sequence.observe(u32::MAX), 0);
+        assert_eq!(sequence.observe(2), 2, "wraps around");
+    }
+
+    proptest! {
+        #[test]
+        fn logged_packets_round_trip(seq: u32, prefix in "[a-z:]{0,30}", sport: u16, dport: u16) {
+            let mut packet = vec![0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+            packet.extend_from_slice(&sport.to_be_bytes());
+            packet.extend_from_slice(&dport.to_be_bytes());
+            packet.extend_from_slice(&[0, 8, 0, 0]);
+            let (packets, malformed) = decode_datagram(&encode_packet(seq, &prefix, &packet));
+            prop_assert_eq!(malformed, 0);
+            prop_assert_eq!(packets.len(), 1);
+            prop_assert_eq!(packets[0].seq, Some(seq));
+            prop_assert_eq!(&packets[0].prefix, &prefix);
+            let key = packets[0].key.unwrap();
+            prop_assert_eq!((key.src_port, key.dst_port, key.protocol), (sport, dport, 17));
+        }
+
+        #[test]
+        fn any_payload_bytes_are_safe(seq: u32, payload in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let (packets, _) = decode_datagram(&encode_packet(seq, "x", &payload));
+            prop_assert_eq!(packets.len(), 1);
+        }
+
+        #[test]
+        fn mutated_real_messages_never_panic(
+            pick: prop::sample::Index,
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut: prop::sample::Index,
+        ) {
+            let corpus = corpus();
+            let mut datagram = corpus[pick.index(corpus.len())].clone();
+            for (at, byte) in flips {
+                let i = at.index(datagram.len());
+                datagram[i] ^= byte;
+            }
+            datagram.truncate(cut.index(datagram.len() + 1));
+            let _ = decode_datagram(&datagram);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(datagram in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_datagram(&datagram);
+        }
+    }
 }

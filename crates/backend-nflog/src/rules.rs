@@ -302,3 +302,54 @@ pub(crate) fn owner_pid(name: &str) -> Option<u32> {
         .parse()
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::{Received, split};
+
+    #[test]
+    fn a_cgroup_table_is_one_batch_of_table_chains_and_rules() {
+        let table = Table {
+            name: "flowtrack_42_0".into(),
+            scope: RuleScope::Cgroup { id: 1234, level: 2 },
+            mark: 0x8000_0001,
+            log_group: 7,
+        };
+        let (bytes, last) = create_batch(&table, 10);
+        let (messages, malformed) = split(&bytes);
+        assert!(malformed.is_none());
+        let kinds: Vec<u16> = messages
+            .iter()
+            .map(|m| match m {
+                Received::Message { kind, .. } => *kind,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let nft = |m: u8| crate::netlink::message_type(SUBSYSTEM, m);
+        assert_eq!(
+            kinds,
+            [
+                BATCH_BEGIN,
+                nft(NEWTABLE),
+                nft(NEWCHAIN),
+                nft(NEWRULE),
+                nft(NEWCHAIN),
+                nft(NEWRULE),
+                BATCH_END
+            ]
+        );
+        assert_eq!(last, 15, "five requests after the batch start");
+        let Received::Message { payload, .. } = &messages[1] else {
+            panic!()
+        };
+        assert_eq!(table_name(payload).as_deref(), Some("flowtrack_42_0"));
+    }
+
+    #[test]
+    fn leftover_names_give_their_pid() {
+        assert_eq!(owner_pid("flowtrack_4242_3"), Some(4242));
+        assert_eq!(owner_pid("flowtrack_test"), None);
+        assert_eq!(owner_pid("filter"), None);
+    }
+}

@@ -197,3 +197,175 @@ impl Tracker {
             .retain(|_, closed_at| now_ns.saturating_sub(*closed_at) < CLOSED_MEMORY_NS);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flow_core::FlowEventKind;
+
+    const MARK: u32 = 0x8000_0001;
+
+    fn entry(kind: CtEventKind, id: u32, port: u16, tcp_state: Option<u8>) -> CtEntry {
+        CtEntry {
+            kind,
+            key: FlowKey::tcp(
+                format!("10.0.0.1:{port}").parse().unwrap(),
+                "10.0.0.2:80".parse().unwrap(),
+            ),
+            id,
+            mark: MARK,
+            tcp_state,
+            counters: Some((u64::from(id), 100 * u64::from(id))),
+            start_ns: None,
+            stop_ns: None,
+        }
+    }
+
+    fn clock(now_ns: u64) -> Clock {
+        Clock {
+            now_ns,
+            wall_offset_ns: 1_000_000,
+        }
+    }
+
+    fn kinds(steps: &[Step]) -> Vec<(&'static str, u32)> {
+        steps
+            .iter()
+            .map(|step| match step {
+                Step::Emit(event) => (event.kind.name(), u32::from(event.key.src_port)),
+                Step::FetchCounters(id, _) => ("fetch", *id),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tcp_flow_closes_on_its_state_and_its_destroy_is_ignored() {
+        let mut tracker = Tracker::new(MARK);
+        let mut steps = Vec::new();
+        tracker.on_message(
+            &entry(CtEventKind::New, 1, 40000, Some(1)),
+            clock(10),
+            &mut steps,
+        );
+        tracker.on_message(
+            &entry(CtEventKind::Update, 1, 40000, Some(3)),
+            clock(11),
+            &mut steps,
+        );
+        tracker.on_message(
+            &entry(CtEventKind::Update, 1, 40000, Some(7)),
+            clock(12),
+            &mut steps,
+        );
+        assert_eq!(kinds(&steps), [("opened", 40000), ("fetch", 1)]);
+        let closed = tracker.close(1, (9, 900), 13).unwrap();
+        assert_eq!(
+            closed.kind,
+            FlowEventKind::Closed {
+                pkt_count: 9,
+                byte_count: 900
+            }
+        );
+        steps.clear();
+        tracker.on_message(
+            &entry(CtEventKind::Destroy, 1, 40000, Some(7)),
+            clock(14),
+            &mut steps,
+        );
+        assert!(steps.is_empty(), "closed once: {steps:?}");
+        assert_eq!(tracker.open_flows(), 0);
+    }
+
+    #[test]
+    fn a_destroy_closes_with_its_counters_and_a_lost_new_is_made_up_for() {
+        let mut tracker = Tracker::new(MARK);
+        let mut steps = Vec::new();
+        tracker.on_message(
+            &entry(CtEventKind::Destroy, 5, 40005, None),
+            clock(10),
+            &mut steps,
+        );
+        assert_eq!(kinds(&steps), [("opened", 40005), ("closed", 40005)]);
+        let Step::Emit(closed) = &steps[1] else {
+            panic!()
+        };
+        assert_eq!(
+            closed.kind,
+            FlowEventKind::Closed {
+                pkt_count: 5,
+                byte_count: 500
+            }
+        );
+    }
+
+    #[test]
+    fn other_marks_are_not_this_scope() {
+        let mut tracker = Tracker::new(MARK);
+        let mut steps = Vec::new();
+        let mut other = entry(CtEventKind::New, 1, 40000, None);
+        other.mark = 0;
+        tracker.on_message(&other, clock(1), &mut steps);
+        assert!(steps.is_empty());
+    }
+
+    #[test]
+    fn kernel_stamps_become_monotonic_time() {
+        let mut tracker = Tracker::new(MARK);
+        let mut steps = Vec::new();
+        let mut new = entry(CtEventKind::New, 1, 40000, None);
+        new.start_ns = Some(1_000_500);
+        tracker.on_message(&new, clock(900), &mut steps);
+        let Step::Emit(opened) = &steps[0] else {
+            panic!()
+        };
+        assert_eq!(opened.timestamp_ns, 500);
+        // A stamp from the future is not believed.
+        assert_eq!(clock(900).from_wall(Some(5_000_000)), 900);
+    }
+
+    #[test]
+    fn a_resync_opens_the_unseen_and_closes_the_vanished() {
+        let mut tracker = Tracker::new(MARK);
+        let mut steps = Vec::new();
+        tracker.on_message(
+            &entry(CtEventKind::New, 1, 40001, None),
+            clock(1),
+            &mut steps,
+        );
+        tracker.on_message(
+            &entry(CtEventKind::New, 2, 40002, None),
+            clock(1),
+            &mut steps,
+        );
+        steps.clear();
+        // Table after an overrun: 1 is gone, 3 is new, 4 opened and closed.
+        let table = [
+            entry(CtEventKind::Update, 2, 40002, Some(3)),
+            entry(CtEventKind::Update, 3, 40003, Some(3)),
+            entry(CtEventKind::Update, 4, 40004, Some(7)),
+        ];
+        tracker.resync(&table, 5, &mut steps);
+        let mut seen = kinds(&steps);
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            [
+                ("closed", 40001),
+                ("closed", 40004),
+                ("opened", 40003),
+                ("opened", 40004)
+            ]
+        );
+        assert_eq!(tracker.open_flows(), 2);
+        steps.clear();
+        tracker.on_message(
+            &entry(CtEventKind::Destroy, 4, 40004, Some(7)),
+            clock(6),
+            &mut steps,
+        );
+        assert!(steps.is_empty(), "4 was closed by the resync");
+        tracker.close_all(&table, 7, &mut steps);
+        assert_eq!(kinds(&steps).len(), 2);
+        assert_eq!(tracker.open_flows(), 0);
+    }
+}

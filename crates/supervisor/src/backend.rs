@@ -28,6 +28,17 @@ pub enum BackendChoice {
     Both,
 }
 
+/// Backend settings beyond the scope. The default is what flowtrack uses
+/// when no flag says otherwise.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// The nflog backend's nfnetlink_log group; `None`: the first free one.
+    pub nflog_group: Option<u16>,
+    /// The nflog backend's conntrack event buffer in bytes; `None`: its
+    /// default (4 MiB).
+    pub netlink_buffer: Option<usize>,
+}
+
 /// Opens the sources `choice` names for `scope`, ready for
 /// [`crate::merge::Merger::add`] (which attaches them).
 ///
@@ -36,18 +47,23 @@ pub enum BackendChoice {
 /// not compiled into this build, not built yet, or not supported here.
 ///
 /// ```
-/// use flow_supervisor::backend::{BackendChoice, Scope, open};
-/// let error = open(BackendChoice::Ebpf, &Scope::Netns("/run/netns/x".into())).err().unwrap();
+/// use flow_supervisor::backend::{BackendChoice, Options, Scope, open};
+/// let scope = Scope::Netns("/run/netns/x".into());
+/// let error = open(BackendChoice::Ebpf, &scope, &Options::default()).err().unwrap();
 /// assert!(error.to_string().starts_with("ebpf backend unavailable:"));
 /// ```
-pub fn open(choice: BackendChoice, scope: &Scope) -> Result<Vec<Box<dyn FlowSource>>, FlowError> {
+pub fn open(
+    choice: BackendChoice,
+    scope: &Scope,
+    options: &Options,
+) -> Result<Vec<Box<dyn FlowSource>>, FlowError> {
     match choice {
         BackendChoice::Ebpf => Ok(vec![open_ebpf(scope)?]),
-        BackendChoice::Nflog => Ok(vec![open_nflog(scope)?]),
-        BackendChoice::Both => Ok(vec![open_ebpf(scope)?, open_nflog(scope)?]),
+        BackendChoice::Nflog => Ok(vec![open_nflog(scope, options)?]),
+        BackendChoice::Both => Ok(vec![open_ebpf(scope)?, open_nflog(scope, options)?]),
         BackendChoice::Auto => match open_ebpf(scope) {
             Ok(ebpf) => Ok(vec![ebpf]),
-            Err(ebpf_error) => match open_nflog(scope) {
+            Err(ebpf_error) => match open_nflog(scope, options) {
                 Ok(nflog) => {
                     tracing::warn!(%ebpf_error, "falling back to the nflog backend");
                     Ok(vec![nflog])
@@ -91,17 +107,22 @@ fn open_ebpf(_scope: &Scope) -> Result<Box<dyn FlowSource>, FlowError> {
 }
 
 #[cfg(feature = "nflog")]
-fn open_nflog(scope: &Scope) -> Result<Box<dyn FlowSource>, FlowError> {
+fn open_nflog(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, FlowError> {
     use flow_backend_nflog::{NflogConfig, NflogSource};
-    let config = match scope {
+    let mut config = match scope {
         Scope::Cgroup(path) => NflogConfig::cgroup(path.clone()),
         Scope::Netns(path) => NflogConfig::netns(path.clone()),
     };
+    config.log_group = options.nflog_group;
+    if let Some(bytes) = options.netlink_buffer {
+        config.receive_buffer = bytes;
+        config.max_receive_buffer = config.max_receive_buffer.max(bytes);
+    }
     Ok(Box::new(NflogSource::new(config)))
 }
 
 #[cfg(not(feature = "nflog"))]
-fn open_nflog(_scope: &Scope) -> Result<Box<dyn FlowSource>, FlowError> {
+fn open_nflog(_scope: &Scope, _options: &Options) -> Result<Box<dyn FlowSource>, FlowError> {
     Err(not_compiled_in("nflog"))
 }
 

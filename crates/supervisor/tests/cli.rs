@@ -208,7 +208,7 @@ fn watch_rejects_a_missing_cgroup_or_netns() {
         .args(["watch", "--netns", "flowtrack-test-no-such-netns"])
         .assert()
         .code(1)
-        .stderr("flowtrack: error: network namespace flowtrack-test-no-such-netns not found (/run/netns/flowtrack-test-no-such-netns does not exist): see `ip netns list`\n");
+        .stderr("flowtrack: error: network namespace flowtrack-test-no-such-netns not found (/run/netns/flowtrack-test-no-such-netns does not exist): see `ip netns list`, or give a path or a pid\n");
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use flow_supervisor::backend::BackendChoice;
+use flow_supervisor::backend::{self, BackendChoice};
 use flow_supervisor::output::OutputFormat;
 
 /// Report every network connection a workload makes, straight from the Linux
@@ -67,6 +67,24 @@ pub(crate) struct BackendArgs {
     /// Which backend observes the flows.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub(crate) backend: BackendChoice,
+    /// nflog backend: the nfnetlink_log group to bind (one listener per
+    /// group). Default: the first free one.
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) nflog_group: Option<u16>,
+    /// nflog backend: the conntrack event socket's receive buffer in bytes
+    /// (at least 4096; it grows after an overrun). Default: 4 MiB.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(4096..))]
+    pub(crate) netlink_buffer: Option<u32>,
+}
+
+impl BackendArgs {
+    /// The backend settings these flags give.
+    pub(crate) fn options(&self) -> backend::Options {
+        backend::Options {
+            nflog_group: self.nflog_group,
+            netlink_buffer: self.netlink_buffer.map(|bytes| bytes as usize),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use flow_core::FlowSource;
+use flow_core::{FlowError, FlowSource};
 use flow_supervisor::backend::{self, Scope};
 use flow_supervisor::merge::{MergeConfig, Merger, ShutdownHandle};
 use flow_supervisor::mock::Replay;
@@ -53,10 +53,16 @@ async fn start_merger(sources: Vec<Box<dyn FlowSource>>) -> Result<Merger> {
     let mut merger = Merger::new(MergeConfig::default());
     for source in sources {
         let name = source.name().to_owned();
-        merger
-            .add(source)
-            .await
-            .with_context(|| format!("cannot start the {name} backend"))?;
+        match merger.add(source).await {
+            Ok(()) => {}
+            // Already names the backend: "nflog backend unavailable: …".
+            Err(error @ FlowError::Unavailable { .. }) => return Err(error.into()),
+            Err(error) => {
+                return Err(
+                    anyhow::Error::new(error).context(format!("cannot start the {name} backend"))
+                );
+            }
+        }
     }
     Ok(merger)
 }
@@ -128,7 +134,7 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
 
 async fn watch(args: WatchArgs) -> Result<ExitCode> {
     let scope = scope::resolve(&args.scope)?;
-    let sources = backend::open(args.backend.backend, &scope)
+    let sources = backend::open(args.backend.backend, &scope, &args.backend.options())
         .with_context(|| format!("cannot watch {}", Describe(&scope)))?;
     let writer = open_writer(&args.output, DefaultStream::Stdout)?;
     let merger = start_merger(sources).await?;
@@ -145,8 +151,8 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         .context("run needs a command: flowtrack run -- CMD [ARGS...]")?;
     let cgroup = WorkloadCgroup::create()?;
     let scope = Scope::Cgroup(cgroup.path().to_path_buf());
-    let sources =
-        backend::open(args.backend.backend, &scope).context("cannot observe the command")?;
+    let sources = backend::open(args.backend.backend, &scope, &args.backend.options())
+        .context("cannot observe the command")?;
     let writer = open_writer(&args.output, DefaultStream::Stderr)?;
     // Every source is attached before the child starts, so its first
     // connection is seen.

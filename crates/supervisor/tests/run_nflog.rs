@@ -1,0 +1,324 @@
+//! `flowtrack run|watch --backend nflog` on a real kernel, each test in a
+//! network namespace of its own (flowtrack enters it with `nsenter`, which
+//! keeps the host's mounts and so the cgroup v2 tree): it reports the
+//! command's flows, exits with its code, and leaves no table or setting
+//! behind after a normal run, SIGINT, or SIGKILL followed by a new start.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use flow_core::record::{FlowRecord, RecordItem};
+use flowtrack_kernel_tests::{Netns, privileged};
+
+const FLOWTRACK: &str = env!("CARGO_BIN_EXE_flowtrack");
+
+/// A UDP datagram of 100 bytes to 127.0.0.1:9 from a connected socket, then
+/// exit status 7.
+const SEND_UDP: &str = "import socket,sys\n\
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+s.connect(('127.0.0.1',9))\n\
+s.send(b'x'*100)\n\
+print(s.getsockname()[1])\n\
+s.close()\n\
+sys.exit(7)";
+
+/// `flowtrack ARGS` inside `netns`.
+fn flowtrack_in(netns: &Netns, args: &[&str]) -> Command {
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net={}", netns.path().display()))
+        .arg(FLOWTRACK)
+        .args(args);
+    command
+}
+
+fn tables(netns: &Netns) -> String {
+    let output = netns
+        .command("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn accounting(netns: &Netns) -> String {
+    let output = netns
+        .command("sysctl")
+        .args(["-n", "net.netfilter.nf_conntrack_acct"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Waits until flowtrack's table exists in `netns`.
+fn wait_for_table(netns: &Netns) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !tables(netns).contains("flowtrack_") {
+        assert!(
+            Instant::now() < deadline,
+            "flowtrack never installed its table"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_sleeping_run(netns: &Netns) -> Child {
+    flowtrack_in(netns, &["run", "--backend", "nflog", "--", "sleep", "30"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flowtrack starts")
+}
+
+fn signal(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id().cast_signed()).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn run_reports_the_commands_flows_and_exits_with_its_code() {
+    if !privileged("nflog run_reports_the_commands_flows_and_exits_with_its_code") {
+        return;
+    }
+    let netns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("flows.jsonl");
+    let output = flowtrack_in(
+        &netns,
+        &[
+            "run",
+            "--backend",
+            "nflog",
+            "--format",
+            "json",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    )
+    .args(["--", "python3", "-c", SEND_UDP])
+    .output()
+    .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(7),
+        "the command's exit code: {output:?}"
+    );
+    let sport: u16 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        stderr(&output).contains("flowtrack: 1 flows opened, 1 closed; nothing lost"),
+        "{}",
+        stderr(&output)
+    );
+    let lines = std::fs::read_to_string(&out).unwrap();
+    let records: Vec<FlowRecord<'static>> = lines
+        .lines()
+        .map(|l| FlowRecord::from_json_line(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = records.iter().map(FlowRecord::kind_name).collect();
+    assert_eq!(kinds, ["opened", "closed"], "{lines}");
+    for record in &records {
+        assert_eq!(record.backend, "nflog");
+        let RecordItem::Event(event) = record.item else {
+            panic!("{record:?}")
+        };
+        assert_eq!(
+            event.key.to_string(),
+            format!("udp 127.0.0.1:{sport} -> 127.0.0.1:9")
+        );
+    }
+    let RecordItem::Event(closed) = records[1].item else {
+        unreachable!()
+    };
+    assert_eq!(
+        closed.kind,
+        flow_core::FlowEventKind::Closed {
+            pkt_count: 1,
+            byte_count: 128
+        },
+        "one datagram: 100 + 8 + 20 bytes"
+    );
+    assert_eq!(tables(&netns), "", "no table left");
+    assert_eq!(accounting(&netns), "0", "accounting restored");
+}
+
+#[test]
+fn sigint_stops_the_command_and_cleans_up() {
+    if !privileged("nflog sigint_stops_the_command_and_cleans_up") {
+        return;
+    }
+    let netns = Netns::new();
+    let child = start_sleeping_run(&netns);
+    wait_for_table(&netns);
+    assert_eq!(accounting(&netns), "1");
+    signal(&child, rustix::process::Signal::INT);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "sleep ended by the forwarded SIGINT"
+    );
+    assert_eq!(tables(&netns), "", "no table left");
+    assert_eq!(accounting(&netns), "0", "accounting restored");
+}
+
+#[test]
+fn after_sigkill_the_next_start_restores_what_was_left() {
+    if !privileged("nflog after_sigkill_the_next_start_restores_what_was_left") {
+        return;
+    }
+    let netns = Netns::new();
+    let mut child = start_sleeping_run(&netns);
+    wait_for_table(&netns);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The table was owned by the dead process's netlink socket: the kernel
+    // removes it as the socket is released. The setting waits for the next
+    // start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tables(&netns).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the kernel dropped the owned table"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(accounting(&netns), "1", "left changed by the killed run");
+    let output = flowtrack_in(&netns, &["run", "--backend", "nflog", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(accounting(&netns), "0", "the next start restored it");
+    assert_eq!(tables(&netns), "");
+}
+
+#[test]
+fn watch_follows_a_namespace_until_ctrl_c() {
+    if !privileged("nflog watch_follows_a_namespace_until_ctrl_c") {
+        return;
+    }
+    let netns = Netns::new();
+    let watch = Command::new(FLOWTRACK)
+        .args([
+            "watch",
+            "--backend",
+            "nflog",
+            "--format",
+            "json",
+            "--netns",
+            &netns.name,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_table(&netns);
+    let sent = netns
+        .command("python3")
+        .args(["-c", SEND_UDP])
+        .output()
+        .unwrap();
+    assert_eq!(sent.status.code(), Some(7));
+    let sport = String::from_utf8_lossy(&sent.stdout).trim().to_owned();
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&watch, rustix::process::Signal::INT);
+    let output = watch.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "Ctrl-C ends watch normally: {output:?}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // A namespace scope closes a UDP flow at its DESTROY (30 s): only the
+    // open shows within the test.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert!(
+        lines[0].contains(&format!(
+            r#""kind":"opened","proto":"udp","src":"127.0.0.1","sport":{sport},"dst":"127.0.0.1","dport":9"#
+        )),
+        "{stdout}"
+    );
+    assert_eq!(tables(&netns), "", "removed after Ctrl-C");
+}
+
+#[test]
+fn a_busy_group_or_a_missing_namespace_is_one_clear_line() {
+    if !privileged("nflog a_busy_group_or_a_missing_namespace_is_one_clear_line") {
+        return;
+    }
+    let netns = Netns::new();
+    let watch = |group: &str| {
+        Command::new(FLOWTRACK)
+            .args([
+                "watch",
+                "--backend",
+                "nflog",
+                "--nflog-group",
+                group,
+                "--netns",
+                &netns.name,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = watch("5");
+    wait_for_table(&netns);
+    let second = watch("5").wait_with_output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert_eq!(
+        stderr(&second),
+        "flowtrack: error: nflog backend unavailable: nflog group 5 already has a listener \
+         (another flowtrack or ulogd): choose a free one\n"
+    );
+    signal(&first, rustix::process::Signal::INT);
+    assert!(first.wait_with_output().unwrap().status.success());
+    let missing = Command::new(FLOWTRACK)
+        .args([
+            "watch",
+            "--backend",
+            "nflog",
+            "--netns",
+            "flowtrack-no-such-namespace",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(stderr(&missing).lines().count(), 1, "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("not found"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[test]
+fn without_privileges_the_error_says_what_is_needed() {
+    if !privileged("nflog without_privileges_the_error_says_what_is_needed") {
+        return;
+    }
+    let cgroup = flowtrack_kernel_tests::TestCgroup::new();
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            FLOWTRACK,
+        ])
+        .args(["watch", "--backend", "nflog", "--cgroup"])
+        .arg(&cgroup.path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "flowtrack: error: cannot start the nflog backend: subscribing to conntrack events needs \
+         CAP_NET_ADMIN: run as root or grant it\n"
+    );
+}
