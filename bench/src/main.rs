@@ -5,6 +5,8 @@
 //! attached and without, interleaved in the same run. It prints a Markdown
 //! table for BENCHMARKS.md. Needs root.
 
+mod storm;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -35,6 +37,27 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// A storm of short TCP connections watched by `flowtrack --backend
+    /// nflog` and by `conntrack -E` side by side. Needs `flowtrack` built
+    /// beside this harness.
+    NflogStorm {
+        /// Connections to make.
+        #[arg(long, default_value_t = 20_000)]
+        flows: usize,
+        /// Client threads making them.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// (internal) Makes FLOWS connections to DST from THREADS threads.
+    #[command(hide = true)]
+    Storm {
+        dst: SocketAddr,
+        flows: usize,
+        threads: usize,
+    },
+    /// (internal) Accepts connections and echoes one byte on each.
+    #[command(hide = true)]
+    Echo { addr: SocketAddr },
     /// (internal) Accepts connections and discards what they send.
     #[command(hide = true)]
     Sink { addr: SocketAddr },
@@ -51,9 +74,33 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::EbpfCost { bytes, rounds } => ebpf_cost(bytes, rounds),
+        Cmd::NflogStorm { flows, threads } => storm::nflog_storm(flows, threads),
+        Cmd::Storm {
+            dst,
+            flows,
+            threads,
+        } => storm::storm(dst, flows, threads),
+        Cmd::Echo { addr } => echo(addr),
         Cmd::Sink { addr } => sink(addr),
         Cmd::Send { dst, bytes, chunk } => send(dst, bytes, chunk),
     }
+}
+
+/// Answers each connection's byte on a thread of its own.
+fn echo(addr: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    println!("ready {}", listener.local_addr()?.port());
+    std::io::stdout().flush()?;
+    for stream in listener.incoming() {
+        let mut stream = stream?;
+        std::thread::spawn(move || {
+            let mut byte = [0_u8; 1];
+            if stream.read(&mut byte).unwrap_or(0) == 1 {
+                let _ = stream.write_all(&byte);
+            }
+        });
+    }
+    Ok(())
 }
 
 fn sink(addr: SocketAddr) -> Result<()> {

@@ -5,14 +5,13 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use flow_core::FlowKey;
-use neli::attr::Attribute;
 use neli::consts::genl::NlAttrType;
 use neli::consts::nl::NlmF;
 use neli::genl::Nlattr;
 use neli::neli_enum;
 use neli::types::Buffer;
 
-use crate::netlink::{self, Nfgenmsg, attr, nested};
+use crate::netlink::{self, Attrs, Malformed, Nfgenmsg, attr, nested};
 
 /// `NFNL_SUBSYS_CTNETLINK`.
 pub(crate) const SUBSYSTEM: u8 = 1;
@@ -157,8 +156,14 @@ fn malformed(what: impl std::fmt::Display) -> CtDecodeError {
     CtDecodeError::Malformed(what.to_string())
 }
 
+impl From<Malformed> for CtDecodeError {
+    fn from(error: Malformed) -> Self {
+        malformed(error)
+    }
+}
+
 /// Decodes a conntrack message of nfnetlink type `kind` with `flags`.
-pub(crate) fn decode(kind: u16, flags: NlmF, payload: &Buffer) -> Result<CtEntry, CtDecodeError> {
+pub(crate) fn decode(kind: u16, flags: NlmF, payload: &[u8]) -> Result<CtEntry, CtDecodeError> {
     if netlink::subsystem(kind) != SUBSYSTEM {
         return Err(CtDecodeError::NotAnEntry(kind));
     }
@@ -168,35 +173,26 @@ pub(crate) fn decode(kind: u16, flags: NlmF, payload: &Buffer) -> Result<CtEntry
         MSG_DELETE => CtEventKind::Destroy,
         _ => return Err(CtDecodeError::NotAnEntry(kind)),
     };
-    let message = netlink::decode_payload::<CtAttr>(payload).map_err(malformed)?;
-    let attrs = message.attrs.get_attr_handle();
+    let attrs = netlink::payload_attrs(payload)?;
     let tuple = attrs
-        .get_attribute(CtAttr::TupleOrig)
+        .nested(CtAttr::TupleOrig)?
         .ok_or_else(|| malformed("no original tuple"))?;
     let key = decode_tuple(tuple)?;
     let be32 = |attr: CtAttr| -> Result<Option<u32>, CtDecodeError> {
-        attrs
-            .get_attribute(attr)
-            .map(|a| be_u32(a.payload().as_ref()))
-            .transpose()
+        attrs.get(attr)?.map(be_u32).transpose()
     };
-    let tcp_state = match attrs.get_attribute(CtAttr::Protoinfo) {
-        Some(info) => {
-            let info = info.get_attr_handle::<ProtoinfoAttr>().map_err(malformed)?;
-            match info.get_attribute(ProtoinfoAttr::Tcp) {
-                Some(tcp) => tcp
-                    .get_attr_handle::<TcpInfoAttr>()
-                    .map_err(malformed)?
-                    .get_attribute(TcpInfoAttr::State)
-                    .and_then(|state| state.payload().as_ref().first().copied()),
-                None => None,
-            }
-        }
+    let tcp_state = match attrs.nested(CtAttr::Protoinfo)? {
+        Some(info) => match info.nested(ProtoinfoAttr::Tcp)? {
+            Some(tcp) => tcp
+                .get(TcpInfoAttr::State)?
+                .and_then(|state| state.first().copied()),
+            None => None,
+        },
         None => None,
     };
     let counters = match (
-        attrs.get_attribute(CtAttr::CountersOrig),
-        attrs.get_attribute(CtAttr::CountersReply),
+        attrs.nested(CtAttr::CountersOrig)?,
+        attrs.nested(CtAttr::CountersReply)?,
     ) {
         (Some(orig), Some(reply)) => {
             let (p1, b1) = decode_counters(orig)?;
@@ -205,16 +201,10 @@ pub(crate) fn decode(kind: u16, flags: NlmF, payload: &Buffer) -> Result<CtEntry
         }
         _ => None,
     };
-    let (start_ns, stop_ns) = match attrs.get_attribute(CtAttr::Timestamp) {
+    let (start_ns, stop_ns) = match attrs.nested(CtAttr::Timestamp)? {
         Some(stamps) => {
-            let stamps = stamps
-                .get_attr_handle::<TimestampAttr>()
-                .map_err(malformed)?;
-            let stamp = |which| {
-                stamps
-                    .get_attribute(which)
-                    .map(|a| be_u64(a.payload().as_ref()))
-                    .transpose()
+            let stamp = |which| -> Result<Option<u64>, CtDecodeError> {
+                stamps.get(which)?.map(be_u64).transpose()
             };
             (stamp(TimestampAttr::Start)?, stamp(TimestampAttr::Stop)?)
         }
@@ -246,7 +236,7 @@ pub(crate) fn decode_datagram(datagram: &[u8]) -> (Vec<CtEntry>, usize) {
             payload,
         } = message
         {
-            match decode(kind, flags, &payload) {
+            match decode(kind, flags, payload) {
                 Ok(entry) => entries.push(entry),
                 Err(CtDecodeError::NotAnEntry(_)) => {}
                 Err(error) => {
@@ -259,32 +249,23 @@ pub(crate) fn decode_datagram(datagram: &[u8]) -> (Vec<CtEntry>, usize) {
     (entries, malformed)
 }
 
-fn decode_counters(counters: &Nlattr<CtAttr, Buffer>) -> Result<(u64, u64), CtDecodeError> {
-    let counters = counters
-        .get_attr_handle::<CounterAttr>()
-        .map_err(malformed)?;
+fn decode_counters(counters: Attrs<'_>) -> Result<(u64, u64), CtDecodeError> {
     let value = |which| -> Result<u64, CtDecodeError> {
-        counters
-            .get_attribute(which)
-            .map(|a| be_u64(a.payload().as_ref()))
-            .transpose()
-            .map(Option::unwrap_or_default)
+        Ok(counters
+            .get(which)?
+            .map(be_u64)
+            .transpose()?
+            .unwrap_or_default())
     };
     Ok((value(CounterAttr::Packets)?, value(CounterAttr::Bytes)?))
 }
 
-fn decode_tuple(tuple: &Nlattr<CtAttr, Buffer>) -> Result<FlowKey, CtDecodeError> {
-    let tuple = tuple.get_attr_handle::<TupleAttr>().map_err(malformed)?;
+fn decode_tuple(tuple: Attrs<'_>) -> Result<FlowKey, CtDecodeError> {
     let ip = tuple
-        .get_attribute(TupleAttr::Ip)
-        .ok_or_else(|| malformed("tuple without addresses"))?
-        .get_attr_handle::<IpAttr>()
-        .map_err(malformed)?;
-    let address = |attr| -> Result<Option<IpAddr>, CtDecodeError> {
-        ip.get_attribute(attr)
-            .map(|a| ip_addr(a.payload().as_ref()))
-            .transpose()
-    };
+        .nested(TupleAttr::Ip)?
+        .ok_or_else(|| malformed("tuple without addresses"))?;
+    let address =
+        |attr| -> Result<Option<IpAddr>, CtDecodeError> { ip.get(attr)?.map(ip_addr).transpose() };
     let (src, dst) = match (address(IpAttr::V4Src)?, address(IpAttr::V4Dst)?) {
         (Some(src), Some(dst)) => (src, dst),
         _ => (
@@ -293,24 +274,20 @@ fn decode_tuple(tuple: &Nlattr<CtAttr, Buffer>) -> Result<FlowKey, CtDecodeError
         ),
     };
     let proto = tuple
-        .get_attribute(TupleAttr::Proto)
-        .ok_or_else(|| malformed("tuple without a protocol"))?
-        .get_attr_handle::<ProtoAttr>()
-        .map_err(malformed)?;
-    let byte = |attr| {
-        proto
-            .get_attribute(attr)
-            .and_then(|a| a.payload().as_ref().first().copied())
+        .nested(TupleAttr::Proto)?
+        .ok_or_else(|| malformed("tuple without a protocol"))?;
+    let byte = |attr| -> Result<Option<u8>, CtDecodeError> {
+        Ok(proto.get(attr)?.and_then(|b| b.first().copied()))
     };
     let port = |attr| -> Result<u16, CtDecodeError> {
-        proto
-            .get_attribute(attr)
-            .map(|a| be_u16(a.payload().as_ref()))
-            .transpose()
-            .map(Option::unwrap_or_default)
+        Ok(proto
+            .get(attr)?
+            .map(be_u16)
+            .transpose()?
+            .unwrap_or_default())
     };
     let protocol =
-        byte(ProtoAttr::Num).ok_or_else(|| malformed("tuple without a protocol number"))?;
+        byte(ProtoAttr::Num)?.ok_or_else(|| malformed("tuple without a protocol number"))?;
     let (src_port, dst_port) = match protocol {
         // ICMP keys: the echo identifier as source port, type<<8|code as
         // destination port (flow-core's convention).
@@ -325,7 +302,7 @@ fn decode_tuple(tuple: &Nlattr<CtAttr, Buffer>) -> Result<FlowKey, CtDecodeError
                 )
             };
             let type_code =
-                u16::from(byte(kind).unwrap_or(0)) << 8 | u16::from(byte(code).unwrap_or(0));
+                u16::from(byte(kind)?.unwrap_or(0)) << 8 | u16::from(byte(code)?.unwrap_or(0));
             (port(id)?, type_code)
         }
         _ => (port(ProtoAttr::SrcPort)?, port(ProtoAttr::DstPort)?),
@@ -508,8 +485,30 @@ mod tests {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/ctnetlink");
         std::fs::read_dir(dir)
             .unwrap()
-            .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| {
+                path.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("real-")
+            })
+            .map(|path| std::fs::read(path).unwrap())
             .collect()
+    }
+
+    /// Inputs the fuzzer found crashing (`crash-*`, kept in the corpus as
+    /// regressions) and every captured message decode without a panic.
+    #[test]
+    fn the_whole_fuzz_corpus_decodes() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/ctnetlink");
+        let mut regressions = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            regressions += usize::from(path.to_string_lossy().contains("crash-"));
+            let _ = decode_datagram(&std::fs::read(path).unwrap());
+        }
+        assert!(regressions >= 1);
     }
 
     #[test]
@@ -602,14 +601,15 @@ mod tests {
         #[test]
         fn get_requests_carry_the_tuple(key in any_key(), seq: u32) {
             // A GET request has the layout of an entry message: decode it as one.
-            let (messages, malformed) = netlink::split(&get_request(&key, seq));
+            let request = get_request(&key, seq);
+            let (messages, malformed) = netlink::split(&request);
             prop_assert!(malformed.is_none());
             let netlink::Received::Message { payload, .. } = &messages[0] else {
                 return Err(TestCaseError::fail("not a message"));
             };
-            let message = netlink::decode_payload::<CtAttr>(payload).unwrap();
-            let tuple = message.attrs.get_attr_handle().get_attribute(CtAttr::TupleOrig).cloned().unwrap();
-            prop_assert_eq!(decode_tuple(&tuple).unwrap(), key);
+            let attrs = netlink::payload_attrs(payload).unwrap();
+            let tuple = attrs.nested(CtAttr::TupleOrig).unwrap().unwrap();
+            prop_assert_eq!(decode_tuple(tuple).unwrap(), key);
         }
 
         #[test]

@@ -17,7 +17,7 @@ use rustix::event::{PollFd, PollFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conntrack::{self, CtEntry};
-use crate::netlink::{Received, Socket};
+use crate::netlink::{Reply, Socket};
 use crate::nflog::{self, DENY_PREFIX};
 use crate::rules::{self, RuleScope, Table};
 use crate::sysctl::ConntrackSettings;
@@ -407,18 +407,10 @@ fn push_malformed(batch: &mut Vec<Item>, count: usize) {
 }
 
 /// The conntrack entries among `replies`.
-fn entries(replies: Vec<Received>) -> Vec<CtEntry> {
+fn entries(replies: Vec<Reply>) -> Vec<CtEntry> {
     replies
         .into_iter()
-        .filter_map(|reply| match reply {
-            Received::Message {
-                kind,
-                flags,
-                payload,
-                ..
-            } => conntrack::decode(kind, flags, &payload).ok(),
-            _ => None,
-        })
+        .filter_map(|reply| conntrack::decode(reply.kind, reply.flags, &reply.payload).ok())
         .collect()
 }
 
@@ -515,10 +507,7 @@ fn remove_leftover_tables(nft: &mut Socket) {
         return;
     };
     for reply in replies {
-        let Received::Message { payload, .. } = reply else {
-            continue;
-        };
-        let Some(name) = rules::table_name(&payload) else {
+        let Some(name) = rules::table_name(&reply.payload) else {
             continue;
         };
         let Some(pid) = rules::owner_pid(&name) else {

@@ -6,21 +6,19 @@ use std::io::{self, Cursor};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
-use neli::consts::nl::{NlmF, Nlmsg};
+use neli::consts::nl::NlmF;
 use neli::consts::socket::{Msg, NlFamily};
-use neli::err::DeError;
 use neli::genl::{AttrTypeBuilder, Nlattr, NlattrBuilder};
-use neli::nl::{NlPayload, Nlmsghdr};
+use neli::nl::NlPayload;
 use neli::socket::NlSocket;
 use neli::types::{Buffer, GenlBuffer};
 use neli::utils::Groups;
-use neli::{FromBytes, FromBytesWithInput, Header, Size, ToBytes};
+use neli::{Size, ToBytes};
 
 /// The `nfgenmsg` header every nfnetlink message starts with, followed by
-/// its attributes.
-#[derive(Debug, Clone, PartialEq, Eq, Size, ToBytes, FromBytesWithInput, Header)]
+/// its attributes: what flowtrack sends, serialised by neli.
+#[derive(Debug, Clone, PartialEq, Eq, Size, ToBytes)]
 #[neli(to_bytes_bound = "T: neli::consts::genl::NlAttrType")]
-#[neli(from_bytes_bound = "T: neli::consts::genl::NlAttrType")]
 pub(crate) struct Nfgenmsg<T> {
     /// An address family (`AF_INET`, `AF_INET6`, `NFPROTO_INET`, or 0).
     pub(crate) family: u8,
@@ -29,7 +27,6 @@ pub(crate) struct Nfgenmsg<T> {
     /// Resource id in network byte order: the nflog group, the nf_tables
     /// subsystem of a batch.
     pub(crate) res_id: u16,
-    #[neli(input = "input.checked_sub(Self::header_size()).ok_or(DeError::InvalidInput(input))?")]
     pub(crate) attrs: GenlBuffer<T, Buffer>,
 }
 
@@ -108,15 +105,26 @@ where
     bytes.into_inner()
 }
 
-/// One message of a received datagram.
-#[derive(Debug)]
-pub(crate) enum Received {
-    /// An nfnetlink message: its type, flags, and payload bytes
-    /// (`nfgenmsg` + attributes), decoded by the subsystem.
+/// A message or attribute whose length does not fit: kernel bytes that
+/// are not what they claim to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed netlink data: {0}")]
+pub(crate) struct Malformed(pub(crate) &'static str);
+
+/// `NLMSG_NOOP`, `NLMSG_ERROR`, `NLMSG_DONE`.
+const NLMSG_NOOP: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
+/// One message of a received datagram, borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Received<'a> {
+    /// An nfnetlink message: its type, flags, and payload (`nfgenmsg`
+    /// header and attributes), decoded by the subsystem.
     Message {
         kind: u16,
         flags: NlmF,
-        payload: Buffer,
+        payload: &'a [u8],
     },
     /// The kernel acknowledged request `seq` (errno 0) or refused it.
     Ack { seq: u32, errno: i32 },
@@ -124,73 +132,122 @@ pub(crate) enum Received {
     Done { seq: u32 },
 }
 
-/// Splits a datagram into messages. Lengths are checked before neli parses
-/// a message; a malformed message ends the datagram and is returned as the
-/// error (with the messages before it kept).
-pub(crate) fn split(datagram: &[u8]) -> (Vec<Received>, Option<DeError>) {
+/// Splits a datagram into messages. A message whose length is out of
+/// bounds ends the datagram and is reported (the messages before it are
+/// kept).
+///
+/// Hand-written rather than neli's `Nlmsghdr` parsing: that copies every
+/// message and attribute into an allocation of its own (about half of the
+/// listener's CPU in a connection storm), and it panics on some malformed
+/// error messages (found by fuzzing: an overflowing length subtraction).
+pub(crate) fn split(datagram: &[u8]) -> (Vec<Received<'_>>, Option<Malformed>) {
     const HEADER: usize = 16;
     let mut messages = Vec::new();
     let mut rest = datagram;
     while !rest.is_empty() {
-        let Some(length) = rest
-            .get(..4)
-            .map(|bytes| u32::from_ne_bytes(bytes.try_into().expect("four bytes")) as usize)
-        else {
-            return (messages, Some(DeError::new("truncated netlink header")));
+        let Some(header) = rest.get(..HEADER) else {
+            return (messages, Some(Malformed("truncated message header")));
         };
+        let word = |at: usize| u32::from_ne_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+        let half = |at: usize| u16::from_ne_bytes(header[at..at + 2].try_into().expect("2 bytes"));
+        let length = word(0) as usize;
         if length < HEADER || length > rest.len() {
-            return (
-                messages,
-                Some(DeError::new("netlink message length out of bounds")),
-            );
+            return (messages, Some(Malformed("message length out of bounds")));
         }
-        let message = match Nlmsghdr::<u16, Buffer>::from_bytes(&mut Cursor::new(&rest[..length])) {
-            Ok(message) => message,
-            Err(error) => return (messages, Some(error)),
-        };
-        messages.push(classify(message));
-        let aligned = length.next_multiple_of(4).min(rest.len());
-        rest = &rest[aligned..];
+        let (kind, flags, seq) = (half(4), half(6), word(8));
+        let payload = &rest[HEADER..length];
+        match kind {
+            NLMSG_NOOP => {}
+            NLMSG_ERROR => {
+                let Some(errno) = payload.get(..4) else {
+                    return (messages, Some(Malformed("error message without an errno")));
+                };
+                let errno = i32::from_ne_bytes(errno.try_into().expect("4 bytes"));
+                messages.push(Received::Ack {
+                    seq,
+                    errno: errno.saturating_neg(),
+                });
+            }
+            NLMSG_DONE => messages.push(Received::Done { seq }),
+            _ => messages.push(Received::Message {
+                kind,
+                flags: NlmF::from_bits_truncate(flags),
+                payload,
+            }),
+        }
+        rest = &rest[length.next_multiple_of(4).min(rest.len())..];
     }
     (messages, None)
 }
 
-fn classify(message: Nlmsghdr<u16, Buffer>) -> Received {
-    let seq = *message.nl_seq();
-    match message.nl_payload() {
-        NlPayload::Ack(_) => Received::Ack { seq, errno: 0 },
-        NlPayload::Err(error) => Received::Ack {
-            seq,
-            errno: -*error.error(),
-        },
-        NlPayload::DumpExtAck(_) | NlPayload::Empty
-            if *message.nl_type() == u16::from(Nlmsg::Done) =>
-        {
-            Received::Done { seq }
+/// The attributes of an nfnetlink payload, after its 4-byte `nfgenmsg`.
+pub(crate) fn payload_attrs(payload: &[u8]) -> Result<Attrs<'_>, Malformed> {
+    payload
+        .get(4..)
+        .map(Attrs::new)
+        .ok_or(Malformed("payload shorter than its nfgenmsg header"))
+}
+
+/// Netlink attributes, borrowed: (type without the nested and byte-order
+/// flags, payload). An attribute whose length is out of bounds ends the
+/// walk with [`Malformed`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attrs<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Attrs<'a> {
+    /// Walks the attributes in `bytes`.
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Self { rest: bytes }
+    }
+
+    /// The payload of the first attribute of type `kind`.
+    pub(crate) fn get(self, kind: impl Into<u16>) -> Result<Option<&'a [u8]>, Malformed> {
+        let kind = kind.into();
+        for attr in self {
+            let (found, payload) = attr?;
+            if found == kind {
+                return Ok(Some(payload));
+            }
         }
-        NlPayload::Payload(payload) if *message.nl_type() == u16::from(Nlmsg::Done) => {
-            let _ = payload;
-            Received::Done { seq }
-        }
-        NlPayload::Payload(payload) => Received::Message {
-            kind: *message.nl_type(),
-            flags: *message.nl_flags(),
-            payload: payload.clone(),
-        },
-        NlPayload::DumpExtAck(_) | NlPayload::Empty => Received::Message {
-            kind: *message.nl_type(),
-            flags: *message.nl_flags(),
-            payload: Buffer::new(),
-        },
+        Ok(None)
+    }
+
+    /// The attributes nested in the first attribute of type `kind`.
+    pub(crate) fn nested(self, kind: impl Into<u16>) -> Result<Option<Attrs<'a>>, Malformed> {
+        Ok(self.get(kind)?.map(Attrs::new))
     }
 }
 
-/// Decodes an nfnetlink payload into its header and typed attributes.
-pub(crate) fn decode_payload<T>(payload: &Buffer) -> Result<Nfgenmsg<T>, DeError>
-where
-    T: neli::consts::genl::NlAttrType,
-{
-    Nfgenmsg::from_bytes_with_input(&mut Cursor::new(payload.as_ref()), payload.len())
+impl<'a> Iterator for Attrs<'a> {
+    type Item = Result<(u16, &'a [u8]), Malformed>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        const HEADER: usize = 4;
+        // Trailing padding shorter than a header ends the list.
+        if self.rest.len() < HEADER {
+            self.rest = &[];
+            return None;
+        }
+        let length = usize::from(u16::from_ne_bytes([self.rest[0], self.rest[1]]));
+        let kind = u16::from_ne_bytes([self.rest[2], self.rest[3]]) & 0x3fff;
+        if length < HEADER || length > self.rest.len() {
+            self.rest = &[];
+            return Some(Err(Malformed("attribute length out of bounds")));
+        }
+        let payload = &self.rest[HEADER..length];
+        self.rest = &self.rest[length.next_multiple_of(4).min(self.rest.len())..];
+        Some(Ok((kind, payload)))
+    }
+}
+
+/// A reply to a request, copied out of the socket's buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub(crate) kind: u16,
+    pub(crate) flags: NlmF,
+    pub(crate) payload: Vec<u8>,
 }
 
 /// A netfilter netlink socket, with a receive buffer for whole datagrams.
@@ -278,7 +335,7 @@ impl Socket {
     /// asking for an ACK or a dump) and collects every message until the
     /// ACK of `last_seq` or a dump's end. A refused request is an error
     /// carrying its errno.
-    pub(crate) fn transact(&mut self, bytes: &[u8], last_seq: u32) -> io::Result<Vec<Received>> {
+    pub(crate) fn transact(&mut self, bytes: &[u8], last_seq: u32) -> io::Result<Vec<Reply>> {
         self.send(bytes)?;
         let mut replies = Vec::new();
         loop {
@@ -299,7 +356,15 @@ impl Socket {
                         return Ok(replies);
                     }
                     Received::Ack { .. } | Received::Done { .. } => {}
-                    other => replies.push(other),
+                    Received::Message {
+                        kind,
+                        flags,
+                        payload,
+                    } => replies.push(Reply {
+                        kind,
+                        flags,
+                        payload: payload.to_vec(),
+                    }),
                 }
             }
         }

@@ -5,10 +5,8 @@ use std::net::IpAddr;
 
 use etherparse::{IcmpEchoHeader, Icmpv4Type, Icmpv6Type, NetSlice, SlicedPacket, TransportSlice};
 use flow_core::FlowKey;
-use neli::attr::Attribute;
 use neli::consts::netfilter::{LogCmd, LogCopyMode, NetfilterMsg, NfLogAttr, NfLogCfg};
 use neli::consts::nl::NlmF;
-use neli::types::Buffer;
 
 use crate::netlink::{self, Nfgenmsg, attr};
 
@@ -72,34 +70,35 @@ pub(crate) enum LogDecodeError {
 }
 
 /// Decodes an nfnetlink_log message of type `kind`.
-pub(crate) fn decode(kind: u16, payload: &Buffer) -> Result<LoggedPacket, LogDecodeError> {
+pub(crate) fn decode(kind: u16, payload: &[u8]) -> Result<LoggedPacket, LogDecodeError> {
     if kind != u16::from(NetfilterMsg::LogPacket) {
         return Err(LogDecodeError::NotAPacket(kind));
     }
-    let message = netlink::decode_payload::<NfLogAttr>(payload)
-        .map_err(|e| LogDecodeError::Malformed(e.to_string()))?;
-    let attrs = message.attrs.get_attr_handle();
-    let be32 = |which| {
-        attrs
-            .get_attribute(which)
-            .and_then(|a| <[u8; 4]>::try_from(a.payload().as_ref()).ok())
-            .map(u32::from_be_bytes)
+    let malformed = |e: netlink::Malformed| LogDecodeError::Malformed(e.to_string());
+    let attrs = netlink::payload_attrs(payload).map_err(malformed)?;
+    let be32 = |which: NfLogAttr| -> Result<Option<u32>, LogDecodeError> {
+        Ok(attrs
+            .get(which)
+            .map_err(malformed)?
+            .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+            .map(u32::from_be_bytes))
     };
     let prefix = attrs
-        .get_attribute(NfLogAttr::Prefix)
-        .map(|a| {
-            let bytes = a.payload().as_ref();
+        .get(NfLogAttr::Prefix)
+        .map_err(malformed)?
+        .map(|bytes| {
             let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
             String::from_utf8_lossy(&bytes[..end]).into_owned()
         })
         .unwrap_or_default();
     let key = attrs
-        .get_attribute(NfLogAttr::Payload)
-        .and_then(|a| packet_key(a.payload().as_ref()));
+        .get(NfLogAttr::Payload)
+        .map_err(malformed)?
+        .and_then(packet_key);
     Ok(LoggedPacket {
-        seq: be32(NfLogAttr::Seq),
+        seq: be32(NfLogAttr::Seq)?,
         prefix,
-        uid: be32(NfLogAttr::Uid),
+        uid: be32(NfLogAttr::Uid)?,
         key,
     })
 }
@@ -130,7 +129,7 @@ pub(crate) fn decode_datagram(datagram: &[u8]) -> (Vec<LoggedPacket>, usize) {
     let mut packets = Vec::new();
     for message in messages {
         if let netlink::Received::Message { kind, payload, .. } = message {
-            match decode(kind, &payload) {
+            match decode(kind, payload) {
                 Ok(packet) => packets.push(packet),
                 Err(LogDecodeError::NotAPacket(_)) => {}
                 Err(error) => {
@@ -221,8 +220,29 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/nflog");
         std::fs::read_dir(dir)
             .unwrap()
-            .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| {
+                path.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("real-")
+            })
+            .map(|path| std::fs::read(path).unwrap())
             .collect()
+    }
+
+    /// Inputs the fuzzer found crashing (`crash-*`, kept in the corpus as
+    /// regressions) and every captured message decode without a panic.
+    #[test]
+    fn the_whole_fuzz_corpus_decodes() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/nflog");
+        let mut regressions = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            regressions += usize::from(path.to_string_lossy().contains("crash-"));
+            let _ = decode_datagram(&std::fs::read(path).unwrap());
+        }
+        assert!(regressions >= 1);
     }
 
     #[test]

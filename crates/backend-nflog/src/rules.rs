@@ -285,11 +285,9 @@ pub(crate) fn list_tables_request(seq: u32) -> Vec<u8> {
 }
 
 /// The name of a table in a `GETTABLE` reply.
-pub(crate) fn table_name(payload: &Buffer) -> Option<String> {
-    let message = netlink::decode_payload::<u16>(payload).ok()?;
-    let attrs = message.attrs.get_attr_handle();
-    let name = attrs.get_attribute(1)?;
-    let bytes = neli::attr::Attribute::payload(name).as_ref();
+pub(crate) fn table_name(payload: &[u8]) -> Option<String> {
+    // NFTA_TABLE_NAME = 1.
+    let bytes = netlink::payload_attrs(payload).ok()?.get(1u16).ok()??;
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8(bytes[..end].to_vec()).ok()
 }

@@ -52,7 +52,7 @@ impl Clock {
 
     /// A kernel wall-clock stamp as monotonic time; now when absent or
     /// implausible (in the future).
-    pub(crate) fn from_wall(self, wall_ns: Option<u64>) -> u64 {
+    pub(crate) fn to_monotonic(self, wall_ns: Option<u64>) -> u64 {
         wall_ns
             .and_then(|wall| wall.checked_sub(self.wall_offset_ns))
             .filter(|&mono| mono <= self.now_ns)
@@ -101,16 +101,16 @@ impl Tracker {
             }
             return;
         }
-        if !self.open.contains_key(&entry.id) {
-            self.open.insert(entry.id, entry.key);
-            let opened_at = clock.from_wall(entry.start_ns);
+        if let std::collections::hash_map::Entry::Vacant(vacant) = self.open.entry(entry.id) {
+            vacant.insert(entry.key);
+            let opened_at = clock.to_monotonic(entry.start_ns);
             steps.push(Step::Emit(FlowEvent::opened(entry.key, opened_at)));
         }
         match entry.kind {
             CtEventKind::Destroy => {
                 self.open.remove(&entry.id);
                 let (packets, bytes) = entry.counters.unwrap_or_default();
-                let closed_at = clock.from_wall(entry.stop_ns);
+                let closed_at = clock.to_monotonic(entry.stop_ns);
                 steps.push(Step::Emit(FlowEvent::closed(
                     entry.key, packets, bytes, closed_at,
                 )));
@@ -149,8 +149,8 @@ impl Tracker {
             if self.closed.contains_key(&entry.id) {
                 continue;
             }
-            if !self.open.contains_key(&entry.id) {
-                self.open.insert(entry.id, entry.key);
+            if let std::collections::hash_map::Entry::Vacant(vacant) = self.open.entry(entry.id) {
+                vacant.insert(entry.key);
                 steps.push(Step::Emit(FlowEvent::opened(entry.key, now_ns)));
             }
             if is_tcp_over(entry) {
@@ -320,7 +320,7 @@ mod tests {
         };
         assert_eq!(opened.timestamp_ns, 500);
         // A stamp from the future is not believed.
-        assert_eq!(clock(900).from_wall(Some(5_000_000)), 900);
+        assert_eq!(clock(900).to_monotonic(Some(5_000_000)), 900);
     }
 
     #[test]

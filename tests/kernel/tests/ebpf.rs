@@ -47,7 +47,7 @@ async fn over_both_families(
     let serve = format!("serve-{protocol}");
     let v4 = env.server_outside(&[&serve, "127.0.0.1:0"]);
     let v6 = env.server_outside(&[&serve, "[::1]:0"]);
-    let mut stream = start(config(&env)).await;
+    let mut stream = start(config(env)).await;
     let mut flows = Vec::new();
     for (dst, args) in [
         (format!("127.0.0.1:{}", v4.port), v4_args),

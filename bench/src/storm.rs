@@ -1,0 +1,284 @@
+//! `flowtrack-bench nflog-storm`: a storm of short TCP connections in a
+//! network namespace, watched at the same time by `flowtrack watch
+//! --backend nflog` and by `conntrack -E -e NEW,DESTROY` (the peer): flows
+//! captured of flows made, loss reported, CPU per 10,000 flows, and the
+//! delay from connect() to the line leaving each tool.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use flow_core::clock::monotonic_now_ns;
+use flowtrack_kernel_tests::{Netns, Server};
+
+/// A connection's source port and when its connect() began.
+type Connect = (u16, u64);
+
+/// Makes `flows` connections to `dst` from `threads` threads (each:
+/// connect, send one byte, read the echo or EOF, close) and prints
+/// `SPORT CONNECT_NS` per connection, CONNECT_NS the CLOCK_MONOTONIC time
+/// just before connect().
+pub(crate) fn storm(dst: SocketAddr, flows: usize, threads: usize) -> Result<()> {
+    let per_thread = flows.div_ceil(threads.max(1));
+    let workers: Vec<JoinHandle<Result<Vec<Connect>>>> = (0..threads.max(1))
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut made = Vec::with_capacity(per_thread);
+                for _ in 0..per_thread {
+                    let started = monotonic_now_ns();
+                    let mut stream = TcpStream::connect(dst)?;
+                    made.push((stream.local_addr()?.port(), started));
+                    stream.write_all(b"x")?;
+                    let _ = stream.read(&mut [0; 1])?;
+                }
+                Ok(made)
+            })
+        })
+        .collect();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for worker in workers {
+        for (port, started) in worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("a storm thread panicked"))??
+        {
+            writeln!(out, "{port} {started}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Lines of a watcher's stdout with the monotonic time each arrived.
+fn timestamp_lines(stdout: ChildStdout) -> JoinHandle<Vec<(u64, String)>> {
+    std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .map(|line| (monotonic_now_ns(), line))
+            .collect()
+    })
+}
+
+/// CPU seconds (user + system) `pid` has used so far.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("/proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15; 11 and 12 after the name.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks as f64 / 100.0)
+}
+
+/// A watcher process and the thread collecting its lines.
+struct Watcher {
+    child: Child,
+    lines: JoinHandle<Vec<(u64, String)>>,
+}
+
+impl Watcher {
+    fn spawn(mut command: Command) -> Result<Self> {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        let lines = timestamp_lines(child.stdout.take().context("piped stdout")?);
+        Ok(Self { child, lines })
+    }
+
+    fn stop(mut self) -> Result<Vec<(u64, String)>> {
+        let pid = rustix::process::Pid::from_raw(self.child.id().cast_signed()).context("pid")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::INT)?;
+        self.child.wait()?;
+        self.lines
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader panicked"))
+    }
+}
+
+/// What one tool reported about the storm.
+struct Tally {
+    opened: usize,
+    closed: usize,
+    lost_lines: usize,
+    delays_ns: Vec<u64>,
+}
+
+/// Counts a tool's lines against the storm's flows: `parse` gives
+/// (kind, source port) of a line about the storm's destination port. A
+/// port can carry several connections in turn (loopback reuses ports in
+/// TIME_WAIT): the k-th open of a port answers its k-th connect.
+fn tally(
+    lines: &[(u64, String)],
+    made: &HashMap<u16, Vec<u64>>,
+    parse: impl Fn(&str) -> Option<(&'static str, u16)>,
+) -> Tally {
+    let mut tally = Tally {
+        opened: 0,
+        closed: 0,
+        lost_lines: 0,
+        delays_ns: Vec::new(),
+    };
+    let mut opens: HashMap<u16, Vec<u64>> = HashMap::new();
+    for (arrived, line) in lines {
+        match parse(line) {
+            Some(("opened", port)) if made.contains_key(&port) => {
+                tally.opened += 1;
+                opens.entry(port).or_default().push(*arrived);
+            }
+            Some(("closed", port)) if made.contains_key(&port) => tally.closed += 1,
+            Some(("lost", _)) => tally.lost_lines += 1,
+            _ => {}
+        }
+    }
+    for (port, arrivals) in &opens {
+        tally.delays_ns.extend(
+            made[port]
+                .iter()
+                .zip(arrivals)
+                .map(|(connect, arrived)| arrived.saturating_sub(*connect)),
+        );
+    }
+    tally.delays_ns.sort_unstable();
+    tally
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index] as f64 / 1e6
+}
+
+/// A flowtrack JSON line: (kind, sport).
+fn flowtrack_line(dport: u16) -> impl Fn(&str) -> Option<(&'static str, u16)> {
+    move |line| {
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        let kind = match value["kind"].as_str()? {
+            "opened" => "opened",
+            "closed" => "closed",
+            "lost" => return Some(("lost", 0)),
+            _ => return None,
+        };
+        (value["dport"].as_u64()? == u64::from(dport))
+            .then(|| Some((kind, u16::try_from(value["sport"].as_u64()?).ok()?)))?
+    }
+}
+
+/// A `conntrack -E` line: (kind, sport).
+fn conntrack_line(dport: u16) -> impl Fn(&str) -> Option<(&'static str, u16)> {
+    move |line| {
+        let kind = if line.contains("[NEW]") {
+            "opened"
+        } else if line.contains("[DESTROY]") {
+            "closed"
+        } else {
+            return None;
+        };
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name)?.parse::<u16>().ok())
+        };
+        (field("dport=")? == dport).then(|| Some((kind, field("sport=")?)))?
+    }
+}
+
+/// Runs the storm once with both watchers; prints the Markdown table.
+pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<()> {
+    if !flowtrack_kernel_tests::privileged("flowtrack-bench nflog-storm") {
+        bail!("needs root");
+    }
+    let me = std::env::current_exe()?;
+    let flowtrack = me.with_file_name("flowtrack");
+    ensure!(
+        flowtrack.exists(),
+        "{} not found: build it beside the harness (cargo build --release -p flow-supervisor -p flowtrack-bench)",
+        flowtrack.display()
+    );
+    let netns = Netns::new();
+    let mut sink = netns.command(me.to_str().context("path")?);
+    sink.args(["echo", "127.0.0.1:0"]);
+    let server = Server::start(sink);
+
+    let mut ours = Command::new(&flowtrack);
+    ours.args([
+        "watch",
+        "--backend",
+        "nflog",
+        "--format",
+        "json",
+        "--netns",
+        &netns.name,
+    ]);
+    let ours = Watcher::spawn(ours)?;
+    let mut peer = netns.command("stdbuf");
+    peer.args(["-oL", "conntrack", "-E", "-e", "NEW,DESTROY"]);
+    let peer = Watcher::spawn(peer)?;
+    // Let both subscribe and flowtrack install its rules.
+    std::thread::sleep(Duration::from_secs(1));
+    let (ours_cpu, peer_cpu) = (cpu_seconds(ours.child.id())?, cpu_seconds(peer.child.id())?);
+
+    let mut generator = netns.command(me.to_str().context("path")?);
+    generator.args([
+        "storm",
+        &format!("127.0.0.1:{}", server.port),
+        &flows.to_string(),
+        &threads.to_string(),
+    ]);
+    let output = generator.output()?;
+    ensure!(
+        output.status.success(),
+        "the storm failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut made: HashMap<u16, Vec<u64>> = HashMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        if let Some((port, at)) = line.split_once(' ') {
+            made.entry(port.parse()?).or_default().push(at.parse()?);
+        }
+    }
+    made.values_mut()
+        .for_each(|connects| connects.sort_unstable());
+    let total: usize = made.values().map(Vec::len).sum();
+    ensure!(
+        total == flows,
+        "the storm made {total} of {flows} connections"
+    );
+    // TCP closes arrive within a second of the storm's end.
+    std::thread::sleep(Duration::from_secs(2));
+    let ours_cpu = cpu_seconds(ours.child.id())? - ours_cpu;
+    let peer_cpu = cpu_seconds(peer.child.id())? - peer_cpu;
+    let ours = tally(&ours.stop()?, &made, flowtrack_line(server.port));
+    let peer = tally(&peer.stop()?, &made, conntrack_line(server.port));
+
+    let per_10k = |cpu: f64| cpu * 10_000.0 / total as f64;
+    println!(
+        "| tool | flows made | opened captured | closed captured | loss reports | CPU s / 10k flows | connect → line p50 | p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, tally, cpu) in [
+        ("flowtrack watch --backend nflog", &ours, ours_cpu),
+        ("conntrack -E -e NEW,DESTROY", &peer, peer_cpu),
+    ] {
+        println!(
+            "| {name} | {} | {} ({:.2}%) | {} | {} | {:.3} | {:.2} ms | {:.2} ms |",
+            total,
+            tally.opened,
+            100.0 * tally.opened as f64 / total as f64,
+            tally.closed,
+            tally.lost_lines,
+            per_10k(cpu),
+            percentile(&tally.delays_ns, 0.5),
+            percentile(&tally.delays_ns, 0.99),
+        );
+    }
+    Ok(())
+}
