@@ -28,6 +28,8 @@ pub struct PipelineReport {
     pub opened: u64,
     /// `Closed` events among them.
     pub closed: u64,
+    /// `Denied` events among them.
+    pub denied: u64,
     /// Loss items written.
     pub loss_items: u64,
     /// Observations those loss items counted (those with a known count).
@@ -102,6 +104,7 @@ fn tally(report: &mut PipelineReport, item: MergedItem) {
             match event.kind {
                 FlowEventKind::Opened => report.opened += 1,
                 FlowEventKind::Closed { .. } => report.closed += 1,
+                FlowEventKind::Denied => report.denied += 1,
                 _ => {}
             }
         }

@@ -239,6 +239,9 @@ fn print_summary(report: &PipelineReport) {
             ", {still_open} still open when observation stopped"
         ));
     }
+    if report.denied > 0 {
+        line.push_str(&format!(", {} denied", report.denied));
+    }
     if report.loss_items > 0 {
         line.push_str(&format!(
             "; LOST {} observations{}",
