@@ -478,37 +478,21 @@ pub(crate) fn encode_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_corpus;
     use proptest::prelude::*;
 
     fn corpus() -> Vec<Vec<u8>> {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/ctnetlink");
-        std::fs::read_dir(dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().path())
-            .filter(|path| {
-                path.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("real-")
-            })
-            .map(|path| std::fs::read(path).unwrap())
-            .collect()
+        test_corpus::real("ctnetlink")
     }
 
-    /// Inputs the fuzzer found crashing (`crash-*`, kept in the corpus as
-    /// regressions) and every captured message decode without a panic.
+    /// Crash regressions and captured messages decode without a panic.
     #[test]
     fn the_whole_fuzz_corpus_decodes() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/ctnetlink");
-        let mut regressions = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            regressions += usize::from(path.to_string_lossy().contains("crash-"));
-            let _ = decode_datagram(&std::fs::read(path).unwrap());
+        let (inputs, crashes) = test_corpus::all("ctnetlink");
+        for input in inputs {
+            let _ = decode_datagram(&input);
         }
-        assert!(regressions >= 1);
+        assert!(crashes >= 1);
     }
 
     #[test]
@@ -613,18 +597,7 @@ mod tests {
         }
 
         #[test]
-        fn mutated_real_messages_never_panic(
-            pick: prop::sample::Index,
-            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
-            cut: prop::sample::Index,
-        ) {
-            let corpus = corpus();
-            let mut datagram = corpus[pick.index(corpus.len())].clone();
-            for (at, byte) in flips {
-                let i = at.index(datagram.len());
-                datagram[i] ^= byte;
-            }
-            datagram.truncate(cut.index(datagram.len() + 1));
+        fn mutated_real_messages_never_panic(datagram in test_corpus::mutated("ctnetlink")) {
             let _ = decode_datagram(&datagram);
         }
 

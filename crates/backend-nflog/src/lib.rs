@@ -53,6 +53,8 @@ mod netlink;
 mod nflog;
 mod rules;
 mod sysctl;
+#[cfg(test)]
+mod test_corpus;
 mod tracker;
 
 use std::collections::VecDeque;

@@ -359,6 +359,8 @@ impl Session {
             self.denied
                 .retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
             if self.denied.insert(key, now).is_none() {
+                // The event has no owner field; the log shows who it was.
+                tracing::info!(%key, uid = ?packet.uid, gid = ?packet.gid, prefix = %packet.prefix, "denied");
                 let event = FlowEvent::new(key, FlowEventKind::Denied, Clock::now().now_ns);
                 batch.push(Ok(event));
             }

@@ -52,8 +52,10 @@ pub(crate) struct LoggedPacket {
     pub(crate) seq: Option<u32>,
     /// The log rule's prefix.
     pub(crate) prefix: String,
-    /// The owner of the local socket (egress only).
+    /// The owner of the local socket (egress only): user and group.
     pub(crate) uid: Option<u32>,
+    /// See `uid`.
+    pub(crate) gid: Option<u32>,
     /// The packet's flow, oriented as the packet travelled.
     pub(crate) key: Option<FlowKey>,
 }
@@ -99,6 +101,7 @@ pub(crate) fn decode(kind: u16, payload: &[u8]) -> Result<LoggedPacket, LogDecod
         seq: be32(NfLogAttr::Seq)?,
         prefix,
         uid: be32(NfLogAttr::Uid)?,
+        gid: be32(NfLogAttr::Gid)?,
         key,
     })
 }
@@ -214,35 +217,21 @@ pub(crate) fn encode_packet(seq: u32, prefix: &str, packet: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_corpus;
     use proptest::prelude::*;
 
     fn corpus() -> Vec<Vec<u8>> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/nflog");
-        std::fs::read_dir(dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().path())
-            .filter(|path| {
-                path.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("real-")
-            })
-            .map(|path| std::fs::read(path).unwrap())
-            .collect()
+        test_corpus::real("nflog")
     }
 
-    /// Inputs the fuzzer found crashing (`crash-*`, kept in the corpus as
-    /// regressions) and every captured message decode without a panic.
+    /// Crash regressions and captured messages decode without a panic.
     #[test]
     fn the_whole_fuzz_corpus_decodes() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/nflog");
-        let mut regressions = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            regressions += usize::from(path.to_string_lossy().contains("crash-"));
-            let _ = decode_datagram(&std::fs::read(path).unwrap());
+        let (inputs, crashes) = test_corpus::all("nflog");
+        for input in inputs {
+            let _ = decode_datagram(&input);
         }
-        assert!(regressions >= 1);
+        assert!(crashes >= 1);
     }
 
     #[test]
@@ -320,18 +309,7 @@ mod tests {
         }
 
         #[test]
-        fn mutated_real_messages_never_panic(
-            pick: prop::sample::Index,
-            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
-            cut: prop::sample::Index,
-        ) {
-            let corpus = corpus();
-            let mut datagram = corpus[pick.index(corpus.len())].clone();
-            for (at, byte) in flips {
-                let i = at.index(datagram.len());
-                datagram[i] ^= byte;
-            }
-            datagram.truncate(cut.index(datagram.len() + 1));
+        fn mutated_real_messages_never_panic(datagram in test_corpus::mutated("nflog")) {
             let _ = decode_datagram(&datagram);
         }
 

@@ -6,20 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flow_core::record::{FlowRecord, RecordItem};
 use flowtrack_kernel_tests::{Netns, privileged};
 
-const FLOWTRACK: &str = env!("CARGO_BIN_EXE_flowtrack");
+mod common;
 
-/// A UDP datagram of 100 bytes to 127.0.0.1:9 from a connected socket, then
-/// exit status 7.
-const SEND_UDP: &str = "import socket,sys\n\
-s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-s.connect(('127.0.0.1',9))\n\
-s.send(b'x'*100)\n\
-print(s.getsockname()[1])\n\
-s.close()\n\
-sys.exit(7)";
+use common::{SEND_UDP, assert_one_udp_flow};
+
+const FLOWTRACK: &str = env!("CARGO_BIN_EXE_flowtrack");
 
 /// flowtrack's cgroups (`flowtrack-<pid>-<n>`) that belong to `pid`.
 fn cgroups_of(pid: u32) -> Vec<PathBuf> {
@@ -131,34 +124,7 @@ fn run_reports_the_commands_flows_and_exits_with_its_code() {
         "{stderr}"
     );
 
-    let lines = std::fs::read_to_string(&out).unwrap();
-    let records: Vec<FlowRecord<'static>> = lines
-        .lines()
-        .map(|l| FlowRecord::from_json_line(l).unwrap())
-        .collect();
-    let kinds: Vec<&str> = records.iter().map(FlowRecord::kind_name).collect();
-    assert_eq!(kinds, ["opened", "closed"], "{lines}");
-    for record in &records {
-        assert_eq!(record.backend, "ebpf");
-        let RecordItem::Event(event) = record.item else {
-            panic!("{record:?}")
-        };
-        assert_eq!(
-            event.key.to_string(),
-            format!("udp 127.0.0.1:{sport} -> 127.0.0.1:9")
-        );
-    }
-    let RecordItem::Event(closed) = records[1].item else {
-        unreachable!()
-    };
-    assert_eq!(
-        closed.kind,
-        flow_core::FlowEventKind::Closed {
-            pkt_count: 1,
-            byte_count: 128
-        },
-        "one datagram: 100 + 8 + 20 bytes"
-    );
+    assert_one_udp_flow(&out, "ebpf", sport);
 }
 
 #[test]

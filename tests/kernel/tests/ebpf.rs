@@ -2,13 +2,13 @@
 //! namespace and cgroup; the traffic generator is the ground truth and
 //! conntrack (with accounting) the independent peer.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use flow_backend_ebpf::{EbpfConfig, EbpfSource};
 use flow_core::{FlowKey, FlowSource, FlowStream};
 use flowtrack_kernel_tests::observe::{
-    Observed, assert_in_conntrack, assert_matches_conntrack, headers, observe, observe_until,
+    assert_in_conntrack, assert_matches_conntrack, headers, observe, observe_storm, observe_until,
+    over_both_families, unaccounted,
 };
 use flowtrack_kernel_tests::{ConntrackEvents, GeneratedFlow, TestEnv, generate};
 
@@ -34,38 +34,10 @@ async fn start(config: EbpfConfig) -> FlowStream {
         .expect("the eBPF backend attaches")
 }
 
-/// Serves `protocol` (`tcp` or `udp`) on IPv4 and IPv6 loopback outside
-/// the cgroup, runs the generator inside it against both with `v4_args` and
-/// `v6_args`, and returns the generated flows and what the backend saw.
-async fn over_both_families(
-    env: &TestEnv,
-    protocol: &str,
-    v4_args: &[&str],
-    v6_args: &[&str],
-) -> (Vec<GeneratedFlow>, Observed) {
+/// The backend attached, with conntrack on as the peer.
+async fn start_with_peer(env: &TestEnv) -> FlowStream {
     env.netns.enable_conntrack();
-    let serve = format!("serve-{protocol}");
-    let v4 = env.server_outside(&[&serve, "127.0.0.1:0"]);
-    let v6 = env.server_outside(&[&serve, "[::1]:0"]);
-    let mut stream = start(config(env)).await;
-    let mut flows = Vec::new();
-    for (dst, args) in [
-        (format!("127.0.0.1:{}", v4.port), v4_args),
-        (format!("[::1]:{}", v6.port), v6_args),
-    ] {
-        let mut command = vec![protocol, dst.as_str()];
-        command.extend_from_slice(args);
-        flows.extend(env.inside(&command));
-    }
-    let keys: Vec<FlowKey> = flows.iter().map(GeneratedFlow::key).collect();
-    let observed = observe(&mut stream, &keys, Duration::from_secs(20)).await;
-    assert_eq!(
-        observed.opened.len(),
-        2,
-        "exactly the generator's flows: {observed:#?}"
-    );
-    assert_eq!(observed.lost, 0);
-    (flows, observed)
+    start(config(env)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,8 +45,15 @@ async fn tcp_over_ipv4_and_ipv6_with_known_payloads() {
     let Some(env) = env("tcp_over_ipv4_and_ipv6_with_known_payloads") else {
         return;
     };
-    let (flows, observed) =
-        over_both_families(&env, "tcp", &["--bytes", "100000"], &["--bytes", "3000"]).await;
+    let mut stream = start_with_peer(&env).await;
+    let (flows, observed) = over_both_families(
+        &env,
+        &mut stream,
+        "tcp",
+        &["--bytes", "100000"],
+        &["--bytes", "3000"],
+    )
+    .await;
     for flow in &flows {
         assert_eq!(flow.received, flow.sent, "the echo came back");
         let key = flow.key();
@@ -96,8 +75,10 @@ async fn udp_over_ipv4_and_ipv6_counts_every_datagram() {
     let Some(env) = env("udp_over_ipv4_and_ipv6_counts_every_datagram") else {
         return;
     };
+    let mut stream = start_with_peer(&env).await;
     let (flows, observed) = over_both_families(
         &env,
+        &mut stream,
         "udp",
         &["--bytes", "512", "--datagrams", "5"],
         &["--bytes", "1000", "--datagrams", "3"],
@@ -208,47 +189,17 @@ async fn a_storm_of_ten_thousand_connections_loses_nothing() {
     let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
     let mut stream = start(EbpfConfig::new(&env.cgroup.path)).await;
     let dst = format!("127.0.0.1:{}", server.port);
-    let mut command = env
+    let command = env
         .cgroup
         .wrap(&env.traffic(&["tcp", &dst, "--bytes", "1", "--count", "10000"]));
-    let generated = std::sync::Arc::new(std::sync::OnceLock::new());
-    let generator = std::thread::spawn({
-        let generated = std::sync::Arc::clone(&generated);
-        move || {
-            let flows = generate(&mut command);
-            let keys: Vec<FlowKey> = flows.iter().map(GeneratedFlow::key).collect();
-            let _ = generated.set(keys);
-        }
-    });
-    // Read while the storm runs, as flowtrack does.
-    let observed = observe_until(
-        &mut stream,
-        |observed| {
-            generated.get().is_some_and(|keys| {
-                observed.closed.values().map(Vec::len).sum::<usize>() >= keys.len()
-            })
-        },
-        Duration::from_secs(180),
-    )
-    .await;
-    generator.join().expect("the generator runs");
-    let keys = generated.get().expect("the generator reported its flows");
+    let (keys, observed) = observe_storm(&mut stream, command, Duration::from_secs(180)).await;
     assert_eq!(keys.len(), 10_000);
     assert_eq!(observed.lost, 0, "no loss at default sizes");
-    // Loopback reuses a port in TIME_WAIT (tcp_tw_reuse), so one 5-tuple can
-    // carry several flows in turn: each must be opened and closed.
-    let mut made: HashMap<FlowKey, u32> = HashMap::new();
-    for key in keys {
-        *made.entry(*key).or_default() += 1;
-    }
-    for (key, times) in &made {
-        assert_eq!(observed.opened.get(key), Some(times), "Opened for {key}");
-        assert_eq!(
-            observed.closed.get(key).map(Vec::len),
-            Some(*times as usize),
-            "Closed for {key}"
-        );
-    }
+    assert_eq!(
+        unaccounted(&keys, &observed),
+        [],
+        "every flow opened and closed"
+    );
     assert_eq!(observed.opened.values().sum::<u32>(), 10_000);
 }
 

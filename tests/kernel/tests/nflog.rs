@@ -2,13 +2,14 @@
 //! has its own network namespace and cgroup; the traffic generator is the
 //! ground truth and `conntrack` the independent peer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use flow_backend_nflog::{DENY_PREFIX, NflogConfig, NflogSource};
 use flow_core::{FlowKey, FlowSource, FlowStream};
 use flowtrack_kernel_tests::observe::{
-    Observed, assert_in_conntrack, assert_matches_conntrack, headers, observe, observe_until,
+    assert_in_conntrack, assert_matches_conntrack, headers, observe, observe_storm, observe_until,
+    over_both_families, unaccounted,
 };
 use flowtrack_kernel_tests::{ConntrackEvents, GeneratedFlow, TestEnv, generate};
 
@@ -33,46 +34,20 @@ async fn start(config: NflogConfig) -> FlowStream {
         .expect("the nflog backend starts")
 }
 
-/// Serves `protocol` on IPv4 and IPv6 loopback outside the cgroup, runs the
-/// generator inside it against both, and returns its flows and what the
-/// backend saw.
-async fn over_both_families(
-    env: &TestEnv,
-    protocol: &str,
-    v4_args: &[&str],
-    v6_args: &[&str],
-) -> (Vec<GeneratedFlow>, Observed) {
-    let serve = format!("serve-{protocol}");
-    let v4 = env.server_outside(&[&serve, "127.0.0.1:0"]);
-    let v6 = env.server_outside(&[&serve, "[::1]:0"]);
-    let mut stream = start(cgroup_config(env)).await;
-    let mut flows = Vec::new();
-    for (dst, args) in [
-        (format!("127.0.0.1:{}", v4.port), v4_args),
-        (format!("[::1]:{}", v6.port), v6_args),
-    ] {
-        let mut command = vec![protocol, dst.as_str()];
-        command.extend_from_slice(args);
-        flows.extend(env.inside(&command));
-    }
-    let keys: Vec<FlowKey> = flows.iter().map(GeneratedFlow::key).collect();
-    let observed = observe(&mut stream, &keys, Duration::from_secs(20)).await;
-    assert_eq!(
-        observed.opened.len(),
-        2,
-        "exactly the generator's flows: {observed:#?}"
-    );
-    assert_eq!(observed.lost, 0);
-    (flows, observed)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_over_ipv4_and_ipv6_with_known_payloads() {
     let Some(env) = env("nflog tcp_over_ipv4_and_ipv6_with_known_payloads") else {
         return;
     };
-    let (flows, observed) =
-        over_both_families(&env, "tcp", &["--bytes", "100000"], &["--bytes", "3000"]).await;
+    let mut stream = start(cgroup_config(&env)).await;
+    let (flows, observed) = over_both_families(
+        &env,
+        &mut stream,
+        "tcp",
+        &["--bytes", "100000"],
+        &["--bytes", "3000"],
+    )
+    .await;
     for flow in &flows {
         assert_eq!(flow.received, flow.sent, "the echo came back");
         let key = flow.key();
@@ -93,8 +68,10 @@ async fn udp_over_ipv4_and_ipv6_counts_every_datagram() {
         return;
     };
     // UDP flows close when the cgroup has no process left.
+    let mut stream = start(cgroup_config(&env)).await;
     let (flows, observed) = over_both_families(
         &env,
+        &mut stream,
         "udp",
         &["--bytes", "512", "--datagrams", "5"],
         &["--bytes", "1000", "--datagrams", "3"],
@@ -265,7 +242,7 @@ async fn a_tiny_receive_buffer_overruns_and_resyncs() {
     config.receive_buffer = 4096;
     config.max_receive_buffer = 4096;
     let mut stream = start(config).await;
-    let mut command = env.cgroup.wrap(&env.traffic(&[
+    let command = env.cgroup.wrap(&env.traffic(&[
         "tcp",
         &format!("127.0.0.1:{}", server.port),
         "--bytes",
@@ -273,52 +250,19 @@ async fn a_tiny_receive_buffer_overruns_and_resyncs() {
         "--count",
         "2000",
     ]));
-    let generated = std::sync::Arc::new(std::sync::OnceLock::new());
-    let generator = std::thread::spawn({
-        let generated = std::sync::Arc::clone(&generated);
-        move || {
-            let keys: Vec<FlowKey> = generate(&mut command)
-                .iter()
-                .map(GeneratedFlow::key)
-                .collect();
-            let _ = generated.set(keys);
-        }
-    });
-    let observed = observe_until(
-        &mut stream,
-        |observed| {
-            generated.get().is_some_and(|keys| {
-                observed.closed.values().map(Vec::len).sum::<usize>() >= keys.len()
-            })
-        },
-        Duration::from_secs(30),
-    )
-    .await;
-    generator.join().expect("the generator runs");
-    let keys = generated.get().expect("the generator reported its flows");
+    let (keys, observed) = observe_storm(&mut stream, command, Duration::from_secs(60)).await;
     assert!(
-        observed.lost > 0 || observed.lost_items > 0,
-        "overruns reported: {observed:?}"
-    );
-    let mut made: HashMap<FlowKey, u32> = HashMap::new();
-    for key in keys {
-        *made.entry(*key).or_default() += 1;
-    }
-    let unaccounted: Vec<_> = made
-        .iter()
-        .filter(|(key, times)| {
-            observed.opened.get(key) != Some(times)
-                || observed.closed.get(key).map(Vec::len) != Some(**times as usize)
-        })
-        .collect();
-    assert!(
-        unaccounted.is_empty(),
-        "{} of {} flows without their Opened and Closed, e.g. {:?}; {} observations lost in {} items",
-        unaccounted.len(),
-        made.len(),
-        unaccounted.iter().take(3).collect::<Vec<_>>(),
-        observed.lost,
+        observed.lost_items > 0,
+        "overruns reported: {}",
         observed.lost_items
+    );
+    let missing = unaccounted(&keys, &observed);
+    assert!(
+        missing.is_empty(),
+        "{} of {} flows without their Opened and Closed, e.g. {:?}",
+        missing.len(),
+        keys.len(),
+        &missing[..missing.len().min(3)]
     );
 }
 
