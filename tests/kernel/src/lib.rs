@@ -7,6 +7,7 @@
 //! addresses inside namespaces the test made.
 
 pub mod observe;
+pub mod scenarios;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

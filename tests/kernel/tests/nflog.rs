@@ -8,9 +8,10 @@ use std::time::Duration;
 use flow_backend_nflog::{DENY_PREFIX, NflogConfig, NflogSource};
 use flow_core::{FlowKey, FlowSource, FlowStream};
 use flowtrack_kernel_tests::observe::{
-    assert_in_conntrack, assert_matches_conntrack, headers, observe, observe_storm, observe_until,
+    assert_in_conntrack, assert_matches_conntrack, headers, observe_storm, observe_until,
     over_both_families, unaccounted,
 };
+use flowtrack_kernel_tests::scenarios;
 use flowtrack_kernel_tests::{ConntrackEvents, GeneratedFlow, TestEnv, generate};
 
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_traffic");
@@ -92,13 +93,7 @@ async fn a_refused_connection_opens_and_closes() {
         return;
     };
     let mut stream = start(cgroup_config(&env)).await;
-    let events = ConntrackEvents::listen(&env.netns);
-    let flows = env.inside(&["refused", "127.0.0.1:9"]);
-    let key = flows[0].key();
-    let observed = observe(&mut stream, &[key], Duration::from_secs(20)).await;
-    let (packets, bytes) = observed.closed_once(&key);
-    assert_eq!(packets, 2, "SYN and RST");
-    assert_in_conntrack(&events.destroyed(), &key, (packets, bytes));
+    scenarios::refused_connection(&env, &mut stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,17 +102,7 @@ async fn icmp_echo_over_ipv4_and_ipv6() {
         return;
     };
     let mut stream = start(cgroup_config(&env)).await;
-    let mut flows = env.inside(&["icmp", "127.0.0.1:0", "--id", "4242"]);
-    flows.extend(env.inside(&["icmp", "[::1]:0", "--id", "4343"]));
-    let keys: Vec<FlowKey> = flows.iter().map(GeneratedFlow::key).collect();
-    let observed = observe(&mut stream, &keys, Duration::from_secs(20)).await;
-    for flow in &flows {
-        let key = flow.key();
-        let (packets, bytes) = observed.closed_once(&key);
-        let ip = if flow.src.is_ipv4() { 20 } else { 40 };
-        assert_eq!((packets, bytes), (2, 2 * (ip + 8 + 32)), "{key}");
-        assert_matches_conntrack(&env.netns, &key, (packets, bytes));
-    }
+    scenarios::icmp_echo(&env, &mut stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,20 +111,7 @@ async fn an_inbound_connection_is_keyed_from_the_remote_peer() {
         return;
     };
     let mut stream = start(cgroup_config(&env)).await;
-    let server = env.server_inside(&["serve-tcp", "127.0.0.1:0"]);
-    let flows = generate(&mut env.traffic(&[
-        "tcp",
-        &format!("127.0.0.1:{}", server.port),
-        "--bytes",
-        "5000",
-    ]));
-    let key = flows[0].key();
-    assert_eq!(key.dst_port, server.port);
-    let observed = observe(&mut stream, &[key], Duration::from_secs(20)).await;
-    let (packets, bytes) = observed.closed_once(&key);
-    assert!(bytes >= 2 * 5000 + packets * 40);
-    assert_matches_conntrack(&env.netns, &key, (packets, bytes));
-    assert_eq!(observed.opened.len(), 1, "{observed:#?}");
+    scenarios::inbound_connection(&env, &mut stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,18 +119,8 @@ async fn traffic_outside_the_cgroup_is_not_reported() {
     let Some(env) = env("nflog traffic_outside_the_cgroup_is_not_reported") else {
         return;
     };
-    let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
     let mut stream = start(cgroup_config(&env)).await;
-    let dst = format!("127.0.0.1:{}", server.port);
-    let outside = generate(&mut env.traffic(&["tcp", &dst, "--bytes", "100"]));
-    let inside = env.inside(&["tcp", &dst, "--bytes", "100"]);
-    let observed = observe(&mut stream, &[inside[0].key()], Duration::from_secs(20)).await;
-    let _ = observed.closed_once(&inside[0].key());
-    assert!(
-        !observed.opened.contains_key(&outside[0].key()),
-        "{observed:#?}"
-    );
-    assert_eq!(observed.opened.len(), 1, "{observed:#?}");
+    scenarios::outside_traffic_is_not_reported(&env, &mut stream).await;
 }
 
 /// `conntrack -E` beside the backend on a whole namespace: the same flows,
