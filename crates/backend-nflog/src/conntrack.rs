@@ -234,6 +234,7 @@ pub(crate) fn decode_datagram(datagram: &[u8]) -> (Vec<CtEntry>, usize) {
             kind,
             flags,
             payload,
+            ..
         } = message
         {
             match decode(kind, flags, payload) {

@@ -108,6 +108,7 @@ struct Session {
     receive_buffer: usize,
     max_receive_buffer: usize,
     resync_pending: bool,
+    pending_fetches: Vec<(u32, FlowKey)>,
     log_sequence: nflog::Sequence,
     denied: HashMap<FlowKey, Instant>,
     // Dropped last: restores the settings after the table is gone.
@@ -182,6 +183,7 @@ impl Session {
             receive_buffer: granted,
             max_receive_buffer: config.max_receive_buffer,
             resync_pending: false,
+            pending_fetches: Vec::new(),
             log_sequence: nflog::Sequence::default(),
             denied: HashMap::new(),
             _settings: settings,
@@ -232,6 +234,7 @@ impl Session {
             let datagram = match self.events.recv(true) {
                 Ok(datagram) => datagram.to_vec(),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.fetch_pending(batch)?;
                     if self.resync_pending {
                         self.resync_pending = false;
                         self.resync(batch)?;
@@ -251,40 +254,56 @@ impl Session {
             for entry in &entries {
                 self.tracker.on_message(entry, clock, &mut steps);
             }
-            self.apply(steps, batch)?;
+            self.apply(steps, batch);
         }
     }
 
-    /// Emits events; fetches counters for closed TCP flows.
-    fn apply(&mut self, steps: Vec<Step>, batch: &mut Vec<Item>) -> Result<(), FlowError> {
+    /// Emits events; queues closed TCP flows for their counters (fetched
+    /// together once the event queue is drained).
+    fn apply(&mut self, steps: Vec<Step>, batch: &mut Vec<Item>) {
         for step in steps {
             match step {
                 Step::Emit(event) => batch.push(Ok(event)),
-                Step::FetchCounters(id, key) => {
-                    let counters = self.fetch(&key)?.and_then(|entry| entry.counters);
-                    if let Some(event) =
-                        self.tracker
-                            .close(id, counters.unwrap_or_default(), Clock::now().now_ns)
-                    {
-                        batch.push(Ok(event));
-                    }
+                Step::FetchCounters(id, key) => self.pending_fetches.push((id, key)),
+            }
+        }
+    }
+
+    /// Reads the counters of the TCP flows that closed, a batch of requests
+    /// per round trip, and reports them closed. An entry already gone
+    /// (its DESTROY, also queued, reports it) is passed over.
+    fn fetch_pending(&mut self, batch: &mut Vec<Item>) -> Result<(), FlowError> {
+        /// Requests per datagram: their replies (about 300 bytes each) fit
+        /// the request socket's buffer with room to spare.
+        const PER_ROUND_TRIP: usize = 64;
+        let pending = std::mem::take(&mut self.pending_fetches);
+        for chunk in pending.chunks(PER_ROUND_TRIP) {
+            let first = self.requests.next_seq();
+            let mut bytes = conntrack::get_request(&chunk[0].1, first);
+            let mut last = first;
+            for (_, key) in &chunk[1..] {
+                last = self.requests.next_seq();
+                bytes.extend_from_slice(&conntrack::get_request(key, last));
+            }
+            let answers = self
+                .requests
+                .transact_batch(&bytes, first, last)
+                .map_err(|e| FlowError::io("reading conntrack entries", e))?;
+            let now_ns = Clock::now().now_ns;
+            for (seq, (id, _)) in (first..=last).zip(chunk) {
+                let counters = match answers.get(&seq) {
+                    Some(Ok(replies)) => entries(replies).into_iter().find_map(|e| e.counters),
+                    _ => None,
+                };
+                if let Some(event) = self
+                    .tracker
+                    .close(*id, counters.unwrap_or_default(), now_ns)
+                {
+                    batch.push(Ok(event));
                 }
             }
         }
         Ok(())
-    }
-
-    /// The entry of `key` now, if it still exists.
-    fn fetch(&mut self, key: &FlowKey) -> Result<Option<CtEntry>, FlowError> {
-        let seq = self.requests.next_seq();
-        match self
-            .requests
-            .transact(&conntrack::get_request(key, seq), seq)
-        {
-            Ok(replies) => Ok(entries(replies).into_iter().next()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(FlowError::io("reading a conntrack entry", e)),
-        }
     }
 
     /// The whole conntrack table.
@@ -292,7 +311,7 @@ impl Session {
         let seq = self.requests.next_seq();
         self.requests
             .transact(&conntrack::dump_request(seq), seq)
-            .map(entries)
+            .map(|replies| entries(&replies))
             .map_err(|e| FlowError::io("dumping the conntrack table", e))
     }
 
@@ -321,7 +340,8 @@ impl Session {
         let table = self.dump()?;
         let mut steps = Vec::new();
         self.tracker.resync(&table, Clock::now().now_ns, &mut steps);
-        self.apply(steps, batch)
+        self.apply(steps, batch);
+        Ok(())
     }
 
     /// Drains the nflog socket: denied packets and sequence gaps.
@@ -409,9 +429,9 @@ fn push_malformed(batch: &mut Vec<Item>, count: usize) {
 }
 
 /// The conntrack entries among `replies`.
-fn entries(replies: Vec<Reply>) -> Vec<CtEntry> {
+fn entries(replies: &[Reply]) -> Vec<CtEntry> {
     replies
-        .into_iter()
+        .iter()
         .filter_map(|reply| conntrack::decode(reply.kind, reply.flags, &reply.payload).ok())
         .collect()
 }

@@ -2,6 +2,7 @@
 //! `nfgenmsg` header (neli has none), attribute building, a socket with the
 //! options neli does not set, and splitting a datagram into messages.
 
+use std::collections::HashMap;
 use std::io::{self, Cursor};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
@@ -124,6 +125,7 @@ pub(crate) enum Received<'a> {
     Message {
         kind: u16,
         flags: NlmF,
+        seq: u32,
         payload: &'a [u8],
     },
     /// The kernel acknowledged request `seq` (errno 0) or refused it.
@@ -172,6 +174,7 @@ pub(crate) fn split(datagram: &[u8]) -> (Vec<Received<'_>>, Option<Malformed>) {
             _ => messages.push(Received::Message {
                 kind,
                 flags: NlmF::from_bits_truncate(flags),
+                seq,
                 payload,
             }),
         }
@@ -247,7 +250,19 @@ impl<'a> Iterator for Attrs<'a> {
 pub(crate) struct Reply {
     pub(crate) kind: u16,
     pub(crate) flags: NlmF,
+    pub(crate) seq: u32,
     pub(crate) payload: Vec<u8>,
+}
+
+impl Reply {
+    fn copied(kind: u16, flags: NlmF, seq: u32, payload: &[u8]) -> Self {
+        Self {
+            kind,
+            flags,
+            seq,
+            payload: payload.to_vec(),
+        }
+    }
 }
 
 /// A netfilter netlink socket, with a receive buffer for whole datagrams.
@@ -359,14 +374,59 @@ impl Socket {
                     Received::Message {
                         kind,
                         flags,
+                        seq,
                         payload,
-                    } => replies.push(Reply {
-                        kind,
-                        flags,
-                        payload: payload.to_vec(),
-                    }),
+                    } => replies.push(Reply::copied(kind, flags, seq, payload)),
                 }
             }
         }
+    }
+
+    /// Sends requests numbered `first..=last` in one datagram, each asking
+    /// for an ACK, and collects the replies to each until all are
+    /// answered: per request, its reply messages, or the errno it was
+    /// refused with. One round trip instead of one per request.
+    pub(crate) fn transact_batch(
+        &mut self,
+        bytes: &[u8],
+        first: u32,
+        last: u32,
+    ) -> io::Result<HashMap<u32, Result<Vec<Reply>, i32>>> {
+        self.send(bytes)?;
+        let mut answers: HashMap<u32, Result<Vec<Reply>, i32>> = HashMap::new();
+        let mut pending = last.wrapping_sub(first) as usize + 1;
+        while pending > 0 {
+            let datagram = self.recv(false)?;
+            let (messages, malformed) = split(datagram);
+            if let Some(error) = malformed {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    error.to_string(),
+                ));
+            }
+            for message in messages {
+                match message {
+                    Received::Ack { seq, errno } => {
+                        let answer = answers.entry(seq).or_insert_with(|| Ok(Vec::new()));
+                        if errno != 0 {
+                            *answer = Err(errno);
+                        }
+                        pending = pending.saturating_sub(1);
+                    }
+                    Received::Done { .. } => {}
+                    Received::Message {
+                        kind,
+                        flags,
+                        seq,
+                        payload,
+                    } => {
+                        if let Ok(replies) = answers.entry(seq).or_insert_with(|| Ok(Vec::new())) {
+                            replies.push(Reply::copied(kind, flags, seq, payload));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(answers)
     }
 }
