@@ -233,7 +233,9 @@ pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<()> {
         &flows.to_string(),
         &threads.to_string(),
     ]);
+    let started = std::time::Instant::now();
     let output = generator.output()?;
+    let storm_seconds = started.elapsed().as_secs_f64();
     ensure!(
         output.status.success(),
         "the storm failed: {}",
@@ -260,6 +262,10 @@ pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<()> {
     let peer = tally(&peer.stop()?, &made, conntrack_line(server.port));
 
     let per_10k = |cpu: f64| cpu * 10_000.0 / total as f64;
+    println!(
+        "storm: {total} connections from {threads} threads in {storm_seconds:.2} s ({:.0} per second)\n",
+        total as f64 / storm_seconds
+    );
     println!(
         "| tool | flows made | opened captured | closed captured | loss reports | CPU s / 10k flows | connect → line p50 | p99 |"
     );
