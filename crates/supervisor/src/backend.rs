@@ -2,6 +2,10 @@
 
 use std::path::PathBuf;
 
+mod preferred;
+
+pub use preferred::Preferred;
+
 use flow_core::{FlowError, FlowSource};
 
 /// What the backends observe.
@@ -61,32 +65,27 @@ pub fn open(
         BackendChoice::Ebpf => Ok(vec![open_ebpf(scope)?]),
         BackendChoice::Nflog => Ok(vec![open_nflog(scope, options)?]),
         BackendChoice::Both => Ok(vec![open_ebpf(scope)?, open_nflog(scope, options)?]),
-        BackendChoice::Auto => match open_ebpf(scope) {
-            Ok(ebpf) => Ok(vec![ebpf]),
-            Err(ebpf_error) => match open_nflog(scope, options) {
-                Ok(nflog) => {
-                    tracing::warn!(%ebpf_error, "falling back to the nflog backend");
-                    Ok(vec![nflog])
-                }
-                Err(nflog_error) => Err(FlowError::unavailable(
-                    "auto",
-                    format!(
-                        "no backend can run here: ebpf: {}; nflog: {}",
-                        reason(&ebpf_error),
-                        reason(&nflog_error)
-                    ),
-                )),
-            },
-        },
+        BackendChoice::Auto => Ok(vec![Box::new(preferred(scope, options))]),
     }
 }
 
-/// Why a backend is unavailable, without repeating its name.
-fn reason(error: &FlowError) -> String {
-    match error {
-        FlowError::Unavailable { reason, .. } => reason.clone(),
-        other => other.to_string(),
+/// `--backend auto` for `scope`: eBPF when it can load and attach, else
+/// nflog. [`Preferred::decision`] tells, once started, which one runs and
+/// why the other does not.
+#[must_use]
+pub fn preferred(scope: &Scope, options: &Options) -> Preferred {
+    let mut candidates = Vec::new();
+    let mut refused = Vec::new();
+    for (name, opened) in [
+        ("ebpf", open_ebpf(scope)),
+        ("nflog", open_nflog(scope, options)),
+    ] {
+        match opened {
+            Ok(source) => candidates.push(source),
+            Err(error) => refused.push((name.to_owned(), preferred::reason(&error))),
+        }
     }
+    Preferred::new(candidates, refused)
 }
 
 #[cfg(feature = "ebpf")]

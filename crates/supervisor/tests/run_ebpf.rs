@@ -253,7 +253,10 @@ fn without_privileges_the_error_says_what_is_needed() {
     assert_eq!(watch.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&watch.stderr),
-        "flowtrack: error: cannot start the ebpf backend: creating eBPF maps needs CAP_BPF and CAP_NET_ADMIN: run as root or grant it\n"
+        format!(
+            "flowtrack: error: cannot watch cgroup {cgroup_path}: cannot start the ebpf backend: \
+             creating eBPF maps needs CAP_BPF and CAP_NET_ADMIN: run as root or grant it\n"
+        )
     );
     let run = as_nobody(&["run", "--backend", "ebpf", "--", "true"]);
     assert_eq!(run.status.code(), Some(1));

@@ -240,8 +240,11 @@ fn a_busy_group_or_a_missing_namespace_is_one_clear_line() {
     assert_eq!(second.status.code(), Some(1));
     assert_eq!(
         stderr(&second),
-        "flowtrack: error: nflog backend unavailable: nflog group 5 already has a listener \
-         (another flowtrack or ulogd): choose a free one\n"
+        format!(
+            "flowtrack: error: cannot watch network namespace {}: nflog backend unavailable: \
+             nflog group 5 already has a listener (another flowtrack or ulogd): choose a free one\n",
+            netns.path().display()
+        )
     );
     signal(&first, rustix::process::Signal::INT);
     assert!(first.wait_with_output().unwrap().status.success());
@@ -284,7 +287,69 @@ fn without_privileges_the_error_says_what_is_needed() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         stderr(&output),
-        "flowtrack: error: cannot start the nflog backend: subscribing to conntrack events needs \
-         CAP_NET_ADMIN: run as root or grant it\n"
+        format!(
+            "flowtrack: error: cannot watch cgroup {}: cannot start the nflog backend: \
+             subscribing to conntrack events needs CAP_NET_ADMIN: run as root or grant it\n",
+            cgroup.path.display()
+        )
     );
+}
+
+#[test]
+fn auto_picks_ebpf_here_and_says_so() {
+    if !privileged("nflog auto_picks_ebpf_here_and_says_so") {
+        return;
+    }
+    let netns = Netns::new();
+    let output = flowtrack_in(&netns, &["run", "--", "true"]).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stderr(&output).starts_with(
+            "flowtrack: using the ebpf backend (auto: the first choice; nflog is the fallback)\n"
+        ),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn auto_falls_back_to_nflog_without_cap_bpf_and_says_why() {
+    if !privileged("nflog auto_falls_back_to_nflog_without_cap_bpf_and_says_why") {
+        return;
+    }
+    let netns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("flows.jsonl");
+    // Root without CAP_BPF and CAP_SYS_ADMIN (as in a container that may
+    // not load BPF programs) but with CAP_NET_ADMIN.
+    let output = Command::new("nsenter")
+        .arg(format!("--net={}", netns.path().display()))
+        .args([
+            "setpriv",
+            "--bounding-set=-bpf,-sys_admin",
+            "--inh-caps=-bpf,-sys_admin",
+            FLOWTRACK,
+            "run",
+            "--format",
+            "json",
+            "-o",
+            out.to_str().unwrap(),
+            "--",
+            "python3",
+            "-c",
+            SEND_UDP,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(7), "{output:?}");
+    assert!(
+        stderr(&output).starts_with(
+            "flowtrack: using the nflog backend (auto: ebpf cannot run here: creating eBPF maps \
+             needs CAP_BPF and CAP_NET_ADMIN: run as root or grant it)\n"
+        ),
+        "{}",
+        stderr(&output)
+    );
+    let sport: u16 = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
+    assert_one_udp_flow(&out, "nflog", sport);
 }

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use flow_core::{FlowError, FlowSource};
-use flow_supervisor::backend::{self, Scope};
+use flow_supervisor::backend::{self, BackendChoice, Scope};
 use flow_supervisor::merge::{MergeConfig, Merger, ShutdownHandle};
 use flow_supervisor::mock::Replay;
 use flow_supervisor::output::RecordWriter;
 use flow_supervisor::pipeline::{self, PipelineReport};
 
-use crate::cli::{Command, OutputArgs, ReplayArgs, RunArgs, WatchArgs};
+use crate::cli::{BackendArgs, Command, OutputArgs, ReplayArgs, RunArgs, WatchArgs};
 use crate::scope::{self, Describe};
 use crate::workload::WorkloadCgroup;
 
@@ -47,6 +47,23 @@ fn open_writer(
         (None, DefaultStream::Stderr) => Box::new(io::stderr()),
     };
     Ok(RecordWriter::new(args.format, sink))
+}
+
+/// Starts the backends `args` name on `scope`, merged. Under `auto`, one
+/// line on stderr says which backend runs and why the other does not.
+async fn start_backends(args: &BackendArgs, scope: &Scope) -> Result<Merger> {
+    let options = args.options();
+    if args.backend == BackendChoice::Auto {
+        let mut auto = backend::preferred(scope, &options);
+        let stream = auto.start().await?;
+        if let Some(decision) = auto.decision() {
+            eprintln!("flowtrack: {decision}");
+        }
+        let mut merger = Merger::new(MergeConfig::default());
+        merger.add_stream(auto.name().to_owned(), stream);
+        return Ok(merger);
+    }
+    start_merger(backend::open(args.backend, scope, &options)?).await
 }
 
 async fn start_merger(sources: Vec<Box<dyn FlowSource>>) -> Result<Merger> {
@@ -134,10 +151,10 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
 
 async fn watch(args: WatchArgs) -> Result<ExitCode> {
     let scope = scope::resolve(&args.scope)?;
-    let sources = backend::open(args.backend.backend, &scope, &args.backend.options())
-        .with_context(|| format!("cannot watch {}", Describe(&scope)))?;
     let writer = open_writer(&args.output, DefaultStream::Stdout)?;
-    let merger = start_merger(sources).await?;
+    let merger = start_backends(&args.backend, &scope)
+        .await
+        .with_context(|| format!("cannot watch {}", Describe(&scope)))?;
     tracing::info!(scope = %Describe(&scope), "watching until Ctrl-C");
     shutdown_on_ctrl_c(merger.shutdown_handle());
     let report = write_all_events(merger, writer).await?;
@@ -151,12 +168,12 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         .context("run needs a command: flowtrack run -- CMD [ARGS...]")?;
     let cgroup = WorkloadCgroup::create()?;
     let scope = Scope::Cgroup(cgroup.path().to_path_buf());
-    let sources = backend::open(args.backend.backend, &scope, &args.backend.options())
-        .context("cannot observe the command")?;
     let writer = open_writer(&args.output, DefaultStream::Stderr)?;
     // Every source is attached before the child starts, so its first
     // connection is seen.
-    let merger = start_merger(sources).await?;
+    let merger = start_backends(&args.backend, &scope)
+        .await
+        .context("cannot observe the command")?;
     let shutdown = merger.shutdown_handle();
     // Handlers first: a signal flowtrack handles is reset to its default in
     // the child at exec, even if flowtrack's parent ignored it.
