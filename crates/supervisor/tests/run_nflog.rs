@@ -114,23 +114,30 @@ fn run_reports_the_commands_flows_and_exits_with_its_code() {
 }
 
 #[test]
-fn sigint_stops_the_command_and_cleans_up() {
-    if !privileged("nflog sigint_stops_the_command_and_cleans_up") {
+fn sigint_sigterm_and_sighup_stop_the_command_and_clean_up() {
+    if !privileged("nflog sigint_sigterm_and_sighup_stop_the_command_and_clean_up") {
         return;
     }
-    let netns = Netns::new();
-    let child = start_sleeping_run(&netns);
-    wait_for_table(&netns);
-    assert_eq!(accounting(&netns), "1");
-    signal(&child, rustix::process::Signal::INT);
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(130),
-        "sleep ended by the forwarded SIGINT"
-    );
-    assert_eq!(tables(&netns), "", "no table left");
-    assert_eq!(accounting(&netns), "0", "accounting restored");
+    use rustix::process::Signal;
+    for (sent, code) in [(Signal::INT, 130), (Signal::TERM, 143), (Signal::HUP, 129)] {
+        let netns = Netns::new();
+        let child = start_sleeping_run(&netns);
+        wait_for_table(&netns);
+        assert_eq!(accounting(&netns), "1");
+        signal(&child, sent);
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "sleep ended by the forwarded {sent:?}"
+        );
+        assert_eq!(tables(&netns), "", "no table left after {sent:?}");
+        assert_eq!(
+            accounting(&netns),
+            "0",
+            "accounting restored after {sent:?}"
+        );
+    }
 }
 
 #[test]
@@ -301,7 +308,9 @@ fn auto_picks_ebpf_here_and_says_so() {
         return;
     }
     let netns = Netns::new();
-    let output = flowtrack_in(&netns, &["run", "--", "true"]).output().unwrap();
+    let output = flowtrack_in(&netns, &["run", "--", "true"])
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{output:?}");
     assert!(
         stderr(&output).starts_with(
@@ -350,6 +359,71 @@ fn auto_falls_back_to_nflog_without_cap_bpf_and_says_why() {
         "{}",
         stderr(&output)
     );
-    let sport: u16 = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
+    let sport: u16 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
     assert_one_udp_flow(&out, "nflog", sport);
+}
+
+/// Lists the child's identity and any descriptor it inherited that is a
+/// socket or a BPF object, then sends SEND_UDP's datagram.
+const WHO_AM_I: &str = "import os,socket\n\
+fds=[os.path.join('/proc/self/fd',f) for f in os.listdir('/proc/self/fd')]\n\
+links=[os.readlink(p) for p in fds if os.path.exists(p)]\n\
+bad=[t for t in links if 'bpf' in t or 'socket' in t]\n\
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+s.connect(('127.0.0.1',9))\n\
+s.send(b'x'*100)\n\
+print(os.getuid(), os.getgid(), s.getsockname()[1], len(bad))";
+
+#[test]
+fn run_as_another_user_keeps_observing_and_leaks_no_descriptor() {
+    if !privileged("nflog run_as_another_user_keeps_observing_and_leaks_no_descriptor") {
+        return;
+    }
+    for backend in ["ebpf", "nflog"] {
+        let netns = Netns::new();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("flows.jsonl");
+        let output = flowtrack_in(
+            &netns,
+            &[
+                "run",
+                "--backend",
+                backend,
+                "--user",
+                "nobody",
+                "--format",
+                "json",
+                "-o",
+            ],
+        )
+        .arg(&out)
+        .args(["--", "python3", "-c", WHO_AM_I])
+        .output()
+        .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let fields: Vec<u32> = stdout
+            .split_whitespace()
+            .map(|f| f.parse().unwrap())
+            .collect();
+        assert_eq!(fields[..2], [65534, 65534], "the child runs as nobody");
+        assert_eq!(
+            fields[3], 0,
+            "no socket or BPF descriptor inherited ({backend})"
+        );
+        assert_one_udp_flow(&out, backend, u16::try_from(fields[2]).unwrap());
+    }
+    let missing = Command::new(FLOWTRACK)
+        .args(["run", "--user", "flowtrack-no-such-user", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        stderr(&missing),
+        "flowtrack: error: user flowtrack-no-such-user does not exist: give a name from \
+         /etc/passwd (or NSS) or a numeric uid\n"
+    );
 }

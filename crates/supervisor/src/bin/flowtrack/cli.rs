@@ -97,6 +97,10 @@ pub(crate) struct RunArgs {
     /// to close before observation stops.
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_grace)]
     pub(crate) grace: f64,
+    /// Run the command as this user (a name or a numeric uid), with its
+    /// groups; flowtrack keeps its own privileges.
+    #[arg(long, value_name = "NAME|UID")]
+    pub(crate) user: Option<String>,
     /// The command to run, and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub(crate) command: Vec<OsString>,

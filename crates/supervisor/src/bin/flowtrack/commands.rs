@@ -15,7 +15,7 @@ use flow_supervisor::pipeline::{self, PipelineReport};
 
 use crate::cli::{BackendArgs, Command, OutputArgs, ReplayArgs, RunArgs, WatchArgs};
 use crate::scope::{self, Describe};
-use crate::workload::WorkloadCgroup;
+use crate::workload::{RunAs, WorkloadCgroup};
 
 /// Runs one subcommand; the exit code is the command's, errors are printed
 /// by `main`.
@@ -166,6 +166,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         .command
         .split_first()
         .context("run needs a command: flowtrack run -- CMD [ARGS...]")?;
+    let user = args.user.as_deref().map(RunAs::resolve).transpose()?;
     let cgroup = WorkloadCgroup::create()?;
     let scope = Scope::Cgroup(cgroup.path().to_path_buf());
     let writer = open_writer(&args.output, DefaultStream::Stderr)?;
@@ -179,7 +180,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     // the child at exec, even if flowtrack's parent ignored it.
     let signals = ForwardedSignals::install()?;
     let mut child = cgroup
-        .command(program, program_args)
+        .command(program, program_args, user.as_ref())
         .spawn()
         .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
     let (open_flows, mut open_flows_now) = tokio::sync::watch::channel(0);
@@ -207,11 +208,12 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(child_exit_code(status))
 }
 
-/// SIGINT and SIGTERM sent to flowtrack, passed on to the child so that
+/// SIGINT, SIGTERM and SIGHUP sent to flowtrack, passed on to the child so that
 /// flowtrack outlives it and cleans up.
 struct ForwardedSignals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl ForwardedSignals {
@@ -220,6 +222,7 @@ impl ForwardedSignals {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
         })
     }
 
@@ -233,6 +236,7 @@ impl ForwardedSignals {
                 status = child.wait() => return status,
                 _ = self.interrupt.recv() => rustix::process::Signal::INT,
                 _ = self.terminate.recv() => rustix::process::Signal::TERM,
+                _ = self.hangup.recv() => rustix::process::Signal::HUP,
             };
             if let Some(pid) = child
                 .id()

@@ -47,14 +47,24 @@ impl WorkloadCgroup {
     }
 
     /// A command that joins this cgroup before it executes, so that every
-    /// socket it opens (their cgroup is fixed at creation) is observed.
-    pub(crate) fn command(&self, program: &OsString, args: &[OsString]) -> tokio::process::Command {
+    /// socket it opens (their cgroup is fixed at creation) is observed; and
+    /// then, given a `user`, drops to that user's identity.
+    pub(crate) fn command(
+        &self,
+        program: &OsString,
+        args: &[OsString],
+        user: Option<&RunAs>,
+    ) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(program);
         command.args(args);
         let procs = self.procs.clone();
+        let user = user.cloned();
         // SAFETY: the closure runs in the forked child before exec; it only
-        // calls open(2) and write(2) through rustix on a path prepared before
-        // the fork, and allocates nothing.
+        // makes system calls through rustix (open, write, setgroups, setgid,
+        // setuid: per-thread calls, and the child has one thread) with
+        // values prepared before the fork, and allocates nothing. It joins
+        // the cgroup first, while still root: std's own uid/gid switch would
+        // run before it and leave it unable to write cgroup.procs.
         #[allow(unsafe_code)]
         unsafe {
             command.pre_exec(move || {
@@ -64,6 +74,11 @@ impl WorkloadCgroup {
                     rustix::fs::Mode::empty(),
                 )?;
                 rustix::io::write(&fd, b"0")?;
+                if let Some(user) = &user {
+                    rustix::thread::set_thread_groups(&user.groups)?;
+                    rustix::thread::set_thread_gid(user.gid)?;
+                    rustix::thread::set_thread_uid(user.uid)?;
+                }
                 Ok(())
             });
         }
@@ -76,6 +91,53 @@ impl Drop for WorkloadCgroup {
         if let Err(error) = kill_and_remove(&self.path) {
             tracing::warn!(cgroup = %self.path.display(), %error, "could not remove the command's cgroup");
         }
+    }
+}
+
+/// The identity `run --user` gives the command: a user's uid, primary
+/// group and supplementary groups, resolved before the fork.
+#[derive(Debug, Clone)]
+pub(crate) struct RunAs {
+    uid: rustix::process::Uid,
+    gid: rustix::process::Gid,
+    groups: Vec<rustix::process::Gid>,
+}
+
+impl RunAs {
+    /// Resolves a user name, or a numeric uid (with its passwd entry's
+    /// group when it has one, else the group of the same number).
+    pub(crate) fn resolve(user: &str) -> Result<Self> {
+        use nix::unistd::{Uid, User, getgrouplist};
+        let entry = match user.parse::<u32>() {
+            Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+            Err(_) => User::from_name(user),
+        }
+        .with_context(|| format!("cannot look up user {user}"))?;
+        let (uid, gid, groups) = match (entry, user.parse::<u32>()) {
+            (Some(entry), _) => {
+                let name =
+                    CString::new(entry.name.as_bytes()).context("user name contains a NUL byte")?;
+                let groups = getgrouplist(&name, entry.gid)
+                    .with_context(|| format!("cannot list the groups of user {user}"))?;
+                (
+                    entry.uid.as_raw(),
+                    entry.gid.as_raw(),
+                    groups.iter().map(|g| g.as_raw()).collect(),
+                )
+            }
+            (None, Ok(uid)) => (uid, uid, vec![uid]),
+            (None, Err(_)) => anyhow::bail!(
+                "user {user} does not exist: give a name from /etc/passwd (or NSS) or a numeric uid"
+            ),
+        };
+        Ok(Self {
+            uid: rustix::process::Uid::from_raw(uid),
+            gid: rustix::process::Gid::from_raw(gid),
+            groups: groups
+                .into_iter()
+                .map(rustix::process::Gid::from_raw)
+                .collect(),
+        })
     }
 }
 
