@@ -11,7 +11,8 @@
 //! | `dport`   | flow lines    | responder port                                          |
 //! | `packets` | closed        | packets, both directions                                |
 //! | `bytes`   | closed        | IP-level bytes, both directions                         |
-//! | `backend` | every line    | the backend that observed it                            |
+//! | `backend` | every line    | the backend that observed it (several: whose counters) |
+//! | `backends`| flow lines    | every backend that observed it, `backend` first         |
 //! | `count`   | lost          | observations lost, `null` when unknown                  |
 //!
 //! Unknown fields are ignored when reading, so that files written by a newer
@@ -28,7 +29,8 @@
 //! assert_eq!(
 //!     String::from_utf8(line.clone())?,
 //!     "{\"ts_ns\":5,\"kind\":\"closed\",\"proto\":\"tcp\",\"src\":\"10.0.0.1\",\"sport\":40000,\
-//!      \"dst\":\"10.0.0.2\",\"dport\":80,\"packets\":10,\"bytes\":1200,\"backend\":\"ebpf\"}\n"
+//!      \"dst\":\"10.0.0.2\",\"dport\":80,\"packets\":10,\"bytes\":1200,\"backend\":\"ebpf\",\
+//!      \"backends\":[\"ebpf\"]}\n"
 //! );
 //! assert_eq!(FlowRecord::from_json_line(std::str::from_utf8(&line)?)?, record);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -55,8 +57,12 @@ use crate::{FlowEvent, FlowEventKind, FlowKey, LossPoint, protocol};
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowRecord<'a> {
-    /// The backend's name.
+    /// The backend's name (for an event several backends observed, the one
+    /// whose counters and time it carries).
     pub backend: Cow<'a, str>,
+    /// Other backends that observed the same event (`--backend both`).
+    /// In JSON, event lines list `backend` and these as `backends`.
+    pub also_seen_by: Vec<Cow<'a, str>>,
     /// What the backend observed.
     pub item: RecordItem,
 }
@@ -100,6 +106,7 @@ impl<'a> FlowRecord<'a> {
     pub fn event(backend: impl Into<Cow<'a, str>>, event: FlowEvent) -> Self {
         Self {
             backend: backend.into(),
+            also_seen_by: Vec::new(),
             item: RecordItem::Event(event),
         }
     }
@@ -124,6 +131,7 @@ impl<'a> FlowRecord<'a> {
     ) -> Self {
         Self {
             backend: backend.into(),
+            also_seen_by: Vec::new(),
             item: RecordItem::Lost {
                 point,
                 count,
@@ -211,6 +219,7 @@ impl Serialize for FlowRecord<'_> {
                     map.serialize_entry("bytes", &byte_count)?;
                 }
                 map.serialize_entry("backend", &self.backend)?;
+                map.serialize_entry("backends", &Backends(self))?;
             }
             RecordItem::Lost { count, .. } => {
                 map.serialize_entry("backend", &self.backend)?;
@@ -218,6 +227,15 @@ impl Serialize for FlowRecord<'_> {
             }
         }
         map.end()
+    }
+}
+
+/// `backend` and `also_seen_by` as one JSON array.
+struct Backends<'r, 'a>(&'r FlowRecord<'a>);
+
+impl Serialize for Backends<'_, '_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(std::iter::once(&self.0.backend).chain(&self.0.also_seen_by))
     }
 }
 
@@ -310,6 +328,8 @@ struct WireRecord {
     packets: Option<u64>,
     bytes: Option<u64>,
     count: Option<u64>,
+    #[serde(default)]
+    backends: Vec<String>,
 }
 
 impl WireRecord {
@@ -354,6 +374,13 @@ impl WireRecord {
             WireKind::Denied => FlowEvent::new(key, FlowEventKind::Denied, self.ts_ns),
             _ => FlowEvent::opened(key, self.ts_ns),
         };
-        Ok(FlowRecord::event(self.backend, event))
+        let mut record = FlowRecord::event(self.backend, event);
+        record.also_seen_by = self
+            .backends
+            .into_iter()
+            .filter(|other| *other != record.backend)
+            .map(Cow::Owned)
+            .collect();
+        Ok(record)
     }
 }

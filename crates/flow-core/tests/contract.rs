@@ -110,7 +110,7 @@ fn errors_name_the_field() {
         ),
         (
             r#"{"ts_ns":1,"kind":"gone","backend":"x"}"#,
-            "field `kind`: unknown variant `gone`, expected one of `opened`, `closed`, `lost` (column 24)",
+            "field `kind`: unknown variant `gone`, expected one of `opened`, `closed`, `denied`, `lost` (column 24)",
         ),
         (
             r#"{"ts_ns":1,"kind":"closed","proto":"udp","src":"::1","sport":1,"dst":"::1","dport":1,"packets":2,"backend":"x"}"#,

@@ -20,6 +20,7 @@
 //! The event vocabulary is [`flow_core`]'s, re-exported here.
 
 pub mod backend;
+pub mod dedup;
 pub mod merge;
 pub mod output;
 pub mod pipeline;

@@ -90,10 +90,14 @@ impl MergeConfig {
 pub enum MergedItem {
     /// A source observed an event.
     Event {
-        /// The source's name.
+        /// The source's name (for a correlated event, the backend whose
+        /// counters and time it carries).
         backend: Arc<str>,
         /// The event.
         event: FlowEvent,
+        /// Other backends that observed the same event (filled in by
+        /// [`crate::dedup`]; empty straight from a source).
+        also_seen_by: Vec<Arc<str>>,
     },
     /// A source lost observations and goes on.
     Lost {
@@ -137,7 +141,15 @@ impl MergedItem {
     #[must_use]
     pub fn to_record(&self) -> Option<FlowRecord<'_>> {
         match self {
-            Self::Event { backend, event } => Some(FlowRecord::event(&**backend, *event)),
+            Self::Event {
+                backend,
+                event,
+                also_seen_by,
+            } => {
+                let mut record = FlowRecord::event(&**backend, *event);
+                record.also_seen_by = also_seen_by.iter().map(|b| (&**b).into()).collect();
+                Some(record)
+            }
             Self::Lost {
                 backend,
                 point,
@@ -148,10 +160,17 @@ impl MergedItem {
         }
     }
 
-    fn from_source(backend: &Arc<str>, item: Result<FlowEvent, FlowError>) -> Self {
+    /// What `backend`'s stream yielded, as a merged item: an event, a loss,
+    /// or (a fatal error) the source's failure.
+    #[must_use]
+    pub fn from_source(backend: &Arc<str>, item: Result<FlowEvent, FlowError>) -> Self {
         let backend = Arc::clone(backend);
         match item {
-            Ok(event) => Self::Event { backend, event },
+            Ok(event) => Self::Event {
+                backend,
+                event,
+                also_seen_by: Vec::new(),
+            },
             Err(FlowError::Lost {
                 point,
                 count,

@@ -4,10 +4,10 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use flow_core::{FlowError, FlowEventKind};
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
 
-use crate::merge::{MergedItem, MergedStream};
+use crate::merge::MergedItem;
 use crate::output::RecordWriter;
 
 /// A source that failed during the run.
@@ -38,6 +38,10 @@ pub struct PipelineReport {
     pub losses_of_unknown_size: u64,
     /// Sources that failed, in the order they failed.
     pub failures: Vec<SourceFailure>,
+    /// Flows the correlation of `--backend both` forgot early because its
+    /// table was full (set by the caller that correlated; duplicates of
+    /// those flows may have passed).
+    pub correlation_evictions: u64,
 }
 
 /// Writes every event and loss of `stream` until it ends, flushing whenever
@@ -48,7 +52,7 @@ pub struct PipelineReport {
 /// # Errors
 /// The writer's error; the stream is dropped, which stops every source.
 pub async fn write_all<W: Write>(
-    stream: MergedStream,
+    stream: impl Stream<Item = MergedItem> + Unpin,
     writer: &mut RecordWriter<W>,
 ) -> io::Result<PipelineReport> {
     write_all_tracking_open(stream, writer, watch::channel(0).0).await
@@ -61,7 +65,7 @@ pub async fn write_all<W: Write>(
 /// # Errors
 /// The writer's error.
 pub async fn write_all_tracking_open<W: Write>(
-    mut stream: MergedStream,
+    mut stream: impl Stream<Item = MergedItem> + Unpin,
     writer: &mut RecordWriter<W>,
     open_flows: watch::Sender<usize>,
 ) -> io::Result<PipelineReport> {

@@ -20,7 +20,9 @@ fn events_of(items: &[MergedItem], backend: &str) -> Vec<u64> {
     items
         .iter()
         .filter_map(|item| match item {
-            MergedItem::Event { backend: b, event } if &**b == backend => Some(event.timestamp_ns),
+            MergedItem::Event {
+                backend: b, event, ..
+            } if &**b == backend => Some(event.timestamp_ns),
             _ => None,
         })
         .collect()

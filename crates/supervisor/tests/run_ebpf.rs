@@ -10,9 +10,7 @@ use flowtrack_kernel_tests::{Netns, privileged};
 
 mod common;
 
-use common::{SEND_UDP, assert_one_udp_flow};
-
-const FLOWTRACK: &str = env!("CARGO_BIN_EXE_flowtrack");
+use common::{FLOWTRACK, SEND_UDP, assert_one_udp_flow};
 
 /// flowtrack's cgroups (`flowtrack-<pid>-<n>`) that belong to `pid`.
 fn cgroups_of(pid: u32) -> Vec<PathBuf> {

@@ -11,37 +11,7 @@ use flowtrack_kernel_tests::{Netns, privileged};
 
 mod common;
 
-use common::{SEND_UDP, assert_one_udp_flow};
-
-const FLOWTRACK: &str = env!("CARGO_BIN_EXE_flowtrack");
-
-/// `flowtrack ARGS` inside `netns`.
-fn flowtrack_in(netns: &Netns, args: &[&str]) -> Command {
-    let mut command = Command::new("nsenter");
-    command
-        .arg(format!("--net={}", netns.path().display()))
-        .arg(FLOWTRACK)
-        .args(args);
-    command
-}
-
-fn tables(netns: &Netns) -> String {
-    let output = netns
-        .command("nft")
-        .args(["list", "tables"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn accounting(netns: &Netns) -> String {
-    let output = netns
-        .command("sysctl")
-        .args(["-n", "net.netfilter.nf_conntrack_acct"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
+use common::{FLOWTRACK, SEND_UDP, accounting, assert_one_udp_flow, flowtrack_in, tables};
 
 /// Waits until flowtrack's table exists in `netns`.
 fn wait_for_table(netns: &Netns) {

@@ -1,9 +1,17 @@
-//! What the `run` tests of both backends share: the workload, and the check
-//! of its one flow in the JSON output.
+//! What the `run` tests share: the workload, running flowtrack in a test
+//! namespace, and checks of its output and of the kernel state it leaves.
+
+// Each test file uses what it needs of these.
+#![allow(dead_code)]
 
 use std::path::Path;
+use std::process::Command;
 
 use flow_core::record::{FlowRecord, RecordItem};
+use flowtrack_kernel_tests::Netns;
+
+/// The flowtrack binary under test.
+pub(crate) const FLOWTRACK: &str = env!("CARGO_BIN_EXE_flowtrack");
 
 /// A UDP datagram of 100 bytes to 127.0.0.1:9 from a connected socket, then
 /// exit status 7. Prints its source port.
@@ -46,4 +54,32 @@ pub(crate) fn assert_one_udp_flow(out: &Path, backend: &str, sport: u16) {
         },
         "one datagram: 100 + 8 + 20 bytes"
     );
+}
+
+/// `flowtrack ARGS` inside `netns`.
+pub(crate) fn flowtrack_in(netns: &Netns, args: &[&str]) -> Command {
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net={}", netns.path().display()))
+        .arg(FLOWTRACK)
+        .args(args);
+    command
+}
+
+pub(crate) fn tables(netns: &Netns) -> String {
+    let output = netns
+        .command("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub(crate) fn accounting(netns: &Netns) -> String {
+    let output = netns
+        .command("sysctl")
+        .args(["-n", "net.netfilter.nf_conntrack_acct"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }

@@ -75,6 +75,14 @@ pub(crate) struct BackendArgs {
     /// (at least 4096; it grows after an overrun). Default: 4 MiB.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(4096..))]
     pub(crate) netlink_buffer: Option<u32>,
+    /// `both`: show each backend's events as they come, without
+    /// correlating them into one event per flow.
+    #[arg(long)]
+    pub(crate) no_dedup: bool,
+    /// `both`: flows the correlation remembers at most (beyond that the
+    /// oldest is evicted and counted).
+    #[arg(long, value_name = "FLOWS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) dedup_capacity: u32,
 }
 
 impl BackendArgs {

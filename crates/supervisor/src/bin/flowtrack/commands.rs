@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use flow_core::{FlowError, FlowSource};
 use flow_supervisor::backend::{self, BackendChoice, Scope};
+use flow_supervisor::dedup::{Correlated, DedupConfig};
 use flow_supervisor::merge::{MergeConfig, Merger, ShutdownHandle};
 use flow_supervisor::mock::Replay;
 use flow_supervisor::output::RecordWriter;
@@ -50,8 +51,9 @@ fn open_writer(
 }
 
 /// Starts the backends `args` name on `scope`, merged. Under `auto`, one
-/// line on stderr says which backend runs and why the other does not.
-async fn start_backends(args: &BackendArgs, scope: &Scope) -> Result<Merger> {
+/// line on stderr says which backend runs and why the other does not;
+/// under `both`, their events are correlated unless `--no-dedup`.
+async fn start_backends(args: &BackendArgs, scope: &Scope) -> Result<Backends> {
     let options = args.options();
     if args.backend == BackendChoice::Auto {
         let mut auto = backend::preferred(scope, &options);
@@ -61,9 +63,18 @@ async fn start_backends(args: &BackendArgs, scope: &Scope) -> Result<Merger> {
         }
         let mut merger = Merger::new(MergeConfig::default());
         merger.add_stream(auto.name().to_owned(), stream);
-        return Ok(merger);
+        return Ok(merger.into());
     }
-    start_merger(backend::open(args.backend, scope, &options)?).await
+    let sources = backend::open(args.backend, scope, &options)?;
+    let dedup = (args.backend == BackendChoice::Both && !args.no_dedup).then(|| {
+        let mut config = DedupConfig::for_backends(["ebpf", "nflog"]);
+        config.capacity = args.dedup_capacity as usize;
+        config
+    });
+    Ok(Backends {
+        merger: start_merger(sources).await?,
+        dedup,
+    })
 }
 
 async fn start_merger(sources: Vec<Box<dyn FlowSource>>) -> Result<Merger> {
@@ -93,27 +104,57 @@ fn shutdown_on_ctrl_c(handle: ShutdownHandle) {
     });
 }
 
-/// Writes the merged stream, publishing the number of open flows on
-/// `open_flows`; a reader that went away (`| head`) ends the output quietly.
-async fn write_events(
+/// The running backends, and how their events are correlated.
+struct Backends {
     merger: Merger,
+    /// `Some` under `--backend both` without `--no-dedup`.
+    dedup: Option<DedupConfig>,
+}
+
+impl From<Merger> for Backends {
+    fn from(merger: Merger) -> Self {
+        Self {
+            merger,
+            dedup: None,
+        }
+    }
+}
+
+/// Writes the merged (and, with two backends, correlated) stream,
+/// publishing the number of open flows on `open_flows`; a reader that went
+/// away (`| head`) ends the output quietly.
+async fn write_events(
+    backends: Backends,
     mut writer: RecordWriter<Box<dyn Write + Send>>,
     open_flows: tokio::sync::watch::Sender<usize>,
 ) -> Result<PipelineReport> {
-    match pipeline::write_all_tracking_open(merger.into_stream(), &mut writer, open_flows).await {
+    let stream = backends.merger.into_stream();
+    let written = match backends.dedup {
+        Some(config) => {
+            let mut correlated = Correlated::new(stream, config);
+            let written =
+                pipeline::write_all_tracking_open(&mut correlated, &mut writer, open_flows).await;
+            written.map(|mut report| {
+                report.correlation_evictions = correlated.evictions();
+                report
+            })
+        }
+        None => pipeline::write_all_tracking_open(stream, &mut writer, open_flows).await,
+    };
+    match written {
         Ok(report) => Ok(report),
         Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(PipelineReport::default()),
         Err(error) => Err(error).context("cannot write events"),
     }
 }
 
-/// Writes the merged stream until it ends (for commands that do not wait
-/// on open flows).
+/// Writes the stream until it ends (for commands that do not wait on open
+/// flows).
 async fn write_all_events(
-    merger: Merger,
+    backends: Backends,
     writer: RecordWriter<Box<dyn Write + Send>>,
 ) -> Result<PipelineReport> {
-    write_events(merger, writer, tokio::sync::watch::channel(0).0).await
+    write_events(backends, writer, tokio::sync::watch::channel(0).0).await
 }
 
 /// Reports failed sources on stderr; whether any failed.
@@ -143,21 +184,21 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
         .into_sources()
         .into_iter()
         .map(|source| Box::new(source) as Box<dyn FlowSource>);
-    let merger = start_merger(sources.collect()).await?;
-    shutdown_on_ctrl_c(merger.shutdown_handle());
-    let report = write_all_events(merger, writer).await?;
+    let backends: Backends = start_merger(sources.collect()).await?.into();
+    shutdown_on_ctrl_c(backends.merger.shutdown_handle());
+    let report = write_all_events(backends, writer).await?;
     Ok(exit_code_of(&report))
 }
 
 async fn watch(args: WatchArgs) -> Result<ExitCode> {
     let scope = scope::resolve(&args.scope)?;
     let writer = open_writer(&args.output, DefaultStream::Stdout)?;
-    let merger = start_backends(&args.backend, &scope)
+    let backends = start_backends(&args.backend, &scope)
         .await
         .with_context(|| format!("cannot watch {}", Describe(&scope)))?;
     tracing::info!(scope = %Describe(&scope), "watching until Ctrl-C");
-    shutdown_on_ctrl_c(merger.shutdown_handle());
-    let report = write_all_events(merger, writer).await?;
+    shutdown_on_ctrl_c(backends.merger.shutdown_handle());
+    let report = write_all_events(backends, writer).await?;
     Ok(exit_code_of(&report))
 }
 
@@ -172,10 +213,10 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let writer = open_writer(&args.output, DefaultStream::Stderr)?;
     // Every source is attached before the child starts, so its first
     // connection is seen.
-    let merger = start_backends(&args.backend, &scope)
+    let backends = start_backends(&args.backend, &scope)
         .await
         .context("cannot observe the command")?;
-    let shutdown = merger.shutdown_handle();
+    let shutdown = backends.merger.shutdown_handle();
     // Handlers first: a signal flowtrack handles is reset to its default in
     // the child at exec, even if flowtrack's parent ignored it.
     let signals = ForwardedSignals::install()?;
@@ -184,7 +225,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         .spawn()
         .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
     let (open_flows, mut open_flows_now) = tokio::sync::watch::channel(0);
-    let output = write_events(merger, writer, open_flows);
+    let output = write_events(backends, writer, open_flows);
     let grace = Duration::from_secs_f64(args.grace);
     let supervise = async {
         let status = signals.wait_forwarding(&mut child).await;
@@ -258,6 +299,12 @@ fn print_summary(report: &PipelineReport) {
     if still_open > 0 {
         line.push_str(&format!(
             ", {still_open} still open when observation stopped"
+        ));
+    }
+    if report.correlation_evictions > 0 {
+        line.push_str(&format!(
+            ", {} flows evicted from the correlation table (duplicates possible)",
+            report.correlation_evictions
         ));
     }
     if report.denied > 0 {

@@ -1,0 +1,183 @@
+//! `--backend both` correlation: one flow, one `opened`, one `closed`,
+//! whichever backends saw it; timed with tokio's paused clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flow_core::{FlowError, FlowEvent, FlowEventKind, FlowKey, LossPoint};
+use flow_supervisor::dedup::{Correlated, DedupConfig};
+use flow_supervisor::merge::MergedItem;
+use futures::channel::mpsc;
+use futures::{FutureExt, StreamExt};
+
+fn key(port: u16) -> FlowKey {
+    FlowKey::tcp(
+        format!("10.0.0.1:{port}").parse().unwrap(),
+        "10.0.0.2:443".parse().unwrap(),
+    )
+}
+
+fn seen(backend: &str, event: FlowEvent) -> MergedItem {
+    MergedItem::from_source(&Arc::from(backend), Ok(event))
+}
+
+/// (kind, backend, backends, counters) of an output event.
+type Line = (&'static str, String, Vec<String>, Option<(u64, u64)>);
+
+fn line(item: &MergedItem) -> Line {
+    let record = item.to_record().expect("an event or a loss");
+    let counters = match record.item {
+        flow_core::record::RecordItem::Event(FlowEvent {
+            kind:
+                FlowEventKind::Closed {
+                    pkt_count,
+                    byte_count,
+                },
+            ..
+        }) => Some((pkt_count, byte_count)),
+        _ => None,
+    };
+    let mut backends = vec![record.backend.to_string()];
+    backends.extend(record.also_seen_by.iter().map(ToString::to_string));
+    (
+        record.kind_name(),
+        record.backend.to_string(),
+        backends,
+        counters,
+    )
+}
+
+struct Harness {
+    input: mpsc::UnboundedSender<MergedItem>,
+    output: Correlated<mpsc::UnboundedReceiver<MergedItem>>,
+}
+
+impl Harness {
+    fn new(capacity: usize) -> Self {
+        let (input, receiver) = mpsc::unbounded();
+        let mut config = DedupConfig::for_backends(["ebpf", "nflog"]);
+        config.capacity = capacity;
+        Self {
+            input,
+            output: Correlated::new(receiver, config),
+        }
+    }
+
+    fn send(&self, item: MergedItem) {
+        self.input.unbounded_send(item).unwrap();
+    }
+
+    /// Everything the correlator has ready now.
+    fn ready(&mut self) -> Vec<Line> {
+        let mut lines = Vec::new();
+        while let Some(Some(item)) = self.output.next().now_or_never() {
+            lines.push(line(&item));
+        }
+        lines
+    }
+
+    /// What comes out after `time` passes.
+    async fn after(&mut self, time: Duration) -> Vec<Line> {
+        let mut lines = self.ready();
+        let deadline = tokio::time::Instant::now() + time;
+        while let Ok(Some(item)) = tokio::time::timeout_at(deadline, self.output.next()).await {
+            lines.push(line(&item));
+        }
+        lines
+    }
+}
+
+fn both() -> Vec<String> {
+    vec!["ebpf".into(), "nflog".into()]
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flow_both_saw_comes_out_once_with_ebpf_counters() {
+    let mut h = Harness::new(100);
+    h.send(seen("nflog", FlowEvent::opened(key(1), 10)));
+    h.send(seen("ebpf", FlowEvent::opened(key(1), 11)));
+    h.send(seen("nflog", FlowEvent::closed(key(1), 9, 900, 20)));
+    assert_eq!(
+        h.after(Duration::from_millis(10)).await,
+        [("opened", "ebpf".into(), both(), None)],
+        "the open goes as soon as both saw it; the close waits for eBPF's"
+    );
+    h.send(seen("ebpf", FlowEvent::closed(key(1), 10, 1000, 21)));
+    assert_eq!(
+        h.after(Duration::from_millis(10)).await,
+        [("closed", "ebpf".into(), both(), Some((10, 1000)))]
+    );
+    // nflog's late DESTROY-time view of the same flow is absorbed.
+    assert_eq!(h.after(Duration::from_secs(5)).await, []);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flow_one_backend_missed_is_reported_after_the_window() {
+    let mut h = Harness::new(100);
+    h.send(seen("nflog", FlowEvent::opened(key(2), 10)));
+    assert_eq!(h.after(Duration::from_millis(100)).await, []);
+    assert_eq!(
+        h.after(Duration::from_secs(1)).await,
+        [("opened", "nflog".into(), vec!["nflog".into()], None)]
+    );
+    h.send(seen("nflog", FlowEvent::closed(key(2), 2, 120, 30)));
+    assert_eq!(
+        h.after(Duration::from_secs(1)).await,
+        [(
+            "closed",
+            "nflog".into(),
+            vec!["nflog".into()],
+            Some((2, 120))
+        )]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_opened_of_a_closed_flow_is_absorbed_and_a_reused_key_is_a_new_flow() {
+    let mut h = Harness::new(100);
+    h.send(seen("ebpf", FlowEvent::opened(key(3), 1)));
+    h.send(seen("ebpf", FlowEvent::closed(key(3), 4, 400, 2)));
+    let first = h.after(Duration::from_secs(1)).await;
+    assert_eq!(first.len(), 2, "{first:?}");
+    // nflog reports the same flow late: nothing new comes out.
+    h.send(seen("nflog", FlowEvent::opened(key(3), 3)));
+    h.send(seen("nflog", FlowEvent::closed(key(3), 4, 400, 4)));
+    assert_eq!(h.after(Duration::from_secs(1)).await, []);
+    // eBPF opens the key again after closing it: a new flow.
+    h.send(seen("ebpf", FlowEvent::opened(key(3), 5)));
+    let again = h.after(Duration::from_secs(1)).await;
+    assert_eq!(
+        again,
+        [("opened", "ebpf".into(), vec!["ebpf".into()], None)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_table_evicts_the_oldest_and_counts_it() {
+    let mut h = Harness::new(2);
+    for port in 10..13 {
+        h.send(seen("ebpf", FlowEvent::opened(key(port), u64::from(port))));
+    }
+    let out = h.after(Duration::from_millis(1)).await;
+    assert_eq!(
+        out.len(),
+        1,
+        "the oldest held open went out at once: {out:?}"
+    );
+    assert_eq!(h.output.evictions(), 1);
+    assert_eq!(h.output.remembered(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn losses_and_failures_pass_through() {
+    let mut h = Harness::new(10);
+    h.send(MergedItem::from_source(
+        &Arc::from("nflog"),
+        Err(FlowError::lost(LossPoint::NetlinkOverrun, Some(3))),
+    ));
+    let out = h.after(Duration::from_millis(1)).await;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, "lost");
+    drop(h.input);
+    assert!(h.output.next().await.is_none(), "ends with its input");
+}

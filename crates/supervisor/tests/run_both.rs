@@ -1,0 +1,113 @@
+//! `--backend both` on a real kernel: the two backends see the same flows,
+//! and correlated, each flow comes out exactly once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use flow_core::record::{FlowRecord, RecordItem};
+use flow_core::{FlowEventKind, FlowKey};
+use flowtrack_kernel_tests::{Netns, privileged};
+
+mod common;
+
+use common::flowtrack_in;
+
+/// Two TCP connections to a local server, a UDP datagram to port 9, then
+/// exit.
+const WORKLOAD: &str = "import socket,threading\n\
+server=socket.socket()\n\
+server.bind(('127.0.0.1',0))\n\
+server.listen()\n\
+def serve():\n    for _ in range(2):\n        c,_=server.accept(); c.sendall(c.recv(100)); c.close()\n\
+threading.Thread(target=serve).start()\n\
+for _ in range(2):\n    c=socket.create_connection(server.getsockname()); c.sendall(b'hello'); c.recv(100); c.close()\n\
+u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+u.sendto(b'x'*10,('127.0.0.1',9))\n";
+
+/// The records flowtrack wrote running WORKLOAD with `flags`.
+fn run(flags: &[&str]) -> Vec<FlowRecord<'static>> {
+    let netns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("flows.jsonl");
+    let mut args = vec!["run", "--format", "json", "-o", out.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    let output = flowtrack_in(&netns, &args)
+        .args(["--", "python3", "-c", WORKLOAD])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|line| FlowRecord::from_json_line(line).unwrap())
+        .collect()
+}
+
+/// Per backend, the keys it opened and closed.
+fn views(records: &[FlowRecord<'_>]) -> BTreeMap<String, (BTreeSet<FlowKey>, BTreeSet<FlowKey>)> {
+    let mut views: BTreeMap<String, (BTreeSet<FlowKey>, BTreeSet<FlowKey>)> = BTreeMap::new();
+    for record in records {
+        let RecordItem::Event(event) = record.item else {
+            continue;
+        };
+        let view = views.entry(record.backend.to_string()).or_default();
+        match event.kind {
+            FlowEventKind::Opened => view.0.insert(event.key),
+            FlowEventKind::Closed { .. } => view.1.insert(event.key),
+            _ => false,
+        };
+    }
+    views
+}
+
+/// Flows per protocol, the shape of a run's output (ports differ per run).
+fn shape(keys: &BTreeSet<FlowKey>) -> BTreeMap<u8, usize> {
+    let mut shape = BTreeMap::new();
+    for key in keys {
+        *shape.entry(key.protocol).or_default() += 1;
+    }
+    shape
+}
+
+#[test]
+fn both_backends_see_the_same_flows_and_correlated_each_comes_out_once() {
+    if !privileged("both_backends_see_the_same_flows_and_correlated_each_comes_out_once") {
+        return;
+    }
+    let expected = BTreeMap::from([(6, 2), (17, 1)]);
+    // Raw: each backend's own view of the same traffic.
+    let raw = views(&run(&["--backend", "both", "--no-dedup"]));
+    let (ebpf, nflog) = (&raw["ebpf"], &raw["nflog"]);
+    assert_eq!(ebpf.0, nflog.0, "the same flows opened");
+    assert_eq!(ebpf.1, nflog.1, "the same flows closed");
+    assert_eq!(ebpf.0, ebpf.1);
+    assert_eq!(shape(&ebpf.0), expected);
+    // Each backend alone: the same flows.
+    for backend in ["ebpf", "nflog"] {
+        let alone = views(&run(&["--backend", backend]));
+        assert_eq!(shape(&alone[backend].0), expected, "{backend}");
+        assert_eq!(
+            alone[backend].0, alone[backend].1,
+            "{backend}: every flow closed"
+        );
+    }
+    // Correlated: one opened and one closed per flow, both backends listed.
+    let records = run(&["--backend", "both"]);
+    let mut opened = BTreeMap::<FlowKey, usize>::new();
+    let mut closed = BTreeMap::<FlowKey, usize>::new();
+    for record in &records {
+        let RecordItem::Event(event) = record.item else {
+            continue;
+        };
+        let mut backends = vec![record.backend.to_string()];
+        backends.extend(record.also_seen_by.iter().map(ToString::to_string));
+        assert_eq!(backends, ["ebpf", "nflog"], "{record:?}");
+        match event.kind {
+            FlowEventKind::Opened => *opened.entry(event.key).or_default() += 1,
+            FlowEventKind::Closed { .. } => *closed.entry(event.key).or_default() += 1,
+            _ => {}
+        }
+    }
+    assert!(opened.values().all(|n| *n == 1), "{records:#?}");
+    assert_eq!(opened, closed);
+    assert_eq!(shape(&opened.keys().copied().collect()), expected);
+}
