@@ -47,6 +47,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cleanup;
 mod conntrack;
 mod listener;
 mod netlink;

@@ -149,7 +149,7 @@ impl Session {
             Socket::open(&[]).map_err(|e| setup_error("opening an nf_tables socket", needs, e))?;
         nft.set_receive_timeout(Duration::from_secs(5))
             .map_err(|e| FlowError::io("setting a netlink timeout", e))?;
-        remove_leftover_tables(&mut nft);
+        let _ = remove_leftover_tables(&mut nft);
         let instance = INSTANCE.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let table = Table {
@@ -437,7 +437,7 @@ fn entries(replies: &[Reply]) -> Vec<CtEntry> {
 }
 
 /// Moves the calling thread into the network namespace at `path`.
-fn enter_netns(path: &std::path::Path) -> Result<(), FlowError> {
+pub(crate) fn enter_netns(path: &std::path::Path) -> Result<(), FlowError> {
     let file = std::fs::File::open(path).map_err(|e| {
         FlowError::invalid_input(
             format!("network namespace {}", path.display()),
@@ -523,10 +523,11 @@ fn bind_log_group(group: Option<u16>) -> Result<(Socket, u16), FlowError> {
 
 /// Deletes flowtrack tables whose process is gone (a crash before the
 /// kernel could drop an owned table, or a kernel without table owners).
-fn remove_leftover_tables(nft: &mut Socket) {
+pub(crate) fn remove_leftover_tables(nft: &mut Socket) -> Vec<String> {
+    let mut removed = Vec::new();
     let seq = nft.next_seq();
     let Ok(replies) = nft.transact(&rules::list_tables_request(seq), seq) else {
-        return;
+        return removed;
     };
     for reply in replies {
         let Some(name) = rules::table_name(&reply.payload) else {
@@ -539,11 +540,15 @@ fn remove_leftover_tables(nft: &mut Socket) {
             let seq = nft.next_seq();
             let (batch, last) = rules::delete_batch(&name, seq);
             match nft.transact(&batch, last) {
-                Ok(_) => tracing::info!(table = %name, "removed a leftover nf_tables table"),
+                Ok(_) => {
+                    tracing::info!(table = %name, "removed a leftover nf_tables table");
+                    removed.push(format!("nf_tables table inet {name} (left by pid {pid})"));
+                }
                 Err(error) => {
-                    tracing::warn!(%error, table = %name, "could not remove a leftover table")
+                    tracing::warn!(%error, table = %name, "could not remove a leftover table");
                 }
             }
         }
     }
+    removed
 }

@@ -71,6 +71,36 @@ fn parse_record(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Restores the settings that flowtrack processes no longer running left
+/// changed in the calling thread's namespace, and forgets their records;
+/// returns what was restored (`name=value (left by pid N)`). While another
+/// flowtrack still runs there, its record keeps the original values: the
+/// dead ones' records are only forgotten.
+pub(crate) fn restore_left_behind() -> io::Result<Vec<String>> {
+    let inode = netns_inode()?;
+    let (dead, live): (Vec<Record>, Vec<Record>) = records(inode)
+        .into_iter()
+        .partition(|record| !pid_alive(record.pid) || record.pid == std::process::id());
+    let mut restored = Vec::new();
+    for record in dead {
+        if record.pid == std::process::id() {
+            continue; // this process's own, still in use
+        }
+        if live.is_empty() {
+            let text = fs::read_to_string(&record.path).unwrap_or_default();
+            for (name, value) in parse_record(&text) {
+                write_setting(&name, &value)?;
+                restored.push(format!(
+                    "net.netfilter.{name}={value} (left by pid {})",
+                    record.pid
+                ));
+            }
+        }
+        fs::remove_file(&record.path)?;
+    }
+    Ok(restored)
+}
+
 /// Settings changed for the lifetime of this value; restored on drop.
 #[derive(Debug)]
 pub(crate) struct ConntrackSettings {
@@ -84,18 +114,11 @@ impl ConntrackSettings {
     /// thread's namespace, then turns accounting and timestamps on.
     pub(crate) fn enable() -> io::Result<Self> {
         let inode = netns_inode()?;
-        let mut live_original = None;
-        for record in records(inode) {
-            let text = fs::read_to_string(&record.path).unwrap_or_default();
-            if pid_alive(record.pid) && record.pid != std::process::id() {
-                live_original.get_or_insert(parse_record(&text));
-            } else {
-                for (name, value) in parse_record(&text) {
-                    let _ = write_setting(&name, &value);
-                }
-                let _ = fs::remove_file(&record.path);
-            }
-        }
+        restore_left_behind()?;
+        let live_original = records(inode)
+            .iter()
+            .find(|record| record.pid != std::process::id())
+            .map(|record| parse_record(&fs::read_to_string(&record.path).unwrap_or_default()));
         let original = match live_original {
             Some(original) => original,
             None => SETTINGS

@@ -9,7 +9,7 @@ use flowtrack_kernel_tests::{Netns, privileged};
 
 mod common;
 
-use common::flowtrack_in;
+use common::{accounting, flowtrack_in, tables};
 
 /// Two TCP connections to a local server, a UDP datagram to port 9, then
 /// exit.
@@ -110,4 +110,107 @@ fn both_backends_see_the_same_flows_and_correlated_each_comes_out_once() {
     assert!(opened.values().all(|n| *n == 1), "{records:#?}");
     assert_eq!(opened, closed);
     assert_eq!(shape(&opened.keys().copied().collect()), expected);
+}
+
+/// IDs of flowtrack's programs attached to `cgroup` (from `bpftool`).
+fn attached_programs(cgroup: &std::path::Path) -> Vec<String> {
+    let output = std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains("flowtrack_"))
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// Whether BPF program `id` is unloaded within a few seconds (the kernel
+/// frees programs after an RCU grace period).
+fn program_goes_away(id: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::process::Command::new("bpftool")
+        .args(["prog", "show", "id", id])
+        .output()
+        .is_ok_and(|output| output.status.success())
+    {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    true
+}
+
+#[test]
+fn after_sigkill_cleanup_removes_everything_and_a_new_run_works() {
+    if !privileged("after_sigkill_cleanup_removes_everything_and_a_new_run_works") {
+        return;
+    }
+    let netns = Netns::new();
+    let mut child = flowtrack_in(&netns, &["run", "--backend", "both", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let cgroup_prefix = format!("flowtrack-{pid}-");
+    let mount = flow_core::cgroup::cgroup2_mount().unwrap();
+    let cgroups = || -> Vec<String> {
+        std::fs::read_dir(&mount)
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(&cgroup_prefix))
+            .collect()
+    };
+    let cgroup = mount.join(cgroups_name(pid));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let programs = loop {
+        let programs = attached_programs(&cgroup);
+        if tables(&netns).contains("flowtrack_") && programs.len() == 3 {
+            break programs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flowtrack never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(cgroups().len(), 1, "the killed run's cgroup is left");
+    assert_eq!(accounting(&netns), "1", "and its conntrack setting");
+
+    let output = flowtrack_in(&netns, &["cleanup"]).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        listed.contains(&format!("removed cgroup {}", cgroup.display())),
+        "{listed}"
+    );
+    assert!(
+        listed.contains(&format!(
+            "removed setting net.netfilter.nf_conntrack_acct=0 (left by pid {pid})"
+        )),
+        "{listed}"
+    );
+    assert_eq!(cgroups(), Vec::<String>::new(), "no cgroup left");
+    assert_eq!(tables(&netns), "", "no nf_tables table left");
+    assert_eq!(accounting(&netns), "0", "settings restored");
+    for id in &programs {
+        assert!(
+            program_goes_away(id),
+            "program {id} is gone with its process"
+        );
+    }
+    let again = flowtrack_in(&netns, &["run", "--backend", "both", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(accounting(&netns), "0");
+}
+
+/// The name of the first cgroup flowtrack `pid` made.
+fn cgroups_name(pid: u32) -> String {
+    format!("flowtrack-{pid}-0")
 }

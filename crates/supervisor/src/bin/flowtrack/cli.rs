@@ -48,6 +48,9 @@ pub(crate) enum Command {
     Watch(WatchArgs),
     /// Replay recorded JSON lines through the same pipeline (events on stdout).
     Replay(ReplayArgs),
+    /// Remove what flowtrack processes that no longer run left in the
+    /// kernel (cgroups, nf_tables tables, conntrack settings), and list it.
+    Cleanup,
 }
 
 /// Where and how events are written.

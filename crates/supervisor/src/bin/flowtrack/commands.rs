@@ -25,6 +25,7 @@ pub(crate) async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Run(args) => run(args).await,
         Command::Watch(args) => watch(args).await,
         Command::Replay(args) => replay(args).await,
+        Command::Cleanup => crate::cleanup::cleanup(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `flowtrack`: report every network connection a workload makes.
 
+mod cleanup;
 mod cli;
 mod commands;
 mod scope;

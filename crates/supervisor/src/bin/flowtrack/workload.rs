@@ -28,7 +28,7 @@ impl WorkloadCgroup {
         let mount = cgroup2_mount().context(
             "cgroup v2 is not mounted: flowtrack run needs it to scope the command's sockets",
         )?;
-        remove_leftovers(&mount);
+        let _ = remove_leftovers(&mount);
         let pid = std::process::id();
         let path = (0..)
             .map(|n| mount.join(format!("{PREFIX}{pid}-{n}")))
@@ -141,10 +141,12 @@ impl RunAs {
     }
 }
 
-/// Removes `flowtrack-<pid>-*` cgroups whose flowtrack process is gone.
-fn remove_leftovers(mount: &Path) {
+/// Removes `flowtrack-<pid>-*` cgroups whose flowtrack process is gone
+/// (with whatever still runs in them); returns the ones removed.
+pub(crate) fn remove_leftovers(mount: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
     let Ok(entries) = fs::read_dir(mount) else {
-        return;
+        return removed;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -161,11 +163,13 @@ fn remove_leftovers(mount: &Path) {
         }
         match kill_and_remove(&entry.path()) {
             Ok(()) => {
-                tracing::info!(cgroup = %entry.path().display(), "removed a cgroup left by a crashed flowtrack")
+                tracing::info!(cgroup = %entry.path().display(), "removed a cgroup left by a crashed flowtrack");
+                removed.push(entry.path());
             }
             Err(error) => {
                 tracing::warn!(cgroup = %entry.path().display(), %error, "could not remove a leftover cgroup")
             }
         }
     }
+    removed
 }
