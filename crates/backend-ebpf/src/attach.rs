@@ -20,6 +20,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fl
 /// them too).
 pub(crate) struct Attached {
     pub(crate) ebpf: Ebpf,
+    /// Each attached program's name and kernel id.
+    programs: Vec<(&'static str, u32)>,
 }
 
 impl Attached {
@@ -41,6 +43,7 @@ impl Attached {
             .map_max_entries(FLOWS_MAP, config.flow_table_entries)
             .load(OBJECT)
             .map_err(load_error)?;
+        let mut programs = Vec::new();
         for (name, attach_type) in [
             (EGRESS_PROGRAM, CgroupSkbAttachType::Egress),
             (INGRESS_PROGRAM, CgroupSkbAttachType::Ingress),
@@ -52,6 +55,7 @@ impl Attached {
             program
                 .attach(&cgroup, attach_type, CgroupAttachMode::Single)
                 .map_err(|e| program_error(name, "attaching", e))?;
+            programs.push((name, program_id(name, program.info())?));
         }
         let release: &mut CgroupSock = program(&mut ebpf, SOCK_RELEASE_PROGRAM)?;
         release
@@ -60,8 +64,69 @@ impl Attached {
         release
             .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(|e| program_error(SOCK_RELEASE_PROGRAM, "attaching", e))?;
-        Ok(Self { ebpf })
+        programs.push((
+            SOCK_RELEASE_PROGRAM,
+            program_id(SOCK_RELEASE_PROGRAM, release.info())?,
+        ));
+        Ok(Self { ebpf, programs })
     }
+
+    /// A program whose link someone detached from the cgroup (with
+    /// `BPF_LINK_DETACH`, e.g. `bpftool link detach`): its link, still open
+    /// here, then shows `cgroup_id: 0` in its fdinfo.
+    pub(crate) fn detached_program(&self) -> Option<&'static str> {
+        let links = link_fdinfos();
+        self.programs.iter().find_map(|(name, id)| {
+            links
+                .iter()
+                .find(|link| link.program_id == *id)
+                .is_some_and(|link| link.cgroup_id == 0)
+                .then_some(*name)
+        })
+    }
+}
+
+/// A BPF link of this process, from /proc/self/fdinfo.
+struct LinkFdinfo {
+    program_id: u32,
+    cgroup_id: u64,
+}
+
+/// This process's cgroup BPF links (read from procfs: aya does not expose
+/// a link's cgroup).
+fn link_fdinfos() -> Vec<LinkFdinfo> {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf_link")
+        })
+        .filter_map(|fd| {
+            let info = std::fs::read_to_string(
+                std::path::Path::new("/proc/self/fdinfo").join(fd.file_name()),
+            )
+            .ok()?;
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
+            };
+            Some(LinkFdinfo {
+                program_id: u32::try_from(field("prog_id:")?).ok()?,
+                cgroup_id: field("cgroup_id:")?,
+            })
+        })
+        .collect()
+}
+
+/// The kernel id of a loaded program.
+fn program_id(
+    name: &str,
+    info: Result<aya::programs::ProgramInfo, ProgramError>,
+) -> Result<u32, FlowError> {
+    info.map(|info| info.id())
+        .map_err(|e| program_error(name, "reading the id of", e))
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, FlowError>

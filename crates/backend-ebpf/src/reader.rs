@@ -77,7 +77,8 @@ pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowS
         reported: Counts::default(),
         user_removed: 0,
         pending: VecDeque::new(),
-        _attached: attached,
+        failed: false,
+        attached,
     };
     Ok(futures::stream::unfold(reader, |mut reader| async move {
         let item = reader.next_item().await?;
@@ -138,8 +139,10 @@ struct Reader {
     /// Flows this reader removed from the table (idle or scope ended).
     user_removed: u64,
     pending: VecDeque<Item>,
+    /// A fatal error was queued: the stream ends after `pending`.
+    failed: bool,
     /// Declared last: dropped after the maps, it detaches the programs.
-    _attached: Attached,
+    attached: Attached,
 }
 
 impl Reader {
@@ -147,6 +150,9 @@ impl Reader {
         loop {
             if let Some(item) = self.pending.pop_front() {
                 return Some(item);
+            }
+            if self.failed {
+                return None;
             }
             // Records already in the ring are read without waiting for the
             // reactor, so a shutdown drain sees everything the kernel wrote.
@@ -171,8 +177,21 @@ impl Reader {
         drain(self.ring.get_mut(), &mut self.pending);
     }
 
-    /// Closes idle flows and reports new losses.
+    /// Closes idle flows and reports new losses; fails the stream when a
+    /// program was detached from outside.
     fn sweep(&mut self) {
+        if let Some(program) = self.attached.detached_program() {
+            self.pending.push_back(Err(FlowError::unavailable(
+                BACKEND_NAME,
+                format!(
+                    "its program {program} was detached from cgroup {} from outside: \
+                     the cgroup's traffic is no longer observed",
+                    self.cgroup.display()
+                ),
+            )));
+            self.failed = true;
+            return;
+        }
         let now = monotonic_now_ns();
         let scope_ended = cgroup::is_populated(&self.cgroup) == Some(false);
         let mut live = 0_u64;

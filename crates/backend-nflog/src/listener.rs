@@ -194,16 +194,16 @@ impl Session {
         let mut last_check = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let mut batch = Vec::new();
-            if let Err(error) = self.wait_and_read(&mut batch) {
-                batch.push(Err(error));
-                let _ = items.blocking_send(batch);
-                break;
-            }
-            if last_check.elapsed() >= Duration::from_millis(250) {
+            let mut round = self.wait_and_read(&mut batch);
+            if round.is_ok() && last_check.elapsed() >= Duration::from_millis(250) {
                 last_check = Instant::now();
-                self.check_scope(&mut batch);
+                round = self.check_scope(&mut batch);
             }
-            if !batch.is_empty() && items.blocking_send(batch).is_err() {
+            let failed = round.is_err();
+            if let Err(error) = round {
+                batch.push(Err(error));
+            }
+            if (!batch.is_empty() && items.blocking_send(batch).is_err()) || failed {
                 break;
             }
         }
@@ -387,12 +387,17 @@ impl Session {
         }
     }
 
-    /// Every 250 ms: forget old closed flows; when the cgroup has no
-    /// process left, close what is still open.
-    fn check_scope(&mut self, batch: &mut Vec<Item>) {
+    /// Every 250 ms: make sure the table is still there (deleted from
+    /// outside, flows would go unmarked: a fatal error); forget old closed
+    /// flows; when the cgroup has no process left, close what is still
+    /// open.
+    fn check_scope(&mut self, batch: &mut Vec<Item>) -> Result<(), FlowError> {
+        self.check_table()?;
         let clock = Clock::now();
         self.tracker.expire(clock.now_ns);
-        let Some(cgroup) = &self.cgroup else { return };
+        let Some(cgroup) = &self.cgroup else {
+            return Ok(());
+        };
         let ended = flow_core::cgroup::is_populated(cgroup) != Some(true);
         if ended && self.tracker.open_flows() > 0 {
             match self.dump() {
@@ -406,6 +411,27 @@ impl Session {
                 }
                 Err(error) => batch.push(Err(error)),
             }
+        }
+        Ok(())
+    }
+
+    /// Fails when the backend's table was deleted by someone else.
+    fn check_table(&mut self) -> Result<(), FlowError> {
+        let seq = self.nft.next_seq();
+        match self
+            .nft
+            .transact(&rules::get_table_request(&self.table.name, seq), seq)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Err(FlowError::unavailable(
+                BACKEND_NAME,
+                format!(
+                    "its nf_tables table {} was deleted from outside: new connections are no \
+                     longer marked or logged",
+                    self.table.name
+                ),
+            )),
+            Err(e) => Err(FlowError::io("checking the nf_tables table", e)),
         }
     }
 

@@ -279,6 +279,11 @@ pub(crate) fn delete_batch(name: &str, first_seq: u32) -> (Vec<u8>, u32) {
     })
 }
 
+/// A request for the table `name` (refused with ENOENT once it is gone).
+pub(crate) fn get_table_request(name: &str, seq: u32) -> Vec<u8> {
+    message(GETTABLE, NlmF::ACK, seq, vec![attr_str(1, name)])
+}
+
 /// A request listing the `inet` tables.
 pub(crate) fn list_tables_request(seq: u32) -> Vec<u8> {
     message(GETTABLE, NlmF::DUMP, seq, Vec::new())

@@ -47,6 +47,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -141,6 +142,8 @@ struct Correlator {
     config: DedupConfig,
     flows: HashMap<FlowKey, Flow>,
     evictions: u64,
+    /// Flows not yet reported closed, published for [`Correlated::unsettled`].
+    unsettled: Arc<AtomicUsize>,
 }
 
 /// The item that sends `held` on behalf of every backend in `seen_by`.
@@ -165,6 +168,12 @@ fn covers(all: &[Arc<str>], seen: &[Arc<str>]) -> bool {
 impl Correlator {
     fn push(&mut self, item: MergedItem, now: Instant, out: &mut VecDeque<MergedItem>) {
         let MergedItem::Event { backend, event, .. } = item else {
+            if let MergedItem::SourceFailed { backend, .. } | MergedItem::SourceEnded { backend } =
+                &item
+            {
+                // Its view will not come: stop waiting for it.
+                self.config.backends.retain(|b| b != backend);
+            }
             out.push_back(item);
             return;
         };
@@ -227,6 +236,7 @@ impl Correlator {
             flow.open = Some(held);
         }
         self.flows.insert(key, flow);
+        self.unsettled.fetch_add(1, Ordering::Relaxed);
     }
 
     fn closed(
@@ -299,12 +309,16 @@ impl Correlator {
             let seen_by = flow.seen_by();
             out.push_back(emit(held, &seen_by));
             flow.closed_at = Some(now);
+            self.unsettled.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     /// Sends whatever is held of `key` and forgets it.
     fn finish(&mut self, key: FlowKey, out: &mut VecDeque<MergedItem>) {
         if let Some(mut flow) = self.flows.remove(&key) {
+            if flow.closed_at.is_none() {
+                self.unsettled.fetch_sub(1, Ordering::Relaxed);
+            }
             let seen_by = flow.seen_by();
             for held in [flow.open.take(), flow.close.take()].into_iter().flatten() {
                 out.push_back(emit(held, &seen_by));
@@ -394,6 +408,7 @@ impl<S> Correlated<S> {
                 config,
                 flows: HashMap::new(),
                 evictions: 0,
+                unsettled: Arc::new(AtomicUsize::new(0)),
             },
             ticks,
             out: VecDeque::new(),
@@ -411,6 +426,14 @@ impl<S> Correlated<S> {
     #[must_use]
     pub fn remembered(&self) -> usize {
         self.correlator.flows.len()
+    }
+
+    /// A live count of the flows opened and not yet reported closed,
+    /// including those whose events are still held: a supervisor waiting
+    /// for a workload's flows to close watches it.
+    #[must_use]
+    pub fn unsettled(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.correlator.unsettled)
     }
 }
 
@@ -439,7 +462,9 @@ impl<S: Stream<Item = MergedItem> + Unpin> Stream for Correlated<S> {
                 Poll::Pending => {}
             }
             match this.ticks.poll_tick(cx) {
-                Poll::Ready(now) => this.correlator.tick(now, &mut this.out),
+                Poll::Ready(now) => {
+                    this.correlator.tick(now, &mut this.out);
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }

@@ -24,6 +24,7 @@ pub mod dedup;
 pub mod merge;
 pub mod output;
 pub mod pipeline;
+pub mod summary;
 
 pub use flow_core;
 pub use flow_core::{

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::merge::MergedItem;
 use crate::output::RecordWriter;
+use crate::summary::Destinations;
 
 /// A source that failed during the run.
 #[derive(Debug)]
@@ -42,6 +43,8 @@ pub struct PipelineReport {
     /// table was full (set by the caller that correlated; duplicates of
     /// those flows may have passed).
     pub correlation_evictions: u64,
+    /// Per-destination totals of the events written.
+    pub destinations: Destinations,
 }
 
 /// Writes every event and loss of `stream` until it ends, flushing whenever
@@ -105,6 +108,7 @@ fn tally(report: &mut PipelineReport, item: MergedItem) {
     match item {
         MergedItem::Event { event, .. } => {
             report.events += 1;
+            report.destinations.record(&event);
             match event.kind {
                 FlowEventKind::Opened => report.opened += 1,
                 FlowEventKind::Closed { .. } => report.closed += 1,

@@ -214,3 +214,107 @@ fn after_sigkill_cleanup_removes_everything_and_a_new_run_works() {
 fn cgroups_name(pid: u32) -> String {
     format!("flowtrack-{pid}-0")
 }
+
+/// IDs of the BPF links attached to the cgroup with inode `cgroup_id`.
+fn links_of(cgroup_id: u64) -> Vec<u64> {
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "link", "list"])
+        .output()
+        .unwrap();
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|link| link["cgroup_id"].as_u64() == Some(cgroup_id))
+        .filter_map(|link| link["id"].as_u64())
+        .collect()
+}
+
+#[test]
+fn a_backend_failing_mid_run_degrades_the_run_and_the_other_goes_on() {
+    use std::os::unix::fs::MetadataExt;
+    if !privileged("a_backend_failing_mid_run_degrades_the_run_and_the_other_goes_on") {
+        return;
+    }
+    let netns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("flows.jsonl");
+    let flag = dir.path().join("detached");
+    // The command waits until the eBPF programs are detached, then sends.
+    let command = format!(
+        "import os,time\nwhile not os.path.exists('{}'): time.sleep(0.05)\n{}",
+        flag.display(),
+        common::SEND_UDP
+    );
+    let child = flowtrack_in(
+        &netns,
+        &[
+            "run",
+            "--backend",
+            "both",
+            "--format",
+            "json",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    )
+    .args(["--", "python3", "-c", &command])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let cgroup = flow_core::cgroup::cgroup2_mount()
+        .unwrap()
+        .join(cgroups_name(child.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let links = loop {
+        let links = std::fs::metadata(&cgroup)
+            .map(|m| links_of(m.ino()))
+            .unwrap_or_default();
+        if links.len() == 3 && tables(&netns).contains("flowtrack_") {
+            break links;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flowtrack never attached"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // Someone detaches flowtrack's programs from outside.
+    for link in links {
+        let detached = std::process::Command::new("bpftool")
+            .args(["link", "detach", "id", &link.to_string()])
+            .status()
+            .unwrap();
+        assert!(detached.success());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::fs::write(&flag, "").unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "degraded: {stderr}");
+    assert!(
+        stderr.contains(
+            "flowtrack: error: the ebpf backend failed: ebpf backend unavailable: its program"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("was detached from cgroup"), "{stderr}");
+    assert!(
+        stderr.contains("flowtrack: the command exited with status 7"),
+        "{stderr}"
+    );
+    // nflog went on: the datagram sent after the failure is reported.
+    let sport: u16 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let lines = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        lines.contains(&format!(
+            r#""sport":{sport},"dst":"127.0.0.1","dport":9,"packets":1,"bytes":128,"backend":"nflog","backends":["nflog"]"#
+        )),
+        "{lines}"
+    );
+}

@@ -64,6 +64,26 @@ pub(crate) struct OutputArgs {
     pub(crate) output: Option<PathBuf>,
 }
 
+/// How `run` and `watch` end: the per-destination summary.
+#[derive(Debug, Args)]
+pub(crate) struct SummaryArgs {
+    /// The per-destination summary printed on stderr at the end: an
+    /// aligned table, one JSON object, or none.
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    pub(crate) summary: SummaryFormat,
+}
+
+/// How the per-destination summary is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SummaryFormat {
+    /// An aligned table.
+    Text,
+    /// One JSON object on one line.
+    Json,
+    /// No summary table (the one-line summary stays).
+    Off,
+}
+
 /// Which backend(s) observe the flows.
 #[derive(Debug, Args)]
 pub(crate) struct BackendArgs {
@@ -104,6 +124,8 @@ pub(crate) struct RunArgs {
     pub(crate) backend: BackendArgs,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
+    #[command(flatten)]
+    pub(crate) summary: SummaryArgs,
     /// After the command exits, wait at most this many seconds for its flows
     /// to close before observation stops.
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_grace)]
@@ -125,6 +147,8 @@ pub(crate) struct WatchArgs {
     pub(crate) scope: WatchScope,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
+    #[command(flatten)]
+    pub(crate) summary: SummaryArgs,
 }
 
 /// What `watch` follows: exactly one of a cgroup or a network namespace.

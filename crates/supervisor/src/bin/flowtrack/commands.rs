@@ -3,18 +3,20 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use flow_core::{FlowError, FlowSource};
 use flow_supervisor::backend::{self, BackendChoice, Scope};
 use flow_supervisor::dedup::{Correlated, DedupConfig};
-use flow_supervisor::merge::{MergeConfig, Merger, ShutdownHandle};
+use flow_supervisor::merge::{MergeConfig, MergedStream, Merger, ShutdownHandle};
 use flow_supervisor::mock::Replay;
 use flow_supervisor::output::RecordWriter;
 use flow_supervisor::pipeline::{self, PipelineReport};
 
-use crate::cli::{BackendArgs, Command, OutputArgs, ReplayArgs, RunArgs, WatchArgs};
+use crate::cli::{BackendArgs, Command, OutputArgs, ReplayArgs, RunArgs, SummaryFormat, WatchArgs};
 use crate::scope::{self, Describe};
 use crate::workload::{RunAs, WorkloadCgroup};
 
@@ -64,7 +66,7 @@ async fn start_backends(args: &BackendArgs, scope: &Scope) -> Result<Backends> {
         }
         let mut merger = Merger::new(MergeConfig::default());
         merger.add_stream(auto.name().to_owned(), stream);
-        return Ok(merger.into());
+        return Ok(Backends::new(merger, 1, None));
     }
     let sources = backend::open(args.backend, scope, &options)?;
     let dedup = (args.backend == BackendChoice::Both && !args.no_dedup).then(|| {
@@ -72,10 +74,8 @@ async fn start_backends(args: &BackendArgs, scope: &Scope) -> Result<Backends> {
         config.capacity = args.dedup_capacity as usize;
         config
     });
-    Ok(Backends {
-        merger: start_merger(sources).await?,
-        dedup,
-    })
+    let count = sources.len();
+    Ok(Backends::new(start_merger(sources).await?, count, dedup))
 }
 
 async fn start_merger(sources: Vec<Box<dyn FlowSource>>) -> Result<Merger> {
@@ -105,34 +105,56 @@ fn shutdown_on_ctrl_c(handle: ShutdownHandle) {
     });
 }
 
-/// The running backends, and how their events are correlated.
-struct Backends {
-    merger: Merger,
-    /// `Some` under `--backend both` without `--no-dedup`.
-    dedup: Option<DedupConfig>,
+/// The running backends' events: merged, or merged and correlated.
+enum Events {
+    Merged(MergedStream),
+    Correlated(Correlated<MergedStream>),
 }
 
-impl From<Merger> for Backends {
-    fn from(merger: Merger) -> Self {
+/// The running backends.
+struct Backends {
+    events: Events,
+    shutdown: ShutdownHandle,
+    /// How many backends run.
+    sources: usize,
+}
+
+impl Backends {
+    /// `sources` backends merged by `merger`, correlated with `dedup`.
+    fn new(merger: Merger, sources: usize, dedup: Option<DedupConfig>) -> Self {
+        let shutdown = merger.shutdown_handle();
+        let stream = merger.into_stream();
+        let events = match dedup {
+            Some(config) => Events::Correlated(Correlated::new(stream, config)),
+            None => Events::Merged(stream),
+        };
         Self {
-            merger,
-            dedup: None,
+            events,
+            shutdown,
+            sources,
+        }
+    }
+
+    /// Flows opened and not reported closed that the correlation still
+    /// holds (none without correlation).
+    fn unsettled(&self) -> Option<Arc<AtomicUsize>> {
+        match &self.events {
+            Events::Correlated(correlated) => Some(correlated.unsettled()),
+            Events::Merged(_) => None,
         }
     }
 }
 
-/// Writes the merged (and, with two backends, correlated) stream,
-/// publishing the number of open flows on `open_flows`; a reader that went
-/// away (`| head`) ends the output quietly.
+/// Writes the backends' events, publishing the number of open flows on
+/// `open_flows`; a reader that went away (`| head`) ends the output
+/// quietly.
 async fn write_events(
-    backends: Backends,
+    events: Events,
     mut writer: RecordWriter<Box<dyn Write + Send>>,
     open_flows: tokio::sync::watch::Sender<usize>,
 ) -> Result<PipelineReport> {
-    let stream = backends.merger.into_stream();
-    let written = match backends.dedup {
-        Some(config) => {
-            let mut correlated = Correlated::new(stream, config);
+    let written = match events {
+        Events::Correlated(mut correlated) => {
             let written =
                 pipeline::write_all_tracking_open(&mut correlated, &mut writer, open_flows).await;
             written.map(|mut report| {
@@ -140,7 +162,9 @@ async fn write_events(
                 report
             })
         }
-        None => pipeline::write_all_tracking_open(stream, &mut writer, open_flows).await,
+        Events::Merged(stream) => {
+            pipeline::write_all_tracking_open(stream, &mut writer, open_flows).await
+        }
     };
     match written {
         Ok(report) => Ok(report),
@@ -152,10 +176,10 @@ async fn write_events(
 /// Writes the stream until it ends (for commands that do not wait on open
 /// flows).
 async fn write_all_events(
-    backends: Backends,
+    events: Events,
     writer: RecordWriter<Box<dyn Write + Send>>,
 ) -> Result<PipelineReport> {
-    write_events(backends, writer, tokio::sync::watch::channel(0).0).await
+    write_events(events, writer, tokio::sync::watch::channel(0).0).await
 }
 
 /// Reports failed sources on stderr; whether any failed.
@@ -169,12 +193,39 @@ fn print_failures(report: &PipelineReport) -> bool {
     !report.failures.is_empty()
 }
 
-/// Success unless a source failed (the failures are printed).
-fn exit_code_of(report: &PipelineReport) -> ExitCode {
-    if print_failures(report) {
-        ExitCode::FAILURE
+/// Exit status 3: a backend failed mid-run while another went on.
+const EXIT_DEGRADED: u8 = 3;
+
+/// Success; [`EXIT_DEGRADED`] when a backend failed while another went on;
+/// failure when every backend failed (the failures are printed).
+fn exit_code_of(report: &PipelineReport, sources: usize) -> ExitCode {
+    match degradation(report, sources) {
+        Some(code) => code,
+        None => ExitCode::SUCCESS,
+    }
+}
+
+/// The exit code a backend failure imposes, if any (printing the failures).
+fn degradation(report: &PipelineReport, sources: usize) -> Option<ExitCode> {
+    if !print_failures(report) {
+        None
+    } else if report.failures.len() < sources {
+        Some(ExitCode::from(EXIT_DEGRADED))
     } else {
-        ExitCode::SUCCESS
+        Some(ExitCode::FAILURE)
+    }
+}
+
+/// The end of `run` and `watch`: the one-line summary, then the
+/// per-destination table in the chosen format.
+fn print_summaries(report: &PipelineReport, format: SummaryFormat) {
+    print_summary(report);
+    match format {
+        SummaryFormat::Text if !report.destinations.is_empty() => {
+            eprint!("{}", report.destinations.to_text());
+        }
+        SummaryFormat::Json => eprintln!("{}", report.destinations.to_json()),
+        SummaryFormat::Text | SummaryFormat::Off => {}
     }
 }
 
@@ -185,10 +236,13 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
         .into_sources()
         .into_iter()
         .map(|source| Box::new(source) as Box<dyn FlowSource>);
-    let backends: Backends = start_merger(sources.collect()).await?.into();
-    shutdown_on_ctrl_c(backends.merger.shutdown_handle());
-    let report = write_all_events(backends, writer).await?;
-    Ok(exit_code_of(&report))
+    let sources: Vec<Box<dyn FlowSource>> = sources.collect();
+    let count = sources.len();
+    let backends = Backends::new(start_merger(sources).await?, count, None);
+    shutdown_on_ctrl_c(backends.shutdown.clone());
+    let sources = backends.sources;
+    let report = write_all_events(backends.events, writer).await?;
+    Ok(exit_code_of(&report, sources))
 }
 
 async fn watch(args: WatchArgs) -> Result<ExitCode> {
@@ -198,9 +252,12 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot watch {}", Describe(&scope)))?;
     tracing::info!(scope = %Describe(&scope), "watching until Ctrl-C");
-    shutdown_on_ctrl_c(backends.merger.shutdown_handle());
-    let report = write_all_events(backends, writer).await?;
-    Ok(exit_code_of(&report))
+    shutdown_on_ctrl_c(backends.shutdown.clone());
+    let sources = backends.sources;
+    let report = write_all_events(backends.events, writer).await?;
+    let code = exit_code_of(&report, sources);
+    print_summaries(&report, args.summary.summary);
+    Ok(code)
 }
 
 async fn run(args: RunArgs) -> Result<ExitCode> {
@@ -217,7 +274,9 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let backends = start_backends(&args.backend, &scope)
         .await
         .context("cannot observe the command")?;
-    let shutdown = backends.merger.shutdown_handle();
+    let shutdown = backends.shutdown.clone();
+    let unsettled = backends.unsettled();
+    let sources = backends.sources;
     // Handlers first: a signal flowtrack handles is reset to its default in
     // the child at exec, even if flowtrack's parent ignored it.
     let signals = ForwardedSignals::install()?;
@@ -226,7 +285,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         .spawn()
         .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
     let (open_flows, mut open_flows_now) = tokio::sync::watch::channel(0);
-    let output = write_events(backends, writer, open_flows);
+    let output = write_events(backends.events, writer, open_flows);
     let grace = Duration::from_secs_f64(args.grace);
     let supervise = async {
         let status = signals.wait_forwarding(&mut child).await;
@@ -235,6 +294,13 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         let settled = tokio::time::timeout(grace, async {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let _ = open_flows_now.wait_for(|open| *open == 0).await;
+            // Under correlation, flows whose events are still held count too.
+            while unsettled
+                .as_ref()
+                .is_some_and(|held| held.load(Ordering::Relaxed) > 0)
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         });
         let _ = settled.await;
         shutdown.shutdown();
@@ -243,11 +309,18 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let (report, status) = tokio::join!(output, supervise);
     let status = status.context("cannot wait for the command")?;
     let report = report?;
-    // The command's status is the exit code; failures are still shown.
-    print_failures(&report);
-    print_summary(&report);
+    // The command's status is the exit code, unless a backend failed while
+    // another went on (degraded) or every one failed.
+    let degraded = degradation(&report, sources);
+    print_summaries(&report, args.summary.summary);
+    if degraded.is_some() {
+        eprintln!(
+            "flowtrack: the command exited with {}",
+            describe_status(status)
+        );
+    }
     drop(cgroup);
-    Ok(child_exit_code(status))
+    Ok(degraded.unwrap_or_else(|| child_exit_code(status)))
 }
 
 /// SIGINT, SIGTERM and SIGHUP sent to flowtrack, passed on to the child so that
@@ -325,6 +398,16 @@ fn print_summary(report: &PipelineReport) {
         line.push_str("; nothing lost");
     }
     eprintln!("{line}");
+}
+
+/// `status 7`, or `signal 9 (SIGKILL)`.
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("status {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        (None, None) => "an unknown status".to_owned(),
+    }
 }
 
 /// The child's exit code, or 128 + signal number as a shell reports it.
