@@ -108,7 +108,7 @@ fn shutdown_on_ctrl_c(handle: ShutdownHandle) {
 /// The running backends' events: merged, or merged and correlated.
 enum Events {
     Merged(MergedStream),
-    Correlated(Correlated<MergedStream>),
+    Correlated(Box<Correlated<MergedStream>>),
 }
 
 /// The running backends.
@@ -125,7 +125,7 @@ impl Backends {
         let shutdown = merger.shutdown_handle();
         let stream = merger.into_stream();
         let events = match dedup {
-            Some(config) => Events::Correlated(Correlated::new(stream, config)),
+            Some(config) => Events::Correlated(Box::new(Correlated::new(stream, config))),
             None => Events::Merged(stream),
         };
         Self {
@@ -156,7 +156,7 @@ async fn write_events(
     let written = match events {
         Events::Correlated(mut correlated) => {
             let written =
-                pipeline::write_all_tracking_open(&mut correlated, &mut writer, open_flows).await;
+                pipeline::write_all_tracking_open(&mut *correlated, &mut writer, open_flows).await;
             written.map(|mut report| {
                 report.correlation_evictions = correlated.evictions();
                 report
