@@ -144,6 +144,8 @@ struct Correlator {
     evictions: u64,
     /// Flows not yet reported closed, published for [`Correlated::unsettled`].
     unsettled: Arc<AtomicUsize>,
+    /// Flows remembered, published for [`Correlated::remembered_gauge`].
+    remembered: Arc<AtomicUsize>,
 }
 
 /// The item that sends `held` on behalf of every backend in `seen_by`.
@@ -409,6 +411,7 @@ impl<S> Correlated<S> {
                 flows: HashMap::new(),
                 evictions: 0,
                 unsettled: Arc::new(AtomicUsize::new(0)),
+                remembered: Arc::new(AtomicUsize::new(0)),
             },
             ticks,
             out: VecDeque::new(),
@@ -428,6 +431,13 @@ impl<S> Correlated<S> {
         self.correlator.flows.len()
     }
 
+    /// A live count of the flows remembered (the correlation table's
+    /// size, updated as items pass).
+    #[must_use]
+    pub fn remembered_gauge(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.correlator.remembered)
+    }
+
     /// A live count of the flows opened and not yet reported closed,
     /// including those whose events are still held: a supervisor waiting
     /// for a workload's flows to close watches it.
@@ -443,6 +453,9 @@ impl<S: Stream<Item = MergedItem> + Unpin> Stream for Correlated<S> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<MergedItem>> {
         let this = &mut *self;
         loop {
+            this.correlator
+                .remembered
+                .store(this.correlator.flows.len(), Ordering::Relaxed);
             if let Some(item) = this.out.pop_front() {
                 return Poll::Ready(Some(item));
             }

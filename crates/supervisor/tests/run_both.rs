@@ -318,3 +318,146 @@ fn a_backend_failing_mid_run_degrades_the_run_and_the_other_goes_on() {
         "{lines}"
     );
 }
+
+/// `GET /metrics` on 127.0.0.1:`port` inside `netns`, from outside any
+/// observed cgroup.
+fn scrape(netns: &Netns, port: u16) -> String {
+    let output = netns
+        .command("python3")
+        .args([
+            "-c",
+            &format!(
+                "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The value of the sample `name{labels}` in a scrape.
+fn sample(scraped: &str, name_and_labels: &str) -> Option<u64> {
+    scraped
+        .lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_scraped_during_a_run_equal_its_output() {
+    if !privileged("metrics_scraped_during_a_run_equal_its_output") {
+        return;
+    }
+    let netns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("flows.jsonl");
+    let flag = dir.path().join("scraped");
+    let port = 19_000 + u16::try_from(std::process::id() % 1000).unwrap();
+    let command = format!(
+        "{}\nimport os,time\nwhile not os.path.exists('{}'): time.sleep(0.05)\n",
+        common::SEND_UDP.replace("sys.exit(7)", ""),
+        flag.display()
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let child = flowtrack_in(
+        &netns,
+        &[
+            "run",
+            "--backend",
+            "both",
+            "--metrics-addr",
+            &addr,
+            "--format",
+            "json",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    )
+    .args(["--", "python3", "-c", &command])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Wait for the datagram's flow to be written, opened and closed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_to_string(&out).map_or(0, |lines| lines.lines().count()) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no output");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let scraped = scrape(&netns, port);
+    let lines = std::fs::read_to_string(&out).unwrap();
+    std::fs::write(&flag, "").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let count = |kind: &str| {
+        lines
+            .lines()
+            .filter(|l| l.contains(&format!(r#""kind":"{kind}""#)))
+            .count() as u64
+    };
+    assert_eq!(count("opened"), 1, "{lines}");
+    assert_eq!(
+        sample(&scraped, r#"flowtrack_flows_opened_total{backend="ebpf"}"#),
+        Some(count("opened")),
+        "{scraped}"
+    );
+    assert_eq!(
+        sample(&scraped, r#"flowtrack_flows_closed_total{backend="ebpf"}"#),
+        Some(count("closed")),
+        "{scraped}"
+    );
+    assert_eq!(
+        sample(&scraped, r#"flowtrack_backend_up{backend="ebpf"}"#),
+        Some(1)
+    );
+    assert_eq!(
+        sample(&scraped, r#"flowtrack_backend_up{backend="nflog"}"#),
+        Some(1)
+    );
+    assert!(
+        sample(&scraped, "flowtrack_correlation_flows").is_some(),
+        "{scraped}"
+    );
+    assert!(
+        !scraped.contains("flowtrack_observations_lost_total{"),
+        "nothing lost: {scraped}"
+    );
+
+    // A second flowtrack on the same address: one line, nothing made.
+    let watch = flowtrack_in(
+        &netns,
+        &[
+            "watch",
+            "--backend",
+            "nflog",
+            "--netns",
+            "/proc/self/ns/net",
+            "--metrics-addr",
+            &addr,
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !tables(&netns).contains("flowtrack_") {
+        assert!(std::time::Instant::now() < deadline, "watch never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let refused = flowtrack_in(&netns, &["run", "--metrics-addr", &addr, "--", "true"])
+        .output()
+        .unwrap();
+    let pid = rustix::process::Pid::from_raw(watch.id().cast_signed()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let _ = watch.wait_with_output();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "flowtrack: error: cannot serve metrics on {addr}: "
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}

@@ -64,13 +64,18 @@ pub(crate) struct OutputArgs {
     pub(crate) output: Option<PathBuf>,
 }
 
-/// How `run` and `watch` end: the per-destination summary.
+/// What `run` and `watch` report besides the events: the
+/// per-destination summary at the end, and live metrics.
 #[derive(Debug, Args)]
-pub(crate) struct SummaryArgs {
+pub(crate) struct ReportArgs {
     /// The per-destination summary printed on stderr at the end: an
     /// aligned table, one JSON object, or none.
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub(crate) summary: SummaryFormat,
+    /// Serve Prometheus metrics over HTTP on this address (e.g.
+    /// 127.0.0.1:9464) while running.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// How the per-destination summary is printed.
@@ -125,7 +130,7 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) output: OutputArgs,
     #[command(flatten)]
-    pub(crate) summary: SummaryArgs,
+    pub(crate) report: ReportArgs,
     /// After the command exits, wait at most this many seconds for its flows
     /// to close before observation stops.
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_grace)]
@@ -148,7 +153,7 @@ pub(crate) struct WatchArgs {
     #[command(flatten)]
     pub(crate) output: OutputArgs,
     #[command(flatten)]
-    pub(crate) summary: SummaryArgs,
+    pub(crate) report: ReportArgs,
 }
 
 /// What `watch` follows: exactly one of a cgroup or a network namespace.

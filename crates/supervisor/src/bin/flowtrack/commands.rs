@@ -3,6 +3,8 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::process::ExitCode;
+
+use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,12 +13,13 @@ use anyhow::{Context, Result};
 use flow_core::{FlowError, FlowSource};
 use flow_supervisor::backend::{self, BackendChoice, Scope};
 use flow_supervisor::dedup::{Correlated, DedupConfig};
-use flow_supervisor::merge::{MergeConfig, MergedStream, Merger, ShutdownHandle};
+use flow_supervisor::merge::{MergeConfig, MergedItem, MergedStream, Merger, ShutdownHandle};
 use flow_supervisor::mock::Replay;
 use flow_supervisor::output::RecordWriter;
 use flow_supervisor::pipeline::{self, PipelineReport};
 
 use crate::cli::{BackendArgs, Command, OutputArgs, ReplayArgs, RunArgs, SummaryFormat, WatchArgs};
+use crate::metrics::Metrics;
 use crate::scope::{self, Describe};
 use crate::workload::{RunAs, WorkloadCgroup};
 
@@ -66,7 +69,7 @@ async fn start_backends(args: &BackendArgs, scope: &Scope) -> Result<Backends> {
         }
         let mut merger = Merger::new(MergeConfig::default());
         merger.add_stream(auto.name().to_owned(), stream);
-        return Ok(Backends::new(merger, 1, None));
+        return Ok(Backends::new(merger, vec![auto.name().to_owned()], None));
     }
     let sources = backend::open(args.backend, scope, &options)?;
     let dedup = (args.backend == BackendChoice::Both && !args.no_dedup).then(|| {
@@ -74,8 +77,11 @@ async fn start_backends(args: &BackendArgs, scope: &Scope) -> Result<Backends> {
         config.capacity = args.dedup_capacity as usize;
         config
     });
-    let count = sources.len();
-    Ok(Backends::new(start_merger(sources).await?, count, dedup))
+    let names = sources
+        .iter()
+        .map(|source| source.name().to_owned())
+        .collect();
+    Ok(Backends::new(start_merger(sources).await?, names, dedup))
 }
 
 async fn start_merger(sources: Vec<Box<dyn FlowSource>>) -> Result<Merger> {
@@ -115,13 +121,13 @@ enum Events {
 struct Backends {
     events: Events,
     shutdown: ShutdownHandle,
-    /// How many backends run.
-    sources: usize,
+    /// Their names.
+    names: Vec<String>,
 }
 
 impl Backends {
-    /// `sources` backends merged by `merger`, correlated with `dedup`.
-    fn new(merger: Merger, sources: usize, dedup: Option<DedupConfig>) -> Self {
+    /// The backends `names` merged by `merger`, correlated with `dedup`.
+    fn new(merger: Merger, names: Vec<String>, dedup: Option<DedupConfig>) -> Self {
         let shutdown = merger.shutdown_handle();
         let stream = merger.into_stream();
         let events = match dedup {
@@ -131,7 +137,18 @@ impl Backends {
         Self {
             events,
             shutdown,
-            sources,
+            names,
+        }
+    }
+
+    /// Counts the output in `metrics` from now on: each backend up, and
+    /// the correlation table's size.
+    fn report_to(&self, metrics: &Metrics) {
+        for name in &self.names {
+            metrics.backend_started(name);
+        }
+        if let Events::Correlated(correlated) = &self.events {
+            metrics.watch_correlation(correlated.remembered_gauge());
         }
     }
 
@@ -152,17 +169,24 @@ async fn write_events(
     events: Events,
     mut writer: RecordWriter<Box<dyn Write + Send>>,
     open_flows: tokio::sync::watch::Sender<usize>,
+    metrics: Option<Metrics>,
 ) -> Result<PipelineReport> {
+    let count = move |item: &MergedItem| {
+        if let Some(metrics) = &metrics {
+            metrics.record(item);
+        }
+    };
     let written = match events {
         Events::Correlated(mut correlated) => {
-            let written =
-                pipeline::write_all_tracking_open(&mut *correlated, &mut writer, open_flows).await;
+            let stream = (&mut *correlated).inspect(count);
+            let written = pipeline::write_all_tracking_open(stream, &mut writer, open_flows).await;
             written.map(|mut report| {
                 report.correlation_evictions = correlated.evictions();
                 report
             })
         }
         Events::Merged(stream) => {
+            let stream = stream.inspect(count);
             pipeline::write_all_tracking_open(stream, &mut writer, open_flows).await
         }
     };
@@ -178,8 +202,20 @@ async fn write_events(
 async fn write_all_events(
     events: Events,
     writer: RecordWriter<Box<dyn Write + Send>>,
+    metrics: Option<Metrics>,
 ) -> Result<PipelineReport> {
-    write_events(events, writer, tokio::sync::watch::channel(0).0).await
+    write_events(events, writer, tokio::sync::watch::channel(0).0, metrics).await
+}
+
+/// Binds the metrics address, when one is given, before anything else
+/// starts (an address in use is an error with nothing left behind).
+async fn serve_metrics(addr: Option<std::net::SocketAddr>) -> Result<Option<Metrics>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let metrics = Metrics::new();
+    metrics.serve(addr).await?;
+    Ok(Some(metrics))
 }
 
 /// Reports failed sources on stderr; whether any failed.
@@ -237,26 +273,33 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
         .into_iter()
         .map(|source| Box::new(source) as Box<dyn FlowSource>);
     let sources: Vec<Box<dyn FlowSource>> = sources.collect();
-    let count = sources.len();
-    let backends = Backends::new(start_merger(sources).await?, count, None);
+    let names = sources
+        .iter()
+        .map(|source| source.name().to_owned())
+        .collect();
+    let backends = Backends::new(start_merger(sources).await?, names, None);
     shutdown_on_ctrl_c(backends.shutdown.clone());
-    let sources = backends.sources;
-    let report = write_all_events(backends.events, writer).await?;
+    let sources = backends.names.len();
+    let report = write_all_events(backends.events, writer, None).await?;
     Ok(exit_code_of(&report, sources))
 }
 
 async fn watch(args: WatchArgs) -> Result<ExitCode> {
     let scope = scope::resolve(&args.scope)?;
+    let metrics = serve_metrics(args.report.metrics_addr).await?;
     let writer = open_writer(&args.output, DefaultStream::Stdout)?;
     let backends = start_backends(&args.backend, &scope)
         .await
         .with_context(|| format!("cannot watch {}", Describe(&scope)))?;
     tracing::info!(scope = %Describe(&scope), "watching until Ctrl-C");
     shutdown_on_ctrl_c(backends.shutdown.clone());
-    let sources = backends.sources;
-    let report = write_all_events(backends.events, writer).await?;
+    let sources = backends.names.len();
+    if let Some(metrics) = &metrics {
+        backends.report_to(metrics);
+    }
+    let report = write_all_events(backends.events, writer, metrics).await?;
     let code = exit_code_of(&report, sources);
-    print_summaries(&report, args.summary.summary);
+    print_summaries(&report, args.report.summary);
     Ok(code)
 }
 
@@ -266,6 +309,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         .split_first()
         .context("run needs a command: flowtrack run -- CMD [ARGS...]")?;
     let user = args.user.as_deref().map(RunAs::resolve).transpose()?;
+    let metrics = serve_metrics(args.report.metrics_addr).await?;
     let cgroup = WorkloadCgroup::create()?;
     let scope = Scope::Cgroup(cgroup.path().to_path_buf());
     let writer = open_writer(&args.output, DefaultStream::Stderr)?;
@@ -276,7 +320,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         .context("cannot observe the command")?;
     let shutdown = backends.shutdown.clone();
     let unsettled = backends.unsettled();
-    let sources = backends.sources;
+    let sources = backends.names.len();
     // Handlers first: a signal flowtrack handles is reset to its default in
     // the child at exec, even if flowtrack's parent ignored it.
     let signals = ForwardedSignals::install()?;
@@ -285,7 +329,10 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         .spawn()
         .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
     let (open_flows, mut open_flows_now) = tokio::sync::watch::channel(0);
-    let output = write_events(backends.events, writer, open_flows);
+    if let Some(metrics) = &metrics {
+        backends.report_to(metrics);
+    }
+    let output = write_events(backends.events, writer, open_flows, metrics);
     let grace = Duration::from_secs_f64(args.grace);
     let supervise = async {
         let status = signals.wait_forwarding(&mut child).await;
@@ -312,7 +359,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     // The command's status is the exit code, unless a backend failed while
     // another went on (degraded) or every one failed.
     let degraded = degradation(&report, sources);
-    print_summaries(&report, args.summary.summary);
+    print_summaries(&report, args.report.summary);
     if degraded.is_some() {
         eprintln!(
             "flowtrack: the command exited with {}",

@@ -3,6 +3,7 @@
 mod cleanup;
 mod cli;
 mod commands;
+mod metrics;
 mod scope;
 mod workload;
 
