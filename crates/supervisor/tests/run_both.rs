@@ -461,3 +461,37 @@ fn metrics_scraped_during_a_run_equal_its_output() {
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn a_command_that_does_not_exist_is_one_line_and_leaves_nothing() {
+    if !privileged("a_command_that_does_not_exist_is_one_line_and_leaves_nothing") {
+        return;
+    }
+    let netns = Netns::new();
+    let child = flowtrack_in(
+        &netns,
+        &[
+            "run",
+            "--backend",
+            "both",
+            "--",
+            "/nonexistent/flowtrack-test-command",
+        ],
+    )
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr,
+        "flowtrack: error: cannot start /nonexistent/flowtrack-test-command: No such file or \
+         directory (os error 2)\n"
+    );
+    let mount = flow_core::cgroup::cgroup2_mount().unwrap();
+    assert!(!mount.join(cgroups_name(pid)).exists(), "no cgroup left");
+    assert_eq!(tables(&netns), "", "no table left");
+    assert_eq!(accounting(&netns), "0", "settings restored");
+}
