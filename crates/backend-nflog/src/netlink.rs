@@ -346,46 +346,21 @@ impl Socket {
         Ok(&self.buffer[..length.min(self.buffer.len())])
     }
 
-    /// Sends `bytes` (requests with sequence numbers up to `last_seq`, each
-    /// asking for an ACK or a dump) and collects every message until the
-    /// ACK of `last_seq` or a dump's end. A refused request is an error
-    /// carrying its errno.
-    pub(crate) fn transact(&mut self, bytes: &[u8], last_seq: u32) -> io::Result<Vec<Reply>> {
-        self.send(bytes)?;
-        let mut replies = Vec::new();
-        loop {
-            let datagram = self.recv(false)?;
-            let (messages, malformed) = split(datagram);
-            if let Some(error) = malformed {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    error.to_string(),
-                ));
-            }
-            for message in messages {
-                match message {
-                    Received::Ack { errno, .. } if errno != 0 => {
-                        return Err(io::Error::from_raw_os_error(errno));
-                    }
-                    Received::Ack { seq, .. } | Received::Done { seq } if seq == last_seq => {
-                        return Ok(replies);
-                    }
-                    Received::Ack { .. } | Received::Done { .. } => {}
-                    Received::Message {
-                        kind,
-                        flags,
-                        seq,
-                        payload,
-                    } => replies.push(Reply::copied(kind, flags, seq, payload)),
-                }
-            }
+    /// Sends one request numbered `seq` (asking for an ACK, or a dump)
+    /// and collects its replies until its ACK or the dump's end. A refused
+    /// request is an error carrying its errno.
+    pub(crate) fn transact(&mut self, bytes: &[u8], seq: u32) -> io::Result<Vec<Reply>> {
+        match self.transact_batch(bytes, seq, seq)?.remove(&seq) {
+            Some(Ok(replies)) => Ok(replies),
+            Some(Err(errno)) => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(Vec::new()),
         }
     }
 
     /// Sends requests numbered `first..=last` in one datagram, each asking
-    /// for an ACK, and collects the replies to each until all are
-    /// answered: per request, its reply messages, or the errno it was
-    /// refused with. One round trip instead of one per request.
+    /// for an ACK (or a dump), and collects the replies to each until all
+    /// are answered (ACK or dump end): per request, its reply messages, or
+    /// the errno it was refused with. One round trip for them all.
     pub(crate) fn transact_batch(
         &mut self,
         bytes: &[u8],
@@ -395,6 +370,7 @@ impl Socket {
         self.send(bytes)?;
         let mut answers: HashMap<u32, Result<Vec<Reply>, i32>> = HashMap::new();
         let mut pending = last.wrapping_sub(first) as usize + 1;
+        let asked = |seq: u32| seq.wrapping_sub(first) <= last.wrapping_sub(first);
         while pending > 0 {
             let datagram = self.recv(false)?;
             let (messages, malformed) = split(datagram);
@@ -406,6 +382,12 @@ impl Socket {
             }
             for message in messages {
                 match message {
+                    // An earlier message of the same batch (nf_tables)
+                    // refused: the whole request failed.
+                    Received::Ack { seq, errno } if !asked(seq) && errno != 0 => {
+                        return Err(io::Error::from_raw_os_error(errno));
+                    }
+                    Received::Ack { seq, .. } | Received::Done { seq } if !asked(seq) => {}
                     Received::Ack { seq, errno } => {
                         let answer = answers.entry(seq).or_insert_with(|| Ok(Vec::new()));
                         if errno != 0 {
@@ -413,7 +395,10 @@ impl Socket {
                         }
                         pending = pending.saturating_sub(1);
                     }
-                    Received::Done { .. } => {}
+                    Received::Done { seq } => {
+                        answers.entry(seq).or_insert_with(|| Ok(Vec::new()));
+                        pending = pending.saturating_sub(1);
+                    }
                     Received::Message {
                         kind,
                         flags,
