@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use flow_core::{FlowError, FlowEventKind, FlowKey, FlowStream};
+use flow_core::{FlowError, FlowEventKind, FlowKey, FlowStream, LossPoint};
 use futures::StreamExt;
 
 use crate::{ConntrackEntry, GeneratedFlow, Netns, TestEnv};
@@ -22,6 +22,8 @@ pub struct Observed {
     pub lost: u64,
     /// Loss items.
     pub lost_items: u64,
+    /// Observations reported lost at the flow table (evictions).
+    pub evicted: u64,
 }
 
 impl Observed {
@@ -104,9 +106,12 @@ pub async fn observe_until(
                     FlowEventKind::Denied => *observed.denied.entry(event.key).or_default() += 1,
                     _ => {}
                 },
-                Some(Err(FlowError::Lost { count, .. })) => {
+                Some(Err(FlowError::Lost { count, point, .. })) => {
                     observed.lost += count.unwrap_or(1);
                     observed.lost_items += 1;
+                    if point == LossPoint::FlowTableEviction {
+                        observed.evicted += count.unwrap_or(1);
+                    }
                 }
                 Some(Err(error)) => panic!("the backend failed: {error}"),
                 None => break,

@@ -234,3 +234,43 @@ async fn ipv6_extension_headers_are_skipped() {
     assert_eq!(counters, (2, 256 + 248));
     assert_matches_conntrack(&env.netns, &key, counters);
 }
+
+/// Sends one datagram to each of `count` ports from one socket: as many
+/// UDP flows, all open at once (nothing answers; they stay idle).
+const UDP_FAN_OUT: &str = "import socket,sys\n\
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+for port in range(20000,20000+int(sys.argv[1])): s.sendto(b'x',('127.0.0.1',port))\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_flow_table_reports_every_evicted_flow() {
+    let Some(env) = env("a_full_flow_table_reports_every_evicted_flow") else {
+        return;
+    };
+    let mut config = config(&env);
+    config.flow_table_entries = 256;
+    let mut stream = start(config).await;
+    let made = 2_000_u64;
+    let mut python = env.netns.command("python3");
+    python.args(["-c", UDP_FAN_OUT, &made.to_string()]);
+    let status = env.cgroup.wrap(&python).status().unwrap();
+    assert!(status.success());
+    // The process is gone: the flows still in the table close; the others
+    // were evicted, and each eviction is a reported loss.
+    let observed = observe_until(
+        &mut stream,
+        |observed| {
+            observed.closed.values().map(Vec::len).sum::<usize>() as u64 + observed.evicted >= made
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    let opened: u64 = observed.opened.values().map(|n| u64::from(*n)).sum();
+    let closed = observed.closed.values().map(Vec::len).sum::<usize>() as u64;
+    assert_eq!(opened, made, "every flow opened");
+    assert!(observed.evicted > 0, "the table overflowed");
+    assert_eq!(
+        closed + observed.evicted,
+        made,
+        "flows made = flows closed + flows reported evicted"
+    );
+}
