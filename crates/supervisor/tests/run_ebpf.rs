@@ -266,3 +266,106 @@ fn without_privileges_the_error_says_what_is_needed() {
     );
     assert_eq!(stderr.lines().count(), 1);
 }
+
+/// The kernel tests' traffic generator, built beside flowtrack in the same
+/// workspace.
+fn traffic_generator() -> std::path::PathBuf {
+    let path = Path::new(FLOWTRACK).with_file_name("traffic");
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// `VmHWM` (peak resident set) of `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_reader_that_stops_gets_backpressure_then_counted_loss_never_unbounded_memory() {
+    if !privileged("a_reader_that_stops_gets_backpressure_then_counted_loss_never_unbounded_memory")
+    {
+        return;
+    }
+    let netns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    let made: u64 = 60_000;
+    let server = flowtrack_kernel_tests::Server::start({
+        let mut command = netns.command(traffic_generator().to_str().unwrap());
+        command.args(["serve-tcp", "127.0.0.1:0"]);
+        command
+    });
+    let storm = format!(
+        "ip netns exec {} {} tcp 127.0.0.1:{} --bytes 1 --count {made} > /dev/null && touch {}",
+        netns.name,
+        traffic_generator().display(),
+        server.port,
+        done.display()
+    );
+    // Events go to stdout, a pipe nobody reads until the storm is over.
+    let mut child = Command::new(FLOWTRACK)
+        .args([
+            "run",
+            "--backend",
+            "ebpf",
+            "--format",
+            "json",
+            "--summary",
+            "off",
+            "-o",
+            "/dev/stdout",
+            "--",
+            "sh",
+            "-c",
+            &storm,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done.exists() {
+        assert!(Instant::now() < deadline, "the storm did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let peak_while_stalled = peak_rss_kib(child.id());
+    // The reader comes back: everything written, or counted lost.
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let (mut events, mut lost) = (0_u64, 0_u64);
+    for line in stdout.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        match value["kind"].as_str().unwrap() {
+            "opened" | "closed" => events += 1,
+            "lost" => {
+                lost += value["count"]
+                    .as_u64()
+                    .expect("ring-buffer losses are counted")
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(lost > 0, "the stalled reader made the ring overflow");
+    assert_eq!(
+        events + lost,
+        2 * made,
+        "every opened and closed event written or counted lost"
+    );
+    // Bounded by configuration: the merge queue (65,536 items) and the
+    // 4 MiB ring, not by the 120,000 events.
+    assert!(
+        peak_while_stalled < 150 * 1024,
+        "peak RSS {peak_while_stalled} KiB while the reader was stalled"
+    );
+}
