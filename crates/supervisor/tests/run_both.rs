@@ -495,3 +495,111 @@ fn a_command_that_does_not_exist_is_one_line_and_leaves_nothing() {
     assert_eq!(tables(&netns), "", "no table left");
     assert_eq!(accounting(&netns), "0", "settings restored");
 }
+
+/// `VmRSS` of `pid` in KiB, and how many file descriptors it has open.
+fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+    (rss, fds)
+}
+
+/// Mixed traffic with connection churn under `both` for
+/// `FLOWTRACK_SOAK_SECONDS` (default 60): memory and descriptors stay flat,
+/// nothing is lost at this steady rate, and the exit is clean.
+#[test]
+fn soak_mixed_traffic_under_both_stays_flat_and_loses_nothing() {
+    if !privileged("soak_mixed_traffic_under_both_stays_flat_and_loses_nothing") {
+        return;
+    }
+    let seconds: u64 = std::env::var("FLOWTRACK_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let netns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("flows.jsonl");
+    let traffic = std::path::Path::new(common::FLOWTRACK).with_file_name("traffic");
+    let tcp = flowtrack_kernel_tests::Server::start({
+        let mut command = netns.command(traffic.to_str().unwrap());
+        command.args(["serve-tcp", "127.0.0.1:0"]);
+        command
+    });
+    let udp = flowtrack_kernel_tests::Server::start({
+        let mut command = netns.command(traffic.to_str().unwrap());
+        command.args(["serve-udp", "[::1]:0"]);
+        command
+    });
+    // About 100 TCP connections, 10 UDP flows and one ICMP echo a second.
+    let workload = format!(
+        "end=$(( $(date +%s) + {seconds} )); i=0; while [ $(date +%s) -lt $end ]; do \
+         {t} tcp 127.0.0.1:{tcp} --bytes 512 --count 20 >/dev/null; \
+         {t} udp [::1]:{udp} --datagrams 2 >/dev/null; \
+         i=$((i + 1)); [ $((i % 10)) -eq 0 ] && {t} icmp 127.0.0.1:0 --id $i >/dev/null; \
+         sleep 0.2; done",
+        t = traffic.display(),
+        tcp = tcp.port,
+        udp = udp.port
+    );
+    let mut child = flowtrack_in(
+        &netns,
+        &[
+            "run",
+            "--backend",
+            "both",
+            "--format",
+            "json",
+            "--summary",
+            "off",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    )
+    .args(["--", "sh", "-c", &workload])
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = child.id();
+    let mut samples = Vec::new();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        if started.elapsed() > std::time::Duration::from_secs(seconds / 4) {
+            samples.push(rss_and_fds(pid));
+        }
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("; nothing lost"), "{stderr}");
+    let samples: Vec<_> = samples.into_iter().filter(|(rss, _)| *rss > 0).collect();
+    assert!(samples.len() >= 3, "{samples:?}");
+    let (first_rss, first_fds) = samples[0];
+    for (rss, fds) in &samples {
+        assert!(
+            *rss <= first_rss + first_rss / 4 + 4096,
+            "RSS grew: {samples:?}"
+        );
+        assert!(
+            fds.abs_diff(first_fds) <= 4,
+            "descriptors grew: {samples:?}"
+        );
+    }
+    let lines = std::fs::read_to_string(&out).unwrap();
+    let opened = lines
+        .lines()
+        .filter(|l| l.contains(r#""kind":"opened""#))
+        .count();
+    let closed = lines
+        .lines()
+        .filter(|l| l.contains(r#""kind":"closed""#))
+        .count();
+    assert!(opened as u64 >= seconds * 50, "{opened} flows opened");
+    assert_eq!(opened, closed, "every flow closed by the end");
+    assert_eq!(tables(&netns), "", "no table left");
+    assert_eq!(accounting(&netns), "0", "settings restored");
+}
