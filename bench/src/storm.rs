@@ -5,6 +5,7 @@
 //! delay from connect() to the line leaving each tool.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -191,8 +192,9 @@ fn conntrack_line(dport: u16) -> impl Fn(&str) -> Option<(&'static str, u16)> {
     }
 }
 
-/// Runs the storm once with both watchers; prints the Markdown table.
-pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<()> {
+/// Runs the storm once with both watchers; returns the Markdown: the
+/// storm's rate, then the table.
+pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<String> {
     if !flowtrack_kernel_tests::privileged("flowtrack-bench nflog-storm") {
         bail!("needs root");
     }
@@ -262,19 +264,18 @@ pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<()> {
     let peer = tally(&peer.stop()?, &made, conntrack_line(server.port));
 
     let per_10k = |cpu: f64| cpu * 10_000.0 / total as f64;
-    println!(
-        "storm: {total} connections from {threads} threads in {storm_seconds:.2} s ({:.0} per second)\n",
+    let mut markdown = format!(
+        "storm: {total} connections from {threads} threads in {storm_seconds:.2} s ({:.0} per second)\n\n\
+         | tool | flows made | opened captured | closed captured | loss reports | CPU s / 10k flows | connect → line p50 | p99 |\n\
+         |---|---|---|---|---|---|---|---|\n",
         total as f64 / storm_seconds
     );
-    println!(
-        "| tool | flows made | opened captured | closed captured | loss reports | CPU s / 10k flows | connect → line p50 | p99 |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
     for (name, tally, cpu) in [
         ("flowtrack watch --backend nflog", &ours, ours_cpu),
         ("conntrack -E -e NEW,DESTROY", &peer, peer_cpu),
     ] {
-        println!(
+        writeln!(
+            markdown,
             "| {name} | {} | {} ({:.2}%) | {} | {} | {:.3} | {:.2} ms | {:.2} ms |",
             total,
             tally.opened,
@@ -284,7 +285,7 @@ pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<()> {
             per_10k(cpu),
             percentile(&tally.delays_ns, 0.5),
             percentile(&tally.delays_ns, 0.99),
-        );
+        )?;
     }
-    Ok(())
+    Ok(markdown)
 }

@@ -21,7 +21,7 @@ use crate::netlink::{Reply, Socket};
 use crate::nflog::{self, DENY_PREFIX};
 use crate::rules::{self, RuleScope, Table};
 use crate::sysctl::ConntrackSettings;
-use crate::tracker::{Clock, Step, Tracker};
+use crate::tracker::{Clock, FlowId, Step, Tracker};
 use crate::{BACKEND_NAME, NflogConfig};
 
 /// What the stream yields.
@@ -108,7 +108,7 @@ struct Session {
     receive_buffer: usize,
     max_receive_buffer: usize,
     resync_pending: bool,
-    pending_fetches: Vec<(u32, FlowKey)>,
+    pending_fetches: Vec<FlowId>,
     log_sequence: nflog::Sequence,
     denied: HashMap<FlowKey, Instant>,
     // Dropped last: restores the settings after the table is gone.
@@ -264,7 +264,7 @@ impl Session {
         for step in steps {
             match step {
                 Step::Emit(event) => batch.push(Ok(event)),
-                Step::FetchCounters(id, key) => self.pending_fetches.push((id, key)),
+                Step::FetchCounters(flow) => self.pending_fetches.push(flow),
             }
         }
     }
@@ -279,25 +279,25 @@ impl Session {
         let pending = std::mem::take(&mut self.pending_fetches);
         for chunk in pending.chunks(PER_ROUND_TRIP) {
             let first = self.requests.next_seq();
-            let mut bytes = conntrack::get_request(&chunk[0].1, first);
+            let mut bytes = conntrack::get_request(&chunk[0].key, first);
             let mut last = first;
-            for (_, key) in &chunk[1..] {
+            for flow in &chunk[1..] {
                 last = self.requests.next_seq();
-                bytes.extend_from_slice(&conntrack::get_request(key, last));
+                bytes.extend_from_slice(&conntrack::get_request(&flow.key, last));
             }
             let answers = self
                 .requests
                 .transact_batch(&bytes, first, last)
                 .map_err(|e| FlowError::io("reading conntrack entries", e))?;
             let now_ns = Clock::now().now_ns;
-            for (seq, (id, _)) in (first..=last).zip(chunk) {
+            for (seq, flow) in (first..=last).zip(chunk) {
                 let counters = match answers.get(&seq) {
                     Some(Ok(replies)) => entries(replies).into_iter().find_map(|e| e.counters),
                     _ => None,
                 };
                 if let Some(event) = self
                     .tracker
-                    .close(*id, counters.unwrap_or_default(), now_ns)
+                    .close(*flow, counters.unwrap_or_default(), now_ns)
                 {
                     batch.push(Ok(event));
                 }

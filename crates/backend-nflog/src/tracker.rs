@@ -11,7 +11,7 @@
 //! Only entries with the backend's ct mark count: its rules set the mark on
 //! the connections of its scope.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use flow_core::{FlowEvent, FlowKey};
 
@@ -22,9 +22,9 @@ use crate::conntrack::{CtEntry, CtEventKind, TCP_STATE_CLOSE, TCP_STATE_TIME_WAI
 pub(crate) enum Step {
     /// Emit this event.
     Emit(FlowEvent),
-    /// The TCP flow `key` closed: fetch its counters, then call
+    /// The TCP flow closed: fetch its counters, then call
     /// [`Tracker::close`].
-    FetchCounters(u32, FlowKey),
+    FetchCounters(FlowId),
 }
 
 /// The monotonic time now, and how to convert the kernel's wall-clock
@@ -64,14 +64,32 @@ impl Clock {
 /// (conntrack keeps a closed TCP entry 120 s by default).
 const CLOSED_MEMORY_NS: u64 = 300 * 1_000_000_000;
 
-/// The flows of one scope, by conntrack id.
+/// A conntrack entry: its id and original tuple together (ids are 32-bit
+/// hashes and collide in large tables; a key alone repeats as ports are
+/// reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct FlowId {
+    pub(crate) id: u32,
+    pub(crate) key: FlowKey,
+}
+
+impl From<&CtEntry> for FlowId {
+    fn from(entry: &CtEntry) -> Self {
+        Self {
+            id: entry.id,
+            key: entry.key,
+        }
+    }
+}
+
+/// The flows of one scope.
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
     mark: u32,
-    open: HashMap<u32, FlowKey>,
+    open: HashSet<FlowId>,
     /// Flows already reported closed whose entry may still be listed or
     /// destroyed later, with when they closed.
-    closed: HashMap<u32, u64>,
+    closed: HashMap<FlowId, u64>,
 }
 
 fn is_tcp_over(entry: &CtEntry) -> bool {
@@ -95,20 +113,20 @@ impl Tracker {
 
     /// Handles one message that arrived at `clock`'s time.
     pub(crate) fn on_message(&mut self, entry: &CtEntry, clock: Clock, steps: &mut Vec<Step>) {
-        if entry.mark != self.mark || self.closed.contains_key(&entry.id) {
+        let flow = FlowId::from(entry);
+        if entry.mark != self.mark || self.closed.contains_key(&flow) {
             if entry.kind == CtEventKind::Destroy {
-                self.closed.remove(&entry.id);
+                self.closed.remove(&flow);
             }
             return;
         }
-        if let std::collections::hash_map::Entry::Vacant(vacant) = self.open.entry(entry.id) {
-            vacant.insert(entry.key);
+        if self.open.insert(flow) {
             let opened_at = clock.to_monotonic(entry.start_ns);
             steps.push(Step::Emit(FlowEvent::opened(entry.key, opened_at)));
         }
         match entry.kind {
             CtEventKind::Destroy => {
-                self.open.remove(&entry.id);
+                self.open.remove(&flow);
                 let (packets, bytes) = entry.counters.unwrap_or_default();
                 let closed_at = clock.to_monotonic(entry.stop_ns);
                 steps.push(Step::Emit(FlowEvent::closed(
@@ -116,23 +134,25 @@ impl Tracker {
                 )));
             }
             CtEventKind::Update if is_tcp_over(entry) => {
-                steps.push(Step::FetchCounters(entry.id, entry.key));
+                steps.push(Step::FetchCounters(flow));
             }
             CtEventKind::New | CtEventKind::Update => {}
         }
     }
 
-    /// Reports the flow `id` closed with `counters` (from a fresh look at
-    /// its entry); its later messages are ignored.
+    /// Reports `flow` closed with `counters` (from a fresh look at its
+    /// entry); its later messages are ignored.
     pub(crate) fn close(
         &mut self,
-        id: u32,
+        flow: FlowId,
         counters: (u64, u64),
         now_ns: u64,
     ) -> Option<FlowEvent> {
-        let key = self.open.remove(&id)?;
-        self.closed.insert(id, now_ns);
-        Some(FlowEvent::closed(key, counters.0, counters.1, now_ns))
+        if !self.open.remove(&flow) {
+            return None;
+        }
+        self.closed.insert(flow, now_ns);
+        Some(FlowEvent::closed(flow.key, counters.0, counters.1, now_ns))
     }
 
     /// Reconciles with a full listing of the table after messages were
@@ -140,52 +160,52 @@ impl Tracker {
     /// they are over); flows no longer listed are closed with the counters
     /// last known (none: zero), because their DESTROY was lost.
     pub(crate) fn resync(&mut self, table: &[CtEntry], now_ns: u64, steps: &mut Vec<Step>) {
-        let mut listed = std::collections::HashSet::new();
+        let mut listed = HashSet::new();
         for entry in table {
             if entry.mark != self.mark {
                 continue;
             }
-            listed.insert(entry.id);
-            if self.closed.contains_key(&entry.id) {
+            let flow = FlowId::from(entry);
+            listed.insert(flow);
+            if self.closed.contains_key(&flow) {
                 continue;
             }
-            if let std::collections::hash_map::Entry::Vacant(vacant) = self.open.entry(entry.id) {
-                vacant.insert(entry.key);
+            if self.open.insert(flow) {
                 steps.push(Step::Emit(FlowEvent::opened(entry.key, now_ns)));
             }
             if is_tcp_over(entry) {
                 let counters = entry.counters.unwrap_or_default();
-                if let Some(event) = self.close(entry.id, counters, now_ns) {
+                if let Some(event) = self.close(flow, counters, now_ns) {
                     steps.push(Step::Emit(event));
                 }
             }
         }
-        let gone: Vec<u32> = self
+        let gone: Vec<FlowId> = self
             .open
-            .keys()
-            .filter(|id| !listed.contains(id))
+            .iter()
+            .filter(|flow| !listed.contains(flow))
             .copied()
             .collect();
-        for id in gone {
-            if let Some(event) = self.close(id, (0, 0), now_ns) {
+        for flow in gone {
+            if let Some(event) = self.close(flow, (0, 0), now_ns) {
                 steps.push(Step::Emit(event));
             }
         }
-        self.closed.retain(|id, _| listed.contains(id));
+        self.closed.retain(|flow, _| listed.contains(flow));
     }
 
     /// Closes every open flow (the scope has no process left), with the
     /// counters of `table` where the entry is still listed.
     pub(crate) fn close_all(&mut self, table: &[CtEntry], now_ns: u64, steps: &mut Vec<Step>) {
-        let counters: HashMap<u32, (u64, u64)> = table
+        let counters: HashMap<FlowId, (u64, u64)> = table
             .iter()
             .filter(|entry| entry.mark == self.mark)
-            .map(|entry| (entry.id, entry.counters.unwrap_or_default()))
+            .map(|entry| (FlowId::from(entry), entry.counters.unwrap_or_default()))
             .collect();
-        let ids: Vec<u32> = self.open.keys().copied().collect();
-        for id in ids {
-            let counts = counters.get(&id).copied().unwrap_or_default();
-            if let Some(event) = self.close(id, counts, now_ns) {
+        let flows: Vec<FlowId> = self.open.iter().copied().collect();
+        for flow in flows {
+            let counts = counters.get(&flow).copied().unwrap_or_default();
+            if let Some(event) = self.close(flow, counts, now_ns) {
                 steps.push(Step::Emit(event));
             }
         }
@@ -233,7 +253,7 @@ mod tests {
             .iter()
             .map(|step| match step {
                 Step::Emit(event) => (event.kind.name(), u32::from(event.key.src_port)),
-                Step::FetchCounters(id, _) => ("fetch", *id),
+                Step::FetchCounters(flow) => ("fetch", flow.id),
             })
             .collect()
     }
@@ -258,7 +278,8 @@ mod tests {
             &mut steps,
         );
         assert_eq!(kinds(&steps), [("opened", 40000), ("fetch", 1)]);
-        let closed = tracker.close(1, (9, 900), 13).unwrap();
+        let flow = FlowId::from(&entry(CtEventKind::Update, 1, 40000, None));
+        let closed = tracker.close(flow, (9, 900), 13).unwrap();
         assert_eq!(
             closed.kind,
             FlowEventKind::Closed {
@@ -296,6 +317,17 @@ mod tests {
                 byte_count: 500
             }
         );
+    }
+
+    #[test]
+    fn entries_whose_ids_collide_are_two_flows() {
+        // Conntrack ids are 32-bit hashes: a large table has collisions.
+        let mut tracker = Tracker::new(MARK);
+        let mut steps = Vec::new();
+        tracker.on_message(&entry(CtEventKind::New, 7, 40001, None), clock(1), &mut steps);
+        tracker.on_message(&entry(CtEventKind::New, 7, 40002, None), clock(1), &mut steps);
+        assert_eq!(kinds(&steps), [("opened", 40001), ("opened", 40002)]);
+        assert_eq!(tracker.open_flows(), 2);
     }
 
     #[test]

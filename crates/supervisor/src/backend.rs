@@ -41,6 +41,8 @@ pub struct Options {
     /// The nflog backend's conntrack event buffer in bytes; `None`: its
     /// default (4 MiB).
     pub netlink_buffer: Option<usize>,
+    /// The eBPF backend's flow table size; `None`: its default (65,536).
+    pub flow_table_entries: Option<u32>,
 }
 
 /// Opens the sources `choice` names for `scope`, ready for
@@ -62,9 +64,12 @@ pub fn open(
     options: &Options,
 ) -> Result<Vec<Box<dyn FlowSource>>, FlowError> {
     match choice {
-        BackendChoice::Ebpf => Ok(vec![open_ebpf(scope)?]),
+        BackendChoice::Ebpf => Ok(vec![open_ebpf(scope, options)?]),
         BackendChoice::Nflog => Ok(vec![open_nflog(scope, options)?]),
-        BackendChoice::Both => Ok(vec![open_ebpf(scope)?, open_nflog(scope, options)?]),
+        BackendChoice::Both => Ok(vec![
+            open_ebpf(scope, options)?,
+            open_nflog(scope, options)?,
+        ]),
         BackendChoice::Auto => Ok(vec![Box::new(preferred(scope, options))]),
     }
 }
@@ -77,7 +82,7 @@ pub fn preferred(scope: &Scope, options: &Options) -> Preferred {
     let mut candidates = Vec::new();
     let mut refused = Vec::new();
     for (name, opened) in [
-        ("ebpf", open_ebpf(scope)),
+        ("ebpf", open_ebpf(scope, options)),
         ("nflog", open_nflog(scope, options)),
     ] {
         match opened {
@@ -89,10 +94,16 @@ pub fn preferred(scope: &Scope, options: &Options) -> Preferred {
 }
 
 #[cfg(feature = "ebpf")]
-fn open_ebpf(scope: &Scope) -> Result<Box<dyn FlowSource>, FlowError> {
+fn open_ebpf(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, FlowError> {
     use flow_backend_ebpf::{BACKEND_NAME, EbpfConfig, EbpfSource};
     match scope {
-        Scope::Cgroup(path) => Ok(Box::new(EbpfSource::new(EbpfConfig::new(path.clone())))),
+        Scope::Cgroup(path) => {
+            let mut config = EbpfConfig::new(path.clone());
+            if let Some(entries) = options.flow_table_entries {
+                config.flow_table_entries = entries;
+            }
+            Ok(Box::new(EbpfSource::new(config)))
+        }
         Scope::Netns(_) => Err(FlowError::unavailable(
             BACKEND_NAME,
             "it observes cgroups, not network namespaces: use --cgroup, or --backend nflog",
@@ -101,7 +112,7 @@ fn open_ebpf(scope: &Scope) -> Result<Box<dyn FlowSource>, FlowError> {
 }
 
 #[cfg(not(feature = "ebpf"))]
-fn open_ebpf(_scope: &Scope) -> Result<Box<dyn FlowSource>, FlowError> {
+fn open_ebpf(_scope: &Scope, _options: &Options) -> Result<Box<dyn FlowSource>, FlowError> {
     Err(not_compiled_in("ebpf"))
 }
 

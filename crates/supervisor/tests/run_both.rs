@@ -496,18 +496,6 @@ fn a_command_that_does_not_exist_is_one_line_and_leaves_nothing() {
     assert_eq!(accounting(&netns), "0", "settings restored");
 }
 
-/// `VmRSS` of `pid` in KiB, and how many file descriptors it has open.
-fn rss_and_fds(pid: u32) -> (u64, usize) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
-    (rss, fds)
-}
-
 /// Mixed traffic with connection churn under `both` for
 /// `FLOWTRACK_SOAK_SECONDS` (default 60): memory and descriptors stay flat,
 /// nothing is lost at this steady rate, and the exit is clean.
@@ -534,17 +522,7 @@ fn soak_mixed_traffic_under_both_stays_flat_and_loses_nothing() {
         command.args(["serve-udp", "[::1]:0"]);
         command
     });
-    // About 100 TCP connections, 10 UDP flows and one ICMP echo a second.
-    let workload = format!(
-        "end=$(( $(date +%s) + {seconds} )); i=0; while [ $(date +%s) -lt $end ]; do \
-         {t} tcp 127.0.0.1:{tcp} --bytes 512 --count 20 >/dev/null; \
-         {t} udp [::1]:{udp} --datagrams 2 >/dev/null; \
-         i=$((i + 1)); [ $((i % 10)) -eq 0 ] && {t} icmp 127.0.0.1:0 --id $i >/dev/null; \
-         sleep 0.2; done",
-        t = traffic.display(),
-        tcp = tcp.port,
-        udp = udp.port
-    );
+    let workload = flowtrack_kernel_tests::churn_workload(&traffic, tcp.port, udp.port, seconds);
     let mut child = flowtrack_in(
         &netns,
         &[
@@ -569,7 +547,7 @@ fn soak_mixed_traffic_under_both_stays_flat_and_loses_nothing() {
     while child.try_wait().unwrap().is_none() {
         std::thread::sleep(std::time::Duration::from_secs(2));
         if started.elapsed() > std::time::Duration::from_secs(seconds / 4) {
-            samples.push(rss_and_fds(pid));
+            samples.push(flowtrack_kernel_tests::rss_and_fds(pid));
         }
     }
     let output = child.wait_with_output().unwrap();

@@ -279,16 +279,6 @@ fn traffic_generator() -> std::path::PathBuf {
     path
 }
 
-/// `VmHWM` (peak resident set) of `pid`, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_reader_that_stops_gets_backpressure_then_counted_loss_never_unbounded_memory() {
     if !privileged("a_reader_that_stops_gets_backpressure_then_counted_loss_never_unbounded_memory")
@@ -337,7 +327,7 @@ fn a_reader_that_stops_gets_backpressure_then_counted_loss_never_unbounded_memor
         assert!(Instant::now() < deadline, "the storm did not finish");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let peak_while_stalled = peak_rss_kib(child.id());
+    let peak_while_stalled = flowtrack_kernel_tests::status_kib(child.id(), "VmHWM:").unwrap();
     // The reader comes back: everything written, or counted lost.
     let mut stdout = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();

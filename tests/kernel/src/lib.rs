@@ -460,3 +460,43 @@ pub fn generate(command: &mut Command) -> Vec<GeneratedFlow> {
         .map(|line| serde_json::from_str(line).expect("the generator writes JSON lines"))
         .collect()
 }
+
+/// A shell loop, for `seconds`, of steady mixed traffic with connection
+/// churn, made by the generator at `traffic`: each round 20 TCP connections
+/// (512 bytes echoed) to 127.0.0.1:`tcp_port`, a UDP flow of two datagrams
+/// to [::1]:`udp_port`, an ICMP echo every tenth round, then 0.2 s of rest.
+#[must_use]
+pub fn churn_workload(
+    traffic: &std::path::Path,
+    tcp_port: u16,
+    udp_port: u16,
+    seconds: u64,
+) -> String {
+    format!(
+        "end=$(( $(date +%s) + {seconds} )); i=0; while [ $(date +%s) -lt $end ]; do \
+         {t} tcp 127.0.0.1:{tcp_port} --bytes 512 --count 20 >/dev/null; \
+         {t} udp [::1]:{udp_port} --datagrams 2 >/dev/null; \
+         i=$((i + 1)); [ $((i % 10)) -eq 0 ] && {t} icmp 127.0.0.1:0 --id $i >/dev/null; \
+         sleep 0.2; done",
+        t = traffic.display(),
+    )
+}
+
+/// `VmRSS` of `pid` in KiB (0 once it is gone), and how many file
+/// descriptors it has open.
+#[must_use]
+pub fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let rss = status_kib(pid, "VmRSS:").unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+    (rss, fds)
+}
+
+/// A `kB` field of /proc/`pid`/status (`VmRSS:`, `VmHWM:`).
+#[must_use]
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}

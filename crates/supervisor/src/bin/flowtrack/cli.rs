@@ -103,6 +103,10 @@ pub(crate) struct BackendArgs {
     /// (at least 4096; it grows after an overrun). Default: 4 MiB.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(4096..))]
     pub(crate) netlink_buffer: Option<u32>,
+    /// eBPF backend: flows its kernel table holds at once (LRU; a live
+    /// flow evicted is reported lost). Default: 65,536.
+    #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(64..))]
+    pub(crate) flow_table_entries: Option<u32>,
     /// `both`: show each backend's events as they come, without
     /// correlating them into one event per flow.
     #[arg(long)]
@@ -119,6 +123,7 @@ impl BackendArgs {
         backend::Options {
             nflog_group: self.nflog_group,
             netlink_buffer: self.netlink_buffer.map(|bytes| bytes as usize),
+            flow_table_entries: self.flow_table_entries,
         }
     }
 }

@@ -1,0 +1,232 @@
+//! `flowtrack-bench scale`: a million concurrent flows — idle UDP flows to
+//! distinct addresses and ports, all open at once inside a test namespace
+//! and cgroup — watched by `flowtrack watch` with each backend: flowtrack's
+//! peak RSS and the kernel memory its flow state takes, per flow.
+
+use std::fmt::Write as _;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use flowtrack_kernel_tests::{Netns, TestCgroup, status_kib};
+
+/// Opens FLOWS idle UDP flows (one datagram each, from one socket, to
+/// 127.1.x.1 ports 1024–61023), then stays alive so they stay open.
+const FAN_OUT: &str = "import socket,sys,time\n\
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+n=int(sys.argv[1])\n\
+for i in range(n): s.sendto(b'x',('127.1.%d.1' % (i // 60000), 1024 + i % 60000))\n\
+print('sent', flush=True)\n\
+time.sleep(int(sys.argv[2]))\n";
+
+/// `flowtrack_flows_opened_total` and loss reports from the metrics
+/// endpoint at 127.0.0.1:`port` in `netns`.
+fn scrape(netns: &Netns, port: u16) -> Option<(u64, u64)> {
+    let output = netns
+        .command("python3")
+        .args([
+            "-c",
+            &format!("import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/').read().decode())"),
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let sum = |prefix: &str| -> u64 {
+        text.lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    output.status.success().then(|| {
+        (
+            sum("flowtrack_flows_opened_total"),
+            sum("flowtrack_loss_reports_total"),
+        )
+    })
+}
+
+/// Bytes of the kernel objects behind `backend`'s flow state for the
+/// cgroup at `cgroup`: the eBPF maps of the attached programs, or the
+/// conntrack entries (slab objects).
+fn kernel_bytes(backend: &str, cgroup: &std::path::Path) -> Result<u64> {
+    if backend == "nflog" {
+        return conntrack_slab_bytes();
+    }
+    let json = |args: &[&str]| -> Result<serde_json::Value> {
+        let output = Command::new("bpftool").arg("-j").args(args).output()?;
+        Ok(serde_json::from_slice(&output.stdout)?)
+    };
+    let attached = json(&["cgroup", "show", cgroup.to_str().context("path")?])?;
+    let mut maps = std::collections::BTreeSet::new();
+    for program in attached.as_array().into_iter().flatten() {
+        let id = program["id"].as_u64().context("program id")?;
+        let info = json(&["prog", "show", "id", &id.to_string()])?;
+        maps.extend(
+            info["map_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_u64),
+        );
+    }
+    let mut bytes = 0;
+    for map in maps {
+        bytes += json(&["map", "show", "id", &map.to_string()])?["bytes_memlock"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    Ok(bytes)
+}
+
+/// Bytes of conntrack entries now (`nf_conntrack` slab: objects × size).
+fn conntrack_slab_bytes() -> Result<u64> {
+    let slabinfo = std::fs::read_to_string("/proc/slabinfo").context("reading /proc/slabinfo")?;
+    let line = slabinfo
+        .lines()
+        .find(|line| line.starts_with("nf_conntrack "))
+        .context("no nf_conntrack slab")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    ensure!(fields.len() == 3, "unexpected slabinfo line {line}");
+    Ok(fields[0] * fields[2])
+}
+
+/// Packets conntrack dropped in `netns` (`insert_failed` + `drop` of
+/// `conntrack -S`): a flow whose first packet it dropped never left.
+fn conntrack_drops(netns: &Netns) -> u64 {
+    let Ok(output) = netns.command("conntrack").arg("-S").output() else {
+        return 0;
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .filter_map(|field| {
+            let (name, value) = field.split_once('=')?;
+            matches!(name, "insert_failed" | "drop").then(|| value.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+/// A global setting changed for the measurement, put back on drop.
+struct Setting {
+    path: &'static str,
+    old: String,
+}
+
+impl Setting {
+    fn raise(path: &'static str, at_least: u64) -> Result<Self> {
+        let old = std::fs::read_to_string(path)?.trim().to_owned();
+        if old.parse::<u64>().unwrap_or(0) < at_least {
+            std::fs::write(path, at_least.to_string())
+                .with_context(|| format!("raising {path}"))?;
+        }
+        Ok(Self { path, old })
+    }
+}
+
+impl Drop for Setting {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path, &self.old);
+    }
+}
+
+fn stop(mut child: Child) {
+    if let Ok(pid) = rustix::process::Pid::from_raw(child.id().cast_signed()).context("pid") {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+    }
+    let _ = child.wait();
+}
+
+/// One backend's row.
+fn measure(backend: &str, flows: u64, port: u16) -> Result<String> {
+    let flowtrack = std::env::current_exe()?.with_file_name("flowtrack");
+    let netns = Netns::new();
+    let cgroup = TestCgroup::new();
+    let mut watch = Command::new("nsenter");
+    watch
+        .arg(format!("--net={}", netns.path().display()))
+        .arg(&flowtrack)
+        .args([
+            "watch",
+            "--backend",
+            backend,
+            "--format",
+            "json",
+            "-o",
+            "/dev/null",
+            "--summary",
+            "off",
+        ])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--cgroup"])
+        .arg(&cgroup.path)
+        .args(["--flow-table-entries", &(flows + flows / 4).to_string()])
+        .args(["--netlink-buffer", &(64 << 20).to_string()]);
+    let watch = watch.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape(&netns, port).is_none() {
+        ensure!(
+            Instant::now() < deadline,
+            "flowtrack --backend {backend} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rss_before = status_kib(watch.id(), "VmRSS:").unwrap_or(0);
+    let kernel_before = kernel_bytes(backend, &cgroup.path)?;
+    let mut python = netns.command("python3");
+    python.args(["-c", FAN_OUT, &flows.to_string(), "25"]);
+    let mut workload = cgroup.wrap(&python).stdout(Stdio::piped()).spawn()?;
+    let started = Instant::now();
+    let (mut opened, mut losses) = (0, 0);
+    while started.elapsed() < Duration::from_secs(25) {
+        std::thread::sleep(Duration::from_millis(500));
+        if let Some((now_opened, now_losses)) = scrape(&netns, port) {
+            (opened, losses) = (now_opened, now_losses);
+            if opened >= flows {
+                break;
+            }
+        }
+    }
+    // Flows are all open now: the state is at its largest.
+    let kernel = kernel_bytes(backend, &cgroup.path)?.saturating_sub(if backend == "nflog" {
+        kernel_before
+    } else {
+        0
+    });
+    let peak = status_kib(watch.id(), "VmHWM:").unwrap_or(0);
+    let dropped = conntrack_drops(&netns);
+    let _ = workload.kill();
+    let _ = workload.wait();
+    stop(watch);
+    if opened == 0 {
+        bail!("flowtrack --backend {backend} reported no flow");
+    }
+    let per_flow = |bytes: u64| bytes as f64 / flows as f64;
+    let grown = peak.saturating_sub(rss_before) * 1024;
+    Ok(format!(
+        "| {backend} | {flows} | {opened} | {losses} | {dropped} | {} MiB (+{} MiB) | {:.0} B | {} MiB | {:.0} B |\n",
+        peak / 1024,
+        grown >> 20,
+        per_flow(grown),
+        kernel >> 20,
+        per_flow(kernel),
+    ))
+}
+
+/// Both backends' rows, with the table header.
+pub(crate) fn scale(flows: u64) -> Result<String> {
+    // Conntrack's table is global: make room for the flows, put it back after.
+    let _max = Setting::raise(
+        "/proc/sys/net/netfilter/nf_conntrack_max",
+        flows + flows / 4,
+    )?;
+    let mut table = String::from(
+        "| backend | flows opened at once | reported opened | loss reports | conntrack drops | flowtrack peak RSS (growth) | growth per flow | kernel flow state | per flow |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (backend, port) in [("ebpf", 19_464), ("nflog", 19_465)] {
+        write!(table, "{}", measure(backend, flows, port)?)?;
+    }
+    Ok(table)
+}
