@@ -19,8 +19,8 @@ for i in range(n): s.sendto(b'x',('127.1.%d.1' % (i // 60000), 1024 + i % 60000)
 print('sent', flush=True)\n\
 time.sleep(int(sys.argv[2]))\n";
 
-/// `flowtrack_flows_opened_total` and loss reports from the metrics
-/// endpoint at 127.0.0.1:`port` in `netns`.
+/// `flowtrack_flows_opened_total` and observations reported lost, from
+/// the metrics endpoint at 127.0.0.1:`port` in `netns`.
 fn scrape(netns: &Netns, port: u16) -> Option<(u64, u64)> {
     let output = netns
         .command("python3")
@@ -54,6 +54,9 @@ fn kernel_bytes(backend: &str, cgroup: &std::path::Path) -> Result<u64> {
     }
     let json = |args: &[&str]| -> Result<serde_json::Value> {
         let output = Command::new("bpftool").arg("-j").args(args).output()?;
+        if output.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Ok(serde_json::Value::Array(Vec::new()));
+        }
         Ok(serde_json::from_slice(&output.stdout)?)
     };
     let attached = json(&["cgroup", "show", cgroup.to_str().context("path")?])?;
@@ -223,7 +226,7 @@ pub(crate) fn scale(flows: u64) -> Result<String> {
         flows + flows / 4,
     )?;
     let mut table = String::from(
-        "| backend | flows opened at once | reported opened | loss reports | conntrack drops | flowtrack peak RSS (growth) | growth per flow | kernel flow state | per flow |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| backend | flows opened at once | reported opened | reported lost | conntrack drops | flowtrack peak RSS (growth) | growth per flow | kernel flow state | per flow |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for (backend, port) in [("ebpf", 19_464), ("nflog", 19_465)] {
         write!(table, "{}", measure(backend, flows, port)?)?;

@@ -324,8 +324,16 @@ mod tests {
         // Conntrack ids are 32-bit hashes: a large table has collisions.
         let mut tracker = Tracker::new(MARK);
         let mut steps = Vec::new();
-        tracker.on_message(&entry(CtEventKind::New, 7, 40001, None), clock(1), &mut steps);
-        tracker.on_message(&entry(CtEventKind::New, 7, 40002, None), clock(1), &mut steps);
+        tracker.on_message(
+            &entry(CtEventKind::New, 7, 40001, None),
+            clock(1),
+            &mut steps,
+        );
+        tracker.on_message(
+            &entry(CtEventKind::New, 7, 40002, None),
+            clock(1),
+            &mut steps,
+        );
         assert_eq!(kinds(&steps), [("opened", 40001), ("opened", 40002)]);
         assert_eq!(tracker.open_flows(), 2);
     }
