@@ -30,6 +30,10 @@ enum Cmd {
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: std::path::PathBuf,
+        /// Only these sections (comma-separated); the others are kept from
+        /// the report already at `--out`.
+        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(report::SECTION_NAMES))]
+        only: Vec<String>,
         /// eBPF cost: bytes per transfer.
         #[arg(long, default_value_t = 1 << 30)]
         ebpf_bytes: u64,
@@ -108,6 +112,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Report {
             out,
+            only,
             ebpf_bytes,
             ebpf_rounds,
             storm_flows,
@@ -123,6 +128,7 @@ fn main() -> Result<()> {
                 soak_seconds,
                 fuzz_seconds,
             },
+            &only,
             &out,
         ),
         Cmd::Scale { flows } => print(scale::scale(flows)),

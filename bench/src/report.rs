@@ -81,23 +81,116 @@ fn merge() -> Result<String> {
     Ok(table)
 }
 
-/// Runs everything in `plan` and writes the report to `out` (rewritten
-/// after each section, so a failure keeps what was measured).
-pub(crate) fn report(plan: &Plan, out: &Path) -> Result<()> {
+/// A section of the report: its name for `--only`, its heading, and the
+/// measurement that writes its body.
+struct Section {
+    name: &'static str,
+    heading: &'static str,
+    write: fn(&Plan, &str) -> Result<String>,
+}
+
+/// The sections, in the report's order.
+const SECTIONS: [Section; 6] = [
+    Section {
+        name: "merge",
+        heading: "## Merge + encoding",
+        write: merge_section,
+    },
+    Section {
+        name: "ebpf-cost",
+        heading: "## eBPF backend: per-packet cost and throughput",
+        write: ebpf_section,
+    },
+    Section {
+        name: "storm",
+        heading: "## A storm of short connections beside `conntrack -E`",
+        write: storm_section,
+    },
+    Section {
+        name: "scale",
+        heading: "## Memory at scale",
+        write: scale_section,
+    },
+    Section {
+        name: "soak",
+        heading: "## Soak under `--backend both`",
+        write: soak_section,
+    },
+    Section {
+        name: "fuzz",
+        heading: "## Fuzzing runs",
+        write: fuzz_section,
+    },
+];
+
+/// The names `--only` accepts.
+pub(crate) const SECTION_NAMES: [&str; 6] =
+    ["merge", "ebpf-cost", "storm", "scale", "soak", "fuzz"];
+
+/// The sections of an earlier report, by heading.
+fn earlier_sections(text: &str) -> Vec<(String, String)> {
+    let mut sections: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("## ") {
+            sections.push((line.to_owned(), String::new()));
+        }
+        if let Some((_, body)) = sections.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    sections
+}
+
+/// Runs the sections in `only` (all when empty) and writes the report to
+/// `out`, keeping the other sections of the report already there. The file
+/// is rewritten after each section, so a failure keeps what was measured.
+pub(crate) fn report(plan: &Plan, only: &[String], out: &Path) -> Result<()> {
     let machine = machine();
-    let mut md = String::from(
-        "# Benchmarks\n\n\
-         Written by `flowtrack-bench report` (see the README): every table below\n\
-         comes from one run of it on the machine named in each section. Performance\n\
-         is measured here, never asserted as wall-clock limits in tests: the\n\
-         machines are shared and noisy. Where two things are compared, they run\n\
-         side by side in the same run.\n\n",
-    );
-    eprintln!("== merge + encoding");
-    write!(
-        md,
-        "## Merge + encoding\n\n\
-         **What**: 1,000,000 flow events from 4 sources (250,000 each, alternating\n\
+    let earlier = earlier_sections(&std::fs::read_to_string(out).unwrap_or_default());
+    let mut bodies: Vec<String> = SECTIONS
+        .iter()
+        .map(|section| {
+            earlier
+                .iter()
+                .find(|(heading, _)| heading == section.heading)
+                .map(|(_, body)| body.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    for (index, section) in SECTIONS.iter().enumerate() {
+        if !only.is_empty() && !only.iter().any(|name| name == section.name) {
+            ensure!(
+                !bodies[index].is_empty(),
+                "{} has no section {:?} to keep: run it too",
+                out.display(),
+                section.heading
+            );
+            continue;
+        }
+        eprintln!("== {}", section.name);
+        bodies[index] = format!(
+            "{}\n\n{}\n",
+            section.heading,
+            (section.write)(plan, &machine)?
+        );
+        std::fs::write(out, format!("{HEADER}{}", bodies.concat()))
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+const HEADER: &str = "# Benchmarks\n\n\
+Written by `flowtrack-bench report` (see the README): every table below\n\
+comes from the harness, on the machine named in each section. Performance\n\
+is measured here, never asserted as wall-clock limits in tests: the\n\
+machines are shared and noisy. Where two things are compared, they run\n\
+side by side in the same run.\n\n";
+
+fn merge_section(_plan: &Plan, machine: &str) -> Result<String> {
+    Ok(format!(
+        "**What**: 1,000,000 flow events from 4 sources (250,000 each, alternating\n\
          `opened`/`closed` over distinct TCP keys) merged by `Merger` (65,536-item\n\
          queue, batches of 256) and written by `pipeline::write_all` through\n\
          `RecordWriter` to `io::sink()`, on a current-thread tokio runtime (one\n\
@@ -105,13 +198,12 @@ pub(crate) fn report(plan: &Plan, out: &Path) -> Result<()> {
          **How**: the criterion benchmark `crates/supervisor/benches/merge_json.rs`\n\
          (`cargo bench -p flow-supervisor --bench merge_json`). **Machine**: {machine}.\n\n{}\n",
         merge()?
-    )?;
-    std::fs::write(out, &md)?;
-    eprintln!("== eBPF per-packet cost");
-    write!(
-        md,
-        "## eBPF backend: per-packet cost and throughput\n\n\
-         **What**: a bulk TCP transfer over loopback in a test network namespace,\n\
+    ))
+}
+
+fn ebpf_section(plan: &Plan, machine: &str) -> Result<String> {
+    Ok(format!(
+        "**What**: a bulk TCP transfer over loopback in a test network namespace,\n\
          from a sender inside a cgroup to a sink outside it, timed with flowtrack's\n\
          eBPF programs attached to the cgroup and without them, interleaved (the\n\
          order alternates each round), {} rounds, medians. With\n\
@@ -122,13 +214,12 @@ pub(crate) fn report(plan: &Plan, out: &Path) -> Result<()> {
          ratio at least 0.97. **Machine**: {machine}.\n\n{}\n",
         plan.ebpf_rounds,
         ebpf_cost::ebpf_cost(plan.ebpf_bytes, plan.ebpf_rounds)?
-    )?;
-    std::fs::write(out, &md)?;
-    eprintln!("== connection storm");
-    write!(
-        md,
-        "## A storm of short connections beside `conntrack -E`\n\n\
-         **What**: {} short TCP connections (connect, one byte each way, close)\n\
+    ))
+}
+
+fn storm_section(plan: &Plan, machine: &str) -> Result<String> {
+    Ok(format!(
+        "**What**: {} short TCP connections (connect, one byte each way, close)\n\
          over loopback in a fresh namespace, as fast as two client threads can,\n\
          while `flowtrack watch --backend nflog --format json` (default settings)\n\
          and `stdbuf -oL conntrack -E -e NEW,DESTROY` watch it at the same time.\n\
@@ -143,13 +234,12 @@ pub(crate) fn report(plan: &Plan, out: &Path) -> Result<()> {
          not in the comparison yet.) **Machine**: {machine}.\n\n{}\n",
         plan.storm_flows,
         storm::nflog_storm(plan.storm_flows, 2)?
-    )?;
-    std::fs::write(out, &md)?;
-    eprintln!("== a million flows");
-    write!(
-        md,
-        "## Memory with {} concurrent flows\n\n\
-         **What**: one process in a test namespace and cgroup sends one UDP\n\
+    ))
+}
+
+fn scale_section(plan: &Plan, machine: &str) -> Result<String> {
+    Ok(format!(
+        "**What**: one process in a test namespace and cgroup sends one UDP\n\
          datagram to each of {} distinct addresses and ports, then stays alive,\n\
          so that every flow is open at once; `flowtrack watch --cgroup` with each\n\
          backend reports them (JSON to /dev/null; the count is read from its\n\
@@ -166,15 +256,13 @@ pub(crate) fn report(plan: &Plan, out: &Path) -> Result<()> {
          about 47,000 records; every record lost is counted, and reported +\n\
          lost = made). **Machine**: {machine}.\n\n{}\n",
         plan.scale_flows,
-        plan.scale_flows,
         scale::scale(plan.scale_flows)?
-    )?;
-    std::fs::write(out, &md)?;
-    eprintln!("== soak");
-    write!(
-        md,
-        "## Soak under `--backend both`\n\n\
-         **What**: `flowtrack run --backend both` over a loop of steady mixed\n\
+    ))
+}
+
+fn soak_section(plan: &Plan, machine: &str) -> Result<String> {
+    Ok(format!(
+        "**What**: `flowtrack run --backend both` over a loop of steady mixed\n\
          traffic with churn (each round 20 TCP connections with 512 bytes\n\
          echoed, a UDP flow of two datagrams over IPv6, an ICMP echo every tenth\n\
          round, 0.2 s of rest), for {} s; RSS and open descriptors sampled every\n\
@@ -183,13 +271,12 @@ pub(crate) fn report(plan: &Plan, out: &Path) -> Result<()> {
          **Machine**: {machine}.\n\n{}\n",
         plan.soak_seconds,
         soak::soak(plan.soak_seconds)?
-    )?;
-    std::fs::write(out, &md)?;
-    eprintln!("== fuzzing");
-    write!(
-        md,
-        "## Fuzzing runs\n\n\
-         **What**: each cargo-fuzz target (`fuzz/`) for {} s from the committed\n\
+    ))
+}
+
+fn fuzz_section(plan: &Plan, machine: &str) -> Result<String> {
+    Ok(format!(
+        "**What**: each cargo-fuzz target (`fuzz/`) for {} s from the committed\n\
          corpus (real kernel messages from `fuzz/seed_netlink.py`, ring records\n\
          from `fuzz/seed_ring_records.py`, and `crash-*` inputs kept as\n\
          regressions: the first netlink runs crashed inside neli's parser, which\n\
@@ -197,8 +284,5 @@ pub(crate) fn report(plan: &Plan, out: &Path) -> Result<()> {
          fails the report. **Machine**: {machine}.\n\n{}\n",
         plan.fuzz_seconds,
         fuzz::fuzz(plan.fuzz_seconds)?
-    )?;
-    std::fs::write(out, md).with_context(|| format!("writing {}", out.display()))?;
-    eprintln!("wrote {}", out.display());
-    Ok(())
+    ))
 }

@@ -78,6 +78,8 @@ pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowS
         user_removed: 0,
         pending: VecDeque::new(),
         failed: false,
+        next_walk: std::time::Instant::now(),
+        last_live: 0,
         attached,
     };
     Ok(futures::stream::unfold(reader, |mut reader| async move {
@@ -141,6 +143,10 @@ struct Reader {
     pending: VecDeque<Item>,
     /// A fatal error was queued: the stream ends after `pending`.
     failed: bool,
+    /// When the table may be walked next (see [`Reader::sweep`]).
+    next_walk: std::time::Instant,
+    /// Flows in the table at the last walk.
+    last_live: u64,
     /// Declared last: dropped after the maps, it detaches the programs.
     attached: Attached,
 }
@@ -177,8 +183,9 @@ impl Reader {
         drain(self.ring.get_mut(), &mut self.pending);
     }
 
-    /// Closes idle flows and reports new losses; fails the stream when a
-    /// program was detached from outside.
+    /// Reports new losses, closes idle flows (walking the table on a
+    /// schedule that keeps the walk under a tenth of the time); fails the
+    /// stream when a program was detached from outside.
     fn sweep(&mut self) {
         if let Some(program) = self.attached.detached_program() {
             self.pending.push_back(Err(FlowError::unavailable(
@@ -192,8 +199,26 @@ impl Reader {
             self.failed = true;
             return;
         }
-        let now = monotonic_now_ns();
         let scope_ended = cgroup::is_populated(&self.cgroup) == Some(false);
+        // Walking the table costs a system call per flow: with a million
+        // flows, a second or more. Walk at most a tenth of the time, so the
+        // ring keeps being read; losses are checked every sweep regardless.
+        if std::time::Instant::now() < self.next_walk && !(scope_ended && self.last_live > 0) {
+            self.report_losses(self.last_live);
+            return;
+        }
+        let walk_started = std::time::Instant::now();
+        let live = self.walk(scope_ended);
+        let took = walk_started.elapsed();
+        self.next_walk = walk_started + self.sweep.period().max(took * 10);
+        self.last_live = live;
+        self.report_losses(live);
+    }
+
+    /// Closes the idle flows (all of them once the scope has ended); the
+    /// flows left in the table.
+    fn walk(&mut self, scope_ended: bool) -> u64 {
+        let now = monotonic_now_ns();
         let mut live = 0_u64;
         let mut expired = Vec::new();
         for entry in self.flows.iter() {
@@ -227,7 +252,7 @@ impl Reader {
                 )));
             }
         }
-        self.report_losses(live);
+        live
     }
 
     fn idle_limit(&self, key: &RawFlowKey, state: &RawFlowState) -> u64 {
