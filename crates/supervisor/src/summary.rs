@@ -16,7 +16,7 @@
 //! # Ok::<(), std::net::AddrParseError>(())
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -59,7 +59,9 @@ pub struct Destination {
 /// [`MAX_DESTINATIONS`].
 #[derive(Debug, Clone, Default)]
 pub struct Destinations {
-    by_destination: BTreeMap<Destination, DestinationStats>,
+    // A hash map: one lookup per event written, on the output's hot path;
+    // sorted only when shown.
+    by_destination: HashMap<Destination, DestinationStats>,
     /// Events about destinations beyond the bound.
     pub untracked_events: u64,
 }
@@ -103,7 +105,9 @@ impl Destinations {
 
     /// The destinations seen, in order of protocol, address and port.
     pub fn iter(&self) -> impl Iterator<Item = (&Destination, &DestinationStats)> {
-        self.by_destination.iter()
+        let mut sorted: Vec<_> = self.by_destination.iter().collect();
+        sorted.sort_unstable_by_key(|(destination, _)| **destination);
+        sorted.into_iter()
     }
 
     /// Whether nothing was seen.
