@@ -13,7 +13,9 @@
 //!
 //! After its `closed`, a flow is remembered for [`DedupConfig::linger`] so
 //! that a slower backend's late `opened` and `closed` of the same flow are
-//! absorbed; a backend that opens the key again after closing it starts a
+//! absorbed — and, while a backend that opened it still owes its close, up
+//! to 600 s (conntrack reports a UDP flow's end only when its entry
+//! expires); a backend that opens the key again after closing it starts a
 //! new flow (ports are reused). At most [`DedupConfig::capacity`] flows are
 //! remembered: beyond that the oldest is evicted (its held events are sent
 //! at once, so nothing is lost, though a late duplicate may then pass) and
@@ -92,6 +94,10 @@ impl DedupConfig {
         }
     }
 }
+
+/// How long a closed flow is remembered while a backend that saw it still
+/// owes its close.
+const OWED_CLOSE_MAX: Duration = Duration::from_secs(600);
 
 /// An event held back for the others' views.
 #[derive(Debug)]
@@ -368,7 +374,19 @@ impl Correlator {
             {
                 overdue_close.push(*key);
             }
-            if flow.closed_at.is_some_and(|at| now - at >= linger) {
+            // A backend that opened the flow still owes its close (conntrack
+            // reports a UDP flow's end when the entry expires, up to 120 s
+            // after eBPF): keep waiting for it, up to OWED_CLOSE_MAX.
+            let owed = flow
+                .opened_by
+                .iter()
+                .any(|b| !flow.closed_by.contains(b) && self.config.backends.contains(b));
+            let waited = if owed {
+                OWED_CLOSE_MAX.max(linger)
+            } else {
+                linger
+            };
+            if flow.closed_at.is_some_and(|at| now - at >= waited) {
                 forget.push(*key);
             }
         }

@@ -181,3 +181,21 @@ async fn losses_and_failures_pass_through() {
     drop(h.input);
     assert!(h.output.next().await.is_none(), "ends with its input");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_close_owed_by_the_slower_backend_is_absorbed_even_after_the_linger() {
+    let mut h = Harness::new(100);
+    h.send(seen("ebpf", FlowEvent::opened(key(4), 1)));
+    h.send(seen("nflog", FlowEvent::opened(key(4), 2)));
+    h.send(seen("ebpf", FlowEvent::closed(key(4), 2, 100, 3)));
+    let out = h.after(Duration::from_secs(1)).await;
+    assert_eq!(out.len(), 2, "{out:?}");
+    // conntrack's DESTROY of a UDP flow, 150 s later (past the 120 s linger).
+    tokio::time::advance(Duration::from_secs(150)).await;
+    h.send(seen("nflog", FlowEvent::closed(key(4), 2, 100, 4)));
+    assert_eq!(
+        h.after(Duration::from_secs(1)).await,
+        [],
+        "no second closed"
+    );
+}
