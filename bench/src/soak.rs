@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use flowtrack_kernel_tests::{Netns, Server, churn_workload, rss_and_fds};
+use flowtrack_kernel_tests::{Netns, churn_workload, rss_and_fds};
 
 /// Runs the soak for `seconds`; returns the Markdown table.
 pub(crate) fn soak(seconds: u64) -> Result<String> {
@@ -18,14 +18,9 @@ pub(crate) fn soak(seconds: u64) -> Result<String> {
         traffic.display()
     );
     let netns = Netns::new();
-    let server = |args: &[&str]| {
-        let mut command = netns.command(traffic.to_str().unwrap_or_default());
-        command.args(args);
-        Server::start(command)
-    };
     let (tcp, udp) = (
-        server(&["serve-tcp", "127.0.0.1:0"]),
-        server(&["serve-udp", "[::1]:0"]),
+        netns.serve(&traffic, &["serve-tcp", "127.0.0.1:0"]),
+        netns.serve(&traffic, &["serve-udp", "[::1]:0"]),
     );
     let out = tempfile_path("soak.jsonl");
     let mut child = Command::new("nsenter")

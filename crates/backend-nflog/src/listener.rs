@@ -231,8 +231,9 @@ impl Session {
     /// Drains the conntrack event socket.
     fn read_events(&mut self, batch: &mut Vec<Item>) -> Result<(), FlowError> {
         loop {
-            let datagram = match self.events.recv(true) {
-                Ok(datagram) => datagram.to_vec(),
+            // Decoded in the socket's buffer: the entries are owned, no copy.
+            let (entries, malformed) = match self.events.recv(true) {
+                Ok(datagram) => conntrack::decode_datagram(datagram),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.fetch_pending(batch)?;
                     if self.resync_pending {
@@ -248,7 +249,6 @@ impl Session {
                 Err(e) => return Err(FlowError::io("reading conntrack events", e)),
             };
             let clock = Clock::now();
-            let (entries, malformed) = conntrack::decode_datagram(&datagram);
             push_malformed(batch, malformed);
             let mut steps = Vec::new();
             for entry in &entries {
@@ -347,8 +347,8 @@ impl Session {
     /// Drains the nflog socket: denied packets and sequence gaps.
     fn read_log(&mut self, batch: &mut Vec<Item>) -> Result<(), FlowError> {
         loop {
-            let datagram = match self.log.recv(true) {
-                Ok(datagram) => datagram.to_vec(),
+            let (packets, malformed) = match self.log.recv(true) {
+                Ok(datagram) => nflog::decode_datagram(datagram),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     batch.push(Err(FlowError::lost(LossPoint::NetlinkOverrun, None)));
@@ -356,7 +356,6 @@ impl Session {
                 }
                 Err(e) => return Err(FlowError::io("reading nflog packets", e)),
             };
-            let (packets, malformed) = nflog::decode_datagram(&datagram);
             push_malformed(batch, malformed);
             for packet in &packets {
                 self.on_logged(packet, batch);

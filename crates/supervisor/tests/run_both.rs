@@ -9,7 +9,7 @@ use flowtrack_kernel_tests::{Netns, privileged};
 
 mod common;
 
-use common::{accounting, flowtrack_in, tables};
+use common::{accounting, attached_programs, flowtrack_in, program_goes_away, tables};
 
 /// Two TCP connections to a local server, a UDP datagram to port 9, then
 /// exit.
@@ -112,37 +112,6 @@ fn both_backends_see_the_same_flows_and_correlated_each_comes_out_once() {
     assert_eq!(shape(&opened.keys().copied().collect()), expected);
 }
 
-/// IDs of flowtrack's programs attached to `cgroup` (from `bpftool`).
-fn attached_programs(cgroup: &std::path::Path) -> Vec<String> {
-    let output = std::process::Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(cgroup)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|line| line.contains("flowtrack_"))
-        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
-        .collect()
-}
-
-/// Whether BPF program `id` is unloaded within a few seconds (the kernel
-/// frees programs after an RCU grace period).
-fn program_goes_away(id: &str) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::process::Command::new("bpftool")
-        .args(["prog", "show", "id", id])
-        .output()
-        .is_ok_and(|output| output.status.success())
-    {
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    true
-}
-
 #[test]
 fn after_sigkill_cleanup_removes_everything_and_a_new_run_works() {
     if !privileged("after_sigkill_cleanup_removes_everything_and_a_new_run_works") {
@@ -199,7 +168,7 @@ fn after_sigkill_cleanup_removes_everything_and_a_new_run_works() {
     assert_eq!(accounting(&netns), "0", "settings restored");
     for id in &programs {
         assert!(
-            program_goes_away(id),
+            program_goes_away(*id),
             "program {id} is gone with its process"
         );
     }
@@ -511,17 +480,9 @@ fn soak_mixed_traffic_under_both_stays_flat_and_loses_nothing() {
     let netns = Netns::new();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("flows.jsonl");
-    let traffic = std::path::Path::new(common::FLOWTRACK).with_file_name("traffic");
-    let tcp = flowtrack_kernel_tests::Server::start({
-        let mut command = netns.command(traffic.to_str().unwrap());
-        command.args(["serve-tcp", "127.0.0.1:0"]);
-        command
-    });
-    let udp = flowtrack_kernel_tests::Server::start({
-        let mut command = netns.command(traffic.to_str().unwrap());
-        command.args(["serve-udp", "[::1]:0"]);
-        command
-    });
+    let traffic = common::traffic_generator();
+    let tcp = netns.serve(&traffic, &["serve-tcp", "127.0.0.1:0"]);
+    let udp = netns.serve(&traffic, &["serve-udp", "[::1]:0"]);
     let workload = flowtrack_kernel_tests::churn_workload(&traffic, tcp.port, udp.port, seconds);
     let mut child = flowtrack_in(
         &netns,

@@ -2,7 +2,7 @@
 //! command's flows, exits with its code, and leaves nothing behind after a
 //! normal run, SIGINT, or SIGKILL followed by a new start.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,10 @@ use flowtrack_kernel_tests::{Netns, privileged};
 
 mod common;
 
-use common::{FLOWTRACK, SEND_UDP, assert_one_udp_flow};
+use common::{
+    FLOWTRACK, SEND_UDP, assert_one_udp_flow, attached_programs, program_goes_away,
+    traffic_generator,
+};
 
 /// flowtrack's cgroups (`flowtrack-<pid>-<n>`) that belong to `pid`.
 fn cgroups_of(pid: u32) -> Vec<PathBuf> {
@@ -25,40 +28,6 @@ fn cgroups_of(pid: u32) -> Vec<PathBuf> {
                 .is_some_and(|name| name.starts_with(&format!("flowtrack-{pid}-")))
         })
         .collect()
-}
-
-/// IDs of the BPF programs attached to `cgroup` (from `bpftool`).
-fn attached_programs(cgroup: &Path) -> Vec<u64> {
-    let output = Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(cgroup)
-        .output()
-        .expect("bpftool runs");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|line| line.contains("flowtrack_"))
-        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
-        .collect()
-}
-
-fn program_exists(id: u64) -> bool {
-    Command::new("bpftool")
-        .args(["prog", "show", "id", &id.to_string()])
-        .output()
-        .is_ok_and(|output| output.status.success())
-}
-
-/// Whether program `id` is unloaded within a few seconds (the kernel frees
-/// programs after an RCU grace period, not at once).
-fn program_goes_away(id: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while program_exists(id) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
 }
 
 /// Waits until `flowtrack`'s cgroup exists with its programs attached.
@@ -267,18 +236,6 @@ fn without_privileges_the_error_says_what_is_needed() {
     assert_eq!(stderr.lines().count(), 1);
 }
 
-/// The kernel tests' traffic generator, built beside flowtrack in the same
-/// workspace.
-fn traffic_generator() -> std::path::PathBuf {
-    let path = Path::new(FLOWTRACK).with_file_name("traffic");
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace (cargo build --workspace)",
-        path.display()
-    );
-    path
-}
-
 #[test]
 fn a_reader_that_stops_gets_backpressure_then_counted_loss_never_unbounded_memory() {
     if !privileged("a_reader_that_stops_gets_backpressure_then_counted_loss_never_unbounded_memory")
@@ -289,11 +246,7 @@ fn a_reader_that_stops_gets_backpressure_then_counted_loss_never_unbounded_memor
     let dir = tempfile::tempdir().unwrap();
     let done = dir.path().join("done");
     let made: u64 = 60_000;
-    let server = flowtrack_kernel_tests::Server::start({
-        let mut command = netns.command(traffic_generator().to_str().unwrap());
-        command.args(["serve-tcp", "127.0.0.1:0"]);
-        command
-    });
+    let server = netns.serve(&traffic_generator(), &["serve-tcp", "127.0.0.1:0"]);
     let storm = format!(
         "ip netns exec {} {} tcp 127.0.0.1:{} --bytes 1 --count {made} > /dev/null && touch {}",
         netns.name,

@@ -130,6 +130,21 @@ impl Netns {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
+    /// Starts `server` (the generator at that path) with `args` in the
+    /// namespace, and waits for its `ready PORT` line.
+    ///
+    /// # Panics
+    /// When it does not start.
+    #[must_use]
+    pub fn serve(&self, server: &std::path::Path, args: &[&str]) -> Server {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.name])
+            .arg(server)
+            .args(args);
+        Server::start(command)
+    }
+
     /// `program args` to run inside the namespace.
     #[must_use]
     pub fn command(&self, program: &str) -> Command {

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use flow_core::record::{FlowRecord, RecordItem};
 use flowtrack_kernel_tests::Netns;
@@ -82,4 +83,50 @@ pub(crate) fn accounting(netns: &Netns) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// IDs of the BPF programs attached to `cgroup` (from `bpftool`).
+pub(crate) fn attached_programs(cgroup: &Path) -> Vec<u64> {
+    let output = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains("flowtrack_"))
+        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn program_exists(id: u64) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+/// Whether program `id` is unloaded within a few seconds (the kernel frees
+/// programs after an RCU grace period, not at once).
+pub(crate) fn program_goes_away(id: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while program_exists(id) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// The kernel tests' traffic generator, built beside flowtrack in the same
+/// workspace.
+pub(crate) fn traffic_generator() -> std::path::PathBuf {
+    let path = Path::new(FLOWTRACK).with_file_name("traffic");
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace (cargo build --workspace)",
+        path.display()
+    );
+    path
 }
