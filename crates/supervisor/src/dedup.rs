@@ -16,7 +16,9 @@
 //! absorbed — and, while a backend that opened it still owes its close, up
 //! to 600 s (conntrack reports a UDP flow's end only when its entry
 //! expires); a backend that opens the key again after closing it starts a
-//! new flow (ports are reused). At most [`DedupConfig::capacity`] flows are
+//! new flow (ports are reused), and a close the old flow still owes is
+//! absorbed when it comes (a UDP socket that reuses a port conntrack still
+//! tracks is one entry to conntrack, two flows to eBPF). At most [`DedupConfig::capacity`] flows are
 //! remembered: beyond that the oldest is evicted (its held events are sent
 //! at once, so nothing is lost, though a late duplicate may then pass) and
 //! counted in [`Correlated::evictions`].
@@ -117,6 +119,11 @@ struct Flow {
     close: Option<Held>,
     /// When the `closed` was sent; the flow lingers from then on.
     closed_at: Option<Instant>,
+    /// Backends that still owe the close of an earlier flow on this key:
+    /// a UDP socket that reuses a port conntrack still tracks is a new flow
+    /// to eBPF but the same entry to conntrack, whose one DESTROY comes
+    /// later and belongs to the earlier flow.
+    owed_earlier: Vec<Arc<str>>,
 }
 
 impl Flow {
@@ -128,7 +135,29 @@ impl Flow {
             open: None,
             close: None,
             closed_at: None,
+            owed_earlier: Vec::new(),
         }
+    }
+
+    /// The backends of `active` that opened this flow (or an earlier one on
+    /// its key) and have not closed it yet.
+    fn owing(&self, active: &[Arc<str>]) -> Vec<Arc<str>> {
+        let mut owing: Vec<Arc<str>> = Vec::new();
+        let open_here = self
+            .opened_by
+            .iter()
+            .filter(|b| !self.closed_by.contains(b));
+        for backend in open_here.chain(&self.owed_earlier) {
+            if active.contains(backend) && !owing.contains(backend) {
+                owing.push(Arc::clone(backend));
+            }
+        }
+        owing
+    }
+
+    /// Whether every view of the flow has come in.
+    fn complete(&self) -> bool {
+        self.owed_earlier.is_empty() && self.opened_by.iter().all(|b| self.closed_by.contains(b))
     }
 
     fn seen_by(&self) -> Vec<Arc<str>> {
@@ -204,14 +233,19 @@ impl Correlator {
         out: &mut VecDeque<MergedItem>,
     ) {
         let key = event.key;
+        let mut owed_earlier = Vec::new();
         if let Some(flow) = self.flows.get(&key) {
             let reopened = flow.closed_by.contains(&backend);
             if reopened {
                 // This backend closed its view of the flow: a new flow on a
-                // reused key. Whatever is held of the old one goes first.
+                // reused key. Whatever is held of the old one goes first;
+                // closes the old one is still owed pass to the new one.
+                owed_earlier = flow.owing(&self.config.backends);
                 self.finish(key, out);
             } else if !flow.opened_by.contains(&backend) {
                 let flow = self.flows.get_mut(&key).expect("present");
+                // Opening the key again, it lost the earlier flow's close.
+                flow.owed_earlier.retain(|b| *b != backend);
                 if backend == self.config.preferred
                     && let Some(held) = &mut flow.open
                 {
@@ -232,6 +266,7 @@ impl Correlator {
         }
         self.make_room(now, out);
         let mut flow = Flow::new(now);
+        flow.owed_earlier = owed_earlier;
         flow.opened_by.push(Arc::clone(&backend));
         let held = Held {
             backend,
@@ -270,10 +305,21 @@ impl Correlator {
         if flow.closed_by.contains(&backend) {
             return;
         }
-        flow.closed_by.push(Arc::clone(&backend));
-        if flow.closed_at.is_some() {
+        let earlier = flow.owed_earlier.iter().position(|b| *b == backend);
+        let of_earlier_flow = match earlier {
+            // The close of an earlier flow on this key, already reported.
+            Some(index) if !flow.opened_by.contains(&backend) => {
+                flow.owed_earlier.swap_remove(index);
+                true
+            }
+            _ => {
+                flow.closed_by.push(Arc::clone(&backend));
+                false
+            }
+        };
+        if of_earlier_flow || flow.closed_at.is_some() {
             // A late view of a flow already reported closed.
-            if flow.opened_by.iter().all(|b| flow.closed_by.contains(b)) {
+            if flow.closed_at.is_some() && flow.complete() {
                 self.flows.remove(&key);
             }
             return;
@@ -377,10 +423,7 @@ impl Correlator {
             // A backend that opened the flow still owes its close (conntrack
             // reports a UDP flow's end when the entry expires, up to 120 s
             // after eBPF): keep waiting for it, up to OWED_CLOSE_MAX.
-            let owed = flow
-                .opened_by
-                .iter()
-                .any(|b| !flow.closed_by.contains(b) && self.config.backends.contains(b));
+            let owed = !flow.owing(&self.config.backends).is_empty();
             let waited = if owed {
                 OWED_CLOSE_MAX.max(linger)
             } else {

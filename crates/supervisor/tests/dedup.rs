@@ -191,11 +191,43 @@ async fn a_close_owed_by_the_slower_backend_is_absorbed_even_after_the_linger() 
     let out = h.after(Duration::from_secs(1)).await;
     assert_eq!(out.len(), 2, "{out:?}");
     // conntrack's DESTROY of a UDP flow, 150 s later (past the 120 s linger).
-    tokio::time::advance(Duration::from_secs(150)).await;
+    assert_eq!(h.after(Duration::from_secs(150)).await, []);
     h.send(seen("nflog", FlowEvent::closed(key(4), 2, 100, 4)));
     assert_eq!(
         h.after(Duration::from_secs(1)).await,
         [],
         "no second closed"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_reused_while_conntrack_keeps_the_old_entry_gets_no_stray_close() {
+    // A UDP socket reuses the port of a flow conntrack still tracks: eBPF
+    // sees two flows, conntrack one (no second NEW), whose DESTROY comes
+    // long after eBPF closed the second.
+    let mut h = Harness::new(100);
+    h.send(seen("ebpf", FlowEvent::opened(key(5), 1)));
+    h.send(seen("nflog", FlowEvent::opened(key(5), 2)));
+    h.send(seen("ebpf", FlowEvent::closed(key(5), 2, 100, 3)));
+    assert_eq!(h.after(Duration::from_secs(1)).await.len(), 2);
+    assert_eq!(h.after(Duration::from_secs(30)).await, []);
+    h.send(seen("ebpf", FlowEvent::opened(key(5), 4)));
+    h.send(seen("ebpf", FlowEvent::closed(key(5), 2, 100, 5)));
+    let second = h.after(Duration::from_secs(1)).await;
+    assert_eq!(
+        second.iter().map(|line| line.0).collect::<Vec<_>>(),
+        ["opened", "closed"],
+        "{second:?}"
+    );
+    // The old entry's DESTROY, past the second flow's 120 s linger.
+    assert_eq!(h.after(Duration::from_secs(150)).await, []);
+    h.send(seen("nflog", FlowEvent::closed(key(5), 4, 200, 6)));
+    assert_eq!(
+        h.after(Duration::from_secs(1)).await,
+        [],
+        "the old flow's close is owed, not a flow of its own"
+    );
+    // Owed closes are not kept for ever: the key is forgotten in the end.
+    assert_eq!(h.after(Duration::from_secs(700)).await, []);
+    assert_eq!(h.output.remembered(), 0);
 }
