@@ -5,8 +5,8 @@
 set -euo pipefail
 
 # Debian packages: LLVM 22 for bpf-linker; the kernel tests' peers and
-# tools (conntrack, nft, ip, bpftool).
-packages=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev conntrack nftables iproute2 bpftool)
+# tools (conntrack, nft, ip, bpftool); ulogd2, a peer in the benchmark.
+packages=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev conntrack nftables iproute2 bpftool ulogd2)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -14,6 +14,8 @@ done
 if ((${#missing[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    # The package may start its daemon; the benchmark runs its own.
+    pkill -x ulogd || true
 fi
 
 # Rust stable (1.95) with rustfmt and clippy.

@@ -1,14 +1,19 @@
 //! `flowtrack-bench ebpf-cost`: the eBPF programs' average cost per packet
 //! (`kernel.bpf_stats_enabled`: run_time_ns / run_cnt) during a bulk TCP
 //! transfer over loopback, and the transfer's throughput with the programs
-//! attached and without, interleaved in the same run.
+//! attached and without, interleaved in the same run. The same is measured
+//! of programs that only return "pass" (`bench/fixtures/pass.bpf.s`): the
+//! floor of the measurement on this machine (the statistics' own clock
+//! reads and the cgroup hook's call).
 
 use std::fmt::Write as _;
+use std::fs::File;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
 use flow_backend_ebpf::{EbpfConfig, EbpfSource};
 use flow_core::FlowSource;
 use flowtrack_kernel_tests::{Netns, Server, TestCgroup};
@@ -39,8 +44,31 @@ fn transfer(netns: &Netns, cgroup: &TestCgroup, port: u16, shape: Shape) -> Resu
     Ok(shape.bytes as f64 / elapsed.as_secs_f64())
 }
 
-/// `run_time_ns` and `run_cnt` of the flowtrack programs attached to `cgroup`.
-fn program_stats(cgroup: &Path) -> Result<(u64, u64)> {
+/// cgroup_skb programs that only let packets pass (see the module doc).
+const PASS_OBJECT: &[u8] = include_bytes!("../fixtures/pass.bpf.o");
+
+/// Loads the pass-only programs and attaches them to `cgroup`; dropping
+/// the result detaches them.
+fn attach_pass(cgroup: &Path) -> Result<aya::Ebpf> {
+    let mut ebpf = aya::Ebpf::load(PASS_OBJECT).context("loading the pass-only programs")?;
+    let cgroup = File::open(cgroup)?;
+    for (name, attach_type) in [
+        ("pass_egress", CgroupSkbAttachType::Egress),
+        ("pass_ingress", CgroupSkbAttachType::Ingress),
+    ] {
+        let program: &mut CgroupSkb = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
+        program.load()?;
+        program.attach(&cgroup, attach_type, CgroupAttachMode::Single)?;
+    }
+    Ok(ebpf)
+}
+
+/// `run_time_ns` and `run_cnt` of the cgroup_skb programs named
+/// `prefix*` attached to `cgroup`.
+fn program_stats(cgroup: &Path, prefix: &str) -> Result<(u64, u64)> {
     let output = Command::new("bpftool")
         .args(["-j", "cgroup", "show"])
         .arg(cgroup)
@@ -49,7 +77,7 @@ fn program_stats(cgroup: &Path) -> Result<(u64, u64)> {
     let mut totals = (0, 0);
     for program in attached.as_array().context("bpftool cgroup show -j")? {
         let name = program["name"].as_str().unwrap_or_default();
-        if !name.starts_with("flowtrack_") || name.contains("release") {
+        if !name.starts_with(prefix) || name.contains("release") {
             continue;
         }
         let id = program["id"].as_u64().context("program id")?;
@@ -68,6 +96,23 @@ fn program_stats(cgroup: &Path) -> Result<(u64, u64)> {
         totals.1 += count;
     }
     Ok(totals)
+}
+
+/// One transfer with programs `prefix*` attached: its speed, their cost
+/// per run, and their runs.
+fn measured(
+    netns: &Netns,
+    cgroup: &TestCgroup,
+    port: u16,
+    shape: Shape,
+    prefix: &str,
+) -> Result<(f64, f64, u64)> {
+    let before = program_stats(&cgroup.path, prefix)?;
+    let speed = transfer(netns, cgroup, port, shape)?;
+    let after = program_stats(&cgroup.path, prefix)?;
+    let runs = after.1 - before.1;
+    ensure!(runs > 0, "no run of the {prefix}* programs was counted");
+    Ok((speed, (after.0 - before.0) as f64 / runs as f64, runs))
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -102,38 +147,43 @@ pub(crate) fn ebpf_cost(bytes: u64, rounds: usize) -> Result<String> {
         },
     ];
     let mut table = String::from(
-        "| transfer | eBPF ns per program run (median) | runs per transfer | without flowtrack | with flowtrack | ratio with / without |\n|---|---|---|---|---|---|\n",
+        "| transfer | eBPF ns per program run (median) | pass-only program (floor) | runs per transfer | without flowtrack | with flowtrack | ratio with / without |\n|---|---|---|---|---|---|---|\n",
     );
     for shape in shapes {
-        let (mut without, mut with, mut costs, mut runs) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let mut runs = 0;
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        let (mut costs, mut floors) = (Vec::new(), Vec::new());
         for round in 0..rounds {
-            // Alternate which goes first, so that drift favours neither.
-            for attached in if round % 2 == 0 {
-                [false, true]
-            } else {
-                [true, false]
-            } {
-                if !attached {
-                    without.push(transfer(&netns, &cgroup, sink.port, shape)?);
-                    continue;
+            // Rotate which goes first, so that drift favours none.
+            for turn in 0..3 {
+                match (round + turn) % 3 {
+                    0 => without.push(transfer(&netns, &cgroup, sink.port, shape)?),
+                    1 => {
+                        let stream = runtime
+                            .block_on(EbpfSource::new(EbpfConfig::new(&cgroup.path)).start())?;
+                        let reader = runtime.spawn(stream.for_each(|_| async {}));
+                        let (speed, cost, count) =
+                            measured(&netns, &cgroup, sink.port, shape, "flowtrack_")?;
+                        reader.abort();
+                        let _ = runtime.block_on(reader);
+                        with.push(speed);
+                        costs.push(cost);
+                        runs = count;
+                    }
+                    _ => {
+                        let programs = attach_pass(&cgroup.path)?;
+                        floors.push(measured(&netns, &cgroup, sink.port, shape, "pass_")?.1);
+                        drop(programs);
+                    }
                 }
-                let stream =
-                    runtime.block_on(EbpfSource::new(EbpfConfig::new(&cgroup.path)).start())?;
-                let reader = runtime.spawn(stream.for_each(|_| async {}));
-                let before = program_stats(&cgroup.path)?;
-                with.push(transfer(&netns, &cgroup, sink.port, shape)?);
-                let after = program_stats(&cgroup.path)?;
-                reader.abort();
-                let _ = runtime.block_on(reader);
-                runs = after.1 - before.1;
-                costs.push((after.0 - before.0) as f64 / runs.max(1) as f64);
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        let (without, with, cost) = (median(&mut without), median(&mut with), median(&mut costs));
+        let (without, with) = (median(&mut without), median(&mut with));
+        let (cost, floor) = (median(&mut costs), median(&mut floors));
         writeln!(
             table,
-            "| {} ({} MB) | {cost:.1} ns | {runs} | {:.2} GB/s | {:.2} GB/s | {:.3} |",
+            "| {} ({} MB) | {cost:.1} ns | {floor:.1} ns | {runs} | {:.2} GB/s | {:.2} GB/s | {:.3} |",
             shape.name,
             shape.bytes / 1_000_000,
             without / 1e9,

@@ -251,16 +251,12 @@ fn scale_section(plan: &Plan, machine: &str) -> Result<String> {
          Both are bounded by configuration: eBPF by `--flow-table-entries` (its\n\
          userspace keeps no per-flow state), nflog by `nf_conntrack_max` (one\n\
          tracker entry per open flow) and, under `both`, by `--dedup-capacity`.\n\
-         *Reported opened* and *reported lost* are read from flowtrack's\n\
-         metrics when the memory is measured: 25 s after the sender starts,\n\
-         before the flows' 30 s idle timeout. They are a snapshot, not a\n\
-         final count: when a million flows open within seconds, the eBPF\n\
-         backend's reader is still working through them then (its 4 MiB ring\n\
-         holds about 47,000 records, and walking a million-entry table for idle\n\
-         flows costs a system call per entry), and its losses are reported as\n\
-         its sweeps find them. The\n\
-         memory figures do not depend on it: the flows are all in the kernel's\n\
-         table. **Machine**: {machine}.\n\n{}\n",
+         The kernel's memory is read once the sender has sent to every\n\
+         destination (all flows open, none idle yet); flowtrack's peak RSS at\n\
+         the end. *Reported opened* and *reported lost* (observations, from\n\
+         the loss items) are read from flowtrack's metrics until they account\n\
+         for every flow or stop moving for 15 s; *all reported after* is when\n\
+         they last changed, counted from the sender's start. **Machine**: {machine}.\n\n{}\n",
         plan.scale_flows,
         scale::scale(plan.scale_flows)?
     ))

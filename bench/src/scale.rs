@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use flowtrack_kernel_tests::{Netns, TestCgroup, status_kib};
+use flowtrack_kernel_tests::{Netns, TestCgroup, metric_sum, status_kib};
 
 /// Opens FLOWS idle UDP flows (one datagram each, from one socket, to
 /// 127.1.x.1 ports 1024–61023), then stays alive so they stay open.
@@ -22,27 +22,11 @@ time.sleep(int(sys.argv[2]))\n";
 /// `flowtrack_flows_opened_total` and observations reported lost, from
 /// the metrics endpoint at 127.0.0.1:`port` in `netns`.
 fn scrape(netns: &Netns, port: u16) -> Option<(u64, u64)> {
-    let output = netns
-        .command("python3")
-        .args([
-            "-c",
-            &format!("import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/').read().decode())"),
-        ])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let sum = |prefix: &str| -> u64 {
-        text.lines()
-            .filter(|line| line.starts_with(prefix))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
-    output.status.success().then(|| {
-        (
-            sum("flowtrack_flows_opened_total"),
-            sum("flowtrack_loss_reports_total"),
-        )
-    })
+    let scraped = netns.scrape_metrics(port)?;
+    Some((
+        metric_sum(&scraped, "flowtrack_flows_opened_total"),
+        metric_sum(&scraped, "flowtrack_observations_lost_total"),
+    ))
 }
 
 /// Bytes of the kernel objects behind `backend`'s flow state for the
@@ -143,6 +127,10 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
+/// How long the workload keeps its flows open (and how long the counts
+/// may take to settle, less a margin).
+const WORKLOAD_LIFE: Duration = Duration::from_secs(120);
+
 /// One backend's row.
 fn measure(backend: &str, flows: u64, port: u16) -> Result<String> {
     let flowtrack = std::env::current_exe()?.with_file_name("flowtrack");
@@ -179,25 +167,45 @@ fn measure(backend: &str, flows: u64, port: u16) -> Result<String> {
     let rss_before = status_kib(watch.id(), "VmRSS:").unwrap_or(0);
     let kernel_before = kernel_bytes(backend, &cgroup.path)?;
     let mut python = netns.command("python3");
-    python.args(["-c", FAN_OUT, &flows.to_string(), "25"]);
+    python.args([
+        "-c",
+        FAN_OUT,
+        &flows.to_string(),
+        &WORKLOAD_LIFE.as_secs().to_string(),
+    ]);
     let mut workload = cgroup.wrap(&python).stdout(Stdio::piped()).spawn()?;
     let started = Instant::now();
-    let (mut opened, mut losses) = (0, 0);
-    while started.elapsed() < Duration::from_secs(25) {
-        std::thread::sleep(Duration::from_millis(500));
-        if let Some((now_opened, now_losses)) = scrape(&netns, port) {
-            (opened, losses) = (now_opened, now_losses);
-            if opened >= flows {
-                break;
-            }
-        }
-    }
-    // Flows are all open now: the state is at its largest.
+    let mut sent = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(workload.stdout.as_mut().context("stdout")?),
+        &mut sent,
+    )?;
+    ensure!(sent.trim() == "sent", "the sender failed: {sent:?}");
+    // Every flow is open now, none idle yet: the kernel state is at its
+    // largest.
     let kernel = kernel_bytes(backend, &cgroup.path)?.saturating_sub(if backend == "nflog" {
         kernel_before
     } else {
         0
     });
+    // Wait until every flow is accounted for (reported opened or lost), or
+    // the counts stop moving: the reader may trail the kernel at this scale.
+    let (mut opened, mut lost, mut settled) = (0, 0, Duration::ZERO);
+    let mut last_change = Instant::now();
+    while started.elapsed() < WORKLOAD_LIFE - Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(500));
+        let Some(now) = scrape(&netns, port) else {
+            continue;
+        };
+        if now != (opened, lost) {
+            (opened, lost) = now;
+            last_change = Instant::now();
+            settled = started.elapsed();
+        }
+        if opened + lost >= flows || last_change.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+    }
     let peak = status_kib(watch.id(), "VmHWM:").unwrap_or(0);
     let dropped = conntrack_drops(&netns);
     let _ = workload.kill();
@@ -209,7 +217,8 @@ fn measure(backend: &str, flows: u64, port: u16) -> Result<String> {
     let per_flow = |bytes: u64| bytes as f64 / flows as f64;
     let grown = peak.saturating_sub(rss_before) * 1024;
     Ok(format!(
-        "| {backend} | {flows} | {opened} | {losses} | {dropped} | {} MiB (+{} MiB) | {:.0} B | {} MiB | {:.0} B |\n",
+        "| {backend} | {flows} | {opened} | {lost} | {:.0} s | {dropped} | {} MiB (+{} MiB) | {:.0} B | {} MiB | {:.0} B |\n",
+        settled.as_secs_f64(),
         peak / 1024,
         grown >> 20,
         per_flow(grown),
@@ -226,7 +235,7 @@ pub(crate) fn scale(flows: u64) -> Result<String> {
         flows + flows / 4,
     )?;
     let mut table = String::from(
-        "| backend | flows opened at once | reported opened | reported lost | conntrack drops | flowtrack peak RSS (growth) | growth per flow | kernel flow state | per flow |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| backend | flows opened at once | reported opened | reported lost | all reported after | conntrack drops | flowtrack peak RSS (growth) | growth per flow | kernel flow state | per flow |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (backend, port) in [("ebpf", 19_464), ("nflog", 19_465)] {
         write!(table, "{}", measure(backend, flows, port)?)?;

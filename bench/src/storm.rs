@@ -1,6 +1,7 @@
 //! `flowtrack-bench nflog-storm`: a storm of short TCP connections in a
 //! network namespace, watched at the same time by `flowtrack watch
-//! --backend nflog` and by `conntrack -E -e NEW,DESTROY` (the peer): flows
+//! --backend nflog` and by the peers `conntrack -E -e NEW,DESTROY` and
+//! ulogd2's NFCT plugin: flows
 //! captured of flows made, loss reported, CPU per 10,000 flows, and the
 //! delay from connect() to the line leaving each tool.
 
@@ -174,8 +175,14 @@ fn flowtrack_line(dport: u16) -> impl Fn(&str) -> Option<(&'static str, u16)> {
     }
 }
 
-/// A `conntrack -E` line: (kind, sport).
-fn conntrack_line(dport: u16) -> impl Fn(&str) -> Option<(&'static str, u16)> {
+/// A line of `conntrack -E` (`[NEW] ... sport=P dport=Q`) or of ulogd2's
+/// PRINTFLOW (`[NEW] ORIG: ... SPT=P DPT=Q`): (kind, sport). The first
+/// ports on the line are the original direction's.
+fn event_line(
+    dport: u16,
+    sport_field: &'static str,
+    dport_field: &'static str,
+) -> impl Fn(&str) -> Option<(&'static str, u16)> {
     move |line| {
         let kind = if line.contains("[NEW]") {
             "opened"
@@ -188,9 +195,30 @@ fn conntrack_line(dport: u16) -> impl Fn(&str) -> Option<(&'static str, u16)> {
             line.split_whitespace()
                 .find_map(|f| f.strip_prefix(name)?.parse::<u16>().ok())
         };
-        (field("dport=")? == dport).then(|| Some((kind, field("sport=")?)))?
+        (field(dport_field)? == dport).then(|| Some((kind, field(sport_field)?)))?
     }
 }
+
+/// ulogd2's configuration for the comparison: the NFCT plugin in event
+/// mode (no flow hash: a line per NEW and DESTROY event, like `conntrack
+/// -E`), printed as text to stdout, flushed per line.
+const ULOGD_CONF: &str = r#"[global]
+logfile="/dev/null"
+plugin="/usr/lib/x86_64-linux-gnu/ulogd/ulogd_inpflow_NFCT.so"
+plugin="/usr/lib/x86_64-linux-gnu/ulogd/ulogd_filter_IP2STR.so"
+plugin="/usr/lib/x86_64-linux-gnu/ulogd/ulogd_filter_PRINTFLOW.so"
+plugin="/usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_LOGEMU.so"
+stack=ct1:NFCT,ip2str1:IP2STR,print1:PRINTFLOW,emu1:LOGEMU
+
+[ct1]
+hash_enable=0
+# NEW and DESTROY events
+event_mask=0x00000005
+
+[emu1]
+file="/dev/stdout"
+sync=1
+"#;
 
 /// Runs the storm once with both watchers; returns the Markdown: the
 /// storm's rate, then the table.
@@ -224,9 +252,24 @@ pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<String> {
     let mut peer = netns.command("stdbuf");
     peer.args(["-oL", "conntrack", "-E", "-e", "NEW,DESTROY"]);
     let peer = Watcher::spawn(peer)?;
-    // Let both subscribe and flowtrack install its rules.
+    ensure!(
+        Command::new("ulogd").arg("--version").output().is_ok(),
+        "ulogd not found: install Debian's ulogd2 (scripts/setup.sh does)"
+    );
+    let ulogd_conf =
+        std::env::temp_dir().join(format!("flowtrack-bench-{}-ulogd.conf", std::process::id()));
+    std::fs::write(&ulogd_conf, ULOGD_CONF)?;
+    let mut ulogd = netns.command("ulogd");
+    ulogd.arg("-c").arg(&ulogd_conf);
+    let ulogd = Watcher::spawn(ulogd)?;
+    // Let them all subscribe and flowtrack install its rules.
     std::thread::sleep(Duration::from_secs(1));
-    let (ours_cpu, peer_cpu) = (cpu_seconds(ours.child.id())?, cpu_seconds(peer.child.id())?);
+    let _ = std::fs::remove_file(&ulogd_conf);
+    let watchers = [ours, peer, ulogd];
+    let mut cpu_before = Vec::new();
+    for watcher in &watchers {
+        cpu_before.push(cpu_seconds(watcher.child.id())?);
+    }
 
     let mut generator = netns.command(me.to_str().context("path")?);
     generator.args([
@@ -258,10 +301,33 @@ pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<String> {
     );
     // TCP closes arrive within a second of the storm's end.
     std::thread::sleep(Duration::from_secs(2));
-    let ours_cpu = cpu_seconds(ours.child.id())? - ours_cpu;
-    let peer_cpu = cpu_seconds(peer.child.id())? - peer_cpu;
-    let ours = tally(&ours.stop()?, &made, flowtrack_line(server.port));
-    let peer = tally(&peer.stop()?, &made, conntrack_line(server.port));
+    let mut cpu = Vec::new();
+    for (watcher, before) in watchers.iter().zip(cpu_before) {
+        cpu.push(cpu_seconds(watcher.child.id())? - before);
+    }
+    let [ours, peer, ulogd] = watchers;
+    let tallies = [
+        (
+            "flowtrack watch --backend nflog",
+            tally(&ours.stop()?, &made, flowtrack_line(server.port)),
+        ),
+        (
+            "conntrack -E -e NEW,DESTROY",
+            tally(
+                &peer.stop()?,
+                &made,
+                event_line(server.port, "sport=", "dport="),
+            ),
+        ),
+        (
+            "ulogd2 NFCT (event mode)",
+            tally(
+                &ulogd.stop()?,
+                &made,
+                event_line(server.port, "SPT=", "DPT="),
+            ),
+        ),
+    ];
 
     let per_10k = |cpu: f64| cpu * 10_000.0 / total as f64;
     let mut markdown = format!(
@@ -270,10 +336,7 @@ pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<String> {
          |---|---|---|---|---|---|---|---|\n",
         total as f64 / storm_seconds
     );
-    for (name, tally, cpu) in [
-        ("flowtrack watch --backend nflog", &ours, ours_cpu),
-        ("conntrack -E -e NEW,DESTROY", &peer, peer_cpu),
-    ] {
+    for ((name, tally), cpu) in tallies.iter().zip(cpu) {
         writeln!(
             markdown,
             "| {name} | {} | {} ({:.2}%) | {} | {} | {:.3} | {:.2} ms | {:.2} ms |",

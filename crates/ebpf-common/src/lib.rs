@@ -79,7 +79,10 @@ pub const FAMILY_V6: u8 = 6;
 
 /// A flow's 5-tuple: in ring-buffer records oriented initiator →
 /// responder; in the flow table canonical (see [`FLAG_KEY_IS_ORIGINAL`]).
-#[repr(C)]
+///
+/// Aligned to 8 bytes (the layout is the same: 40 bytes, no padding) so
+/// that the kernel program copies and compares it in 64-bit words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RawFlowKey {
     /// Initiator address, network order (IPv4: first four bytes).
@@ -100,10 +103,13 @@ pub struct RawFlowKey {
 
 impl RawFlowKey {
     /// Whether the source endpoint sorts before the destination: the table
-    /// stores keys in that (canonical) order.
+    /// stores keys in that (canonical) order. The order compares addresses
+    /// as two native-endian 64-bit words, then ports: any total order does,
+    /// and this one takes the kernel program a handful of instructions
+    /// where comparing bytes called `memcmp`.
     #[must_use]
     pub fn is_canonical(&self) -> bool {
-        (self.src_addr, self.src_port) <= (self.dst_addr, self.dst_port)
+        (words(&self.src_addr), self.src_port) <= (words(&self.dst_addr), self.dst_port)
     }
 
     /// The flow table's canonical key turned initiator → responder, as the
@@ -130,6 +136,14 @@ impl RawFlowKey {
             pad: [0; 2],
         }
     }
+}
+
+/// An address as two 64-bit words (in the key's 8-byte alignment, two
+/// loads).
+fn words(addr: &[u8; 16]) -> (u64, u64) {
+    let (high, low) = addr.split_at(8);
+    let word = |half: &[u8]| u64::from_ne_bytes(half.try_into().unwrap_or_default());
+    (word(high), word(low))
 }
 
 /// Per-flow state kept in the kernel's flow table.

@@ -155,6 +155,18 @@ impl Flow {
         owing
     }
 
+    /// Whether a backend of `active` still owes a close (without
+    /// allocating: every tick asks it of every flow).
+    fn owes(&self, active: &[Arc<str>]) -> bool {
+        let open_here = self
+            .opened_by
+            .iter()
+            .filter(|b| !self.closed_by.contains(b));
+        open_here
+            .chain(&self.owed_earlier)
+            .any(|b| active.contains(b))
+    }
+
     /// Whether every view of the flow has come in.
     fn complete(&self) -> bool {
         self.owed_earlier.is_empty() && self.opened_by.iter().all(|b| self.closed_by.contains(b))
@@ -423,8 +435,7 @@ impl Correlator {
             // A backend that opened the flow still owes its close (conntrack
             // reports a UDP flow's end when the entry expires, up to 120 s
             // after eBPF): keep waiting for it, up to OWED_CLOSE_MAX.
-            let owed = !flow.owing(&self.config.backends).is_empty();
-            let waited = if owed {
+            let waited = if flow.owes(&self.config.backends) {
                 OWED_CLOSE_MAX.max(linger)
             } else {
                 linger

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use flow_core::record::{FlowRecord, RecordItem};
 use flow_core::{FlowEventKind, FlowKey};
-use flowtrack_kernel_tests::{Netns, privileged};
+use flowtrack_kernel_tests::{Netns, metric_sample, privileged};
 
 mod common;
 
@@ -288,30 +288,6 @@ fn a_backend_failing_mid_run_degrades_the_run_and_the_other_goes_on() {
     );
 }
 
-/// `GET /metrics` on 127.0.0.1:`port` inside `netns`, from outside any
-/// observed cgroup.
-fn scrape(netns: &Netns, port: u16) -> String {
-    let output = netns
-        .command("python3")
-        .args([
-            "-c",
-            &format!(
-                "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())"
-            ),
-        ])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The value of the sample `name{labels}` in a scrape.
-fn sample(scraped: &str, name_and_labels: &str) -> Option<u64> {
-    scraped
-        .lines()
-        .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
-}
-
 #[test]
 fn metrics_scraped_during_a_run_equal_its_output() {
     if !privileged("metrics_scraped_during_a_run_equal_its_output") {
@@ -353,7 +329,9 @@ fn metrics_scraped_during_a_run_equal_its_output() {
         assert!(std::time::Instant::now() < deadline, "no output");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let scraped = scrape(&netns, port);
+    let scraped = netns
+        .scrape_metrics(port)
+        .expect("flowtrack serves its metrics");
     let lines = std::fs::read_to_string(&out).unwrap();
     std::fs::write(&flag, "").unwrap();
     let output = child.wait_with_output().unwrap();
@@ -366,25 +344,25 @@ fn metrics_scraped_during_a_run_equal_its_output() {
     };
     assert_eq!(count("opened"), 1, "{lines}");
     assert_eq!(
-        sample(&scraped, r#"flowtrack_flows_opened_total{backend="ebpf"}"#),
+        metric_sample(&scraped, r#"flowtrack_flows_opened_total{backend="ebpf"}"#),
         Some(count("opened")),
         "{scraped}"
     );
     assert_eq!(
-        sample(&scraped, r#"flowtrack_flows_closed_total{backend="ebpf"}"#),
+        metric_sample(&scraped, r#"flowtrack_flows_closed_total{backend="ebpf"}"#),
         Some(count("closed")),
         "{scraped}"
     );
     assert_eq!(
-        sample(&scraped, r#"flowtrack_backend_up{backend="ebpf"}"#),
+        metric_sample(&scraped, r#"flowtrack_backend_up{backend="ebpf"}"#),
         Some(1)
     );
     assert_eq!(
-        sample(&scraped, r#"flowtrack_backend_up{backend="nflog"}"#),
+        metric_sample(&scraped, r#"flowtrack_backend_up{backend="nflog"}"#),
         Some(1)
     );
     assert!(
-        sample(&scraped, "flowtrack_correlation_flows").is_some(),
+        metric_sample(&scraped, "flowtrack_correlation_flows").is_some(),
         "{scraped}"
     );
     assert!(

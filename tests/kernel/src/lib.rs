@@ -153,6 +153,27 @@ impl Netns {
         command
     }
 
+    /// `GET /metrics` on 127.0.0.1:`port` inside the namespace, from
+    /// outside any observed cgroup; `None` while nothing answers there.
+    #[must_use]
+    pub fn scrape_metrics(&self, port: u16) -> Option<String> {
+        let output = self
+            .command("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())"
+                ),
+            ])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Makes conntrack track this namespace (an nft rule with a `ct`
     /// expression) with accounting on, so that `conntrack -L` can be the
     /// peer check.
@@ -495,6 +516,28 @@ pub fn churn_workload(
          sleep 0.2; done",
         t = traffic.display(),
     )
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text scrape.
+#[must_use]
+pub fn metric_sample(scraped: &str, name_and_labels: &str) -> Option<u64> {
+    scraped
+        .lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+/// The sum of every sample of the metric `name` (all its label values) in
+/// a Prometheus text scrape.
+#[must_use]
+pub fn metric_sum(scraped: &str, name: &str) -> u64 {
+    scraped
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// `VmRSS` of `pid` in KiB (0 once it is gone), and how many file
