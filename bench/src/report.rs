@@ -205,10 +205,14 @@ fn ebpf_section(plan: &Plan, machine: &str) -> Result<String> {
     Ok(format!(
         "**What**: a bulk TCP transfer over loopback in a test network namespace,\n\
          from a sender inside a cgroup to a sink outside it, timed with flowtrack's\n\
-         eBPF programs attached to the cgroup and without them, interleaved (the\n\
-         order alternates each round), {} rounds, medians. With\n\
+         eBPF programs attached to the cgroup, with pass-only programs attached\n\
+         instead (`bench/fixtures/pass.bpf.s`: `r0 = 1; exit`), and without any,\n\
+         interleaved (the order rotates each round), {} rounds, medians. With\n\
          `kernel.bpf_stats_enabled=1` the cost per program run is Σ run_time_ns /\n\
-         Σ run_cnt of the egress and ingress programs over the transfer. Two\n\
+         Σ run_cnt of the egress and ingress programs over the transfer; the\n\
+         pass-only programs' cost is the floor of that measurement on this\n\
+         machine (the statistics' two clock reads around each run, and the\n\
+         hook's call), so flowtrack's own work is the difference. Two\n\
          shapes: 1 MiB writes (GSO: few, large socket buffers) and 100-byte\n\
          writes with TCP_NODELAY. Target: under 50 ns per packet; throughput\n\
          ratio at least 0.97. **Machine**: {machine}.\n\n{}\n",
@@ -221,17 +225,19 @@ fn storm_section(plan: &Plan, machine: &str) -> Result<String> {
     Ok(format!(
         "**What**: {} short TCP connections (connect, one byte each way, close)\n\
          over loopback in a fresh namespace, as fast as two client threads can,\n\
-         while `flowtrack watch --backend nflog --format json` (default settings)\n\
-         and `stdbuf -oL conntrack -E -e NEW,DESTROY` watch it at the same time.\n\
+         while `flowtrack watch --backend nflog --format json` (default settings),\n\
+         `stdbuf -oL conntrack -E -e NEW,DESTROY` and ulogd2 (Debian's 2.0.8:\n\
+         the NFCT plugin in event mode without its flow hash, PRINTFLOW to\n\
+         stdout flushed per line; see `ULOGD_CONF` in `bench/src/storm.rs`)\n\
+         watch it at the same time.\n\
          Each tool's lines are stamped with CLOCK_MONOTONIC on arrival; the\n\
          generator stamps each connect(). A port reused from TIME_WAIT carries\n\
          several flows in turn: the k-th open of a port answers its k-th connect.\n\
-         CPU is the tool's user + system time over the storm. `conntrack -E` sees\n\
-         a DESTROY only when an entry expires (120 s after a clean close) or is\n\
+         CPU is the tool's user + system time over the storm. `conntrack -E` and\n\
+         ulogd2 see a DESTROY only when an entry expires (120 s after a clean close) or is\n\
          replaced by a reused port; flowtrack reports every close at once, from\n\
          the TCP state. Target: 100% captured with default settings, never worse\n\
-         than `conntrack -E`. (ulogd2's NFCT plugin, installable from Debian, is\n\
-         not in the comparison yet.) **Machine**: {machine}.\n\n{}\n",
+         than the peers. **Machine**: {machine}.\n\n{}\n",
         plan.storm_flows,
         storm::nflog_storm(plan.storm_flows, 2)?
     ))
