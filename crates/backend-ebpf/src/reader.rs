@@ -68,11 +68,14 @@ pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowS
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reader = Reader {
         ring,
-        flows,
+        table: Some(Table {
+            flows,
+            timeouts: Timeouts::from(&config),
+        }),
+        walking: None,
         counters,
         sweep,
         cgroup: config.cgroup.clone(),
-        timeouts: Timeouts::from(&config),
         capacity: u64::from(config.flow_table_entries),
         reported: Counts::default(),
         user_removed: 0,
@@ -129,13 +132,101 @@ struct Counts {
     evicted: u64,
 }
 
+/// The flow table and what a walk of it needs: moved to a blocking thread
+/// for the walk, and back.
+struct Table {
+    flows: HashMap<MapData, TableKey, TableValue>,
+    timeouts: Timeouts,
+}
+
+/// What one walk of the table found and did.
+struct Walked {
+    table: Table,
+    /// Flows left in the table.
+    live: u64,
+    /// The flows it removed, closed.
+    closes: Vec<FlowEvent>,
+    took: Duration,
+}
+
+impl Table {
+    /// Closes the idle flows (all of them once the scope has ended).
+    fn walk(mut self, scope_ended: bool) -> Walked {
+        let started = std::time::Instant::now();
+        let now = monotonic_now_ns();
+        let mut live = 0_u64;
+        let mut expired = Vec::new();
+        for entry in self.flows.iter() {
+            let Ok((key, TableValue(state))) = entry else {
+                continue;
+            };
+            live += 1;
+            let idle = now.saturating_sub(state.last_seen_ns);
+            let limit = if scope_ended {
+                self.timeouts.fin_linger
+            } else {
+                self.idle_limit(&key.0, &state)
+            };
+            if idle >= limit {
+                expired.push(key);
+            }
+        }
+        let mut closes = Vec::new();
+        for key in expired {
+            // Read, then remove: whoever removes the entry reports the close.
+            let Ok(TableValue(state)) = self.flows.get(&key, 0) else {
+                continue;
+            };
+            if self.flows.remove(&key).is_ok() {
+                live = live.saturating_sub(1);
+                closes.push(FlowEvent::closed(
+                    flow_key(&key.0.oriented(state.flags)),
+                    state.packets,
+                    state.bytes,
+                    now,
+                ));
+            }
+        }
+        Walked {
+            table: self,
+            live,
+            closes,
+            took: started.elapsed(),
+        }
+    }
+
+    fn idle_limit(&self, key: &RawFlowKey, state: &RawFlowState) -> u64 {
+        let fins = FLAG_FIN_ORIG | FLAG_FIN_REPLY;
+        match key.protocol {
+            6 if state.flags & fins == fins => self.timeouts.fin_linger,
+            6 => self.timeouts.tcp,
+            _ => self.timeouts.datagram,
+        }
+    }
+}
+
+/// A walk in progress on a blocking thread.
+struct Walk {
+    handle: tokio::task::JoinHandle<Walked>,
+    started: std::time::Instant,
+}
+
+/// Waits for the walk in progress, if any (else forever).
+async fn walk_done(walking: &mut Option<Walk>) -> Result<Walked, tokio::task::JoinError> {
+    match walking {
+        Some(walk) => (&mut walk.handle).await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
-    flows: HashMap<MapData, TableKey, TableValue>,
+    /// `None` while a walk has it.
+    table: Option<Table>,
+    walking: Option<Walk>,
     counters: PerCpuArray<MapData, u64>,
     sweep: tokio::time::Interval,
     cgroup: PathBuf,
-    timeouts: Timeouts,
     capacity: u64,
     reported: Counts,
     /// Flows this reader removed from the table (idle or scope ended).
@@ -175,6 +266,7 @@ impl Reader {
                     Err(e) => return Some(Err(FlowError::io("reading the eBPF ring buffer", e))),
                 },
                 _ = self.sweep.tick() => self.sweep(),
+                walked = walk_done(&mut self.walking) => self.walk_done(walked),
             }
         }
     }
@@ -183,8 +275,8 @@ impl Reader {
         drain(self.ring.get_mut(), &mut self.pending);
     }
 
-    /// Reports new losses, closes idle flows (walking the table on a
-    /// schedule that keeps the walk under a tenth of the time); fails the
+    /// Reports new losses, starts a walk of the table for idle flows (on a
+    /// schedule that keeps walking under a tenth of the time); fails the
     /// stream when a program was detached from outside.
     fn sweep(&mut self) {
         if let Some(program) = self.attached.detached_program() {
@@ -199,69 +291,43 @@ impl Reader {
             self.failed = true;
             return;
         }
+        self.report_losses(self.last_live);
         let scope_ended = cgroup::is_populated(&self.cgroup) == Some(false);
+        let due =
+            std::time::Instant::now() >= self.next_walk || (scope_ended && self.last_live > 0);
         // Walking the table costs a system call per flow: with a million
-        // flows, a second or more. Walk at most a tenth of the time, so the
-        // ring keeps being read; losses are checked every sweep regardless.
-        if std::time::Instant::now() < self.next_walk && !(scope_ended && self.last_live > 0) {
-            self.report_losses(self.last_live);
-            return;
+        // flows, seconds. It runs on a blocking thread, so that the ring
+        // keeps being read meanwhile.
+        if due && let Some(table) = self.table.take() {
+            self.walking = Some(Walk {
+                handle: tokio::task::spawn_blocking(move || table.walk(scope_ended)),
+                started: std::time::Instant::now(),
+            });
         }
-        let walk_started = std::time::Instant::now();
-        let live = self.walk(scope_ended);
-        let took = walk_started.elapsed();
-        self.next_walk = walk_started + self.sweep.period().max(took * 10);
-        self.last_live = live;
-        self.report_losses(live);
     }
 
-    /// Closes the idle flows (all of them once the scope has ended); the
-    /// flows left in the table.
-    fn walk(&mut self, scope_ended: bool) -> u64 {
-        let now = monotonic_now_ns();
-        let mut live = 0_u64;
-        let mut expired = Vec::new();
-        for entry in self.flows.iter() {
-            let Ok((key, TableValue(state))) = entry else {
-                continue;
-            };
-            live += 1;
-            let idle = now.saturating_sub(state.last_seen_ns);
-            let limit = if scope_ended {
-                self.timeouts.fin_linger
-            } else {
-                self.idle_limit(&key.0, &state)
-            };
-            if idle >= limit {
-                expired.push(key);
-            }
-        }
-        for key in expired {
-            // Read, then remove: whoever removes the entry reports the close.
-            let Ok(TableValue(state)) = self.flows.get(&key, 0) else {
-                continue;
-            };
-            if self.flows.remove(&key).is_ok() {
-                self.user_removed += 1;
-                live = live.saturating_sub(1);
-                self.pending.push_back(Ok(FlowEvent::closed(
-                    flow_key(&key.0.oriented(state.flags)),
-                    state.packets,
-                    state.bytes,
-                    now,
+    /// Takes a finished walk's results: the table back, its closes, and
+    /// when to walk next.
+    fn walk_done(&mut self, walked: Result<Walked, tokio::task::JoinError>) {
+        let started = self.walking.take().map(|walk| walk.started);
+        let walked = match walked {
+            Ok(walked) => walked,
+            Err(error) => {
+                self.pending.push_back(Err(FlowError::unavailable(
+                    BACKEND_NAME,
+                    format!("walking the flow table failed: {error}"),
                 )));
+                self.failed = true;
+                return;
             }
-        }
-        live
-    }
-
-    fn idle_limit(&self, key: &RawFlowKey, state: &RawFlowState) -> u64 {
-        let fins = FLAG_FIN_ORIG | FLAG_FIN_REPLY;
-        match key.protocol {
-            6 if state.flags & fins == fins => self.timeouts.fin_linger,
-            6 => self.timeouts.tcp,
-            _ => self.timeouts.datagram,
-        }
+        };
+        let started = started.unwrap_or_else(std::time::Instant::now);
+        self.next_walk = started + self.sweep.period().max(walked.took * 10);
+        self.last_live = walked.live;
+        self.user_removed += walked.closes.len() as u64;
+        self.pending.extend(walked.closes.into_iter().map(Ok));
+        self.table = Some(walked.table);
+        self.report_losses(self.last_live);
     }
 
     fn counter(&self, index: u32) -> u64 {
