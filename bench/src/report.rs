@@ -103,7 +103,7 @@ const SECTIONS: [Section; 6] = [
     },
     Section {
         name: "storm",
-        heading: "## A storm of short connections beside `conntrack -E`",
+        heading: "## A storm of short connections beside `conntrack -E` and ulogd2",
         write: storm_section,
     },
     Section {
@@ -274,8 +274,14 @@ fn soak_section(plan: &Plan, machine: &str) -> Result<String> {
          traffic with churn (each round 20 TCP connections with 512 bytes\n\
          echoed, a UDP flow of two datagrams over IPv6, an ICMP echo every tenth\n\
          round, 0.2 s of rest), for {} s; RSS and open descriptors sampled every\n\
-         5 s after the first 10 s. The suite runs the same for 60 s\n\
-         (`FLOWTRACK_SOAK_SECONDS` sets it) and fails if either grows.\n\
+         5 s after the first 10 s, with the size of the correlation table\n\
+         (`flowtrack_correlation_flows` from `--metrics-addr`), shown once a\n\
+         minute. A closed flow stays in that table for the 120 s linger (longer\n\
+         while conntrack still owes a UDP flow's DESTROY), so it, and the RSS\n\
+         with it, fills for about two minutes and then stays flat. *Keys not\n\
+         balanced* counts `closed` lines with no `opened` before them on their\n\
+         key, and keys left open. The suite runs the same for 60 s\n\
+         (`FLOWTRACK_SOAK_SECONDS` sets it) and fails if RSS or descriptors grow.\n\
          **Machine**: {machine}.\n\n{}\n",
         plan.soak_seconds,
         soak::soak(plan.soak_seconds)?

@@ -2,15 +2,17 @@
 //! (`nf_conntrack_acct`, `nf_conntrack_timestamp`) and puts back after.
 //!
 //! The old values are also written to a record file under
-//! [`STATE_DIR`], named after the namespace and flowtrack's pid, so that a
-//! run killed before it could restore them is undone by the next start in
-//! that namespace. When several flowtrack processes share a namespace, the
-//! last one to leave restores the values the first one found.
+//! [`STATE_DIR`], one per source, named after the namespace, flowtrack's
+//! pid and the source, so that a run killed before it could restore them
+//! is undone by the next start in that namespace. When several sources (in
+//! one flowtrack process or several) share a namespace, the last one to
+//! leave restores the values the first one found.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Where the records of changed settings live.
 pub const STATE_DIR: &str = "/run/flowtrack/sysctl";
@@ -39,11 +41,15 @@ fn pid_alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
-/// A record file: `<netns inode>.<pid>` holding `name=value` lines.
+/// A record file: `<netns inode>.<pid>.<source>` (`<netns inode>.<pid>`
+/// from earlier versions) holding `name=value` lines.
 struct Record {
     path: PathBuf,
     pid: u32,
 }
+
+/// Numbers the sources of this process, for their record files.
+static SOURCES: AtomicU64 = AtomicU64::new(0);
 
 /// The records of the namespace `inode`.
 fn records(inode: u64) -> Vec<Record> {
@@ -54,7 +60,8 @@ fn records(inode: u64) -> Vec<Record> {
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let name = entry.file_name().into_string().ok()?;
-            let (ns, pid) = name.split_once('.')?;
+            let mut parts = name.split('.');
+            let (ns, pid) = (parts.next()?, parts.next()?);
             (ns.parse::<u64>().ok()? == inode).then_some(Record {
                 path: entry.path(),
                 pid: pid.parse().ok()?,
@@ -78,14 +85,12 @@ fn parse_record(text: &str) -> Vec<(String, String)> {
 /// dead ones' records are only forgotten.
 pub(crate) fn restore_left_behind() -> io::Result<Vec<String>> {
     let inode = netns_inode()?;
-    let (dead, live): (Vec<Record>, Vec<Record>) = records(inode)
+    // This process's own records belong to sources still running.
+    let (live, dead): (Vec<Record>, Vec<Record>) = records(inode)
         .into_iter()
-        .partition(|record| !pid_alive(record.pid) || record.pid == std::process::id());
+        .partition(|record| pid_alive(record.pid));
     let mut restored = Vec::new();
     for record in dead {
-        if record.pid == std::process::id() {
-            continue; // this process's own, still in use
-        }
         if live.is_empty() {
             let text = fs::read_to_string(&record.path).unwrap_or_default();
             for (name, value) in parse_record(&text) {
@@ -115,9 +120,9 @@ impl ConntrackSettings {
     pub(crate) fn enable() -> io::Result<Self> {
         let inode = netns_inode()?;
         restore_left_behind()?;
+        // Another source still running here found the original values.
         let live_original = records(inode)
-            .iter()
-            .find(|record| record.pid != std::process::id())
+            .first()
             .map(|record| parse_record(&fs::read_to_string(&record.path).unwrap_or_default()));
         let original = match live_original {
             Some(original) => original,
@@ -127,7 +132,8 @@ impl ConntrackSettings {
                 .collect::<io::Result<_>>()?,
         };
         fs::create_dir_all(STATE_DIR)?;
-        let record = Path::new(STATE_DIR).join(format!("{inode}.{}", std::process::id()));
+        let source = SOURCES.fetch_add(1, Ordering::Relaxed);
+        let record = Path::new(STATE_DIR).join(format!("{inode}.{}.{source}", std::process::id()));
         let text: String = original.iter().map(|(n, v)| format!("{n}={v}\n")).collect();
         fs::write(&record, text)?;
         for name in SETTINGS {
@@ -146,7 +152,7 @@ impl Drop for ConntrackSettings {
         let _ = fs::remove_file(&self.record);
         let others_running = records(self.inode)
             .iter()
-            .any(|record| pid_alive(record.pid) && record.pid != std::process::id());
+            .any(|record| pid_alive(record.pid));
         if !others_running {
             for (name, value) in &self.original {
                 if let Err(error) = write_setting(name, value) {

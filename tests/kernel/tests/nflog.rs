@@ -304,12 +304,22 @@ async fn stopping_removes_the_table_and_restores_the_settings() {
     for name in settings {
         assert_eq!(sysctl(&env, name), "0");
     }
-    let stream = start(cgroup_config(&env)).await;
+    let first = start(cgroup_config(&env)).await;
+    // A second source in the same process and namespace.
+    let second = start(cgroup_config(&env)).await;
     assert!(tables(&env).contains("flowtrack_"), "{}", tables(&env));
     for name in settings {
         assert_eq!(sysctl(&env, name), "1", "{name} on while running");
     }
-    drop(stream);
+    drop(first);
+    for name in settings {
+        assert_eq!(
+            sysctl(&env, name),
+            "1",
+            "{name} stays on while the second source runs"
+        );
+    }
+    drop(second);
     assert_eq!(tables(&env), "", "no table left");
     for name in settings {
         assert_eq!(sysctl(&env, name), "0", "{name} restored");
