@@ -323,7 +323,10 @@ fn read<T: Copy>(ctx: &SkBuffContext, offset: usize) -> Option<T> {
 
 /// `N` words of the packet at `offset` as their `B = 4 * N` bytes.
 #[inline(always)]
-fn read_bytes<const N: usize, const B: usize>(ctx: &SkBuffContext, offset: usize) -> Option<[u8; B]> {
+fn read_bytes<const N: usize, const B: usize>(
+    ctx: &SkBuffContext,
+    offset: usize,
+) -> Option<[u8; B]> {
     const { assert!(B == 4 * N) };
     let words: [u32; N] = read(ctx, offset)?;
     // SAFETY: same size (asserted above); any bytes are valid u8s.
