@@ -209,6 +209,8 @@ impl Table {
 struct Walk {
     handle: tokio::task::JoinHandle<Walked>,
     started: std::time::Instant,
+    /// Flows the programs had inserted when it started.
+    inserted_before: u64,
 }
 
 /// Waits for the walk in progress, if any (else forever).
@@ -291,7 +293,7 @@ impl Reader {
             self.failed = true;
             return;
         }
-        self.report_losses(self.last_live);
+        self.report_losses(None);
         let scope_ended = cgroup::is_populated(&self.cgroup) == Some(false);
         let due =
             std::time::Instant::now() >= self.next_walk || (scope_ended && self.last_live > 0);
@@ -299,9 +301,11 @@ impl Reader {
         // flows, seconds. It runs on a blocking thread, so that the ring
         // keeps being read meanwhile.
         if due && let Some(table) = self.table.take() {
+            let inserted_before = self.counter(COUNTER_FLOWS_INSERTED);
             self.walking = Some(Walk {
                 handle: tokio::task::spawn_blocking(move || table.walk(scope_ended)),
                 started: std::time::Instant::now(),
+                inserted_before,
             });
         }
     }
@@ -309,7 +313,9 @@ impl Reader {
     /// Takes a finished walk's results: the table back, its closes, and
     /// when to walk next.
     fn walk_done(&mut self, walked: Result<Walked, tokio::task::JoinError>) {
-        let started = self.walking.take().map(|walk| walk.started);
+        let Some(walk) = self.walking.take() else {
+            return;
+        };
         let walked = match walked {
             Ok(walked) => walked,
             Err(error) => {
@@ -321,13 +327,13 @@ impl Reader {
                 return;
             }
         };
-        let started = started.unwrap_or_else(std::time::Instant::now);
-        self.next_walk = started + self.sweep.period().max(walked.took * 10);
+        self.next_walk = walk.started + self.sweep.period().max(walked.took * 10);
         self.last_live = walked.live;
         self.user_removed += walked.closes.len() as u64;
         self.pending.extend(walked.closes.into_iter().map(Ok));
         self.table = Some(walked.table);
-        self.report_losses(self.last_live);
+        let evicted = self.evicted(walk.inserted_before, walked.live);
+        self.report_losses(Some(evicted));
     }
 
     fn counter(&self, index: u32) -> u64 {
@@ -337,21 +343,28 @@ impl Reader {
             .unwrap_or(0)
     }
 
-    /// Turns counter increases into loss items, one per loss point.
-    fn report_losses(&mut self, live: u64) {
+    /// Flows the LRU table evicted (it does so silently when full): of the
+    /// flows inserted before a walk, those neither removed by its end nor
+    /// in the table when it looked. Counted this way, flows inserted or
+    /// removed while the table was walked make it a lower bound, exact once
+    /// the table is quiet. Only near capacity can a flow be evicted, which
+    /// keeps a race from looking like loss elsewhere.
+    fn evicted(&self, inserted_before: u64, live: u64) -> u64 {
+        let removed = self.counter(COUNTER_FLOWS_REMOVED) + self.user_removed;
+        let outstanding = inserted_before.saturating_sub(removed);
+        if outstanding + 4_096 >= self.capacity {
+            outstanding.saturating_sub(live)
+        } else {
+            0
+        }
+    }
+
+    /// Turns counter increases into loss items, one per loss point;
+    /// `evicted` is a new count from a walk ([`Reader::evicted`]).
+    fn report_losses(&mut self, evicted: Option<u64>) {
         let ring_full = self.counter(COUNTER_RING_FULL);
         let insert_failed = self.counter(COUNTER_INSERT_FAILED);
-        let inserted = self.counter(COUNTER_FLOWS_INSERTED);
-        let removed = self.counter(COUNTER_FLOWS_REMOVED) + self.user_removed;
-        // The LRU table evicts silently when full: flows inserted and never
-        // removed that are no longer in it were evicted. Only near capacity
-        // can that happen, which keeps racing inserts from looking like loss.
-        let outstanding = inserted.saturating_sub(removed);
-        let evicted = if outstanding + 4_096 >= self.capacity {
-            outstanding.saturating_sub(live).max(self.reported.evicted)
-        } else {
-            self.reported.evicted
-        };
+        let evicted = evicted.unwrap_or(0).max(self.reported.evicted);
         for (point, now, before) in [
             (
                 LossPoint::RingBufferFull,
