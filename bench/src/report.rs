@@ -225,11 +225,13 @@ fn storm_section(plan: &Plan, machine: &str) -> Result<String> {
     Ok(format!(
         "**What**: {} short TCP connections (connect, one byte each way, close)\n\
          over loopback in a fresh namespace, as fast as two client threads can,\n\
-         while `flowtrack watch --backend nflog --format json` (default settings),\n\
-         `stdbuf -oL conntrack -E -e NEW,DESTROY` and ulogd2 (Debian's 2.0.8:\n\
+         twice: each time `flowtrack watch --backend nflog --format json`\n\
+         (default settings) and one peer watch it at the same time — first\n\
+         `stdbuf -oL conntrack -E -e NEW,DESTROY`, then ulogd2 (Debian's 2.0.8:\n\
          the NFCT plugin in event mode without its flow hash, PRINTFLOW to\n\
-         stdout flushed per line; see `ULOGD_CONF` in `bench/src/storm.rs`)\n\
-         watch it at the same time.\n\
+         stdout flushed per line; see `ULOGD_CONF` in `bench/src/storm.rs`).\n\
+         One peer at a time: with three watchers and the generator's two\n\
+         threads on two CPUs, flowtrack's p99 rose from about 1 ms to 4–7 ms.\n\
          Each tool's lines are stamped with CLOCK_MONOTONIC on arrival; the\n\
          generator stamps each connect(). A port reused from TIME_WAIT carries\n\
          several flows in turn: the k-th open of a port answers its k-th connect.\n\

@@ -1,7 +1,7 @@
-//! `flowtrack-bench nflog-storm`: a storm of short TCP connections in a
-//! network namespace, watched at the same time by `flowtrack watch
-//! --backend nflog` and by the peers `conntrack -E -e NEW,DESTROY` and
-//! ulogd2's NFCT plugin: flows
+//! `flowtrack-bench nflog-storm`: storms of short TCP connections in a
+//! network namespace, each watched at the same time by `flowtrack watch
+//! --backend nflog` and one peer (`conntrack -E -e NEW,DESTROY`, then
+//! ulogd2's NFCT plugin): flows
 //! captured of flows made, loss reported, CPU per 10,000 flows, and the
 //! delay from connect() to the line leaving each tool.
 
@@ -220,8 +220,58 @@ file="/dev/stdout"
 sync=1
 "#;
 
-/// Runs the storm once with both watchers; returns the Markdown: the
-/// storm's rate, then the table.
+/// A peer watcher: its name in the table, how to start it in a namespace,
+/// and how to read its lines.
+struct Peer {
+    name: &'static str,
+    start: fn(&Netns) -> Result<Watcher>,
+    sport_field: &'static str,
+    dport_field: &'static str,
+}
+
+/// `conntrack -E`, line-buffered.
+fn start_conntrack(netns: &Netns) -> Result<Watcher> {
+    let mut peer = netns.command("stdbuf");
+    peer.args(["-oL", "conntrack", "-E", "-e", "NEW,DESTROY"]);
+    Watcher::spawn(peer)
+}
+
+/// ulogd2 with [`ULOGD_CONF`] (read at its start, then removed).
+fn start_ulogd(netns: &Netns) -> Result<Watcher> {
+    ensure!(
+        Command::new("ulogd").arg("--version").output().is_ok(),
+        "ulogd not found: install Debian's ulogd2 (scripts/setup.sh does)"
+    );
+    let conf =
+        std::env::temp_dir().join(format!("flowtrack-bench-{}-ulogd.conf", std::process::id()));
+    std::fs::write(&conf, ULOGD_CONF)?;
+    let mut ulogd = netns.command("ulogd");
+    ulogd.arg("-c").arg(&conf);
+    let watcher = Watcher::spawn(ulogd);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = std::fs::remove_file(&conf);
+    watcher
+}
+
+const PEERS: [Peer; 2] = [
+    Peer {
+        name: "conntrack -E -e NEW,DESTROY",
+        start: start_conntrack,
+        sport_field: "sport=",
+        dport_field: "dport=",
+    },
+    Peer {
+        name: "ulogd2 NFCT (event mode)",
+        start: start_ulogd,
+        sport_field: "SPT=",
+        dport_field: "DPT=",
+    },
+];
+
+/// Runs the storm once per peer, flowtrack and the peer side by side on
+/// the same traffic (two watchers at a time: the generator's two threads
+/// and three watchers would crowd the two CPUs); returns the Markdown:
+/// each storm's rate, then the table.
 pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<String> {
     if !flowtrack_kernel_tests::privileged("flowtrack-bench nflog-storm") {
         bail!("needs root");
@@ -233,12 +283,35 @@ pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<String> {
         "{} not found: build it beside the harness (cargo build --release -p flow-supervisor -p flowtrack-bench)",
         flowtrack.display()
     );
+    let mut rates = String::new();
+    let mut rows = String::new();
+    for (round, peer) in PEERS.iter().enumerate() {
+        let (rate, table_rows) = beside(&flowtrack, peer, flows, threads)?;
+        writeln!(rates, "storm {}: {rate}  ", round + 1)?;
+        rows.push_str(&table_rows);
+    }
+    Ok(format!(
+        "{rates}\n\
+         | storm | tool | flows made | opened captured | closed captured | loss reports | CPU s / 10k flows | connect → line p50 | p99 |\n\
+         |---|---|---|---|---|---|---|---|---|\n{rows}"
+    ))
+}
+
+/// One storm with flowtrack and `peer` watching: the storm's rate, and a
+/// table row for each.
+fn beside(
+    flowtrack: &std::path::Path,
+    peer: &Peer,
+    flows: usize,
+    threads: usize,
+) -> Result<(String, String)> {
+    let me = std::env::current_exe()?;
     let netns = Netns::new();
     let mut sink = netns.command(me.to_str().context("path")?);
     sink.args(["echo", "127.0.0.1:0"]);
     let server = Server::start(sink);
 
-    let mut ours = Command::new(&flowtrack);
+    let mut ours = Command::new(flowtrack);
     ours.args([
         "watch",
         "--backend",
@@ -248,24 +321,9 @@ pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<String> {
         "--netns",
         &netns.name,
     ]);
-    let ours = Watcher::spawn(ours)?;
-    let mut peer = netns.command("stdbuf");
-    peer.args(["-oL", "conntrack", "-E", "-e", "NEW,DESTROY"]);
-    let peer = Watcher::spawn(peer)?;
-    ensure!(
-        Command::new("ulogd").arg("--version").output().is_ok(),
-        "ulogd not found: install Debian's ulogd2 (scripts/setup.sh does)"
-    );
-    let ulogd_conf =
-        std::env::temp_dir().join(format!("flowtrack-bench-{}-ulogd.conf", std::process::id()));
-    std::fs::write(&ulogd_conf, ULOGD_CONF)?;
-    let mut ulogd = netns.command("ulogd");
-    ulogd.arg("-c").arg(&ulogd_conf);
-    let ulogd = Watcher::spawn(ulogd)?;
-    // Let them all subscribe and flowtrack install its rules.
+    let watchers = [Watcher::spawn(ours)?, (peer.start)(&netns)?];
+    // Let both subscribe and flowtrack install its rules.
     std::thread::sleep(Duration::from_secs(1));
-    let _ = std::fs::remove_file(&ulogd_conf);
-    let watchers = [ours, peer, ulogd];
     let mut cpu_before = Vec::new();
     for watcher in &watchers {
         cpu_before.push(cpu_seconds(watcher.child.id())?);
@@ -305,41 +363,29 @@ pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<String> {
     for (watcher, before) in watchers.iter().zip(cpu_before) {
         cpu.push(cpu_seconds(watcher.child.id())? - before);
     }
-    let [ours, peer, ulogd] = watchers;
+    let [ours, theirs] = watchers;
     let tallies = [
         (
             "flowtrack watch --backend nflog",
             tally(&ours.stop()?, &made, flowtrack_line(server.port)),
         ),
         (
-            "conntrack -E -e NEW,DESTROY",
+            peer.name,
             tally(
-                &peer.stop()?,
+                &theirs.stop()?,
                 &made,
-                event_line(server.port, "sport=", "dport="),
-            ),
-        ),
-        (
-            "ulogd2 NFCT (event mode)",
-            tally(
-                &ulogd.stop()?,
-                &made,
-                event_line(server.port, "SPT=", "DPT="),
+                event_line(server.port, peer.sport_field, peer.dport_field),
             ),
         ),
     ];
 
     let per_10k = |cpu: f64| cpu * 10_000.0 / total as f64;
-    let mut markdown = format!(
-        "storm: {total} connections from {threads} threads in {storm_seconds:.2} s ({:.0} per second)\n\n\
-         | tool | flows made | opened captured | closed captured | loss reports | CPU s / 10k flows | connect → line p50 | p99 |\n\
-         |---|---|---|---|---|---|---|---|\n",
-        total as f64 / storm_seconds
-    );
+    let mut rows = String::new();
     for ((name, tally), cpu) in tallies.iter().zip(cpu) {
         writeln!(
-            markdown,
-            "| {name} | {} | {} ({:.2}%) | {} | {} | {:.3} | {:.2} ms | {:.2} ms |",
+            rows,
+            "| beside {} | {name} | {} | {} ({:.2}%) | {} | {} | {:.3} | {:.2} ms | {:.2} ms |",
+            peer.name.split_whitespace().next().unwrap_or(peer.name),
             total,
             tally.opened,
             100.0 * tally.opened as f64 / total as f64,
@@ -350,5 +396,11 @@ pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<String> {
             percentile(&tally.delays_ns, 0.99),
         )?;
     }
-    Ok(markdown)
+    let rate = format!(
+        "{total} connections from {threads} threads in {storm_seconds:.2} s ({:.0} per second), \
+         flowtrack beside {}",
+        total as f64 / storm_seconds,
+        peer.name
+    );
+    Ok((rate, rows))
 }
