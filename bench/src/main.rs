@@ -74,10 +74,11 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
-    /// A storm of short TCP connections watched by `flowtrack --backend
-    /// nflog` and by `conntrack -E` side by side. Needs `flowtrack` built
-    /// beside this harness.
-    NflogStorm {
+    /// Storms of short TCP connections, each watched by flowtrack and a
+    /// peer side by side (nflog beside `conntrack -E`, nflog beside ulogd2,
+    /// eBPF beside `conntrack -E`). Needs `flowtrack` built beside this
+    /// harness.
+    Storms {
         /// Connections to make.
         #[arg(long, default_value_t = 20_000)]
         flows: usize,
@@ -134,7 +135,7 @@ fn main() -> Result<()> {
         Cmd::Scale { flows } => print(scale::scale(flows)),
         Cmd::Soak { seconds } => print(soak::soak(seconds)),
         Cmd::EbpfCost { bytes, rounds } => print(ebpf_cost::ebpf_cost(bytes, rounds)),
-        Cmd::NflogStorm { flows, threads } => print(storm::nflog_storm(flows, threads)),
+        Cmd::Storms { flows, threads } => print(storm::storms(flows, threads)),
         Cmd::Storm {
             dst,
             flows,

@@ -1,7 +1,7 @@
-//! `flowtrack-bench nflog-storm`: storms of short TCP connections in a
-//! network namespace, each watched at the same time by `flowtrack watch
-//! --backend nflog` and one peer (`conntrack -E -e NEW,DESTROY`, then
-//! ulogd2's NFCT plugin): flows
+//! `flowtrack-bench storms`: storms of short TCP connections in a network
+//! namespace, each watched at the same time by `flowtrack watch` and one
+//! peer (nflog beside `conntrack -E -e NEW,DESTROY`, then beside ulogd2's
+//! NFCT plugin; eBPF beside `conntrack -E`): flows
 //! captured of flows made, loss reported, CPU per 10,000 flows, and the
 //! delay from connect() to the line leaving each tool.
 
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use flow_core::clock::monotonic_now_ns;
-use flowtrack_kernel_tests::{Netns, Server};
+use flowtrack_kernel_tests::{Netns, Server, TestCgroup};
 
 /// A connection's source port and when its connect() began.
 type Connect = (u16, u64);
@@ -268,16 +268,37 @@ const PEERS: [Peer; 2] = [
     },
 ];
 
-/// Runs the storm once per peer, flowtrack and the peer side by side on
-/// the same traffic (two watchers at a time: the generator's two threads
+/// Which flowtrack backend watches a storm.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    /// Scoped to the storm's namespace.
+    Nflog,
+    /// Scoped to a cgroup the generator runs in.
+    Ebpf,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Nflog => "nflog",
+            Self::Ebpf => "ebpf",
+        }
+    }
+}
+
+/// The storms: each backend beside `conntrack -E`, and nflog beside ulogd2.
+const STORMS: [(Backend, usize); 3] =
+    [(Backend::Nflog, 0), (Backend::Nflog, 1), (Backend::Ebpf, 0)];
+
+/// Runs the storms, flowtrack and one peer side by side on the same
+/// traffic each time (two watchers at a time: the generator's two threads
 /// and three watchers would crowd the two CPUs); returns the Markdown:
 /// each storm's rate, then the table.
-pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<String> {
-    if !flowtrack_kernel_tests::privileged("flowtrack-bench nflog-storm") {
+pub(crate) fn storms(flows: usize, threads: usize) -> Result<String> {
+    if !flowtrack_kernel_tests::privileged("flowtrack-bench storms") {
         bail!("needs root");
     }
-    let me = std::env::current_exe()?;
-    let flowtrack = me.with_file_name("flowtrack");
+    let flowtrack = std::env::current_exe()?.with_file_name("flowtrack");
     ensure!(
         flowtrack.exists(),
         "{} not found: build it beside the harness (cargo build --release -p flow-supervisor -p flowtrack-bench)",
@@ -285,8 +306,8 @@ pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<String> {
     );
     let mut rates = String::new();
     let mut rows = String::new();
-    for (round, peer) in PEERS.iter().enumerate() {
-        let (rate, table_rows) = beside(&flowtrack, peer, flows, threads)?;
+    for (round, (backend, peer)) in STORMS.into_iter().enumerate() {
+        let (rate, table_rows) = beside(&flowtrack, backend, &PEERS[peer], flows, threads)?;
         writeln!(rates, "storm {}: {rate}  ", round + 1)?;
         rows.push_str(&table_rows);
     }
@@ -297,10 +318,11 @@ pub(crate) fn nflog_storm(flows: usize, threads: usize) -> Result<String> {
     ))
 }
 
-/// One storm with flowtrack and `peer` watching: the storm's rate, and a
-/// table row for each.
+/// One storm with flowtrack's `backend` and `peer` watching: the storm's
+/// rate, and a table row for each.
 fn beside(
     flowtrack: &std::path::Path,
+    backend: Backend,
     peer: &Peer,
     flows: usize,
     threads: usize,
@@ -311,16 +333,17 @@ fn beside(
     sink.args(["echo", "127.0.0.1:0"]);
     let server = Server::start(sink);
 
+    let cgroup = TestCgroup::new();
     let mut ours = Command::new(flowtrack);
-    ours.args([
-        "watch",
-        "--backend",
-        "nflog",
-        "--format",
-        "json",
-        "--netns",
-        &netns.name,
-    ]);
+    ours.args(["watch", "--backend", backend.name(), "--format", "json"]);
+    match backend {
+        Backend::Nflog => ours.args(["--netns", &netns.name]),
+        Backend::Ebpf => {
+            // Nothing else makes conntrack track the namespace for the peer.
+            netns.enable_conntrack();
+            ours.arg("--cgroup").arg(&cgroup.path)
+        }
+    };
     let watchers = [Watcher::spawn(ours)?, (peer.start)(&netns)?];
     // Let both subscribe and flowtrack install its rules.
     std::thread::sleep(Duration::from_secs(1));
@@ -336,6 +359,9 @@ fn beside(
         &flows.to_string(),
         &threads.to_string(),
     ]);
+    if let Backend::Ebpf = backend {
+        generator = cgroup.wrap(&generator);
+    }
     let started = std::time::Instant::now();
     let output = generator.output()?;
     let storm_seconds = started.elapsed().as_secs_f64();
@@ -366,11 +392,11 @@ fn beside(
     let [ours, theirs] = watchers;
     let tallies = [
         (
-            "flowtrack watch --backend nflog",
+            format!("flowtrack watch --backend {}", backend.name()),
             tally(&ours.stop()?, &made, flowtrack_line(server.port)),
         ),
         (
-            peer.name,
+            peer.name.to_owned(),
             tally(
                 &theirs.stop()?,
                 &made,
@@ -384,7 +410,8 @@ fn beside(
     for ((name, tally), cpu) in tallies.iter().zip(cpu) {
         writeln!(
             rows,
-            "| beside {} | {name} | {} | {} ({:.2}%) | {} | {} | {:.3} | {:.2} ms | {:.2} ms |",
+            "| {} beside {} | {name} | {} | {} ({:.2}%) | {} | {} | {:.3} | {:.2} ms | {:.2} ms |",
+            backend.name(),
             peer.name.split_whitespace().next().unwrap_or(peer.name),
             total,
             tally.opened,
@@ -398,8 +425,9 @@ fn beside(
     }
     let rate = format!(
         "{total} connections from {threads} threads in {storm_seconds:.2} s ({:.0} per second), \
-         flowtrack beside {}",
+         flowtrack --backend {} beside {}",
         total as f64 / storm_seconds,
+        backend.name(),
         peer.name
     );
     Ok((rate, rows))
