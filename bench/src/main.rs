@@ -34,24 +34,9 @@ enum Cmd {
         /// the report already at `--out`.
         #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(report::SECTION_NAMES))]
         only: Vec<String>,
-        /// eBPF cost: bytes per transfer.
-        #[arg(long, default_value_t = 1 << 30)]
-        ebpf_bytes: u64,
-        /// eBPF cost: rounds with and without the programs.
-        #[arg(long, default_value_t = 5)]
-        ebpf_rounds: usize,
-        /// Storm: connections.
-        #[arg(long, default_value_t = 20_000)]
-        storm_flows: usize,
-        /// Memory at scale: concurrent flows.
-        #[arg(long, default_value_t = 1_000_000)]
-        scale_flows: u64,
-        /// Soak: seconds.
-        #[arg(long, default_value_t = 300)]
-        soak_seconds: u64,
-        /// Fuzzing: seconds per target.
-        #[arg(long, default_value_t = 600)]
-        fuzz_seconds: u64,
+        /// How long and how big each measurement is.
+        #[command(flatten)]
+        plan: report::Plan,
     },
     /// Memory of flowtrack and of the kernel with FLOWS concurrent flows.
     Scale {
@@ -111,27 +96,7 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Report {
-            out,
-            only,
-            ebpf_bytes,
-            ebpf_rounds,
-            storm_flows,
-            scale_flows,
-            soak_seconds,
-            fuzz_seconds,
-        } => report::report(
-            &report::Plan {
-                ebpf_bytes,
-                ebpf_rounds,
-                storm_flows,
-                scale_flows,
-                soak_seconds,
-                fuzz_seconds,
-            },
-            &only,
-            &out,
-        ),
+        Cmd::Report { out, only, plan } => report::report(&plan, &only, &out),
         Cmd::Scale { flows } => print(scale::scale(flows)),
         Cmd::Soak { seconds } => print(soak::soak(seconds)),
         Cmd::EbpfCost { bytes, rounds } => print(ebpf_cost::ebpf_cost(bytes, rounds)),

@@ -10,12 +10,25 @@ use anyhow::{Context, Result, ensure};
 use crate::{ebpf_cost, fuzz, scale, soak, storm};
 
 /// How long and how big each measurement is.
+#[derive(Debug, clap::Args)]
 pub(crate) struct Plan {
+    /// eBPF cost: bytes per transfer.
+    #[arg(long, default_value_t = 1 << 30)]
     pub(crate) ebpf_bytes: u64,
+    /// eBPF cost: rounds with and without the programs.
+    #[arg(long, default_value_t = 5)]
     pub(crate) ebpf_rounds: usize,
+    /// Storm: connections.
+    #[arg(long, default_value_t = 20_000)]
     pub(crate) storm_flows: usize,
+    /// Memory at scale: concurrent flows.
+    #[arg(long, default_value_t = 1_000_000)]
     pub(crate) scale_flows: u64,
+    /// Soak: seconds.
+    #[arg(long, default_value_t = 300)]
     pub(crate) soak_seconds: u64,
+    /// Fuzzing: seconds per target.
+    #[arg(long, default_value_t = 600)]
     pub(crate) fuzz_seconds: u64,
 }
 

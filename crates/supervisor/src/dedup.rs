@@ -221,6 +221,8 @@ struct Correlator {
     known: Vec<Arc<str>>,
     /// The backends still running: a flow all of them saw is not waited on.
     active: Backends,
+    /// The index of [`DedupConfig::preferred`].
+    preferred: Option<u8>,
     flows: HashMap<FlowKey, Flow>,
     evictions: u64,
     /// Flows not yet reported closed, published for [`Correlated::unsettled`].
@@ -235,6 +237,7 @@ impl Correlator {
             config,
             known: Vec::new(),
             active: Backends::default(),
+            preferred: None,
             flows: HashMap::new(),
             evictions: 0,
             unsettled: Arc::new(AtomicUsize::new(0)),
@@ -245,6 +248,8 @@ impl Correlator {
                 correlator.active = correlator.active | Backends::one(index);
             }
         }
+        let preferred = Arc::clone(&correlator.config.preferred);
+        correlator.preferred = correlator.index(&preferred);
         correlator
     }
 
@@ -300,7 +305,7 @@ impl Correlator {
     }
 
     fn is_preferred(&self, backend: u8) -> bool {
-        *self.known[usize::from(backend)] == *self.config.preferred
+        self.preferred == Some(backend)
     }
 
     fn opened(

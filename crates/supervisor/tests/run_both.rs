@@ -455,68 +455,41 @@ fn soak_mixed_traffic_under_both_stays_flat_and_loses_nothing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let netns = Netns::new();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("flows.jsonl");
-    let traffic = common::traffic_generator();
-    let tcp = netns.serve(&traffic, &["serve-tcp", "127.0.0.1:0"]);
-    let udp = netns.serve(&traffic, &["serve-udp", "[::1]:0"]);
-    let workload = flowtrack_kernel_tests::churn_workload(&traffic, tcp.port, udp.port, seconds);
-    let mut child = flowtrack_in(
-        &netns,
-        &[
-            "run",
-            "--backend",
-            "both",
-            "--format",
-            "json",
-            "--summary",
-            "off",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    )
-    .args(["--", "sh", "-c", &workload])
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let pid = child.id();
-    let mut samples = Vec::new();
-    let started = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        std::thread::sleep(std::time::Duration::from_secs(2));
-        if started.elapsed() > std::time::Duration::from_secs(seconds / 4) {
-            samples.push(flowtrack_kernel_tests::rss_and_fds(pid));
-        }
-    }
-    let output = child.wait_with_output().unwrap();
+    let run = flowtrack_kernel_tests::soak::soak(
+        std::path::Path::new(common::FLOWTRACK),
+        &common::traffic_generator(),
+        seconds,
+        std::time::Duration::from_secs(seconds / 4),
+        std::time::Duration::from_secs(2),
+    );
+    let output = &run.output;
     assert!(output.status.success(), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("; nothing lost"), "{stderr}");
-    let samples: Vec<_> = samples.into_iter().filter(|(rss, _)| *rss > 0).collect();
+    let samples = &run.samples;
     assert!(samples.len() >= 3, "{samples:?}");
-    let (first_rss, first_fds) = samples[0];
-    for (rss, fds) in &samples {
+    let (first_rss, first_fds) = (samples[0].rss_kib, samples[0].fds);
+    for sample in samples {
         assert!(
-            *rss <= first_rss + first_rss / 4 + 4096,
+            sample.rss_kib <= first_rss + first_rss / 4 + 4096,
             "RSS grew: {samples:?}"
         );
         assert!(
-            fds.abs_diff(first_fds) <= 4,
+            sample.fds.abs_diff(first_fds) <= 4,
             "descriptors grew: {samples:?}"
         );
     }
-    let lines = std::fs::read_to_string(&out).unwrap();
-    let opened = lines
-        .lines()
-        .filter(|l| l.contains(r#""kind":"opened""#))
-        .count();
-    let closed = lines
-        .lines()
-        .filter(|l| l.contains(r#""kind":"closed""#))
-        .count();
-    assert!(opened as u64 >= seconds * 50, "{opened} flows opened");
-    assert_eq!(opened, closed, "every flow closed by the end");
-    assert_eq!(tables(&netns), "", "no table left");
-    assert_eq!(accounting(&netns), "0", "settings restored");
+    let balance = flowtrack_kernel_tests::soak::Balance::of(&run.lines);
+    assert!(
+        balance.opened as u64 >= seconds * 50,
+        "{} flows opened",
+        balance.opened
+    );
+    assert_eq!(
+        balance.opened, balance.closed,
+        "every flow closed by the end"
+    );
+    assert_eq!(balance.unbalanced_keys, 0, "{balance:?}");
+    assert_eq!(tables(&run.netns), "", "no table left");
+    assert_eq!(accounting(&run.netns), "0", "settings restored");
 }

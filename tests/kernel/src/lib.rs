@@ -8,6 +8,7 @@
 
 pub mod observe;
 pub mod scenarios;
+pub mod soak;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
