@@ -1,8 +1,10 @@
 //! flowtrack's kernel-side programs: `cgroup_skb` egress and ingress observe
-//! every packet of the cgroup's sockets, keep per-flow state in an LRU hash,
-//! and emit a ring-buffer record only when a flow opens or closes;
-//! `cgroup/sock_release` closes connected UDP flows when their socket goes.
-//! The programs always let packets pass: they observe, never filter.
+//! every packet of the cgroup's sockets, keep per-flow state in an LRU hash
+//! (an established TCP socket counts its own packets in its socket storage
+//! meanwhile: [`socket`]), and emit a ring-buffer record only when a flow
+//! opens or closes; `cgroup/sock_release` hands a TCP socket's counts to
+//! the table and closes connected UDP flows when their socket goes. The
+//! programs always let packets pass: they observe, never filter.
 
 #![no_std]
 #![no_main]
@@ -20,6 +22,11 @@ use aya_ebpf::macros::{cgroup_skb, cgroup_sock, map};
 use aya_ebpf::maps::{LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{SkBuffContext, SockContext};
 use flow_ebpf_common::*;
+
+use crate::parse::{Packet, parse};
+
+mod parse;
+mod socket;
 
 #[map(name = "FLOWS")]
 static FLOWS: LruHashMap<RawFlowKey, RawFlowState> =
@@ -50,28 +57,10 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
-/// IPv6 extension headers skipped before the transport header.
-const MAX_IPV6_EXTENSIONS: usize = 6;
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Hook {
     Egress,
     Ingress,
-}
-
-/// What the parser learned from one packet.
-struct Packet {
-    /// TCP sequence and acknowledgement numbers, and payload length.
-    tcp_seq: u32,
-    tcp_ack: u32,
-    tcp_payload: u32,
-    /// The packet's tuple as sent (ICMP echo replies pre-reversed, so that
-    /// request and reply have reversed keys like TCP and UDP).
-    key: RawFlowKey,
-    /// TCP flags, 0 for other protocols.
-    tcp_flags: u8,
-    /// This packet may start a flow (TCP SYN, UDP, ICMP echo request).
-    starts_flow: bool,
 }
 
 #[cgroup_skb(egress)]
@@ -99,7 +88,31 @@ fn bump(counter: u32) {
     }
 }
 
+/// Counts the packet: in its socket's storage when the socket is an
+/// established TCP socket that counts its flow (inlined into each program,
+/// which then needs no call), else in the flow table.
+#[inline(always)]
 fn observe(ctx: &SkBuffContext, hook: Hook) {
+    let socket = socket::of_packet(ctx);
+    if let Some(entry) = socket
+        && socket::count(ctx, entry, hook)
+    {
+        return;
+    }
+    // A raw pointer, null for none: an `Option` of one is two registers,
+    // one of them unset for `None`, which the verifier refuses to pass.
+    observe_in_table(ctx, hook, socket.unwrap_or(core::ptr::null_mut()));
+}
+
+/// The flow-table path of [`observe`]. `socket`: the packet's socket
+/// storage or null; a socket that takes this path does so for good (a
+/// SYN, FIN or reset, or an odd packet) and moves its counts to the table
+/// first.
+#[inline(never)]
+fn observe_in_table(ctx: &SkBuffContext, hook: Hook, socket: *mut RawSocketFlow) {
+    if !socket.is_null() {
+        socket::retire(socket);
+    }
     let Some(packet) = parse(ctx) else { return };
     // A raw ICMP socket receives a copy of its own echo requests: counted
     // at egress already. (An echo request from elsewhere is answered by the
@@ -119,7 +132,13 @@ fn observe(ctx: &SkBuffContext, hook: Hook) {
     if let Some(state) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a pointer from a successful lookup, valid for this run.
         let original = unsafe { (*state).flags } & FLAG_KEY_IS_ORIGINAL != 0;
-        update(&key, state, original == source_first, hook, len, &packet);
+        let packet = Seen {
+            packet: &packet,
+            from_initiator: original == source_first,
+            hook,
+            len,
+        };
+        update(ctx, &key, state, &packet, socket.is_null());
         return;
     }
     if packet.starts_flow && open(&key, source_first, hook, len) && packet.key.protocol == PROTO_UDP
@@ -165,14 +184,32 @@ fn open(key: &RawFlowKey, key_is_original: bool, hook: Hook, len: u64) -> bool {
     true
 }
 
-fn update(
-    key: &RawFlowKey,
-    state: *mut RawFlowState,
+/// A packet of a known flow, as [`update`] counts it.
+struct Seen<'a> {
+    packet: &'a Packet,
+    /// Sent by the flow's initiator.
     from_initiator: bool,
     hook: Hook,
+    /// Its length (IP header and up).
     len: u64,
-    packet: &Packet,
+}
+
+/// Counts a packet of a known flow in the table and follows its TCP state;
+/// `may_cache`: the packet's socket has no storage yet, so it may start
+/// counting the flow itself.
+fn update(
+    ctx: &SkBuffContext,
+    key: &RawFlowKey,
+    state: *mut RawFlowState,
+    seen_packet: &Seen<'_>,
+    may_cache: bool,
 ) {
+    let Seen {
+        packet,
+        from_initiator,
+        hook,
+        len,
+    } = *seen_packet;
     // SAFETY: the pointer comes from a successful map lookup and stays valid
     // for this program run; fields other CPUs may update are changed with
     // atomic instructions.
@@ -192,6 +229,16 @@ fn update(
     // Both ends inside the cgroup (loopback): every packet passes egress at
     // the sender and ingress at the receiver; count it once, at egress.
     let both_local = seen & FLAG_ORIG_EGRESS != 0 && seen & FLAG_ORIG_INGRESS != 0;
+    if may_cache
+        && hook == Hook::Egress
+        && key.protocol == PROTO_TCP
+        && packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+        && seen & (FLAG_FIN_ORIG | FLAG_FIN_REPLY) == 0
+    {
+        // Counted below, in the table; the socket's next packets count in
+        // its storage.
+        socket::activate(ctx, key, state, from_initiator, !both_local);
+    }
     if both_local && hook == Hook::Ingress {
         return;
     }
@@ -205,7 +252,7 @@ fn update(
         return;
     }
     if packet.tcp_flags & TCP_RST != 0 {
-        close(key, state, CLOSE_RST);
+        close_tcp(key, state, FLAG_CLOSING_RST);
         return;
     }
     track_fin_exchange(key, state, flags, seen, from_initiator, packet);
@@ -259,6 +306,33 @@ fn track_fin_exchange(
     }
     let done = FLAG_FIN_ORIG_ACKED | FLAG_FIN_REPLY_ACKED;
     if seen & done == done {
+        close_tcp(key, state, FLAG_CLOSING_FIN);
+    }
+}
+
+/// Closes a TCP flow (`closing`: [`FLAG_CLOSING_FIN`] or
+/// [`FLAG_CLOSING_RST`]) now or, while a socket still holds counts the
+/// table lacks, when the last one retires ([`socket::retire`]).
+fn close_tcp(key: &RawFlowKey, state: *mut RawFlowState, closing: u64) {
+    // Mark, then look. A retiring socket marks the same word, then looks:
+    // whichever marks second sees both marks; the table's remove makes
+    // sure only one reports.
+    unsafe {
+        atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*state).flags, closing);
+    }
+    close_if_pending(key, state);
+}
+
+/// Closes a TCP flow whose close was marked by [`close_tcp`], once no
+/// socket holds counts for it.
+fn close_if_pending(key: &RawFlowKey, state: *const RawFlowState) {
+    let flags = unsafe { (&raw const (*state).flags).read_volatile() };
+    if sockets_hold_counts(flags) {
+        return;
+    }
+    if flags & FLAG_CLOSING_RST != 0 {
+        close(key, state, CLOSE_RST);
+    } else if flags & FLAG_CLOSING_FIN != 0 {
         close(key, state, CLOSE_FIN);
     }
 }
@@ -294,166 +368,19 @@ fn emit(kind: u32, close_reason: u32, key: &RawFlowKey, state: &RawFlowState, no
     entry.submit(0);
 }
 
-/// Reads a `T` at `offset` from the packet: straight from the linear data
-/// when it is there (no helper call), else with `bpf_skb_load_bytes`.
-///
-/// `T` is an array of 32-bit words, read with one load per word: the BPF
-/// target has no misaligned loads, so a byte array would be read a byte at
-/// a time (a load, a shift and an or per byte — most of the program's
-/// instructions before this change). IP headers sit at least 4-byte aligned
-/// in the skb, and the verifier allows packet loads at any offset on
-/// architectures with efficient unaligned access.
-#[inline(always)]
-fn read<T: Copy>(ctx: &SkBuffContext, offset: usize) -> Option<T> {
-    // SAFETY: the context's __sk_buff, valid for this run; the verifier
-    // turns these fields into the packet's bounds.
-    let (start, end) = unsafe {
-        (
-            (*ctx.skb.skb).data as usize,
-            (*ctx.skb.skb).data_end as usize,
-        )
-    };
-    if start + offset + core::mem::size_of::<T>() <= end {
-        // SAFETY: the range lies within the packet's linear data (checked
-        // above, and again by the verifier); see above for the alignment.
-        return Some(unsafe { core::ptr::read((start + offset) as *const T) });
-    }
-    ctx.load(offset).ok()
-}
-
-/// `N` words of the packet at `offset` as their `B = 4 * N` bytes.
-#[inline(always)]
-fn read_bytes<const N: usize, const B: usize>(
-    ctx: &SkBuffContext,
-    offset: usize,
-) -> Option<[u8; B]> {
-    const { assert!(B == 4 * N) };
-    let words: [u32; N] = read(ctx, offset)?;
-    // SAFETY: same size (asserted above); any bytes are valid u8s.
-    Some(unsafe { core::mem::transmute_copy(&words) })
-}
-
-fn parse(ctx: &SkBuffContext) -> Option<Packet> {
-    let mut key = RawFlowKey::default();
-    // One read per header, straight from the packet where possible: a
-    // bpf_skb_load_bytes call costs more than the bytes it copies.
-    let ipv4: [u8; 20] = read_bytes::<5, 20>(ctx, 0)?;
-    let (protocol, l4) = match ipv4[0] >> 4 {
-        4 => {
-            let header_len = usize::from(ipv4[0] & 0x0f) * 4;
-            if header_len < 20 {
-                return None;
-            }
-            if u16::from_be_bytes([ipv4[6], ipv4[7]]) & 0x1fff != 0 {
-                return None; // not the first fragment: no transport header
-            }
-            key.src_addr[..4].copy_from_slice(&ipv4[12..16]);
-            key.dst_addr[..4].copy_from_slice(&ipv4[16..20]);
-            key.family = FAMILY_V4;
-            (ipv4[9], header_len)
-        }
-        6 => {
-            let ipv6: [u8; 40] = read_bytes::<10, 40>(ctx, 0)?;
-            key.src_addr.copy_from_slice(&ipv6[8..24]);
-            key.dst_addr.copy_from_slice(&ipv6[24..40]);
-            key.family = FAMILY_V6;
-            ipv6_transport(ctx, ipv6[6])?
-        }
-        _ => return None,
-    };
-    key.protocol = protocol;
-    let (mut tcp_flags, mut tcp_seq, mut tcp_ack, mut tcp_payload) = (0, 0, 0, 0);
-    let starts_flow = match protocol {
-        PROTO_TCP => {
-            let tcp: [u8; 16] = read_bytes::<4, 16>(ctx, l4)?;
-            key.src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
-            key.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
-            tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-            tcp_ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
-            let headers = (l4 + usize::from(tcp[12] >> 4) * 4) as u32;
-            tcp_payload = ctx.len().saturating_sub(headers);
-            tcp_flags = tcp[13];
-            tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0
-        }
-        PROTO_UDP => {
-            let udp: [u8; 4] = read_bytes::<1, 4>(ctx, l4)?;
-            key.src_port = u16::from_be_bytes([udp[0], udp[1]]);
-            key.dst_port = u16::from_be_bytes([udp[2], udp[3]]);
-            true
-        }
-        PROTO_ICMP | PROTO_ICMPV6 => {
-            let icmp: [u8; 8] = read_bytes::<2, 8>(ctx, l4)?;
-            let (icmp_type, code) = (icmp[0], icmp[1]);
-            let identifier = u16::from_be_bytes([icmp[4], icmp[5]]);
-            let (request, reply) = if protocol == PROTO_ICMP {
-                (8, 0)
-            } else {
-                (128, 129)
-            };
-            if icmp_type == request {
-                key.src_port = identifier;
-                key.dst_port = u16::from(icmp_type) << 8 | u16::from(code);
-                true
-            } else if icmp_type == reply {
-                // Keyed as the reverse of its request, so that it finds the
-                // request's flow.
-                key.src_port = u16::from(request) << 8;
-                key.dst_port = identifier;
-                false
-            } else {
-                return None; // errors and other messages are not flows
-            }
-        }
-        _ => return None,
-    };
-    Some(Packet {
-        tcp_seq,
-        tcp_ack,
-        tcp_payload,
-        key,
-        tcp_flags,
-        starts_flow,
-    })
-}
-
-/// Walks IPv6 extension headers; returns the transport protocol and offset.
-fn ipv6_transport(ctx: &SkBuffContext, first: u8) -> Option<(u8, usize)> {
-    let mut next = first;
-    let mut offset = 40_usize;
-    for _ in 0..MAX_IPV6_EXTENSIONS {
-        match next {
-            // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
-            0 | 43 | 60 => {
-                let header: [u8; 2] = ctx.load(offset).ok()?;
-                next = header[0];
-                offset += (usize::from(header[1]) + 1) * 8;
-            }
-            // Fragment: 8 bytes; only the first fragment has the transport.
-            44 => {
-                let header: [u8; 4] = ctx.load(offset).ok()?;
-                if u16::from_be_bytes([header[2], header[3]]) & 0xfff8 != 0 {
-                    return None;
-                }
-                next = header[0];
-                offset += 8;
-            }
-            // Authentication header: (len + 2) * 4 bytes.
-            51 => {
-                let header: [u8; 2] = ctx.load(offset).ok()?;
-                next = header[0];
-                offset += (usize::from(header[1]) + 2) * 4;
-            }
-            _ => return Some((next, offset)),
-        }
-    }
-    None
-}
-
 fn release(ctx: &SockContext) {
     // SAFETY: the context pointer is the kernel's bpf_sock for this call.
     let protocol = unsafe { (*ctx.sock).protocol };
+    if protocol == u32::from(PROTO_TCP) {
+        // The socket's counts go to the table; the flow closes on its
+        // FIN or reset, which follow the release.
+        if let Some(entry) = socket::of_released(ctx) {
+            socket::retire(entry);
+        }
+        return;
+    }
     if protocol != u32::from(PROTO_UDP) {
-        return; // TCP closes on FIN/RST after release; others idle out
+        return; // others idle out
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(key) = (unsafe { SOCKETS.get(cookie) }).copied() else {

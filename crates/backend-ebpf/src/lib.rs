@@ -10,7 +10,9 @@
 //!   (common on loopback and veth) are fewer than wire packets.
 //! - A TCP flow closes after the FIN exchange or a reset; a connected UDP
 //!   flow when its socket is released; everything else after an idle
-//!   timeout, or when the cgroup has no process left.
+//!   timeout, or when the cgroup has no process left. An established TCP
+//!   connection is counted by its socket (in socket storage, with no
+//!   flow-table lookup) and does not idle out while it is.
 //! - Loss is reported in-band: ring-buffer reservation failures, flow-table
 //!   evictions or insert failures, and undecodable records.
 //!
@@ -60,6 +62,9 @@ pub struct EbpfConfig {
     /// A UDP or ICMP flow with no packet for this long is closed. Default 30 s.
     pub datagram_idle: Duration,
     /// A TCP flow with no packet for this long is closed. Default 300 s.
+    /// It applies to flows no established socket of the cgroup counts
+    /// (half-open ones, or ones whose sockets went without a FIN or reset):
+    /// an established connection closes with its socket, however idle.
     pub tcp_idle: Duration,
     /// After a FIN from both sides, a TCP flow waiting for its last ACK is
     /// closed after this long. Default 2 s.

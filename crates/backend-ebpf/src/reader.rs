@@ -12,6 +12,7 @@ use flow_core::{FlowError, FlowEvent, FlowStream, LossPoint};
 use flow_ebpf_common::{
     COUNTER_FLOWS_INSERTED, COUNTER_FLOWS_REMOVED, COUNTER_INSERT_FAILED, COUNTER_RING_FULL,
     COUNTERS_MAP, EVENTS_MAP, FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLOWS_MAP, RawFlowKey, RawFlowState,
+    sockets_hold_counts,
 };
 use futures::StreamExt;
 use tokio::io::Interest;
@@ -198,6 +199,8 @@ impl Table {
     fn idle_limit(&self, key: &RawFlowKey, state: &RawFlowState) -> u64 {
         let fins = FLAG_FIN_ORIG | FLAG_FIN_REPLY;
         match key.protocol {
+            // Established, its socket counting: it closes with the socket.
+            6 if sockets_hold_counts(state.flags) => u64::MAX,
             6 if state.flags & fins == fins => self.timeouts.fin_linger,
             6 => self.timeouts.tcp,
             _ => self.timeouts.datagram,

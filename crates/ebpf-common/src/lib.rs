@@ -14,6 +14,9 @@ pub const FLOWS_MAP: &str = "FLOWS";
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU counter array (indices `COUNTER_*`).
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the socket storage map ([`RawSocketFlow`] per established TCP
+/// socket of the cgroup).
+pub const SOCKET_FLOWS_MAP: &str = "SOCKET_FLOWS";
 /// Name of the egress `cgroup_skb` program.
 pub const EGRESS_PROGRAM: &str = "flowtrack_egress";
 /// Name of the ingress `cgroup_skb` program.
@@ -71,6 +74,39 @@ pub const FLAG_KEY_IS_ORIGINAL: u64 = 1 << 4;
 pub const FLAG_FIN_ORIG_ACKED: u64 = 1 << 5;
 /// [`RawFlowState::flags`]: the initiator acknowledged the responder's FIN.
 pub const FLAG_FIN_REPLY_ACKED: u64 = 1 << 6;
+/// [`RawFlowState::flags`]: the FIN exchange is complete, and the flow
+/// closes once no socket holds counts for it
+/// ([`sockets_hold_counts`]).
+pub const FLAG_CLOSING_FIN: u64 = 1 << 7;
+/// [`RawFlowState::flags`]: a reset passed, and the flow closes once no
+/// socket holds counts for it ([`sockets_hold_counts`]).
+pub const FLAG_CLOSING_RST: u64 = 1 << 8;
+/// [`RawFlowState::flags`]: the initiator's socket counts the flow in its
+/// storage ([`RawSocketFlow`]).
+pub const FLAG_SOCKET_ORIG: u64 = 1 << 9;
+/// [`RawFlowState::flags`]: the initiator's socket retired: its counts are
+/// in the table.
+pub const FLAG_SOCKET_ORIG_RETIRED: u64 = 1 << 10;
+/// [`RawFlowState::flags`]: the responder's socket counts the flow in its
+/// storage ([`RawSocketFlow`]).
+pub const FLAG_SOCKET_REPLY: u64 = 1 << 11;
+/// [`RawFlowState::flags`]: the responder's socket retired: its counts are
+/// in the table.
+pub const FLAG_SOCKET_REPLY_RETIRED: u64 = 1 << 12;
+
+/// [`RawSocketFlow::flags`]: the socket counts its flow's packets.
+pub const SOCKET_ACTIVE: u64 = 1;
+/// [`RawSocketFlow::flags`]: the socket's counts went to the flow table for
+/// good (a SYN, FIN or RST passed, or the socket was released); it never
+/// counts again.
+pub const SOCKET_RETIRED: u64 = 1 << 1;
+/// [`RawSocketFlow::flags`]: packets arriving at the socket are counted too
+/// (the peer is not in the cgroup; when it is, its own socket counts them
+/// as they leave).
+pub const SOCKET_COUNTS_INGRESS: u64 = 1 << 2;
+/// [`RawSocketFlow::flags`]: the socket is the responder's (else the
+/// initiator's).
+pub const SOCKET_IS_REPLY: u64 = 1 << 3;
 
 /// IPv4 in [`RawFlowKey::family`].
 pub const FAMILY_V4: u8 = 4;
@@ -165,6 +201,58 @@ pub struct RawFlowState {
     pub fin_ack_orig: u32,
     /// TCP: the sequence number that acknowledges the responder's FIN.
     pub fin_ack_reply: u32,
+}
+
+/// Whether, by a flow's [`RawFlowState::flags`], a socket of the cgroup
+/// counts the flow's packets in its own storage ([`RawSocketFlow`]) and
+/// has not yet moved them to the table. While one does, the table's
+/// counters lag behind, and the flow neither closes nor idles out: it
+/// stays open as long as its socket is established.
+#[must_use]
+pub const fn sockets_hold_counts(flags: u64) -> bool {
+    (flags & FLAG_SOCKET_ORIG != 0 && flags & FLAG_SOCKET_ORIG_RETIRED == 0)
+        || (flags & FLAG_SOCKET_REPLY != 0 && flags & FLAG_SOCKET_REPLY_RETIRED == 0)
+}
+
+/// Counter slots in a [`RawSocketFlow`]: CPU `n` counts in slot `n % 4`.
+pub const SOCKET_COUNTER_SLOTS: usize = 4;
+
+/// An established TCP socket's share of its flow's counters, in the
+/// socket's storage. The kernel program counts the socket's data packets
+/// here with no flow-table lookup, and moves the counts to the flow table
+/// (under [`RawSocketFlow::key`]) when a SYN, FIN or RST passes or the
+/// socket is released. Userspace never reads it.
+///
+/// Laid out in cache lines: the kernel puts a socket storage value 8 bytes
+/// into a line (after the storage's map pointer), so the 56-byte header
+/// ends that line and each counter slot fills a line of its own. One
+/// counter shared by all CPUs cost more than everything else a packet
+/// costs: a socket's data leaves from its process's CPU and, clocked out
+/// by ACKs, from the CPU that receives them, and the line bounced between
+/// the two at every packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RawSocketFlow {
+    /// The flow's canonical flow-table key.
+    pub key: RawFlowKey,
+    /// `SOCKET_*` bits.
+    pub flags: u64,
+    /// Ends the header's cache line.
+    pub pad: u64,
+    /// Counts not yet in the flow table, by CPU.
+    pub slots: [SocketCounts; SOCKET_COUNTER_SLOTS],
+}
+
+/// One CPU slot of a [`RawSocketFlow`]'s counts: a cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SocketCounts {
+    /// Socket buffers counted here and not yet in the flow table.
+    pub packets: u64,
+    /// IP-level bytes counted here and not yet in the flow table.
+    pub bytes: u64,
+    /// Fills the cache line.
+    pub pad: [u64; 6],
 }
 
 /// One ring-buffer record: a flow opened or closed.

@@ -192,6 +192,49 @@ impl Netns {
             .args(["-qw", "net.netfilter.nf_conntrack_acct=1"]));
     }
 
+    /// Starts counting, with nft, the TCP packets a socket on `port` sees
+    /// when its peer is outside the cgroup: those to `port` as they are
+    /// received (the input hook) and those from `port` as they are sent
+    /// (the output hook). conntrack counts a loopback packet once, as it is
+    /// sent; a large one may reach the receiver as several socket buffers,
+    /// which is what a receiving socket's counts count.
+    ///
+    /// # Panics
+    /// When `nft` fails.
+    pub fn count_tcp_port(&self, port: u16) {
+        run(self.command("nft").arg(format!(
+            "add table inet flowtrack_port; \
+             add chain inet flowtrack_port received {{ type filter hook input priority 0; }}; \
+             add rule inet flowtrack_port received tcp dport {port} counter; \
+             add chain inet flowtrack_port sent {{ type filter hook output priority 0; }}; \
+             add rule inet flowtrack_port sent tcp sport {port} counter"
+        )));
+    }
+
+    /// Packets and bytes counted since [`Netns::count_tcp_port`].
+    ///
+    /// # Panics
+    /// When `nft` fails or prints no JSON.
+    #[must_use]
+    pub fn tcp_port_counts(&self) -> (u64, u64) {
+        let output = self
+            .command("nft")
+            .args(["-j", "list", "table", "inet", "flowtrack_port"])
+            .output()
+            .expect("nft runs");
+        let listed: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("nft -j prints JSON");
+        let mut counts = (0, 0);
+        for item in listed["nftables"].as_array().into_iter().flatten() {
+            for expression in item["rule"]["expr"].as_array().into_iter().flatten() {
+                let counter = &expression["counter"];
+                counts.0 += counter["packets"].as_u64().unwrap_or(0);
+                counts.1 += counter["bytes"].as_u64().unwrap_or(0);
+            }
+        }
+        counts
+    }
+
     /// conntrack's entries in this namespace.
     ///
     /// # Panics

@@ -125,6 +125,65 @@ async fn an_inbound_connection_is_keyed_from_the_remote_peer() {
     scenarios::inbound_connection(&env, &mut stream).await;
 }
 
+/// An established connection idle for longer than the TCP idle timeout
+/// stays open while its socket counts it (the server's, inside the cgroup,
+/// counting both directions: its client is outside), and closes once, with
+/// every packet the server's socket sent and received. Before sockets
+/// counted their flows, the sweep closed it during the pause and the rest
+/// went unreported.
+///
+/// The peer here is nft, not conntrack: conntrack counts a loopback packet
+/// as it is sent, and the large ones reach the server as several socket
+/// buffers (loopback segments them on the way), each counted as received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_established_connection_stays_open_until_it_closes() {
+    let Some(env) = env("an_idle_established_connection_stays_open_until_it_closes") else {
+        return;
+    };
+    let mut config = config(&env);
+    config.tcp_idle = Duration::from_millis(300);
+    let mut stream = start(config).await;
+    let server = env.server_inside(&["serve-tcp", "127.0.0.1:0"]);
+    env.netns.count_tcp_port(server.port);
+    let dst = format!("127.0.0.1:{}", server.port);
+    // Read while the generator runs: the sweep that would close the idle
+    // flow runs as the stream is read.
+    let command = env.traffic(&["tcp", &dst, "--bytes", "4000000", "--pause-ms", "1500"]);
+    let (keys, observed) = observe_storm(&mut stream, command, Duration::from_secs(20)).await;
+    let (packets, bytes) = observed.closed_once(&keys[0]);
+    assert!(bytes >= 2 * 4_000_000 + packets * 40, "{bytes} bytes");
+    assert_eq!(
+        (packets, bytes),
+        env.netns.tcp_port_counts(),
+        "flowtrack vs nft"
+    );
+    assert_eq!(observed.opened.len(), 1, "{observed:#?}");
+}
+
+/// A connection reset while both its ends, inside the cgroup, count it in
+/// their sockets: the reset closes it once the other end has handed its
+/// counts over (its socket's release), once, with every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_between_two_counting_sockets_closes_once_with_every_byte() {
+    let Some(env) = env("a_reset_between_two_counting_sockets_closes_once_with_every_byte") else {
+        return;
+    };
+    let mut stream = start_with_peer(&env).await;
+    let server = env.server_inside(&["serve-tcp", "127.0.0.1:0"]);
+    let flows = env.inside(&[
+        "tcp",
+        &format!("127.0.0.1:{}", server.port),
+        "--bytes",
+        "1000000",
+        "--reset",
+    ]);
+    let key = flows[0].key();
+    let observed = observe(&mut stream, &[key], Duration::from_secs(20)).await;
+    let (packets, bytes) = observed.closed_once(&key);
+    assert!(packets >= 4, "handshake, data, reset: {packets}");
+    assert_matches_conntrack(&env.netns, &key, (packets, bytes));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_outside_the_cgroup_is_not_reported() {
     let Some(env) = env("traffic_outside_the_cgroup_is_not_reported") else {

@@ -31,6 +31,13 @@ enum Command {
         bytes: usize,
         #[arg(long, default_value_t = 1)]
         count: usize,
+        /// Send half the bytes, stay idle this long, then send the rest.
+        #[arg(long)]
+        pause_ms: Option<u64>,
+        /// After sending, reset the connection (SO_LINGER 0) instead of
+        /// closing it and reading the echo.
+        #[arg(long)]
+        reset: bool,
     },
     /// A connected UDP socket that sends DATAGRAMS of BYTES and reads the echoes.
     Udp {
@@ -54,9 +61,16 @@ fn main() -> io::Result<()> {
     match Cli::parse().command {
         Command::ServeTcp { addr } => serve_tcp(addr),
         Command::ServeUdp { addr } => serve_udp(addr),
-        Command::Tcp { dst, bytes, count } => {
+        Command::Tcp {
+            dst,
+            bytes,
+            count,
+            pause_ms,
+            reset,
+        } => {
+            let pause = pause_ms.map(Duration::from_millis);
             for _ in 0..count {
-                tcp(dst, bytes)?;
+                tcp(dst, bytes, pause, reset)?;
             }
             Ok(())
         }
@@ -107,13 +121,23 @@ fn serve_udp(addr: SocketAddr) -> io::Result<()> {
     }
 }
 
-fn tcp(dst: SocketAddr, bytes: usize) -> io::Result<()> {
+fn tcp(dst: SocketAddr, bytes: usize, pause: Option<Duration>, reset: bool) -> io::Result<()> {
     let mut stream = TcpStream::connect(dst)?;
     let src = stream.local_addr()?;
-    stream.write_all(&vec![b'x'; bytes])?;
-    stream.shutdown(Shutdown::Write)?;
+    let payload = vec![b'x'; bytes];
+    let (first, rest) = payload.split_at(if pause.is_some() { bytes / 2 } else { bytes });
+    stream.write_all(first)?;
+    if let Some(pause) = pause {
+        std::thread::sleep(pause);
+    }
+    stream.write_all(rest)?;
     let mut echo = Vec::new();
-    stream.read_to_end(&mut echo)?;
+    if reset {
+        socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+    } else {
+        stream.shutdown(Shutdown::Write)?;
+        stream.read_to_end(&mut echo)?;
+    }
     drop(stream);
     report(&GeneratedFlow::new(
         6,

@@ -1,0 +1,222 @@
+//! The per-socket counters: an established TCP socket of the cgroup counts
+//! its flow's data packets in its own socket storage, with no flow-table
+//! lookup. The lookup (a jhash of the 40-byte key, then a key compare) and
+//! two atomic adds on a line that both ends of a connection write were
+//! most of a packet's cost; a socket's storage is one pointer away.
+//!
+//! The counts move to the flow table when the socket leaves the fast path
+//! for good ([`retire`]): a SYN, FIN or reset passes, or the socket is
+//! released. A flow's close waits until each socket that counted it has
+//! retired (`sockets_hold_counts`); the last to retire then closes it.
+//!
+//! Every shared update is an atomic without a fetched result (the object is
+//! built for the generic BPF CPU, which has no fetching atomics): bits are
+//! or-ed, counts moved by adding what was read to the table and its
+//! negation to the socket, so that a racing packet's count is never lost.
+
+use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
+use core::ptr;
+
+use aya_ebpf::EbpfContext;
+use aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE;
+use aya_ebpf::btf_maps::SkStorage;
+use aya_ebpf::helpers::generated::{
+    bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_sk_fullsock, bpf_sk_storage_get,
+};
+use aya_ebpf::macros::btf_map;
+use aya_ebpf::programs::{SkBuffContext, SockContext};
+use flow_ebpf_common::{
+    FLAG_SOCKET_ORIG, FLAG_SOCKET_ORIG_RETIRED, FLAG_SOCKET_REPLY, FLAG_SOCKET_REPLY_RETIRED,
+    RawFlowKey, RawFlowState, RawSocketFlow, SOCKET_ACTIVE, SOCKET_COUNTER_SLOTS,
+    SOCKET_COUNTS_INGRESS, SOCKET_IS_REPLY, SOCKET_RETIRED,
+};
+
+use crate::parse::tcp_flags;
+use crate::{FLOWS, Hook, TCP_FIN, TCP_RST, TCP_SYN, close_if_pending};
+
+/// A BTF map: the kernel requires BTF key and value types for socket
+/// storage.
+#[btf_map(name = "SOCKET_FLOWS")]
+static SOCKET_FLOWS: SkStorage<RawSocketFlow> = SkStorage::new();
+
+/// `bpf_sock::state` of an established TCP socket.
+const TCP_ESTABLISHED: u32 = 1;
+
+/// The map's address, as the helpers take it (aya-ebpf keeps its own
+/// `as_ptr` private to the crate).
+fn map() -> *mut core::ffi::c_void {
+    ptr::from_ref(&SOCKET_FLOWS).cast_mut().cast()
+}
+
+/// `*target |= bits`, atomically.
+fn or(target: *mut u64, bits: u64) {
+    // SAFETY: callers pass pointers into map values valid for this run.
+    unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(target, bits) };
+}
+
+/// `*target += value` (wrapping), atomically.
+fn add(target: *mut u64, value: u64) {
+    // SAFETY: callers pass pointers into map values valid for this run.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(target, value) };
+}
+
+/// The storage of the packet's socket, if the socket has one.
+#[inline(always)]
+pub fn of_packet(ctx: &SkBuffContext) -> Option<*mut RawSocketFlow> {
+    // SAFETY: the context's __sk_buff, valid for this run.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null socket from the context; no value, no flags: a
+    // lookup (the helper returns null for request and time-wait sockets).
+    let entry = unsafe { bpf_sk_storage_get(map(), sk.cast(), ptr::null_mut(), 0) };
+    (!entry.is_null()).then_some(entry.cast())
+}
+
+/// The storage of the socket being released, if it has one.
+pub fn of_released(ctx: &SockContext) -> Option<*mut RawSocketFlow> {
+    // SAFETY: the context is the released socket.
+    let entry = unsafe { bpf_sk_storage_get(map(), ctx.as_ptr(), ptr::null_mut(), 0) };
+    (!entry.is_null()).then_some(entry.cast())
+}
+
+/// Counts the packet in the socket's storage if the socket is active and
+/// the packet is neither a SYN, a FIN nor a reset; false if it must go
+/// through the flow table instead.
+///
+/// Leaving, the socket's state says it: a socket sends its FIN and its
+/// resets after it leaves ESTABLISHED (`tcp_close`, `tcp_shutdown`,
+/// `tcp_disconnect`), and every later packet takes the table too. One
+/// reset is sent from ESTABLISHED: `tcp_abort` (`ss -K`); that flow idles
+/// out after its release instead of closing on the reset. Arriving, the
+/// state changes only after this program, so the TCP flags are read; an
+/// arriving packet the peer's socket already counted is not looked at.
+#[inline(always)]
+pub fn count(ctx: &SkBuffContext, entry: *mut RawSocketFlow, hook: Hook) -> bool {
+    // SAFETY: a pointer from a successful storage lookup, valid for this run.
+    let flags = unsafe { (&raw const (*entry).flags).read_volatile() };
+    if flags & (SOCKET_ACTIVE | SOCKET_RETIRED) != SOCKET_ACTIVE {
+        return false;
+    }
+    if hook == Hook::Egress {
+        // SAFETY: the socket has storage, so the context's socket is set.
+        let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+        if sk.is_null() || unsafe { (*sk).state } != TCP_ESTABLISHED {
+            return false;
+        }
+    } else if flags & SOCKET_COUNTS_INGRESS == 0 {
+        // The peer's socket counted it as it left, and the flow table
+        // would not look at it either.
+        return true;
+    } else {
+        match tcp_flags(ctx) {
+            Some(tcp) if tcp & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => {}
+            _ => return false,
+        }
+    }
+    // SAFETY: the helper only reads this CPU's number.
+    let cpu = unsafe { bpf_get_smp_processor_id() } as usize % SOCKET_COUNTER_SLOTS;
+    let slot = unsafe { &raw mut (*entry).slots[cpu] };
+    add(unsafe { &raw mut (*slot).packets }, 1);
+    add(unsafe { &raw mut (*slot).bytes }, u64::from(ctx.len()));
+    true
+}
+
+/// Makes the packet's socket count its flow from now on, if it is an
+/// established TCP socket. Called at egress only, for a socket with no
+/// storage yet: a socket's egress is serialised by its lock, and the
+/// updates are idempotent or-s anyway. `from_initiator`: the socket is the
+/// initiator's; `counts_ingress`: the peer is outside the cgroup, so
+/// arriving packets count here too.
+pub fn activate(
+    ctx: &SkBuffContext,
+    key: &RawFlowKey,
+    state: *mut RawFlowState,
+    from_initiator: bool,
+    counts_ingress: bool,
+) {
+    // SAFETY: the context's __sk_buff; the helpers check what they get.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() || unsafe { (*full).state } != TCP_ESTABLISHED {
+        return; // listeners, request and time-wait sockets, closing ones
+    }
+    // Created zeroed: the helper takes an initial value only from a map.
+    let entry = unsafe {
+        bpf_sk_storage_get(
+            map(),
+            full.cast(),
+            ptr::null_mut(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
+    }
+    .cast::<RawSocketFlow>();
+    if entry.is_null() {
+        return; // no memory: the flow table keeps counting
+    }
+    // SAFETY: a storage pointer, valid for this run; a socket has one flow
+    // for its whole life, so any racing writer writes the same key.
+    unsafe { (&raw mut (*entry).key).write_volatile(*key) };
+    // The flow learns that a socket holds counts before the socket counts
+    // any, so that it cannot close with them outstanding.
+    let (holding, side) = if from_initiator {
+        (FLAG_SOCKET_ORIG, 0)
+    } else {
+        (FLAG_SOCKET_REPLY, SOCKET_IS_REPLY)
+    };
+    or(unsafe { &raw mut (*state).flags }, holding);
+    let ingress = if counts_ingress {
+        SOCKET_COUNTS_INGRESS
+    } else {
+        0
+    };
+    or(
+        unsafe { &raw mut (*entry).flags },
+        SOCKET_ACTIVE | side | ingress,
+    );
+}
+
+/// Stops the socket's counting for good and moves its counts into the
+/// flow table; closes the flow if its close came meanwhile and no other
+/// socket holds counts. Safe to repeat: a retired socket moves whatever a
+/// racing packet added after it retired.
+pub fn retire(entry: *mut RawSocketFlow) {
+    // SAFETY: a storage pointer, valid for this run; everything shared is
+    // changed atomically.
+    let flags_of_socket = unsafe { &raw mut (*entry).flags };
+    or(flags_of_socket, SOCKET_RETIRED);
+    let flags = unsafe { flags_of_socket.read_volatile() };
+    if flags & SOCKET_ACTIVE == 0 {
+        return; // never counted
+    }
+    // The key straight from the storage: a copy would cost stack, which
+    // the verifier limits to 512 bytes across calls.
+    let key = unsafe { &(*entry).key };
+    // An evicted flow loses these counts; its eviction is reported.
+    let Some(state) = FLOWS.get_ptr_mut(key) else {
+        return;
+    };
+    for index in 0..SOCKET_COUNTER_SLOTS {
+        let slot = unsafe { &raw mut (*entry).slots[index] };
+        let packets = unsafe { (&raw const (*slot).packets).read_volatile() };
+        let bytes = unsafe { (&raw const (*slot).bytes).read_volatile() };
+        add(unsafe { &raw mut (*state).packets }, packets);
+        add(unsafe { &raw mut (*state).bytes }, bytes);
+        add(unsafe { &raw mut (*slot).packets }, packets.wrapping_neg());
+        add(unsafe { &raw mut (*slot).bytes }, bytes.wrapping_neg());
+    }
+    unsafe { (&raw mut (*state).last_seen_ns).write_volatile(bpf_ktime_get_coarse_ns()) };
+    let retired = if flags & SOCKET_IS_REPLY != 0 {
+        FLAG_SOCKET_REPLY_RETIRED
+    } else {
+        FLAG_SOCKET_ORIG_RETIRED
+    };
+    // The flow's flags are one word: this or and the closer's or are
+    // ordered, so whichever comes second sees both and closes.
+    or(unsafe { &raw mut (*state).flags }, retired);
+    close_if_pending(key, state);
+}
