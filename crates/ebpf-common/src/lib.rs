@@ -223,13 +223,18 @@ pub const SOCKET_COUNTER_SLOTS: usize = 4;
 /// (under [`RawSocketFlow::key`]) when a SYN, FIN or RST passes or the
 /// socket is released. Userspace never reads it.
 ///
-/// Laid out in cache lines: the kernel puts a socket storage value 8 bytes
-/// into a line (after the storage's map pointer), so the 56-byte header
-/// ends that line and each counter slot fills a line of its own. One
-/// counter shared by all CPUs cost more than everything else a packet
-/// costs: a socket's data leaves from its process's CPU and, clocked out
-/// by ACKs, from the CPU that receives them, and the line bounced between
-/// the two at every packet.
+/// Laid out against false sharing: every packet reads the header (and the
+/// kernel's storage header just before it), and each CPU writes its own
+/// slot. x86 fetches cache lines in aligned pairs, so writes to one line
+/// disturb readers of its neighbour; and where the kernel's allocator puts
+/// the value in a line is its own business. 120 bytes separate the header
+/// and each slot from the next: with 8-byte alignment, that keeps them in
+/// different 128-byte pairs wherever the value starts. The cost is about a
+/// kilobyte of storage per established socket (the kernel's 1 KiB slab).
+/// One counter shared by all CPUs cost more than everything else a packet
+/// costs: a socket's data leaves from its process's CPU and, clocked out by
+/// ACKs, from the CPU that receives them, and the line bounced between the
+/// two at every packet. Slots on 64-byte boundaries still cost half of it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RawSocketFlow {
@@ -237,13 +242,13 @@ pub struct RawSocketFlow {
     pub key: RawFlowKey,
     /// `SOCKET_*` bits.
     pub flags: u64,
-    /// Ends the header's cache line.
-    pub pad: u64,
+    /// Separates the header from the first slot.
+    pub pad: [u64; 15],
     /// Counts not yet in the flow table, by CPU.
     pub slots: [SocketCounts; SOCKET_COUNTER_SLOTS],
 }
 
-/// One CPU slot of a [`RawSocketFlow`]'s counts: a cache line.
+/// One CPU slot of a [`RawSocketFlow`]'s counts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SocketCounts {
@@ -251,8 +256,8 @@ pub struct SocketCounts {
     pub packets: u64,
     /// IP-level bytes counted here and not yet in the flow table.
     pub bytes: u64,
-    /// Fills the cache line.
-    pub pad: [u64; 6],
+    /// Separates this slot from the next.
+    pub pad: [u64; 15],
 }
 
 /// One ring-buffer record: a flow opened or closed.
