@@ -4,7 +4,9 @@
 //! attached and without, interleaved in the same run. The same is measured
 //! of programs that only return "pass" (`bench/fixtures/pass.bpf.s`): the
 //! floor of the measurement on this machine (the statistics' own clock
-//! reads and the cgroup hook's call).
+//! reads and the cgroup hook's call). Throughput is timed with the
+//! statistics off: they cost every run two clock reads, which would be
+//! charged to flowtrack.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -66,6 +68,24 @@ fn attach_pass(cgroup: &Path) -> Result<aya::Ebpf> {
     Ok(ebpf)
 }
 
+/// `kernel.bpf_stats_enabled=1` while it lives.
+struct BpfStats;
+
+impl BpfStats {
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn on() -> Result<Self> {
+        std::fs::write(Self::SYSCTL, "1").context("enabling BPF stats")?;
+        Ok(Self)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::SYSCTL, "0");
+    }
+}
+
 /// `run_time_ns` and `run_cnt` of the cgroup_skb programs named
 /// `prefix*` attached to `cgroup`.
 fn program_stats(cgroup: &Path, prefix: &str) -> Result<(u64, u64)> {
@@ -98,27 +118,35 @@ fn program_stats(cgroup: &Path, prefix: &str) -> Result<(u64, u64)> {
     Ok(totals)
 }
 
-/// One transfer with programs `prefix*` attached: its speed, their cost
-/// per run, and their runs.
+/// One transfer with programs `prefix*` attached and BPF statistics on:
+/// their cost per run, and their runs.
 fn measured(
     netns: &Netns,
     cgroup: &TestCgroup,
     port: u16,
     shape: Shape,
     prefix: &str,
-) -> Result<(f64, f64, u64)> {
+) -> Result<(f64, u64)> {
+    let stats = BpfStats::on()?;
     let before = program_stats(&cgroup.path, prefix)?;
-    let speed = transfer(netns, cgroup, port, shape)?;
+    transfer(netns, cgroup, port, shape)?;
     let after = program_stats(&cgroup.path, prefix)?;
+    drop(stats);
     let runs = after.1 - before.1;
     ensure!(runs > 0, "no run of the {prefix}* programs was counted");
-    Ok((speed, (after.0 - before.0) as f64 / runs as f64, runs))
+    Ok(((after.0 - before.0) as f64 / runs as f64, runs))
 }
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
+
+/// Bytes per transfer, by default.
+pub(crate) const DEFAULT_BYTES: u64 = 1 << 30;
+/// Rounds, by default: the machine's drift makes fewer unstable (at 5,
+/// the throughput ratio's median moved from 0.92 to 1.04 between runs).
+pub(crate) const DEFAULT_ROUNDS: usize = 15;
 
 /// Measures the eBPF programs' cost per run and the throughput ratio;
 /// returns the Markdown table.
@@ -132,7 +160,6 @@ pub(crate) fn ebpf_cost(bytes: u64, rounds: usize) -> Result<String> {
     let mut sink = netns.command(me.to_str().context("path")?);
     sink.args(["sink", "127.0.0.1:0"]);
     let sink = Server::start(sink);
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling BPF stats")?;
     let runtime = tokio::runtime::Runtime::new()?;
     let shapes = [
         Shape {
@@ -147,7 +174,7 @@ pub(crate) fn ebpf_cost(bytes: u64, rounds: usize) -> Result<String> {
         },
     ];
     let mut table = String::from(
-        "| transfer | eBPF ns per program run (median) | pass-only program (floor) | runs per transfer | without flowtrack | with flowtrack | ratio with / without |\n|---|---|---|---|---|---|---|\n",
+        "| transfer | eBPF ns per program run (median) | pass-only program (floor) | flowtrack's work: run − floor, same round (median) | runs per transfer | without flowtrack | with flowtrack | ratio with / without, same round: median (range) |\n|---|---|---|---|---|---|---|---|\n",
     );
     for shape in shapes {
         let mut runs = 0;
@@ -162,35 +189,45 @@ pub(crate) fn ebpf_cost(bytes: u64, rounds: usize) -> Result<String> {
                         let stream = runtime
                             .block_on(EbpfSource::new(EbpfConfig::new(&cgroup.path)).start())?;
                         let reader = runtime.spawn(stream.for_each(|_| async {}));
-                        let (speed, cost, count) =
+                        with.push(transfer(&netns, &cgroup, sink.port, shape)?);
+                        let (cost, count) =
                             measured(&netns, &cgroup, sink.port, shape, "flowtrack_")?;
                         reader.abort();
                         let _ = runtime.block_on(reader);
-                        with.push(speed);
                         costs.push(cost);
                         runs = count;
                     }
                     _ => {
                         let programs = attach_pass(&cgroup.path)?;
-                        floors.push(measured(&netns, &cgroup, sink.port, shape, "pass_")?.1);
+                        floors.push(measured(&netns, &cgroup, sink.port, shape, "pass_")?.0);
                         drop(programs);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        let (without, with) = (median(&mut without), median(&mut with));
-        let (cost, floor) = (median(&mut costs), median(&mut floors));
+        // Each round's pair, measured minutes apart at most: on a shared
+        // machine, drift between rounds is larger than the difference.
+        let pairwise = |a: &[f64], b: &[f64], f: fn(f64, f64) -> f64| -> Vec<f64> {
+            a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()
+        };
+        let mut work = pairwise(&costs, &floors, |cost, floor| cost - floor);
+        let mut ratios = pairwise(&with, &without, |with, without| with / without);
+        let (lowest, highest) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
         writeln!(
             table,
-            "| {} ({} MB) | {cost:.1} ns | {floor:.1} ns | {runs} | {:.2} GB/s | {:.2} GB/s | {:.3} |",
+            "| {} ({} MB) | {:.1} ns | {:.1} ns | {:.1} ns | {runs} | {:.2} GB/s | {:.2} GB/s | {:.3} ({lowest:.3}–{highest:.3}) |",
             shape.name,
             shape.bytes / 1_000_000,
-            without / 1e9,
-            with / 1e9,
-            with / without
+            median(&mut costs),
+            median(&mut floors),
+            median(&mut work),
+            median(&mut without) / 1e9,
+            median(&mut with) / 1e9,
+            median(&mut ratios),
         )?;
     }
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
     Ok(table)
 }

@@ -53,10 +53,10 @@ enum Cmd {
     /// Per-packet cost of the eBPF programs and the throughput ratio.
     EbpfCost {
         /// Bytes per transfer.
-        #[arg(long, default_value_t = 1 << 30)]
+        #[arg(long, default_value_t = ebpf_cost::DEFAULT_BYTES)]
         bytes: u64,
         /// Transfers with and without the programs, interleaved.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = ebpf_cost::DEFAULT_ROUNDS)]
         rounds: usize,
     },
     /// Storms of short TCP connections, each watched by flowtrack and a

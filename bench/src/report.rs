@@ -13,10 +13,10 @@ use crate::{ebpf_cost, fuzz, scale, soak, storm};
 #[derive(Debug, clap::Args)]
 pub(crate) struct Plan {
     /// eBPF cost: bytes per transfer.
-    #[arg(long, default_value_t = 1 << 30)]
+    #[arg(long, default_value_t = ebpf_cost::DEFAULT_BYTES)]
     pub(crate) ebpf_bytes: u64,
     /// eBPF cost: rounds with and without the programs.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = ebpf_cost::DEFAULT_ROUNDS)]
     pub(crate) ebpf_rounds: usize,
     /// Storm: connections.
     #[arg(long, default_value_t = 20_000)]
@@ -225,7 +225,11 @@ fn ebpf_section(plan: &Plan, machine: &str) -> Result<String> {
          Σ run_cnt of the egress and ingress programs over the transfer; the\n\
          pass-only programs' cost is the floor of that measurement on this\n\
          machine (the statistics' two clock reads around each run, and the\n\
-         hook's call), so flowtrack's own work is the difference. Two\n\
+         hook's call), so flowtrack's own work is the difference, taken\n\
+         within each round. Throughput is timed in transfers of its own with\n\
+         the statistics off (their clock reads would be charged to flowtrack),\n\
+         and its ratio taken within each round (the range shows the machine's\n\
+         noise). Two\n\
          shapes: 1 MiB writes (GSO: few, large socket buffers) and 100-byte\n\
          writes with TCP_NODELAY. Once a connection is established, each of its\n\
          sockets counts its packets in its socket storage (a storage lookup and\n\
