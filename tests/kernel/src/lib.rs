@@ -104,6 +104,16 @@ fn run(command: &mut Command) {
     );
 }
 
+/// Which end of a TCP port's connections [`Netns::tcp_port_counts`] counts
+/// for.
+#[derive(Clone, Copy, Debug)]
+pub enum PortSide {
+    /// The socket bound to the port.
+    Server,
+    /// The socket connected to it.
+    Client,
+}
+
 /// A network namespace with loopback up; deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -192,31 +202,40 @@ impl Netns {
             .args(["-qw", "net.netfilter.nf_conntrack_acct=1"]));
     }
 
-    /// Starts counting, with nft, the TCP packets a socket on `port` sees
-    /// when its peer is outside the cgroup: those to `port` as they are
-    /// received (the input hook) and those from `port` as they are sent
-    /// (the output hook). conntrack counts a loopback packet once, as it is
-    /// sent; a large one may reach the receiver as several socket buffers,
-    /// which is what a receiving socket's counts count.
+    /// Starts counting, with nft, the TCP packets to and from `port` as
+    /// they are sent (the output hook) and as they are received (the input
+    /// hook): what a socket of the cgroup sees when its peer is outside it
+    /// ([`Netns::tcp_port_counts`]). conntrack counts a loopback packet
+    /// once, as it is sent; a large one may reach the receiver as several
+    /// socket buffers, which is what a receiving socket counts.
     ///
     /// # Panics
     /// When `nft` fails.
     pub fn count_tcp_port(&self, port: u16) {
-        run(self.command("nft").arg(format!(
-            "add table inet flowtrack_port; \
-             add chain inet flowtrack_port received {{ type filter hook input priority 0; }}; \
-             add rule inet flowtrack_port received tcp dport {port} counter; \
-             add chain inet flowtrack_port sent {{ type filter hook output priority 0; }}; \
-             add rule inet flowtrack_port sent tcp sport {port} counter"
-        )));
+        let mut rules = String::from("add table inet flowtrack_port; ");
+        for (chain, hook) in [("sent", "output"), ("received", "input")] {
+            rules += &format!(
+                "add chain inet flowtrack_port {chain} {{ type filter hook {hook} priority 0; }}; "
+            );
+            for (match_, direction) in [("dport", "to"), ("sport", "from")] {
+                rules += &format!(
+                    "add rule inet flowtrack_port {chain} tcp {match_} {port} counter \
+                     comment \"{direction} {chain}\"; "
+                );
+            }
+        }
+        run(self.command("nft").arg(rules));
     }
 
-    /// Packets and bytes counted since [`Netns::count_tcp_port`].
+    /// Packets and bytes counted since [`Netns::count_tcp_port`], as the
+    /// socket on `side` of the port sees them: the server's (on the port)
+    /// receives what goes to the port and sends what comes from it; the
+    /// client's, the other way round.
     ///
     /// # Panics
     /// When `nft` fails or prints no JSON.
     #[must_use]
-    pub fn tcp_port_counts(&self) -> (u64, u64) {
+    pub fn tcp_port_counts(&self, side: PortSide) -> (u64, u64) {
         let output = self
             .command("nft")
             .args(["-j", "list", "table", "inet", "flowtrack_port"])
@@ -224,9 +243,17 @@ impl Netns {
             .expect("nft runs");
         let listed: serde_json::Value =
             serde_json::from_slice(&output.stdout).expect("nft -j prints JSON");
+        let seen = match side {
+            PortSide::Server => ["to received", "from sent"],
+            PortSide::Client => ["to sent", "from received"],
+        };
         let mut counts = (0, 0);
         for item in listed["nftables"].as_array().into_iter().flatten() {
-            for expression in item["rule"]["expr"].as_array().into_iter().flatten() {
+            let rule = &item["rule"];
+            if !seen.iter().any(|comment| rule["comment"] == *comment) {
+                continue;
+            }
+            for expression in rule["expr"].as_array().into_iter().flatten() {
                 let counter = &expression["counter"];
                 counts.0 += counter["packets"].as_u64().unwrap_or(0);
                 counts.1 += counter["bytes"].as_u64().unwrap_or(0);

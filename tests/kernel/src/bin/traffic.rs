@@ -34,8 +34,8 @@ enum Command {
         /// Send half the bytes, stay idle this long, then send the rest.
         #[arg(long)]
         pause_ms: Option<u64>,
-        /// After sending, reset the connection (SO_LINGER 0) instead of
-        /// closing it and reading the echo.
+        /// After sending (and 200 ms of quiet), reset the connection
+        /// (SO_LINGER 0) instead of closing it and reading the echo.
         #[arg(long)]
         reset: bool,
     },
@@ -133,6 +133,10 @@ fn tcp(dst: SocketAddr, bytes: usize, pause: Option<Duration>, reset: bool) -> i
     stream.write_all(rest)?;
     let mut echo = Vec::new();
     if reset {
+        // Let the peer read and acknowledge everything first: a packet
+        // arriving after the reset would draw one from the kernel itself,
+        // which no socket sends (so no cgroup program sees it).
+        std::thread::sleep(Duration::from_millis(200));
         socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
     } else {
         stream.shutdown(Shutdown::Write)?;
