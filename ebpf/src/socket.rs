@@ -1,18 +1,20 @@
 //! The per-socket counters: an established TCP socket of the cgroup counts
 //! its flow's data packets in its own socket storage, with no flow-table
-//! lookup. The lookup (a jhash of the 40-byte key, then a key compare) and
-//! two atomic adds on a line that both ends of a connection write were
-//! most of a packet's cost; a socket's storage is one pointer away.
+//! lookup. The table lookup (a jhash of the 40-byte key, then a key
+//! compare) and two atomic adds on a line that both ends of a connection
+//! write were most of a packet's cost; the storage lookup is a few loads,
+//! and each CPU adds to a slot of its own (see `RawSocketFlow`).
 //!
 //! The counts move to the flow table when the socket leaves the fast path
 //! for good ([`retire`]): a SYN, FIN or reset passes, or the socket is
 //! released. A flow's close waits until each socket that counted it has
 //! retired (`sockets_hold_counts`); the last to retire then closes it.
 //!
-//! Every shared update is an atomic without a fetched result (the object is
-//! built for the generic BPF CPU, which has no fetching atomics): bits are
-//! or-ed, counts moved by adding what was read to the table and its
-//! negation to the socket, so that a racing packet's count is never lost.
+//! Every shared update is atomic, and no atomic add's result is used (the
+//! object is built for the generic BPF CPU, for which LLVM refuses that):
+//! bits are or-ed, and counts move by adding what was read to the table
+//! and its negation to the slot, so that a racing packet's count is never
+//! lost.
 
 use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
 use core::ptr;
