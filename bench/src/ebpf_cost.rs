@@ -206,7 +206,7 @@ pub(crate) fn ebpf_cost(bytes: u64, rounds: usize) -> Result<String> {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        // Each round's pair, measured minutes apart at most: on a shared
+        // Each round's pair, measured seconds apart: on a shared
         // machine, drift between rounds is larger than the difference.
         let pairwise = |a: &[f64], b: &[f64], f: fn(f64, f64) -> f64| -> Vec<f64> {
             a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()

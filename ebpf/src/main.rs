@@ -81,6 +81,27 @@ pub fn flowtrack_sock_release(ctx: SockContext) -> i32 {
     1
 }
 
+/// `*target |= bits`, atomically (the flags of a flow or a socket).
+fn or(target: *mut u64, bits: u64) {
+    // SAFETY: callers pass pointers into map values valid for this run.
+    unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(target, bits) };
+}
+
+/// `*target += value` (wrapping), atomically. The result is never used:
+/// the object is built for the generic BPF CPU, for which LLVM refuses a
+/// fetching add.
+fn add(target: *mut u64, value: u64) {
+    // SAFETY: callers pass pointers into map values valid for this run.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(target, value) };
+}
+
+/// Whether, by a flow's flags, both its ends are in the cgroup (loopback):
+/// every packet then passes egress at the sender and ingress at the
+/// receiver, and is counted once, at egress.
+fn both_ends_local(flow_flags: u64) -> bool {
+    flow_flags & FLAG_ORIG_EGRESS != 0 && flow_flags & FLAG_ORIG_INGRESS != 0
+}
+
 fn bump(counter: u32) {
     if let Some(value) = COUNTERS.get_ptr_mut(counter) {
         // Per-CPU slot: no other CPU writes it.
@@ -132,13 +153,13 @@ fn observe_in_table(ctx: &SkBuffContext, hook: Hook, socket: *mut RawSocketFlow)
     if let Some(state) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a pointer from a successful lookup, valid for this run.
         let original = unsafe { (*state).flags } & FLAG_KEY_IS_ORIGINAL != 0;
-        let packet = Seen {
-            packet: &packet,
-            from_initiator: original == source_first,
-            hook,
-            len,
-        };
-        update(ctx, &key, state, &packet, socket.is_null());
+        let from_initiator = original == source_first;
+        if socket.is_null() && hook == Hook::Egress {
+            // This packet counts in the table; the socket's next ones, if
+            // it starts counting, in its storage.
+            socket::start_counting(ctx, &key, state, &packet, from_initiator);
+        }
+        update(&key, state, from_initiator, hook, len, &packet);
         return;
     }
     if packet.starts_flow && open(&key, source_first, hook, len) && packet.key.protocol == PROTO_UDP
@@ -184,32 +205,15 @@ fn open(key: &RawFlowKey, key_is_original: bool, hook: Hook, len: u64) -> bool {
     true
 }
 
-/// A packet of a known flow, as [`update`] counts it.
-struct Seen<'a> {
-    packet: &'a Packet,
-    /// Sent by the flow's initiator.
-    from_initiator: bool,
-    hook: Hook,
-    /// Its length (IP header and up).
-    len: u64,
-}
-
-/// Counts a packet of a known flow in the table and follows its TCP state;
-/// `may_cache`: the packet's socket has no storage yet, so it may start
-/// counting the flow itself.
+/// Counts a packet of a known flow in the table and follows its TCP state.
 fn update(
-    ctx: &SkBuffContext,
     key: &RawFlowKey,
     state: *mut RawFlowState,
-    seen_packet: &Seen<'_>,
-    may_cache: bool,
+    from_initiator: bool,
+    hook: Hook,
+    len: u64,
+    packet: &Packet,
 ) {
-    let Seen {
-        packet,
-        from_initiator,
-        hook,
-        len,
-    } = *seen_packet;
     // SAFETY: the pointer comes from a successful map lookup and stays valid
     // for this program run; fields other CPUs may update are changed with
     // atomic instructions.
@@ -222,32 +226,17 @@ fn update(
             FLAG_ORIG_INGRESS
         };
         if seen & bit == 0 {
-            unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(flags, bit) };
+            or(flags, bit);
             seen |= bit;
         }
     }
-    // Both ends inside the cgroup (loopback): every packet passes egress at
-    // the sender and ingress at the receiver; count it once, at egress.
-    let both_local = seen & FLAG_ORIG_EGRESS != 0 && seen & FLAG_ORIG_INGRESS != 0;
-    if may_cache
-        && hook == Hook::Egress
-        && key.protocol == PROTO_TCP
-        && packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
-        && seen & (FLAG_FIN_ORIG | FLAG_FIN_REPLY) == 0
-    {
-        // Counted below, in the table; the socket's next packets count in
-        // its storage.
-        socket::activate(ctx, key, state, from_initiator, !both_local);
-    }
-    if both_local && hook == Hook::Ingress {
+    if both_ends_local(seen) && hook == Hook::Ingress {
         return;
     }
-    unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).packets, 1);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).bytes, len);
-        // Coarse time (jiffies) is enough for idle timeouts and cheaper.
-        (&raw mut (*state).last_seen_ns).write_volatile(bpf_ktime_get_coarse_ns());
-    }
+    add(unsafe { &raw mut (*state).packets }, 1);
+    add(unsafe { &raw mut (*state).bytes }, len);
+    // Coarse time (jiffies) is enough for idle timeouts and cheaper.
+    unsafe { (&raw mut (*state).last_seen_ns).write_volatile(bpf_ktime_get_coarse_ns()) };
     if key.protocol != PROTO_TCP {
         return;
     }
@@ -278,10 +267,8 @@ fn track_fin_exchange(
             .tcp_seq
             .wrapping_add(packet.tcp_payload)
             .wrapping_add(1);
-        unsafe {
-            own_fin_ack.write_volatile(acked_by);
-            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(flags, fin_bit);
-        }
+        unsafe { own_fin_ack.write_volatile(acked_by) };
+        or(flags, fin_bit);
         seen |= fin_bit;
     }
     if packet.tcp_flags & TCP_ACK == 0 {
@@ -301,7 +288,7 @@ fn track_fin_exchange(
         && seen & peer_acked == 0
         && packet.tcp_ack.wrapping_sub(peer_fin_ack) as i32 >= 0
     {
-        unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(flags, peer_acked) };
+        or(flags, peer_acked);
         seen |= peer_acked;
     }
     let done = FLAG_FIN_ORIG_ACKED | FLAG_FIN_REPLY_ACKED;
@@ -317,9 +304,7 @@ fn close_tcp(key: &RawFlowKey, state: *mut RawFlowState, closing: u64) {
     // Mark, then look. A retiring socket marks the same word, then looks:
     // whichever marks second sees both marks; the table's remove makes
     // sure only one reports.
-    unsafe {
-        atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*state).flags, closing);
-    }
+    or(unsafe { &raw mut (*state).flags }, closing);
     close_if_pending(key, state);
 }
 

@@ -29,8 +29,8 @@ pub struct Packet {
 ///
 /// `T` is an array of 32-bit words, read with one load per word: the BPF
 /// target has no misaligned loads, so a byte array would be read a byte at
-/// a time (a load, a shift and an or per byte — most of the program's
-/// instructions before this change). IP headers sit at least 4-byte aligned
+/// a time (a load, a shift and an or per byte, which once made most of the
+/// program's instructions). IP headers sit at least 4-byte aligned
 /// in the skb, and the verifier allows packet loads at any offset on
 /// architectures with efficient unaligned access.
 #[inline(always)]
@@ -76,7 +76,7 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Packet> {
             if header_len < 20 {
                 return None;
             }
-            if u16::from_be_bytes([ipv4[6], ipv4[7]]) & 0x1fff != 0 {
+            if !first_fragment([ipv4[6], ipv4[7]]) {
                 return None; // not the first fragment: no transport header
             }
             key.src_addr[..4].copy_from_slice(&ipv4[12..16]);
@@ -148,6 +148,13 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Packet> {
     })
 }
 
+/// Whether an IPv4 packet, by bytes 6 and 7 of its header (flags and
+/// fragment offset), is whole or a first fragment: the only ones with a
+/// transport header.
+fn first_fragment(flags_and_offset: [u8; 2]) -> bool {
+    u16::from_be_bytes(flags_and_offset) & 0x1fff == 0
+}
+
 /// Walks IPv6 extension headers; returns the transport protocol and offset.
 fn ipv6_transport(ctx: &SkBuffContext, first: u8) -> Option<(u8, usize)> {
     let mut next = first;
@@ -189,9 +196,7 @@ fn ipv6_transport(ctx: &SkBuffContext, first: u8) -> Option<(u8, usize)> {
 pub fn tcp_flags(ctx: &SkBuffContext) -> Option<u8> {
     let ip = read_bytes::<3, 12>(ctx, 0)?;
     let transport = match ip[0] >> 4 {
-        4 if ip[9] == PROTO_TCP && u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0 => {
-            usize::from(ip[0] & 0x0f) * 4
-        }
+        4 if ip[9] == PROTO_TCP && first_fragment([ip[6], ip[7]]) => usize::from(ip[0] & 0x0f) * 4,
         6 if ip[6] == PROTO_TCP => 40,
         _ => return None,
     };

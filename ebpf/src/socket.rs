@@ -10,13 +10,11 @@
 //! released. A flow's close waits until each socket that counted it has
 //! retired (`sockets_hold_counts`); the last to retire then closes it.
 //!
-//! Every shared update is atomic, and no atomic add's result is used (the
-//! object is built for the generic BPF CPU, for which LLVM refuses that):
-//! bits are or-ed, and counts move by adding what was read to the table
-//! and its negation to the slot, so that a racing packet's count is never
-//! lost.
+//! Every shared update is atomic, and no atomic add's result is used
+//! (see `add`): bits are or-ed, and counts move by adding what was read to
+//! the table and its negation to the slot, so that a racing packet's count
+//! is never lost.
 
-use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
 use core::ptr;
 
 use aya_ebpf::EbpfContext;
@@ -28,13 +26,15 @@ use aya_ebpf::helpers::generated::{
 use aya_ebpf::macros::btf_map;
 use aya_ebpf::programs::{SkBuffContext, SockContext};
 use flow_ebpf_common::{
-    FLAG_SOCKET_ORIG, FLAG_SOCKET_ORIG_RETIRED, FLAG_SOCKET_REPLY, FLAG_SOCKET_REPLY_RETIRED,
-    RawFlowKey, RawFlowState, RawSocketFlow, SOCKET_ACTIVE, SOCKET_COUNTER_SLOTS,
-    SOCKET_COUNTS_INGRESS, SOCKET_IS_REPLY, SOCKET_RETIRED,
+    FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLAG_SOCKET_ORIG, FLAG_SOCKET_ORIG_RETIRED, FLAG_SOCKET_REPLY,
+    FLAG_SOCKET_REPLY_RETIRED, RawFlowKey, RawFlowState, RawSocketFlow, SOCKET_ACTIVE,
+    SOCKET_COUNTER_SLOTS, SOCKET_COUNTS_INGRESS, SOCKET_IS_REPLY, SOCKET_RETIRED,
 };
 
-use crate::parse::tcp_flags;
-use crate::{FLOWS, Hook, TCP_FIN, TCP_RST, TCP_SYN, close_if_pending};
+use crate::parse::{Packet, tcp_flags};
+use crate::{
+    FLOWS, Hook, PROTO_TCP, TCP_FIN, TCP_RST, TCP_SYN, add, both_ends_local, close_if_pending, or,
+};
 
 /// A BTF map: the kernel requires BTF key and value types for socket
 /// storage.
@@ -48,18 +48,6 @@ const TCP_ESTABLISHED: u32 = 1;
 /// `as_ptr` private to the crate).
 fn map() -> *mut core::ffi::c_void {
     ptr::from_ref(&SOCKET_FLOWS).cast_mut().cast()
-}
-
-/// `*target |= bits`, atomically.
-fn or(target: *mut u64, bits: u64) {
-    // SAFETY: callers pass pointers into map values valid for this run.
-    unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(target, bits) };
-}
-
-/// `*target += value` (wrapping), atomically.
-fn add(target: *mut u64, value: u64) {
-    // SAFETY: callers pass pointers into map values valid for this run.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(target, value) };
 }
 
 /// The storage of the packet's socket, if the socket has one.
@@ -125,19 +113,27 @@ pub fn count(ctx: &SkBuffContext, entry: *mut RawSocketFlow, hook: Hook) -> bool
     true
 }
 
-/// Makes the packet's socket count its flow from now on, if it is an
-/// established TCP socket. Called at egress only, for a socket with no
-/// storage yet: a socket's egress is serialised by its lock, and the
-/// updates are idempotent or-s anyway. `from_initiator`: the socket is the
-/// initiator's; `counts_ingress`: the peer is outside the cgroup, so
-/// arriving packets count here too.
-pub fn activate(
+/// Makes the socket that sent `packet` count its flow from now on, if the
+/// packet is a TCP data or ACK segment of a flow with no FIN yet, and the
+/// socket is established and has no storage yet (the caller checked that).
+/// Called at egress only: a socket's egress is serialised by its lock, and
+/// the updates are idempotent or-s anyway. `from_initiator`: the socket is
+/// the initiator's.
+pub fn start_counting(
     ctx: &SkBuffContext,
     key: &RawFlowKey,
     state: *mut RawFlowState,
+    packet: &Packet,
     from_initiator: bool,
-    counts_ingress: bool,
 ) {
+    if key.protocol != PROTO_TCP || packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        return;
+    }
+    // SAFETY: a pointer from a successful table lookup, valid for this run.
+    let flow_flags = unsafe { (&raw const (*state).flags).read_volatile() };
+    if flow_flags & (FLAG_FIN_ORIG | FLAG_FIN_REPLY) != 0 {
+        return;
+    }
     // SAFETY: the context's __sk_buff; the helpers check what they get.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
@@ -171,29 +167,52 @@ pub fn activate(
         (FLAG_SOCKET_REPLY, SOCKET_IS_REPLY)
     };
     or(unsafe { &raw mut (*state).flags }, holding);
-    let ingress = if counts_ingress {
-        SOCKET_COUNTS_INGRESS
-    } else {
+    // With both ends in the cgroup, the peer's socket counts what arrives
+    // here, as it leaves.
+    let ingress = if both_ends_local(flow_flags) {
         0
+    } else {
+        SOCKET_COUNTS_INGRESS
     };
-    or(
-        unsafe { &raw mut (*entry).flags },
-        SOCKET_ACTIVE | side | ingress,
-    );
+    let socket_flags = unsafe { &raw mut (*entry).flags };
+    or(socket_flags, SOCKET_ACTIVE | side | ingress);
+    // A retire between the storage's creation and that `or` saw a socket
+    // that never counted, and left the flow's mark to be taken back here.
+    if unsafe { socket_flags.read_volatile() } & SOCKET_RETIRED != 0 {
+        or(unsafe { &raw mut (*state).flags }, retired_mark(side));
+        close_if_pending(key, state);
+    }
+}
+
+/// The flow's mark that a socket retired, by the socket's flags (its side:
+/// `SOCKET_IS_REPLY`).
+fn retired_mark(socket_flags: u64) -> u64 {
+    if socket_flags & SOCKET_IS_REPLY != 0 {
+        FLAG_SOCKET_REPLY_RETIRED
+    } else {
+        FLAG_SOCKET_ORIG_RETIRED
+    }
 }
 
 /// Stops the socket's counting for good and moves its counts into the
 /// flow table; closes the flow if its close came meanwhile and no other
-/// socket holds counts. Safe to repeat: a retired socket moves whatever a
-/// racing packet added after it retired.
+/// socket holds counts. Every later packet of the socket takes the table
+/// path and calls it again: then it only moves what a packet racing the
+/// first call added, if anything, with no table lookup otherwise.
 pub fn retire(entry: *mut RawSocketFlow) {
     // SAFETY: a storage pointer, valid for this run; everything shared is
     // changed atomically.
     let flags_of_socket = unsafe { &raw mut (*entry).flags };
-    or(flags_of_socket, SOCKET_RETIRED);
-    let flags = unsafe { flags_of_socket.read_volatile() };
-    if flags & SOCKET_ACTIVE == 0 {
-        return; // never counted
+    let before = unsafe { flags_of_socket.read_volatile() };
+    if before & SOCKET_RETIRED == 0 {
+        or(flags_of_socket, SOCKET_RETIRED);
+    }
+    if before & SOCKET_ACTIVE == 0 {
+        return; // never counted (see `start_counting`)
+    }
+    let first = before & SOCKET_RETIRED == 0;
+    if !first && !holds_counts(entry) {
+        return;
     }
     // The key straight from the storage: a copy would cost stack, which
     // the verifier limits to 512 bytes across calls.
@@ -212,13 +231,23 @@ pub fn retire(entry: *mut RawSocketFlow) {
         add(unsafe { &raw mut (*slot).bytes }, bytes.wrapping_neg());
     }
     unsafe { (&raw mut (*state).last_seen_ns).write_volatile(bpf_ktime_get_coarse_ns()) };
-    let retired = if flags & SOCKET_IS_REPLY != 0 {
-        FLAG_SOCKET_REPLY_RETIRED
-    } else {
-        FLAG_SOCKET_ORIG_RETIRED
-    };
     // The flow's flags are one word: this or and the closer's or are
     // ordered, so whichever comes second sees both and closes.
-    or(unsafe { &raw mut (*state).flags }, retired);
+    or(unsafe { &raw mut (*state).flags }, retired_mark(before));
     close_if_pending(key, state);
+}
+
+/// Whether any slot of the socket holds counts not yet in the table.
+fn holds_counts(entry: *const RawSocketFlow) -> bool {
+    (0..SOCKET_COUNTER_SLOTS).any(|index| {
+        // SAFETY: a storage pointer, valid for this run.
+        let slot = unsafe { &raw const (*entry).slots[index] };
+        let (packets, bytes) = unsafe {
+            (
+                (&raw const (*slot).packets).read_volatile(),
+                (&raw const (*slot).bytes).read_volatile(),
+            )
+        };
+        packets | bytes != 0
+    })
 }

@@ -14,9 +14,6 @@ pub const FLOWS_MAP: &str = "FLOWS";
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU counter array (indices `COUNTER_*`).
 pub const COUNTERS_MAP: &str = "COUNTERS";
-/// Name of the socket storage map ([`RawSocketFlow`] per established TCP
-/// socket of the cgroup).
-pub const SOCKET_FLOWS_MAP: &str = "SOCKET_FLOWS";
 /// Name of the egress `cgroup_skb` program.
 pub const EGRESS_PROGRAM: &str = "flowtrack_egress";
 /// Name of the ingress `cgroup_skb` program.

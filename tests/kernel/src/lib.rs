@@ -490,6 +490,20 @@ impl TestEnv {
         command
     }
 
+    /// Runs a Python `script` with `args` inside the namespace and the
+    /// cgroup; what it printed, trimmed.
+    ///
+    /// # Panics
+    /// When the script fails.
+    #[must_use]
+    pub fn python_inside(&self, script: &str, args: &[&str]) -> String {
+        let mut python = self.netns.command("python3");
+        python.arg("-c").arg(script).args(args);
+        let output = self.cgroup.wrap(&python).output().expect("python3 runs");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     /// Runs the generator inside the cgroup; its flows.
     #[must_use]
     pub fn inside(&self, args: &[&str]) -> Vec<GeneratedFlow> {

@@ -275,12 +275,8 @@ async fn ipv6_extension_headers_are_skipped() {
     env.netns.enable_conntrack();
     let server = env.server_outside(&["serve-udp", "[::1]:0"]);
     let mut stream = start(config(&env)).await;
-    let mut python = env.netns.command("python3");
-    python.args(["-c", UDP6_WITH_DSTOPTS, &server.port.to_string()]);
-    let output = env.cgroup.wrap(&python).output().unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let sport: u16 = String::from_utf8_lossy(&output.stdout)
-        .trim()
+    let sport: u16 = env
+        .python_inside(UDP6_WITH_DSTOPTS, &[&server.port.to_string()])
         .parse()
         .unwrap();
     let key = FlowKey::udp(
@@ -309,10 +305,7 @@ async fn a_full_flow_table_reports_every_evicted_flow() {
     config.flow_table_entries = 256;
     let mut stream = start(config).await;
     let made = 2_000_u64;
-    let mut python = env.netns.command("python3");
-    python.args(["-c", UDP_FAN_OUT, &made.to_string()]);
-    let status = env.cgroup.wrap(&python).status().unwrap();
-    assert!(status.success());
+    let _ = env.python_inside(UDP_FAN_OUT, &[&made.to_string()]);
     // The process is gone: the flows still in the table close; the others
     // were evicted, and each eviction is a reported loss.
     let observed = observe_until(
@@ -368,23 +361,13 @@ async fn a_busy_connection_counted_by_its_socket_outlives_evictions() {
     let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
     env.netns.count_tcp_port(server.port);
     let datagrams: u32 = 2_000;
-    let mut python = env.netns.command("python3");
-    python.args([
-        "-c",
+    let client_port = env.python_inside(
         BUSY_TCP_AMONG_UDP,
-        &server.port.to_string(),
-        &datagrams.to_string(),
-    ]);
-    let output = env.cgroup.wrap(&python).output().unwrap();
-    assert!(output.status.success());
-    let client_port: u16 = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .unwrap();
-    let key = FlowKey::new(
+        &[&server.port.to_string(), &datagrams.to_string()],
+    );
+    let key = FlowKey::tcp(
         format!("127.0.0.1:{client_port}").parse().unwrap(),
         format!("127.0.0.1:{}", server.port).parse().unwrap(),
-        6,
     );
     let observed = observe(&mut stream, &[key], Duration::from_secs(30)).await;
     assert!(observed.evicted > 0, "the table overflowed");

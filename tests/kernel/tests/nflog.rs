@@ -244,19 +244,15 @@ async fn a_logged_drop_is_reported_denied() {
          add rule inet guard out udp dport 9 log group {group} prefix \"{DENY_PREFIX}\" drop"
     ));
     assert!(nft.status().unwrap().success());
-    let mut send = env.netns.command("python3");
-    send.args([
-        "-c",
-        // A local packet dropped on output fails the send with EPERM.
-        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-         s.bind(('127.0.0.1', 0))\n\
-         try:\n    s.sendto(b'x', ('127.0.0.1', 9))\nexcept PermissionError:\n    pass\n\
-         print(s.getsockname()[1])",
-    ]);
-    let output = env.cgroup.wrap(&send).output().unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let sport: u16 = String::from_utf8_lossy(&output.stdout)
-        .trim()
+    // A local packet dropped on output fails the send with EPERM.
+    let sport: u16 = env
+        .python_inside(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('127.0.0.1', 0))\n\
+             try:\n    s.sendto(b'x', ('127.0.0.1', 9))\nexcept PermissionError:\n    pass\n\
+             print(s.getsockname()[1])",
+            &[],
+        )
         .parse()
         .unwrap();
     let key = FlowKey::udp(
