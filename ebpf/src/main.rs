@@ -9,11 +9,11 @@
 #![no_std]
 #![no_main]
 // The BPF target has no atomic read-modify-write in core::sync::atomic
-// (atomic-cas is off); the intrinsics lower to BPF atomic add/or.
+// (atomic-cas is off); the intrinsics lower to BPF atomic add/or/and.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or, atomic_xadd};
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::BPF_NOEXIST;
@@ -81,10 +81,17 @@ pub fn flowtrack_sock_release(ctx: SockContext) -> i32 {
     1
 }
 
-/// `*target |= bits`, atomically (the flags of a flow or a socket).
-fn or(target: *mut u64, bits: u64) {
+/// `*target |= bits`, atomically (the flags of a flow or a socket); the
+/// bits before.
+fn or(target: *mut u64, bits: u64) -> u64 {
     // SAFETY: callers pass pointers into map values valid for this run.
-    unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(target, bits) };
+    unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(target, bits) }
+}
+
+/// `*target &= bits`, atomically.
+fn and(target: *mut u64, bits: u64) {
+    // SAFETY: callers pass pointers into map values valid for this run.
+    unsafe { atomic_and::<u64, u64, { AtomicOrdering::SeqCst }>(target, bits) };
 }
 
 /// `*target += value` (wrapping), atomically. The result is never used:
@@ -93,6 +100,13 @@ fn or(target: *mut u64, bits: u64) {
 fn add(target: *mut u64, value: u64) {
     // SAFETY: callers pass pointers into map values valid for this run.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(target, value) };
+}
+
+/// `*target += value` (wrapping), for a counter with one writer at a time
+/// (see `SocketCounts`): a load and a store, no locked instruction.
+fn add_unshared(target: *mut u64, value: u64) {
+    // SAFETY: callers pass pointers into map values valid for this run.
+    unsafe { target.write_volatile(target.read_volatile().wrapping_add(value)) };
 }
 
 /// Whether, by a flow's flags, both its ends are in the cgroup (loopback):

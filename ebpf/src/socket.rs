@@ -27,19 +27,26 @@ use aya_ebpf::macros::btf_map;
 use aya_ebpf::programs::{SkBuffContext, SockContext};
 use flow_ebpf_common::{
     FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLAG_SOCKET_ORIG, FLAG_SOCKET_ORIG_RETIRED, FLAG_SOCKET_REPLY,
-    FLAG_SOCKET_REPLY_RETIRED, RawFlowKey, RawFlowState, RawSocketFlow, SOCKET_ACTIVE,
-    SOCKET_COUNTER_SLOTS, SOCKET_COUNTS_INGRESS, SOCKET_IS_REPLY, SOCKET_RETIRED,
+    FLAG_SOCKET_REPLY_RETIRED, PacketCounts, RawFlowKey, RawFlowState, RawSocketFlow,
+    SOCKET_ACTIVE, SOCKET_COUNTER_SLOTS, SOCKET_COUNTS_INGRESS, SOCKET_IS_REPLY, SOCKET_MOVING,
+    SOCKET_RETIRED, SocketCounts,
 };
 
 use crate::parse::{Packet, tcp_flags};
 use crate::{
-    FLOWS, Hook, PROTO_TCP, TCP_FIN, TCP_RST, TCP_SYN, add, both_ends_local, close_if_pending, or,
+    FLOWS, Hook, PROTO_TCP, TCP_FIN, TCP_RST, TCP_SYN, add, add_unshared, and, both_ends_local,
+    close_if_pending, or,
 };
 
 /// A BTF map: the kernel requires BTF key and value types for socket
 /// storage.
 #[btf_map(name = "SOCKET_FLOWS")]
 static SOCKET_FLOWS: SkStorage<RawSocketFlow> = SkStorage::new();
+
+/// How many CPUs own a counter slot (`SocketCounts`); read-only data the
+/// loader may lower, which the verifier reads as a constant.
+#[unsafe(no_mangle)]
+static OWN_SLOT_CPUS: u32 = SOCKET_COUNTER_SLOTS as u32;
 
 /// `bpf_sock::state` of an established TCP socket.
 const TCP_ESTABLISHED: u32 = 1;
@@ -105,11 +112,29 @@ pub fn count(ctx: &SkBuffContext, entry: *mut RawSocketFlow, hook: Hook) -> bool
             _ => return false,
         }
     }
-    // SAFETY: the helper only reads this CPU's number.
-    let cpu = unsafe { bpf_get_smp_processor_id() } as usize % SOCKET_COUNTER_SLOTS;
-    let slot = unsafe { &raw mut (*entry).slots[cpu] };
-    add(unsafe { &raw mut (*slot).packets }, 1);
-    add(unsafe { &raw mut (*slot).bytes }, u64::from(ctx.len()));
+    let len = u64::from(ctx.len());
+    // SAFETY: the helper only reads this CPU's number; the global is
+    // read-only.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let owners = unsafe { ptr::read_volatile(&raw const OWN_SLOT_CPUS) }
+        .clamp(1, SOCKET_COUNTER_SLOTS as u32);
+    // SAFETY: a storage pointer, valid for this run (see `SocketCounts`
+    // for who writes what).
+    unsafe {
+        let slot = &raw mut (*entry).slots[cpu as usize % SOCKET_COUNTER_SLOTS];
+        if cpu < owners {
+            let own = if hook == Hook::Egress {
+                &raw mut (*slot).egress
+            } else {
+                &raw mut (*slot).ingress
+            };
+            add_unshared(&raw mut (*own).packets, 1);
+            add_unshared(&raw mut (*own).bytes, len);
+        } else {
+            add(&raw mut (*slot).shared.packets, 1);
+            add(&raw mut (*slot).shared.bytes, len);
+        }
+    }
     true
 }
 
@@ -174,11 +199,13 @@ pub fn start_counting(
     } else {
         SOCKET_COUNTS_INGRESS
     };
-    let socket_flags = unsafe { &raw mut (*entry).flags };
-    or(socket_flags, SOCKET_ACTIVE | side | ingress);
+    let before = or(
+        unsafe { &raw mut (*entry).flags },
+        SOCKET_ACTIVE | side | ingress,
+    );
     // A retire between the storage's creation and that `or` saw a socket
-    // that never counted, and left the flow's mark to be taken back here.
-    if unsafe { socket_flags.read_volatile() } & SOCKET_RETIRED != 0 {
+    // that never counted, and left the flow's mark to be taken here.
+    if before & SOCKET_RETIRED != 0 {
         or(unsafe { &raw mut (*state).flags }, retired_mark(side));
         close_if_pending(key, state);
     }
@@ -197,39 +224,48 @@ fn retired_mark(socket_flags: u64) -> u64 {
 /// Stops the socket's counting for good and moves its counts into the
 /// flow table; closes the flow if its close came meanwhile and no other
 /// socket holds counts. Every later packet of the socket takes the table
-/// path and calls it again: then it only moves what a packet racing the
-/// first call added, if anything, with no table lookup otherwise.
+/// path and calls it again: then it only moves what a packet racing an
+/// earlier call counted, if anything, with no table lookup otherwise.
 pub fn retire(entry: *mut RawSocketFlow) {
-    // SAFETY: a storage pointer, valid for this run; everything shared is
-    // changed atomically.
+    // SAFETY: a storage pointer, valid for this run; see `SocketCounts`
+    // for who writes which counter.
     let flags_of_socket = unsafe { &raw mut (*entry).flags };
-    let before = unsafe { flags_of_socket.read_volatile() };
+    let mut before = unsafe { flags_of_socket.read_volatile() };
     if before & SOCKET_RETIRED == 0 {
-        or(flags_of_socket, SOCKET_RETIRED);
+        // Whoever sets the bit first is the first to retire the socket.
+        before = or(flags_of_socket, SOCKET_RETIRED);
     }
     if before & SOCKET_ACTIVE == 0 {
         return; // never counted (see `start_counting`)
     }
-    let first = before & SOCKET_RETIRED == 0;
-    if !first && !holds_counts(entry) {
+    if before & SOCKET_RETIRED != 0 && !holds_counts(entry) {
+        return;
+    }
+    // One mover at a time: two would move the same counts twice. A call
+    // that finds another at work leaves the move to it (it marks the flow
+    // as below); a count either misses, the next call moves.
+    if or(flags_of_socket, SOCKET_MOVING) & SOCKET_MOVING != 0 {
         return;
     }
     // The key straight from the storage: a copy would cost stack, which
     // the verifier limits to 512 bytes across calls.
     let key = unsafe { &(*entry).key };
-    // An evicted flow loses these counts; its eviction is reported.
-    let Some(state) = FLOWS.get_ptr_mut(key) else {
-        return;
-    };
+    // None: the flow was evicted; these counts are lost, and the eviction
+    // is reported.
+    let state = FLOWS.get_ptr_mut(key);
     for index in 0..SOCKET_COUNTER_SLOTS {
         let slot = unsafe { &raw mut (*entry).slots[index] };
-        let packets = unsafe { (&raw const (*slot).packets).read_volatile() };
-        let bytes = unsafe { (&raw const (*slot).bytes).read_volatile() };
-        add(unsafe { &raw mut (*state).packets }, packets);
-        add(unsafe { &raw mut (*state).bytes }, bytes);
-        add(unsafe { &raw mut (*slot).packets }, packets.wrapping_neg());
-        add(unsafe { &raw mut (*slot).bytes }, bytes.wrapping_neg());
+        let (packets, bytes) = unmoved(slot);
+        let moved = unsafe { &raw mut (*slot).moved };
+        add_unshared(unsafe { &raw mut (*moved).packets }, packets);
+        add_unshared(unsafe { &raw mut (*moved).bytes }, bytes);
+        if let Some(state) = state {
+            add(unsafe { &raw mut (*state).packets }, packets);
+            add(unsafe { &raw mut (*state).bytes }, bytes);
+        }
     }
+    and(flags_of_socket, !SOCKET_MOVING);
+    let Some(state) = state else { return };
     unsafe { (&raw mut (*state).last_seen_ns).write_volatile(bpf_ktime_get_coarse_ns()) };
     // The flow's flags are one word: this or and the closer's or are
     // ordered, so whichever comes second sees both and closes.
@@ -238,16 +274,44 @@ pub fn retire(entry: *mut RawSocketFlow) {
 }
 
 /// Whether any slot of the socket holds counts not yet in the table.
-fn holds_counts(entry: *const RawSocketFlow) -> bool {
+fn holds_counts(entry: *mut RawSocketFlow) -> bool {
     (0..SOCKET_COUNTER_SLOTS).any(|index| {
         // SAFETY: a storage pointer, valid for this run.
-        let slot = unsafe { &raw const (*entry).slots[index] };
-        let (packets, bytes) = unsafe {
-            (
-                (&raw const (*slot).packets).read_volatile(),
-                (&raw const (*slot).bytes).read_volatile(),
-            )
-        };
+        let (packets, bytes) = unmoved(unsafe { &raw mut (*entry).slots[index] });
         packets | bytes != 0
     })
+}
+
+/// A slot's counts not yet in the flow table: packets and bytes.
+fn unmoved(slot: *mut SocketCounts) -> (u64, u64) {
+    let read = |counts: *const PacketCounts| {
+        // SAFETY: a pointer into a storage value, valid for this run.
+        unsafe {
+            (
+                (&raw const (*counts).packets).read_volatile(),
+                (&raw const (*counts).bytes).read_volatile(),
+            )
+        }
+    };
+    // SAFETY: as above.
+    let (egress, ingress, shared, moved) = unsafe {
+        (
+            read(&raw const (*slot).egress),
+            read(&raw const (*slot).ingress),
+            read(&raw const (*slot).shared),
+            read(&raw const (*slot).moved),
+        )
+    };
+    (
+        egress
+            .0
+            .wrapping_add(ingress.0)
+            .wrapping_add(shared.0)
+            .wrapping_sub(moved.0),
+        egress
+            .1
+            .wrapping_add(ingress.1)
+            .wrapping_add(shared.1)
+            .wrapping_sub(moved.1),
+    )
 }

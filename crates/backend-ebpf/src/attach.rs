@@ -7,7 +7,8 @@ use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use flow_core::FlowError;
 use flow_ebpf_common::{
-    EGRESS_PROGRAM, EVENTS_MAP, FLOWS_MAP, INGRESS_PROGRAM, SOCK_RELEASE_PROGRAM,
+    EGRESS_PROGRAM, EVENTS_MAP, FLOWS_MAP, INGRESS_PROGRAM, OWN_SLOT_CPUS_GLOBAL,
+    SOCK_RELEASE_PROGRAM,
 };
 
 use crate::{BACKEND_NAME, EbpfConfig};
@@ -41,6 +42,7 @@ impl Attached {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, config.ring_bytes)
             .map_max_entries(FLOWS_MAP, config.flow_table_entries)
+            .override_global(OWN_SLOT_CPUS_GLOBAL, &config.own_slot_cpus, true)
             .load(OBJECT)
             .map_err(load_error)?;
         let mut programs = Vec::new();

@@ -71,6 +71,13 @@ pub struct EbpfConfig {
     pub fin_linger: Duration,
     /// How often idle flows and loss counters are checked. Default 1 s.
     pub sweep_interval: Duration,
+    /// For tests: how many CPUs count an established socket's packets in a
+    /// counter slot of their own (plain adds); the others share those
+    /// slots and add atomically. Default, and the most that has effect:
+    /// `flow_ebpf_common::SOCKET_COUNTER_SLOTS`. A machine with fewer CPUs
+    /// than that takes the shared path only when this is lowered.
+    #[doc(hidden)]
+    pub own_slot_cpus: u32,
 }
 
 impl EbpfConfig {
@@ -84,6 +91,7 @@ impl EbpfConfig {
             tcp_idle: Duration::from_secs(300),
             fin_linger: Duration::from_secs(2),
             sweep_interval: Duration::from_secs(1),
+            own_slot_cpus: flow_ebpf_common::SOCKET_COUNTER_SLOTS as u32,
         }
     }
 }

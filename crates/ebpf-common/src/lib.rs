@@ -14,6 +14,10 @@ pub const FLOWS_MAP: &str = "FLOWS";
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU counter array (indices `COUNTER_*`).
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the read-only global (a `u32`) that says how many CPUs count in
+/// a [`SocketCounts`] slot of their own; the loader may lower it from
+/// [`SOCKET_COUNTER_SLOTS`].
+pub const OWN_SLOT_CPUS_GLOBAL: &str = "OWN_SLOT_CPUS";
 /// Name of the egress `cgroup_skb` program.
 pub const EGRESS_PROGRAM: &str = "flowtrack_egress";
 /// Name of the ingress `cgroup_skb` program.
@@ -104,6 +108,9 @@ pub const SOCKET_COUNTS_INGRESS: u64 = 1 << 2;
 /// [`RawSocketFlow::flags`]: the socket is the responder's (else the
 /// initiator's).
 pub const SOCKET_IS_REPLY: u64 = 1 << 3;
+/// [`RawSocketFlow::flags`]: a program is moving the socket's counts to the
+/// flow table; no other may meanwhile (it would move them twice).
+pub const SOCKET_MOVING: u64 = 1 << 4;
 
 /// IPv4 in [`RawFlowKey::family`].
 pub const FAMILY_V4: u8 = 4;
@@ -211,7 +218,7 @@ pub const fn sockets_hold_counts(flags: u64) -> bool {
         || (flags & FLAG_SOCKET_REPLY != 0 && flags & FLAG_SOCKET_REPLY_RETIRED == 0)
 }
 
-/// Counter slots in a [`RawSocketFlow`]: CPU `n` counts in slot `n % 4`.
+/// Counter slots in a [`RawSocketFlow`] (see [`SocketCounts`]).
 pub const SOCKET_COUNTER_SLOTS: usize = 4;
 
 /// An established TCP socket's share of its flow's counters, in the
@@ -241,20 +248,53 @@ pub struct RawSocketFlow {
     pub flags: u64,
     /// Separates the header from the first slot.
     pub pad: [u64; 15],
-    /// Counts not yet in the flow table, by CPU.
+    /// Counts by CPU (see [`SocketCounts`]).
     pub slots: [SocketCounts; SOCKET_COUNTER_SLOTS],
 }
 
-/// One CPU slot of a [`RawSocketFlow`]'s counts.
+/// One CPU slot of a [`RawSocketFlow`]'s counts. The counters only grow;
+/// the socket's counts not yet in the flow table are `egress + ingress +
+/// shared - moved`.
+///
+/// The first CPUs own a slot each: CPU `n` owns slot `n` and counts there
+/// with plain adds, one counter pair per hook, with no other writer: a
+/// socket's packets leave one at a time (its lock serialises them),
+/// packets arrive in softirq, which does not nest on a CPU, and the two
+/// hooks, which may interrupt each other on a CPU, write different pairs.
+/// Two atomic adds per packet were a fifth of a packet's cost. The other
+/// CPUs share the slots (CPU `n`: slot `n % SOCKET_COUNTER_SLOTS`) and
+/// count in `shared`, atomically. The owners are the first
+/// [`SOCKET_COUNTER_SLOTS`] CPUs unless the loader lowers their number
+/// ([`OWN_SLOT_CPUS_GLOBAL`]), so that a small machine's tests take the
+/// shared path too.
+///
+/// One path sends a socket's packet outside its lock: a packet that
+/// netfilter queued to userspace, or async IPsec held, after the socket
+/// sent it. It could lose a count only by passing on the CPU where the
+/// socket's own sender was preempted inside this program.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SocketCounts {
-    /// Socket buffers counted here and not yet in the flow table.
-    pub packets: u64,
-    /// IP-level bytes counted here and not yet in the flow table.
-    pub bytes: u64,
+    /// Leaving packets, counted by the slot's own CPU.
+    pub egress: PacketCounts,
+    /// Arriving packets, counted by the slot's own CPU.
+    pub ingress: PacketCounts,
+    /// Packets counted by CPUs that share the slot, atomically.
+    pub shared: PacketCounts,
+    /// What went to the flow table from the three above.
+    pub moved: PacketCounts,
     /// Separates this slot from the next.
     pub pad: [u64; 15],
+}
+
+/// A pair of counters of a [`SocketCounts`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PacketCounts {
+    /// Socket buffers.
+    pub packets: u64,
+    /// IP-level bytes.
+    pub bytes: u64,
 }
 
 /// One ring-buffer record: a flow opened or closed.

@@ -523,6 +523,19 @@ impl TestEnv {
     }
 }
 
+/// `command`, run by `taskset` on CPU `cpu` only (affinity survives the
+/// `exec`s of [`TestCgroup::wrap`] and [`Netns::command`]).
+#[must_use]
+pub fn on_cpu(cpu: usize, command: &Command) -> Command {
+    let mut pinned = Command::new("taskset");
+    pinned
+        .arg("--cpu-list")
+        .arg(cpu.to_string())
+        .arg(command.get_program())
+        .args(command.get_args());
+    pinned
+}
+
 /// A server started by a test; killed on drop.
 #[derive(Debug)]
 pub struct Server {

@@ -11,7 +11,7 @@ use flowtrack_kernel_tests::observe::{
     unaccounted,
 };
 use flowtrack_kernel_tests::scenarios;
-use flowtrack_kernel_tests::{PortSide, TestEnv};
+use flowtrack_kernel_tests::{PortSide, Server, TestEnv, on_cpu};
 
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_traffic");
 
@@ -158,6 +158,39 @@ async fn an_idle_established_connection_stays_open_until_it_closes() {
         "flowtrack vs nft"
     );
     assert_eq!(observed.opened.len(), 1, "{observed:#?}");
+}
+
+/// On a machine with more CPUs than a socket has counter slots, the CPUs
+/// past the slots' owners count atomically in shared counters. Here CPU 0
+/// owns its slot and CPU 1 shares one: the server inside the cgroup runs
+/// on CPU 1 (what it sends, it counts there), the client on CPU 0 (where
+/// the loopback delivers what it sends, and where the server's socket
+/// acknowledges it): every byte once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpus_sharing_a_counter_slot_count_every_byte_once() {
+    let Some(env) = env("cpus_sharing_a_counter_slot_count_every_byte_once") else {
+        return;
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(cpus >= 2, "needs two CPUs, has {cpus}");
+    let mut config = config(&env);
+    config.own_slot_cpus = 1;
+    let mut stream = start(config).await;
+    let server = Server::start(on_cpu(
+        1,
+        &env.cgroup.wrap(&env.traffic(&["serve-tcp", "127.0.0.1:0"])),
+    ));
+    env.netns.count_tcp_port(server.port);
+    let dst = format!("127.0.0.1:{}", server.port);
+    let command = on_cpu(0, &env.traffic(&["tcp", &dst, "--bytes", "4000000"]));
+    let (keys, observed) = observe_storm(&mut stream, command, Duration::from_secs(20)).await;
+    let (packets, bytes) = observed.closed_once(&keys[0]);
+    assert!(bytes >= 2 * 4_000_000 + packets * 40, "{bytes} bytes");
+    assert_eq!(
+        (packets, bytes),
+        env.netns.tcp_port_counts(PortSide::Server),
+        "flowtrack vs nft"
+    );
 }
 
 /// A connection reset while both its ends, inside the cgroup, count it in
