@@ -229,12 +229,12 @@ fn ebpf_section(plan: &Plan, machine: &str) -> Result<String> {
          within each round. Throughput is timed in transfers of its own with\n\
          the statistics off (their clock reads would be charged to flowtrack),\n\
          and its ratio taken within each round (the range shows the machine's\n\
-         noise). Two\n\
-         shapes: 1 MiB writes (GSO: few, large socket buffers) and 100-byte\n\
-         writes with TCP_NODELAY. Once a connection is established, each of its\n\
-         sockets counts its packets in its socket storage (a storage lookup and\n\
-         an add to its CPU's slot, nothing else); the handshake and the FINs\n\
-         go through the flow table. Target: under 50 ns per packet; throughput\n\
+         noise). Two shapes: 1 MiB writes (GSO: few, large socket buffers)\n\
+         and 100-byte writes with TCP_NODELAY. Once a connection is\n\
+         established, each of its sockets counts its packets in its socket\n\
+         storage (a storage lookup and two plain adds to the slot its CPU\n\
+         owns, nothing else); the handshake and the FINs go through the flow\n\
+         table. Target: under 50 ns per packet; throughput\n\
          ratio at least 0.97. **Machine**: {machine}.\n\n{}\n",
         plan.ebpf_rounds,
         ebpf_cost::ebpf_cost(plan.ebpf_bytes, plan.ebpf_rounds)?

@@ -240,8 +240,7 @@ fn update(
             FLAG_ORIG_INGRESS
         };
         if seen & bit == 0 {
-            or(flags, bit);
-            seen |= bit;
+            seen = or(flags, bit) | bit;
         }
     }
     if both_ends_local(seen) && hook == Hook::Ingress {
@@ -282,8 +281,7 @@ fn track_fin_exchange(
             .wrapping_add(packet.tcp_payload)
             .wrapping_add(1);
         unsafe { own_fin_ack.write_volatile(acked_by) };
-        or(flags, fin_bit);
-        seen |= fin_bit;
+        seen = or(flags, fin_bit) | fin_bit;
     }
     if packet.tcp_flags & TCP_ACK == 0 {
         return;
@@ -297,13 +295,16 @@ fn track_fin_exchange(
             (*state).fin_ack_orig
         })
     };
-    // Serial-number comparison: the ACK covers the peer's FIN.
+    // Serial-number comparison: the ACK covers the peer's FIN. The bits
+    // come back from the `or` itself: in a simultaneous close the two last
+    // ACKs may pass at once on two CPUs, and of two `or`s on one word the
+    // second sees the first's bit (a read before them could miss it in
+    // both, and leave the flow to `fin_linger`).
     if seen & peer_fin != 0
         && seen & peer_acked == 0
         && packet.tcp_ack.wrapping_sub(peer_fin_ack) as i32 >= 0
     {
-        or(flags, peer_acked);
-        seen |= peer_acked;
+        seen = or(flags, peer_acked) | peer_acked;
     }
     let done = FLAG_FIN_ORIG_ACKED | FLAG_FIN_REPLY_ACKED;
     if seen & done == done {

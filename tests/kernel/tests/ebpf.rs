@@ -248,6 +248,51 @@ async fn a_storm_of_ten_thousand_connections_loses_nothing() {
     assert_eq!(observed.opened.values().sum::<u32>(), 10_000);
 }
 
+/// Both ends close at once, thousands of times from two threads: the FINs
+/// cross, and the two last ACKs may pass at the same moment on two CPUs.
+/// Every flow still closes on its FIN exchange: none is left for
+/// `fin_linger` to close (set here far beyond the test's wait). Each
+/// program once read the flow's flags before marking its ACK, so both
+/// could miss the other's mark: a few flows in ten thousand waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_closes_close_on_their_fin_exchange() {
+    let Some(env) = env("simultaneous_closes_close_on_their_fin_exchange") else {
+        return;
+    };
+    // The server on one CPU, the clients on the other: the two ends'
+    // FINs, and the ACKs each draws, pass on different CPUs.
+    let server = Server::start(on_cpu(
+        1,
+        &env.traffic(&["serve-tcp", "127.0.0.1:0", "--close-after", "1"]),
+    ));
+    let mut config = EbpfConfig::new(&env.cgroup.path);
+    config.fin_linger = Duration::from_secs(3600);
+    let mut stream = start(config).await;
+    let dst = format!("127.0.0.1:{}", server.port);
+    let command = on_cpu(
+        0,
+        &env.cgroup.wrap(&env.traffic(&[
+            "tcp",
+            &dst,
+            "--bytes",
+            "1",
+            "--count",
+            "20000",
+            "--threads",
+            "2",
+            "--close-after-echo",
+        ])),
+    );
+    let (keys, observed) = observe_storm(&mut stream, command, Duration::from_secs(60)).await;
+    assert_eq!(keys.len(), 20_000);
+    assert_eq!(observed.lost, 0);
+    assert_eq!(
+        unaccounted(&keys, &observed),
+        [],
+        "every flow closed on its FINs"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_ring_buffer_reports_every_lost_record() {
     let Some(env) = env("a_tiny_ring_buffer_reports_every_lost_record") else {

@@ -21,7 +21,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// TCP echo server: reads to EOF, writes it all back, closes.
-    ServeTcp { addr: SocketAddr },
+    ServeTcp {
+        addr: SocketAddr,
+        /// Echo only the first BYTES and close at once, without waiting
+        /// for the client's FIN.
+        #[arg(long, value_name = "BYTES")]
+        close_after: Option<usize>,
+    },
     /// UDP echo server.
     ServeUdp { addr: SocketAddr },
     /// TCP connections that send BYTES and read the echo.
@@ -38,6 +44,14 @@ enum Command {
         /// (SO_LINGER 0) instead of closing it and reading the echo.
         #[arg(long)]
         reset: bool,
+        /// Read the echo of the BYTES before closing, instead of closing
+        /// the sending side first: beside `serve-tcp --close-after BYTES`,
+        /// both ends close at once and their FINs cross.
+        #[arg(long, conflicts_with_all = ["reset", "pause_ms"])]
+        close_after_echo: bool,
+        /// Threads making the COUNT connections between them.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        threads: u16,
     },
     /// A connected UDP socket that sends DATAGRAMS of BYTES and reads the echoes.
     Udp {
@@ -59,7 +73,7 @@ enum Command {
 
 fn main() -> io::Result<()> {
     match Cli::parse().command {
-        Command::ServeTcp { addr } => serve_tcp(addr),
+        Command::ServeTcp { addr, close_after } => serve_tcp(addr, close_after),
         Command::ServeUdp { addr } => serve_udp(addr),
         Command::Tcp {
             dst,
@@ -67,12 +81,32 @@ fn main() -> io::Result<()> {
             count,
             pause_ms,
             reset,
+            close_after_echo,
+            threads,
         } => {
+            let close = if reset {
+                Close::Reset
+            } else if close_after_echo {
+                Close::AfterEcho
+            } else {
+                Close::SendingSideFirst
+            };
             let pause = pause_ms.map(Duration::from_millis);
-            for _ in 0..count {
-                tcp(dst, bytes, pause, reset)?;
-            }
-            Ok(())
+            let threads = usize::from(threads);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|index| {
+                        // The first `count % threads` make one more.
+                        let share = count / threads + usize::from(index < count % threads);
+                        scope.spawn(move || {
+                            (0..share).try_for_each(|_| tcp(dst, bytes, pause, close))
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .try_for_each(|worker| worker.join().expect("a connection thread"))
+            })
         }
         Command::Udp {
             dst,
@@ -96,19 +130,34 @@ fn ready(port: u16) {
     let _ = io::stdout().flush();
 }
 
-fn serve_tcp(addr: SocketAddr) -> io::Result<()> {
+fn serve_tcp(addr: SocketAddr, close_after: Option<usize>) -> io::Result<()> {
     let listener = TcpListener::bind(addr)?;
     ready(listener.local_addr()?.port());
     for stream in listener.incoming() {
         let mut stream = stream?;
         std::thread::spawn(move || {
             let mut data = Vec::new();
-            if stream.read_to_end(&mut data).is_ok() {
+            let read = match close_after {
+                Some(bytes) => (&mut stream).take(bytes as u64).read_to_end(&mut data),
+                None => stream.read_to_end(&mut data),
+            };
+            if read.is_ok() {
                 let _ = stream.write_all(&data);
             }
         });
     }
     Ok(())
+}
+
+/// How a generated TCP connection ends.
+#[derive(Clone, Copy)]
+enum Close {
+    /// Shut the sending side down, read the echo to EOF, close.
+    SendingSideFirst,
+    /// Read as many bytes as were sent, then close.
+    AfterEcho,
+    /// Reset (SO_LINGER 0) after 200 ms of quiet; no echo read.
+    Reset,
 }
 
 fn serve_udp(addr: SocketAddr) -> io::Result<()> {
@@ -121,7 +170,7 @@ fn serve_udp(addr: SocketAddr) -> io::Result<()> {
     }
 }
 
-fn tcp(dst: SocketAddr, bytes: usize, pause: Option<Duration>, reset: bool) -> io::Result<()> {
+fn tcp(dst: SocketAddr, bytes: usize, pause: Option<Duration>, close: Close) -> io::Result<()> {
     let mut stream = TcpStream::connect(dst)?;
     let src = stream.local_addr()?;
     let payload = vec![b'x'; bytes];
@@ -132,15 +181,22 @@ fn tcp(dst: SocketAddr, bytes: usize, pause: Option<Duration>, reset: bool) -> i
     }
     stream.write_all(rest)?;
     let mut echo = Vec::new();
-    if reset {
-        // Let the peer read and acknowledge everything first: a packet
-        // arriving after the reset would draw one from the kernel itself,
-        // which no socket sends (so no cgroup program sees it).
-        std::thread::sleep(Duration::from_millis(200));
-        socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
-    } else {
-        stream.shutdown(Shutdown::Write)?;
-        stream.read_to_end(&mut echo)?;
+    match close {
+        Close::Reset => {
+            // Let the peer read and acknowledge everything first: a packet
+            // arriving after the reset would draw one from the kernel
+            // itself, which no socket sends (so no cgroup program sees it).
+            std::thread::sleep(Duration::from_millis(200));
+            socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+        }
+        Close::AfterEcho => {
+            echo.resize(bytes, 0);
+            stream.read_exact(&mut echo)?;
+        }
+        Close::SendingSideFirst => {
+            stream.shutdown(Shutdown::Write)?;
+            stream.read_to_end(&mut echo)?;
+        }
     }
     drop(stream);
     report(&GeneratedFlow::new(
