@@ -27,7 +27,12 @@ pub fn cgroup2_mount() -> io::Result<PathBuf> {
             (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(target)))
         })
         .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "cgroup v2 is not mounted"))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no cgroup2 filesystem in /proc/mounts",
+            )
+        })
 }
 
 /// `/proc/mounts` escapes spaces, tabs, newlines and backslashes as octal.

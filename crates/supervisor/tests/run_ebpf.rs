@@ -236,6 +236,39 @@ fn without_privileges_the_error_says_what_is_needed() {
     assert_eq!(stderr.lines().count(), 1);
 }
 
+/// Where cgroup v2 is not mounted (here a private mount namespace without
+/// it, as `ip netns exec` makes by remounting /sys), `flowtrack run` says so
+/// in one line, with what to do, and runs nothing.
+#[test]
+fn without_cgroup_v2_run_says_how_to_get_it() {
+    if !privileged("without_cgroup_v2_run_says_how_to_get_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let output = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "for m in $(awk '$3 == \"cgroup2\" {print $2}' /proc/mounts); do umount -l \"$m\"; done \
+             && exec \"$@\"",
+        )
+        .args(["sh", FLOWTRACK, "run", "--backend", "ebpf", "--", "touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("flowtrack: error: flowtrack run needs cgroup v2 ")
+            && stderr.contains("mount -t cgroup2")
+            && stderr.contains("flowtrack run -- ip netns exec NS CMD")
+            && stderr.ends_with("no cgroup2 filesystem in /proc/mounts\n"),
+        "{stderr}"
+    );
+    assert!(!marker.exists(), "the command ran");
+}
+
 #[test]
 fn a_reader_that_stops_gets_backpressure_then_counted_loss_never_unbounded_memory() {
     if !privileged("a_reader_that_stops_gets_backpressure_then_counted_loss_never_unbounded_memory")

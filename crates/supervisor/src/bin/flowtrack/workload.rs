@@ -26,7 +26,10 @@ impl WorkloadCgroup {
     /// cgroups that earlier flowtrack processes (now dead) left behind.
     pub(crate) fn create() -> Result<Self> {
         let mount = cgroup2_mount().context(
-            "cgroup v2 is not mounted: flowtrack run needs it to scope the command's sockets",
+            "flowtrack run needs cgroup v2 to scope the command's sockets: mount it \
+             (`mount -t cgroup2 none /sys/fs/cgroup`); under `ip netns exec`, which \
+             remounts /sys, run the namespace inside instead \
+             (`flowtrack run -- ip netns exec NS CMD`)",
         )?;
         let _ = remove_leftovers(&mount);
         let pid = std::process::id();
