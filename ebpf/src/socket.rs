@@ -29,7 +29,7 @@ use flow_ebpf_common::{
     FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLAG_SOCKET_ORIG, FLAG_SOCKET_ORIG_RETIRED, FLAG_SOCKET_REPLY,
     FLAG_SOCKET_REPLY_RETIRED, PacketCounts, RawFlowKey, RawFlowState, RawSocketFlow,
     SOCKET_ACTIVE, SOCKET_COUNTER_SLOTS, SOCKET_COUNTS_INGRESS, SOCKET_IS_REPLY, SOCKET_MOVING,
-    SOCKET_RETIRED, SocketCounts,
+    SOCKET_OWNERS_MASK, SOCKET_OWNERS_SHIFT, SOCKET_RETIRED, SocketCounts,
 };
 
 use crate::parse::{Packet, tcp_flags};
@@ -43,8 +43,9 @@ use crate::{
 #[btf_map(name = "SOCKET_FLOWS")]
 static SOCKET_FLOWS: SkStorage<RawSocketFlow> = SkStorage::new();
 
-/// How many CPUs own a counter slot (`SocketCounts`); read-only data the
-/// loader may lower, which the verifier reads as a constant.
+/// How many CPUs own a counter slot (`SocketCounts`): read-only data the
+/// loader may lower. Read once, when a socket starts counting, and kept in
+/// its flags (`SOCKET_OWNERS_SHIFT`), which every packet loads anyway.
 #[unsafe(no_mangle)]
 static OWN_SLOT_CPUS: u32 = SOCKET_COUNTER_SLOTS as u32;
 
@@ -113,11 +114,10 @@ pub fn count(ctx: &SkBuffContext, entry: *mut RawSocketFlow, hook: Hook) -> bool
         }
     }
     let len = u64::from(ctx.len());
-    // SAFETY: the helper only reads this CPU's number; the global is
-    // read-only.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let owners = unsafe { ptr::read_volatile(&raw const OWN_SLOT_CPUS) }
-        .clamp(1, SOCKET_COUNTER_SLOTS as u32);
+    // SAFETY: the helper only reads this CPU's number.
+    let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
+    let owners =
+        ((flags >> SOCKET_OWNERS_SHIFT) & SOCKET_OWNERS_MASK).min(SOCKET_COUNTER_SLOTS as u64);
     // SAFETY: a storage pointer, valid for this run (see `SocketCounts`
     // for who writes what).
     unsafe {
@@ -199,9 +199,12 @@ pub fn start_counting(
     } else {
         SOCKET_COUNTS_INGRESS
     };
+    // SAFETY: the global is read-only.
+    let owners = unsafe { ptr::read_volatile(&raw const OWN_SLOT_CPUS) }
+        .clamp(1, SOCKET_COUNTER_SLOTS as u32);
     let before = or(
         unsafe { &raw mut (*entry).flags },
-        SOCKET_ACTIVE | side | ingress,
+        SOCKET_ACTIVE | side | ingress | u64::from(owners) << SOCKET_OWNERS_SHIFT,
     );
     // A retire between the storage's creation and that `or` saw a socket
     // that never counted, and left the flow's mark to be taken here.

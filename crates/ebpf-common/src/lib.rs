@@ -111,6 +111,11 @@ pub const SOCKET_IS_REPLY: u64 = 1 << 3;
 /// [`RawSocketFlow::flags`]: a program is moving the socket's counts to the
 /// flow table; no other may meanwhile (it would move them twice).
 pub const SOCKET_MOVING: u64 = 1 << 4;
+/// [`RawSocketFlow::flags`] bits 8–15: how many CPUs own a counter slot
+/// ([`SocketCounts`]), set when the socket starts counting.
+pub const SOCKET_OWNERS_SHIFT: u32 = 8;
+/// The mask of [`SOCKET_OWNERS_SHIFT`]'s field, shifted down.
+pub const SOCKET_OWNERS_MASK: u64 = 0xff;
 
 /// IPv4 in [`RawFlowKey::family`].
 pub const FAMILY_V4: u8 = 4;

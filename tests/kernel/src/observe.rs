@@ -27,6 +27,18 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// `Opened` events of every key.
+    #[must_use]
+    pub fn opened_total(&self) -> u64 {
+        self.opened.values().map(|&n| u64::from(n)).sum()
+    }
+
+    /// `Closed` events of every key.
+    #[must_use]
+    pub fn closed_total(&self) -> u64 {
+        self.closed.values().map(|closes| closes.len() as u64).sum()
+    }
+
     /// The counters of `key`'s one `Closed`, after its one `Opened`.
     ///
     /// # Panics
@@ -218,9 +230,9 @@ pub async fn observe_storm(
     let observed = observe_until(
         stream,
         |observed| {
-            generated.get().is_some_and(|keys: &Vec<FlowKey>| {
-                observed.closed.values().map(Vec::len).sum::<usize>() >= keys.len()
-            })
+            generated
+                .get()
+                .is_some_and(|keys: &Vec<FlowKey>| observed.closed_total() >= keys.len() as u64)
         },
         deadline,
     )

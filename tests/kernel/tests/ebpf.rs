@@ -245,7 +245,7 @@ async fn a_storm_of_ten_thousand_connections_loses_nothing() {
         [],
         "every flow opened and closed"
     );
-    assert_eq!(observed.opened.values().sum::<u32>(), 10_000);
+    assert_eq!(observed.opened_total(), 10_000);
 }
 
 /// Both ends close at once, thousands of times from two threads: the FINs
@@ -314,16 +314,12 @@ async fn a_tiny_ring_buffer_reports_every_lost_record() {
     let records = 2 * flows.len() as u64;
     let observed = observe_until(
         &mut stream,
-        |observed| {
-            let opened: u32 = observed.opened.values().sum();
-            let closed: usize = observed.closed.values().map(Vec::len).sum();
-            u64::from(opened) + closed as u64 + observed.lost >= records
-        },
+        |observed| observed.opened_total() + observed.closed_total() + observed.lost >= records,
         Duration::from_secs(30),
     )
     .await;
-    let opened = u64::from(observed.opened.values().sum::<u32>());
-    let closed = observed.closed.values().map(Vec::len).sum::<usize>() as u64;
+    let opened = observed.opened_total();
+    let closed = observed.closed_total();
     assert!(observed.lost > 0, "the tiny ring must overflow");
     assert_eq!(
         opened + closed + observed.lost,
@@ -388,14 +384,12 @@ async fn a_full_flow_table_reports_every_evicted_flow() {
     // were evicted, and each eviction is a reported loss.
     let observed = observe_until(
         &mut stream,
-        |observed| {
-            observed.closed.values().map(Vec::len).sum::<usize>() as u64 + observed.evicted >= made
-        },
+        |observed| observed.closed_total() + observed.evicted >= made,
         Duration::from_secs(30),
     )
     .await;
-    let opened: u64 = observed.opened.values().map(|n| u64::from(*n)).sum();
-    let closed = observed.closed.values().map(Vec::len).sum::<usize>() as u64;
+    let opened = observed.opened_total();
+    let closed = observed.closed_total();
     assert_eq!(opened, made, "every flow opened");
     assert!(observed.evicted > 0, "the table overflowed");
     assert_eq!(
