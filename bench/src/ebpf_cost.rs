@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TestRun, TestRunOptions};
 use flow_backend_ebpf::{EbpfConfig, EbpfSource};
 use flow_core::FlowSource;
 use flowtrack_kernel_tests::{Netns, Server, TestCgroup};
@@ -66,6 +66,67 @@ fn attach_pass(cgroup: &Path) -> Result<aya::Ebpf> {
         program.attach(&cgroup, attach_type, CgroupAttachMode::Single)?;
     }
     Ok(ebpf)
+}
+
+/// What the statistics cost a run by themselves, measured on the pass-only
+/// egress program with `BPF_PROG_TEST_RUN`: the kernel times a test run's
+/// whole loop of repeats with one pair of clock reads, so its average per
+/// run is the program's true cost; with the statistics on, every run also
+/// pays their two clock reads, and is charged part of that.
+pub(crate) struct StatisticsOverhead {
+    /// Nanoseconds per run, statistics off.
+    pub(crate) off_ns: f64,
+    /// Nanoseconds per run, statistics on.
+    pub(crate) on_ns: f64,
+    /// run_time_ns / run_cnt the statistics charged the program meanwhile.
+    pub(crate) charged_ns: f64,
+}
+
+/// Runs per test run of [`statistics_overhead`]: about half a second with
+/// the statistics on.
+pub(crate) const OVERHEAD_REPEAT: u32 = 5_000_000;
+
+/// Measures [`StatisticsOverhead`], the median of `trials` each way.
+pub(crate) fn statistics_overhead(trials: usize) -> Result<StatisticsOverhead> {
+    let mut ebpf = aya::Ebpf::load(PASS_OBJECT).context("loading the pass-only programs")?;
+    let program: &mut CgroupSkb = ebpf
+        .program_mut("pass_egress")
+        .context("no program pass_egress")?
+        .try_into()?;
+    program.load()?;
+    // Ethernet (the test run strips it for cgroup_skb), IPv4, TCP: an ACK.
+    let mut packet = [0u8; 54];
+    packet[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    packet[14..34].copy_from_slice(&[
+        0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1,
+    ]);
+    packet[46] = 0x50; // data offset: 5 words
+    packet[47] = 0x10; // ACK
+    let run = |program: &CgroupSkb| -> Result<f64> {
+        let options = TestRunOptions {
+            data_in: Some(&packet),
+            repeat: OVERHEAD_REPEAT,
+            ..TestRunOptions::default()
+        };
+        Ok(program.test_run(options)?.duration.as_nanos() as f64)
+    };
+    let (mut off, mut on, mut charged) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..trials {
+        off.push(run(program)?);
+        let stats = BpfStats::on()?;
+        let before = program.info()?;
+        on.push(run(program)?);
+        let after = program.info()?;
+        drop(stats);
+        let runs = after.run_count() - before.run_count();
+        ensure!(runs > 0, "the statistics counted no run of the test");
+        charged.push((after.run_time() - before.run_time()).as_nanos() as f64 / runs as f64);
+    }
+    Ok(StatisticsOverhead {
+        off_ns: median(&mut off),
+        on_ns: median(&mut on),
+        charged_ns: median(&mut charged),
+    })
 }
 
 /// `kernel.bpf_stats_enabled=1` while it lives.
@@ -229,5 +290,11 @@ pub(crate) fn ebpf_cost(bytes: u64, rounds: usize) -> Result<String> {
             median(&mut ratios),
         )?;
     }
+    let overhead = statistics_overhead(3)?;
+    write!(
+        table,
+        "\n| pass-only egress program, BPF_PROG_TEST_RUN ×{OVERHEAD_REPEAT} on a TCP ACK (median of 3) | ns per run, statistics off | ns per run, statistics on | run_time_ns / run_cnt charged to it |\n|---|---|---|---|\n| the statistics' own cost | {:.0} ns | {:.0} ns | {:.1} ns |\n",
+        overhead.off_ns, overhead.on_ns, overhead.charged_ns,
+    )?;
     Ok(table)
 }
