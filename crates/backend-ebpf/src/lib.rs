@@ -54,7 +54,8 @@ pub struct EbpfConfig {
     /// The cgroup v2 directory whose sockets are observed.
     pub cgroup: PathBuf,
     /// Ring buffer size in bytes: a power of two, multiple of the page
-    /// size. Each record is 80 bytes (plus an 8-byte header). Default 4 MiB.
+    /// size ([`ring_bytes_problem`]). Each record is 80 bytes (plus an
+    /// 8-byte header). Default 4 MiB.
     pub ring_bytes: u32,
     /// Flows the kernel table holds at once (LRU). Default 65,536; each
     /// entry costs about 80 bytes of key and value plus map overhead.
@@ -94,6 +95,24 @@ impl EbpfConfig {
             own_slot_cpus: flow_ebpf_common::SOCKET_COUNTER_SLOTS as u32,
         }
     }
+}
+
+/// Why `bytes` cannot be the ring buffer's size ([`EbpfConfig::ring_bytes`]),
+/// if it cannot: the kernel takes a power of two that is a multiple of the
+/// page size.
+///
+/// ```
+/// use flow_backend_ebpf::ring_bytes_problem;
+/// assert_eq!(ring_bytes_problem(1 << 22), None);
+/// assert!(ring_bytes_problem(5_000).unwrap().contains("power of two"));
+/// ```
+#[must_use]
+pub fn ring_bytes_problem(bytes: u32) -> Option<String> {
+    let page = rustix::param::page_size();
+    let fits = bytes.is_power_of_two() && (bytes as usize).is_multiple_of(page);
+    (!fits).then(|| {
+        format!("a ring buffer of {bytes} bytes: the kernel takes a power of two, at least the page size ({page})")
+    })
 }
 
 /// The eBPF [`FlowSource`]: attaches on [`FlowSource::start`]; dropping the

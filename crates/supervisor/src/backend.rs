@@ -43,6 +43,9 @@ pub struct Options {
     pub netlink_buffer: Option<usize>,
     /// The eBPF backend's flow table size; `None`: its default (65,536).
     pub flow_table_entries: Option<u32>,
+    /// The eBPF backend's ring buffer size in bytes; `None`: its default
+    /// (4 MiB).
+    pub ring_bytes: Option<u32>,
 }
 
 /// Opens the sources `choice` names for `scope`, ready for
@@ -101,6 +104,9 @@ fn open_ebpf(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, Fl
             let mut config = EbpfConfig::new(path.clone());
             if let Some(entries) = options.flow_table_entries {
                 config.flow_table_entries = entries;
+            }
+            if let Some(bytes) = options.ring_bytes {
+                config.ring_bytes = bytes;
             }
             Ok(Box::new(EbpfSource::new(config)))
         }

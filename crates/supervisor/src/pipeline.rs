@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use flow_core::{FlowError, FlowEventKind};
+use flow_core::{FlowError, FlowEventKind, LossPoint};
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
 
@@ -37,6 +37,8 @@ pub struct PipelineReport {
     pub lost_observations: u64,
     /// Loss items whose count was unknown.
     pub losses_of_unknown_size: u64,
+    /// Where the losses happened, each point once, in the order first seen.
+    pub loss_points: Vec<LossPoint>,
     /// Sources that failed, in the order they failed.
     pub failures: Vec<SourceFailure>,
     /// Flows the correlation of `--backend both` forgot early because its
@@ -116,8 +118,11 @@ fn tally(report: &mut PipelineReport, item: MergedItem) {
                 _ => {}
             }
         }
-        MergedItem::Lost { count, .. } => {
+        MergedItem::Lost { point, count, .. } => {
             report.loss_items += 1;
+            if !report.loss_points.contains(&point) {
+                report.loss_points.push(point);
+            }
             match count {
                 Some(count) => report.lost_observations += count,
                 None => report.losses_of_unknown_size += 1,

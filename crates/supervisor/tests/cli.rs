@@ -182,6 +182,15 @@ fn unknown_values_get_clap_errors() {
         .code(2);
     flowtrack().args(["watch"]).assert().code(2);
     flowtrack().args(["run"]).assert().code(2);
+    let assert = flowtrack()
+        .args(["run", "--ring-bytes", "5000", "--", "true"])
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("invalid value '5000' for '--ring-bytes <BYTES>': a ring buffer of 5000 bytes: the kernel takes a power of two, at least the page size (4096)"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -107,6 +107,11 @@ pub(crate) struct BackendArgs {
     /// flow evicted is reported lost). Default: 65,536.
     #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(64..))]
     pub(crate) flow_table_entries: Option<u32>,
+    /// eBPF backend: the ring buffer the kernel writes events to, in bytes
+    /// (a power of two, at least the page size; a full ring is reported
+    /// lost). Default: 4 MiB, about 47,000 events.
+    #[arg(long, value_name = "BYTES", value_parser = ring_bytes)]
+    pub(crate) ring_bytes: Option<u32>,
     /// `both`: show each backend's events as they come, without
     /// correlating them into one event per flow.
     #[arg(long)]
@@ -124,8 +129,21 @@ impl BackendArgs {
             nflog_group: self.nflog_group,
             netlink_buffer: self.netlink_buffer.map(|bytes| bytes as usize),
             flow_table_entries: self.flow_table_entries,
+            ring_bytes: self.ring_bytes,
         }
     }
+}
+
+/// Parses `--ring-bytes`: a size the kernel takes for a ring buffer.
+fn ring_bytes(value: &str) -> Result<u32, String> {
+    let bytes: u32 = value
+        .parse()
+        .map_err(|error| format!("{value:?} is not a size in bytes: {error}"))?;
+    #[cfg(feature = "ebpf")]
+    if let Some(problem) = flow_backend_ebpf::ring_bytes_problem(bytes) {
+        return Err(problem);
+    }
+    Ok(bytes)
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use flow_core::{FlowError, FlowSource};
+use flow_core::{FlowError, FlowSource, LossPoint};
 use flow_supervisor::backend::{self, BackendChoice, Scope};
 use flow_supervisor::dedup::{Correlated, DedupConfig};
 use flow_supervisor::merge::{MergeConfig, MergedItem, MergedStream, Merger, ShutdownHandle};
@@ -432,19 +432,37 @@ fn print_summary(report: &PipelineReport) {
         line.push_str(&format!(", {} denied", report.denied));
     }
     if report.loss_items > 0 {
+        let points: Vec<String> = report
+            .loss_points
+            .iter()
+            .map(|point| match remedy(*point) {
+                Some(remedy) => format!("{point}: {remedy}"),
+                None => point.to_string(),
+            })
+            .collect();
         line.push_str(&format!(
-            "; LOST {} observations{}",
+            "; LOST {} observations{} ({})",
             report.lost_observations,
             if report.losses_of_unknown_size > 0 {
                 " and an unknown number more"
             } else {
                 ""
-            }
+            },
+            points.join("; ")
         ));
     } else {
         line.push_str("; nothing lost");
     }
     eprintln!("{line}");
+}
+
+/// The flag that makes room where observations were lost, if one does.
+fn remedy(point: LossPoint) -> Option<&'static str> {
+    match point {
+        LossPoint::RingBufferFull => Some("raise --ring-bytes"),
+        LossPoint::FlowTableEviction => Some("raise --flow-table-entries"),
+        _ => None,
+    }
 }
 
 /// `status 7`, or `signal 9 (SIGKILL)`.
