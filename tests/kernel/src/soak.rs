@@ -33,7 +33,8 @@ pub struct Sample {
 pub struct Soak {
     /// Its namespace, still there for checks of what was left behind.
     pub netns: Netns,
-    /// Samples taken every `every` after the warm-up.
+    /// Samples taken every `every` after the warm-up, while the workload
+    /// runs.
     pub samples: Vec<Sample>,
     /// flowtrack's exit status and stderr.
     pub output: Output,
@@ -43,7 +44,7 @@ pub struct Soak {
 
 /// Runs flowtrack (at `flowtrack`) over the churn workload of the
 /// generator at `traffic` for `seconds`, sampling every `every` once
-/// `warm_up` has passed.
+/// `warm_up` has passed and until the workload ends.
 ///
 /// # Panics
 /// When flowtrack cannot be started or waited for.
@@ -75,11 +76,18 @@ pub fn soak(
         .spawn()
         .expect("starting flowtrack");
     let started = Instant::now();
+    let workload = Duration::from_secs(seconds);
     let mut samples = Vec::new();
     while child.try_wait().expect("waiting for flowtrack").is_none() {
         std::thread::sleep(every);
+        // Only while the workload runs: once it ends, flowtrack drains and
+        // closes its sockets, links and metrics server, and a sample then
+        // would show its exit, not its steady state.
+        if !(warm_up..workload).contains(&started.elapsed()) {
+            continue;
+        }
         let (rss_kib, fds) = rss_and_fds(child.id());
-        if rss_kib > 0 && started.elapsed() > warm_up {
+        if rss_kib > 0 {
             samples.push(Sample {
                 at: started.elapsed(),
                 rss_kib,
