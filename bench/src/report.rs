@@ -309,7 +309,8 @@ fn soak_section(plan: &Plan, machine: &str) -> Result<String> {
          traffic with churn (each round 20 TCP connections with 512 bytes\n\
          echoed, a UDP flow of two datagrams over IPv6, an ICMP echo every tenth\n\
          round, 0.2 s of rest), for {} s; RSS and open descriptors sampled every\n\
-         5 s after the first 10 s, with the size of the correlation table\n\
+         5 s after the first 10 s until the traffic stops (not while flowtrack\n\
+         drains and exits), with the size of the correlation table\n\
          (`flowtrack_correlation_flows` from `--metrics-addr`), shown once a\n\
          minute. A closed flow stays in that table for the 120 s linger (longer\n\
          while conntrack still owes a UDP flow's DESTROY), so it, and the RSS\n\
