@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use flow_core::FlowError;
 use flow_core::record::{FlowRecord, RecordItem};
-use flow_core::{FlowError, LossPoint};
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -85,10 +85,10 @@ fn into_item(record: FlowRecord<'_>) -> Result<flow_core::FlowEvent, FlowError> 
     match record.item {
         RecordItem::Event(event) => Ok(event),
         RecordItem::Lost {
+            point,
             count,
             timestamp_ns,
-            ..
-        } => Err(FlowError::lost_at(LossPoint::Recorded, count, timestamp_ns)),
+        } => Err(FlowError::lost_at(point, count, timestamp_ns)),
         // RecordItem is non-exhaustive; a kind this version cannot replay is
         // reported rather than dropped.
         other => Err(FlowError::invalid_input(
@@ -145,7 +145,7 @@ fn read_records(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flow_core::FlowSource;
+    use flow_core::{FlowSource, LossPoint};
     use std::io::Write;
 
     fn file_with(lines: &str) -> tempfile::NamedTempFile {
@@ -158,7 +158,7 @@ mod tests {
         r#"{"ts_ns":1,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":40000,"dst":"10.0.0.2","dport":80,"backend":"ebpf"}"#,
         "\n",
         "\n",
-        r#"{"ts_ns":2,"kind":"lost","backend":"nflog","count":null}"#,
+        r#"{"ts_ns":2,"kind":"lost","backend":"nflog","count":null,"point":"sequence_gap"}"#,
         "\n",
         r#"{"ts_ns":3,"kind":"closed","proto":"tcp","src":"10.0.0.1","sport":40000,"dst":"10.0.0.2","dport":80,"packets":6,"bytes":400,"backend":"ebpf"}"#,
         "\n",
@@ -180,7 +180,7 @@ mod tests {
         assert!(matches!(
             nflog[..],
             [Err(FlowError::Lost {
-                point: LossPoint::Recorded,
+                point: LossPoint::SequenceGap,
                 count: None,
                 timestamp_ns: 2
             })]

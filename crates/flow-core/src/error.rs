@@ -31,8 +31,9 @@ pub enum LossPoint {
     /// A record or message from the kernel could not be decoded and was
     /// skipped.
     Malformed,
-    /// The loss was recorded elsewhere and replayed; where it happened is not
-    /// known (flowtrack's JSON output does not carry the loss point).
+    /// The loss was recorded elsewhere and replayed, and the record did not
+    /// say where it happened (a JSON line without a `point` this version
+    /// knows).
     Recorded,
 }
 
@@ -53,6 +54,28 @@ impl LossPoint {
             Self::Malformed => "malformed",
             Self::Recorded => "recorded",
         }
+    }
+
+    /// The loss point with this [`name`](Self::name), if any.
+    ///
+    /// ```
+    /// use flow_core::LossPoint;
+    /// assert_eq!(LossPoint::from_name("ring_buffer_full"), Some(LossPoint::RingBufferFull));
+    /// assert_eq!(LossPoint::from_name("elsewhere"), None);
+    /// ```
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::RingBufferFull,
+            Self::FlowTableEviction,
+            Self::NetlinkOverrun,
+            Self::SequenceGap,
+            Self::QueueOverflow,
+            Self::Malformed,
+            Self::Recorded,
+        ]
+        .into_iter()
+        .find(|point| point.name() == name)
     }
 }
 

@@ -14,6 +14,7 @@
 //! | `backend` | every line    | the backend that observed it (several: whose counters) |
 //! | `backends`| flow lines    | every backend that observed it, `backend` first         |
 //! | `count`   | lost          | observations lost, `null` when unknown                  |
+//! | `point`   | lost          | where: `ring_buffer_full`, `flow_table_eviction`, `netlink_overrun`, `sequence_gap`, `queue_overflow`, `malformed` (absent when not known) |
 //!
 //! Unknown fields are ignored when reading, so that files written by a newer
 //! flowtrack still replay.
@@ -83,7 +84,9 @@ pub enum RecordItem {
     Event(FlowEvent),
     /// Observations were lost.
     Lost {
-        /// Where (not written to JSON; [`LossPoint::Recorded`] when read back).
+        /// Where. Written to JSON as `point` ([`LossPoint::name`]) unless it
+        /// is [`LossPoint::Recorded`]; a line without a point this version
+        /// knows reads back as that.
         point: LossPoint,
         /// How many, when known.
         count: Option<u64>,
@@ -119,7 +122,7 @@ impl<'a> FlowRecord<'a> {
     /// let record = FlowRecord::lost("nflog", LossPoint::NetlinkOverrun, None, 9);
     /// let mut line = Vec::new();
     /// record.write_json_line(&mut line)?;
-    /// assert_eq!(line, b"{\"ts_ns\":9,\"kind\":\"lost\",\"backend\":\"nflog\",\"count\":null}\n");
+    /// assert_eq!(line, b"{\"ts_ns\":9,\"kind\":\"lost\",\"backend\":\"nflog\",\"count\":null,\"point\":\"netlink_overrun\"}\n");
     /// # Ok::<(), std::io::Error>(())
     /// ```
     #[must_use]
@@ -221,9 +224,12 @@ impl Serialize for FlowRecord<'_> {
                 map.serialize_entry("backend", &self.backend)?;
                 map.serialize_entry("backends", &Backends(self))?;
             }
-            RecordItem::Lost { count, .. } => {
+            RecordItem::Lost { count, point, .. } => {
                 map.serialize_entry("backend", &self.backend)?;
                 map.serialize_entry("count", count)?;
+                if *point != LossPoint::Recorded {
+                    map.serialize_entry("point", point.name())?;
+                }
             }
         }
         map.end()
@@ -328,6 +334,7 @@ struct WireRecord {
     packets: Option<u64>,
     bytes: Option<u64>,
     count: Option<u64>,
+    point: Option<String>,
     #[serde(default)]
     backends: Vec<String>,
 }
@@ -339,9 +346,16 @@ impl WireRecord {
             WireKind::Closed => "closed",
             WireKind::Denied => "denied",
             WireKind::Lost => {
+                // A point this version does not know, from a newer
+                // flowtrack, is read as unknown rather than refused.
+                let point = self
+                    .point
+                    .as_deref()
+                    .and_then(LossPoint::from_name)
+                    .unwrap_or(LossPoint::Recorded);
                 return Ok(FlowRecord::lost(
                     self.backend,
-                    LossPoint::Recorded,
+                    point,
                     self.count,
                     self.ts_ns,
                 ));

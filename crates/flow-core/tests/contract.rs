@@ -50,10 +50,26 @@ fn any_record() -> impl Strategy<Value = FlowRecord<'static>> {
     let backend = "[a-z0-9_\\-\"\\\\ é]{0,12}";
     prop_oneof![
         (backend, any_event()).prop_map(|(backend, event)| FlowRecord::event(backend, event)),
-        (backend, proptest::option::of(any::<u64>()), any::<u64>()).prop_map(
-            |(backend, count, ts)| FlowRecord::lost(backend, LossPoint::Recorded, count, ts)
-        ),
+        (
+            backend,
+            any_loss_point(),
+            proptest::option::of(any::<u64>()),
+            any::<u64>()
+        )
+            .prop_map(|(backend, point, count, ts)| FlowRecord::lost(backend, point, count, ts)),
     ]
+}
+
+fn any_loss_point() -> impl Strategy<Value = LossPoint> {
+    proptest::sample::select(vec![
+        LossPoint::RingBufferFull,
+        LossPoint::FlowTableEviction,
+        LossPoint::NetlinkOverrun,
+        LossPoint::SequenceGap,
+        LossPoint::QueueOverflow,
+        LossPoint::Malformed,
+        LossPoint::Recorded,
+    ])
 }
 
 proptest! {
@@ -144,6 +160,22 @@ fn lost_without_count_reads_as_unknown() {
             timestamp_ns: 3
         }
     );
+}
+
+#[test]
+fn a_loss_point_this_version_does_not_know_reads_as_unknown() {
+    let record = FlowRecord::from_json_line(
+        r#"{"ts_ns":3,"kind":"lost","backend":"ebpf","count":1,"point":"from_the_future"}"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        record.item,
+        RecordItem::Lost {
+            point: LossPoint::Recorded,
+            count: Some(1),
+            ..
+        }
+    ));
 }
 
 #[test]

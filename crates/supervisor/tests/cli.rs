@@ -92,7 +92,7 @@ fn replay_prints_aligned_text() {
         first,
         "       81.234567000  opened  ebpf    udp         10.200.1.2:41812 -> 10.200.1.1:53"
     );
-    assert!(text.contains("3 observations lost (recorded loss)"));
+    assert!(text.contains("3 observations lost (ring buffer full)"));
     assert!(text.contains("[fd00:200::2]:40122 -> [fd00:200::1]:8080"));
     let arrows: Vec<_> = text.lines().filter_map(|l| l.find(" -> ")).collect();
     assert!(arrows.iter().all(|&column| column == arrows[0]), "{text}");
