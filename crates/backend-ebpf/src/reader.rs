@@ -82,6 +82,8 @@ pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowS
         user_removed: 0,
         pending: VecDeque::new(),
         failed: false,
+        cgroup_removed: false,
+        finished: false,
         next_walk: std::time::Instant::now(),
         last_live: 0,
         attached,
@@ -214,6 +216,8 @@ struct Walk {
     started: std::time::Instant,
     /// Flows the programs had inserted when it started.
     inserted_before: u64,
+    /// The cgroup was removed before it started.
+    after_removal: bool,
 }
 
 /// Waits for the walk in progress, if any (else forever).
@@ -239,6 +243,13 @@ struct Reader {
     pending: VecDeque<Item>,
     /// A fatal error was queued: the stream ends after `pending`.
     failed: bool,
+    /// The cgroup was removed: each sweep walks the table as for an ended
+    /// scope (its sockets' last packets may still pass: they hold the
+    /// cgroup), and the stream ends once a walk finds it empty.
+    cgroup_removed: bool,
+    /// A walk since the removal found the table empty: the stream ends once
+    /// the ring and `pending` are empty.
+    finished: bool,
     /// When the table may be walked next (see [`Reader::sweep`]).
     next_walk: std::time::Instant,
     /// Flows in the table at the last walk.
@@ -262,6 +273,9 @@ impl Reader {
             if !self.pending.is_empty() {
                 continue;
             }
+            if self.finished {
+                return None;
+            }
             tokio::select! {
                 guard = self.ring.readable_mut() => match guard {
                     Ok(mut guard) => {
@@ -282,24 +296,34 @@ impl Reader {
 
     /// Reports new losses, starts a walk of the table for idle flows (on a
     /// schedule that keeps walking under a tenth of the time); fails the
-    /// stream when a program was detached from outside.
+    /// stream when a program was detached from outside, and ends it, after
+    /// closing every flow, when the cgroup was removed.
     fn sweep(&mut self) {
-        if let Some(program) = self.attached.detached_program() {
-            self.pending.push_back(Err(FlowError::unavailable(
-                BACKEND_NAME,
-                format!(
-                    "its program {program} was detached from cgroup {} from outside: \
-                     the cgroup's traffic is no longer observed",
-                    self.cgroup.display()
-                ),
-            )));
-            self.failed = true;
-            return;
+        if !self.cgroup_removed {
+            if !self.cgroup.exists() {
+                tracing::warn!(
+                    cgroup = %self.cgroup.display(),
+                    "the cgroup was removed: its flows are closed and the eBPF backend ends"
+                );
+                self.cgroup_removed = true;
+            } else if let Some(program) = self.attached.detached_program() {
+                self.pending.push_back(Err(FlowError::unavailable(
+                    BACKEND_NAME,
+                    format!(
+                        "its program {program} was detached from cgroup {} from outside: \
+                         the cgroup's traffic is no longer observed",
+                        self.cgroup.display()
+                    ),
+                )));
+                self.failed = true;
+                return;
+            }
         }
         self.report_losses(None);
-        let scope_ended = cgroup::is_populated(&self.cgroup) == Some(false);
-        let due =
-            std::time::Instant::now() >= self.next_walk || (scope_ended && self.last_live > 0);
+        let scope_ended = self.cgroup_removed || cgroup::is_populated(&self.cgroup) == Some(false);
+        let due = std::time::Instant::now() >= self.next_walk
+            || (scope_ended && self.last_live > 0)
+            || self.cgroup_removed;
         // Walking the table costs a system call per flow: with a million
         // flows, seconds. It runs on a blocking thread, so that the ring
         // keeps being read meanwhile.
@@ -309,6 +333,7 @@ impl Reader {
                 handle: tokio::task::spawn_blocking(move || table.walk(scope_ended)),
                 started: std::time::Instant::now(),
                 inserted_before,
+                after_removal: self.cgroup_removed,
             });
         }
     }
@@ -337,6 +362,7 @@ impl Reader {
         self.table = Some(walked.table);
         let evicted = self.evicted(walk.inserted_before, walked.live);
         self.report_losses(Some(evicted));
+        self.finished = walk.after_removal && walked.live == 0;
     }
 
     fn counter(&self, index: u32) -> u64 {

@@ -32,7 +32,7 @@ pub const MAX_DESTINATIONS: usize = 10_000;
 pub struct DestinationStats {
     /// Flows opened to it.
     pub connections: u64,
-    /// Flows to it that were refused or dropped by a logging drop rule.
+    /// `Denied` events to it: packets a logging drop rule dropped (nflog).
     pub denied: u64,
     /// Packets of its closed flows, both directions.
     pub packets: u64,

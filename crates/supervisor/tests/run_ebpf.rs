@@ -2,11 +2,11 @@
 //! command's flows, exits with its code, and leaves nothing behind after a
 //! normal run, SIGINT, or SIGKILL followed by a new start.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flowtrack_kernel_tests::{Netns, privileged};
+use flowtrack_kernel_tests::{Netns, TestCgroup, privileged};
 
 mod common;
 
@@ -146,30 +146,43 @@ fn after_sigkill_the_next_start_removes_what_was_left() {
     );
 }
 
-#[test]
-fn watch_follows_an_existing_cgroup_until_ctrl_c() {
-    if !privileged("watch_follows_an_existing_cgroup_until_ctrl_c") {
-        return;
-    }
-    let netns = flowtrack_kernel_tests::Netns::new();
-    let cgroup = flowtrack_kernel_tests::TestCgroup::new();
+/// `flowtrack watch --backend ebpf --format json` of `cgroup`, once its
+/// programs are attached.
+fn start_watch(cgroup: &Path) -> Child {
     let watch = Command::new(FLOWTRACK)
         .args(["watch", "--backend", "ebpf", "--format", "json", "--cgroup"])
-        .arg(&cgroup.path)
+        .arg(cgroup)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while attached_programs(&cgroup.path).len() < 3 {
+    while attached_programs(cgroup).len() < 3 {
         assert!(Instant::now() < deadline, "watch never attached");
         std::thread::sleep(Duration::from_millis(50));
     }
+    watch
+}
+
+/// Sends one UDP datagram from `cgroup` in `netns` (`SEND_UDP`); its
+/// source port.
+fn send_udp_in(cgroup: &TestCgroup, netns: &Netns) -> String {
     let mut python = netns.command("python3");
     python.args(["-c", SEND_UDP]);
     let sent = cgroup.wrap(&python).output().unwrap();
     assert_eq!(sent.status.code(), Some(7));
-    let sport = String::from_utf8_lossy(&sent.stdout).trim().to_owned();
+    String::from_utf8_lossy(&sent.stdout).trim().to_owned()
+}
+
+#[test]
+fn watch_follows_an_existing_cgroup_until_ctrl_c() {
+    if !privileged("watch_follows_an_existing_cgroup_until_ctrl_c") {
+        return;
+    }
+    let netns = Netns::new();
+    let cgroup = TestCgroup::new();
+    let watch = start_watch(&cgroup.path);
+    let sport = send_udp_in(&cgroup, &netns);
     std::thread::sleep(Duration::from_millis(500));
     let pid = rustix::process::Pid::from_raw(watch.id().cast_signed()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
@@ -198,11 +211,54 @@ fn watch_follows_an_existing_cgroup_until_ctrl_c() {
 }
 
 #[test]
+fn watch_ends_when_its_cgroup_is_removed() {
+    if !privileged("watch_ends_when_its_cgroup_is_removed") {
+        return;
+    }
+    let netns = Netns::new();
+    let cgroup = TestCgroup::new();
+    let mut watch = start_watch(&cgroup.path);
+    send_udp_in(&cgroup, &netns);
+    // An echo exchange closes only when idle (30 s), or when the cgroup
+    // goes; the UDP flow closed with its socket.
+    let mut ping = netns.command(traffic_generator().to_str().unwrap());
+    ping.args(["icmp", "127.0.0.1:0", "--id", "7"]);
+    assert!(cgroup.wrap(&ping).status().unwrap().success());
+    std::fs::remove_dir(&cgroup.path).expect("the cgroup is empty and can be removed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while watch.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "watch still runs after its cgroup was removed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = watch.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for kind in ["opened", "closed"] {
+        for proto in ["udp", "icmp"] {
+            let line = format!(r#""kind":"{kind}","proto":"{proto}""#);
+            assert_eq!(stdout.matches(&line).count(), 1, "{line} in {stdout}");
+        }
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the cgroup was removed: its flows are closed and the eBPF backend ends"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("flowtrack: 2 flows opened, 2 closed; nothing lost"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn without_privileges_the_error_says_what_is_needed() {
     if !privileged("without_privileges_the_error_says_what_is_needed") {
         return;
     }
-    let cgroup = flowtrack_kernel_tests::TestCgroup::new();
+    let cgroup = TestCgroup::new();
     let as_nobody = |args: &[&str]| {
         Command::new("setpriv")
             .args([
