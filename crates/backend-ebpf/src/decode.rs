@@ -2,8 +2,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use flow_core::{FlowEvent, FlowKey};
-use flow_ebpf_common::{DecodeError, FAMILY_V4, RECORD_OPENED, RawFlowKey, RawFlowRecord};
+use flow_core::{CloseReason, FlowEvent, FlowKey};
+use flow_ebpf_common::{
+    CLOSE_FIN, CLOSE_IDLE, CLOSE_RST, CLOSE_SCOPE_ENDED, CLOSE_SOCK_RELEASE, DecodeError,
+    FAMILY_V4, RECORD_OPENED, RawFlowKey, RawFlowRecord,
+};
 
 /// Decodes one ring-buffer record into the event it reports.
 ///
@@ -23,8 +26,25 @@ pub fn decode_record(bytes: &[u8]) -> Result<FlowEvent, DecodeError> {
     Ok(if record.kind == RECORD_OPENED {
         FlowEvent::opened(key, record.first_seen_ns)
     } else {
-        FlowEvent::closed(key, record.packets, record.bytes, record.timestamp_ns)
+        let closed = FlowEvent::closed(key, record.packets, record.bytes, record.timestamp_ns);
+        match close_reason(record.close_reason) {
+            Some(reason) => closed.because(reason),
+            None => closed,
+        }
     })
+}
+
+/// The contract's close reason for a record's `CLOSE_*`; `None` for a
+/// number this version does not know.
+fn close_reason(raw: u32) -> Option<CloseReason> {
+    match raw {
+        CLOSE_FIN => Some(CloseReason::Fin),
+        CLOSE_RST => Some(CloseReason::Reset),
+        CLOSE_SOCK_RELEASE => Some(CloseReason::SocketReleased),
+        CLOSE_IDLE => Some(CloseReason::Idle),
+        CLOSE_SCOPE_ENDED => Some(CloseReason::ScopeEnded),
+        _ => None,
+    }
 }
 
 /// The contract's key for a kernel key.
@@ -84,9 +104,10 @@ mod tests {
             any::<[u8; 16]>(),
             any::<(u16, u16, u8)>(),
             any::<(u64, u64, u64, u64)>(),
+            0_u32..8,
         )
             .prop_map(
-                |(kind, family, src, dst, (sport, dport, protocol), (p, b, f, t))| {
+                |(kind, family, src, dst, (sport, dport, protocol), (p, b, f, t), reason)| {
                     let mut key = RawFlowKey {
                         src_addr: src,
                         dst_addr: dst,
@@ -102,7 +123,7 @@ mod tests {
                     }
                     RawFlowRecord {
                         kind,
-                        close_reason: 0,
+                        close_reason: reason,
                         key,
                         packets: p,
                         bytes: b,
@@ -144,6 +165,8 @@ mod tests {
                 FlowEventKind::Opened => prop_assert_eq!(event.timestamp_ns, record.first_seen_ns),
                 FlowEventKind::Closed { pkt_count, byte_count } => {
                     prop_assert_eq!((pkt_count, byte_count), (record.packets, record.bytes));
+                    prop_assert_eq!(event.close_reason, close_reason(record.close_reason));
+                    prop_assert_eq!(event.close_reason.is_some(), (1..=5).contains(&record.close_reason));
                 }
                 _ => prop_assert!(false),
             }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use aya::Pod;
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use flow_core::clock::monotonic_now_ns;
-use flow_core::{FlowError, FlowEvent, FlowStream, LossPoint};
+use flow_core::{CloseReason, FlowError, FlowEvent, FlowStream, LossPoint};
 use flow_ebpf_common::{
     COUNTER_FLOWS_INSERTED, COUNTER_FLOWS_REMOVED, COUNTER_INSERT_FAILED, COUNTER_RING_FULL,
     COUNTERS_MAP, EVENTS_MAP, FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLOWS_MAP, RawFlowKey, RawFlowState,
@@ -182,12 +182,22 @@ impl Table {
             };
             if self.flows.remove(&key).is_ok() {
                 live = live.saturating_sub(1);
-                closes.push(FlowEvent::closed(
-                    flow_key(&key.0.oriented(state.flags)),
-                    state.packets,
-                    state.bytes,
-                    now,
-                ));
+                let reason = if is_fin_exchange(&key.0, &state) {
+                    CloseReason::Fin // its last ACK never came
+                } else if scope_ended {
+                    CloseReason::ScopeEnded
+                } else {
+                    CloseReason::Idle
+                };
+                closes.push(
+                    FlowEvent::closed(
+                        flow_key(&key.0.oriented(state.flags)),
+                        state.packets,
+                        state.bytes,
+                        now,
+                    )
+                    .because(reason),
+                );
             }
         }
         Walked {
@@ -199,15 +209,20 @@ impl Table {
     }
 
     fn idle_limit(&self, key: &RawFlowKey, state: &RawFlowState) -> u64 {
-        let fins = FLAG_FIN_ORIG | FLAG_FIN_REPLY;
         match key.protocol {
             // Established, its socket counting: it closes with the socket.
             6 if sockets_hold_counts(state.flags) => u64::MAX,
-            6 if state.flags & fins == fins => self.timeouts.fin_linger,
+            6 if is_fin_exchange(key, state) => self.timeouts.fin_linger,
             6 => self.timeouts.tcp,
             _ => self.timeouts.datagram,
         }
     }
+}
+
+/// A TCP flow both of whose ends sent a FIN.
+fn is_fin_exchange(key: &RawFlowKey, state: &RawFlowState) -> bool {
+    let fins = FLAG_FIN_ORIG | FLAG_FIN_REPLY;
+    key.protocol == 6 && state.flags & fins == fins
 }
 
 /// A walk in progress on a blocking thread.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use flow_core::{FlowError, FlowEvent, FlowEventKind, FlowKey, LossPoint};
+use flow_core::{CloseReason, FlowError, FlowEvent, FlowEventKind, FlowKey, LossPoint};
 use rustix::event::{PollFd, PollFlags};
 use tokio::sync::{mpsc, oneshot};
 
@@ -108,7 +108,7 @@ struct Session {
     receive_buffer: usize,
     max_receive_buffer: usize,
     resync_pending: bool,
-    pending_fetches: Vec<FlowId>,
+    pending_fetches: Vec<(FlowId, CloseReason)>,
     log_sequence: nflog::Sequence,
     denied: HashMap<FlowKey, Instant>,
     // Dropped last: restores the settings after the table is gone.
@@ -264,7 +264,7 @@ impl Session {
         for step in steps {
             match step {
                 Step::Emit(event) => batch.push(Ok(event)),
-                Step::FetchCounters(flow) => self.pending_fetches.push(flow),
+                Step::FetchCounters(flow, reason) => self.pending_fetches.push((flow, reason)),
             }
         }
     }
@@ -279,9 +279,9 @@ impl Session {
         let pending = std::mem::take(&mut self.pending_fetches);
         for chunk in pending.chunks(PER_ROUND_TRIP) {
             let first = self.requests.next_seq();
-            let mut bytes = conntrack::get_request(&chunk[0].key, first);
+            let mut bytes = conntrack::get_request(&chunk[0].0.key, first);
             let mut last = first;
-            for flow in &chunk[1..] {
+            for (flow, _) in &chunk[1..] {
                 last = self.requests.next_seq();
                 bytes.extend_from_slice(&conntrack::get_request(&flow.key, last));
             }
@@ -290,15 +290,13 @@ impl Session {
                 .transact_batch(&bytes, first, last)
                 .map_err(|e| FlowError::io("reading conntrack entries", e))?;
             let now_ns = Clock::now().now_ns;
-            for (seq, flow) in (first..=last).zip(chunk) {
+            for (seq, (flow, reason)) in (first..=last).zip(chunk) {
                 let counters = match answers.get(&seq) {
                     Some(Ok(replies)) => entries(replies).into_iter().find_map(|e| e.counters),
                     _ => None,
                 };
-                if let Some(event) = self
-                    .tracker
-                    .close(*flow, counters.unwrap_or_default(), now_ns)
-                {
+                let counters = counters.unwrap_or_default();
+                if let Some(event) = self.tracker.close(*flow, counters, Some(*reason), now_ns) {
                     batch.push(Ok(event));
                 }
             }

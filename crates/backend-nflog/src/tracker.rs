@@ -1,10 +1,12 @@
 //! Turns conntrack messages into one `Opened` and one `Closed` per flow.
 //!
 //! - NEW → `Opened`.
-//! - An UPDATE whose TCP state is TIME_WAIT or CLOSE → the flow is over:
-//!   the listener fetches the entry's counters and calls [`Tracker::close`].
-//!   The entry's later DESTROY (up to 120 s later) is then ignored.
-//! - DESTROY of a flow still open → `Closed` with the counters it carries.
+//! - An UPDATE whose TCP state is TIME_WAIT or CLOSE → the flow is over
+//!   (closed by a FIN exchange or a reset): the listener fetches the
+//!   entry's counters and calls [`Tracker::close`]. The entry's later
+//!   DESTROY (up to 120 s later) is then ignored.
+//! - DESTROY of a flow still open → `Closed` with the counters it carries
+//!   (a timeout, unless its TCP state says otherwise).
 //! - A message for a flow whose NEW was never seen (lost in an overrun)
 //!   reports the `Opened` first, so no flow is left half-reported.
 //!
@@ -13,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use flow_core::{FlowEvent, FlowKey};
+use flow_core::{CloseReason, FlowEvent, FlowKey};
 
 use crate::conntrack::{CtEntry, CtEventKind, TCP_STATE_CLOSE, TCP_STATE_TIME_WAIT};
 
@@ -22,9 +24,9 @@ use crate::conntrack::{CtEntry, CtEventKind, TCP_STATE_CLOSE, TCP_STATE_TIME_WAI
 pub(crate) enum Step {
     /// Emit this event.
     Emit(FlowEvent),
-    /// The TCP flow closed: fetch its counters, then call
+    /// The TCP flow closed for this reason: fetch its counters, then call
     /// [`Tracker::close`].
-    FetchCounters(FlowId),
+    FetchCounters(FlowId, CloseReason),
 }
 
 /// The monotonic time now, and how to convert the kernel's wall-clock
@@ -92,9 +94,27 @@ pub(crate) struct Tracker {
     closed: HashMap<FlowId, u64>,
 }
 
-fn is_tcp_over(entry: &CtEntry) -> bool {
-    entry.key.protocol == 6
-        && matches!(entry.tcp_state, Some(TCP_STATE_TIME_WAIT | TCP_STATE_CLOSE))
+/// Why a TCP entry is over, if conntrack's state says it is: TIME_WAIT
+/// follows a FIN exchange, CLOSE a reset.
+fn tcp_over(entry: &CtEntry) -> Option<CloseReason> {
+    if entry.key.protocol != 6 {
+        return None;
+    }
+    match entry.tcp_state {
+        Some(TCP_STATE_TIME_WAIT) => Some(CloseReason::Fin),
+        Some(TCP_STATE_CLOSE) => Some(CloseReason::Reset),
+        _ => None,
+    }
+}
+
+/// Why conntrack destroyed an entry: its TCP state's end, else its
+/// timeout (a TCP entry whose state the event lacks: not known).
+fn destroyed_because(entry: &CtEntry) -> Option<CloseReason> {
+    match (entry.key.protocol, entry.tcp_state) {
+        (6, None) => None,
+        (6, Some(_)) => Some(tcp_over(entry).unwrap_or(CloseReason::Idle)),
+        _ => Some(CloseReason::Idle),
+    }
 }
 
 impl Tracker {
@@ -129,30 +149,35 @@ impl Tracker {
                 self.open.remove(&flow);
                 let (packets, bytes) = entry.counters.unwrap_or_default();
                 let closed_at = clock.to_monotonic(entry.stop_ns);
-                steps.push(Step::Emit(FlowEvent::closed(
-                    entry.key, packets, bytes, closed_at,
-                )));
+                let mut event = FlowEvent::closed(entry.key, packets, bytes, closed_at);
+                event.close_reason = destroyed_because(entry);
+                steps.push(Step::Emit(event));
             }
-            CtEventKind::Update if is_tcp_over(entry) => {
-                steps.push(Step::FetchCounters(flow));
+            CtEventKind::Update => {
+                if let Some(reason) = tcp_over(entry) {
+                    steps.push(Step::FetchCounters(flow, reason));
+                }
             }
-            CtEventKind::New | CtEventKind::Update => {}
+            CtEventKind::New => {}
         }
     }
 
     /// Reports `flow` closed with `counters` (from a fresh look at its
-    /// entry); its later messages are ignored.
+    /// entry), for `reason` when known; its later messages are ignored.
     pub(crate) fn close(
         &mut self,
         flow: FlowId,
         counters: (u64, u64),
+        reason: Option<CloseReason>,
         now_ns: u64,
     ) -> Option<FlowEvent> {
         if !self.open.remove(&flow) {
             return None;
         }
         self.closed.insert(flow, now_ns);
-        Some(FlowEvent::closed(flow.key, counters.0, counters.1, now_ns))
+        let mut event = FlowEvent::closed(flow.key, counters.0, counters.1, now_ns);
+        event.close_reason = reason;
+        Some(event)
     }
 
     /// Reconciles with a full listing of the table after messages were
@@ -173,9 +198,9 @@ impl Tracker {
             if self.open.insert(flow) {
                 steps.push(Step::Emit(FlowEvent::opened(entry.key, now_ns)));
             }
-            if is_tcp_over(entry) {
+            if let Some(reason) = tcp_over(entry) {
                 let counters = entry.counters.unwrap_or_default();
-                if let Some(event) = self.close(flow, counters, now_ns) {
+                if let Some(event) = self.close(flow, counters, Some(reason), now_ns) {
                     steps.push(Step::Emit(event));
                 }
             }
@@ -187,7 +212,8 @@ impl Tracker {
             .copied()
             .collect();
         for flow in gone {
-            if let Some(event) = self.close(flow, (0, 0), now_ns) {
+            // Its DESTROY was lost, and with it why.
+            if let Some(event) = self.close(flow, (0, 0), None, now_ns) {
                 steps.push(Step::Emit(event));
             }
         }
@@ -205,7 +231,8 @@ impl Tracker {
         let flows: Vec<FlowId> = self.open.iter().copied().collect();
         for flow in flows {
             let counts = counters.get(&flow).copied().unwrap_or_default();
-            if let Some(event) = self.close(flow, counts, now_ns) {
+            let reason = Some(CloseReason::ScopeEnded);
+            if let Some(event) = self.close(flow, counts, reason, now_ns) {
                 steps.push(Step::Emit(event));
             }
         }
@@ -253,7 +280,7 @@ mod tests {
             .iter()
             .map(|step| match step {
                 Step::Emit(event) => (event.kind.name(), u32::from(event.key.src_port)),
-                Step::FetchCounters(flow) => ("fetch", flow.id),
+                Step::FetchCounters(flow, _) => ("fetch", flow.id),
             })
             .collect()
     }
@@ -278,8 +305,12 @@ mod tests {
             &mut steps,
         );
         assert_eq!(kinds(&steps), [("opened", 40000), ("fetch", 1)]);
+        assert!(matches!(steps[1], Step::FetchCounters(_, CloseReason::Fin)));
         let flow = FlowId::from(&entry(CtEventKind::Update, 1, 40000, None));
-        let closed = tracker.close(flow, (9, 900), 13).unwrap();
+        let closed = tracker
+            .close(flow, (9, 900), Some(CloseReason::Fin), 13)
+            .unwrap();
+        assert_eq!(closed.close_reason, Some(CloseReason::Fin));
         assert_eq!(
             closed.kind,
             FlowEventKind::Closed {
@@ -295,6 +326,31 @@ mod tests {
         );
         assert!(steps.is_empty(), "closed once: {steps:?}");
         assert_eq!(tracker.open_flows(), 0);
+    }
+
+    #[test]
+    fn a_destroy_says_why_when_conntrack_does() {
+        let reason_of = |entry: CtEntry| {
+            let mut steps = Vec::new();
+            Tracker::new(MARK).on_message(&entry, clock(10), &mut steps);
+            match steps.last() {
+                Some(Step::Emit(closed)) => closed.close_reason,
+                other => panic!("{other:?}"),
+            }
+        };
+        let mut udp = entry(CtEventKind::Destroy, 1, 40001, None);
+        udp.key.protocol = 17;
+        assert_eq!(reason_of(udp), Some(CloseReason::Idle));
+        // TCP: TIME_WAIT, CLOSE, ESTABLISHED (timed out), no state given.
+        for (state, reason) in [
+            (Some(7), Some(CloseReason::Fin)),
+            (Some(8), Some(CloseReason::Reset)),
+            (Some(3), Some(CloseReason::Idle)),
+            (None, None),
+        ] {
+            let destroyed = entry(CtEventKind::Destroy, 2, 40002, state);
+            assert_eq!(reason_of(destroyed), reason, "state {state:?}");
+        }
     }
 
     #[test]

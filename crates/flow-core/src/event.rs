@@ -53,6 +53,70 @@ impl FlowEventKind {
     }
 }
 
+/// Why a flow closed, for a backend that knows it
+/// ([`FlowEvent::close_reason`]).
+///
+/// Non-exhaustive: match with a wildcard arm.
+///
+/// ```
+/// use flow_core::CloseReason;
+/// assert_eq!(CloseReason::Reset.name(), "reset");
+/// assert_eq!(CloseReason::from_name("fin"), Some(CloseReason::Fin));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// TCP: both ends sent a FIN, and the last one was acknowledged.
+    Fin,
+    /// TCP: a reset (a refused connection, or one aborted).
+    Reset,
+    /// The socket that carried it was closed (a connected UDP socket, or a
+    /// TCP socket whose exchange ended without a FIN or reset seen).
+    SocketReleased,
+    /// No packet for the backend's idle timeout (UDP and ICMP, or TCP left
+    /// half-open; for nflog, conntrack's own timeout).
+    Idle,
+    /// What was observed ended: no process was left in the cgroup, or the
+    /// cgroup was removed; the flow's last packets had passed.
+    ScopeEnded,
+}
+
+impl CloseReason {
+    const ALL: [Self; 5] = [
+        Self::Fin,
+        Self::Reset,
+        Self::SocketReleased,
+        Self::Idle,
+        Self::ScopeEnded,
+    ];
+
+    /// Its name in the output: `fin`, `reset`, `released`, `idle`,
+    /// `scope_ended`.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Fin => "fin",
+            Self::Reset => "reset",
+            Self::SocketReleased => "released",
+            Self::Idle => "idle",
+            Self::ScopeEnded => "scope_ended",
+        }
+    }
+
+    /// The reason with this [`name`](Self::name), if any.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.name() == name)
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 /// One thing that happened to one flow, at one time.
 ///
 /// Built with [`FlowEvent::opened`], [`FlowEvent::closed`] or
@@ -75,6 +139,13 @@ pub struct FlowEvent {
     pub kind: FlowEventKind,
     /// When, in CLOCK_MONOTONIC nanoseconds ([`crate::clock`]).
     pub timestamp_ns: u64,
+    /// Why a `Closed` flow closed, when the backend knows
+    /// ([`FlowEvent::because`]); `None` for other kinds.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub close_reason: Option<CloseReason>,
 }
 
 impl FlowEvent {
@@ -93,7 +164,23 @@ impl FlowEvent {
             key,
             kind,
             timestamp_ns,
+            close_reason: None,
         }
+    }
+
+    /// The same event, closed for `reason`.
+    ///
+    /// ```
+    /// use flow_core::{CloseReason, FlowEvent, FlowKey};
+    /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
+    /// let event = FlowEvent::closed(key, 10, 1_200, 9).because(CloseReason::Fin);
+    /// assert_eq!(event.close_reason, Some(CloseReason::Fin));
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn because(mut self, reason: CloseReason) -> Self {
+        self.close_reason = Some(reason);
+        self
     }
 
     /// A flow's first packet was seen.
@@ -147,7 +234,7 @@ impl fmt::Display for Seconds {
 }
 
 impl fmt::Display for FlowEvent {
-    /// `closed tcp 10.0.0.1:40000 -> 10.0.0.2:80 at 1.5s (10 packets, 1200 bytes)`.
+    /// `closed tcp 10.0.0.1:40000 -> 10.0.0.2:80 at 1.5s (10 packets, 1200 bytes, fin)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -161,7 +248,13 @@ impl fmt::Display for FlowEvent {
             FlowEventKind::Closed {
                 pkt_count,
                 byte_count,
-            } => write!(f, " ({pkt_count} packets, {byte_count} bytes)"),
+            } => {
+                write!(f, " ({pkt_count} packets, {byte_count} bytes")?;
+                if let Some(reason) = self.close_reason {
+                    write!(f, ", {reason}")?;
+                }
+                f.write_str(")")
+            }
         }
     }
 }

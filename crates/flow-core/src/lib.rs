@@ -36,6 +36,6 @@ pub mod record;
 mod source;
 
 pub use error::{FlowError, LossPoint};
-pub use event::{FlowEvent, FlowEventKind};
+pub use event::{CloseReason, FlowEvent, FlowEventKind};
 pub use key::FlowKey;
 pub use source::{FlowSource, FlowStream};

@@ -11,6 +11,7 @@
 //! | `dport`   | flow lines    | responder port                                          |
 //! | `packets` | closed        | packets, both directions                                |
 //! | `bytes`   | closed        | IP-level bytes, both directions                         |
+//! | `reason`  | closed        | why, when the backend knows: `fin`, `reset`, `released`, `idle`, `scope_ended` ([`crate::CloseReason`]) |
 //! | `backend` | every line    | the backend that observed it (several: whose counters) |
 //! | `backends`| flow lines    | every backend that observed it, `backend` first         |
 //! | `count`   | lost          | observations lost, `null` when unknown                  |
@@ -45,7 +46,7 @@ use std::net::IpAddr;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::{FlowEvent, FlowEventKind, FlowKey, LossPoint, protocol};
+use crate::{CloseReason, FlowEvent, FlowEventKind, FlowKey, LossPoint, protocol};
 
 /// One line of output: an observation, tagged with the backend that made it.
 ///
@@ -220,6 +221,9 @@ impl Serialize for FlowRecord<'_> {
                 {
                     map.serialize_entry("packets", &pkt_count)?;
                     map.serialize_entry("bytes", &byte_count)?;
+                    if let Some(reason) = event.close_reason {
+                        map.serialize_entry("reason", reason.name())?;
+                    }
                 }
                 map.serialize_entry("backend", &self.backend)?;
                 map.serialize_entry("backends", &Backends(self))?;
@@ -335,6 +339,7 @@ struct WireRecord {
     bytes: Option<u64>,
     count: Option<u64>,
     point: Option<String>,
+    reason: Option<String>,
     #[serde(default)]
     backends: Vec<String>,
 }
@@ -379,12 +384,17 @@ impl WireRecord {
             protocol,
         };
         let event = match self.kind {
-            WireKind::Closed => FlowEvent::closed(
-                key,
-                require(self.packets, "packets", kind_name)?,
-                require(self.bytes, "bytes", kind_name)?,
-                self.ts_ns,
-            ),
+            WireKind::Closed => {
+                let mut event = FlowEvent::closed(
+                    key,
+                    require(self.packets, "packets", kind_name)?,
+                    require(self.bytes, "bytes", kind_name)?,
+                    self.ts_ns,
+                );
+                // A reason this version does not know reads as unknown.
+                event.close_reason = self.reason.as_deref().and_then(CloseReason::from_name);
+                event
+            }
             WireKind::Denied => FlowEvent::new(key, FlowEventKind::Denied, self.ts_ns),
             _ => FlowEvent::opened(key, self.ts_ns),
         };

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use flow_core::record::{FlowRecord, RecordItem};
-use flow_core::{FlowError, FlowEvent, FlowEventKind, FlowKey, LossPoint};
+use flow_core::{CloseReason, FlowError, FlowEvent, FlowEventKind, FlowKey, LossPoint};
 use proptest::prelude::*;
 
 fn any_addr() -> impl Strategy<Value = IpAddr> {
@@ -43,7 +43,30 @@ fn any_kind() -> impl Strategy<Value = FlowEventKind> {
 }
 
 fn any_event() -> impl Strategy<Value = FlowEvent> {
-    (any_key(), any_kind(), any::<u64>()).prop_map(|(key, kind, ts)| FlowEvent::new(key, kind, ts))
+    (
+        any_key(),
+        any_kind(),
+        any::<u64>(),
+        proptest::option::of(any_close_reason()),
+    )
+        .prop_map(|(key, kind, ts, reason)| {
+            let event = FlowEvent::new(key, kind, ts);
+            // A reason is only written (and read) on a closed line.
+            match (kind, reason) {
+                (FlowEventKind::Closed { .. }, Some(reason)) => event.because(reason),
+                _ => event,
+            }
+        })
+}
+
+fn any_close_reason() -> impl Strategy<Value = CloseReason> {
+    proptest::sample::select(vec![
+        CloseReason::Fin,
+        CloseReason::Reset,
+        CloseReason::SocketReleased,
+        CloseReason::Idle,
+        CloseReason::ScopeEnded,
+    ])
 }
 
 fn any_record() -> impl Strategy<Value = FlowRecord<'static>> {
@@ -176,6 +199,20 @@ fn a_loss_point_this_version_does_not_know_reads_as_unknown() {
             ..
         }
     ));
+}
+
+#[test]
+fn a_close_reason_this_version_does_not_know_reads_as_unknown() {
+    let line = r#"{"ts_ns":3,"kind":"closed","proto":"tcp","src":"10.0.0.1","sport":1,"dst":"10.0.0.2","dport":2,"packets":2,"bytes":80,"reason":"from_the_future","backend":"x"}"#;
+    let RecordItem::Event(event) = FlowRecord::from_json_line(line).unwrap().item else {
+        panic!("a flow line")
+    };
+    assert_eq!(event.close_reason, None);
+    let known = line.replace("from_the_future", "reset");
+    let RecordItem::Event(event) = FlowRecord::from_json_line(&known).unwrap().item else {
+        panic!("a flow line")
+    };
+    assert_eq!(event.close_reason, Some(CloseReason::Reset));
 }
 
 #[test]

@@ -401,12 +401,18 @@ impl Correlator {
             }
             return;
         }
+        // The line carries the preferred backend's counters, and a close
+        // reason from whichever backend knows one.
         match &mut flow.close {
             Some(held) if prefer => {
+                let reason = event.close_reason.or(held.event.close_reason);
                 held.backend = backend;
                 held.event = event;
+                held.event.close_reason = reason;
             }
-            Some(_) => {}
+            Some(held) => {
+                held.event.close_reason = held.event.close_reason.or(event.close_reason);
+            }
             None => {
                 flow.close = Some(Box::new(Held {
                     backend,

@@ -93,7 +93,7 @@ fn write_seconds(out: &mut impl Write, timestamp_ns: u64) -> io::Result<()> {
     )
 }
 
-/// `   1.500000000  closed  ebpf    tcp   10.0.0.1:40000 -> 10.0.0.2:80   6 pkts  400 B`
+/// `   1.500000000  closed  ebpf    tcp   10.0.0.1:40000 -> 10.0.0.2:80   6 pkts  400 B  fin`
 fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<()> {
     write_seconds(out, record.timestamp_ns())?;
     write!(out, "  {:<6}  {:<6}  ", record.kind_name(), record.backend)?;
@@ -110,11 +110,16 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<
                 FlowEventKind::Closed {
                     pkt_count,
                     byte_count,
-                } => write!(
-                    out,
-                    "{:<21} {pkt_count:>7} pkts {byte_count:>10} B",
-                    key.dst()
-                )?,
+                } => {
+                    write!(
+                        out,
+                        "{:<21} {pkt_count:>7} pkts {byte_count:>10} B",
+                        key.dst()
+                    )?;
+                    if let Some(reason) = event.close_reason {
+                        write!(out, "  {reason}")?;
+                    }
+                }
                 _ => write!(out, "{}", key.dst())?,
             }
         }
@@ -132,7 +137,7 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flow_core::{FlowEvent, FlowKey, LossPoint};
+    use flow_core::{CloseReason, FlowEvent, FlowKey, LossPoint};
 
     fn text_of(record: &FlowRecord<'_>) -> String {
         let mut writer = RecordWriter::new(OutputFormat::Text, Vec::new());
@@ -157,6 +162,25 @@ mod tests {
         ));
         assert_eq!(a.find("->"), b.find("->"));
         assert_eq!(a.len(), b.len());
+    }
+
+    #[test]
+    fn text_of_a_close_ends_with_its_reason_when_known() {
+        let key = FlowKey::tcp(
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        );
+        let closed = FlowEvent::closed(key, 6, 400, 1_500_000_000);
+        let known = text_of(&FlowRecord::event(
+            "ebpf",
+            closed.because(CloseReason::Reset),
+        ));
+        assert_eq!(
+            known,
+            "        1.500000000  closed  ebpf    tcp           10.0.0.1:40000 -> 10.0.0.2:80                 6 pkts        400 B  reset\n"
+        );
+        let unknown = text_of(&FlowRecord::event("ebpf", closed));
+        assert_eq!(unknown, known.replace("  reset", ""));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flow_core::{FlowError, FlowEvent, FlowEventKind, FlowKey, LossPoint};
+use flow_core::{CloseReason, FlowError, FlowEvent, FlowEventKind, FlowKey, LossPoint};
 use flow_supervisor::dedup::{Correlated, DedupConfig};
 use flow_supervisor::merge::MergedItem;
 use futures::channel::mpsc;
@@ -109,6 +109,45 @@ async fn a_flow_both_saw_comes_out_once_with_ebpf_counters() {
     );
     // nflog's late DESTROY-time view of the same flow is absorbed.
     assert_eq!(h.after(Duration::from_secs(5)).await, []);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_reason_only_nflog_knows_rides_on_ebpfs_counters() {
+    let (input, receiver) = mpsc::unbounded();
+    let mut output = Correlated::new(receiver, DedupConfig::for_backends(["ebpf", "nflog"]));
+    for (backend, event) in [
+        ("ebpf", FlowEvent::opened(key(9), 10)),
+        ("nflog", FlowEvent::opened(key(9), 11)),
+        (
+            "nflog",
+            FlowEvent::closed(key(9), 9, 900, 20).because(CloseReason::Reset),
+        ),
+        ("ebpf", FlowEvent::closed(key(9), 10, 1000, 21)),
+    ] {
+        input.unbounded_send(seen(backend, event)).unwrap();
+    }
+    drop(input);
+    let closes: Vec<FlowEvent> = output
+        .by_ref()
+        .filter_map(|item| async move {
+            match item {
+                MergedItem::Event { event, .. } if event.kind.name() == "closed" => Some(event),
+                _ => None,
+            }
+        })
+        .collect()
+        .await;
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    assert_eq!(
+        (closes[0].kind, closes[0].close_reason),
+        (
+            FlowEventKind::Closed {
+                pkt_count: 10,
+                byte_count: 1000
+            },
+            Some(CloseReason::Reset)
+        )
+    );
 }
 
 #[tokio::test(start_paused = true)]

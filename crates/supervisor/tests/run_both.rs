@@ -282,7 +282,7 @@ fn a_backend_failing_mid_run_degrades_the_run_and_the_other_goes_on() {
     let lines = std::fs::read_to_string(&out).unwrap();
     assert!(
         lines.contains(&format!(
-            r#""sport":{sport},"dst":"127.0.0.1","dport":9,"packets":1,"bytes":128,"backend":"nflog","backends":["nflog"]"#
+            r#""sport":{sport},"dst":"127.0.0.1","dport":9,"packets":1,"bytes":128,"reason":"scope_ended","backend":"nflog","backends":["nflog"]"#
         )),
         "{lines}"
     );

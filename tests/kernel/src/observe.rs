@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use flow_core::{FlowError, FlowEventKind, FlowKey, FlowStream, LossPoint};
+use flow_core::{CloseReason, FlowError, FlowEventKind, FlowKey, FlowStream, LossPoint};
 use futures::StreamExt;
 
 use crate::{ConntrackEntry, GeneratedFlow, Netns, TestEnv};
@@ -16,6 +16,8 @@ pub struct Observed {
     pub opened: HashMap<FlowKey, u32>,
     /// Counters of each `Closed` per key.
     pub closed: HashMap<FlowKey, Vec<(u64, u64)>>,
+    /// The reason of each `Closed` per key, in the same order.
+    pub close_reasons: HashMap<FlowKey, Vec<Option<CloseReason>>>,
     /// `Denied` events per key.
     pub denied: HashMap<FlowKey, u32>,
     /// Observations reported lost (a loss of unknown size counts one).
@@ -55,6 +57,15 @@ impl Observed {
             .unwrap_or_else(|| panic!("no Closed for {key}: {self:#?}"));
         assert_eq!(closed.len(), 1, "one Closed for {key}");
         closed[0]
+    }
+
+    /// Why `key`'s one `Closed` closed ([`Observed::closed_once`]).
+    ///
+    /// # Panics
+    /// When `key` was not opened and closed exactly once.
+    pub fn closed_because(&self, key: &FlowKey) -> Option<CloseReason> {
+        self.closed_once(key);
+        self.close_reasons[key][0]
     }
 }
 
@@ -114,6 +125,11 @@ pub async fn observe_until(
                             .entry(event.key)
                             .or_default()
                             .push((pkt_count, byte_count));
+                        observed
+                            .close_reasons
+                            .entry(event.key)
+                            .or_default()
+                            .push(event.close_reason);
                     }
                     FlowEventKind::Denied => *observed.denied.entry(event.key).or_default() += 1,
                     _ => {}

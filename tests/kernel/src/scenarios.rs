@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use flow_core::{FlowKey, FlowStream};
+use flow_core::{CloseReason, FlowKey, FlowStream};
 
 use crate::observe::{assert_in_conntrack, assert_matches_conntrack, observe};
 use crate::{ConntrackEvents, GeneratedFlow, TestEnv, generate};
@@ -23,6 +23,7 @@ pub async fn refused_connection(env: &TestEnv, stream: &mut FlowStream) {
     let observed = observe(stream, &[key], Duration::from_secs(20)).await;
     let (packets, bytes) = observed.closed_once(&key);
     assert_eq!(packets, 2, "SYN and RST");
+    assert_eq!(observed.closed_because(&key), Some(CloseReason::Reset));
     assert_in_conntrack(&events.destroyed(), &key, (packets, bytes));
 }
 

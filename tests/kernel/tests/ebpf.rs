@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use flow_backend_ebpf::{EbpfConfig, EbpfSource};
-use flow_core::{FlowKey, FlowSource, FlowStream};
+use flow_core::{CloseReason, FlowKey, FlowSource, FlowStream};
 use flowtrack_kernel_tests::observe::{
     assert_matches_conntrack, headers, observe, observe_storm, observe_until, over_both_families,
     unaccounted,
@@ -67,6 +67,7 @@ async fn tcp_over_ipv4_and_ipv6_with_known_payloads() {
             "{key}: {bytes} bytes"
         );
         assert!(packets >= 6, "handshake, data, FINs: {packets}");
+        assert_eq!(observed.closed_because(&key), Some(CloseReason::Fin));
         assert_matches_conntrack(&env.netns, &key, (packets, bytes));
     }
 }
@@ -93,6 +94,11 @@ async fn udp_over_ipv4_and_ipv6_counts_every_datagram() {
             observed.closed_once(&key),
             (expected_packets, expected_bytes),
             "{key}"
+        );
+        // The generator's connected socket closed: the flow with it.
+        assert_eq!(
+            observed.closed_because(&key),
+            Some(CloseReason::SocketReleased)
         );
         assert_matches_conntrack(&env.netns, &key, (expected_packets, expected_bytes));
     }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use flow_backend_nflog::{DENY_PREFIX, NflogConfig, NflogSource};
-use flow_core::{FlowKey, FlowSource, FlowStream};
+use flow_core::{CloseReason, FlowKey, FlowSource, FlowStream};
 use flowtrack_kernel_tests::observe::{
     assert_in_conntrack, assert_matches_conntrack, headers, observe_storm, observe_until,
     over_both_families, unaccounted,
@@ -58,6 +58,7 @@ async fn tcp_over_ipv4_and_ipv6_with_known_payloads() {
             "{key}: {bytes} bytes"
         );
         assert!(packets >= 6, "handshake, data, FINs: {packets}");
+        assert_eq!(observed.closed_because(&key), Some(CloseReason::Fin));
         // The entry lives on in TIME_WAIT: conntrack's own listing agrees.
         assert_matches_conntrack(&env.netns, &key, (packets, bytes));
     }
@@ -83,6 +84,12 @@ async fn udp_over_ipv4_and_ipv6_counts_every_datagram() {
         let packets = 2 * flow.datagrams;
         let bytes = flow.sent + flow.received + packets * headers(flow);
         assert_eq!(observed.closed_once(&key), (packets, bytes), "{key}");
+        // UDP has no end: conntrack's timeout, or the cgroup emptied.
+        let reason = observed.closed_because(&key);
+        assert!(
+            matches!(reason, Some(CloseReason::Idle | CloseReason::ScopeEnded)),
+            "{key}: {reason:?}"
+        );
         assert_matches_conntrack(&env.netns, &key, (packets, bytes));
     }
 }
