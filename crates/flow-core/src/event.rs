@@ -71,8 +71,8 @@ pub enum CloseReason {
     Fin,
     /// TCP: a reset (a refused connection, or one aborted).
     Reset,
-    /// The socket that carried it was closed (a connected UDP socket, or a
-    /// TCP socket whose exchange ended without a FIN or reset seen).
+    /// The socket that carried it was closed (the eBPF backend: a UDP
+    /// socket, which has no end of its own on the wire).
     SocketReleased,
     /// No packet for the backend's idle timeout (UDP and ICMP, or TCP left
     /// half-open; for nflog, conntrack's own timeout).
