@@ -95,13 +95,13 @@ pub(crate) fn statistics_overhead(trials: usize) -> Result<StatisticsOverhead> {
         .try_into()?;
     program.load()?;
     // Ethernet (the test run strips it for cgroup_skb), IPv4, TCP: an ACK.
-    let mut packet = [0u8; 54];
-    packet[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    packet[14..34].copy_from_slice(&[
-        0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1,
-    ]);
-    packet[46] = 0x50; // data offset: 5 words
-    packet[47] = 0x10; // ACK
+    let mut packet = Vec::new();
+    etherparse::PacketBuilder::ethernet2([0; 6], [0; 6])
+        .ipv4([127, 0, 0, 1], [127, 0, 0, 1], 64)
+        .tcp(40_000, 80, 1, 65_535)
+        .ack(1)
+        .write(&mut packet, &[])
+        .context("building the test packet")?;
     let run = |program: &CgroupSkb| -> Result<f64> {
         let options = TestRunOptions {
             data_in: Some(&packet),

@@ -26,11 +26,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<FlowEvent, DecodeError> {
     Ok(if record.kind == RECORD_OPENED {
         FlowEvent::opened(key, record.first_seen_ns)
     } else {
-        let closed = FlowEvent::closed(key, record.packets, record.bytes, record.timestamp_ns);
-        match close_reason(record.close_reason) {
-            Some(reason) => closed.because(reason),
-            None => closed,
-        }
+        FlowEvent::closed(key, record.packets, record.bytes, record.timestamp_ns)
+            .because(close_reason(record.close_reason))
     })
 }
 

@@ -314,25 +314,28 @@ impl Reader {
     /// stream when a program was detached from outside, and ends it, after
     /// closing every flow, when the cgroup was removed.
     fn sweep(&mut self) {
-        if !self.cgroup_removed {
-            if !self.cgroup.exists() {
-                tracing::warn!(
-                    cgroup = %self.cgroup.display(),
-                    "the cgroup was removed: its flows are closed and the eBPF backend ends"
-                );
-                self.cgroup_removed = true;
-            } else if let Some(program) = self.attached.detached_program() {
-                self.pending.push_back(Err(FlowError::unavailable(
-                    BACKEND_NAME,
-                    format!(
-                        "its program {program} was detached from cgroup {} from outside: \
-                         the cgroup's traffic is no longer observed",
-                        self.cgroup.display()
-                    ),
-                )));
-                self.failed = true;
-                return;
-            }
+        // A removed cgroup takes its links with it: that is the scope's
+        // end, not a detach from outside.
+        if !self.cgroup_removed && !self.cgroup.exists() {
+            tracing::warn!(
+                cgroup = %self.cgroup.display(),
+                "the cgroup was removed: its flows are closed and the eBPF backend ends"
+            );
+            self.cgroup_removed = true;
+        }
+        if !self.cgroup_removed
+            && let Some(program) = self.attached.detached_program()
+        {
+            self.pending.push_back(Err(FlowError::unavailable(
+                BACKEND_NAME,
+                format!(
+                    "its program {program} was detached from cgroup {} from outside: \
+                     the cgroup's traffic is no longer observed",
+                    self.cgroup.display()
+                ),
+            )));
+            self.failed = true;
+            return;
         }
         self.report_losses(None);
         let scope_ended = self.cgroup_removed || cgroup::is_populated(&self.cgroup) == Some(false);

@@ -149,9 +149,10 @@ impl Tracker {
                 self.open.remove(&flow);
                 let (packets, bytes) = entry.counters.unwrap_or_default();
                 let closed_at = clock.to_monotonic(entry.stop_ns);
-                let mut event = FlowEvent::closed(entry.key, packets, bytes, closed_at);
-                event.close_reason = destroyed_because(entry);
-                steps.push(Step::Emit(event));
+                steps.push(Step::Emit(
+                    FlowEvent::closed(entry.key, packets, bytes, closed_at)
+                        .because(destroyed_because(entry)),
+                ));
             }
             CtEventKind::Update => {
                 if let Some(reason) = tcp_over(entry) {
@@ -175,9 +176,7 @@ impl Tracker {
             return None;
         }
         self.closed.insert(flow, now_ns);
-        let mut event = FlowEvent::closed(flow.key, counters.0, counters.1, now_ns);
-        event.close_reason = reason;
-        Some(event)
+        Some(FlowEvent::closed(flow.key, counters.0, counters.1, now_ns).because(reason))
     }
 
     /// Reconciles with a full listing of the table after messages were

@@ -56,6 +56,17 @@ impl LossPoint {
         }
     }
 
+    /// Every loss point, in declaration order.
+    pub const ALL: [Self; 7] = [
+        Self::RingBufferFull,
+        Self::FlowTableEviction,
+        Self::NetlinkOverrun,
+        Self::SequenceGap,
+        Self::QueueOverflow,
+        Self::Malformed,
+        Self::Recorded,
+    ];
+
     /// The loss point with this [`name`](Self::name), if any.
     ///
     /// ```
@@ -65,17 +76,7 @@ impl LossPoint {
     /// ```
     #[must_use]
     pub fn from_name(name: &str) -> Option<Self> {
-        [
-            Self::RingBufferFull,
-            Self::FlowTableEviction,
-            Self::NetlinkOverrun,
-            Self::SequenceGap,
-            Self::QueueOverflow,
-            Self::Malformed,
-            Self::Recorded,
-        ]
-        .into_iter()
-        .find(|point| point.name() == name)
+        Self::ALL.into_iter().find(|point| point.name() == name)
     }
 }
 

@@ -83,7 +83,8 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    const ALL: [Self; 5] = [
+    /// Every reason, in declaration order.
+    pub const ALL: [Self; 5] = [
         Self::Fin,
         Self::Reset,
         Self::SocketReleased,
@@ -168,18 +169,20 @@ impl FlowEvent {
         }
     }
 
-    /// The same event, closed for `reason`.
+    /// The same event, closed for `reason` (a [`CloseReason`], or an
+    /// `Option` of one when the backend may not know).
     ///
     /// ```
     /// use flow_core::{CloseReason, FlowEvent, FlowKey};
     /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
     /// let event = FlowEvent::closed(key, 10, 1_200, 9).because(CloseReason::Fin);
     /// assert_eq!(event.close_reason, Some(CloseReason::Fin));
+    /// assert_eq!(event.because(None).close_reason, None);
     /// # Ok::<(), std::net::AddrParseError>(())
     /// ```
     #[must_use]
-    pub fn because(mut self, reason: CloseReason) -> Self {
-        self.close_reason = Some(reason);
+    pub fn because(mut self, reason: impl Into<Option<CloseReason>>) -> Self {
+        self.close_reason = reason.into();
         self
     }
 

@@ -384,17 +384,14 @@ impl WireRecord {
             protocol,
         };
         let event = match self.kind {
-            WireKind::Closed => {
-                let mut event = FlowEvent::closed(
-                    key,
-                    require(self.packets, "packets", kind_name)?,
-                    require(self.bytes, "bytes", kind_name)?,
-                    self.ts_ns,
-                );
-                // A reason this version does not know reads as unknown.
-                event.close_reason = self.reason.as_deref().and_then(CloseReason::from_name);
-                event
-            }
+            WireKind::Closed => FlowEvent::closed(
+                key,
+                require(self.packets, "packets", kind_name)?,
+                require(self.bytes, "bytes", kind_name)?,
+                self.ts_ns,
+            )
+            // A reason this version does not know reads as unknown.
+            .because(self.reason.as_deref().and_then(CloseReason::from_name)),
             WireKind::Denied => FlowEvent::new(key, FlowEventKind::Denied, self.ts_ns),
             _ => FlowEvent::opened(key, self.ts_ns),
         };

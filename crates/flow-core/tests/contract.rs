@@ -60,13 +60,7 @@ fn any_event() -> impl Strategy<Value = FlowEvent> {
 }
 
 fn any_close_reason() -> impl Strategy<Value = CloseReason> {
-    proptest::sample::select(vec![
-        CloseReason::Fin,
-        CloseReason::Reset,
-        CloseReason::SocketReleased,
-        CloseReason::Idle,
-        CloseReason::ScopeEnded,
-    ])
+    proptest::sample::select(CloseReason::ALL.to_vec())
 }
 
 fn any_record() -> impl Strategy<Value = FlowRecord<'static>> {
@@ -84,15 +78,7 @@ fn any_record() -> impl Strategy<Value = FlowRecord<'static>> {
 }
 
 fn any_loss_point() -> impl Strategy<Value = LossPoint> {
-    proptest::sample::select(vec![
-        LossPoint::RingBufferFull,
-        LossPoint::FlowTableEviction,
-        LossPoint::NetlinkOverrun,
-        LossPoint::SequenceGap,
-        LossPoint::QueueOverflow,
-        LossPoint::Malformed,
-        LossPoint::Recorded,
-    ])
+    proptest::sample::select(LossPoint::ALL.to_vec())
 }
 
 proptest! {
