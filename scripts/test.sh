@@ -30,6 +30,12 @@ for features in "" ebpf nflog mock; do
     cargo clippy -p flow-supervisor --no-default-features ${features:+--features "$features"} --all-targets -- -D warnings
 done
 
+echo "== the library brings no command-line, HTTP or metrics crates"
+if cargo tree -p flow-supervisor -e normal --prefix none | grep -E '^(clap|hyper|prometheus-client|anyhow) '; then
+    echo "flow-supervisor depends on a crate that belongs to the flowtrack command" >&2
+    exit 1
+fi
+
 echo "== lint the kernel-side program (nightly, bpfel-unknown-none)"
 (cd ebpf && cargo +nightly clippy --release --target bpfel-unknown-none -Z build-std=core \
     --target-dir ../target/ebpf-clippy -- -D warnings)

@@ -301,7 +301,7 @@ pub(crate) fn storms(flows: usize, threads: usize) -> Result<String> {
     let flowtrack = std::env::current_exe()?.with_file_name("flowtrack");
     ensure!(
         flowtrack.exists(),
-        "{} not found: build it beside the harness (cargo build --release -p flow-supervisor -p flowtrack-bench)",
+        "{} not found: build it beside the harness (cargo build --release -p flowtrack -p flowtrack-bench)",
         flowtrack.display()
     );
     let mut rates = String::new();

@@ -29,9 +29,6 @@ impl Attached {
     /// Loads the object with `config`'s sizes and attaches egress, ingress
     /// and sock_release to `config.cgroup`.
     pub(crate) fn load_and_attach(config: &EbpfConfig) -> Result<Self, FlowError> {
-        if let Some(problem) = crate::ring_bytes_problem(config.ring_bytes) {
-            return Err(FlowError::unavailable(BACKEND_NAME, problem));
-        }
         let cgroup = File::open(&config.cgroup).map_err(|error| {
             let what = format!("cgroup {}", config.cgroup.display());
             match error.kind() {

@@ -37,52 +37,57 @@ mod attach;
 mod decode;
 mod reader;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flow_core::{FlowError, FlowSource, FlowStream};
+use flow_core::{ConfigError, FlowError, FlowSource, FlowStream};
 
 pub use decode::decode_record;
 
 /// The backend's name, as the output's `backend` field shows it.
 pub const BACKEND_NAME: &str = "ebpf";
 
-/// What to observe and how big the kernel-side buffers are.
+/// The fewest flows the kernel table can be given.
+pub const MIN_FLOW_TABLE_ENTRIES: u32 = 64;
+
+/// The most flows the kernel table can be given: 8,388,608, about 1.2 GiB
+/// of kernel memory (an entry costs about 140 bytes: its key and value
+/// and the LRU map's own bookkeeping), allocated when the backend starts.
+pub const MAX_FLOW_TABLE_ENTRIES: u32 = 1 << 23;
+
+/// What to observe and how big the kernel-side buffers are: built with
+/// [`EbpfConfig::new`], then adjusted; a value a setting cannot take is
+/// refused there, with a [`ConfigError`].
+///
+/// ```
+/// use std::time::Duration;
+/// use flow_backend_ebpf::EbpfConfig;
+/// let config = EbpfConfig::new("/sys/fs/cgroup/unified/build")
+///     .ring_bytes(1 << 20)?
+///     .datagram_idle(Duration::from_secs(10))?;
+/// assert!(EbpfConfig::new("/x").sweep_interval(Duration::ZERO).is_err());
+/// assert!(EbpfConfig::new("/x").ring_bytes(5_000).is_err());
+/// # drop(config);
+/// # Ok::<(), flow_core::ConfigError>(())
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct EbpfConfig {
-    /// The cgroup v2 directory whose sockets are observed.
-    pub cgroup: PathBuf,
-    /// Ring buffer size in bytes: a power of two, multiple of the page
-    /// size ([`ring_bytes_problem`]). Each record is 80 bytes (plus an
-    /// 8-byte header). Default 4 MiB.
-    pub ring_bytes: u32,
-    /// Flows the kernel table holds at once (LRU). Default 65,536; each
-    /// entry costs about 80 bytes of key and value plus map overhead.
-    pub flow_table_entries: u32,
-    /// A UDP or ICMP flow with no packet for this long is closed. Default 30 s.
-    pub datagram_idle: Duration,
-    /// A TCP flow with no packet for this long is closed. Default 300 s.
-    /// It applies to flows no established socket of the cgroup counts
-    /// (half-open ones, or ones whose sockets went without a FIN or reset):
-    /// an established connection closes with its socket, however idle.
-    pub tcp_idle: Duration,
-    /// After a FIN from both sides, a TCP flow waiting for its last ACK is
-    /// closed after this long. Default 2 s.
-    pub fin_linger: Duration,
-    /// How often idle flows and loss counters are checked. Default 1 s.
-    pub sweep_interval: Duration,
-    /// For tests: how many CPUs count an established socket's packets in a
-    /// counter slot of their own (plain adds); the others share those
-    /// slots and add atomically. Default, and the most that has effect:
-    /// `flow_ebpf_common::SOCKET_COUNTER_SLOTS`. A machine with fewer CPUs
-    /// than that takes the shared path only when this is lowered.
-    #[doc(hidden)]
-    pub own_slot_cpus: u32,
+    pub(crate) cgroup: PathBuf,
+    pub(crate) ring_bytes: u32,
+    pub(crate) flow_table_entries: u32,
+    pub(crate) datagram_idle: Duration,
+    pub(crate) tcp_idle: Duration,
+    pub(crate) fin_linger: Duration,
+    pub(crate) sweep_interval: Duration,
+    pub(crate) own_slot_cpus: u32,
 }
 
 impl EbpfConfig {
-    /// Defaults for observing `cgroup`.
+    /// Defaults for observing `cgroup`: a 4 MiB ring, 65,536 flows, idle
+    /// limits of 30 s (UDP, ICMP) and 300 s (TCP), a FIN linger of 2 s,
+    /// and a sweep every second.
     pub fn new(cgroup: impl Into<PathBuf>) -> Self {
         Self {
             cgroup: cgroup.into(),
@@ -94,6 +99,115 @@ impl EbpfConfig {
             sweep_interval: Duration::from_secs(1),
             own_slot_cpus: flow_ebpf_common::SOCKET_COUNTER_SLOTS as u32,
         }
+    }
+
+    /// The cgroup v2 directory whose sockets are observed.
+    #[must_use]
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// Ring buffer size in bytes: a power of two, a multiple of the page
+    /// size. Each record is 80 bytes (plus an 8-byte header).
+    ///
+    /// # Errors
+    /// When the kernel cannot take `bytes` ([`ring_bytes_problem`]).
+    pub fn ring_bytes(mut self, bytes: u32) -> Result<Self, ConfigError> {
+        if let Some(problem) = ring_bytes_problem(bytes) {
+            return Err(ConfigError::new("ring buffer size", problem));
+        }
+        self.ring_bytes = bytes;
+        Ok(self)
+    }
+
+    /// Flows the kernel table holds at once (LRU), from
+    /// [`MIN_FLOW_TABLE_ENTRIES`] to [`MAX_FLOW_TABLE_ENTRIES`].
+    ///
+    /// # Errors
+    /// When `flows` is out of that range.
+    pub fn flow_table_entries(mut self, flows: u32) -> Result<Self, ConfigError> {
+        if let Some(problem) = flow_table_entries_problem(flows) {
+            return Err(ConfigError::new("flow table entries", problem));
+        }
+        self.flow_table_entries = flows;
+        Ok(self)
+    }
+
+    /// A UDP or ICMP flow with no packet for this long is closed.
+    ///
+    /// # Errors
+    /// When `idle` is zero.
+    pub fn datagram_idle(mut self, idle: Duration) -> Result<Self, ConfigError> {
+        self.datagram_idle = ConfigError::nonzero("datagram idle timeout", idle)?;
+        Ok(self)
+    }
+
+    /// A TCP flow with no packet for this long is closed. It applies to
+    /// flows no established socket of the cgroup counts (half-open ones,
+    /// or ones whose sockets went without a FIN or reset): an established
+    /// connection closes with its socket, however idle.
+    ///
+    /// # Errors
+    /// When `idle` is zero.
+    pub fn tcp_idle(mut self, idle: Duration) -> Result<Self, ConfigError> {
+        self.tcp_idle = ConfigError::nonzero("TCP idle timeout", idle)?;
+        Ok(self)
+    }
+
+    /// After a FIN from both sides, a TCP flow waiting for its last ACK is
+    /// closed after this long.
+    ///
+    /// # Errors
+    /// When `linger` is zero.
+    pub fn fin_linger(mut self, linger: Duration) -> Result<Self, ConfigError> {
+        self.fin_linger = ConfigError::nonzero("FIN linger", linger)?;
+        Ok(self)
+    }
+
+    /// How often idle flows and loss counters are checked.
+    ///
+    /// # Errors
+    /// When `interval` is zero.
+    pub fn sweep_interval(mut self, interval: Duration) -> Result<Self, ConfigError> {
+        self.sweep_interval = ConfigError::nonzero("sweep interval", interval)?;
+        Ok(self)
+    }
+
+    /// For tests (feature `testing`): how many CPUs count an established
+    /// socket's packets in a counter slot of their own (plain adds); the
+    /// others share those slots and add atomically. Default, and the most
+    /// that has effect: `flow_ebpf_common::SOCKET_COUNTER_SLOTS`. A machine
+    /// with fewer CPUs than that takes the shared path only when this is
+    /// lowered.
+    #[cfg(feature = "testing")]
+    #[must_use]
+    pub fn own_slot_cpus(mut self, cpus: u32) -> Self {
+        self.own_slot_cpus = cpus;
+        self
+    }
+}
+
+/// Why the kernel table cannot hold `flows` ([`EbpfConfig::flow_table_entries`]),
+/// if it cannot.
+///
+/// ```
+/// use flow_backend_ebpf::flow_table_entries_problem;
+/// assert_eq!(flow_table_entries_problem(65_536), None);
+/// assert!(flow_table_entries_problem(100_000_000).unwrap().contains("at most 8388608"));
+/// ```
+#[must_use]
+pub fn flow_table_entries_problem(flows: u32) -> Option<String> {
+    if flows < MIN_FLOW_TABLE_ENTRIES {
+        Some(format!(
+            "{flows} flows: the table holds at least {MIN_FLOW_TABLE_ENTRIES}"
+        ))
+    } else if flows > MAX_FLOW_TABLE_ENTRIES {
+        Some(format!(
+            "{flows} flows: the table holds at most {MAX_FLOW_TABLE_ENTRIES} \
+             (about 140 bytes of kernel memory a flow, 1.2 GiB at the most)"
+        ))
+    } else {
+        None
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use aya::Pod;
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use flow_core::clock::monotonic_now_ns;
-use flow_core::{CloseReason, FlowError, FlowEvent, FlowStream, LossPoint};
+use flow_core::{CloseReason, FlowError, FlowEvent, FlowStream, LossPoint, protocol};
 use flow_ebpf_common::{
     COUNTER_FLOWS_INSERTED, COUNTER_FLOWS_REMOVED, COUNTER_INSERT_FAILED, COUNTER_RING_FULL,
     COUNTERS_MAP, EVENTS_MAP, FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLOWS_MAP, RawFlowKey, RawFlowState,
@@ -18,7 +18,7 @@ use futures::StreamExt;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use flow_core::cgroup;
+use flow_cgroup as cgroup;
 
 use crate::attach::Attached;
 use crate::decode::{decode_record, flow_key};
@@ -211,9 +211,9 @@ impl Table {
     fn idle_limit(&self, key: &RawFlowKey, state: &RawFlowState) -> u64 {
         match key.protocol {
             // Established, its socket counting: it closes with the socket.
-            6 if sockets_hold_counts(state.flags) => u64::MAX,
-            6 if is_fin_exchange(key, state) => self.timeouts.fin_linger,
-            6 => self.timeouts.tcp,
+            protocol::TCP if sockets_hold_counts(state.flags) => u64::MAX,
+            protocol::TCP if is_fin_exchange(key, state) => self.timeouts.fin_linger,
+            protocol::TCP => self.timeouts.tcp,
             _ => self.timeouts.datagram,
         }
     }
@@ -222,7 +222,7 @@ impl Table {
 /// A TCP flow both of whose ends sent a FIN.
 fn is_fin_exchange(key: &RawFlowKey, state: &RawFlowState) -> bool {
     let fins = FLAG_FIN_ORIG | FLAG_FIN_REPLY;
-    key.protocol == 6 && state.flags & fins == fins
+    key.protocol == protocol::TCP && state.flags & fins == fins
 }
 
 /// A walk in progress on a blocking thread.

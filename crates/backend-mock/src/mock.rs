@@ -31,3 +31,11 @@ mockall::mock! {
         async fn start(&mut self) -> Result<FlowStream, FlowError>;
     }
 }
+
+/// Printing a mock needs no expectation (mockall would demand one for a
+/// mocked `fmt`).
+impl std::fmt::Debug for MockFlowSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MockFlowSource")
+    }
+}

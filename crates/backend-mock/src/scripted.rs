@@ -126,6 +126,15 @@ impl ScriptedSource {
     }
 }
 
+impl std::fmt::Debug for ScriptedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptedSource")
+            .field("name", &self.name)
+            .field("started", &self.script.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Plays a script: sleeps on delays, yields items, and stops after a fatal
 /// error as a real backend would.
 fn play(script: BoxStream<'static, Step>) -> FlowStream {

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use flow_core::FlowKey;
+use flow_core::{FlowKey, protocol};
 use neli::consts::genl::NlAttrType;
 use neli::consts::nl::NlmF;
 use neli::genl::Nlattr;
@@ -292,8 +292,8 @@ fn decode_tuple(tuple: Attrs<'_>) -> Result<FlowKey, CtDecodeError> {
     let (src_port, dst_port) = match protocol {
         // ICMP keys: the echo identifier as source port, type<<8|code as
         // destination port (flow-core's convention).
-        1 | 58 => {
-            let (id, kind, code) = if protocol == 1 {
+        protocol::ICMP | protocol::ICMPV6 => {
+            let (id, kind, code) = if protocol == protocol::ICMP {
                 (ProtoAttr::IcmpId, ProtoAttr::IcmpType, ProtoAttr::IcmpCode)
             } else {
                 (
@@ -364,9 +364,9 @@ fn encode_tuple(key: &FlowKey) -> Nlattr<u16, Buffer> {
     };
     let mut proto = vec![attr(ProtoAttr::Num.into(), [key.protocol])];
     match key.protocol {
-        1 | 58 => {
+        protocol::ICMP | protocol::ICMPV6 => {
             let [kind, code] = key.dst_port.to_be_bytes();
-            let (id_attr, type_attr, code_attr) = if key.protocol == 1 {
+            let (id_attr, type_attr, code_attr) = if key.protocol == protocol::ICMP {
                 (ProtoAttr::IcmpId, ProtoAttr::IcmpType, ProtoAttr::IcmpCode)
             } else {
                 (
@@ -528,7 +528,10 @@ mod tests {
             protocols.into_iter().collect::<Vec<_>>(),
             vec![1, 6, 17, 58]
         );
-        let echo = entries.iter().find(|e| e.key.protocol == 58).unwrap();
+        let echo = entries
+            .iter()
+            .find(|e| e.key.protocol == protocol::ICMPV6)
+            .unwrap();
         assert_eq!(
             (echo.key.src_port, echo.key.dst_port),
             (4242, 128 << 8),

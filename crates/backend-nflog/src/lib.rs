@@ -64,7 +64,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
-use flow_core::{FlowError, FlowSource, FlowStream};
+use flow_core::{ConfigError, FlowError, FlowSource, FlowStream};
 use futures::Stream;
 use tokio::sync::mpsc;
 
@@ -74,27 +74,41 @@ pub use sysctl::STATE_DIR;
 /// The backend's name, as the output's `backend` field shows it.
 pub const BACKEND_NAME: &str = "nflog";
 
-/// What to observe, and the sizes of the netlink buffers.
+/// The smallest netlink receive buffer the backend takes, in bytes.
+pub const MIN_RECEIVE_BUFFER: usize = 4096;
+
+/// The largest netlink receive buffer the backend takes, in bytes (1 GiB):
+/// the kernel doubles the value given to `SO_RCVBUFFORCE` and keeps it in
+/// an `int`, so anything larger is refused (`EINVAL`).
+pub const MAX_RECEIVE_BUFFER: usize = 1 << 30;
+
+/// What to observe, and the sizes of the netlink buffers: built with
+/// [`NflogConfig::netns`], [`NflogConfig::cgroup`] or the default, then
+/// adjusted; a value a setting cannot take is refused there, with a
+/// [`ConfigError`].
+///
+/// ```
+/// use flow_backend_nflog::NflogConfig;
+/// let config = NflogConfig::cgroup("/sys/fs/cgroup/unified/build")
+///     .log_group(7)
+///     .receive_buffer(8 << 20)?;
+/// assert!(NflogConfig::default().receive_buffer(2 << 30).is_err());
+/// # drop(config);
+/// # Ok::<(), flow_core::ConfigError>(())
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NflogConfig {
-    /// The network namespace to observe (an nsfs path such as
-    /// `/run/netns/NAME` or `/proc/PID/ns/net`); `None`: flowtrack's own.
-    pub netns: Option<PathBuf>,
-    /// Only the connections of local sockets in this cgroup v2 directory
-    /// (and its descendants); `None`: every connection of the namespace.
-    pub cgroup: Option<PathBuf>,
-    /// The nflog group; `None`: the first free one from a per-process
-    /// starting point.
-    pub log_group: Option<u16>,
-    /// The event socket's receive buffer in bytes, set with
-    /// `SO_RCVBUFFORCE`. Default 4 MiB (about 20,000 events).
-    pub receive_buffer: usize,
-    /// The most the buffer grows to after overruns. Default 64 MiB.
-    pub max_receive_buffer: usize,
+    pub(crate) netns: Option<PathBuf>,
+    pub(crate) cgroup: Option<PathBuf>,
+    pub(crate) log_group: Option<u16>,
+    pub(crate) receive_buffer: usize,
+    pub(crate) max_receive_buffer: usize,
 }
 
 impl NflogConfig {
-    /// Every connection of the network namespace at `netns`.
+    /// Every connection of the network namespace at `netns` (an nsfs path
+    /// such as `/run/netns/NAME` or `/proc/PID/ns/net`).
     pub fn netns(netns: impl Into<PathBuf>) -> Self {
         Self {
             netns: Some(netns.into()),
@@ -102,13 +116,66 @@ impl NflogConfig {
         }
     }
 
-    /// The connections of `cgroup`'s processes, in flowtrack's own network
+    /// The connections of the local sockets of `cgroup` (a cgroup v2
+    /// directory) and its descendants, in flowtrack's own network
     /// namespace.
     pub fn cgroup(cgroup: impl Into<PathBuf>) -> Self {
         Self {
             cgroup: Some(cgroup.into()),
             ..Self::default()
         }
+    }
+
+    /// The same scope, observed in the network namespace at `netns`
+    /// instead of flowtrack's own (a cgroup's sockets in that namespace).
+    #[must_use]
+    pub fn in_netns(mut self, netns: impl Into<PathBuf>) -> Self {
+        self.netns = Some(netns.into());
+        self
+    }
+
+    /// The nflog group to bind (default: the first free one from a
+    /// per-process starting point).
+    #[must_use]
+    pub fn log_group(mut self, group: u16) -> Self {
+        self.log_group = Some(group);
+        self
+    }
+
+    /// The event socket's receive buffer in bytes, set with
+    /// `SO_RCVBUFFORCE` (default 4 MiB, about 20,000 events), from
+    /// [`MIN_RECEIVE_BUFFER`] to [`MAX_RECEIVE_BUFFER`]. After an overrun
+    /// it doubles, up to 64 MiB or this size, whichever is larger.
+    ///
+    /// # Errors
+    /// When `bytes` is out of that range.
+    pub fn receive_buffer(mut self, bytes: usize) -> Result<Self, ConfigError> {
+        self.receive_buffer = checked_buffer(bytes)?;
+        self.max_receive_buffer = self.max_receive_buffer.max(bytes);
+        Ok(self)
+    }
+
+    /// The most the buffer grows to after overruns (default 64 MiB).
+    ///
+    /// # Errors
+    /// When `bytes` is out of the range of [`NflogConfig::receive_buffer`].
+    pub fn max_receive_buffer(mut self, bytes: usize) -> Result<Self, ConfigError> {
+        self.max_receive_buffer = checked_buffer(bytes)?;
+        Ok(self)
+    }
+}
+
+/// `bytes`, if a netlink receive buffer can be that size.
+fn checked_buffer(bytes: usize) -> Result<usize, ConfigError> {
+    if (MIN_RECEIVE_BUFFER..=MAX_RECEIVE_BUFFER).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(ConfigError::new(
+            "netlink receive buffer",
+            format!(
+                "{bytes} bytes: give {MIN_RECEIVE_BUFFER} to {MAX_RECEIVE_BUFFER} (1 GiB; the kernel keeps twice the size in an int)"
+            ),
+        ))
     }
 }
 

@@ -395,7 +395,7 @@ impl Session {
         let Some(cgroup) = &self.cgroup else {
             return Ok(());
         };
-        let ended = flow_core::cgroup::is_populated(cgroup) != Some(true);
+        let ended = flow_cgroup::is_populated(cgroup) != Some(true);
         if ended && self.tracker.open_flows() > 0 {
             match self.dump() {
                 Ok(table) => {
@@ -486,7 +486,7 @@ pub(crate) fn enter_netns(path: &std::path::Path) -> Result<(), FlowError> {
 fn cgroup_scope(cgroup: &std::path::Path) -> Result<RuleScope, FlowError> {
     use std::os::unix::fs::MetadataExt;
     let context = || format!("cgroup {}", cgroup.display());
-    let mount = flow_core::cgroup::cgroup2_mount().map_err(|e| {
+    let mount = flow_cgroup::cgroup2_mount().map_err(|e| {
         FlowError::unavailable(BACKEND_NAME, format!("cgroup v2 is not mounted ({e})"))
     })?;
     let path = cgroup

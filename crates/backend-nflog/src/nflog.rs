@@ -218,6 +218,7 @@ pub(crate) fn encode_packet(seq: u32, prefix: &str, packet: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::test_corpus;
+    use flow_core::protocol;
     use proptest::prelude::*;
 
     fn corpus() -> Vec<Vec<u8>> {
@@ -253,7 +254,7 @@ mod tests {
         assert!(
             denied
                 .iter()
-                .all(|p| p.key.unwrap().dst_port == 9 && p.key.unwrap().protocol == 17)
+                .all(|p| p.key.unwrap().dst_port == 9 && p.key.unwrap().protocol == protocol::UDP)
         );
         let protocols: std::collections::BTreeSet<u8> =
             packets.iter().map(|p| p.key.unwrap().protocol).collect();
@@ -263,7 +264,7 @@ mod tests {
         );
         let echo = packets
             .iter()
-            .find(|p| p.key.unwrap().protocol == 1)
+            .find(|p| p.key.unwrap().protocol == protocol::ICMP)
             .unwrap()
             .key
             .unwrap();

@@ -122,62 +122,157 @@ fn batch(
     (bytes, last)
 }
 
+/// Netlink attribute numbers of the nf_tables messages and expressions
+/// flowtrack builds (`include/uapi/linux/netfilter/nf_tables.h`), one
+/// module per attribute enum.
+mod attr {
+    /// `NFTA_LIST_*`.
+    pub(super) mod list {
+        pub(in super::super) const ELEM: u16 = 1;
+    }
+    /// `NFTA_EXPR_*`.
+    pub(super) mod expr {
+        pub(in super::super) const NAME: u16 = 1;
+        pub(in super::super) const DATA: u16 = 2;
+    }
+    /// `NFTA_DATA_*`.
+    pub(super) mod data {
+        pub(in super::super) const VALUE: u16 = 1;
+    }
+    /// `NFTA_TABLE_*`.
+    pub(super) mod table {
+        pub(in super::super) const NAME: u16 = 1;
+        pub(in super::super) const FLAGS: u16 = 2;
+    }
+    /// `NFTA_CHAIN_*`.
+    pub(super) mod chain {
+        pub(in super::super) const TABLE: u16 = 1;
+        pub(in super::super) const NAME: u16 = 3;
+        pub(in super::super) const HOOK: u16 = 4;
+        pub(in super::super) const TYPE: u16 = 7;
+    }
+    /// `NFTA_HOOK_*`.
+    pub(super) mod hook {
+        pub(in super::super) const HOOKNUM: u16 = 1;
+        pub(in super::super) const PRIORITY: u16 = 2;
+    }
+    /// `NFTA_RULE_*`.
+    pub(super) mod rule {
+        pub(in super::super) const TABLE: u16 = 1;
+        pub(in super::super) const CHAIN: u16 = 2;
+        pub(in super::super) const EXPRESSIONS: u16 = 4;
+    }
+    /// `NFTA_CT_*`.
+    pub(super) mod ct {
+        pub(in super::super) const DREG: u16 = 1;
+        pub(in super::super) const KEY: u16 = 2;
+        pub(in super::super) const SREG: u16 = 4;
+    }
+    /// `NFTA_IMMEDIATE_*`.
+    pub(super) mod immediate {
+        pub(in super::super) const DREG: u16 = 1;
+        pub(in super::super) const DATA: u16 = 2;
+    }
+    /// `NFTA_CMP_*`.
+    pub(super) mod cmp {
+        pub(in super::super) const SREG: u16 = 1;
+        pub(in super::super) const OP: u16 = 2;
+        pub(in super::super) const DATA: u16 = 3;
+    }
+    /// `NFTA_BITWISE_*`.
+    pub(super) mod bitwise {
+        pub(in super::super) const SREG: u16 = 1;
+        pub(in super::super) const DREG: u16 = 2;
+        pub(in super::super) const LEN: u16 = 3;
+        pub(in super::super) const MASK: u16 = 4;
+        pub(in super::super) const XOR: u16 = 5;
+    }
+    /// `NFTA_SOCKET_*`.
+    pub(super) mod socket {
+        pub(in super::super) const KEY: u16 = 1;
+        pub(in super::super) const DREG: u16 = 2;
+        pub(in super::super) const LEVEL: u16 = 3;
+    }
+    /// `NFTA_LOG_*`.
+    pub(super) mod log {
+        pub(in super::super) const GROUP: u16 = 1;
+        pub(in super::super) const PREFIX: u16 = 2;
+    }
+}
+
+/// `NFT_CMP_EQ`, `NFT_CMP_NEQ`.
+const CMP_EQ: u32 = 0;
+const CMP_NEQ: u32 = 1;
+
 fn expression(name: &str, data: &[Nlattr<u16, Buffer>]) -> Nlattr<u16, Buffer> {
-    /// `NFTA_LIST_ELEM`, `NFTA_EXPR_NAME`, `NFTA_EXPR_DATA`.
-    const LIST_ELEM: u16 = 1;
-    const NAME: u16 = 1;
-    const DATA: u16 = 2;
-    nested(LIST_ELEM, &[attr_str(NAME, name), nested(DATA, data)])
+    nested(
+        attr::list::ELEM,
+        &[
+            attr_str(attr::expr::NAME, name),
+            nested(attr::expr::DATA, data),
+        ],
+    )
 }
 
 fn data_value(kind: u16, bytes: &[u8]) -> Nlattr<u16, Buffer> {
-    /// `NFTA_DATA_VALUE`.
-    const VALUE: u16 = 1;
-    nested(kind, &[attr(VALUE, bytes)])
+    nested(kind, &[attr(attr::data::VALUE, bytes)])
 }
 
 /// `ct <key>` into register 1.
 fn ct_load(key: u32) -> Nlattr<u16, Buffer> {
-    // NFTA_CT_DREG = 1, NFTA_CT_KEY = 2.
-    expression("ct", &[attr_be32(1, REG_1), attr_be32(2, key)])
+    expression(
+        "ct",
+        &[
+            attr_be32(attr::ct::DREG, REG_1),
+            attr_be32(attr::ct::KEY, key),
+        ],
+    )
 }
 
 /// `ct <key> set` from register 1.
 fn ct_store(key: u32) -> Nlattr<u16, Buffer> {
-    // NFTA_CT_KEY = 2, NFTA_CT_SREG = 4.
-    expression("ct", &[attr_be32(2, key), attr_be32(4, REG_1)])
+    expression(
+        "ct",
+        &[
+            attr_be32(attr::ct::KEY, key),
+            attr_be32(attr::ct::SREG, REG_1),
+        ],
+    )
 }
 
 /// Register 1 = `bytes`.
 fn immediate(bytes: &[u8]) -> Nlattr<u16, Buffer> {
-    // NFTA_IMMEDIATE_DREG = 1, NFTA_IMMEDIATE_DATA = 2.
-    expression("immediate", &[attr_be32(1, REG_1), data_value(2, bytes)])
+    expression(
+        "immediate",
+        &[
+            attr_be32(attr::immediate::DREG, REG_1),
+            data_value(attr::immediate::DATA, bytes),
+        ],
+    )
 }
 
 /// Register 1 compared with `bytes`: `equal` or not equal.
 fn compare(equal: bool, bytes: &[u8]) -> Nlattr<u16, Buffer> {
-    // NFTA_CMP_SREG = 1, NFTA_CMP_OP = 2 (EQ 0, NEQ 1), NFTA_CMP_DATA = 3.
     expression(
         "cmp",
         &[
-            attr_be32(1, REG_1),
-            attr_be32(2, u32::from(!equal)),
-            data_value(3, bytes),
+            attr_be32(attr::cmp::SREG, REG_1),
+            attr_be32(attr::cmp::OP, if equal { CMP_EQ } else { CMP_NEQ }),
+            data_value(attr::cmp::DATA, bytes),
         ],
     )
 }
 
 /// Register 1 &= `mask` (32 bits).
 fn mask(mask: u32) -> Nlattr<u16, Buffer> {
-    // NFTA_BITWISE_SREG 1, DREG 2, LEN 3, MASK 4, XOR 5.
     expression(
         "bitwise",
         &[
-            attr_be32(1, REG_1),
-            attr_be32(2, REG_1),
-            attr_be32(3, 4),
-            data_value(4, &mask.to_ne_bytes()),
-            data_value(5, &0u32.to_ne_bytes()),
+            attr_be32(attr::bitwise::SREG, REG_1),
+            attr_be32(attr::bitwise::DREG, REG_1),
+            attr_be32(attr::bitwise::LEN, 4),
+            data_value(attr::bitwise::MASK, &mask.to_ne_bytes()),
+            data_value(attr::bitwise::XOR, &0u32.to_ne_bytes()),
         ],
     )
 }
@@ -190,14 +285,14 @@ fn rule_expressions(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
         compare(false, &[0; 4]),
     ];
     if let RuleScope::Cgroup { id, level } = table.scope {
-        // NFTA_SOCKET_KEY 1, DREG 2, LEVEL 3: the socket's cgroup id at
-        // `level` (8 bytes, host order) into register 1.
+        // The socket's cgroup id at `level` (8 bytes, host order) into
+        // register 1.
         expressions.push(expression(
             "socket",
             &[
-                attr_be32(1, SOCKET_CGROUPV2),
-                attr_be32(2, REG_1),
-                attr_be32(3, level),
+                attr_be32(attr::socket::KEY, SOCKET_CGROUPV2),
+                attr_be32(attr::socket::DREG, REG_1),
+                attr_be32(attr::socket::LEVEL, level),
             ],
         ));
         expressions.push(compare(true, &id.to_ne_bytes()));
@@ -207,12 +302,12 @@ fn rule_expressions(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
         ct_store(CT_MARK),
         immediate(&EVENTS.to_ne_bytes()),
         ct_store(CT_EVENTMASK),
-        // NFTA_LOG_GROUP 1 (be16), NFTA_LOG_PREFIX 2.
         expression(
             "log",
             &[
-                attr(1, table.log_group.to_be_bytes()),
-                attr_str(2, crate::nflog::NEW_FLOW_PREFIX),
+                // The group is big-endian on the wire.
+                attr(attr::log::GROUP, table.log_group.to_be_bytes()),
+                attr_str(attr::log::PREFIX, crate::nflog::NEW_FLOW_PREFIX),
             ],
         ),
     ]);
@@ -232,33 +327,39 @@ pub(crate) fn create_batch(table: &Table, first_seq: u32) -> (Vec<u8>, u32) {
             NEWTABLE,
             create | NlmF::EXCL,
             next(),
-            // NFTA_TABLE_NAME 1, NFTA_TABLE_FLAGS 2.
-            vec![attr_str(1, &table.name), attr_be32(2, TABLE_OWNER)],
+            vec![
+                attr_str(attr::table::NAME, &table.name),
+                attr_be32(attr::table::FLAGS, TABLE_OWNER),
+            ],
         )];
         for (chain, hook) in hooks {
-            // NFTA_CHAIN_TABLE 1, NAME 3, HOOK 4 {HOOKNUM 1, PRIORITY 2},
-            // TYPE 7. Priority 0: after conntrack (-200) made the entry,
-            // before it is confirmed (so the event mask still applies).
+            // Priority 0: after conntrack (-200) made the entry, before it
+            // is confirmed (so the event mask still applies).
             messages.push(message(
                 NEWCHAIN,
                 create,
                 next(),
                 vec![
-                    attr_str(1, &table.name),
-                    attr_str(3, chain),
-                    nested(4, &[attr_be32(1, hook), attr_be32(2, 0)]),
-                    attr_str(7, "filter"),
+                    attr_str(attr::chain::TABLE, &table.name),
+                    attr_str(attr::chain::NAME, chain),
+                    nested(
+                        attr::chain::HOOK,
+                        &[
+                            attr_be32(attr::hook::HOOKNUM, hook),
+                            attr_be32(attr::hook::PRIORITY, 0),
+                        ],
+                    ),
+                    attr_str(attr::chain::TYPE, "filter"),
                 ],
             ));
-            // NFTA_RULE_TABLE 1, CHAIN 2, EXPRESSIONS 4.
             messages.push(message(
                 NEWRULE,
                 create | NlmF::APPEND,
                 next(),
                 vec![
-                    attr_str(1, &table.name),
-                    attr_str(2, chain),
-                    nested(4, &rule_expressions(table)),
+                    attr_str(attr::rule::TABLE, &table.name),
+                    attr_str(attr::rule::CHAIN, chain),
+                    nested(attr::rule::EXPRESSIONS, &rule_expressions(table)),
                 ],
             ));
         }
@@ -274,14 +375,19 @@ pub(crate) fn delete_batch(name: &str, first_seq: u32) -> (Vec<u8>, u32) {
             DELTABLE,
             NlmF::ACK,
             next(),
-            vec![attr_str(1, name)],
+            vec![attr_str(attr::table::NAME, name)],
         )]
     })
 }
 
 /// A request for the table `name` (refused with ENOENT once it is gone).
 pub(crate) fn get_table_request(name: &str, seq: u32) -> Vec<u8> {
-    message(GETTABLE, NlmF::ACK, seq, vec![attr_str(1, name)])
+    message(
+        GETTABLE,
+        NlmF::ACK,
+        seq,
+        vec![attr_str(attr::table::NAME, name)],
+    )
 }
 
 /// A request listing the `inet` tables.
@@ -291,8 +397,10 @@ pub(crate) fn list_tables_request(seq: u32) -> Vec<u8> {
 
 /// The name of a table in a `GETTABLE` reply.
 pub(crate) fn table_name(payload: &[u8]) -> Option<String> {
-    // NFTA_TABLE_NAME = 1.
-    let bytes = netlink::payload_attrs(payload).ok()?.get(1u16).ok()??;
+    let bytes = netlink::payload_attrs(payload)
+        .ok()?
+        .get(attr::table::NAME)
+        .ok()??;
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8(bytes[..end].to_vec()).ok()
 }

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use flow_core::{CloseReason, FlowEvent, FlowKey};
+use flow_core::{CloseReason, FlowEvent, FlowKey, protocol};
 
 use crate::conntrack::{CtEntry, CtEventKind, TCP_STATE_CLOSE, TCP_STATE_TIME_WAIT};
 
@@ -111,8 +111,8 @@ fn tcp_over(entry: &CtEntry) -> Option<CloseReason> {
 /// timeout (a TCP entry whose state the event lacks: not known).
 fn destroyed_because(entry: &CtEntry) -> Option<CloseReason> {
     match (entry.key.protocol, entry.tcp_state) {
-        (6, None) => None,
-        (6, Some(_)) => Some(tcp_over(entry).unwrap_or(CloseReason::Idle)),
+        (protocol::TCP, None) => None,
+        (protocol::TCP, Some(_)) => Some(tcp_over(entry).unwrap_or(CloseReason::Idle)),
         _ => Some(CloseReason::Idle),
     }
 }

@@ -2,7 +2,7 @@ use std::fmt;
 use std::io;
 
 use crate::clock;
-use crate::event::Seconds;
+use crate::display::{LossCount, Seconds};
 
 /// Where along the way observations were dropped.
 ///
@@ -14,7 +14,6 @@ use crate::event::Seconds;
 /// assert_eq!(LossPoint::NetlinkOverrun.to_string(), "netlink receive queue overrun");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum LossPoint {
     /// The eBPF ring buffer was full when the kernel program reserved a
@@ -80,6 +79,9 @@ impl LossPoint {
     }
 }
 
+#[cfg(feature = "serde")]
+crate::by_name::serde_by_name!(LossPoint, "a loss point");
+
 impl fmt::Display for LossPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
@@ -91,20 +93,6 @@ impl fmt::Display for LossPoint {
             Self::Malformed => "undecodable kernel record",
             Self::Recorded => "recorded loss",
         })
-    }
-}
-
-/// Displays an optional loss count: `12 observations` or `an unknown number
-/// of observations`.
-struct LossCount(Option<u64>);
-
-impl fmt::Display for LossCount {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(1) => f.write_str("1 observation"),
-            Some(count) => write!(f, "{count} observations"),
-            None => f.write_str("an unknown number of observations"),
-        }
     }
 }
 
@@ -129,7 +117,7 @@ impl fmt::Display for LossCount {
 #[non_exhaustive]
 pub enum FlowError {
     /// Observations were dropped at `point`; the stream goes on.
-    #[error("{} lost ({point}) at {}", LossCount(*count), Seconds(*timestamp_ns))]
+    #[error("{} lost ({point}) at {}s", LossCount(*count), Seconds(*timestamp_ns))]
     Lost {
         /// Where they were dropped.
         point: LossPoint,
@@ -260,5 +248,62 @@ impl FlowError {
     #[must_use]
     pub fn is_recoverable(&self) -> bool {
         matches!(self, Self::Lost { .. })
+    }
+}
+
+/// A configuration setting given a value it cannot take: what a
+/// configuration builder of a backend or of the supervisor refuses, before
+/// anything starts.
+///
+/// ```
+/// use flow_core::ConfigError;
+/// let error = ConfigError::new("sweep interval", "must be longer than zero");
+/// assert_eq!(error.to_string(), "sweep interval: must be longer than zero");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    /// The setting, as its documentation names it.
+    pub setting: &'static str,
+    /// What is wrong with the value, and what would do.
+    pub problem: String,
+}
+
+impl ConfigError {
+    /// `setting` cannot take the value given, because of `problem`.
+    #[must_use]
+    pub fn new(setting: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            setting,
+            problem: problem.into(),
+        }
+    }
+
+    /// Refuses a zero `duration` for `setting` (a timer of zero would spin).
+    ///
+    /// # Errors
+    /// When `duration` is zero.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flow_core::ConfigError;
+    /// assert!(ConfigError::nonzero("window", Duration::ZERO).is_err());
+    /// assert_eq!(ConfigError::nonzero("window", Duration::from_millis(5)), Ok(Duration::from_millis(5)));
+    /// ```
+    pub fn nonzero(
+        setting: &'static str,
+        duration: std::time::Duration,
+    ) -> Result<std::time::Duration, Self> {
+        if duration.is_zero() {
+            Err(Self::new(setting, "must be longer than zero"))
+        } else {
+            Ok(duration)
+        }
+    }
+}
+
+impl From<ConfigError> for FlowError {
+    fn from(error: ConfigError) -> Self {
+        Self::invalid_input(error.setting, error.problem)
     }
 }

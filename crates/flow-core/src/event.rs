@@ -1,7 +1,7 @@
 use std::fmt;
 
 use crate::FlowKey;
-use crate::clock::NANOS_PER_SEC;
+use crate::display::Seconds;
 
 /// What happened to a flow.
 ///
@@ -18,7 +18,6 @@ use crate::clock::NANOS_PER_SEC;
 /// assert_eq!(bytes, 240);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum FlowEventKind {
     /// The flow's first packet was seen.
@@ -64,7 +63,6 @@ impl FlowEventKind {
 /// assert_eq!(CloseReason::from_name("fin"), Some(CloseReason::Fin));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum CloseReason {
     /// TCP: both ends sent a FIN, and the last one was acknowledged.
@@ -112,6 +110,9 @@ impl CloseReason {
     }
 }
 
+#[cfg(feature = "serde")]
+crate::by_name::serde_by_name!(CloseReason, "a close reason");
+
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.name())
@@ -131,7 +132,6 @@ impl fmt::Display for CloseReason {
 /// # Ok::<(), std::net::AddrParseError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct FlowEvent {
     /// The flow, oriented initiator → responder.
@@ -142,10 +142,6 @@ pub struct FlowEvent {
     pub timestamp_ns: u64,
     /// Why a `Closed` flow closed, when the backend knows
     /// ([`FlowEvent::because`]); `None` for other kinds.
-    #[cfg_attr(
-        feature = "serde",
-        serde(default, skip_serializing_if = "Option::is_none")
-    )]
     pub close_reason: Option<CloseReason>,
 }
 
@@ -222,26 +218,12 @@ impl FlowEvent {
     }
 }
 
-/// Formats nanoseconds as seconds with nine decimals: `12.000000345s`.
-pub(crate) struct Seconds(pub(crate) u64);
-
-impl fmt::Display for Seconds {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}.{:09}s",
-            self.0 / NANOS_PER_SEC,
-            self.0 % NANOS_PER_SEC
-        )
-    }
-}
-
 impl fmt::Display for FlowEvent {
     /// `closed tcp 10.0.0.1:40000 -> 10.0.0.2:80 at 1.5s (10 packets, 1200 bytes, fin)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} {} at {}",
+            "{} {} at {}s",
             self.kind.name(),
             self.key,
             Seconds(self.timestamp_ns)

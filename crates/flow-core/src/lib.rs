@@ -25,8 +25,10 @@
 //! # Ok::<(), std::net::AddrParseError>(())
 //! ```
 
-pub mod cgroup;
+#[cfg(feature = "serde")]
+mod by_name;
 pub mod clock;
+pub mod display;
 mod error;
 mod event;
 mod key;
@@ -35,7 +37,7 @@ pub mod protocol;
 pub mod record;
 mod source;
 
-pub use error::{FlowError, LossPoint};
+pub use error::{ConfigError, FlowError, LossPoint};
 pub use event::{CloseReason, FlowEvent, FlowEventKind};
 pub use key::FlowKey;
 pub use source::{FlowSource, FlowStream};

@@ -22,7 +22,8 @@ pub type FlowStream = Pin<Box<dyn Stream<Item = Result<FlowEvent, FlowError>> + 
 
 /// A backend that observes flows: the one trait every backend implements.
 ///
-/// Object-safe, so a supervisor can hold `Box<dyn FlowSource>` of any kind.
+/// Object-safe, so a supervisor can hold `Box<dyn FlowSource>` of any kind;
+/// `Debug`, so that a holder of one can be printed.
 /// [`FlowSource::start`] does whatever must happen before the workload runs
 /// (attach a program, subscribe to events) and returns once nothing will be
 /// missed from then on.
@@ -33,6 +34,7 @@ pub type FlowStream = Pin<Box<dyn Stream<Item = Result<FlowEvent, FlowError>> + 
 /// use futures::{StreamExt, stream};
 ///
 /// /// A source that reports one fixed flow.
+/// #[derive(Debug)]
 /// struct OneFlow;
 ///
 /// #[async_trait]
@@ -55,7 +57,7 @@ pub type FlowStream = Pin<Box<dyn Stream<Item = Result<FlowEvent, FlowError>> + 
 /// # }).unwrap();
 /// ```
 #[async_trait::async_trait]
-pub trait FlowSource: Send {
+pub trait FlowSource: std::fmt::Debug + Send {
     /// The backend's name, as the output's `backend` field shows it.
     fn name(&self) -> &str;
 

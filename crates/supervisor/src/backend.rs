@@ -19,7 +19,6 @@ pub enum Scope {
 
 /// Which backend(s) observe the flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum BackendChoice {
     /// eBPF when it can load and attach, else nflog.
     #[default]
@@ -32,20 +31,89 @@ pub enum BackendChoice {
     Both,
 }
 
+impl BackendChoice {
+    /// Every choice, in declaration order.
+    pub const ALL: [Self; 4] = [Self::Auto, Self::Ebpf, Self::Nflog, Self::Both];
+
+    /// Its name on the command line: `auto`, `ebpf`, `nflog`, `both`.
+    ///
+    /// ```
+    /// use flow_supervisor::backend::BackendChoice;
+    /// assert_eq!(BackendChoice::Both.name(), "both");
+    /// assert_eq!("nflog".parse(), Ok(BackendChoice::Nflog));
+    /// assert!("ebfp".parse::<BackendChoice>().is_err());
+    /// ```
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Ebpf => "ebpf",
+            Self::Nflog => "nflog",
+            Self::Both => "both",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = crate::UnknownName;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        crate::UnknownName::find(name, &Self::ALL, |choice| choice.name())
+    }
+}
+
 /// Backend settings beyond the scope. The default is what flowtrack uses
-/// when no flag says otherwise.
+/// when no flag says otherwise; each setter overrides one backend's
+/// default, and the backend checks the value when it is opened ([`open`]).
+///
+/// ```
+/// use flow_supervisor::backend::Options;
+/// let options = Options::default().ring_bytes(1 << 20).nflog_group(7);
+/// # drop(options);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Options {
-    /// The nflog backend's nfnetlink_log group; `None`: the first free one.
-    pub nflog_group: Option<u16>,
-    /// The nflog backend's conntrack event buffer in bytes; `None`: its
-    /// default (4 MiB).
-    pub netlink_buffer: Option<usize>,
-    /// The eBPF backend's flow table size; `None`: its default (65,536).
-    pub flow_table_entries: Option<u32>,
-    /// The eBPF backend's ring buffer size in bytes; `None`: its default
-    /// (4 MiB).
-    pub ring_bytes: Option<u32>,
+    nflog_group: Option<u16>,
+    netlink_buffer: Option<usize>,
+    flow_table_entries: Option<u32>,
+    ring_bytes: Option<u32>,
+}
+
+impl Options {
+    /// The nflog backend's nfnetlink_log group (default: the first free one).
+    #[must_use]
+    pub fn nflog_group(mut self, group: u16) -> Self {
+        self.nflog_group = Some(group);
+        self
+    }
+
+    /// The nflog backend's conntrack event buffer in bytes (default 4 MiB).
+    #[must_use]
+    pub fn netlink_buffer(mut self, bytes: usize) -> Self {
+        self.netlink_buffer = Some(bytes);
+        self
+    }
+
+    /// The eBPF backend's flow table size (default 65,536).
+    #[must_use]
+    pub fn flow_table_entries(mut self, flows: u32) -> Self {
+        self.flow_table_entries = Some(flows);
+        self
+    }
+
+    /// The eBPF backend's ring buffer size in bytes (default 4 MiB).
+    #[must_use]
+    pub fn ring_bytes(mut self, bytes: u32) -> Self {
+        self.ring_bytes = Some(bytes);
+        self
+    }
 }
 
 /// Opens the sources `choice` names for `scope`, ready for
@@ -53,7 +121,8 @@ pub struct Options {
 ///
 /// # Errors
 /// [`FlowError::Unavailable`] naming each backend that cannot run and why:
-/// not compiled into this build, not built yet, or not supported here.
+/// not compiled into this build, not built yet, or not supported here;
+/// [`FlowError::InvalidInput`] for an option the backend cannot take.
 ///
 /// ```
 /// use flow_supervisor::backend::{BackendChoice, Options, Scope, open};
@@ -73,15 +142,18 @@ pub fn open(
             open_ebpf(scope, options)?,
             open_nflog(scope, options)?,
         ]),
-        BackendChoice::Auto => Ok(vec![Box::new(preferred(scope, options))]),
+        BackendChoice::Auto => Ok(vec![Box::new(preferred(scope, options)?)]),
     }
 }
 
 /// `--backend auto` for `scope`: eBPF when it can load and attach, else
 /// nflog. [`Preferred::decision`] tells, once started, which one runs and
 /// why the other does not.
-#[must_use]
-pub fn preferred(scope: &Scope, options: &Options) -> Preferred {
+///
+/// # Errors
+/// [`FlowError::InvalidInput`] for an option a backend cannot take: a bad
+/// value is the caller's to fix, never a reason to fall back.
+pub fn preferred(scope: &Scope, options: &Options) -> Result<Preferred, FlowError> {
     let mut candidates = Vec::new();
     let mut refused = Vec::new();
     for (name, opened) in [
@@ -90,10 +162,11 @@ pub fn preferred(scope: &Scope, options: &Options) -> Preferred {
     ] {
         match opened {
             Ok(source) => candidates.push(source),
+            Err(error @ FlowError::InvalidInput { .. }) => return Err(error),
             Err(error) => refused.push((name.to_owned(), preferred::reason(&error))),
         }
     }
-    Preferred::new(candidates, refused)
+    Ok(Preferred::new(candidates, refused))
 }
 
 #[cfg(feature = "ebpf")]
@@ -103,10 +176,10 @@ fn open_ebpf(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, Fl
         Scope::Cgroup(path) => {
             let mut config = EbpfConfig::new(path.clone());
             if let Some(entries) = options.flow_table_entries {
-                config.flow_table_entries = entries;
+                config = config.flow_table_entries(entries)?;
             }
             if let Some(bytes) = options.ring_bytes {
-                config.ring_bytes = bytes;
+                config = config.ring_bytes(bytes)?;
             }
             Ok(Box::new(EbpfSource::new(config)))
         }
@@ -129,10 +202,11 @@ fn open_nflog(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, F
         Scope::Cgroup(path) => NflogConfig::cgroup(path.clone()),
         Scope::Netns(path) => NflogConfig::netns(path.clone()),
     };
-    config.log_group = options.nflog_group;
+    if let Some(group) = options.nflog_group {
+        config = config.log_group(group);
+    }
     if let Some(bytes) = options.netlink_buffer {
-        config.receive_buffer = bytes;
-        config.max_receive_buffer = config.max_receive_buffer.max(bytes);
+        config = config.receive_buffer(bytes)?;
     }
     Ok(Box::new(NflogSource::new(config)))
 }

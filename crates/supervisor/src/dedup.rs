@@ -55,33 +55,42 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use flow_core::{FlowEvent, FlowEventKind, FlowKey};
+use flow_core::{ConfigError, FlowEvent, FlowEventKind, FlowKey};
 use futures::Stream;
 use tokio::time::{Instant, Interval};
 
 use crate::merge::MergedItem;
 
-/// How events are correlated.
+/// How events are correlated: built with [`DedupConfig::for_backends`],
+/// then adjusted; a value a setting cannot take is refused there, with a
+/// [`ConfigError`].
+///
+/// ```
+/// use std::time::Duration;
+/// use flow_supervisor::dedup::DedupConfig;
+/// let config = DedupConfig::for_backends(["ebpf", "nflog"])
+///     .window(Duration::from_millis(200))?
+///     .capacity(1_000)?;
+/// assert!(DedupConfig::for_backends(["ebpf"]).window(Duration::ZERO).is_err());
+/// # drop(config);
+/// # Ok::<(), flow_core::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DedupConfig {
     /// The backends that run together: a flow all of them opened (or
     /// closed) is sent without waiting for the window.
-    pub backends: Vec<Arc<str>>,
+    pub(crate) backends: Vec<Arc<str>>,
     /// Whose counters and time a `closed` carries when it reported one.
-    pub preferred: Arc<str>,
-    /// How long the first backend's event waits for the others'. Default
-    /// 500 ms.
-    pub window: Duration,
-    /// How long a closed flow is remembered to absorb late duplicates.
-    /// Default 120 s (conntrack keeps a closed TCP entry that long).
-    pub linger: Duration,
-    /// Flows remembered at most. Default 65,536 (under 500 bytes of RSS each,
-    /// measured with 100,000 lingering flows: about 30 MiB at the default).
-    pub capacity: usize,
+    pub(crate) preferred: Arc<str>,
+    pub(crate) window: Duration,
+    pub(crate) linger: Duration,
+    pub(crate) capacity: usize,
 }
 
 impl DedupConfig {
-    /// Defaults for `backends`, the first one preferred for counters.
+    /// Defaults for `backends`, the first one preferred for counters: a
+    /// window of 500 ms, a linger of 120 s, 65,536 flows.
     ///
     /// # Panics
     /// When `backends` is empty.
@@ -95,6 +104,46 @@ impl DedupConfig {
             linger: Duration::from_secs(120),
             capacity: 65_536,
         }
+    }
+
+    /// Whose counters and time a `closed` carries when it reported one.
+    #[must_use]
+    pub fn preferred(mut self, backend: &str) -> Self {
+        self.preferred = Arc::from(backend);
+        self
+    }
+
+    /// How long the first backend's event waits for the others'.
+    ///
+    /// # Errors
+    /// When `window` is zero.
+    pub fn window(mut self, window: Duration) -> Result<Self, ConfigError> {
+        self.window = ConfigError::nonzero("correlation window", window)?;
+        Ok(self)
+    }
+
+    /// How long a closed flow is remembered to absorb late duplicates
+    /// (conntrack keeps a closed TCP entry 120 s).
+    #[must_use]
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Flows remembered at most (under 500 bytes of RSS each, measured with
+    /// 100,000 lingering flows: about 30 MiB at the default).
+    ///
+    /// # Errors
+    /// When `flows` is zero.
+    pub fn capacity(mut self, flows: usize) -> Result<Self, ConfigError> {
+        if flows == 0 {
+            return Err(ConfigError::new(
+                "correlation capacity",
+                "must hold at least one flow",
+            ));
+        }
+        self.capacity = flows;
+        Ok(self)
     }
 }
 
@@ -458,7 +507,7 @@ impl Correlator {
 
     /// Evicts the oldest flow when the table is full.
     fn make_room(&mut self, out: &mut VecDeque<MergedItem>) {
-        if self.flows.len() < self.config.capacity.max(1) {
+        if self.flows.len() < self.config.capacity {
             return;
         }
         if let Some(oldest) = self
@@ -537,7 +586,9 @@ impl<S> Correlated<S> {
     /// Correlates `inner` (a tokio runtime must be running: the window is
     /// timed with tokio's clock).
     pub fn new(inner: S, config: DedupConfig) -> Self {
-        let mut ticks = tokio::time::interval(config.window / 2);
+        // At least a millisecond: the window is never zero (see
+        // `DedupConfig::window`), but half of a nanosecond is.
+        let mut ticks = tokio::time::interval((config.window / 2).max(Duration::from_millis(1)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
             inner,

@@ -8,8 +8,9 @@
 //! ```
 //!
 //! Features: `ebpf` and `nflog` compile in the kernel backends (both on by
-//! default), `mock` the scripted and mockall sources for tests, `cli` the
-//! `flowtrack` binary.
+//! default), `mock` the scripted and mockall sources for tests. The
+//! `flowtrack` command is a crate of its own (package `flowtrack`), so this
+//! library brings no command-line, HTTP or metrics crates.
 //!
 //! - [`merge`]: the merge engine — any number of [`FlowSource`]s, one
 //!   stream of [`merge::MergedItem`]s tagged with their backend.
@@ -28,7 +29,7 @@ pub mod summary;
 
 pub use flow_core;
 pub use flow_core::{
-    FlowError, FlowEvent, FlowEventKind, FlowKey, FlowSource, FlowStream, LossPoint,
+    CloseReason, FlowError, FlowEvent, FlowEventKind, FlowKey, FlowSource, FlowStream, LossPoint,
 };
 
 /// The eBPF backend crate.
@@ -40,6 +41,35 @@ pub use flow_backend_mock as mock;
 /// The conntrack + nfnetlink_log backend crate.
 #[cfg(feature = "nflog")]
 pub use flow_backend_nflog as nflog;
+
+/// A name that is none of a choice's names (an output format, a backend).
+///
+/// ```
+/// use flow_supervisor::output::OutputFormat;
+/// let error = "xml".parse::<OutputFormat>().unwrap_err();
+/// assert_eq!(error.to_string(), "unknown name \"xml\": expected one of text, json");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown name {given:?}: expected one of {}", expected.join(", "))]
+pub struct UnknownName {
+    /// The name given.
+    pub given: String,
+    /// The names that exist.
+    pub expected: Vec<&'static str>,
+}
+
+impl UnknownName {
+    /// The value of `all` whose `name` is `given`.
+    fn find<T: Copy>(given: &str, all: &[T], name: fn(&T) -> &'static str) -> Result<T, Self> {
+        all.iter()
+            .find(|value| name(value) == given)
+            .copied()
+            .ok_or_else(|| Self {
+                given: given.to_owned(),
+                expected: all.iter().map(name).collect(),
+            })
+    }
+}
 
 /// The README's Rust examples, compiled as doc tests so they stay true.
 #[cfg(all(doctest, feature = "mock"))]

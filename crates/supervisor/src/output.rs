@@ -2,19 +2,52 @@
 
 use std::io::{self, Write};
 
-use flow_core::clock::NANOS_PER_SEC;
+use flow_core::display::{LossCount, Seconds};
 use flow_core::record::{FlowRecord, RecordItem};
 use flow_core::{FlowEventKind, protocol};
 
 /// How records are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum OutputFormat {
     /// One aligned, readable line per record.
     #[default]
     Text,
     /// JSON lines, one object per record (schema: `flow_core::record`, and the README).
     Json,
+}
+
+impl OutputFormat {
+    /// Every format, in declaration order.
+    pub const ALL: [Self; 2] = [Self::Text, Self::Json];
+
+    /// Its name on the command line: `text` or `json`.
+    ///
+    /// ```
+    /// use flow_supervisor::output::OutputFormat;
+    /// assert_eq!(OutputFormat::Json.name(), "json");
+    /// assert_eq!("text".parse(), Ok(OutputFormat::Text));
+    /// ```
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+impl std::fmt::Display for OutputFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = crate::UnknownName;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        crate::UnknownName::find(name, &Self::ALL, |format| format.name())
+    }
 }
 
 /// Writes records in one format to a buffered writer.
@@ -82,20 +115,9 @@ impl<W: Write> RecordWriter<W> {
     }
 }
 
-/// Formats nanoseconds as seconds with nine decimals, right-aligned in 19
-/// columns (without an intermediate string: this is per event).
-fn write_seconds(out: &mut impl Write, timestamp_ns: u64) -> io::Result<()> {
-    write!(
-        out,
-        "{:>9}.{:09}",
-        timestamp_ns / NANOS_PER_SEC,
-        timestamp_ns % NANOS_PER_SEC
-    )
-}
-
 /// `   1.500000000  closed  ebpf    tcp   10.0.0.1:40000 -> 10.0.0.2:80   6 pkts  400 B  fin`
 fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<()> {
-    write_seconds(out, record.timestamp_ns())?;
+    write!(out, "{:>19}", Seconds(record.timestamp_ns()))?;
     write!(out, "  {:<6}  {:<6}  ", record.kind_name(), record.backend)?;
     match &record.item {
         RecordItem::Event(event) => {
@@ -123,10 +145,9 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<
                 _ => write!(out, "{}", key.dst())?,
             }
         }
-        RecordItem::Lost { point, count, .. } => match count {
-            Some(count) => write!(out, "{count} observations lost ({point})")?,
-            None => write!(out, "an unknown number of observations lost ({point})")?,
-        },
+        RecordItem::Lost { point, count, .. } => {
+            write!(out, "{} lost ({point})", LossCount(*count))?;
+        }
         // RecordItem is non-exhaustive; show what a newer kind holds rather
         // than dropping it.
         other => write!(out, "{other:?}")?,

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use flow_core::display::Seconds;
 use flow_core::protocol;
 use flow_core::{FlowEvent, FlowEventKind};
 use serde::Serialize;
@@ -191,5 +192,5 @@ impl Destinations {
 
 /// Nanoseconds as seconds with six decimals.
 fn seconds(ns: u64) -> String {
-    format!("{}.{:06}s", ns / 1_000_000_000, ns % 1_000_000_000 / 1_000)
+    format!("{:.6}s", Seconds(ns))
 }

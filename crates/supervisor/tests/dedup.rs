@@ -55,8 +55,9 @@ struct Harness {
 impl Harness {
     fn new(capacity: usize) -> Self {
         let (input, receiver) = mpsc::unbounded();
-        let mut config = DedupConfig::for_backends(["ebpf", "nflog"]);
-        config.capacity = capacity;
+        let config = DedupConfig::for_backends(["ebpf", "nflog"])
+            .capacity(capacity)
+            .unwrap();
         Self {
             input,
             output: Correlated::new(receiver, config),

@@ -1,6 +1,7 @@
 //! A downstream crate as a flowtrack user writes one: a sandbox's egress
 //! audit built on `flow-supervisor` with `default-features = false,
-//! features = ["mock"]`, unit-tested against the mock sources.
+//! features = ["ebpf"]`, unit-tested against the mock sources (the `mock`
+//! feature, in its dev-dependencies only).
 //!
 //! [`audit`] answers "what did this workload talk to?": each destination
 //! with its connections and bytes, and whether the answer is complete (no

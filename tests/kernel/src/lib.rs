@@ -425,7 +425,7 @@ impl TestCgroup {
     /// When cgroup v2 is not mounted or the directory cannot be made.
     #[must_use]
     pub fn new() -> Self {
-        let mount = flow_core::cgroup::cgroup2_mount().expect("cgroup v2 is mounted");
+        let mount = flow_cgroup::cgroup2_mount().expect("cgroup v2 is mounted");
         let path = mount.join(unique("cg"));
         std::fs::create_dir(&path).expect("the test cgroup can be made");
         Self { path }
@@ -454,7 +454,7 @@ impl Default for TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        let _ = flow_core::cgroup::kill_and_remove(&self.path);
+        let _ = flow_cgroup::kill_and_remove(&self.path);
     }
 }
 

@@ -22,10 +22,10 @@ fn env(test: &str) -> Option<TestEnv> {
 
 /// Test defaults: sweeps and FIN linger short, so closes come quickly.
 fn config(env: &TestEnv) -> EbpfConfig {
-    let mut config = EbpfConfig::new(&env.cgroup.path);
-    config.sweep_interval = Duration::from_millis(100);
-    config.fin_linger = Duration::from_millis(300);
-    config
+    EbpfConfig::new(&env.cgroup.path)
+        .sweep_interval(Duration::from_millis(100))
+        .and_then(|config| config.fin_linger(Duration::from_millis(300)))
+        .unwrap()
 }
 
 async fn start(config: EbpfConfig) -> FlowStream {
@@ -146,8 +146,7 @@ async fn an_idle_established_connection_stays_open_until_it_closes() {
     let Some(env) = env("an_idle_established_connection_stays_open_until_it_closes") else {
         return;
     };
-    let mut config = config(&env);
-    config.tcp_idle = Duration::from_millis(300);
+    let config = config(&env).tcp_idle(Duration::from_millis(300)).unwrap();
     let mut stream = start(config).await;
     let server = env.server_inside(&["serve-tcp", "127.0.0.1:0"]);
     env.netns.count_tcp_port(server.port);
@@ -179,8 +178,7 @@ async fn cpus_sharing_a_counter_slot_count_every_byte_once() {
     };
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     assert!(cpus >= 2, "needs two CPUs, has {cpus}");
-    let mut config = config(&env);
-    config.own_slot_cpus = 1;
+    let config = config(&env).own_slot_cpus(1);
     let mut stream = start(config).await;
     let server = Server::start(on_cpu(
         1,
@@ -271,8 +269,9 @@ async fn simultaneous_closes_close_on_their_fin_exchange() {
         1,
         &env.traffic(&["serve-tcp", "127.0.0.1:0", "--close-after", "1"]),
     ));
-    let mut config = EbpfConfig::new(&env.cgroup.path);
-    config.fin_linger = Duration::from_secs(3600);
+    let config = EbpfConfig::new(&env.cgroup.path)
+        .fin_linger(Duration::from_secs(3600))
+        .unwrap();
     let mut stream = start(config).await;
     let dst = format!("127.0.0.1:{}", server.port);
     let command = on_cpu(
@@ -305,8 +304,8 @@ async fn a_tiny_ring_buffer_reports_every_lost_record() {
         return;
     };
     let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
-    let mut config = config(&env);
-    config.ring_bytes = 4096; // one page: room for about 46 records
+    // One page: room for about 46 records.
+    let config = config(&env).ring_bytes(4096).unwrap();
     let mut stream = start(config).await;
     // Nobody reads while 500 connections open and close: the ring overflows.
     let flows = env.inside(&[
@@ -381,8 +380,7 @@ async fn a_full_flow_table_reports_every_evicted_flow() {
     let Some(env) = env("a_full_flow_table_reports_every_evicted_flow") else {
         return;
     };
-    let mut config = config(&env);
-    config.flow_table_entries = 256;
+    let config = config(&env).flow_table_entries(256).unwrap();
     let mut stream = start(config).await;
     let made = 2_000_u64;
     let _ = env.python_inside(UDP_FAN_OUT, &[&made.to_string()]);
@@ -433,8 +431,7 @@ async fn a_busy_connection_counted_by_its_socket_outlives_evictions() {
     let Some(env) = env("a_busy_connection_counted_by_its_socket_outlives_evictions") else {
         return;
     };
-    let mut config = config(&env);
-    config.flow_table_entries = 256;
+    let config = config(&env).flow_table_entries(256).unwrap();
     let mut stream = start(config).await;
     let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
     env.netns.count_tcp_port(server.port);

@@ -22,10 +22,7 @@ fn env(test: &str) -> Option<TestEnv> {
 
 /// The test's namespace, only the cgroup's connections.
 fn cgroup_config(env: &TestEnv) -> NflogConfig {
-    NflogConfig {
-        netns: Some(env.netns.path()),
-        ..NflogConfig::cgroup(&env.cgroup.path)
-    }
+    NflogConfig::cgroup(&env.cgroup.path).in_netns(env.netns.path())
 }
 
 async fn start(config: NflogConfig) -> FlowStream {
@@ -207,9 +204,10 @@ async fn a_tiny_receive_buffer_overruns_and_resyncs() {
         return;
     };
     let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
-    let mut config = cgroup_config(&env);
-    config.receive_buffer = 4096;
-    config.max_receive_buffer = 4096;
+    let config = cgroup_config(&env)
+        .receive_buffer(4096)
+        .and_then(|config| config.max_receive_buffer(4096))
+        .unwrap();
     let mut stream = start(config).await;
     let command = env.cgroup.wrap(&env.traffic(&[
         "tcp",
@@ -241,8 +239,7 @@ async fn a_logged_drop_is_reported_denied() {
         return;
     };
     let group = 4711;
-    let mut config = cgroup_config(&env);
-    config.log_group = Some(group);
+    let config = cgroup_config(&env).log_group(group);
     let mut stream = start(config).await;
     let mut nft = env.netns.command("nft");
     nft.arg(format!(
@@ -334,8 +331,7 @@ async fn a_missing_cgroup_or_namespace_is_a_clear_error() {
     let Some(env) = env("nflog a_missing_cgroup_or_namespace_is_a_clear_error") else {
         return;
     };
-    let mut config = cgroup_config(&env);
-    config.cgroup = Some(env.cgroup.path.join("nope"));
+    let config = NflogConfig::cgroup(env.cgroup.path.join("nope")).in_netns(env.netns.path());
     let error = NflogSource::new(config)
         .start()
         .await

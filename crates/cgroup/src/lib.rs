@@ -1,5 +1,6 @@
 //! Finding cgroup v2 and the state of a cgroup directory: the kernel facts
-//! every backend that scopes to a cgroup, and the supervisor, share.
+//! every backend that scopes to a cgroup, and the `flowtrack` command,
+//! share. Blocking filesystem work: call it from a thread that may block.
 
 use std::fs;
 use std::io;
@@ -13,7 +14,7 @@ use std::time::Duration;
 /// `NotFound` when no cgroup2 filesystem is mounted.
 ///
 /// ```
-/// if let Ok(mount) = flow_core::cgroup::cgroup2_mount() {
+/// if let Ok(mount) = flow_cgroup::cgroup2_mount() {
 ///     assert!(mount.join("cgroup.procs").exists());
 /// }
 /// ```
@@ -48,7 +49,7 @@ fn unescape_mount_path(field: &str) -> String {
 /// (`populated` in `cgroup.events`); `None` if it cannot be read.
 ///
 /// ```
-/// assert_eq!(flow_core::cgroup::is_populated("/nonexistent".as_ref()), None);
+/// assert_eq!(flow_cgroup::is_populated("/nonexistent".as_ref()), None);
 /// ```
 #[must_use]
 pub fn is_populated(cgroup: &Path) -> Option<bool> {
@@ -66,7 +67,7 @@ pub fn is_populated(cgroup: &Path) -> Option<bool> {
 /// The `rmdir` error (`NotFound`, or `EBUSY` when processes remain).
 ///
 /// ```
-/// assert!(flow_core::cgroup::kill_and_remove("/nonexistent".as_ref()).is_err());
+/// assert!(flow_cgroup::kill_and_remove("/nonexistent".as_ref()).is_err());
 /// ```
 pub fn kill_and_remove(cgroup: &Path) -> io::Result<()> {
     if is_populated(cgroup) == Some(true) {

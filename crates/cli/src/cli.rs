@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use flow_supervisor::backend::{self, BackendChoice};
 use flow_supervisor::output::OutputFormat;
@@ -57,7 +58,7 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct OutputArgs {
     /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(long, default_value_t = OutputFormat::Text, value_parser = named(&OutputFormat::ALL, OutputFormat::name))]
     pub(crate) format: OutputFormat,
     /// Write events to FILE instead of the command's default stream.
     #[arg(short = 'o', long, value_name = "FILE")]
@@ -93,19 +94,20 @@ pub(crate) enum SummaryFormat {
 #[derive(Debug, Args)]
 pub(crate) struct BackendArgs {
     /// Which backend observes the flows.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    #[arg(long, default_value_t = BackendChoice::Auto, value_parser = named(&BackendChoice::ALL, BackendChoice::name))]
     pub(crate) backend: BackendChoice,
     /// nflog backend: the nfnetlink_log group to bind (one listener per
     /// group). Default: the first free one.
     #[arg(long, value_name = "GROUP")]
     pub(crate) nflog_group: Option<u16>,
     /// nflog backend: the conntrack event socket's receive buffer in bytes
-    /// (at least 4096; it grows after an overrun). Default: 4 MiB.
-    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(4096..))]
+    /// (4096 to 1 GiB; it grows after an overrun). Default: 4 MiB.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(4096..=1 << 30))]
     pub(crate) netlink_buffer: Option<u32>,
     /// eBPF backend: flows its kernel table holds at once (LRU; a live
-    /// flow evicted is reported lost). Default: 65,536.
-    #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(64..))]
+    /// flow evicted is reported lost), 64 to 8,388,608 (about 140 bytes of
+    /// kernel memory each). Default: 65,536.
+    #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(64..=1 << 23))]
     pub(crate) flow_table_entries: Option<u32>,
     /// eBPF backend: the ring buffer the kernel writes events to, in bytes
     /// (a power of two, at least the page size; a full ring is reported
@@ -125,12 +127,20 @@ pub(crate) struct BackendArgs {
 impl BackendArgs {
     /// The backend settings these flags give.
     pub(crate) fn options(&self) -> backend::Options {
-        backend::Options {
-            nflog_group: self.nflog_group,
-            netlink_buffer: self.netlink_buffer.map(|bytes| bytes as usize),
-            flow_table_entries: self.flow_table_entries,
-            ring_bytes: self.ring_bytes,
+        let mut options = backend::Options::default();
+        if let Some(group) = self.nflog_group {
+            options = options.nflog_group(group);
         }
+        if let Some(bytes) = self.netlink_buffer {
+            options = options.netlink_buffer(bytes as usize);
+        }
+        if let Some(flows) = self.flow_table_entries {
+            options = options.flow_table_entries(flows);
+        }
+        if let Some(bytes) = self.ring_bytes {
+            options = options.ring_bytes(bytes);
+        }
+        options
     }
 }
 
@@ -198,6 +208,20 @@ pub(crate) struct ReplayArgs {
     pub(crate) file: PathBuf,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
+}
+
+/// A parser for one of the library's named choices (`all`, each called
+/// `name(value)`), listing the names in `--help` and in errors.
+fn named<T>(all: &'static [T], name: fn(T) -> &'static str) -> impl TypedValueParser<Value = T>
+where
+    T: Copy + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(all.iter().map(|value| name(*value))).try_map(move |given| {
+        all.iter()
+            .copied()
+            .find(|value| name(*value) == given)
+            .ok_or_else(|| format!("{given:?} is not one of the choices"))
+    })
 }
 
 /// A grace period: a finite number of seconds, 0 to one hour.

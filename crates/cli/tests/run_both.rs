@@ -123,7 +123,7 @@ fn after_sigkill_cleanup_removes_everything_and_a_new_run_works() {
         .unwrap();
     let pid = child.id();
     let cgroup_prefix = format!("flowtrack-{pid}-");
-    let mount = flow_core::cgroup::cgroup2_mount().unwrap();
+    let mount = flow_cgroup::cgroup2_mount().unwrap();
     let cgroups = || -> Vec<String> {
         std::fs::read_dir(&mount)
             .unwrap()
@@ -233,7 +233,7 @@ fn a_backend_failing_mid_run_degrades_the_run_and_the_other_goes_on() {
     .stderr(std::process::Stdio::piped())
     .spawn()
     .unwrap();
-    let cgroup = flow_core::cgroup::cgroup2_mount()
+    let cgroup = flow_cgroup::cgroup2_mount()
         .unwrap()
         .join(cgroups_name(child.id()));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -437,7 +437,7 @@ fn a_command_that_does_not_exist_is_one_line_and_leaves_nothing() {
         "flowtrack: error: cannot start /nonexistent/flowtrack-test-command: No such file or \
          directory (os error 2)\n"
     );
-    let mount = flow_core::cgroup::cgroup2_mount().unwrap();
+    let mount = flow_cgroup::cgroup2_mount().unwrap();
     assert!(!mount.join(cgroups_name(pid)).exists(), "no cgroup left");
     assert_eq!(tables(&netns), "", "no table left");
     assert_eq!(accounting(&netns), "0", "settings restored");

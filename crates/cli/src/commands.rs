@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use flow_core::display::{Count, LossCount};
 use flow_core::{FlowError, FlowSource, LossPoint};
 use flow_supervisor::backend::{self, BackendChoice, Scope};
 use flow_supervisor::dedup::{Correlated, DedupConfig};
@@ -62,7 +63,7 @@ fn open_writer(
 async fn start_backends(args: &BackendArgs, scope: &Scope) -> Result<Backends> {
     let options = args.options();
     if args.backend == BackendChoice::Auto {
-        let mut auto = backend::preferred(scope, &options);
+        let mut auto = backend::preferred(scope, &options)?;
         let stream = auto.start().await?;
         if let Some(decision) = auto.decision() {
             eprintln!("flowtrack: {decision}");
@@ -72,11 +73,11 @@ async fn start_backends(args: &BackendArgs, scope: &Scope) -> Result<Backends> {
         return Ok(Backends::new(merger, vec![auto.name().to_owned()], None));
     }
     let sources = backend::open(args.backend, scope, &options)?;
-    let dedup = (args.backend == BackendChoice::Both && !args.no_dedup).then(|| {
-        let mut config = DedupConfig::for_backends(["ebpf", "nflog"]);
-        config.capacity = args.dedup_capacity as usize;
-        config
-    });
+    let dedup = if args.backend == BackendChoice::Both && !args.no_dedup {
+        Some(DedupConfig::for_backends(["ebpf", "nflog"]).capacity(args.dedup_capacity as usize)?)
+    } else {
+        None
+    };
     let names = sources
         .iter()
         .map(|source| source.name().to_owned())
@@ -414,8 +415,9 @@ impl ForwardedSignals {
 fn print_summary(report: &PipelineReport) {
     let still_open = report.open_flows();
     let mut line = format!(
-        "flowtrack: {} flows opened, {} closed",
-        report.opened, report.closed
+        "flowtrack: {} opened, {} closed",
+        Count(report.opened, "flow"),
+        report.closed
     );
     if still_open > 0 {
         line.push_str(&format!(
@@ -424,8 +426,8 @@ fn print_summary(report: &PipelineReport) {
     }
     if report.correlation_evictions > 0 {
         line.push_str(&format!(
-            ", {} flows evicted from the correlation table (duplicates possible)",
-            report.correlation_evictions
+            ", {} evicted from the correlation table (duplicates possible)",
+            Count(report.correlation_evictions, "flow")
         ));
     }
     if report.denied > 0 {
@@ -440,16 +442,12 @@ fn print_summary(report: &PipelineReport) {
                 None => point.to_string(),
             })
             .collect();
-        line.push_str(&format!(
-            "; LOST {} observations{} ({})",
-            report.lost_observations,
-            if report.losses_of_unknown_size > 0 {
-                " and an unknown number more"
-            } else {
-                ""
-            },
-            points.join("; ")
-        ));
+        let lost = match (report.lost_observations, report.losses_of_unknown_size) {
+            (0, _) => LossCount(None).to_string(),
+            (known, 0) => LossCount(Some(known)).to_string(),
+            (known, _) => format!("{} and an unknown number more", LossCount(Some(known))),
+        };
+        line.push_str(&format!("; LOST {lost} ({})", points.join("; ")));
     } else {
         line.push_str("; nothing lost");
     }

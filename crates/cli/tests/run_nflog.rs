@@ -74,7 +74,7 @@ fn run_reports_the_commands_flows_and_exits_with_its_code() {
         .parse()
         .unwrap();
     assert!(
-        stderr(&output).contains("flowtrack: 1 flows opened, 1 closed; nothing lost"),
+        stderr(&output).contains("flowtrack: 1 flow opened, 1 closed; nothing lost"),
         "{}",
         stderr(&output)
     );

@@ -17,7 +17,7 @@ use common::{
 
 /// flowtrack's cgroups (`flowtrack-<pid>-<n>`) that belong to `pid`.
 fn cgroups_of(pid: u32) -> Vec<PathBuf> {
-    let mount = flow_core::cgroup::cgroup2_mount().expect("cgroup v2 is mounted");
+    let mount = flow_cgroup::cgroup2_mount().expect("cgroup v2 is mounted");
     std::fs::read_dir(&mount)
         .expect("the cgroup mount is readable")
         .flatten()
@@ -87,7 +87,7 @@ fn run_reports_the_commands_flows_and_exits_with_its_code() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("flowtrack: 1 flows opened, 1 closed; nothing lost"),
+        stderr.contains("flowtrack: 1 flow opened, 1 closed; nothing lost"),
         "{stderr}"
     );
 

@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use flow_core::cgroup::{cgroup2_mount, kill_and_remove};
+use flow_cgroup::{cgroup2_mount, kill_and_remove};
 
 /// Names of flowtrack's cgroups: `flowtrack-<pid>-<n>`.
 const PREFIX: &str = "flowtrack-";

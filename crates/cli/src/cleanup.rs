@@ -19,7 +19,7 @@ use crate::workload;
 /// Removes the leftovers and prints one line per object.
 pub(crate) fn cleanup() -> Result<ExitCode> {
     let mut removed: Vec<String> = Vec::new();
-    if let Ok(mount) = flow_core::cgroup::cgroup2_mount() {
+    if let Ok(mount) = flow_cgroup::cgroup2_mount() {
         removed.extend(
             workload::remove_leftovers(&mount)
                 .into_iter()

@@ -1,0 +1,107 @@
+//! How flowtrack writes times and counts for people: one formatter each,
+//! shared by the contract's `Display` impls, the text output and the
+//! summaries.
+//!
+//! ```
+//! use flow_core::display::{Count, LossCount, Seconds};
+//! assert_eq!(Seconds(1_500_000_000).to_string(), "1.500000000");
+//! assert_eq!(format!("{:.6}s", Seconds(1_500_000_000)), "1.500000s");
+//! assert_eq!(format!("{:>12}", Seconds(2)), " 0.000000002");
+//! assert_eq!(Count(1, "observation").to_string(), "1 observation");
+//! assert_eq!(Count(3, "flow").to_string(), "3 flows");
+//! assert_eq!(LossCount(None).to_string(), "an unknown number of observations");
+//! ```
+
+use std::fmt;
+use std::io::Write as _;
+
+use crate::clock::NANOS_PER_SEC;
+
+/// CLOCK_MONOTONIC nanoseconds as seconds: nine decimals, or the
+/// precision given (`{:.6}`), truncated; width and alignment apply.
+/// Formatting allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub u64);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let decimals = f.precision().unwrap_or(9).min(9);
+        let whole = self.0 / NANOS_PER_SEC;
+        let fraction = self.0 % NANOS_PER_SEC / 10_u64.pow(9 - decimals as u32);
+        // u64::MAX seconds, a point and nine decimals fit in 32 bytes.
+        let mut buffer = [0_u8; 32];
+        let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+        let written = if decimals == 0 {
+            write!(cursor, "{whole}")
+        } else {
+            write!(cursor, "{whole}.{fraction:0decimals$}")
+        };
+        written.map_err(|_| fmt::Error)?;
+        let len = usize::try_from(cursor.position()).map_err(|_| fmt::Error)?;
+        // Only ASCII digits and a point were written.
+        let text = std::str::from_utf8(&buffer[..len]).map_err(|_| fmt::Error)?;
+        f.pad_integral(true, "", text)
+    }
+}
+
+/// A count of things with their noun, in the plural unless there is
+/// exactly one: `1 flow`, `0 flows`, `12 observations`. The noun's plural
+/// is the noun and an `s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count<'a>(pub u64, pub &'a str);
+
+impl fmt::Display for Count<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self(count, noun) = *self;
+        write!(f, "{count} {noun}")?;
+        if count == 1 { Ok(()) } else { f.write_str("s") }
+    }
+}
+
+/// An optional count of lost observations: `12 observations`, `1
+/// observation`, or `an unknown number of observations`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossCount(pub Option<u64>);
+
+impl fmt::Display for LossCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(count) => Count(count, "observation").fmt(f),
+            None => f.write_str("an unknown number of observations"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn seconds_read_back_as_the_same_nanoseconds(ns in any::<u64>()) {
+            let text = Seconds(ns).to_string();
+            let (whole, fraction) = text.split_once('.').unwrap();
+            prop_assert_eq!(fraction.len(), 9);
+            let back = whole.parse::<u64>().unwrap() * NANOS_PER_SEC + fraction.parse::<u64>().unwrap();
+            prop_assert_eq!(back, ns);
+        }
+    }
+
+    #[test]
+    fn precision_truncates_and_width_pads() {
+        assert_eq!(format!("{:.3}", Seconds(1_999_999_999)), "1.999");
+        assert_eq!(format!("{:.0}", Seconds(1_999_999_999)), "1");
+        assert_eq!(
+            format!("{:>19}", Seconds(4_020_867_016_112)),
+            "     4020.867016112"
+        );
+        assert_eq!(format!("{:<6}|", Seconds(0)), "0.000000000|");
+    }
+
+    #[test]
+    fn counts_are_plural_unless_one() {
+        assert_eq!(Count(0, "flow").to_string(), "0 flows");
+        assert_eq!(Count(1, "flow").to_string(), "1 flow");
+    }
+}
