@@ -17,6 +17,8 @@
 //!   forwarding what they have ready (bounded by the queue capacity); the
 //!   merged stream then yields everything queued and ends. Dropping a
 //!   source's stream releases its kernel objects.
+//! - **Drop**: dropping the [`MergedStream`] stops every forwarding task at
+//!   once, idle or not, and with it every source's stream.
 //!
 //! ```
 //! use flow_core::{FlowEvent, FlowKey};
@@ -282,6 +284,10 @@ impl Forwarder {
         loop {
             let chunk = tokio::select! {
                 biased;
+                // The consumer dropped the merged stream: release the
+                // source now, not at its next item (an idle source may
+                // never yield one).
+                () = self.sender.closed() => return,
                 // Err: every handle is gone, so no shutdown can come; the
                 // branch is then disabled and the source runs to its end.
                 Ok(_) = self.shutdown.wait_for(|stop| *stop) => break,

@@ -211,3 +211,27 @@ async fn dropping_the_merged_stream_releases_sources() {
         .await
         .expect("the source is released once the merged stream is dropped");
 }
+
+#[tokio::test]
+async fn dropping_the_merged_stream_releases_an_idle_source_at_once() {
+    let (sender, source) = ScriptedSource::channel("idle", 4);
+    let mut merger = Merger::new(MergeConfig::default());
+    merger.add(Box::new(source)).await.unwrap();
+    let mut merged = merger.into_stream();
+    sender
+        .send(Step::from(FlowEvent::opened(key(1), 0)))
+        .await
+        .unwrap();
+    // The forwarder has passed the item on and now waits on the source.
+    assert!(matches!(
+        merged.next().await,
+        Some(MergedItem::Event { .. })
+    ));
+    drop(merged);
+    // Nothing more comes from the source: the forwarder must notice the
+    // consumer is gone without a next item, and drop the source's stream
+    // (for a kernel backend: detach its programs, remove its table).
+    tokio::time::timeout(Duration::from_secs(10), sender.closed())
+        .await
+        .expect("an idle source is released once the merged stream is dropped");
+}
