@@ -215,7 +215,8 @@ async fn serve_metrics(addr: Option<std::net::SocketAddr>) -> Result<Option<Metr
         return Ok(None);
     };
     let metrics = Metrics::new();
-    metrics.serve(addr).await?;
+    let bound = metrics.serve(addr).await?;
+    eprintln!("flowtrack: serving metrics on http://{bound}/metrics");
     Ok(Some(metrics))
 }
 

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod metrics;
 mod scope;
+mod scrape;
 mod workload;
 
 use std::process::ExitCode;

@@ -6,7 +6,6 @@
 //! loss point. Gauges: each backend up (1) or failed/ended (0), and the
 //! size of the `--backend both` correlation table.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -14,17 +13,13 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use anyhow::{Context, Result};
 use flow_core::FlowEventKind;
 use flow_supervisor::merge::MergedItem;
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::scrape;
 
 /// Labels of per-backend metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -159,40 +154,16 @@ impl Metrics {
         text
     }
 
-    /// Binds `addr` and serves the metrics on it until the process ends.
-    pub(crate) async fn serve(&self, addr: SocketAddr) -> Result<()> {
-        let listener = tokio::net::TcpListener::bind(addr)
+    /// Binds `addr` and serves the metrics on it until the process ends
+    /// ([`crate::scrape`]); the address bound (its port, when `addr` asked
+    /// for port 0).
+    pub(crate) async fn serve(&self, addr: SocketAddr) -> Result<SocketAddr> {
+        let (listener, bound) = scrape::bind(addr)
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         let metrics = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let metrics = metrics.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |_request: Request<hyper::body::Incoming>| {
-                        let body = metrics.encode();
-                        async move {
-                            Ok::<_, Infallible>(
-                                Response::builder()
-                                    .header(
-                                        "content-type",
-                                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                    )
-                                    .body(Full::new(Bytes::from(body)))
-                                    .expect("a static response builds"),
-                            )
-                        }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Ok(())
+        scrape::spawn(listener, move || metrics.encode());
+        Ok(bound)
     }
 }
 
