@@ -22,6 +22,7 @@ use flow_supervisor::pipeline::{self, PipelineReport};
 use crate::cli::{BackendArgs, Command, OutputArgs, ReplayArgs, RunArgs, SummaryFormat, WatchArgs};
 use crate::metrics::Metrics;
 use crate::scope::{self, Describe};
+use crate::terminal::CommandTerminal;
 use crate::workload::{RunAs, WorkloadCgroup};
 
 /// Runs one subcommand; the exit code is the command's, errors are printed
@@ -326,10 +327,28 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     // Handlers first: a signal flowtrack handles is reset to its default in
     // the child at exec, even if flowtrack's parent ignored it.
     let signals = ForwardedSignals::install()?;
+    // A command run as another user gets a terminal of its own, never
+    // flowtrack's (crate::terminal).
+    let terminal = match &user {
+        Some(user) => CommandTerminal::for_user(user.uid, user.gid)
+            .context("cannot make a terminal for the command")?,
+        None => None,
+    };
     let mut child = cgroup
-        .command(program, program_args, user.as_ref())
+        .command(
+            program,
+            program_args,
+            user.as_ref(),
+            terminal.as_ref().map(CommandTerminal::child_side),
+        )
         .spawn()
         .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
+    // Dropped after the cgroup (declared before it is dropped below): the
+    // relay copies the command's last output, then puts the terminal back.
+    let relay = terminal
+        .map(CommandTerminal::relay)
+        .transpose()
+        .context("cannot relay the command's terminal")?;
     let (open_flows, mut open_flows_now) = tokio::sync::watch::channel(0);
     if let Some(metrics) = &metrics {
         backends.report_to(metrics);
@@ -369,6 +388,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         );
     }
     drop(cgroup);
+    drop(relay);
     Ok(degraded.unwrap_or_else(|| child_exit_code(status)))
 }
 

@@ -6,6 +6,7 @@ mod commands;
 mod metrics;
 mod scope;
 mod scrape;
+mod terminal;
 mod workload;
 
 use std::process::ExitCode;

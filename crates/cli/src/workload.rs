@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use flow_cgroup::{cgroup2_mount, kill_and_remove};
 
+use crate::terminal::{self, ChildSide};
+
 /// Names of flowtrack's cgroups: `flowtrack-<pid>-<n>`.
 const PREFIX: &str = "flowtrack-";
 
@@ -51,23 +53,34 @@ impl WorkloadCgroup {
 
     /// A command that joins this cgroup before it executes, so that every
     /// socket it opens (their cgroup is fixed at creation) is observed; and
-    /// then, given a `user`, drops to that user's identity.
+    /// then, given a `user`, starts a session of its own (with `terminal`
+    /// as its controlling terminal, when it has one: [`crate::terminal`]),
+    /// takes that user's environment (`HOME`, `USER`, `LOGNAME`) and drops
+    /// to that user's identity.
     pub(crate) fn command(
         &self,
         program: &OsString,
         args: &[OsString],
         user: Option<&RunAs>,
+        terminal: Option<ChildSide>,
     ) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(program);
         command.args(args);
+        if let Some(user) = user {
+            command
+                .env("HOME", &user.home)
+                .env("USER", &user.name)
+                .env("LOGNAME", &user.name);
+        }
         let procs = self.procs.clone();
         let user = user.cloned();
         // SAFETY: the closure runs in the forked child before exec; it only
-        // makes system calls through rustix (open, write, setgroups, setgid,
-        // setuid: per-thread calls, and the child has one thread) with
-        // values prepared before the fork, and allocates nothing. It joins
-        // the cgroup first, while still root: std's own uid/gid switch would
-        // run before it and leave it unable to write cgroup.procs.
+        // makes system calls through rustix (open, write, setsid, ioctl,
+        // dup2, setgroups, setgid, setuid: per-thread calls, and the child
+        // has one thread) with values prepared before the fork, and
+        // allocates nothing. It joins the cgroup first, while still root:
+        // std's own uid/gid switch would run before it and leave it unable
+        // to write cgroup.procs.
         #[allow(unsafe_code)]
         unsafe {
             command.pre_exec(move || {
@@ -78,6 +91,7 @@ impl WorkloadCgroup {
                 )?;
                 rustix::io::write(&fd, b"0")?;
                 if let Some(user) = &user {
+                    terminal::enter_own_session(terminal)?;
                     rustix::thread::set_thread_groups(&user.groups)?;
                     rustix::thread::set_thread_gid(user.gid)?;
                     rustix::thread::set_thread_uid(user.uid)?;
@@ -98,12 +112,15 @@ impl Drop for WorkloadCgroup {
 }
 
 /// The identity `run --user` gives the command: a user's uid, primary
-/// group and supplementary groups, resolved before the fork.
+/// group and supplementary groups, name and home, resolved before the
+/// fork.
 #[derive(Debug, Clone)]
 pub(crate) struct RunAs {
-    uid: rustix::process::Uid,
-    gid: rustix::process::Gid,
+    pub(crate) uid: rustix::process::Uid,
+    pub(crate) gid: rustix::process::Gid,
     groups: Vec<rustix::process::Gid>,
+    name: OsString,
+    home: PathBuf,
 }
 
 impl RunAs {
@@ -116,7 +133,7 @@ impl RunAs {
             Err(_) => User::from_name(user),
         }
         .with_context(|| format!("cannot look up user {user}"))?;
-        let (uid, gid, groups) = match (entry, user.parse::<u32>()) {
+        let (uid, gid, groups, name, home) = match (entry, user.parse::<u32>()) {
             (Some(entry), _) => {
                 let name =
                     CString::new(entry.name.as_bytes()).context("user name contains a NUL byte")?;
@@ -126,9 +143,13 @@ impl RunAs {
                     entry.uid.as_raw(),
                     entry.gid.as_raw(),
                     groups.iter().map(|g| g.as_raw()).collect(),
+                    OsString::from(entry.name),
+                    entry.dir,
                 )
             }
-            (None, Ok(uid)) => (uid, uid, vec![uid]),
+            // A uid without a passwd entry: its number as its name, and
+            // the root directory as its home (as sudo and su give).
+            (None, Ok(uid)) => (uid, uid, vec![uid], uid.to_string().into(), "/".into()),
             (None, Err(_)) => anyhow::bail!(
                 "user {user} does not exist: give a name from /etc/passwd (or NSS) or a numeric uid"
             ),
@@ -140,6 +161,8 @@ impl RunAs {
                 .into_iter()
                 .map(rustix::process::Gid::from_raw)
                 .collect(),
+            name,
+            home,
         })
     }
 }
