@@ -29,6 +29,7 @@
 mod by_name;
 pub mod clock;
 pub mod display;
+pub mod dns;
 mod error;
 mod event;
 mod key;
