@@ -11,6 +11,9 @@
 // The BPF target has no atomic read-modify-write in core::sync::atomic
 // (atomic-cas is off); the intrinsics lower to BPF atomic add/or/and.
 #![feature(core_intrinsics)]
+// Inline assembly bounds a copy's length on the very register a helper
+// takes (capture.rs).
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or, atomic_xadd};
@@ -18,14 +21,16 @@ use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or, atomic_xadd};
 use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
-use aya_ebpf::macros::{cgroup_skb, cgroup_sock, map};
+use aya_ebpf::macros::{btf_tracepoint, cgroup_skb, cgroup_sock, map};
 use aya_ebpf::maps::{LruHashMap, PerCpuArray, RingBuf};
-use aya_ebpf::programs::{SkBuffContext, SockContext};
+use aya_ebpf::programs::{BtfTracePointContext, SkBuffContext, SockContext};
 use flow_ebpf_common::*;
 
 use crate::parse::{Packet, parse};
 
+mod capture;
 mod parse;
+mod process;
 mod socket;
 
 #[map(name = "FLOWS")]
@@ -79,6 +84,24 @@ pub fn flowtrack_ingress(ctx: SkBuffContext) -> i32 {
 pub fn flowtrack_sock_release(ctx: SockContext) -> i32 {
     release(&ctx);
     1
+}
+
+#[cgroup_sock(sock_create)]
+pub fn flowtrack_sock_create(ctx: SockContext) -> i32 {
+    process::remember_owner(&ctx);
+    1
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn flowtrack_exec(ctx: BtfTracePointContext) -> i32 {
+    process::executed(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn flowtrack_fork(ctx: BtfTracePointContext) -> i32 {
+    process::forked(&ctx);
+    0
 }
 
 /// `*target |= bits`, atomically (the flags of a flow or a socket); the
@@ -164,11 +187,24 @@ fn observe_in_table(ctx: &SkBuffContext, hook: Hook, socket: *mut RawSocketFlow)
     } else {
         packet.key.reversed()
     };
+    if hook == Hook::Ingress && capture::is_dns_answer(&packet.key, packet.payload) {
+        capture::dns_answer(ctx, &key, packet.payload, packet.tcp_seq);
+    }
     if let Some(state) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a pointer from a successful lookup, valid for this run.
         let original = unsafe { (*state).flags } & FLAG_KEY_IS_ORIGINAL != 0;
         let from_initiator = original == source_first;
-        if socket.is_null() && hook == Hook::Egress {
+        // Until the initiator's first payload passes (copied: it may name
+        // the server), no socket of the flow counts in its storage.
+        let waiting = key.protocol == PROTO_TCP
+            && capture::first_payload_pending(
+                ctx,
+                &key,
+                state,
+                if from_initiator { packet.payload } else { 0 },
+                packet.tcp_seq,
+            );
+        if socket.is_null() && hook == Hook::Egress && !waiting {
             // This packet counts in the table; the socket's next ones, if
             // it starts counting, in its storage.
             socket::start_counting(ctx, &key, state, &packet, from_initiator);
@@ -176,7 +212,9 @@ fn observe_in_table(ctx: &SkBuffContext, hook: Hook, socket: *mut RawSocketFlow)
         update(&key, state, from_initiator, hook, len, &packet);
         return;
     }
-    if packet.starts_flow && open(&key, source_first, hook, len) && packet.key.protocol == PROTO_UDP
+    if packet.starts_flow
+        && open(ctx, &key, source_first, hook, len)
+        && packet.key.protocol == PROTO_UDP
     {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // Best effort: without it the flow still closes when idle.
@@ -188,9 +226,9 @@ fn is_icmp(protocol: u8) -> bool {
     protocol == PROTO_ICMP || protocol == PROTO_ICMPV6
 }
 
-/// Inserts a new flow under its canonical `key` and reports it; false if it
-/// was not inserted.
-fn open(key: &RawFlowKey, key_is_original: bool, hook: Hook, len: u64) -> bool {
+/// Inserts a new flow under its canonical `key` and reports it, with the
+/// owner of the packet's socket; false if it was not inserted.
+fn open(ctx: &SkBuffContext, key: &RawFlowKey, key_is_original: bool, hook: Hook, len: u64) -> bool {
     let now = unsafe { bpf_ktime_get_ns() };
     let mut flags = if hook == Hook::Egress {
         FLAG_ORIG_EGRESS
@@ -215,8 +253,26 @@ fn open(key: &RawFlowKey, key_is_original: bool, hook: Hook, len: u64) -> bool {
         return false;
     }
     bump(COUNTER_FLOWS_INSERTED);
-    emit(RECORD_OPENED, 0, key, &state, now);
+    emit_opened(ctx, key, &state, now);
     true
+}
+
+/// Sends an opened record, with the owner of the packet's socket.
+#[inline(never)]
+fn emit_opened(ctx: &SkBuffContext, key: &RawFlowKey, state: &RawFlowState, now: u64) {
+    let Some(mut entry) = EVENTS.reserve::<RawOpenedRecord>(0) else {
+        bump(COUNTER_RING_FULL);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: the reserved entry, valid until it is submitted; the ring's
+    // memory is not zeroed, so the owner is, before it is looked up.
+    unsafe {
+        (&raw mut (*record).flow).write(flow_record(RECORD_OPENED, 0, key, state, now));
+        (&raw mut (*record).owner).write(RawOwner::default());
+        process::owner_of_packet(ctx, &raw mut (*record).owner);
+    }
+    entry.submit(0);
 }
 
 /// Counts a packet of a known flow in the table and follows its TCP state.
@@ -278,7 +334,7 @@ fn track_fin_exchange(
     if packet.tcp_flags & TCP_FIN != 0 {
         let acked_by = packet
             .tcp_seq
-            .wrapping_add(packet.tcp_payload)
+            .wrapping_add(packet.payload)
             .wrapping_add(1);
         unsafe { own_fin_ack.write_volatile(acked_by) };
         seen = or(flags, fin_bit) | fin_bit;
@@ -356,7 +412,20 @@ fn emit(kind: u32, close_reason: u32, key: &RawFlowKey, state: &RawFlowState, no
         bump(COUNTER_RING_FULL);
         return;
     };
-    entry.write(RawFlowRecord {
+    entry.write(flow_record(kind, close_reason, key, state, now));
+    entry.submit(0);
+}
+
+/// A flow record with the key oriented initiator → responder.
+#[inline(always)]
+fn flow_record(
+    kind: u32,
+    close_reason: u32,
+    key: &RawFlowKey,
+    state: &RawFlowState,
+    now: u64,
+) -> RawFlowRecord {
+    RawFlowRecord {
         kind,
         close_reason,
         key: key.oriented(state.flags),
@@ -364,8 +433,7 @@ fn emit(kind: u32, close_reason: u32, key: &RawFlowKey, state: &RawFlowState, no
         bytes: state.bytes,
         first_seen_ns: state.first_seen_ns,
         timestamp_ns: now,
-    });
-    entry.submit(0);
+    }
 }
 
 fn release(ctx: &SockContext) {

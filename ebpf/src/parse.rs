@@ -11,10 +11,12 @@ const MAX_IPV6_EXTENSIONS: usize = 6;
 
 /// What the parser learned from one packet.
 pub struct Packet {
-    /// TCP sequence and acknowledgement numbers, and payload length.
+    /// TCP sequence and acknowledgement numbers.
     pub tcp_seq: u32,
     pub tcp_ack: u32,
-    pub tcp_payload: u32,
+    /// TCP or UDP payload length: the payload is the packet's last
+    /// `payload` bytes.
+    pub payload: u32,
     /// The packet's tuple as sent (ICMP echo replies pre-reversed, so that
     /// request and reply have reversed keys like TCP and UDP).
     pub key: RawFlowKey,
@@ -94,7 +96,7 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Packet> {
         _ => return None,
     };
     key.protocol = protocol;
-    let (mut tcp_flags, mut tcp_seq, mut tcp_ack, mut tcp_payload) = (0, 0, 0, 0);
+    let (mut tcp_flags, mut tcp_seq, mut tcp_ack, mut payload) = (0, 0, 0, 0);
     let starts_flow = match protocol {
         PROTO_TCP => {
             let tcp: [u8; 16] = read_bytes::<4, 16>(ctx, l4)?;
@@ -103,7 +105,7 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Packet> {
             tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
             tcp_ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
             let headers = (l4 + usize::from(tcp[12] >> 4) * 4) as u32;
-            tcp_payload = ctx.len().saturating_sub(headers);
+            payload = ctx.len().saturating_sub(headers);
             tcp_flags = tcp[13];
             tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0
         }
@@ -111,6 +113,7 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Packet> {
             let udp: [u8; 4] = read_bytes::<1, 4>(ctx, l4)?;
             key.src_port = u16::from_be_bytes([udp[0], udp[1]]);
             key.dst_port = u16::from_be_bytes([udp[2], udp[3]]);
+            payload = ctx.len().saturating_sub((l4 + 8) as u32);
             true
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
@@ -141,7 +144,7 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Packet> {
     Some(Packet {
         tcp_seq,
         tcp_ack,
-        tcp_payload,
+        payload,
         key,
         tcp_flags,
         starts_flow,

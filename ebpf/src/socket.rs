@@ -154,6 +154,11 @@ pub fn start_counting(
     if key.protocol != PROTO_TCP || packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
         return;
     }
+    // A DNS-over-TCP stream stays on the table path, where its answers are
+    // copied.
+    if crate::capture::is_dns_stream(key) {
+        return;
+    }
     // SAFETY: a pointer from a successful table lookup, valid for this run.
     let flow_flags = unsafe { (&raw const (*state).flags).read_volatile() };
     if flow_flags & (FLAG_FIN_ORIG | FLAG_FIN_REPLY) != 0 {

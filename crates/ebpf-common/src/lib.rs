@@ -8,6 +8,12 @@
 
 #![no_std]
 
+mod payload;
+mod process;
+
+pub use payload::*;
+pub use process::*;
+
 /// Name of the flow table map (LRU hash: [`RawFlowKey`] → [`RawFlowState`]).
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Name of the ring buffer of [`RawFlowRecord`]s.
@@ -24,6 +30,12 @@ pub const EGRESS_PROGRAM: &str = "flowtrack_egress";
 pub const INGRESS_PROGRAM: &str = "flowtrack_ingress";
 /// Name of the `cgroup/sock_release` program.
 pub const SOCK_RELEASE_PROGRAM: &str = "flowtrack_sock_release";
+/// Name of the `cgroup/sock_create` program (the socket's owner).
+pub const SOCK_CREATE_PROGRAM: &str = "flowtrack_sock_create";
+/// Name of the `tp_btf/sched_process_exec` program.
+pub const EXEC_PROGRAM: &str = "flowtrack_exec";
+/// Name of the `tp_btf/sched_process_fork` program.
+pub const FORK_PROGRAM: &str = "flowtrack_fork";
 
 /// Flow table entries compiled into the object (the loader may resize).
 pub const DEFAULT_FLOW_TABLE_ENTRIES: u32 = 65_536;
@@ -39,8 +51,11 @@ pub const COUNTER_FLOWS_INSERTED: u32 = 1;
 pub const COUNTER_FLOWS_REMOVED: u32 = 2;
 /// Packets that would have started a flow but the insert failed.
 pub const COUNTER_INSERT_FAILED: u32 = 3;
+/// Payloads (DNS answers, first payloads) longer than the record holds:
+/// copied in part.
+pub const COUNTER_PAYLOAD_CUT: u32 = 4;
 /// Number of counters.
-pub const COUNTERS_LEN: u32 = 4;
+pub const COUNTERS_LEN: u32 = 5;
 
 /// [`RawFlowRecord::kind`]: a flow was opened.
 pub const RECORD_OPENED: u32 = 1;
@@ -94,6 +109,10 @@ pub const FLAG_SOCKET_REPLY: u64 = 1 << 11;
 /// [`RawFlowState::flags`]: the responder's socket retired: its counts are
 /// in the table.
 pub const FLAG_SOCKET_REPLY_RETIRED: u64 = 1 << 12;
+/// [`RawFlowState::flags`]: the initiator's first payload passed (and was
+/// copied, [`RECORD_FIRST_PAYLOAD`]); until then its socket does not count
+/// in its storage.
+pub const FLAG_FIRST_PAYLOAD: u64 = 1 << 13;
 
 /// [`RawSocketFlow::flags`]: the socket counts its flow's packets.
 pub const SOCKET_ACTIVE: u64 = 1;
@@ -325,26 +344,47 @@ pub struct RawFlowRecord {
 /// Size of a [`RawFlowRecord`] in the ring buffer.
 pub const RECORD_SIZE: usize = core::mem::size_of::<RawFlowRecord>();
 
+/// A flow's opening, with the process that owns the socket that opened it
+/// (the connecting socket; for an accepted connection the listener).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RawOpenedRecord {
+    /// The flow, `kind` [`RECORD_OPENED`].
+    pub flow: RawFlowRecord,
+    /// Its socket's owner; all zero when the socket has none (made before
+    /// the programs attached).
+    pub owner: RawOwner,
+}
+
+/// Size of a [`RawOpenedRecord`] in the ring buffer.
+pub const OPENED_RECORD_SIZE: usize = core::mem::size_of::<RawOpenedRecord>();
+
 /// Why bytes are not a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    /// The record is not [`RECORD_SIZE`] bytes long.
+    /// The record's length is not one its kind has.
     Length(usize),
-    /// The kind is neither opened nor closed.
+    /// The kind is not one this version knows.
     Kind(u32),
     /// The address family is neither 4 nor 6.
     Family(u8),
+    /// A payload record says it carries more bytes than it holds.
+    PayloadLength(u32),
 }
 
 /// Little cursor over native-endian fields; safe, and never reads past the
-/// slice (the caller checked the length).
-struct Fields<'a> {
+/// slice (a field beyond its end reads as zeros: callers check the length
+/// first).
+pub(crate) struct Fields<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
-impl Fields<'_> {
-    fn take<const N: usize>(&mut self) -> [u8; N] {
+impl<'a> Fields<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, at: 0 }
+    }
+    pub(crate) fn take<const N: usize>(&mut self) -> [u8; N] {
         let mut out = [0; N];
         if let Some(src) = self.bytes.get(self.at..self.at + N) {
             out.copy_from_slice(src);
@@ -352,41 +392,65 @@ impl Fields<'_> {
         self.at += N;
         out
     }
-    fn u8(&mut self) -> u8 {
+    /// The rest of the bytes, from the cursor on.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.bytes.get(self.at..).unwrap_or_default()
+    }
+    pub(crate) fn u8(&mut self) -> u8 {
         self.take::<1>()[0]
     }
-    fn u16(&mut self) -> u16 {
+    pub(crate) fn u16(&mut self) -> u16 {
         u16::from_ne_bytes(self.take())
     }
-    fn u32(&mut self) -> u32 {
+    pub(crate) fn u32(&mut self) -> u32 {
         u32::from_ne_bytes(self.take())
     }
-    fn u64(&mut self) -> u64 {
+    pub(crate) fn u64(&mut self) -> u64 {
         u64::from_ne_bytes(self.take())
+    }
+    /// A key, its family checked.
+    pub(crate) fn key(&mut self) -> Result<RawFlowKey, DecodeError> {
+        let key = RawFlowKey {
+            src_addr: self.take(),
+            dst_addr: self.take(),
+            src_port: self.u16(),
+            dst_port: self.u16(),
+            protocol: self.u8(),
+            family: self.u8(),
+            pad: self.take(),
+        };
+        if key.family != FAMILY_V4 && key.family != FAMILY_V6 {
+            return Err(DecodeError::Family(key.family));
+        }
+        Ok(key)
+    }
+}
+
+/// The kind of a ring-buffer record: its first field, whatever its type.
+///
+/// # Errors
+/// [`DecodeError::Length`] when there are not even four bytes.
+pub fn record_kind(bytes: &[u8]) -> Result<u32, DecodeError> {
+    match bytes.get(..4) {
+        Some(kind) => Ok(Fields::new(kind).u32()),
+        None => Err(DecodeError::Length(bytes.len())),
     }
 }
 
 impl RawFlowRecord {
-    /// Decodes a ring-buffer record, checking its length, kind and family.
+    /// Decodes a ring-buffer record of an opened or closed flow (an opened
+    /// one without its owner), checking its length, kind and family.
     ///
     /// # Errors
     /// [`DecodeError`] says what is wrong; nothing panics on any input.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        if bytes.len() != RECORD_SIZE {
+        if bytes.len() != RECORD_SIZE && bytes.len() != OPENED_RECORD_SIZE {
             return Err(DecodeError::Length(bytes.len()));
         }
-        let mut f = Fields { bytes, at: 0 };
+        let mut f = Fields::new(bytes);
         let kind = f.u32();
         let close_reason = f.u32();
-        let key = RawFlowKey {
-            src_addr: f.take(),
-            dst_addr: f.take(),
-            src_port: f.u16(),
-            dst_port: f.u16(),
-            protocol: f.u8(),
-            family: f.u8(),
-            pad: f.take(),
-        };
+        let key = f.key()?;
         let record = Self {
             kind,
             close_reason,
@@ -396,12 +460,25 @@ impl RawFlowRecord {
             first_seen_ns: f.u64(),
             timestamp_ns: f.u64(),
         };
-        if kind != RECORD_OPENED && kind != RECORD_CLOSED {
-            return Err(DecodeError::Kind(kind));
+        match (kind, bytes.len()) {
+            (RECORD_OPENED, OPENED_RECORD_SIZE) | (RECORD_CLOSED, RECORD_SIZE) => Ok(record),
+            (RECORD_OPENED | RECORD_CLOSED, length) => Err(DecodeError::Length(length)),
+            (other, _) => Err(DecodeError::Kind(other)),
         }
-        if key.family != FAMILY_V4 && key.family != FAMILY_V6 {
-            return Err(DecodeError::Family(key.family));
+    }
+}
+
+impl RawOpenedRecord {
+    /// Decodes a ring-buffer record of an opened flow with its owner.
+    ///
+    /// # Errors
+    /// [`DecodeError`] says what is wrong; nothing panics on any input.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let flow = RawFlowRecord::decode(bytes)?;
+        if flow.kind != RECORD_OPENED {
+            return Err(DecodeError::Kind(flow.kind));
         }
-        Ok(record)
+        let owner = RawOwner::decode(bytes.get(RECORD_SIZE..).unwrap_or_default());
+        Ok(Self { flow, owner })
     }
 }

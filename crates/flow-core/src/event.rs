@@ -1,7 +1,10 @@
 use std::fmt;
+use std::sync::Arc;
 
 use crate::FlowKey;
 use crate::display::Seconds;
+use crate::dns::DnsLookup;
+use crate::process::Process;
 
 /// What happened to a flow.
 ///
@@ -17,7 +20,7 @@ use crate::display::Seconds;
 /// };
 /// assert_eq!(bytes, 240);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum FlowEventKind {
     /// The flow's first packet was seen.
@@ -34,6 +37,9 @@ pub enum FlowEventKind {
     /// drops (the nflog backend: a drop rule logging to its group with the
     /// prefix `flowtrack:deny`). The key is oriented as the packet travelled.
     Denied,
+    /// The scope made a DNS lookup and got this answer. The key is the
+    /// lookup's own flow: the asking socket → the resolver (port 53).
+    Dns(Arc<DnsLookup>),
 }
 
 impl FlowEventKind {
@@ -48,6 +54,7 @@ impl FlowEventKind {
             Self::Opened => "opened",
             Self::Closed { .. } => "closed",
             Self::Denied => "denied",
+            Self::Dns(_) => "dns",
         }
     }
 }
@@ -119,10 +126,13 @@ impl fmt::Display for CloseReason {
     }
 }
 
-/// One thing that happened to one flow, at one time.
+/// One thing that happened to one flow, at one time, with what is known of
+/// the flow: its destination's names, and the process behind it.
 ///
 /// Built with [`FlowEvent::opened`], [`FlowEvent::closed`] or
-/// [`FlowEvent::new`]; non-exhaustive so that fields can be added.
+/// [`FlowEvent::new`], then [`FlowEvent::because`],
+/// [`FlowEvent::named`], [`FlowEvent::with_sni`] and
+/// [`FlowEvent::by`]; non-exhaustive so that fields can be added.
 ///
 /// ```
 /// use flow_core::{FlowEvent, FlowKey, clock};
@@ -131,7 +141,7 @@ impl fmt::Display for CloseReason {
 /// assert_eq!(event.key.dst_port, 53);
 /// # Ok::<(), std::net::AddrParseError>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct FlowEvent {
     /// The flow, oriented initiator → responder.
@@ -143,6 +153,16 @@ pub struct FlowEvent {
     /// Why a `Closed` flow closed, when the backend knows
     /// ([`FlowEvent::because`]); `None` for other kinds.
     pub close_reason: Option<CloseReason>,
+    /// The name the scope looked up and got the destination address for
+    /// before the flow opened (the query name, not a CNAME target; the
+    /// latest when several names had that address); `None` when unknown.
+    pub host: Option<Arc<str>>,
+    /// TCP: the server name of the TLS ClientHello the initiator sent
+    /// (SNI); known once that payload passed, so on a `closed` event rather
+    /// than its `opened`.
+    pub sni: Option<Arc<str>>,
+    /// The process behind the flow, when the backend knows it.
+    pub process: Option<Arc<Process>>,
 }
 
 impl FlowEvent {
@@ -162,6 +182,72 @@ impl FlowEvent {
             kind,
             timestamp_ns,
             close_reason: None,
+            host: None,
+            sni: None,
+            process: None,
+        }
+    }
+
+    /// A DNS lookup the scope made, on the lookup's own flow `key`.
+    ///
+    /// ```
+    /// use flow_core::dns::{DnsLookup, QueryType, ResponseCode};
+    /// use flow_core::{FlowEvent, FlowKey};
+    /// let key = FlowKey::udp("10.0.0.1:40000".parse()?, "10.0.0.53:53".parse()?);
+    /// let lookup = DnsLookup::new("pypi.org", QueryType::A, ResponseCode::NO_ERROR);
+    /// assert_eq!(FlowEvent::dns(key, lookup, 5).kind.name(), "dns");
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn dns(key: FlowKey, lookup: DnsLookup, timestamp_ns: u64) -> Self {
+        Self::new(key, FlowEventKind::Dns(Arc::new(lookup)), timestamp_ns)
+    }
+
+    /// The same event, its destination named `host` (or not, for `None`).
+    ///
+    /// ```
+    /// use flow_core::{FlowEvent, FlowKey};
+    /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "151.101.0.223:443".parse()?);
+    /// let event = FlowEvent::opened(key, 1).named("pypi.org");
+    /// assert_eq!(event.host.as_deref(), Some("pypi.org"));
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn named(mut self, host: impl Into<Option<Arc<str>>>) -> Self {
+        self.host = host.into();
+        self
+    }
+
+    /// The same event with the server name of the flow's ClientHello.
+    #[must_use]
+    pub fn with_sni(mut self, sni: impl Into<Option<Arc<str>>>) -> Self {
+        self.sni = sni.into();
+        self
+    }
+
+    /// The same event, attributed to `process` (or to none).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use flow_core::process::Process;
+    /// use flow_core::{FlowEvent, FlowKey};
+    /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
+    /// let event = FlowEvent::opened(key, 1).by(Arc::new(Process::new(4711).with_comm("curl")));
+    /// assert_eq!(event.process.unwrap().pid, 4711);
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn by(mut self, process: impl Into<Option<Arc<Process>>>) -> Self {
+        self.process = process.into();
+        self
+    }
+
+    /// The DNS lookup this event reports, if it is one.
+    #[must_use]
+    pub fn lookup(&self) -> Option<&DnsLookup> {
+        match &self.kind {
+            FlowEventKind::Dns(lookup) => Some(lookup),
+            _ => None,
         }
     }
 
@@ -228,8 +314,8 @@ impl fmt::Display for FlowEvent {
             self.key,
             Seconds(self.timestamp_ns)
         )?;
-        match self.kind {
-            FlowEventKind::Opened | FlowEventKind::Denied => Ok(()),
+        match &self.kind {
+            FlowEventKind::Opened | FlowEventKind::Denied => {}
             FlowEventKind::Closed {
                 pkt_count,
                 byte_count,
@@ -238,8 +324,23 @@ impl fmt::Display for FlowEvent {
                 if let Some(reason) = self.close_reason {
                     write!(f, ", {reason}")?;
                 }
-                f.write_str(")")
+                f.write_str(")")?;
             }
+            FlowEventKind::Dns(lookup) => write!(
+                f,
+                " ({} {} {})",
+                lookup.query, lookup.qtype, lookup.rcode
+            )?,
         }
+        if let Some(host) = &self.host {
+            write!(f, " host {host}")?;
+        }
+        if let Some(sni) = &self.sni {
+            write!(f, " sni {sni}")?;
+        }
+        if let Some(process) = &self.process {
+            write!(f, " by {process}")?;
+        }
+        Ok(())
     }
 }

@@ -30,6 +30,7 @@ mod by_name;
 pub mod clock;
 pub mod display;
 pub mod dns;
+pub mod process;
 mod error;
 mod event;
 mod key;

@@ -3,7 +3,7 @@
 //! | field     | on            | value                                                   |
 //! |-----------|---------------|---------------------------------------------------------|
 //! | `ts_ns`   | every line    | CLOCK_MONOTONIC nanoseconds                             |
-//! | `kind`    | every line    | `"opened"`, `"closed"`, `"denied"`, or `"lost"`         |
+//! | `kind`    | every line    | `"opened"`, `"closed"`, `"denied"`, `"dns"` (a lookup the scope made), or `"lost"` |
 //! | `proto`   | flow lines    | `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"`, else the number as a string |
 //! | `src`     | flow lines    | initiator address (denied: the dropped packet's source) |
 //! | `sport`   | flow lines    | initiator port                                          |
@@ -12,6 +12,14 @@
 //! | `packets` | closed        | packets, both directions                                |
 //! | `bytes`   | closed        | IP-level bytes, both directions                         |
 //! | `reason`  | closed        | why, when the backend knows: `fin`, `reset`, `released`, `idle`, `scope_ended` ([`crate::CloseReason`]) |
+//! | `host`    | flow lines    | the name the scope looked up for the destination address before the flow opened (absent when unknown) |
+//! | `sni`     | flow lines    | the TLS server name the initiator sent (absent when none) |
+//! | `pid`, `comm`, `exe`, `uid`, `gid` | event lines | the process behind it, each field when known ([`crate::process::Process`]) |
+//! | `attribution` | with `pid` | `"kernel"` (exact) or `"best_effort"` (pid, comm and exe looked up afterwards) |
+//! | `cmdline` | with `pid`    | its arguments, an array of strings, only when asked for ([`JsonOptions::cmdline`]) |
+//! | `query`, `qtype`, `rcode` | dns | the name asked for, what for (`"A"`, `"AAAA"`, …), the answer's code (`"NOERROR"`, `"NXDOMAIN"`, …) |
+//! | `answers`, `cnames` | dns | the addresses at the end of the CNAME chain, and the chain |
+//! | `truncated` | dns         | `true` when the answer was truncated (retried over TCP) |
 //! | `backend` | every line    | the backend that observed it (several: whose counters) |
 //! | `backends`| flow lines    | every backend that observed it, `backend` first         |
 //! | `count`   | lost          | observations lost, `null` when unknown                  |
@@ -46,6 +54,10 @@ use std::net::IpAddr;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
+use std::sync::Arc;
+
+use crate::dns::{DnsLookup, QueryType, ResponseCode};
+use crate::process::{Attribution, Process};
 use crate::{CloseReason, FlowEvent, FlowEventKind, FlowKey, LossPoint, protocol};
 
 /// One line of output: an observation, tagged with the backend that made it.
@@ -66,7 +78,7 @@ pub struct FlowRecord<'a> {
     /// In JSON, event lines list `backend` and these as `backends`.
     pub also_seen_by: Vec<Cow<'a, str>>,
     /// What the backend observed.
-    pub item: RecordItem,
+    pub item: RecordItem<'a>,
 }
 
 /// The content of a [`FlowRecord`].
@@ -78,11 +90,11 @@ pub struct FlowRecord<'a> {
 /// assert_eq!(event.key.protocol, 17);
 /// # Ok::<(), flow_core::record::RecordError>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum RecordItem {
-    /// A flow event.
-    Event(FlowEvent),
+pub enum RecordItem<'a> {
+    /// A flow event (borrowed when written, owned when read).
+    Event(Cow<'a, FlowEvent>),
     /// Observations were lost.
     Lost {
         /// Where. Written to JSON as `point` ([`LossPoint::name`]) unless it
@@ -111,7 +123,18 @@ impl<'a> FlowRecord<'a> {
         Self {
             backend: backend.into(),
             also_seen_by: Vec::new(),
-            item: RecordItem::Event(event),
+            item: RecordItem::Event(Cow::Owned(event)),
+        }
+    }
+
+    /// A record of an event that lives elsewhere (the writer's hot path:
+    /// nothing is cloned).
+    #[must_use]
+    pub fn borrowed(backend: impl Into<Cow<'a, str>>, event: &'a FlowEvent) -> Self {
+        Self {
+            backend: backend.into(),
+            also_seen_by: Vec::new(),
+            item: RecordItem::Event(Cow::Borrowed(event)),
         }
     }
 
@@ -153,13 +176,13 @@ impl<'a> FlowRecord<'a> {
     /// ```
     #[must_use]
     pub fn timestamp_ns(&self) -> u64 {
-        match self.item {
+        match &self.item {
             RecordItem::Event(event) => event.timestamp_ns,
-            RecordItem::Lost { timestamp_ns, .. } => timestamp_ns,
+            RecordItem::Lost { timestamp_ns, .. } => *timestamp_ns,
         }
     }
 
-    /// The `kind` field: `opened`, `closed`, `denied` or `lost`.
+    /// The `kind` field: `opened`, `closed`, `denied`, `dns` or `lost`.
     ///
     /// ```
     /// use flow_core::LossPoint;
@@ -174,13 +197,49 @@ impl<'a> FlowRecord<'a> {
         }
     }
 
-    /// Writes the record as one JSON line, newline included (example: the
-    /// module documentation).
+    /// Writes the record as one JSON line, newline included, with the
+    /// default [`JsonOptions`] (example: the module documentation).
     ///
     /// # Errors
     /// Whatever the writer returns.
-    pub fn write_json_line<W: io::Write>(&self, mut writer: W) -> io::Result<()> {
-        serde_json::to_writer(&mut writer, self).map_err(io::Error::from)?;
+    pub fn write_json_line<W: io::Write>(&self, writer: W) -> io::Result<()> {
+        self.write_json_line_with(writer, JsonOptions::default())
+    }
+
+    /// Writes the record as one JSON line, newline included.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use flow_core::process::Process;
+    /// use flow_core::{FlowEvent, FlowKey};
+    /// use flow_core::record::{FlowRecord, JsonOptions};
+    /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
+    /// let process = Process::new(7).with_comm("curl").with_cmdline(["curl", "-H", "token"]);
+    /// let record = FlowRecord::event("ebpf", FlowEvent::opened(key, 5).by(Arc::new(process)));
+    /// let mut line = Vec::new();
+    /// record.write_json_line(&mut line)?;
+    /// assert!(!String::from_utf8(line)?.contains("cmdline"), "command lines hold secrets");
+    /// let mut line = Vec::new();
+    /// record.write_json_line_with(&mut line, JsonOptions::default().cmdline(true))?;
+    /// assert!(String::from_utf8(line)?.contains(r#""cmdline":["curl","-H","token"]"#));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Whatever the writer returns.
+    pub fn write_json_line_with<W: io::Write>(
+        &self,
+        mut writer: W,
+        options: JsonOptions,
+    ) -> io::Result<()> {
+        serde_json::to_writer(
+            &mut writer,
+            &WithOptions {
+                record: self,
+                options,
+            },
+        )
+        .map_err(io::Error::from)?;
         writer.write_all(b"\n")
     }
 
@@ -206,30 +265,77 @@ impl<'a> FlowRecord<'a> {
     }
 }
 
+/// How records are written as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct JsonOptions {
+    cmdline: bool,
+}
+
+impl JsonOptions {
+    /// Whether processes' command lines are written (`cmdline`); off by
+    /// default: command lines in CI often hold secrets.
+    #[must_use]
+    pub fn cmdline(mut self, write: bool) -> Self {
+        self.cmdline = write;
+        self
+    }
+}
+
+/// A record and how to write it.
+struct WithOptions<'r, 'a> {
+    record: &'r FlowRecord<'a>,
+    options: JsonOptions,
+}
+
 impl Serialize for FlowRecord<'_> {
+    /// With the default [`JsonOptions`].
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WithOptions {
+            record: self,
+            options: JsonOptions::default(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl Serialize for WithOptions<'_, '_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let record = self.record;
         let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("ts_ns", &self.timestamp_ns())?;
-        map.serialize_entry("kind", self.kind_name())?;
-        match &self.item {
+        map.serialize_entry("ts_ns", &record.timestamp_ns())?;
+        map.serialize_entry("kind", record.kind_name())?;
+        match &record.item {
             RecordItem::Event(event) => {
                 serialize_key(&mut map, &event.key)?;
-                if let FlowEventKind::Closed {
-                    pkt_count,
-                    byte_count,
-                } = event.kind
-                {
-                    map.serialize_entry("packets", &pkt_count)?;
-                    map.serialize_entry("bytes", &byte_count)?;
-                    if let Some(reason) = event.close_reason {
-                        map.serialize_entry("reason", reason.name())?;
+                match &event.kind {
+                    FlowEventKind::Closed {
+                        pkt_count,
+                        byte_count,
+                    } => {
+                        map.serialize_entry("packets", pkt_count)?;
+                        map.serialize_entry("bytes", byte_count)?;
+                        if let Some(reason) = event.close_reason {
+                            map.serialize_entry("reason", reason.name())?;
+                        }
                     }
+                    FlowEventKind::Dns(lookup) => serialize_lookup(&mut map, lookup)?,
+                    _ => {}
                 }
-                map.serialize_entry("backend", &self.backend)?;
-                map.serialize_entry("backends", &Backends(self))?;
+                if let Some(host) = &event.host {
+                    map.serialize_entry("host", host)?;
+                }
+                if let Some(sni) = &event.sni {
+                    map.serialize_entry("sni", sni)?;
+                }
+                if let Some(process) = &event.process {
+                    serialize_process(&mut map, process, self.options)?;
+                }
+                map.serialize_entry("backend", &record.backend)?;
+                map.serialize_entry("backends", &Backends(record))?;
             }
             RecordItem::Lost { count, point, .. } => {
-                map.serialize_entry("backend", &self.backend)?;
+                map.serialize_entry("backend", &record.backend)?;
                 map.serialize_entry("count", count)?;
                 if *point != LossPoint::Recorded {
                     map.serialize_entry("point", point.name())?;
@@ -247,6 +353,45 @@ impl Serialize for Backends<'_, '_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(std::iter::once(&self.0.backend).chain(&self.0.also_seen_by))
     }
+}
+
+fn serialize_lookup<M: SerializeMap>(map: &mut M, lookup: &DnsLookup) -> Result<(), M::Error> {
+    map.serialize_entry("query", &lookup.query)?;
+    map.serialize_entry("qtype", &lookup.qtype.to_string())?;
+    map.serialize_entry("rcode", &lookup.rcode.to_string())?;
+    map.serialize_entry("answers", &lookup.answers)?;
+    map.serialize_entry("cnames", &lookup.cnames)?;
+    if lookup.truncated {
+        map.serialize_entry("truncated", &true)?;
+    }
+    Ok(())
+}
+
+fn serialize_process<M: SerializeMap>(
+    map: &mut M,
+    process: &Process,
+    options: JsonOptions,
+) -> Result<(), M::Error> {
+    map.serialize_entry("pid", &process.pid)?;
+    if let Some(comm) = &process.comm {
+        map.serialize_entry("comm", comm)?;
+    }
+    if let Some(exe) = &process.exe {
+        map.serialize_entry("exe", exe)?;
+    }
+    if let Some(uid) = process.uid {
+        map.serialize_entry("uid", &uid)?;
+    }
+    if let Some(gid) = process.gid {
+        map.serialize_entry("gid", &gid)?;
+    }
+    map.serialize_entry("attribution", process.attribution.name())?;
+    if options.cmdline
+        && let Some(cmdline) = &process.cmdline
+    {
+        map.serialize_entry("cmdline", cmdline)?;
+    }
+    Ok(())
 }
 
 fn serialize_key<M: SerializeMap>(map: &mut M, key: &FlowKey) -> Result<(), M::Error> {
@@ -320,6 +465,7 @@ enum WireKind {
     Opened,
     Closed,
     Denied,
+    Dns,
     Lost,
 }
 
@@ -342,6 +488,78 @@ struct WireRecord {
     reason: Option<String>,
     #[serde(default)]
     backends: Vec<String>,
+    host: Option<Arc<str>>,
+    sni: Option<Arc<str>>,
+    #[serde(flatten)]
+    process: WireProcess,
+    #[serde(flatten)]
+    lookup: WireLookup,
+}
+
+/// The process fields of a line.
+#[derive(Deserialize)]
+struct WireProcess {
+    pid: Option<u32>,
+    comm: Option<Arc<str>>,
+    exe: Option<Arc<str>>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    attribution: Option<String>,
+    cmdline: Option<Vec<Arc<str>>>,
+}
+
+impl WireProcess {
+    /// The process, if the line names one (by its pid).
+    fn into_process(self) -> Option<Arc<Process>> {
+        let mut process = Process::new(self.pid?);
+        process.comm = self.comm;
+        process.exe = self.exe;
+        process.uid = self.uid;
+        process.gid = self.gid;
+        process.cmdline = self.cmdline.map(Into::into);
+        // An attribution this version does not know reads as best effort:
+        // never claim more certainty than the file did.
+        process.attribution = match self.attribution.as_deref() {
+            None => Attribution::Kernel,
+            Some(name) => Attribution::from_name(name).unwrap_or(Attribution::BestEffort),
+        };
+        Some(Arc::new(process))
+    }
+}
+
+/// The DNS fields of a line.
+#[derive(Deserialize)]
+struct WireLookup {
+    query: Option<Arc<str>>,
+    qtype: Option<String>,
+    rcode: Option<String>,
+    #[serde(default)]
+    answers: Vec<IpAddr>,
+    #[serde(default)]
+    cnames: Vec<Arc<str>>,
+    #[serde(default)]
+    truncated: bool,
+}
+
+impl WireLookup {
+    fn into_lookup(self) -> Result<DnsLookup, RecordError> {
+        let query = self.query.ok_or_else(|| RecordError::missing("query", "dns"))?;
+        let qtype = self.qtype.ok_or_else(|| RecordError::missing("qtype", "dns"))?;
+        let rcode = self.rcode.ok_or_else(|| RecordError::missing("rcode", "dns"))?;
+        let invalid = |field: &str, value: &str, expected: &str| RecordError {
+            field: Some(field.into()),
+            message: format!("{value:?} is not {expected}"),
+        };
+        let qtype = QueryType::parse(&qtype)
+            .ok_or_else(|| invalid("qtype", &qtype, "a DNS type (\"A\", \"TYPE65280\")"))?;
+        let rcode = ResponseCode::parse(&rcode).ok_or_else(|| {
+            invalid("rcode", &rcode, "a DNS response code (\"NXDOMAIN\", \"RCODE11\")")
+        })?;
+        Ok(DnsLookup::new(query, qtype, rcode)
+            .with_answers(self.answers)
+            .with_cnames(self.cnames)
+            .truncated(self.truncated))
+    }
 }
 
 impl WireRecord {
@@ -350,6 +568,7 @@ impl WireRecord {
             WireKind::Opened => "opened",
             WireKind::Closed => "closed",
             WireKind::Denied => "denied",
+            WireKind::Dns => "dns",
             WireKind::Lost => {
                 // A point this version does not know, from a newer
                 // flowtrack, is read as unknown rather than refused.
@@ -393,8 +612,12 @@ impl WireRecord {
             // A reason this version does not know reads as unknown.
             .because(self.reason.as_deref().and_then(CloseReason::from_name)),
             WireKind::Denied => FlowEvent::new(key, FlowEventKind::Denied, self.ts_ns),
+            WireKind::Dns => FlowEvent::dns(key, self.lookup.into_lookup()?, self.ts_ns),
             _ => FlowEvent::opened(key, self.ts_ns),
-        };
+        }
+        .named(self.host)
+        .with_sni(self.sni)
+        .by(self.process.into_process());
         let mut record = FlowRecord::event(self.backend, event);
         record.also_seen_by = self
             .backends
