@@ -54,7 +54,9 @@ pub(crate) fn create(path: &Path) -> Result<File> {
         // An existing one, not following a link the rule forbids.
         let follow = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(entry) if FileType::from_raw_mode(entry.st_mode) == FileType::Symlink => {
-                may_follow(&dir, &entry).map_err(|refusal| refusal.at(path, parent))?;
+                if let Some(refusal) = refusal(&dir, &entry).with_context(cannot)? {
+                    return Err(refusal.at(path, parent));
+                }
                 OFlags::empty()
             }
             Ok(_) => OFlags::NOFOLLOW,
@@ -100,28 +102,22 @@ impl Refusal {
     }
 }
 
-/// Whether the link `link` in `dir` may be followed: outside a sticky
-/// world-writable directory, or when the link's owner is the directory's
-/// or ours. Such a link cannot be swapped by anyone else before we open
-/// it: the sticky bit lets only its owner or the directory's remove it.
-fn may_follow(dir: &OwnedFd, link: &rustix::fs::Stat) -> std::result::Result<(), Refusal> {
-    let Ok(directory) = rustix::fs::fstat(dir) else {
-        return Err(Refusal {
-            link_owner: link.st_uid,
-            dir_owner: u32::MAX,
-        });
-    };
+/// Why the link `link` in `dir` may not be followed, if it may not:
+/// it may outside a sticky world-writable directory, or when the link's
+/// owner is the directory's or ours. Such a link cannot be swapped by
+/// anyone else before we open it: the sticky bit lets only its owner or
+/// the directory's remove it.
+fn refusal(dir: &OwnedFd, link: &rustix::fs::Stat) -> io::Result<Option<Refusal>> {
+    let directory = rustix::fs::fstat(dir)?;
     let mode = Mode::from_raw_mode(directory.st_mode);
     let shared = mode.contains(Mode::SVTX) && mode.contains(Mode::WOTH);
     let owner = link.st_uid;
-    if !shared || owner == directory.st_uid || owner == rustix::process::geteuid().as_raw() {
-        Ok(())
-    } else {
-        Err(Refusal {
-            link_owner: owner,
-            dir_owner: directory.st_uid,
-        })
-    }
+    let allowed =
+        !shared || owner == directory.st_uid || owner == rustix::process::geteuid().as_raw();
+    Ok((!allowed).then_some(Refusal {
+        link_owner: owner,
+        dir_owner: directory.st_uid,
+    }))
 }
 
 /// Whether `file` is a regular file (which [`WholeLines`] can cut back).
