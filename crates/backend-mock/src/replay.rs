@@ -1,22 +1,25 @@
-//! Replays flowtrack's JSON-lines output as scripted sources.
+//! Replays flowtrack's JSON-lines output: read once and checked, then
+//! handed on in file order.
 
-use std::path::{Path, PathBuf};
+use std::fmt::Display;
+use std::path::Path;
 
 use flow_core::FlowError;
 use flow_core::record::{FlowRecord, RecordItem};
-use futures::{Stream, StreamExt, TryStreamExt, stream};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::{ScriptedSource, Step};
 
-/// A recorded JSON-lines file (the schema of [`flow_core::record`]), checked
-/// and ready to replay.
+/// A recorded JSON-lines file (the schema of [`flow_core::record`]), read
+/// and checked, held in memory ready to replay.
 ///
-/// [`Replay::open`] reads the whole file once and rejects it at the first
-/// malformed line, naming the line and the field, so that nothing is
-/// replayed from a broken file. [`Replay::into_sources`] then gives one
-/// [`ScriptedSource`] per backend named in the file, each streaming its own
-/// lines in file order: replayed output keeps every line's backend.
+/// [`Replay::open`] reads the input once — a file, a pipe or a FIFO — and
+/// rejects it at the first malformed line, naming the line and the field,
+/// so that nothing is replayed from a broken file. Backend names must be
+/// printable: a name holding control characters (an escape sequence, a
+/// newline) is malformed. [`Replay::into_records`] then gives the records
+/// in file order, each with its backend and the other backends that saw
+/// it; [`Replay::into_sources`] one [`ScriptedSource`] per backend.
 ///
 /// ```
 /// use flow_backend_mock::Replay;
@@ -26,6 +29,7 @@ use crate::{ScriptedSource, Step};
 /// std::fs::write(&path, "{\"ts_ns\":1,\"kind\":\"lost\",\"backend\":\"ebpf\",\"count\":2}\n").unwrap();
 /// let replay = Replay::open(&path).await?;
 /// assert_eq!(replay.backends(), ["ebpf"]);
+/// assert_eq!(replay.into_records()[0].timestamp_ns(), 1);
 ///
 /// std::fs::write(&path, "{\"ts_ns\":1,\"kind\":\"opened\",\"backend\":\"ebpf\"}\n").unwrap();
 /// let error = Replay::open(&path).await.err().unwrap();
@@ -33,55 +37,115 @@ use crate::{ScriptedSource, Step};
 /// # Ok::<(), flow_core::FlowError>(())
 /// # }).unwrap();
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Replay {
-    path: PathBuf,
+    records: Vec<FlowRecord<'static>>,
     backends: Vec<String>,
 }
 
 impl Replay {
-    /// Reads and checks the file at `path`.
+    /// Reads and checks the file at `path` (also a pipe, a FIFO or
+    /// `/dev/stdin`: it is read once).
     ///
     /// # Errors
     /// [`FlowError::Io`] when it cannot be read; [`FlowError::InvalidInput`]
     /// naming the first malformed line and field.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, FlowError> {
-        let path = path.as_ref().to_path_buf();
-        let mut backends: Vec<String> = Vec::new();
-        let mut records = std::pin::pin!(read_records(path.clone()));
-        while let Some(record) = records.try_next().await? {
-            if !backends.iter().any(|known| *known == record.backend) {
-                backends.push(record.backend.into_owned());
-            }
-        }
-        Ok(Self { path, backends })
+        let path = path.as_ref();
+        let display = path.display();
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| FlowError::io(format!("opening {display}"), e))?;
+        Self::read(file, display).await
     }
 
-    /// The backends named in the file, in order of first appearance.
+    /// Reads and checks JSON lines from `reader`, called `name` in errors.
+    ///
+    /// # Errors
+    /// As [`Replay::open`].
+    pub async fn read(
+        reader: impl AsyncRead + Unpin,
+        name: impl Display,
+    ) -> Result<Self, FlowError> {
+        let mut lines = BufReader::new(reader).lines();
+        let mut replay = Self::default();
+        let mut number = 0_u64;
+        loop {
+            number += 1;
+            let line = lines
+                .next_line()
+                .await
+                .map_err(|e| FlowError::io(format!("reading {name} line {number}"), e))?;
+            let Some(line) = line else {
+                return Ok(replay);
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record = parse(&line)
+                .map_err(|e| FlowError::invalid_input(format!("{name} line {number}"), e))?;
+            if !replay.backends.iter().any(|known| *known == record.backend) {
+                replay.backends.push(record.backend.clone().into_owned());
+            }
+            replay.records.push(record);
+        }
+    }
+
+    /// The backends named in the file (`backend` fields), in order of
+    /// first appearance.
     #[must_use]
     pub fn backends(&self) -> &[String] {
         &self.backends
     }
 
-    /// One source per backend, each replaying that backend's lines in order.
-    /// An empty file gives no sources.
+    /// The records, in file order.
+    #[must_use]
+    pub fn into_records(self) -> Vec<FlowRecord<'static>> {
+        self.records
+    }
+
+    /// One source per backend, each replaying that backend's lines in
+    /// order (without the other backends a line lists: a source yields
+    /// what it observed). An empty file gives no sources.
     #[must_use]
     pub fn into_sources(self) -> Vec<ScriptedSource> {
         self.backends
-            .into_iter()
+            .iter()
             .map(|backend| {
-                let wanted = backend.clone();
-                let steps = read_records(self.path.clone())
-                    .try_filter(move |record| std::future::ready(record.backend == wanted))
-                    .map(|record| Step::Item(record.and_then(into_item)));
-                ScriptedSource::from_stream(backend, steps)
+                let steps: Vec<Step> = self
+                    .records
+                    .iter()
+                    .filter(|record| record.backend == *backend)
+                    .map(|record| Step::Item(into_item(record)))
+                    .collect();
+                ScriptedSource::from_steps(backend.clone(), steps)
             })
             .collect()
     }
 }
 
+/// One line as a record whose backend names are printable.
+fn parse(line: &str) -> Result<FlowRecord<'static>, String> {
+    let record = FlowRecord::from_json_line(line).map_err(|e| e.to_string())?;
+    if has_control(&record.backend) {
+        return Err(unprintable("backend", &record.backend));
+    }
+    if let Some(other) = record.also_seen_by.iter().find(|name| has_control(name)) {
+        return Err(unprintable("backends", other));
+    }
+    Ok(record)
+}
+
+fn has_control(name: &str) -> bool {
+    name.chars().any(char::is_control)
+}
+
+fn unprintable(field: &str, name: &str) -> String {
+    format!("field `{field}`: the backend name {name:?} holds control characters")
+}
+
 /// A record as the item its backend originally yielded.
-fn into_item(record: FlowRecord<'_>) -> Result<flow_core::FlowEvent, FlowError> {
+fn into_item(record: &FlowRecord<'_>) -> Result<flow_core::FlowEvent, FlowError> {
     match record.item {
         RecordItem::Event(event) => Ok(event),
         RecordItem::Lost {
@@ -98,54 +162,11 @@ fn into_item(record: FlowRecord<'_>) -> Result<flow_core::FlowEvent, FlowError> 
     }
 }
 
-/// The records of a JSON-lines file, blank lines skipped; the first error
-/// (I/O or a malformed line) ends the stream.
-fn read_records(
-    path: PathBuf,
-) -> impl Stream<Item = Result<FlowRecord<'static>, FlowError>> + Send {
-    let display = path.display().to_string();
-    let opened = {
-        let display = display.clone();
-        async move {
-            let file = tokio::fs::File::open(&path)
-                .await
-                .map_err(|e| FlowError::io(format!("opening {display}"), e))?;
-            Ok::<_, FlowError>(BufReader::new(file).lines())
-        }
-    };
-    stream::once(opened)
-        .map_ok(move |lines| {
-            let display = display.clone();
-            stream::try_unfold((lines, 0_u64), move |(mut lines, mut number)| {
-                let display = display.clone();
-                async move {
-                    loop {
-                        number += 1;
-                        let line = lines.next_line().await.map_err(|e| {
-                            FlowError::io(format!("reading {display} line {number}"), e)
-                        })?;
-                        let Some(line) = line else { return Ok(None) };
-                        if line.trim().is_empty() {
-                            continue;
-                        }
-                        let record = FlowRecord::from_json_line(&line).map_err(|e| {
-                            FlowError::invalid_input(
-                                format!("{display} line {number}"),
-                                e.to_string(),
-                            )
-                        })?;
-                        return Ok(Some((record, (lines, number))));
-                    }
-                }
-            })
-        })
-        .try_flatten()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use flow_core::{FlowSource, LossPoint};
+    use futures::StreamExt;
     use std::io::Write;
 
     fn file_with(lines: &str) -> tempfile::NamedTempFile {
@@ -208,6 +229,47 @@ mod tests {
             file.path().display()
         );
         assert_eq!(error.to_string(), expected);
+    }
+
+    #[tokio::test]
+    async fn records_keep_file_order_and_every_backend() {
+        let both = concat!(
+            r#"{"ts_ns":2,"kind":"opened","proto":"udp","src":"10.0.0.1","sport":1,"dst":"10.0.0.2","dport":53,"backend":"nflog","backends":["nflog"]}"#,
+            "\n",
+            r#"{"ts_ns":1,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":2,"dst":"10.0.0.2","dport":80,"backend":"ebpf","backends":["ebpf","nflog"]}"#,
+            "\n",
+        );
+        let replay = Replay::read(both.as_bytes(), "both").await.unwrap();
+        assert_eq!(replay.backends(), ["nflog", "ebpf"]);
+        let records = replay.into_records();
+        let stamps: Vec<u64> = records.iter().map(FlowRecord::timestamp_ns).collect();
+        assert_eq!(stamps, [2, 1]);
+        assert_eq!(records[1].also_seen_by, ["nflog"]);
+    }
+
+    #[tokio::test]
+    async fn a_pipe_is_read_once() {
+        let (mut writer, reader) = tokio::io::duplex(64);
+        let feed = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            writer.write_all(TWO_BACKENDS.as_bytes()).await.unwrap();
+        });
+        let replay = Replay::read(reader, "pipe").await.unwrap();
+        feed.await.unwrap();
+        assert_eq!(replay.into_records().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn backend_names_with_control_characters_are_refused() {
+        let evil = r#"{"ts_ns":1,"kind":"lost","backend":"x\u001b[2J\nflowtrack: nothing lost","count":1}"#;
+        let error = Replay::read(evil.as_bytes(), "evil").await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"evil line 1: field `backend`: the backend name "x\u{1b}[2J\nflowtrack: nothing lost" holds control characters"#
+        );
+        let listed = r#"{"ts_ns":1,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":2,"dst":"10.0.0.2","dport":80,"backend":"ebpf","backends":["ebpf","\u0007"]}"#;
+        let error = Replay::read(listed.as_bytes(), "evil").await.unwrap_err();
+        assert!(error.to_string().contains("field `backends`"), "{error}");
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
+use crate::diag::tell;
 use crate::workload;
 
 /// Removes the leftovers and prints one line per object.
@@ -29,10 +30,10 @@ pub(crate) fn cleanup() -> Result<ExitCode> {
     #[cfg(feature = "nflog")]
     removed.extend(nflog_leftovers()?);
     if removed.is_empty() {
-        println!("flowtrack: nothing left behind");
+        tell!("flowtrack: nothing left behind");
     }
     for line in removed {
-        println!("removed {line}");
+        tell!("removed {line}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,5 @@
 //! The subcommands: open sources, merge them, write what they observe.
 
-use std::fs::File;
 use std::io::{self, Write};
 use std::process::ExitCode;
 
@@ -10,8 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use flow_core::display::{Count, LossCount};
-use flow_core::{FlowError, FlowSource, LossPoint};
+use flow_core::{FlowError, FlowSource};
 use flow_supervisor::backend::{self, BackendChoice, Scope};
 use flow_supervisor::dedup::{Correlated, DedupConfig};
 use flow_supervisor::merge::{MergeConfig, MergedItem, MergedStream, Merger, ShutdownHandle};
@@ -19,8 +17,11 @@ use flow_supervisor::mock::Replay;
 use flow_supervisor::output::RecordWriter;
 use flow_supervisor::pipeline::{self, PipelineReport};
 
-use crate::cli::{BackendArgs, Command, OutputArgs, ReplayArgs, RunArgs, SummaryFormat, WatchArgs};
+use crate::cli::{BackendArgs, Command, ReplayArgs, RunArgs, WatchArgs};
+use crate::diag::{notice, say};
 use crate::metrics::Metrics;
+use crate::output::{DefaultStream, Output};
+use crate::report;
 use crate::scope::{self, Describe};
 use crate::terminal::CommandTerminal;
 use crate::workload::{RunAs, WorkloadCgroup};
@@ -36,28 +37,6 @@ pub(crate) async fn dispatch(command: Command) -> Result<ExitCode> {
     }
 }
 
-/// The stream a command writes events to when no `--output` is given.
-#[derive(Clone, Copy)]
-enum DefaultStream {
-    Stdout,
-    Stderr,
-}
-
-fn open_writer(
-    args: &OutputArgs,
-    default: DefaultStream,
-) -> Result<RecordWriter<Box<dyn Write + Send>>> {
-    let sink: Box<dyn Write + Send> = match (&args.output, default) {
-        (Some(path), _) => Box::new(
-            File::create(path)
-                .with_context(|| format!("cannot create output file {}", path.display()))?,
-        ),
-        (None, DefaultStream::Stdout) => Box::new(io::stdout()),
-        (None, DefaultStream::Stderr) => Box::new(io::stderr()),
-    };
-    Ok(RecordWriter::new(args.format, sink))
-}
-
 /// Starts the backends `args` name on `scope`, merged. Under `auto`, one
 /// line on stderr says which backend runs and why the other does not;
 /// under `both`, their events are correlated unless `--no-dedup`.
@@ -67,7 +46,7 @@ async fn start_backends(args: &BackendArgs, scope: &Scope) -> Result<Backends> {
         let mut auto = backend::preferred(scope, &options)?;
         let stream = auto.start().await?;
         if let Some(decision) = auto.decision() {
-            eprintln!("flowtrack: {decision}");
+            notice!("flowtrack: {decision}");
         }
         let mut merger = Merger::new(MergeConfig::default());
         merger.add_stream(auto.name().to_owned(), stream);
@@ -165,48 +144,32 @@ impl Backends {
 }
 
 /// Writes the backends' events, publishing the number of open flows on
-/// `open_flows`; a reader that went away (`| head`) ends the output
-/// quietly.
+/// `open_flows`. An output that fails (a reader that went away, a full
+/// disk) stops taking events, and the rest are counted as not written.
 async fn write_events(
     events: Events,
     mut writer: RecordWriter<Box<dyn Write + Send>>,
     open_flows: tokio::sync::watch::Sender<usize>,
     metrics: Option<Metrics>,
-) -> Result<PipelineReport> {
+) -> PipelineReport {
     let count = move |item: &MergedItem| {
         if let Some(metrics) = &metrics {
             metrics.record(item);
         }
     };
-    let written = match events {
+    match events {
         Events::Correlated(mut correlated) => {
             let stream = (&mut *correlated).inspect(count);
-            let written = pipeline::write_all_tracking_open(stream, &mut writer, open_flows).await;
-            written.map(|mut report| {
-                report.correlation_evictions = correlated.evictions();
-                report
-            })
+            let mut report =
+                pipeline::write_all_tracking_open(stream, &mut writer, open_flows).await;
+            report.correlation_evictions = correlated.evictions();
+            report
         }
         Events::Merged(stream) => {
             let stream = stream.inspect(count);
             pipeline::write_all_tracking_open(stream, &mut writer, open_flows).await
         }
-    };
-    match written {
-        Ok(report) => Ok(report),
-        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(PipelineReport::default()),
-        Err(error) => Err(error).context("cannot write events"),
     }
-}
-
-/// Writes the stream until it ends (for commands that do not wait on open
-/// flows).
-async fn write_all_events(
-    events: Events,
-    writer: RecordWriter<Box<dyn Write + Send>>,
-    metrics: Option<Metrics>,
-) -> Result<PipelineReport> {
-    write_events(events, writer, tokio::sync::watch::channel(0).0, metrics).await
 }
 
 /// Binds the metrics address, when one is given, before anything else
@@ -217,80 +180,26 @@ async fn serve_metrics(addr: Option<std::net::SocketAddr>) -> Result<Option<Metr
     };
     let metrics = Metrics::new();
     let bound = metrics.serve(addr).await?;
-    eprintln!("flowtrack: serving metrics on http://{bound}/metrics");
+    say!("flowtrack: serving metrics on http://{bound}/metrics");
     Ok(Some(metrics))
 }
 
-/// Reports failed sources on stderr; whether any failed.
-fn print_failures(report: &PipelineReport) -> bool {
-    for failure in &report.failures {
-        eprintln!(
-            "flowtrack: error: the {} backend failed: {}",
-            failure.backend, failure.error
-        );
-    }
-    !report.failures.is_empty()
-}
-
-/// Exit status 3: a backend failed mid-run while another went on.
-const EXIT_DEGRADED: u8 = 3;
-
-/// Success; [`EXIT_DEGRADED`] when a backend failed while another went on;
-/// failure when every backend failed (the failures are printed).
-fn exit_code_of(report: &PipelineReport, sources: usize) -> ExitCode {
-    match degradation(report, sources) {
-        Some(code) => code,
-        None => ExitCode::SUCCESS,
-    }
-}
-
-/// The exit code a backend failure imposes, if any (printing the failures).
-fn degradation(report: &PipelineReport, sources: usize) -> Option<ExitCode> {
-    if !print_failures(report) {
-        None
-    } else if report.failures.len() < sources {
-        Some(ExitCode::from(EXIT_DEGRADED))
-    } else {
-        Some(ExitCode::FAILURE)
-    }
-}
-
-/// The end of `run` and `watch`: the one-line summary, then the
-/// per-destination table in the chosen format.
-fn print_summaries(report: &PipelineReport, format: SummaryFormat) {
-    print_summary(report);
-    match format {
-        SummaryFormat::Text if !report.destinations.is_empty() => {
-            eprint!("{}", report.destinations.to_text());
-        }
-        SummaryFormat::Json => eprintln!("{}", report.destinations.to_json()),
-        SummaryFormat::Text | SummaryFormat::Off => {}
-    }
-}
-
 async fn replay(args: ReplayArgs) -> Result<ExitCode> {
+    // Read and checked whole before anything is written: a broken file
+    // replays nothing, and a pipe or a FIFO is read once.
     let replay = Replay::open(&args.file).await?;
-    let writer = open_writer(&args.output, DefaultStream::Stdout)?;
-    let sources = replay
-        .into_sources()
-        .into_iter()
-        .map(|source| Box::new(source) as Box<dyn FlowSource>);
-    let sources: Vec<Box<dyn FlowSource>> = sources.collect();
-    let names = sources
-        .iter()
-        .map(|source| source.name().to_owned())
-        .collect();
-    let backends = Backends::new(start_merger(sources).await?, names, None);
-    shutdown_on_ctrl_c(backends.shutdown.clone());
-    let sources = backends.names.len();
-    let report = write_all_events(backends.events, writer, None).await?;
-    Ok(exit_code_of(&report, sources))
+    let sources = replay.backends().len();
+    let Output { mut writer, name } = Output::open(&args.output, DefaultStream::Stdout)?;
+    let items = flow_supervisor::replay::items(replay.into_records());
+    let report = pipeline::write_all(items, &mut writer).await;
+    report::print_incomplete_output(&report, &name);
+    Ok(report::exit_code(&report, sources))
 }
 
 async fn watch(args: WatchArgs) -> Result<ExitCode> {
     let scope = scope::resolve(&args.scope)?;
     let metrics = serve_metrics(args.report.metrics_addr).await?;
-    let writer = open_writer(&args.output, DefaultStream::Stdout)?;
+    let output = Output::open(&args.output, DefaultStream::Stdout)?;
     let backends = start_backends(&args.backend, &scope)
         .await
         .with_context(|| format!("cannot watch {}", Describe(&scope)))?;
@@ -300,9 +209,10 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
     if let Some(metrics) = &metrics {
         backends.report_to(metrics);
     }
-    let report = write_all_events(backends.events, writer, metrics).await?;
-    let code = exit_code_of(&report, sources);
-    print_summaries(&report, args.report.summary);
+    let open_flows = tokio::sync::watch::channel(0).0;
+    let report = write_events(backends.events, output.writer, open_flows, metrics).await;
+    let code = report::exit_code(&report, sources);
+    report::print_summaries(&report, args.report.summary, &output.name);
     Ok(code)
 }
 
@@ -315,7 +225,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let metrics = serve_metrics(args.report.metrics_addr).await?;
     let cgroup = WorkloadCgroup::create()?;
     let scope = Scope::Cgroup(cgroup.path().to_path_buf());
-    let writer = open_writer(&args.output, DefaultStream::Stderr)?;
+    let output = Output::open(&args.output, DefaultStream::Stderr)?;
     // Every source is attached before the child starts, so its first
     // connection is seen.
     let backends = start_backends(&args.backend, &scope)
@@ -353,7 +263,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(metrics) = &metrics {
         backends.report_to(metrics);
     }
-    let output = write_events(backends.events, writer, open_flows, metrics);
+    let written = write_events(backends.events, output.writer, open_flows, metrics);
     let grace = Duration::from_secs_f64(args.grace);
     let supervise = async {
         let status = signals.wait_forwarding(&mut child).await;
@@ -374,22 +284,29 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         shutdown.shutdown();
         status
     };
-    let (report, status) = tokio::join!(output, supervise);
+    let (report, status) = tokio::join!(written, supervise);
     let status = status.context("cannot wait for the command")?;
-    let report = report?;
-    // The command's status is the exit code, unless a backend failed while
-    // another went on (degraded) or every one failed.
-    let degraded = degradation(&report, sources);
-    print_summaries(&report, args.report.summary);
-    if degraded.is_some() {
-        eprintln!(
+    // The command's status is the exit code, unless every backend failed,
+    // the output could not take every event, or a backend failed while
+    // another went on.
+    let fault = report::fault(&report, sources);
+    report::print_summaries(&report, args.report.summary, &output.name);
+    let left = cgroup.processes_left();
+    drop(cgroup);
+    if left > 0 {
+        let processes = if left == 1 { "process" } else { "processes" };
+        say!("flowtrack: killed {left} {processes} left in the command's cgroup");
+    }
+    if fault.is_some() {
+        say!(
             "flowtrack: the command exited with {}",
-            describe_status(status)
+            report::describe_status(status)
         );
     }
-    drop(cgroup);
+    // After the cgroup: the relay copies the command's last output, then
+    // puts the terminal back.
     drop(relay);
-    Ok(degraded.unwrap_or_else(|| child_exit_code(status)))
+    Ok(fault.unwrap_or_else(|| report::child_exit_code(status)))
 }
 
 /// SIGINT, SIGTERM and SIGHUP sent to flowtrack, passed on to the child so that
@@ -430,76 +347,4 @@ impl ForwardedSignals {
             }
         }
     }
-}
-
-/// One line on stderr: what was observed, and what was not.
-fn print_summary(report: &PipelineReport) {
-    let still_open = report.open_flows();
-    let mut line = format!(
-        "flowtrack: {} opened, {} closed",
-        Count(report.opened, "flow"),
-        report.closed
-    );
-    if still_open > 0 {
-        line.push_str(&format!(
-            ", {still_open} still open when observation stopped"
-        ));
-    }
-    if report.correlation_evictions > 0 {
-        line.push_str(&format!(
-            ", {} evicted from the correlation table (duplicates possible)",
-            Count(report.correlation_evictions, "flow")
-        ));
-    }
-    if report.denied > 0 {
-        line.push_str(&format!(", {} denied", report.denied));
-    }
-    if report.loss_items > 0 {
-        let points: Vec<String> = report
-            .loss_points
-            .iter()
-            .map(|point| match remedy(*point) {
-                Some(remedy) => format!("{point}: {remedy}"),
-                None => point.to_string(),
-            })
-            .collect();
-        let lost = match (report.lost_observations, report.losses_of_unknown_size) {
-            (0, _) => LossCount(None).to_string(),
-            (known, 0) => LossCount(Some(known)).to_string(),
-            (known, _) => format!("{} and an unknown number more", LossCount(Some(known))),
-        };
-        line.push_str(&format!("; LOST {lost} ({})", points.join("; ")));
-    } else {
-        line.push_str("; nothing lost");
-    }
-    eprintln!("{line}");
-}
-
-/// The flag that makes room where observations were lost, if one does.
-fn remedy(point: LossPoint) -> Option<&'static str> {
-    match point {
-        LossPoint::RingBufferFull => Some("raise --ring-bytes"),
-        LossPoint::FlowTableEviction => Some("raise --flow-table-entries"),
-        _ => None,
-    }
-}
-
-/// `status 7`, or `signal 9 (SIGKILL)`.
-fn describe_status(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("status {code}"),
-        (None, Some(signal)) => format!("signal {signal}"),
-        (None, None) => "an unknown status".to_owned(),
-    }
-}
-
-/// The child's exit code, or 128 + signal number as a shell reports it.
-fn child_exit_code(status: std::process::ExitStatus) -> ExitCode {
-    use std::os::unix::process::ExitStatusExt;
-    let code = status
-        .code()
-        .or_else(|| status.signal().map(|signal| 128 + signal))
-        .unwrap_or(1);
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -1,9 +1,17 @@
 //! `flowtrack`: report every network connection a workload makes.
 
+// stderr and stdout may be closed or full: print through `diag`, which
+// never panics.
+#![deny(clippy::print_stderr, clippy::print_stdout)]
+
 mod cleanup;
 mod cli;
 mod commands;
+mod diag;
 mod metrics;
+mod output;
+mod report;
+mod safe_file;
 mod scope;
 mod scrape;
 mod terminal;
@@ -16,12 +24,16 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    diag::set_quiet(cli.quiet);
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(cli.log_level())),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Its own report of a failed write is an eprintln!, which panics
+        // when stderr is closed or full.
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -29,14 +41,14 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("flowtrack: error: cannot start the async runtime: {error}");
+            diag::say!("flowtrack: error: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(commands::dispatch(cli.command)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("flowtrack: error: {error:#}");
+            diag::say!("flowtrack: error: {error:#}");
             ExitCode::FAILURE
         }
     }

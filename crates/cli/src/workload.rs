@@ -51,6 +51,11 @@ impl WorkloadCgroup {
         &self.path
     }
 
+    /// Processes still in the cgroup (dropping it kills them).
+    pub(crate) fn processes_left(&self) -> usize {
+        fs::read_to_string(self.path.join("cgroup.procs")).map_or(0, |procs| procs.lines().count())
+    }
+
     /// A command that joins this cgroup before it executes, so that every
     /// socket it opens (their cgroup is fixed at creation) is observed; and
     /// then, given a `user`, starts a session of its own (with `terminal`

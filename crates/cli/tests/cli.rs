@@ -4,6 +4,10 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 
+mod common;
+
+use common::{closed_pipe, dev_full};
+
 fn flowtrack() -> Command {
     Command::cargo_bin("flowtrack").unwrap()
 }
@@ -48,39 +52,130 @@ fn replay_json_round_trips() {
     );
 }
 
+/// A file as `--backend both` writes it: the backends' lines interleaved,
+/// flows both saw listing both, losses of each.
+const BOTH: &str = concat!(
+    r#"{"ts_ns":10,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":40000,"dst":"10.0.0.2","dport":80,"backend":"ebpf","backends":["ebpf","nflog"]}"#,
+    "\n",
+    r#"{"ts_ns":12,"kind":"opened","proto":"udp","src":"10.0.0.1","sport":5353,"dst":"10.0.0.3","dport":53,"backend":"nflog","backends":["nflog"]}"#,
+    "\n",
+    r#"{"ts_ns":11,"kind":"lost","backend":"nflog","count":null,"point":"netlink_overrun"}"#,
+    "\n",
+    r#"{"ts_ns":9,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":40001,"dst":"10.0.0.2","dport":80,"backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":20,"kind":"closed","proto":"tcp","src":"10.0.0.1","sport":40000,"dst":"10.0.0.2","dport":80,"packets":6,"bytes":400,"reason":"fin","backend":"ebpf","backends":["ebpf","nflog"]}"#,
+    "\n",
+    r#"{"ts_ns":21,"kind":"lost","backend":"ebpf","count":2,"point":"ring_buffer_full"}"#,
+    "\n",
+    r#"{"ts_ns":30,"kind":"closed","proto":"udp","src":"10.0.0.1","sport":5353,"dst":"10.0.0.3","dport":53,"packets":2,"bytes":120,"backend":"nflog","backends":["nflog","ebpf"]}"#,
+    "\n",
+);
+
 #[test]
-fn replay_keeps_each_backends_lines_and_order() {
+fn a_both_file_replays_to_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("two.jsonl");
-    let lines: Vec<String> = (0..200)
-        .map(|i| {
-            let backend = if i % 3 == 0 { "nflog" } else { "ebpf" };
-            format!(r#"{{"ts_ns":{i},"kind":"lost","backend":"{backend}","count":{i}}}"#)
-        })
-        .collect();
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let file = dir.path().join("both.jsonl");
+    std::fs::write(&file, BOTH).unwrap();
     let replayed = stdout_of(
         flowtrack()
             .arg("replay")
             .arg(&file)
             .args(["--format", "json"]),
     );
-    let mut got: Vec<&str> = replayed.lines().collect();
-    assert_eq!(got.len(), lines.len());
-    for backend in ["ebpf", "nflog"] {
-        let of = |all: &[&str]| {
-            all.iter()
-                .filter(|l| l.contains(backend))
-                .map(|l| l.to_string())
-                .collect::<Vec<_>>()
-        };
-        let want: Vec<&str> = lines.iter().map(String::as_str).collect();
-        assert_eq!(of(&got), of(&want), "{backend}");
-    }
-    got.sort_unstable();
-    let mut want: Vec<&str> = lines.iter().map(String::as_str).collect();
-    want.sort_unstable();
-    assert_eq!(got, want);
+    assert_eq!(replayed, BOTH);
+}
+
+#[test]
+fn replay_keeps_each_backends_lines_and_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("two.jsonl");
+    let lines: String = (0..200)
+        .map(|i| {
+            let backend = if i % 3 == 0 { "nflog" } else { "ebpf" };
+            format!("{{\"ts_ns\":{i},\"kind\":\"lost\",\"backend\":\"{backend}\",\"count\":{i}}}\n")
+        })
+        .collect();
+    std::fs::write(&file, &lines).unwrap();
+    let replayed = stdout_of(
+        flowtrack()
+            .arg("replay")
+            .arg(&file)
+            .args(["--format", "json"]),
+    );
+    assert_eq!(replayed, lines);
+}
+
+#[test]
+fn replay_of_huge_counters_does_not_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("huge.jsonl");
+    let max = u64::MAX;
+    let closed = format!(
+        "{{\"ts_ns\":1,\"kind\":\"closed\",\"proto\":\"udp\",\"src\":\"10.0.0.1\",\"sport\":1,\"dst\":\"10.0.0.2\",\"dport\":53,\"packets\":{max},\"bytes\":{max},\"backend\":\"ebpf\"}}\n"
+    );
+    let lost = format!("{{\"ts_ns\":2,\"kind\":\"lost\",\"backend\":\"ebpf\",\"count\":{max}}}\n");
+    std::fs::write(&file, [closed.as_str(), &closed, &lost, &lost].concat()).unwrap();
+    let text = stdout_of(flowtrack().arg("replay").arg(&file));
+    assert_eq!(text.lines().count(), 4);
+}
+
+#[test]
+fn replay_reads_a_pipe_once() {
+    let recorded = std::fs::read_to_string(example()).unwrap();
+    let replayed = stdout_of(
+        flowtrack()
+            .args(["replay", "/dev/stdin", "--format", "json"])
+            .write_stdin(recorded.clone()),
+    );
+    assert_eq!(replayed, recorded);
+}
+
+#[test]
+fn replay_reads_a_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, std::fs::read(example()).unwrap()))
+    };
+    let output = flowtrack()
+        .arg("replay")
+        .arg(&fifo)
+        .args(["--format", "json"])
+        .timeout(std::time::Duration::from_secs(20))
+        .output()
+        .unwrap();
+    writer.join().unwrap().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(output.stdout, std::fs::read(example()).unwrap());
+}
+
+#[test]
+fn replay_refuses_control_characters_in_backend_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let evil = dir.path().join("evil.jsonl");
+    std::fs::write(
+        &evil,
+        "{\"ts_ns\":1,\"kind\":\"lost\",\"backend\":\"\\u001b[2J\\nflowtrack: nothing lost\",\"count\":1}\n",
+    )
+    .unwrap();
+    let output = flowtrack().arg("replay").arg(&evil).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty(), "{output:?}");
+    assert_eq!(
+        String::from_utf8(output.stderr).unwrap(),
+        format!(
+            "flowtrack: error: {} line 1: field `backend`: the backend name \"\\u{{1b}}[2J\\nflowtrack: nothing lost\" holds control characters\n",
+            evil.display()
+        )
+    );
 }
 
 #[test]
@@ -248,4 +343,169 @@ fn verbosity_flags_set_the_log_level() {
         .args(["-q", "-v", "replay", "x"])
         .assert()
         .code(2);
+}
+
+/// `flowtrack ARGS` with stdout or stderr given.
+fn flowtrack_with(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flowtrack"));
+    command.args(args).env_remove("RUST_LOG");
+    command
+}
+
+#[test]
+fn an_unwritable_stderr_never_panics() {
+    let example = example();
+    let example = example.to_str().unwrap();
+    for stderr in [dev_full().into(), closed_pipe().into()] {
+        let stderr: std::process::Stdio = stderr;
+        let status = flowtrack_with(&["-vv", "replay", example])
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "diagnostics lost, the replay done");
+    }
+    let status = flowtrack_with(&["replay", "/nonexistent/flows.jsonl"])
+        .stderr(dev_full())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let status = flowtrack_with(&["replay", "--bogus"])
+        .stderr(dev_full())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+}
+
+#[test]
+fn an_output_that_takes_nothing_is_reported_with_exit_status_5() {
+    // `| head` that exited, and a full disk.
+    let cases: [(&[&str], std::process::Stdio, &str); 2] = [
+        (
+            &[],
+            closed_pipe().into(),
+            "stdout, 9 not (closed by its reader)",
+        ),
+        (
+            &["-o", "/dev/full"],
+            std::process::Stdio::null(),
+            "/dev/full, 9 not (No space left on device (os error 28))",
+        ),
+    ];
+    for (args, stdout, end) in cases {
+        let output = flowtrack_with(&["replay", example().to_str().unwrap()])
+            .args(args)
+            .stdout(stdout)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(5), "{output:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            stderr.ends_with(&format!(
+                "flowtrack: OUTPUT INCOMPLETE: 0 of 9 lines written to {end}\n"
+            )),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_full_filesystem_keeps_whole_lines_and_counts_the_rest() {
+    if !flowtrack_kernel_tests::privileged(
+        "a_full_filesystem_keeps_whole_lines_and_counts_the_rest",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let line = std::fs::read_to_string(example()).unwrap();
+    let lines = 1000 * line.lines().count();
+    std::fs::write(&input, line.repeat(1000)).unwrap();
+    let mount = dir.path().join("small");
+    std::fs::create_dir(&mount).unwrap();
+    let kept = dir.path().join("kept.jsonl");
+    // A 64 KiB tmpfs in a mount namespace of its own; what reached it is
+    // copied out before the namespace goes.
+    let script = format!(
+        "mount -t tmpfs -o size=64k flowtrack-test {small} && \
+         {flowtrack} replay {input} --format json -o {small}/out.jsonl; \
+         status=$?; cp {small}/out.jsonl {kept}; exit $status",
+        small = mount.display(),
+        flowtrack = env!("CARGO_BIN_EXE_flowtrack"),
+        input = input.display(),
+        kept = kept.display(),
+    );
+    let output = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(5), "{output:?}");
+    let written = std::fs::read_to_string(&kept).unwrap();
+    assert!(written.ends_with('\n'), "the last line is whole");
+    let whole = written.lines().count();
+    assert!(whole > 0 && whole < lines, "{whole} of {lines}");
+    assert!(
+        written
+            .lines()
+            .all(|l| flow_core::record::FlowRecord::from_json_line(l).is_ok())
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let expected = format!(
+        "flowtrack: OUTPUT INCOMPLETE: {whole} of {lines} lines written to {}/out.jsonl, {} not (No space left on device (os error 28))\n",
+        mount.display(),
+        lines - whole
+    );
+    assert!(stderr.ends_with(&expected), "{stderr}");
+}
+
+#[test]
+fn output_through_another_users_link_in_a_sticky_directory_is_refused() {
+    if !flowtrack_kernel_tests::privileged(
+        "output_through_another_users_link_in_a_sticky_directory_is_refused",
+    ) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("tmp");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = shared.join("out.jsonl");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+    flowtrack()
+        .arg("replay")
+        .arg(example())
+        .arg("-o")
+        .arg(&link)
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(format!(
+            "flowtrack: error: refusing to write to {}: it is a symbolic link owned by uid 65534 in {}, \
+             a sticky world-writable directory owned by uid 0 (another user's link could aim the \
+             output at any file): remove the link or write elsewhere\n",
+            link.display(),
+            shared.display()
+        ));
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "root only\n");
+
+    // A new file is the owner's alone, whatever the umask.
+    std::fs::remove_file(&link).unwrap();
+    let script = format!(
+        "umask 000 && exec {} replay {} -o {}",
+        env!("CARGO_BIN_EXE_flowtrack"),
+        example().display(),
+        link.display()
+    );
+    let status = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mode = std::fs::metadata(&link).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
 }

@@ -11,8 +11,8 @@ use flowtrack_kernel_tests::{Netns, TestCgroup, privileged};
 mod common;
 
 use common::{
-    FLOWTRACK, SEND_UDP, assert_one_udp_flow, attached_programs, program_goes_away,
-    traffic_generator,
+    FLOWTRACK, SEND_UDP, assert_one_udp_flow, attached_programs, closed_pipe, dev_full,
+    program_goes_away, traffic_generator,
 };
 
 /// flowtrack's cgroups (`flowtrack-<pid>-<n>`) that belong to `pid`.
@@ -149,10 +149,15 @@ fn after_sigkill_the_next_start_removes_what_was_left() {
 /// `flowtrack watch --backend ebpf --format json` of `cgroup`, once its
 /// programs are attached.
 fn start_watch(cgroup: &Path) -> Child {
+    start_watch_writing_to(cgroup, Stdio::piped())
+}
+
+/// [`start_watch`], its events written to `stdout`.
+fn start_watch_writing_to(cgroup: &Path, stdout: impl Into<Stdio>) -> Child {
     let watch = Command::new(FLOWTRACK)
         .args(["watch", "--backend", "ebpf", "--format", "json", "--cgroup"])
         .arg(cgroup)
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -217,23 +222,14 @@ fn watch_ends_when_its_cgroup_is_removed() {
     }
     let netns = Netns::new();
     let cgroup = TestCgroup::new();
-    let mut watch = start_watch(&cgroup.path);
+    let watch = start_watch(&cgroup.path);
     send_udp_in(&cgroup, &netns);
     // An echo exchange closes only when idle (30 s), or when the cgroup
     // goes; the UDP flow closed with its socket.
     let mut ping = netns.command(traffic_generator().to_str().unwrap());
     ping.args(["icmp", "127.0.0.1:0", "--id", "7"]);
     assert!(cgroup.wrap(&ping).status().unwrap().success());
-    std::fs::remove_dir(&cgroup.path).expect("the cgroup is empty and can be removed");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while watch.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "watch still runs after its cgroup was removed"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let output = watch.wait_with_output().unwrap();
+    let output = remove_watched(&cgroup, watch);
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     for kind in ["opened", "closed"] {
@@ -251,6 +247,20 @@ fn watch_ends_when_its_cgroup_is_removed() {
         stderr.contains("flowtrack: 2 flows opened, 2 closed; nothing lost"),
         "{stderr}"
     );
+}
+
+/// Removes the cgroup `watch` follows, and waits for the watch to end.
+fn remove_watched(cgroup: &TestCgroup, mut watch: Child) -> std::process::Output {
+    std::fs::remove_dir(&cgroup.path).expect("the cgroup is empty and can be removed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while watch.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "watch still runs after its cgroup was removed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    watch.wait_with_output().unwrap()
 }
 
 #[test]
@@ -417,5 +427,180 @@ fn a_reader_that_stops_gets_backpressure_then_counted_loss_never_unbounded_memor
     assert!(
         peak_while_stalled < 150 * 1024,
         "peak RSS {peak_while_stalled} KiB while the reader was stalled"
+    );
+}
+
+/// `run` arguments for a command in `netns` that makes 200 UDP flows to
+/// 127.0.0.1:9, then creates `marker`, and exits with status 7.
+fn two_hundred_flows(netns: &Netns, marker: &Path) -> Vec<String> {
+    let script = format!(
+        "import socket,sys\n\
+         for i in range(200):\n    \
+             s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n    \
+             s.connect(('127.0.0.1',9))\n    \
+             s.send(b'x')\n    \
+             s.close()\n\
+         open({marker:?},'w').close()\n\
+         sys.exit(7)"
+    );
+    [
+        "--",
+        "ip",
+        "netns",
+        "exec",
+        &netns.name,
+        "python3",
+        "-c",
+        &script,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[test]
+fn an_output_that_takes_nothing_is_counted_and_exits_5_the_command_undisturbed() {
+    if !privileged("an_output_that_takes_nothing_is_counted_and_exits_5_the_command_undisturbed") {
+        return;
+    }
+    let netns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("done");
+    // `| head` that exited, and a full disk.
+    let cases: [(&str, Stdio, &str); 2] = [
+        ("/dev/stdout", closed_pipe().into(), "closed by its reader"),
+        (
+            "/dev/full",
+            Stdio::null(),
+            "No space left on device (os error 28)",
+        ),
+    ];
+    for (out, stdout, why) in cases {
+        let _ = std::fs::remove_file(&marker);
+        let output = Command::new(FLOWTRACK)
+            .args([
+                "run",
+                "--backend",
+                "ebpf",
+                "--format",
+                "json",
+                "--summary",
+                "json",
+                "-o",
+                out,
+            ])
+            .args(two_hundred_flows(&netns, &marker))
+            .stdout(stdout)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(5), "{output:?}");
+        assert!(marker.exists(), "the command ran to its end");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "\nflowtrack: 200 flows opened, 200 closed; nothing lost; OUTPUT INCOMPLETE: \
+                 0 of 400 lines written to {out}, 400 not ({why})\n"
+            )),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(r#"{"proto":"udp","address":"127.0.0.1","port":9,"connections":200,"denied":0,"packets":200,"#),
+            "the destinations are counted: {stderr}"
+        );
+        assert!(
+            stderr.ends_with("flowtrack: the command exited with status 7\n"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_unwritable_stderr_never_panics_and_the_commands_status_stays() {
+    if !privileged("an_unwritable_stderr_never_panics_and_the_commands_status_stays") {
+        return;
+    }
+    let netns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("done");
+    let out = dir.path().join("flows.jsonl");
+    let out = out.to_str().unwrap();
+    // Under auto, a line says which backend runs before the command starts.
+    let cases: [(&[&str], Stdio, u8); 3] = [
+        (&["--backend", "auto", "-o", out], dev_full().into(), 7),
+        (&["--backend", "auto", "-o", out], closed_pipe().into(), 7),
+        // Events on stderr, which is closed: they cannot be written.
+        (&["--backend", "ebpf"], closed_pipe().into(), 5),
+    ];
+    for (args, stderr, code) in cases {
+        let _ = std::fs::remove_file(&marker);
+        let status = Command::new(FLOWTRACK)
+            .arg("run")
+            .args(args)
+            .args(two_hundred_flows(&netns, &marker))
+            .stderr(stderr)
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(i32::from(code)), "{args:?}");
+        assert!(marker.exists(), "the command ran to its end: {args:?}");
+    }
+}
+
+#[test]
+fn quiet_silences_the_backend_choice() {
+    if !privileged("quiet_silences_the_backend_choice") {
+        return;
+    }
+    let run = |quiet: &[&str]| {
+        let output = Command::new(FLOWTRACK)
+            .args(quiet)
+            .args(["run", "--backend", "auto", "--", "true"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    assert!(run(&[]).starts_with("flowtrack: using the ebpf backend"));
+    let quiet = run(&["-q"]);
+    assert!(!quiet.contains("using the"), "{quiet}");
+    assert!(quiet.contains("flowtrack: 0 flows opened"), "{quiet}");
+}
+
+#[test]
+fn processes_left_in_the_cgroup_are_killed_and_counted() {
+    if !privileged("processes_left_in_the_cgroup_are_killed_and_counted") {
+        return;
+    }
+    let output = Command::new(FLOWTRACK)
+        .args(["run", "--backend", "ebpf", "--", "sh", "-c"])
+        .arg("sleep 60 & sleep 60 & exit 3")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.ends_with("flowtrack: killed 2 processes left in the command's cgroup\n"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn watch_with_a_closed_output_counts_and_exits_5() {
+    if !privileged("watch_with_a_closed_output_counts_and_exits_5") {
+        return;
+    }
+    let netns = Netns::new();
+    let cgroup = TestCgroup::new();
+    let watch = start_watch_writing_to(&cgroup.path, closed_pipe());
+    send_udp_in(&cgroup, &netns);
+    // The watch ends when its cgroup goes.
+    let output = remove_watched(&cgroup, watch);
+    assert_eq!(output.status.code(), Some(5), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "flowtrack: 1 flow opened, 1 closed; nothing lost; OUTPUT INCOMPLETE: \
+             0 of 2 lines written to stdout, 2 not (closed by its reader)\n"
+        ),
+        "{stderr}"
     );
 }

@@ -16,6 +16,7 @@
 //!   stream of [`merge::MergedItem`]s tagged with their backend.
 //! - [`output`]: JSON-lines and text writers.
 //! - [`pipeline`]: drives a merged stream into a writer.
+//! - [`replay`]: recorded lines back as the merged stream that wrote them.
 //! - [`backend`]: opens backends by name (`auto`, `ebpf`, `nflog`, `both`).
 //!
 //! The event vocabulary is [`flow_core`]'s, re-exported here.
@@ -25,6 +26,7 @@ pub mod dedup;
 pub mod merge;
 pub mod output;
 pub mod pipeline;
+pub mod replay;
 pub mod summary;
 
 pub use flow_core;

@@ -50,7 +50,15 @@ impl std::str::FromStr for OutputFormat {
     }
 }
 
-/// Writes records in one format to a buffered writer.
+/// Writes records in one format to a buffered writer, counting the records
+/// the writer took whole.
+///
+/// Records are buffered (64 KiB) and handed to the writer in large blocks.
+/// When the writer fails, the records it did not take whole are dropped
+/// and the error returned: [`RecordWriter::records_written`] then counts
+/// exactly the lines that reached it. The writer may be left with part of
+/// a line (a pipe), unless it cuts that back itself; so stop writing after
+/// an error.
 ///
 /// ```
 /// use flow_core::{FlowEvent, FlowKey};
@@ -60,6 +68,8 @@ impl std::str::FromStr for OutputFormat {
 /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
 /// let mut writer = RecordWriter::new(OutputFormat::Text, Vec::new());
 /// writer.write(&FlowRecord::event("ebpf", FlowEvent::closed(key, 6, 400, 1_500_000_000)))?;
+/// writer.flush()?;
+/// assert_eq!(writer.records_written(), 1);
 /// let text = String::from_utf8(writer.into_inner()?)?;
 /// assert_eq!(
 ///     text,
@@ -73,52 +83,109 @@ impl std::str::FromStr for OutputFormat {
 #[derive(Debug)]
 pub struct RecordWriter<W: Write> {
     format: OutputFormat,
-    writer: io::BufWriter<W>,
+    writer: W,
+    /// Whole lines not yet handed to `writer`.
+    buffer: Vec<u8>,
+    /// Where each line in `buffer` ends.
+    line_ends: Vec<usize>,
+    /// Records `writer` took whole.
+    written: u64,
 }
+
+/// Bytes buffered before they are handed to the writer.
+const BUFFER_BYTES: usize = 64 * 1024;
 
 impl<W: Write> RecordWriter<W> {
     /// A writer of `format` records to `writer`, buffered.
     pub fn new(format: OutputFormat, writer: W) -> Self {
         Self {
             format,
-            writer: io::BufWriter::with_capacity(64 * 1024, writer),
+            writer,
+            buffer: Vec::with_capacity(BUFFER_BYTES),
+            line_ends: Vec::new(),
+            written: 0,
         }
     }
 
     /// Writes one record (buffered: call [`RecordWriter::flush`]).
     ///
     /// # Errors
-    /// The underlying writer's error.
+    /// The underlying writer's error, when the buffer was full and handed
+    /// on; the records buffered then that it did not take are dropped.
     pub fn write(&mut self, record: &FlowRecord<'_>) -> io::Result<()> {
-        match self.format {
-            OutputFormat::Json => record.write_json_line(&mut self.writer),
-            OutputFormat::Text => write_text_line(record, &mut self.writer),
+        let start = self.buffer.len();
+        let encoded = match self.format {
+            OutputFormat::Json => record.write_json_line(&mut self.buffer),
+            OutputFormat::Text => write_text_line(record, &mut self.buffer),
+        };
+        if let Err(error) = encoded {
+            self.buffer.truncate(start);
+            return Err(error);
         }
+        self.line_ends.push(self.buffer.len());
+        if self.buffer.len() >= BUFFER_BYTES {
+            self.hand_on()?;
+        }
+        Ok(())
     }
 
-    /// Flushes buffered records to the underlying writer.
+    /// Hands buffered records to the underlying writer and flushes it.
     ///
     /// # Errors
-    /// The underlying writer's error.
+    /// The underlying writer's error; the records it did not take whole
+    /// are dropped.
     pub fn flush(&mut self) -> io::Result<()> {
+        self.hand_on()?;
         self.writer.flush()
+    }
+
+    /// Records the underlying writer took whole: every line of them.
+    #[must_use]
+    pub fn records_written(&self) -> u64 {
+        self.written
     }
 
     /// Flushes and returns the underlying writer.
     ///
     /// # Errors
     /// The error of the final flush.
-    pub fn into_inner(self) -> io::Result<W> {
-        self.writer
-            .into_inner()
-            .map_err(io::IntoInnerError::into_error)
+    pub fn into_inner(mut self) -> io::Result<W> {
+        self.flush()?;
+        Ok(self.writer)
+    }
+
+    /// Writes the buffer out, counting the lines that went whole; empties
+    /// it whether or not the writer took everything.
+    fn hand_on(&mut self) -> io::Result<()> {
+        let mut sent = 0;
+        let result = loop {
+            if sent == self.buffer.len() {
+                break Ok(());
+            }
+            match self.writer.write(&self.buffer[sent..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => break Err(error),
+            }
+        };
+        let whole = self.line_ends.partition_point(|&end| end <= sent);
+        self.written += whole as u64;
+        self.buffer.clear();
+        self.line_ends.clear();
+        result
     }
 }
 
 /// `   1.500000000  closed  ebpf    tcp   10.0.0.1:40000 -> 10.0.0.2:80   6 pkts  400 B  fin`
 fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<()> {
     write!(out, "{:>19}", Seconds(record.timestamp_ns()))?;
-    write!(out, "  {:<6}  {:<6}  ", record.kind_name(), record.backend)?;
+    write!(
+        out,
+        "  {:<6}  {:<6}  ",
+        record.kind_name(),
+        Printable(&record.backend)
+    )?;
     match &record.item {
         RecordItem::Event(event) => {
             let key = &event.key;
@@ -153,6 +220,28 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<
         other => write!(out, "{other:?}")?,
     }
     out.write_all(b"\n")
+}
+
+/// Text for a terminal: control characters (an escape sequence, a
+/// newline) written as `\u{1b}`, so that a name read from a file cannot
+/// drive the terminal or fake a line. Width and alignment apply.
+struct Printable<'a>(&'a str);
+
+impl std::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.0.chars().any(char::is_control) {
+            return f.pad(self.0);
+        }
+        let mut escaped = String::with_capacity(self.0.len() + 8);
+        for c in self.0.chars() {
+            if c.is_control() {
+                escaped.extend(c.escape_unicode());
+            } else {
+                escaped.push(c);
+            }
+        }
+        f.pad(&escaped)
+    }
 }
 
 #[cfg(test)]
@@ -240,5 +329,81 @@ mod tests {
             line.ends_with("  mock    132       [2001:db8::1]:1000 -> [::1]:2000\n"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn text_escapes_control_characters_in_names() {
+        let key = FlowKey::udp("1.2.3.4:5".parse().unwrap(), "6.7.8.9:53".parse().unwrap());
+        let line = text_of(&FlowRecord::event(
+            "e\u{1b}[2J\nfake\u{7}",
+            FlowEvent::opened(key, 1),
+        ));
+        assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+        assert!(
+            !line.chars().any(|c| c.is_control() && c != '\n'),
+            "{line:?}"
+        );
+        assert!(
+            line.contains("  e\\u{1b}[2J\\u{a}fake\\u{7}  udp"),
+            "{line:?}"
+        );
+        let plain = text_of(&FlowRecord::event("é", FlowEvent::opened(key, 1)));
+        assert!(plain.contains("  é       udp"), "{plain:?}");
+    }
+
+    /// Takes `room` bytes, then fails with "no space".
+    struct Full {
+        taken: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.room - self.taken.len());
+            if n == 0 {
+                return Err(io::ErrorKind::StorageFull.into());
+            }
+            self.taken.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_counts_only_whole_lines_and_drops_the_rest() {
+        let key = FlowKey::udp("1.2.3.4:5".parse().unwrap(), "6.7.8.9:53".parse().unwrap());
+        let record = FlowRecord::event("ebpf", FlowEvent::opened(key, 1));
+        let line = text_of(&record).len();
+        let full = Full {
+            taken: Vec::new(),
+            room: 2 * line + line / 2,
+        };
+        let mut writer = RecordWriter::new(OutputFormat::Text, full);
+        for _ in 0..4 {
+            writer.write(&record).unwrap();
+        }
+        let error = writer.flush().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(writer.records_written(), 2);
+        // Nothing is held back for a later flush.
+        writer.flush().unwrap();
+        assert_eq!(writer.records_written(), 2);
+    }
+
+    #[test]
+    fn a_full_buffer_is_handed_on_as_it_fills() {
+        let key = FlowKey::udp("1.2.3.4:5".parse().unwrap(), "6.7.8.9:53".parse().unwrap());
+        let record = FlowRecord::event("ebpf", FlowEvent::opened(key, 1));
+        let mut writer = RecordWriter::new(OutputFormat::Json, Vec::new());
+        let mut records = 0;
+        while writer.records_written() == 0 {
+            writer.write(&record).unwrap();
+            records += 1;
+        }
+        assert_eq!(writer.records_written(), records);
+        assert!(writer.into_inner().unwrap().len() >= BUFFER_BYTES);
     }
 }

@@ -1,8 +1,10 @@
-//! Drives a merged stream into a [`RecordWriter`] and tallies what passed.
+//! Drives a merged stream into a [`RecordWriter`] and tallies what passed:
+//! what was observed, and how much of it reached the output.
 
 use std::io::{self, Write};
 use std::sync::Arc;
 
+use flow_core::record::FlowRecord;
 use flow_core::{FlowError, FlowEventKind, LossPoint};
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
@@ -20,10 +22,10 @@ pub struct SourceFailure {
     pub error: FlowError,
 }
 
-/// What a pipeline run wrote.
+/// What a pipeline run observed, and what of it it wrote ([`OutputReport`]).
 #[derive(Debug, Default)]
 pub struct PipelineReport {
-    /// Flow events written.
+    /// Flow events observed.
     pub events: u64,
     /// `Opened` events among them.
     pub opened: u64,
@@ -31,7 +33,7 @@ pub struct PipelineReport {
     pub closed: u64,
     /// `Denied` events among them.
     pub denied: u64,
-    /// Loss items written.
+    /// Loss items observed.
     pub loss_items: u64,
     /// Observations those loss items counted (those with a known count).
     pub lost_observations: u64,
@@ -45,42 +47,68 @@ pub struct PipelineReport {
     /// table was full (set by the caller that correlated; duplicates of
     /// those flows may have passed).
     pub correlation_evictions: u64,
-    /// Per-destination totals of the events written.
+    /// Per-destination totals of the events observed.
     pub destinations: Destinations,
+    /// What reached the output.
+    pub output: OutputReport,
+}
+
+/// What reached the output: every line, unless writing failed. After the
+/// first failure nothing more is written, and the rest is only counted.
+#[derive(Debug, Default)]
+pub struct OutputReport {
+    /// Lines (events and loss items) the writer took whole.
+    pub written: u64,
+    /// Lines that were not written.
+    pub unwritten: u64,
+    /// Why, when writing failed (a closed pipe, a full disk).
+    pub error: Option<io::Error>,
+}
+
+impl OutputReport {
+    /// Whether every line was written.
+    #[must_use]
+    pub fn is_complete(&self) -> bool {
+        self.error.is_none()
+    }
+
+    /// Lines written or not.
+    #[must_use]
+    pub fn lines(&self) -> u64 {
+        self.written + self.unwritten
+    }
 }
 
 /// Writes every event and loss of `stream` until it ends, flushing whenever
 /// the stream has nothing ready (so a live reader sees events at once, and a
 /// burst is written in large blocks). A failing source is logged and listed
-/// in the report; the others go on.
-///
-/// # Errors
-/// The writer's error; the stream is dropped, which stops every source.
+/// in the report; the others go on. When writing fails (the reader closed
+/// the pipe, the disk is full), the stream is still drained and tallied, so
+/// the report stays true, and [`PipelineReport::output`] says how many
+/// lines were not written, and why.
 pub async fn write_all<W: Write>(
     stream: impl Stream<Item = MergedItem> + Unpin,
     writer: &mut RecordWriter<W>,
-) -> io::Result<PipelineReport> {
+) -> PipelineReport {
     write_all_tracking_open(stream, writer, watch::channel(0).0).await
 }
 
 /// [`write_all`], and publishes on `open_flows`, whenever the stream pauses,
 /// how many flows are open (opened and not yet closed), so that a supervisor
 /// can wait for a workload's flows to close before it stops the sources.
-///
-/// # Errors
-/// The writer's error.
 pub async fn write_all_tracking_open<W: Write>(
     mut stream: impl Stream<Item = MergedItem> + Unpin,
     writer: &mut RecordWriter<W>,
     open_flows: watch::Sender<usize>,
-) -> io::Result<PipelineReport> {
+) -> PipelineReport {
     let mut report = PipelineReport::default();
+    let mut output = Output::new(writer);
     loop {
         let item = match stream.next().now_or_never() {
             Some(Some(item)) => item,
             Some(None) => break,
             None => {
-                writer.flush()?;
+                output.flush();
                 open_flows.send_replace(report.open_flows());
                 match stream.next().await {
                     Some(item) => item,
@@ -89,13 +117,66 @@ pub async fn write_all_tracking_open<W: Write>(
             }
         };
         if let Some(record) = item.to_record() {
-            writer.write(&record)?;
+            output.write(&record);
         }
         tally(&mut report, item);
     }
-    writer.flush()?;
+    output.flush();
     open_flows.send_replace(report.open_flows());
-    Ok(report)
+    report.output = output.into_report();
+    report
+}
+
+/// A writer until its first error; then only a count.
+struct Output<'w, W: Write> {
+    writer: &'w mut RecordWriter<W>,
+    /// What the writer had written before.
+    written_before: u64,
+    lines: u64,
+    error: Option<io::Error>,
+}
+
+impl<'w, W: Write> Output<'w, W> {
+    fn new(writer: &'w mut RecordWriter<W>) -> Self {
+        Self {
+            written_before: writer.records_written(),
+            writer,
+            lines: 0,
+            error: None,
+        }
+    }
+
+    fn write(&mut self, record: &FlowRecord<'_>) {
+        self.lines += 1;
+        if self.error.is_none() {
+            let written = self.writer.write(record);
+            self.failed(written);
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.error.is_none() {
+            let flushed = self.writer.flush();
+            self.failed(flushed);
+        }
+    }
+
+    /// Keeps the first error, and says once that writing stopped.
+    fn failed(&mut self, result: io::Result<()>) {
+        if let Err(error) = result {
+            tracing::warn!(%error, "cannot write events; the rest are counted, not written");
+            self.error = Some(error);
+        }
+    }
+
+    fn into_report(self) -> OutputReport {
+        let written = self.writer.records_written() - self.written_before;
+        OutputReport {
+            written,
+            unwritten: self.lines.saturating_sub(written),
+            error: self.error,
+        }
+    }
 }
 
 impl PipelineReport {
@@ -124,7 +205,10 @@ fn tally(report: &mut PipelineReport, item: MergedItem) {
                 report.loss_points.push(point);
             }
             match count {
-                Some(count) => report.lost_observations += count,
+                // Counts read back from a file may be anything.
+                Some(count) => {
+                    report.lost_observations = report.lost_observations.saturating_add(count);
+                }
                 None => report.losses_of_unknown_size += 1,
             }
         }

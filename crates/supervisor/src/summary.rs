@@ -96,8 +96,9 @@ impl Destinations {
                 pkt_count,
                 byte_count,
             } => {
-                stats.packets += pkt_count;
-                stats.bytes += byte_count;
+                // Counters read back from a file may be anything.
+                stats.packets = stats.packets.saturating_add(pkt_count);
+                stats.bytes = stats.bytes.saturating_add(byte_count);
             }
             FlowEventKind::Denied => stats.denied += 1,
             _ => {}

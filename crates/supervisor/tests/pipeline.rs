@@ -31,9 +31,7 @@ async fn writes_every_event_and_loss_and_reports_failures() {
     merger.add(Box::new(nflog)).await.unwrap();
 
     let mut writer = RecordWriter::new(OutputFormat::Json, Vec::new());
-    let report = pipeline::write_all(merger.into_stream(), &mut writer)
-        .await
-        .unwrap();
+    let report = pipeline::write_all(merger.into_stream(), &mut writer).await;
     let output = String::from_utf8(writer.into_inner().unwrap()).unwrap();
 
     let records: Vec<FlowRecord<'static>> = output
@@ -67,8 +65,51 @@ async fn no_sources_write_nothing() {
         Merger::new(MergeConfig::default()).into_stream(),
         &mut writer,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(report.events, 0);
     assert!(writer.into_inner().unwrap().is_empty());
+}
+
+/// A pipe whose reader went away after `room` bytes.
+struct ClosedAfter {
+    room: usize,
+}
+
+impl std::io::Write for ClosedAfter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.room == 0 {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        let n = buf.len().min(self.room);
+        self.room -= n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_closed_output_is_counted_and_the_stream_still_drained() {
+    let mut merger = Merger::new(MergeConfig::default());
+    let mut script = ScriptedSource::builder("ebpf");
+    for port in 0..200 {
+        script = script.opened(key(port), 1).closed(key(port), 2, 120, 2);
+    }
+    merger.add(Box::new(script.build())).await.unwrap();
+    let mut writer = RecordWriter::new(OutputFormat::Json, ClosedAfter { room: 300 });
+    let report = pipeline::write_all(merger.into_stream(), &mut writer).await;
+    // Every event is observed and tallied, per destination too.
+    assert_eq!((report.opened, report.closed), (200, 200));
+    let (_, stats) = report.destinations.iter().next().unwrap();
+    assert_eq!((stats.connections, stats.packets), (200, 400));
+    // Two JSON lines fit in 300 bytes; the rest were not written.
+    let output = &report.output;
+    assert!(!output.is_complete());
+    assert_eq!((output.written, output.unwritten), (2, 398));
+    assert_eq!(
+        output.error.as_ref().map(std::io::Error::kind),
+        Some(std::io::ErrorKind::BrokenPipe)
+    );
 }

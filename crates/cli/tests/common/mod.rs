@@ -130,3 +130,18 @@ pub(crate) fn traffic_generator() -> std::path::PathBuf {
     );
     path
 }
+
+/// The write end of a pipe whose reader has gone (`| head` after it exits).
+pub(crate) fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer
+}
+
+/// `/dev/full`, for writing: every write fails with "no space".
+pub(crate) fn dev_full() -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap()
+}
