@@ -146,13 +146,13 @@ fn unprintable(field: &str, name: &str) -> String {
 
 /// A record as the item its backend originally yielded.
 fn into_item(record: &FlowRecord<'_>) -> Result<flow_core::FlowEvent, FlowError> {
-    match record.item {
-        RecordItem::Event(event) => Ok(event),
+    match &record.item {
+        RecordItem::Event(event) => Ok(event.clone().into_owned()),
         RecordItem::Lost {
             point,
             count,
             timestamp_ns,
-        } => Err(FlowError::lost_at(point, count, timestamp_ns)),
+        } => Err(FlowError::lost_at(*point, *count, *timestamp_ns)),
         // RecordItem is non-exhaustive; a kind this version cannot replay is
         // reported rather than dropped.
         other => Err(FlowError::invalid_input(

@@ -46,7 +46,7 @@ fn run(flags: &[&str]) -> Vec<FlowRecord<'static>> {
 fn views(records: &[FlowRecord<'_>]) -> BTreeMap<String, (BTreeSet<FlowKey>, BTreeSet<FlowKey>)> {
     let mut views: BTreeMap<String, (BTreeSet<FlowKey>, BTreeSet<FlowKey>)> = BTreeMap::new();
     for record in records {
-        let RecordItem::Event(event) = record.item else {
+        let RecordItem::Event(event) = &record.item else {
             continue;
         };
         let view = views.entry(record.backend.to_string()).or_default();
@@ -95,7 +95,7 @@ fn both_backends_see_the_same_flows_and_correlated_each_comes_out_once() {
     let mut opened = BTreeMap::<FlowKey, usize>::new();
     let mut closed = BTreeMap::<FlowKey, usize>::new();
     for record in &records {
-        let RecordItem::Event(event) = record.item else {
+        let RecordItem::Event(event) = &record.item else {
             continue;
         };
         let mut backends = vec![record.backend.to_string()];

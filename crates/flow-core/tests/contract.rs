@@ -2,7 +2,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use flow_core::record::{FlowRecord, RecordItem};
+use std::sync::Arc;
+
+use flow_core::dns::{DnsLookup, QueryType, ResponseCode};
+use flow_core::process::{Attribution, Process};
+use flow_core::record::{FlowRecord, JsonOptions, RecordItem};
 use flow_core::{CloseReason, FlowError, FlowEvent, FlowEventKind, FlowKey, LossPoint};
 use proptest::prelude::*;
 
@@ -32,6 +36,27 @@ fn any_key() -> impl Strategy<Value = FlowKey> {
         )
 }
 
+fn any_name() -> impl Strategy<Value = Arc<str>> {
+    "[a-z0-9][a-z0-9.\\-\"é]{0,30}".prop_map(Arc::from)
+}
+
+fn any_lookup() -> impl Strategy<Value = DnsLookup> {
+    (
+        any_name(),
+        any::<u16>(),
+        any::<u16>(),
+        proptest::collection::vec(any_addr(), 0..4),
+        proptest::collection::vec(any_name(), 0..3),
+        any::<bool>(),
+    )
+        .prop_map(|(query, qtype, rcode, answers, cnames, truncated)| {
+            DnsLookup::new(query, QueryType(qtype), ResponseCode(rcode))
+                .with_answers(answers)
+                .with_cnames(cnames)
+                .truncated(truncated)
+        })
+}
+
 fn any_kind() -> impl Strategy<Value = FlowEventKind> {
     prop_oneof![
         Just(FlowEventKind::Opened),
@@ -39,7 +64,30 @@ fn any_kind() -> impl Strategy<Value = FlowEventKind> {
             pkt_count,
             byte_count
         }),
+        Just(FlowEventKind::Denied),
+        any_lookup().prop_map(|lookup| FlowEventKind::Dns(Arc::new(lookup))),
     ]
+}
+
+fn any_process() -> impl Strategy<Value = Process> {
+    (
+        any::<u32>(),
+        proptest::option::of(any_name()),
+        proptest::option::of("/[a-z/ ]{0,20}"),
+        proptest::option::of(proptest::collection::vec(".{0,8}", 0..4)),
+        proptest::option::of(any::<u32>()),
+        proptest::option::of(any::<u32>()),
+        prop_oneof![Just(Attribution::Kernel), Just(Attribution::BestEffort)],
+    )
+        .prop_map(|(pid, comm, exe, cmdline, uid, gid, attribution)| {
+            let mut process = Process::new(pid).attributed(attribution);
+            process.comm = comm;
+            process.exe = exe.map(Arc::from);
+            process.cmdline = cmdline.map(|args| args.into_iter().map(Arc::from).collect());
+            process.uid = uid;
+            process.gid = gid;
+            process
+        })
 }
 
 fn any_event() -> impl Strategy<Value = FlowEvent> {
@@ -48,14 +96,18 @@ fn any_event() -> impl Strategy<Value = FlowEvent> {
         any_kind(),
         any::<u64>(),
         proptest::option::of(any_close_reason()),
+        proptest::option::of(any_name()),
+        proptest::option::of(any_name()),
+        proptest::option::of(any_process()),
     )
-        .prop_map(|(key, kind, ts, reason)| {
-            let event = FlowEvent::new(key, kind, ts);
+        .prop_map(|(key, kind, ts, reason, host, sni, process)| {
             // A reason is only written (and read) on a closed line.
-            match (kind, reason) {
-                (FlowEventKind::Closed { .. }, Some(reason)) => event.because(reason),
-                _ => event,
-            }
+            let reason = reason.filter(|_| matches!(kind, FlowEventKind::Closed { .. }));
+            FlowEvent::new(key, kind, ts)
+                .because(reason)
+                .named(host)
+                .with_sni(sni)
+                .by(process.map(Arc::new))
         })
 }
 
@@ -85,11 +137,28 @@ proptest! {
     #[test]
     fn json_round_trip(record in any_record()) {
         let mut line = Vec::new();
-        record.write_json_line(&mut line).unwrap();
+        record.write_json_line_with(&mut line, JsonOptions::default().cmdline(true)).unwrap();
         prop_assert_eq!(line.last(), Some(&b'\n'));
         prop_assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         let text = std::str::from_utf8(&line).unwrap();
         prop_assert_eq!(FlowRecord::from_json_line(text).unwrap(), record);
+    }
+
+    #[test]
+    fn command_lines_are_written_only_when_asked(record in any_record()) {
+        let mut line = Vec::new();
+        record.write_json_line(&mut line).unwrap();
+        let text = std::str::from_utf8(&line).unwrap();
+        prop_assert!(!text.contains("\"cmdline\""));
+        let mut expected = record.clone();
+        if let RecordItem::Event(event) = &mut expected.item
+            && let Some(process) = &event.process
+        {
+            let mut process = (**process).clone();
+            process.cmdline = None;
+            event.to_mut().process = Some(Arc::new(process));
+        }
+        prop_assert_eq!(FlowRecord::from_json_line(text).unwrap(), expected);
     }
 
     #[test]
@@ -142,7 +211,7 @@ fn errors_name_the_field() {
         ),
         (
             r#"{"ts_ns":1,"kind":"gone","backend":"x"}"#,
-            "field `kind`: unknown variant `gone`, expected one of `opened`, `closed`, `denied`, `lost` (column 24)",
+            "field `kind`: unknown variant `gone`, expected one of `opened`, `closed`, `denied`, `dns`, `lost` (column 24)",
         ),
         (
             r#"{"ts_ns":1,"kind":"closed","proto":"udp","src":"::1","sport":1,"dst":"::1","dport":1,"packets":2,"backend":"x"}"#,

@@ -342,7 +342,7 @@ impl Correlator {
             return;
         };
         let index = self.index(&backend);
-        match (event.kind, index) {
+        match (&event.kind, index) {
             (FlowEventKind::Opened, Some(index)) => self.opened(index, event, now, out),
             (FlowEventKind::Closed { .. }, Some(index)) => self.closed(index, event, now, out),
             _ => out.push_back(MergedItem::Event {

@@ -148,7 +148,7 @@ impl MergedItem {
                 event,
                 also_seen_by,
             } => {
-                let mut record = FlowRecord::event(&**backend, *event);
+                let mut record = FlowRecord::borrowed(&**backend, event);
                 record.also_seen_by = also_seen_by.iter().map(|b| (&**b).into()).collect();
                 Some(record)
             }

@@ -283,7 +283,7 @@ mod tests {
         let closed = FlowEvent::closed(key, 6, 400, 1_500_000_000);
         let known = text_of(&FlowRecord::event(
             "ebpf",
-            closed.because(CloseReason::Reset),
+            closed.clone().because(CloseReason::Reset),
         ));
         assert_eq!(
             known,

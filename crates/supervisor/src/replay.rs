@@ -76,7 +76,7 @@ impl<'a, I: Iterator<Item = FlowRecord<'a>>> Iterator for Items<I> {
         Some(match record.item {
             RecordItem::Event(event) => MergedItem::Event {
                 backend,
-                event,
+                event: event.into_owned(),
                 also_seen_by: record
                     .also_seen_by
                     .iter()

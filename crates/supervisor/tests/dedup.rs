@@ -26,15 +26,14 @@ type Line = (&'static str, String, Vec<String>, Option<(u64, u64)>);
 
 fn line(item: &MergedItem) -> Line {
     let record = item.to_record().expect("an event or a loss");
-    let counters = match record.item {
-        flow_core::record::RecordItem::Event(FlowEvent {
-            kind:
-                FlowEventKind::Closed {
-                    pkt_count,
-                    byte_count,
-                },
-            ..
-        }) => Some((pkt_count, byte_count)),
+    let counters = match &record.item {
+        flow_core::record::RecordItem::Event(event) => match event.kind {
+            FlowEventKind::Closed {
+                pkt_count,
+                byte_count,
+            } => Some((pkt_count, byte_count)),
+            _ => None,
+        },
         _ => None,
     };
     let mut backends = vec![record.backend.to_string()];
@@ -140,7 +139,7 @@ async fn a_close_reason_only_nflog_knows_rides_on_ebpfs_counters() {
         .await;
     assert_eq!(closes.len(), 1, "{closes:?}");
     assert_eq!(
-        (closes[0].kind, closes[0].close_reason),
+        (closes[0].kind.clone(), closes[0].close_reason),
         (
             FlowEventKind::Closed {
                 pkt_count: 10,

@@ -36,7 +36,7 @@ pub(crate) fn assert_one_udp_flow(out: &Path, backend: &str, sport: u16) {
     assert_eq!(kinds, ["opened", "closed"], "{lines}");
     for record in &records {
         assert_eq!(record.backend, backend);
-        let RecordItem::Event(event) = record.item else {
+        let RecordItem::Event(event) = &record.item else {
             panic!("{record:?}")
         };
         assert_eq!(
@@ -44,7 +44,7 @@ pub(crate) fn assert_one_udp_flow(out: &Path, backend: &str, sport: u16) {
             format!("udp 127.0.0.1:{sport} -> 127.0.0.1:9")
         );
     }
-    let RecordItem::Event(closed) = records[1].item else {
+    let RecordItem::Event(closed) = &records[1].item else {
         unreachable!()
     };
     assert_eq!(
