@@ -11,8 +11,8 @@
 use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes};
 use aya_ebpf::programs::SkBuffContext;
 use flow_ebpf_common::{
-    COUNTER_PAYLOAD_CUT, COUNTER_RING_FULL, FLAG_FIRST_PAYLOAD, PAYLOAD_LARGE, PAYLOAD_SMALL,
-    RECORD_DNS, RECORD_FIRST_PAYLOAD, RawFlowKey, RawFlowState, RawPayloadRecord,
+    COUNTER_RING_FULL, FLAG_FIRST_PAYLOAD, PAYLOAD_LARGE, PAYLOAD_SMALL, RECORD_DNS,
+    RECORD_FIRST_PAYLOAD, RawFlowKey, RawFlowState, RawPayloadRecord,
 };
 
 use crate::{EVENTS, bump, or};
@@ -112,11 +112,8 @@ fn copy_into<const N: usize>(
         return;
     };
     let record = entry.as_mut_ptr();
-    let mut len = u64::from(payload);
-    if len > (N - 1) as u64 {
-        len = (N - 1) as u64;
-        bump(COUNTER_PAYLOAD_CUT);
-    }
+    // A longer payload is copied in part; `orig_len` tells userspace.
+    let mut len = u64::from(payload).min((N - 1) as u64);
     // SAFETY: an operation on a register only.
     unsafe { core::arch::asm!("{0} &= {mask}", inout(reg) len, mask = const N - 1) };
     if len == 0 {

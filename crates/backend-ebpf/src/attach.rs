@@ -3,13 +3,18 @@
 use std::fs::File;
 use std::io;
 
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, ProgramError};
-use aya::{Ebpf, EbpfError, EbpfLoader};
+use aya::programs::{
+    BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, ProgramError,
+};
+use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 use flow_core::FlowError;
 use flow_ebpf_common::{
-    EGRESS_PROGRAM, EVENTS_MAP, FLOWS_MAP, INGRESS_PROGRAM, OWN_SLOT_CPUS_GLOBAL,
+    EGRESS_PROGRAM, EVENTS_MAP, EXEC_PROGRAM, FLOWS_MAP, FORK_PROGRAM, INGRESS_PROGRAM,
+    OWN_SLOT_CPUS_GLOBAL, SCOPE_CGROUP_ID_GLOBAL, SCOPE_CGROUP_LEVEL_GLOBAL, SOCK_CREATE_PROGRAM,
     SOCK_RELEASE_PROGRAM,
 };
+
+use crate::kernel_offsets;
 
 use crate::{BACKEND_NAME, EbpfConfig};
 
@@ -39,12 +44,35 @@ impl Attached {
                 _ => FlowError::io(format!("opening {what}"), error),
             }
         })?;
-        let mut ebpf = EbpfLoader::new()
+        let scope = flow_cgroup::identity(&config.cgroup).map_err(|error| {
+            FlowError::unavailable(
+                BACKEND_NAME,
+                format!(
+                    "cgroup {}: {error}: give the path of a cgroup v2 directory",
+                    config.cgroup.display()
+                ),
+            )
+        })?;
+        // Without the kernel's offsets, processes are still attributed
+        // (pid, command name, user), only without their program.
+        let offsets = kernel_offsets::resolve()
+            .inspect_err(|why| {
+                tracing::warn!(
+                    "processes' programs and command lines will be unknown: {why}"
+                );
+            })
+            .unwrap_or_default();
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(EVENTS_MAP, config.ring_bytes)
             .map_max_entries(FLOWS_MAP, config.flow_table_entries)
             .override_global(OWN_SLOT_CPUS_GLOBAL, &config.own_slot_cpus, true)
-            .load(OBJECT)
-            .map_err(load_error)?;
+            .override_global(SCOPE_CGROUP_ID_GLOBAL, &scope.id, true)
+            .override_global(SCOPE_CGROUP_LEVEL_GLOBAL, &scope.level, true);
+        for (global, offset) in &offsets {
+            loader.override_global(global, offset, true);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(load_error)?;
         let mut programs = Vec::new();
         for (name, attach_type) in [
             (EGRESS_PROGRAM, CgroupSkbAttachType::Egress),
@@ -59,17 +87,21 @@ impl Attached {
                 .map_err(|e| program_error(name, "attaching", e))?;
             programs.push((name, program_id(name, program.info())?));
         }
-        let release: &mut CgroupSock = program(&mut ebpf, SOCK_RELEASE_PROGRAM)?;
-        release
-            .load()
-            .map_err(|e| program_error(SOCK_RELEASE_PROGRAM, "loading", e))?;
-        release
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|e| program_error(SOCK_RELEASE_PROGRAM, "attaching", e))?;
-        programs.push((
-            SOCK_RELEASE_PROGRAM,
-            program_id(SOCK_RELEASE_PROGRAM, release.info())?,
-        ));
+        for name in [SOCK_RELEASE_PROGRAM, SOCK_CREATE_PROGRAM] {
+            let program: &mut CgroupSock = program(&mut ebpf, name)?;
+            program
+                .load()
+                .map_err(|e| program_error(name, "loading", e))?;
+            program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|e| program_error(name, "attaching", e))?;
+            programs.push((name, program_id(name, program.info())?));
+        }
+        if !offsets.is_empty()
+            && let Err(why) = attach_process_tracing(&mut ebpf)
+        {
+            tracing::warn!("processes' programs and command lines will be unknown: {why}");
+        }
         Ok(Self { ebpf, programs })
     }
 
@@ -86,6 +118,30 @@ impl Attached {
                 .then_some(*name)
         })
     }
+}
+
+/// Attaches the programs that record what the scope's processes execute
+/// and fork (`tp_btf`: they need the kernel's BTF). They are not cgroup
+/// links: their links are only this process's descriptors.
+fn attach_process_tracing(ebpf: &mut Ebpf) -> Result<(), String> {
+    let btf = Btf::from_sys_fs().map_err(|error| format!("the kernel's BTF: {error}"))?;
+    for (name, tracepoint) in [
+        (EXEC_PROGRAM, "sched_process_exec"),
+        (FORK_PROGRAM, "sched_process_fork"),
+    ] {
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("the eBPF object has no program {name}"))?
+            .try_into()
+            .map_err(|error| format!("{name}: {error}"))?;
+        program
+            .load(tracepoint, &btf)
+            .map_err(|error| format!("loading {name}: {error}"))?;
+        program
+            .attach()
+            .map_err(|error| format!("attaching {name}: {error}"))?;
+    }
+    Ok(())
 }
 
 /// A BPF link of this process, from /proc/self/fdinfo.

@@ -1,34 +1,153 @@
-//! Ring-buffer records into flow events.
+//! Ring-buffer records into what they report: flow events (an opening with
+//! its socket's owner), copied payloads, and process records.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use flow_core::{CloseReason, FlowEvent, FlowKey};
 use flow_ebpf_common::{
     CLOSE_FIN, CLOSE_IDLE, CLOSE_RST, CLOSE_SCOPE_ENDED, CLOSE_SOCK_RELEASE, DecodeError,
-    FAMILY_V4, RECORD_OPENED, RawFlowKey, RawFlowRecord,
+    FAMILY_V4, PayloadRecord, RECORD_CLOSED, RECORD_DNS, RECORD_EXEC, RECORD_FIRST_PAYLOAD,
+    RECORD_FORK, RECORD_OPENED, RawExecRecord, RawFlowKey, RawFlowRecord, RawForkRecord,
+    RawOpenedRecord, RawOwner, record_kind,
 };
+use flow_enrich::process::split_args;
+use flow_enrich::{Exec, Owner};
 
-/// Decodes one ring-buffer record into the event it reports.
+/// The DNS port: the server end of a lookup's flow.
+const DNS_PORT: u16 = 53;
+
+/// What one ring-buffer record reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Record<'a> {
+    /// A flow opened, with its socket's owner when it has one.
+    Opened(FlowEvent, Option<Owner>),
+    /// A flow closed.
+    Closed(FlowEvent),
+    /// A DNS answer reached the scope on the lookup's flow `flow` (the
+    /// asking socket → the resolver).
+    DnsAnswer {
+        /// The lookup's flow.
+        flow: FlowKey,
+        /// TCP: the sequence number of the copied segment.
+        tcp_seq: Option<u32>,
+        /// The copy.
+        payload: &'a [u8],
+        /// The payload's whole length.
+        original_len: usize,
+        /// When it passed.
+        timestamp_ns: u64,
+    },
+    /// The first payload a TCP flow's initiator sent.
+    FirstPayload {
+        /// The flow, as the kernel table keys it (either orientation).
+        flow: FlowKey,
+        /// The copy.
+        payload: &'a [u8],
+    },
+    /// A process of the scope executed a program.
+    Exec(Exec),
+    /// A process of the scope forked: (pid, start time) of the parent and
+    /// of the child.
+    Fork((u32, u64), (u32, u64)),
+}
+
+/// Decodes one ring-buffer record.
 ///
 /// Records are length-checked; bytes that are not a record give an error,
 /// never a panic.
 ///
 /// # Errors
-/// [`DecodeError`]: wrong length, unknown kind or address family.
+/// [`DecodeError`]: wrong length, unknown kind or address family, a copied
+/// length beyond the record.
 ///
 /// ```
 /// use flow_backend_ebpf::decode_record;
 /// assert!(decode_record(&[0_u8; 3]).is_err());
 /// ```
-pub fn decode_record(bytes: &[u8]) -> Result<FlowEvent, DecodeError> {
-    let record = RawFlowRecord::decode(bytes)?;
-    let key = flow_key(&record.key);
-    Ok(if record.kind == RECORD_OPENED {
-        FlowEvent::opened(key, record.first_seen_ns)
+pub fn decode_record(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
+    match record_kind(bytes)? {
+        RECORD_OPENED => {
+            let record = RawOpenedRecord::decode(bytes)?;
+            let event = FlowEvent::opened(flow_key(&record.flow.key), record.flow.first_seen_ns);
+            Ok(Record::Opened(event, owner(&record.owner)))
+        }
+        RECORD_CLOSED => {
+            let record = RawFlowRecord::decode(bytes)?;
+            let event = FlowEvent::closed(
+                flow_key(&record.key),
+                record.packets,
+                record.bytes,
+                record.timestamp_ns,
+            )
+            .because(close_reason(record.close_reason));
+            Ok(Record::Closed(event))
+        }
+        RECORD_DNS | RECORD_FIRST_PAYLOAD => payload(PayloadRecord::decode(bytes)?),
+        RECORD_EXEC => Ok(Record::Exec(exec(&RawExecRecord::decode(bytes)?))),
+        RECORD_FORK => {
+            let fork = RawForkRecord::decode(bytes)?;
+            Ok(Record::Fork(
+                (fork.parent_tgid, fork.parent_start_ns),
+                (fork.child_tgid, fork.child_start_ns),
+            ))
+        }
+        other => Err(DecodeError::Kind(other)),
+    }
+}
+
+fn payload(record: PayloadRecord<'_>) -> Result<Record<'_>, DecodeError> {
+    let header = record.header;
+    let canonical = flow_key(&header.key);
+    Ok(if header.kind == RECORD_DNS {
+        // The resolver is the port-53 end.
+        let flow = if canonical.src_port == DNS_PORT {
+            canonical.reversed()
+        } else {
+            canonical
+        };
+        Record::DnsAnswer {
+            flow,
+            tcp_seq: (canonical.protocol == flow_core::protocol::TCP).then_some(header.tcp_seq),
+            payload: record.data,
+            original_len: header.orig_len as usize,
+            timestamp_ns: header.timestamp_ns,
+        }
     } else {
-        FlowEvent::closed(key, record.packets, record.bytes, record.timestamp_ns)
-            .because(close_reason(record.close_reason))
+        Record::FirstPayload {
+            flow: canonical,
+            payload: record.data,
+        }
     })
+}
+
+/// The socket owner a kernel record carries, if any.
+fn owner(raw: &RawOwner) -> Option<Owner> {
+    (raw.tgid != 0).then(|| {
+        Owner::new(raw.tgid)
+            .started(raw.start_ns)
+            .with_comm(text(&raw.comm))
+            .with_ids(raw.uid, raw.gid)
+    })
+}
+
+fn exec(raw: &RawExecRecord) -> Exec {
+    let copied = raw.args.get(..raw.args_copied as usize).unwrap_or_default();
+    let mut args = split_args(copied);
+    if raw.args_copied < raw.args_len
+        && let Some(last) = args.last_mut()
+    {
+        // The command line was longer than the copy: say where it ends.
+        *last = format!("{last}…").into();
+    }
+    Exec::new(raw.tgid, raw.start_ns, text(&raw.filename).to_string(), args)
+}
+
+/// A NUL-terminated kernel string, invalid UTF-8 replaced.
+fn text(bytes: &[u8]) -> Arc<str> {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into()
 }
 
 /// The contract's close reason for a record's `CLOSE_*`; `None` for a
@@ -67,21 +186,18 @@ fn address(family: u8, bytes: &[u8; 16]) -> IpAddr {
 mod tests {
     use super::*;
     use flow_core::FlowEventKind;
-    use flow_ebpf_common::{RECORD_CLOSED, RECORD_SIZE};
+    use flow_ebpf_common::{
+        EXEC_RECORD_SIZE, OPENED_RECORD_SIZE, PAYLOAD_HEADER_SIZE, PAYLOAD_SMALL, RECORD_SIZE,
+    };
     use proptest::prelude::*;
 
-    /// A record's bytes as the kernel lays them out (native endian).
-    fn encode(record: &RawFlowRecord) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_SIZE);
+    /// A flow record's bytes as the kernel lays them out (native endian),
+    /// followed by an owner for an opened one.
+    fn encode(record: &RawFlowRecord, owner: &RawOwner) -> Vec<u8> {
+        let mut out = Vec::with_capacity(OPENED_RECORD_SIZE);
         out.extend(record.kind.to_ne_bytes());
         out.extend(record.close_reason.to_ne_bytes());
-        out.extend(record.key.src_addr);
-        out.extend(record.key.dst_addr);
-        out.extend(record.key.src_port.to_ne_bytes());
-        out.extend(record.key.dst_port.to_ne_bytes());
-        out.push(record.key.protocol);
-        out.push(record.key.family);
-        out.extend(record.key.pad);
+        out.extend(encode_key(&record.key));
         for value in [
             record.packets,
             record.bytes,
@@ -90,35 +206,64 @@ mod tests {
         ] {
             out.extend(value.to_ne_bytes());
         }
+        if record.kind == RECORD_OPENED {
+            for value in [owner.tgid, owner.uid, owner.gid, owner.pad] {
+                out.extend(value.to_ne_bytes());
+            }
+            out.extend(owner.start_ns.to_ne_bytes());
+            out.extend(owner.comm);
+        }
         out
     }
 
-    fn any_record() -> impl Strategy<Value = RawFlowRecord> {
+    fn encode_key(key: &RawFlowKey) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend(key.src_addr);
+        out.extend(key.dst_addr);
+        out.extend(key.src_port.to_ne_bytes());
+        out.extend(key.dst_port.to_ne_bytes());
+        out.push(key.protocol);
+        out.push(key.family);
+        out.extend(key.pad);
+        out
+    }
+
+    fn any_key() -> impl Strategy<Value = RawFlowKey> {
         (
-            prop_oneof![Just(RECORD_OPENED), Just(RECORD_CLOSED)],
             prop_oneof![Just(4_u8), Just(6_u8)],
             any::<[u8; 16]>(),
             any::<[u8; 16]>(),
             any::<(u16, u16, u8)>(),
+        )
+            .prop_map(|(family, src, dst, (sport, dport, protocol))| {
+                let mut key = RawFlowKey {
+                    src_addr: src,
+                    dst_addr: dst,
+                    src_port: sport,
+                    dst_port: dport,
+                    protocol,
+                    family,
+                    pad: [0; 2],
+                };
+                if family == 4 {
+                    key.src_addr[4..].fill(0);
+                    key.dst_addr[4..].fill(0);
+                }
+                key
+            })
+    }
+
+    fn any_record() -> impl Strategy<Value = (RawFlowRecord, RawOwner)> {
+        (
+            prop_oneof![Just(RECORD_OPENED), Just(RECORD_CLOSED)],
+            any_key(),
             any::<(u64, u64, u64, u64)>(),
             0_u32..8,
+            any::<(u32, u32, u32, u64, [u8; 16])>(),
         )
             .prop_map(
-                |(kind, family, src, dst, (sport, dport, protocol), (p, b, f, t), reason)| {
-                    let mut key = RawFlowKey {
-                        src_addr: src,
-                        dst_addr: dst,
-                        src_port: sport,
-                        dst_port: dport,
-                        protocol,
-                        family,
-                        pad: [0; 2],
-                    };
-                    if family == 4 {
-                        key.src_addr[4..].fill(0);
-                        key.dst_addr[4..].fill(0);
-                    }
-                    RawFlowRecord {
+                |(kind, key, (p, b, f, t), reason, (tgid, uid, gid, start_ns, comm))| {
+                    let record = RawFlowRecord {
                         kind,
                         close_reason: reason,
                         key,
@@ -126,7 +271,16 @@ mod tests {
                         bytes: b,
                         first_seen_ns: f,
                         timestamp_ns: t,
-                    }
+                    };
+                    let owner = RawOwner {
+                        tgid,
+                        uid,
+                        gid,
+                        pad: 0,
+                        start_ns,
+                        comm,
+                    };
+                    (record, owner)
                 },
             )
     }
@@ -141,45 +295,84 @@ mod tests {
             decode_record(&bytes).unwrap();
             seeds += 1;
         }
-        assert_eq!(seeds, 10);
+        assert!(seeds >= 10);
     }
 
     #[test]
     fn the_layout_is_what_the_kernel_writes() {
         assert_eq!(RECORD_SIZE, 80);
+        assert_eq!(OPENED_RECORD_SIZE, 120);
+        assert_eq!(PAYLOAD_HEADER_SIZE, 64);
+        assert_eq!(EXEC_RECORD_SIZE % 8, 0);
         assert_eq!(std::mem::size_of::<RawFlowKey>(), 40);
-        assert_eq!(encode(&RawFlowRecord::default()).len(), RECORD_SIZE);
+        let owner = RawOwner::default();
+        let mut opened = RawFlowRecord::default();
+        opened.kind = RECORD_OPENED;
+        assert_eq!(encode(&opened, &owner).len(), OPENED_RECORD_SIZE);
+    }
+
+    #[test]
+    fn a_dns_answer_is_keyed_from_the_asking_socket() {
+        let key = RawFlowKey {
+            src_addr: [10, 0, 0, 53, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst_addr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            src_port: 53,
+            dst_port: 40_000,
+            protocol: 17,
+            family: 4,
+            pad: [0; 2],
+        };
+        let mut bytes = Vec::new();
+        for value in [RECORD_DNS, 3, 3, 0] {
+            bytes.extend(value.to_ne_bytes());
+        }
+        bytes.extend(encode_key(&key));
+        bytes.extend(7_u64.to_ne_bytes());
+        bytes.extend([1, 2, 3]);
+        bytes.resize(PAYLOAD_HEADER_SIZE + PAYLOAD_SMALL, 0);
+        let Record::DnsAnswer {
+            flow,
+            tcp_seq,
+            payload,
+            ..
+        } = decode_record(&bytes).unwrap()
+        else {
+            panic!("a DNS answer")
+        };
+        assert_eq!(flow.to_string(), "udp 10.0.0.1:40000 -> 10.0.0.53:53");
+        assert_eq!((tcp_seq, payload), (None, &[1, 2, 3][..]));
     }
 
     proptest! {
         #[test]
-        fn valid_records_decode_to_their_event(record in any_record()) {
-            let event = decode_record(&encode(&record)).unwrap();
-            prop_assert_eq!(event.key.src_port, record.key.src_port);
-            prop_assert_eq!(event.key.protocol, record.key.protocol);
-            prop_assert_eq!(event.key.src_addr.is_ipv4(), record.key.family == 4);
-            match event.kind {
-                FlowEventKind::Opened => prop_assert_eq!(event.timestamp_ns, record.first_seen_ns),
-                FlowEventKind::Closed { pkt_count, byte_count } => {
+        fn valid_records_decode_to_their_event((record, owner) in any_record()) {
+            match decode_record(&encode(&record, &owner)).unwrap() {
+                Record::Opened(event, decoded_owner) => {
+                    prop_assert_eq!(record.kind, RECORD_OPENED);
+                    prop_assert_eq!(event.timestamp_ns, record.first_seen_ns);
+                    prop_assert_eq!(event.key.src_port, record.key.src_port);
+                    prop_assert_eq!(decoded_owner.map(|o| o.pid), (owner.tgid != 0).then_some(owner.tgid));
+                }
+                Record::Closed(event) => {
+                    let FlowEventKind::Closed { pkt_count, byte_count } = event.kind else {
+                        panic!("a close")
+                    };
                     prop_assert_eq!((pkt_count, byte_count), (record.packets, record.bytes));
                     prop_assert_eq!(event.close_reason, close_reason(record.close_reason));
-                    prop_assert_eq!(event.close_reason.is_some(), (1..=5).contains(&record.close_reason));
+                    prop_assert_eq!(event.key.src_addr.is_ipv4(), record.key.family == 4);
                 }
-                _ => prop_assert!(false),
+                other => prop_assert!(false, "{other:?}"),
             }
         }
 
         #[test]
-        fn garbage_is_an_error_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let result = decode_record(&bytes);
-            if bytes.len() != RECORD_SIZE {
-                prop_assert_eq!(result.err(), Some(DecodeError::Length(bytes.len())));
-            }
+        fn garbage_is_an_error_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let _ = decode_record(&bytes);
         }
 
         #[test]
-        fn mutated_records_never_panic(record in any_record(), at in 0..RECORD_SIZE, byte in any::<u8>()) {
-            let mut bytes = encode(&record);
+        fn mutated_records_never_panic((record, owner) in any_record(), at in 0..RECORD_SIZE, byte in any::<u8>()) {
+            let mut bytes = encode(&record, &owner);
             bytes[at] = byte;
             let _ = decode_record(&bytes);
         }

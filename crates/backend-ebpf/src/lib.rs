@@ -35,6 +35,7 @@
 
 mod attach;
 mod decode;
+mod kernel_offsets;
 mod reader;
 
 use std::path::{Path, PathBuf};
@@ -43,7 +44,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use flow_core::{ConfigError, FlowError, FlowSource, FlowStream};
 
-pub use decode::decode_record;
+pub use decode::{Record, decode_record};
 
 /// The backend's name, as the output's `backend` field shows it.
 pub const BACKEND_NAME: &str = "ebpf";

@@ -21,7 +21,8 @@ use tokio::io::unix::AsyncFd;
 use flow_cgroup as cgroup;
 
 use crate::attach::Attached;
-use crate::decode::{decode_record, flow_key};
+use crate::decode::{Record, decode_record, flow_key};
+use flow_enrich::{EnrichConfig, Enricher};
 use crate::{BACKEND_NAME, EbpfConfig};
 
 /// The flow table's key, as aya reads it.
@@ -42,6 +43,14 @@ unsafe impl Pod for TableKey {}
 unsafe impl Pod for TableValue {}
 
 type Item = Result<FlowEvent, FlowError>;
+
+/// How much the enricher remembers: as many open flows as the kernel's
+/// table holds.
+fn enrich_config(config: &EbpfConfig) -> EnrichConfig {
+    let flows = std::num::NonZeroUsize::new(config.flow_table_entries as usize)
+        .unwrap_or(std::num::NonZeroUsize::MIN);
+    EnrichConfig::default().flows(flows)
+}
 
 /// Takes the map `name` out of the loaded object, typed.
 fn take_map<T>(attached: &mut Attached, name: &str) -> Result<T, FlowError>
@@ -81,6 +90,7 @@ pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowS
         reported: Counts::default(),
         user_removed: 0,
         pending: VecDeque::new(),
+        enricher: Enricher::new(enrich_config(&config)),
         failed: false,
         cgroup_removed: false,
         finished: false,
@@ -95,12 +105,30 @@ pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowS
     .boxed())
 }
 
-/// Decodes every record in the ring into `pending`; undecodable ones are
-/// counted and reported as a loss.
-fn drain(ring: &mut RingBuf<MapData>, pending: &mut VecDeque<Item>) {
+/// Decodes every record in the ring, in the kernel's order, through the
+/// enricher into `pending`; undecodable ones are counted and reported as
+/// a loss.
+fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, pending: &mut VecDeque<Item>) {
+    let mut made = Vec::new();
     while let Some(record) = ring.next() {
         match decode_record(&record) {
-            Ok(event) => pending.push_back(Ok(event)),
+            Ok(Record::Opened(event, owner)) => {
+                pending.push_back(Ok(enricher.opened(event, owner)));
+            }
+            Ok(Record::Closed(event)) => pending.push_back(Ok(enricher.closed(event))),
+            Ok(Record::DnsAnswer {
+                flow,
+                tcp_seq,
+                payload,
+                original_len,
+                timestamp_ns,
+            }) => {
+                enricher.dns_answer(flow, tcp_seq, payload, original_len, timestamp_ns, &mut made);
+                pending.extend(made.drain(..));
+            }
+            Ok(Record::FirstPayload { flow, payload }) => enricher.first_payload(flow, payload),
+            Ok(Record::Exec(exec)) => enricher.executed(exec),
+            Ok(Record::Fork(parent, child)) => enricher.forked(parent, child),
             Err(error) => {
                 tracing::warn!(?error, "skipping an undecodable eBPF record");
                 pending.push_back(Err(FlowError::lost(LossPoint::Malformed, Some(1))));
@@ -256,6 +284,8 @@ struct Reader {
     /// Flows this reader removed from the table (idle or scope ended).
     user_removed: u64,
     pending: VecDeque<Item>,
+    /// Names and attributes the flows as their records come.
+    enricher: Enricher,
     /// A fatal error was queued: the stream ends after `pending`.
     failed: bool,
     /// The cgroup was removed: each sweep walks the table as for an ended
@@ -294,7 +324,7 @@ impl Reader {
             tokio::select! {
                 guard = self.ring.readable_mut() => match guard {
                     Ok(mut guard) => {
-                        drain(guard.get_inner_mut(), &mut self.pending);
+                        drain(guard.get_inner_mut(), &mut self.enricher, &mut self.pending);
                         guard.clear_ready();
                     }
                     Err(e) => return Some(Err(FlowError::io("reading the eBPF ring buffer", e))),
@@ -306,7 +336,7 @@ impl Reader {
     }
 
     fn drain_ring(&mut self) {
-        drain(self.ring.get_mut(), &mut self.pending);
+        drain(self.ring.get_mut(), &mut self.enricher, &mut self.pending);
     }
 
     /// Reports new losses, starts a walk of the table for idle flows (on a
@@ -376,7 +406,13 @@ impl Reader {
         self.next_walk = walk.started + self.sweep.period().max(walked.took * 10);
         self.last_live = walked.live;
         self.user_removed += walked.closes.len() as u64;
-        self.pending.extend(walked.closes.into_iter().map(Ok));
+        let enricher = &mut self.enricher;
+        self.pending.extend(
+            walked
+                .closes
+                .into_iter()
+                .map(|closed| Ok(enricher.closed(closed))),
+        );
         self.table = Some(walked.table);
         let evicted = self.evicted(walk.inserted_before, walked.live);
         self.report_losses(Some(evicted));

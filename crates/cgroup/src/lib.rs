@@ -91,3 +91,41 @@ mod tests {
         assert_eq!(unescape_mount_path("/a\\040b\\134c"), "/a b\\c");
     }
 }
+
+/// A cgroup v2 directory's identity, as BPF helpers and nf_tables see it:
+/// its id (the directory's inode number) and its depth below the cgroup v2
+/// root (the root is level 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// The cgroup id.
+    pub id: u64,
+    /// Its level below the root.
+    pub level: u32,
+}
+
+/// The [`Identity`] of the cgroup v2 directory `cgroup`.
+///
+/// # Errors
+/// `NotFound` when it does not exist; `InvalidInput` when it is not below
+/// the cgroup v2 mount.
+///
+/// ```
+/// assert!(flow_cgroup::identity("/nonexistent".as_ref()).is_err());
+/// ```
+pub fn identity(cgroup: &Path) -> io::Result<Identity> {
+    use std::os::unix::fs::MetadataExt;
+    let mount = cgroup2_mount()?;
+    let path = cgroup.canonicalize()?;
+    let relative = path.strip_prefix(&mount).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not under the cgroup v2 mount {}", mount.display()),
+        )
+    })?;
+    let level = u32::try_from(relative.components().count())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nested too deep"))?;
+    Ok(Identity {
+        id: fs::metadata(&path)?.ino(),
+        level,
+    })
+}

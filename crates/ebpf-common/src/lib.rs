@@ -51,11 +51,8 @@ pub const COUNTER_FLOWS_INSERTED: u32 = 1;
 pub const COUNTER_FLOWS_REMOVED: u32 = 2;
 /// Packets that would have started a flow but the insert failed.
 pub const COUNTER_INSERT_FAILED: u32 = 3;
-/// Payloads (DNS answers, first payloads) longer than the record holds:
-/// copied in part.
-pub const COUNTER_PAYLOAD_CUT: u32 = 4;
 /// Number of counters.
-pub const COUNTERS_LEN: u32 = 5;
+pub const COUNTERS_LEN: u32 = 4;
 
 /// [`RawFlowRecord::kind`]: a flow was opened.
 pub const RECORD_OPENED: u32 = 1;

@@ -22,7 +22,8 @@ pub const RECORD_FIRST_PAYLOAD: u32 = 4;
 pub const PAYLOAD_SMALL: usize = 512;
 /// Data bytes of a large payload record: room for an EDNS answer of 1232
 /// bytes and a ClientHello with a post-quantum key share (about 1.8 KB);
-/// longer payloads are copied in part (`COUNTER_PAYLOAD_CUT`).
+/// longer payloads are copied in part (`orig_len` says how long they
+/// were).
 pub const PAYLOAD_LARGE: usize = 2048;
 
 /// What precedes the data of a payload record.

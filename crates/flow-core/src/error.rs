@@ -30,6 +30,13 @@ pub enum LossPoint {
     /// A record or message from the kernel could not be decoded and was
     /// skipped.
     Malformed,
+    /// The name cache was full: the least recently used address lost its
+    /// names (flows to it may go unnamed).
+    NameCacheEviction,
+    /// A payload (a DNS answer, a ClientHello) was longer than the copy
+    /// the backend keeps, or a DNS-over-TCP stream lost bytes: the names in
+    /// its tail may be missing.
+    PayloadCut,
     /// The loss was recorded elsewhere and replayed, and the record did not
     /// say where it happened (a JSON line without a `point` this version
     /// knows).
@@ -51,18 +58,22 @@ impl LossPoint {
             Self::SequenceGap => "sequence_gap",
             Self::QueueOverflow => "queue_overflow",
             Self::Malformed => "malformed",
+            Self::NameCacheEviction => "name_cache_eviction",
+            Self::PayloadCut => "payload_cut",
             Self::Recorded => "recorded",
         }
     }
 
     /// Every loss point, in declaration order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::RingBufferFull,
         Self::FlowTableEviction,
         Self::NetlinkOverrun,
         Self::SequenceGap,
         Self::QueueOverflow,
         Self::Malformed,
+        Self::NameCacheEviction,
+        Self::PayloadCut,
         Self::Recorded,
     ];
 
@@ -91,6 +102,8 @@ impl fmt::Display for LossPoint {
             Self::SequenceGap => "sequence gap",
             Self::QueueOverflow => "flowtrack queue full",
             Self::Malformed => "undecodable kernel record",
+            Self::NameCacheEviction => "name cache full",
+            Self::PayloadCut => "payload copied in part",
             Self::Recorded => "recorded loss",
         })
     }
