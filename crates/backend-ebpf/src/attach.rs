@@ -204,7 +204,7 @@ where
 
 fn is_permission(error: &io::Error) -> bool {
     // EPERM; the verifier rejects with EACCES or EINVAL, which are not about privilege.
-    error.raw_os_error() == Some(1)
+    error.raw_os_error() == Some(libc::EPERM)
 }
 
 fn permission_denied(action: &str) -> FlowError {
@@ -214,39 +214,78 @@ fn permission_denied(action: &str) -> FlowError {
     }
 }
 
-fn load_error(error: EbpfError) -> FlowError {
-    match &error {
-        EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
-            if is_permission(io_error) =>
-        {
-            permission_denied("creating eBPF maps")
-        }
-        _ => FlowError::unavailable(
-            BACKEND_NAME,
-            format!("cannot load the eBPF object: {error}"),
+/// The system's error, with what to do about it where that is known: the
+/// errors a load or attach meets for want of resources.
+fn explain(error: &io::Error) -> String {
+    let remedy = match error.raw_os_error() {
+        Some(libc::EMFILE) => Some(
+            "flowtrack has no file descriptor left for it: raise the open-file limit (ulimit -n)",
         ),
+        Some(libc::ENFILE) => {
+            Some("the system has no file descriptor left: close some, or raise fs.file-max")
+        }
+        Some(libc::ENOMEM) => Some(
+            "the kernel could not allocate its memory: lower --flow-table-entries or \
+             --ring-bytes, or raise the locked-memory limit (ulimit -l) on kernels before 5.11",
+        ),
+        _ => None,
+    };
+    match remedy {
+        Some(remedy) => format!("{error}: {remedy}"),
+        None => error.to_string(),
     }
 }
 
+/// The system's error at the root of `error`, if there is one.
+fn io_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        cause = error.source();
+    }
+    None
+}
+
+fn load_error(error: EbpfError) -> FlowError {
+    let cause = io_cause(&error);
+    if let EbpfError::MapError(aya::maps::MapError::CreateError { .. }) = &error
+        && cause.is_some_and(is_permission)
+    {
+        return permission_denied("creating eBPF maps");
+    }
+    let reason = match cause {
+        Some(io) => format!("{error}: {}", explain(io)),
+        None => error.to_string(),
+    };
+    FlowError::unavailable(
+        BACKEND_NAME,
+        format!("cannot load the eBPF object: {reason}"),
+    )
+}
+
 fn program_error(name: &str, action: &str, error: ProgramError) -> FlowError {
+    let cause = io_cause(&error);
     match &error {
-        ProgramError::LoadError { io_error, .. } if is_permission(io_error) => {
-            permission_denied(&format!("loading the eBPF program {name}"))
+        _ if cause.is_some_and(is_permission) => {
+            permission_denied(&format!("{action} the eBPF program {name}"))
         }
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => FlowError::unavailable(
-            BACKEND_NAME,
-            format!(
-                "the kernel's verifier rejected {name} ({io_error}); its log ends: {}",
-                log_tail(&verifier_log.to_string())
-            ),
-        ),
-        ProgramError::SyscallError(syscall) if is_permission(&syscall.io_error) => {
-            permission_denied(&format!("{action} the eBPF program {name}"))
+        } if matches!(io_error.raw_os_error(), Some(libc::EACCES | libc::EINVAL)) => {
+            FlowError::unavailable(
+                BACKEND_NAME,
+                format!(
+                    "the kernel's verifier rejected {name} ({io_error}); its log ends: {}",
+                    log_tail(&verifier_log.to_string())
+                ),
+            )
         }
-        ProgramError::SyscallError(syscall) if syscall.io_error.raw_os_error() == Some(22) => {
+        ProgramError::SyscallError(syscall)
+            if syscall.io_error.raw_os_error() == Some(libc::EINVAL) =>
+        {
             FlowError::unavailable(
                 BACKEND_NAME,
                 format!(
@@ -254,7 +293,13 @@ fn program_error(name: &str, action: &str, error: ProgramError) -> FlowError {
                 ),
             )
         }
-        _ => FlowError::unavailable(BACKEND_NAME, format!("{action} {name} failed: {error}")),
+        _ => {
+            let reason = match cause {
+                Some(io) => format!("{error}: {}", explain(io)),
+                None => error.to_string(),
+            };
+            FlowError::unavailable(BACKEND_NAME, format!("{action} {name} failed: {reason}"))
+        }
     }
 }
 
@@ -262,4 +307,52 @@ fn program_error(name: &str, action: &str, error: ProgramError) -> FlowError {
 fn log_tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map_error(errno: i32) -> EbpfError {
+        EbpfError::MapError(aya::maps::MapError::CreateError {
+            name: "COUNTERS".into(),
+            io_error: io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn running_out_of_descriptors_says_so_and_what_to_do() {
+        let message = load_error(map_error(libc::EMFILE)).to_string();
+        assert!(
+            message.contains("failed to create map `COUNTERS`"),
+            "{message}"
+        );
+        assert!(message.contains("Too many open files"), "{message}");
+        assert!(message.contains("ulimit -n"), "{message}");
+        let message = program_error(
+            EGRESS_PROGRAM,
+            "attaching",
+            ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_link_create",
+                io_error: io::Error::from_raw_os_error(libc::EMFILE),
+            }),
+        )
+        .to_string();
+        assert!(message.contains("Too many open files"), "{message}");
+    }
+
+    #[test]
+    fn out_of_memory_names_the_sizes() {
+        let message = load_error(map_error(libc::ENOMEM)).to_string();
+        assert!(message.contains("--flow-table-entries"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_privilege_is_named() {
+        let error = load_error(map_error(libc::EPERM));
+        assert!(
+            matches!(error, FlowError::PermissionDenied { .. }),
+            "{error}"
+        );
+    }
 }

@@ -53,8 +53,9 @@ pub const BACKEND_NAME: &str = "ebpf";
 pub const MIN_FLOW_TABLE_ENTRIES: u32 = 64;
 
 /// The most flows the kernel table can be given: 8,388,608, about 1.2 GiB
-/// of kernel memory (an entry costs about 140 bytes: its key and value
-/// and the LRU map's own bookkeeping), allocated when the backend starts.
+/// of kernel memory (an entry costs about 152 bytes: its 40-byte key, its
+/// 48-byte value and the LRU map's own bookkeeping, as the kernel accounts
+/// a map of a million entries), allocated when the backend starts.
 pub const MAX_FLOW_TABLE_ENTRIES: u32 = 1 << 23;
 
 /// What to observe and how big the kernel-side buffers are: built with
@@ -205,7 +206,7 @@ pub fn flow_table_entries_problem(flows: u32) -> Option<String> {
     } else if flows > MAX_FLOW_TABLE_ENTRIES {
         Some(format!(
             "{flows} flows: the table holds at most {MAX_FLOW_TABLE_ENTRIES} \
-             (about 140 bytes of kernel memory a flow, 1.2 GiB at the most)"
+             (about 152 bytes of kernel memory a flow, 1.2 GiB at the most)"
         ))
     } else {
         None

@@ -1,7 +1,9 @@
-//! `flowtrack cleanup`'s part for this backend: what flowtrack processes
-//! that no longer run left in a network namespace — nf_tables tables (only
-//! possible on kernels without table owners, or when a table outlived its
-//! socket) and conntrack settings they changed — removed and listed.
+//! `flowtrack cleanup`'s part for this backend, also run by every start:
+//! what flowtrack processes that no longer run left in a network namespace
+//! — nf_tables tables no netlink socket owns (only possible on kernels
+//! without table owners) and conntrack settings whose record no running
+//! source holds locked — removed and listed. Never decided by pids, which
+//! another PID namespace does not see and which are reused.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -8,11 +8,15 @@
 //! - subscribes to conntrack NEW, UPDATE and DESTROY events (receive buffer
 //!   set with `SO_RCVBUFFORCE`);
 //! - turns on `nf_conntrack_acct` and `nf_conntrack_timestamp` (restored
-//!   when it stops);
+//!   when it stops; a record under [`STATE_DIR`], locked while it runs,
+//!   lets the next start restore them after a crash);
 //! - binds an nflog group (sequence numbers on, one packet per message);
 //! - installs one nf_tables table of its own (built as netlink messages)
 //!   that marks the scope's new connections with a ct mark, limits their
-//!   events to new, destroy and TCP state changes, and logs them.
+//!   events to new, destroy and TCP state changes, and logs them. The
+//!   table is named after its mark and owned by the thread's socket: no
+//!   two instances in a namespace share a mark, and the kernel removes
+//!   the table when the process ends, however it ends.
 //!
 //! Events:
 //!
@@ -23,6 +27,11 @@
 //!   other flows, and for every open flow when a cgroup scope has no
 //!   process left. Counters are conntrack's: packets and IP-level bytes of
 //!   both directions.
+//! - The end of the stream when the scope is gone: the cgroup removed, or
+//!   the network namespace's name deleted (`ip netns delete`, or the end of
+//!   the process of a `/proc/PID/ns/net` path). Open flows are closed
+//!   first; the listener then leaves the namespace, so it does not keep a
+//!   deleted namespace alive.
 //! - `Denied` for packets logged by a drop rule whose log prefix starts
 //!   with [`DENY_PREFIX`] to the backend's group (one per flow per minute).
 //! - Loss: `ENOBUFS` on the event socket (a `netlink_overrun` item; the
@@ -238,7 +247,9 @@ pub fn decode_nflog_datagram(datagram: &[u8]) -> Decoded {
 }
 
 /// The nflog [`FlowSource`]: installs its rules on [`FlowSource::start`];
-/// dropping the stream removes them and restores the settings.
+/// dropping the stream wakes its listener thread, which removes them and
+/// restores the settings at once. Inside a tokio runtime the drop does not
+/// wait for that (the runtime's shutdown does); outside one it does.
 #[derive(Debug)]
 pub struct NflogSource {
     config: Option<NflogConfig>,

@@ -1,25 +1,28 @@
 //! The listener thread: it enters the scope's network namespace (a
 //! dedicated thread, never a shared tokio worker), installs the rules and
 //! settings, reads ctnetlink events and nflog packets, and hands batches of
-//! items to the stream. Dropping the [`Listener`] stops it and undoes
-//! everything it installed.
+//! items to the stream. Dropping the [`Listener`] wakes the thread, which
+//! leaves at once and undoes everything it installed; the drop itself
+//! never blocks an async runtime.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use flow_core::{CloseReason, FlowError, FlowEvent, FlowEventKind, FlowKey, LossPoint};
-use rustix::event::{PollFd, PollFlags};
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conntrack::{self, CtEntry};
 use crate::netlink::{Reply, Socket};
 use crate::nflog::{self, DENY_PREFIX};
-use crate::rules::{self, RuleScope, Table};
+use crate::rules::{self, MARK_BIT, RuleScope, Table};
 use crate::sysctl::ConntrackSettings;
 use crate::tracker::{Clock, FlowId, Step, Tracker};
 use crate::{BACKEND_NAME, NflogConfig};
@@ -27,19 +30,48 @@ use crate::{BACKEND_NAME, NflogConfig};
 /// What the stream yields.
 pub(crate) type Item = Result<FlowEvent, FlowError>;
 
-/// The running listener thread; dropping it stops the thread and waits
-/// for its clean-up (rules removed, settings restored).
+/// How often the thread checks its table and its scope.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// The running listener thread; dropping it wakes the thread, which
+/// removes its rules and restores the settings as it leaves.
 pub(crate) struct Listener {
-    stop: Arc<AtomicBool>,
+    /// An eventfd in the thread's poll set: written to stop it.
+    wake: Arc<OwnedFd>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Err(error) = rustix::io::write(&*self.wake, &1u64.to_ne_bytes()) {
+            tracing::warn!(%error, "could not wake the nflog listener");
         }
+        if let Some(thread) = self.thread.take() {
+            join_off_runtime(thread);
+        }
+    }
+}
+
+/// Joins `thread` on exit: on its own in this thread when it is no async
+/// worker, else on the runtime's blocking pool (whose shutdown waits for
+/// it), so that no worker waits for the thread's clean-up.
+pub(crate) fn join_off_runtime(thread: JoinHandle<()>) {
+    /// Joins on drop: when the runtime refuses the blocking task (it is
+    /// shutting down) the task is dropped unrun, and the join happens there.
+    struct JoinOnDrop(Option<JoinHandle<()>>);
+    impl Drop for JoinOnDrop {
+        fn drop(&mut self) {
+            if let Some(thread) = self.0.take()
+                && thread.join().is_err()
+            {
+                tracing::warn!("the nflog listener thread panicked");
+            }
+        }
+    }
+    let join = JoinOnDrop(Some(thread));
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(join))),
+        Err(_) => drop(join),
     }
 }
 
@@ -49,15 +81,17 @@ pub(crate) async fn spawn(
     config: NflogConfig,
     items: mpsc::Sender<Vec<Item>>,
 ) -> Result<Listener, FlowError> {
-    let stop = Arc::new(AtomicBool::new(false));
+    let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map_err(|e| FlowError::io("making the nflog listener's wake-up eventfd", e.into()))?;
+    let wake = Arc::new(wake);
     let (ready_tx, ready_rx) = oneshot::channel();
-    let thread_stop = Arc::clone(&stop);
+    let thread_wake = Arc::clone(&wake);
     let thread = std::thread::Builder::new()
         .name("flowtrack-nflog".into())
         .spawn(move || match Session::open(&config) {
             Ok(mut session) => {
                 let _ = ready_tx.send(Ok(()));
-                session.run(&thread_stop, &items);
+                session.run(thread_wake.as_fd(), &items);
             }
             Err(error) => {
                 let _ = ready_tx.send(Err(error));
@@ -65,7 +99,7 @@ pub(crate) async fn spawn(
         })
         .map_err(|e| FlowError::io("starting the nflog listener thread", e))?;
     let listener = Listener {
-        stop,
+        wake,
         thread: Some(thread),
     };
     match ready_rx.await {
@@ -93,8 +127,44 @@ fn setup_error(action: &str, needs: &str, error: io::Error) -> FlowError {
     }
 }
 
-/// A process-wide counter making table names and marks unique.
-static INSTANCE: AtomicU32 = AtomicU32::new(0);
+/// The scope a session observes, to tell when it is gone.
+enum Watched {
+    /// A cgroup directory and its id (the directory's inode).
+    Cgroup(PathBuf, u64),
+    /// The nsfs file the session entered, and the namespace it named.
+    Netns(PathBuf, NsId),
+}
+
+impl Watched {
+    /// Why the scope is gone, if it is: a removed cgroup, or a namespace
+    /// whose name was deleted (`ip netns delete`, or the process of a
+    /// `/proc/PID/ns/net` path ended). The same path naming another
+    /// cgroup or namespace counts as gone.
+    fn gone(&self) -> Option<String> {
+        match self {
+            Self::Cgroup(path, id) => (std::fs::metadata(path).map(|m| m.ino()).ok() != Some(*id))
+                .then(|| format!("the cgroup {} was removed", path.display())),
+            Self::Netns(path, id) => (NsId::of(path).ok().as_ref() != Some(id))
+                .then(|| format!("the network namespace {} was deleted", path.display())),
+        }
+    }
+}
+
+/// What the periodic check found.
+enum ScopeState {
+    /// The scope is there: go on.
+    Live,
+    /// The scope is gone: its flows are closed, the stream ends.
+    Gone,
+}
+
+/// What woke the thread.
+enum Woken {
+    /// Messages, or the time to check.
+    Work,
+    /// The listener was dropped.
+    Stop,
+}
 
 /// What the thread owns while it runs.
 struct Session {
@@ -104,7 +174,8 @@ struct Session {
     nft: Socket,
     table: Table,
     tracker: Tracker,
-    cgroup: Option<std::path::PathBuf>,
+    cgroup: Option<PathBuf>,
+    watched: Vec<Watched>,
     receive_buffer: usize,
     max_receive_buffer: usize,
     resync_pending: bool,
@@ -117,13 +188,17 @@ struct Session {
 
 impl Session {
     fn open(config: &NflogConfig) -> Result<Self, FlowError> {
+        let mut watched = Vec::new();
         if let Some(netns) = &config.netns {
-            enter_netns(netns)?;
+            watched.push(Watched::Netns(netns.clone(), enter_netns(netns)?));
         }
         let scope = match &config.cgroup {
             Some(cgroup) => cgroup_scope(cgroup)?,
             None => RuleScope::Netns,
         };
+        if let (Some(cgroup), RuleScope::Cgroup { id, .. }) = (&config.cgroup, scope) {
+            watched.push(Watched::Cgroup(cgroup.clone(), id));
+        }
         let needs = "CAP_NET_ADMIN";
         let events = Socket::open(&conntrack::EVENT_GROUPS)
             .map_err(|e| setup_error("subscribing to conntrack events", needs, e))?;
@@ -150,27 +225,21 @@ impl Session {
         nft.set_receive_timeout(Duration::from_secs(5))
             .map_err(|e| FlowError::io("setting a netlink timeout", e))?;
         let _ = remove_leftover_tables(&mut nft);
-        let instance = INSTANCE.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let table = Table {
-            name: format!("{}{pid}_{instance}", rules::TABLE_PREFIX),
-            scope,
-            mark: 0x8000_0000 | (pid & 0x7fff) << 16 | (instance & 0xffff),
-            log_group,
-        };
-        let seq = nft.next_seq();
-        let (batch, last) = rules::create_batch(&table, seq);
-        nft.transact(&batch, last)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::EOPNOTSUPP | libc::ENOENT) => FlowError::unavailable(
-                    BACKEND_NAME,
-                    format!(
-                        "the kernel refused flowtrack's nf_tables rules ({e}): it lacks nf_tables, \
+        let table = rules::create_with_free_mark(mark_candidates(), scope, log_group, |table| {
+            let seq = nft.next_seq();
+            let (batch, last) = rules::create_batch(table, seq);
+            nft.transact(&batch, last).map(drop)
+        })
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP | libc::ENOENT) => FlowError::unavailable(
+                BACKEND_NAME,
+                format!(
+                    "the kernel refused flowtrack's nf_tables rules ({e}): it lacks nf_tables, \
                      its ct, socket or log expressions (modules nft_ct, nft_socket, nft_log)"
-                    ),
                 ),
-                _ => setup_error("installing the nf_tables rules", needs, e),
-            })?;
+            ),
+            _ => setup_error("installing the nf_tables rules", needs, e),
+        })?;
         tracing::debug!(table = %table.name, mark = table.mark, group = table.log_group, "rules installed");
         Ok(Self {
             events,
@@ -180,6 +249,7 @@ impl Session {
             tracker: Tracker::new(table.mark),
             table,
             cgroup: config.cgroup.clone(),
+            watched,
             receive_buffer: granted,
             max_receive_buffer: config.max_receive_buffer,
             resync_pending: false,
@@ -190,42 +260,65 @@ impl Session {
         })
     }
 
-    fn run(&mut self, stop: &AtomicBool, items: &mpsc::Sender<Vec<Item>>) {
-        let mut last_check = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
+    /// Reads until the listener is dropped, the stream's reader is gone,
+    /// the scope is gone, or a fatal error; then removes the table.
+    fn run(&mut self, wake: BorrowedFd<'_>, items: &mpsc::Sender<Vec<Item>>) {
+        let mut next_check = Instant::now() + CHECK_EVERY;
+        loop {
             let mut batch = Vec::new();
-            let mut round = self.wait_and_read(&mut batch);
-            if round.is_ok() && last_check.elapsed() >= Duration::from_millis(250) {
-                last_check = Instant::now();
-                round = self.check_scope(&mut batch);
-            }
-            let failed = round.is_err();
-            if let Err(error) = round {
-                batch.push(Err(error));
-            }
-            if (!batch.is_empty() && items.blocking_send(batch).is_err()) || failed {
+            let round = match self.wait_and_read(wake, next_check, &mut batch) {
+                Ok(Woken::Stop) => break,
+                Ok(Woken::Work) if Instant::now() >= next_check => {
+                    next_check = Instant::now() + CHECK_EVERY;
+                    self.check_scope(&mut batch)
+                }
+                Ok(Woken::Work) => Ok(ScopeState::Live),
+                Err(error) => Err(error),
+            };
+            let end = match round {
+                Ok(ScopeState::Live) => false,
+                Ok(ScopeState::Gone) => true,
+                Err(error) => {
+                    batch.push(Err(error));
+                    true
+                }
+            };
+            if (!batch.is_empty() && items.blocking_send(batch).is_err()) || end {
                 break;
             }
         }
         self.remove_table();
     }
 
-    fn wait_and_read(&mut self, batch: &mut Vec<Item>) -> Result<(), FlowError> {
+    /// Waits for messages (until `deadline` at the most), then reads them;
+    /// or finds the listener dropped.
+    fn wait_and_read(
+        &mut self,
+        wake: BorrowedFd<'_>,
+        deadline: Instant,
+        batch: &mut Vec<Item>,
+    ) -> Result<Woken, FlowError> {
         let (events, log) = (self.events.fd(), self.log.fd());
         let mut fds = [
             PollFd::new(&events, PollFlags::IN),
             PollFd::new(&log, PollFlags::IN),
+            PollFd::new(&wake, PollFlags::IN),
         ];
+        let wait = deadline.saturating_duration_since(Instant::now());
         let timeout = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 100_000_000,
+            tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(wait.subsec_nanos()),
         };
         match rustix::event::poll(&mut fds, Some(&timeout)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(FlowError::io("waiting for netlink messages", e.into())),
         }
+        if fds[2].revents().contains(PollFlags::IN) {
+            return Ok(Woken::Stop);
+        }
         self.read_events(batch)?;
-        self.read_log(batch)
+        self.read_log(batch)?;
+        Ok(Woken::Work)
     }
 
     /// Drains the conntrack event socket.
@@ -384,32 +477,46 @@ impl Session {
         }
     }
 
-    /// Every 250 ms: make sure the table is still there (deleted from
-    /// outside, flows would go unmarked: a fatal error); forget old closed
-    /// flows; when the cgroup has no process left, close what is still
-    /// open.
-    fn check_scope(&mut self, batch: &mut Vec<Item>) -> Result<(), FlowError> {
-        self.check_table()?;
-        let clock = Clock::now();
-        self.tracker.expire(clock.now_ns);
-        let Some(cgroup) = &self.cgroup else {
-            return Ok(());
-        };
-        let ended = flow_cgroup::is_populated(cgroup) != Some(true);
-        if ended && self.tracker.open_flows() > 0 {
-            match self.dump() {
-                Ok(table) => {
-                    let mut steps = Vec::new();
-                    self.tracker.close_all(&table, clock.now_ns, &mut steps);
-                    batch.extend(steps.into_iter().filter_map(|step| match step {
-                        Step::Emit(event) => Some(Ok(event)),
-                        Step::FetchCounters(..) => None,
-                    }));
-                }
-                Err(error) => batch.push(Err(error)),
-            }
+    /// Every [`CHECK_EVERY`]: make sure the table is still there (deleted
+    /// from outside, flows would go unmarked: a fatal error); forget old
+    /// closed flows; when the cgroup has no process left, close what is
+    /// still open; when the scope is gone, close what is open and end.
+    fn check_scope(&mut self, batch: &mut Vec<Item>) -> Result<ScopeState, FlowError> {
+        if let Some(gone) = self.watched.iter().find_map(Watched::gone) {
+            tracing::warn!("{gone}: its flows are closed and the nflog backend ends");
+            self.close_open_flows(batch);
+            return Ok(ScopeState::Gone);
         }
-        Ok(())
+        self.check_table()?;
+        self.tracker.expire(Clock::now().now_ns);
+        let ended = self
+            .cgroup
+            .as_ref()
+            .is_some_and(|cgroup| flow_cgroup::is_populated(cgroup) != Some(true));
+        if ended {
+            self.close_open_flows(batch);
+        }
+        Ok(ScopeState::Live)
+    }
+
+    /// Closes every open flow (the scope ended), with the counters of a
+    /// dump of the table.
+    fn close_open_flows(&mut self, batch: &mut Vec<Item>) {
+        if self.tracker.open_flows() == 0 {
+            return;
+        }
+        match self.dump() {
+            Ok(table) => {
+                let mut steps = Vec::new();
+                self.tracker
+                    .close_all(&table, Clock::now().now_ns, &mut steps);
+                batch.extend(steps.into_iter().filter_map(|step| match step {
+                    Step::Emit(event) => Some(Ok(event)),
+                    Step::FetchCounters(..) => None,
+                }));
+            }
+            Err(error) => batch.push(Err(error)),
+        }
     }
 
     /// Fails when the backend's table was deleted by someone else.
@@ -459,14 +566,40 @@ fn entries(replies: &[Reply]) -> Vec<CtEntry> {
         .collect()
 }
 
-/// Moves the calling thread into the network namespace at `path`.
-pub(crate) fn enter_netns(path: &std::path::Path) -> Result<(), FlowError> {
+/// A namespace's identity: the device and inode of its nsfs file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NsId {
+    dev: u64,
+    ino: u64,
+}
+
+impl NsId {
+    /// The namespace `path` names now.
+    fn of(path: &Path) -> io::Result<Self> {
+        let metadata = std::fs::metadata(path)?;
+        Ok(Self {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        })
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`; which
+/// namespace that was.
+pub(crate) fn enter_netns(path: &Path) -> Result<NsId, FlowError> {
     let file = std::fs::File::open(path).map_err(|e| {
         FlowError::invalid_input(
             format!("network namespace {}", path.display()),
             format!("cannot open it ({e}): is the name, path or pid right?"),
         )
     })?;
+    let metadata = file
+        .metadata()
+        .map_err(|e| FlowError::io(format!("network namespace {}", path.display()), e))?;
+    let id = NsId {
+        dev: metadata.dev(),
+        ino: metadata.ino(),
+    };
     rustix::thread::move_into_link_name_space(
         file.as_fd(),
         Some(rustix::thread::LinkNameSpaceType::Network),
@@ -478,12 +611,13 @@ pub(crate) fn enter_netns(path: &std::path::Path) -> Result<(), FlowError> {
             "not a network namespace",
         ),
         other => FlowError::io("entering a network namespace", other.into()),
-    })
+    })?;
+    Ok(id)
 }
 
 /// The rule scope of a cgroup v2 directory: its id (the directory's inode)
 /// and its depth below the cgroup v2 root.
-fn cgroup_scope(cgroup: &std::path::Path) -> Result<RuleScope, FlowError> {
+fn cgroup_scope(cgroup: &Path) -> Result<RuleScope, FlowError> {
     use std::os::unix::fs::MetadataExt;
     let context = || format!("cgroup {}", cgroup.display());
     let mount = flow_cgroup::cgroup2_mount().map_err(|e| {
@@ -544,8 +678,18 @@ fn bind_log_group(group: Option<u16>) -> Result<(Socket, u16), FlowError> {
     ))
 }
 
-/// Deletes flowtrack tables whose process is gone (a crash before the
-/// kernel could drop an owned table, or a kernel without table owners).
+/// ct marks to try for a new table: random ones (the table's name carries
+/// the mark, so the kernel refuses one another instance in the namespace
+/// holds, and the next is tried).
+fn mark_candidates() -> impl Iterator<Item = u32> {
+    let random = std::collections::hash_map::RandomState::new();
+    (0u32..64).map(move |attempt| (random.hash_one(attempt) as u32) & !MARK_BIT)
+}
+
+/// Deletes flowtrack tables no netlink socket owns: a live flowtrack's
+/// table is owned by its socket (and goes with it), so one without an
+/// owner was left by a flowtrack on a kernel without table owners, or by
+/// another version.
 pub(crate) fn remove_leftover_tables(nft: &mut Socket) -> Vec<String> {
     let mut removed = Vec::new();
     let seq = nft.next_seq();
@@ -556,22 +700,67 @@ pub(crate) fn remove_leftover_tables(nft: &mut Socket) -> Vec<String> {
         let Some(name) = rules::table_name(&reply.payload) else {
             continue;
         };
-        let Some(pid) = rules::owner_pid(&name) else {
+        if !rules::is_flowtrack_table(&name) || rules::is_owned(&reply.payload) {
             continue;
-        };
-        if !std::path::Path::new("/proc").join(pid.to_string()).exists() {
-            let seq = nft.next_seq();
-            let (batch, last) = rules::delete_batch(&name, seq);
-            match nft.transact(&batch, last) {
-                Ok(_) => {
-                    tracing::info!(table = %name, "removed a leftover nf_tables table");
-                    removed.push(format!("nf_tables table inet {name} (left by pid {pid})"));
-                }
-                Err(error) => {
-                    tracing::warn!(%error, table = %name, "could not remove a leftover table");
-                }
+        }
+        let seq = nft.next_seq();
+        let (batch, last) = rules::delete_batch(&name, seq);
+        match nft.transact(&batch, last) {
+            Ok(_) => {
+                tracing::info!(table = %name, "removed a leftover nf_tables table");
+                removed.push(format!("nf_tables table inet {name} (owned by no process)"));
+            }
+            Err(error) => {
+                tracing::warn!(%error, table = %name, "could not remove a leftover table");
             }
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn marks_are_flowtrack_marks_and_vary() {
+        let marks: Vec<u32> = mark_candidates().collect();
+        assert_eq!(marks.len(), 64);
+        assert!(
+            marks.iter().all(|mark| mark & MARK_BIT == 0),
+            "the bit is added with the table"
+        );
+        let distinct: std::collections::HashSet<_> = marks.iter().collect();
+        assert!(distinct.len() > 60, "{marks:?}");
+    }
+
+    /// A thread that finishes once released (or after 10 seconds).
+    fn held_thread() -> (JoinHandle<()>, std::sync::mpsc::Sender<()>, Arc<AtomicBool>) {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let finished = Arc::new(AtomicBool::new(false));
+        let thread_finished = Arc::clone(&finished);
+        let thread = std::thread::spawn(move || {
+            let _ = released.recv_timeout(Duration::from_secs(10));
+            thread_finished.store(true, Ordering::SeqCst);
+        });
+        (thread, release, finished)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn inside_a_runtime_the_join_waits_on_the_blocking_pool() {
+        let (thread, release, finished) = held_thread();
+        join_off_runtime(thread);
+        // Joined in place, the call would have returned after the thread.
+        assert!(!finished.load(Ordering::SeqCst), "the caller did not wait");
+        release.send(()).unwrap();
+    }
+
+    #[test]
+    fn outside_a_runtime_the_join_is_in_place() {
+        let (thread, release, finished) = held_thread();
+        release.send(()).unwrap();
+        join_off_runtime(thread);
+        assert!(finished.load(Ordering::SeqCst));
+    }
 }

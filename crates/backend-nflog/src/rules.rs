@@ -4,7 +4,7 @@
 //! For a cgroup scope, in family `inet`:
 //!
 //! ```text
-//! table inet flowtrack_<pid>_<n> {            # flags owner
+//! table inet flowtrack_<mark, 8 hex digits> {   # flags owner
 //!   chain output { type filter hook output priority 0; }
 //!   chain input  { type filter hook input  priority 0; }
 //!   # in both chains:
@@ -17,7 +17,14 @@
 //! A network-namespace scope hooks prerouting and output instead and
 //! matches every new connection. The `owner` flag ties the table to the
 //! netlink socket that made it: the kernel removes it when flowtrack's
-//! process ends, however it ends.
+//! process ends, however it ends; a flowtrack table without it is a
+//! leftover (of a kernel without table owners).
+//!
+//! The table's name carries its ct mark, and the table is created with
+//! `NLM_F_EXCL`: two instances in one network namespace can never hold
+//! the same mark, the kernel refuses the second table of a name.
+
+use std::io;
 
 use neli::consts::nl::NlmF;
 use neli::genl::Nlattr;
@@ -60,7 +67,10 @@ const EVENTS: u32 = 1 << 0 | 1 << 2 | 1 << 5;
 const SOCKET_CGROUPV2: u32 = 3;
 
 /// Table names flowtrack makes start with this.
-pub(crate) const TABLE_PREFIX: &str = "flowtrack_";
+const TABLE_PREFIX: &str = "flowtrack_";
+
+/// The bit every flowtrack ct mark has set.
+pub(crate) const MARK_BIT: u32 = 0x8000_0000;
 
 /// Which connections the table marks and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +89,43 @@ pub(crate) struct Table {
     pub(crate) scope: RuleScope,
     pub(crate) mark: u32,
     pub(crate) log_group: u16,
+}
+
+impl Table {
+    /// The table for `mark`, named after it.
+    pub(crate) fn new(mark: u32, scope: RuleScope, log_group: u16) -> Self {
+        Self {
+            name: format!("{TABLE_PREFIX}{mark:08x}"),
+            scope,
+            mark,
+            log_group,
+        }
+    }
+}
+
+/// Creates, with `create`, the table of the first of `marks` that no table
+/// in the namespace holds: the kernel refuses a second table of a name
+/// (`EEXIST`; `EPERM` when the other is owned by another socket), and the
+/// next mark is tried. Any other error ends the search, as does the end of
+/// `marks` (with the last refusal).
+pub(crate) fn create_with_free_mark(
+    marks: impl IntoIterator<Item = u32>,
+    scope: RuleScope,
+    log_group: u16,
+    mut create: impl FnMut(&Table) -> io::Result<()>,
+) -> io::Result<Table> {
+    let mut refused = io::Error::from_raw_os_error(libc::EEXIST);
+    for mark in marks {
+        let table = Table::new(MARK_BIT | mark, scope, log_group);
+        match create(&table) {
+            Ok(()) => return Ok(table),
+            Err(error) if matches!(error.raw_os_error(), Some(libc::EEXIST | libc::EPERM)) => {
+                refused = error;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(refused)
 }
 
 fn message(kind: u8, flags: NlmF, seq: u32, attrs: Vec<Nlattr<u16, Buffer>>) -> Vec<u8> {
@@ -405,13 +452,37 @@ pub(crate) fn table_name(payload: &[u8]) -> Option<String> {
     String::from_utf8(bytes[..end].to_vec()).ok()
 }
 
-/// The pid in a flowtrack table name `flowtrack_<pid>_<n>`.
-pub(crate) fn owner_pid(name: &str) -> Option<u32> {
-    name.strip_prefix(TABLE_PREFIX)?
-        .split('_')
-        .next()?
-        .parse()
+/// Whether a table of this name is one flowtrack makes:
+/// `flowtrack_<mark>` (8 hex digits), or `flowtrack_<pid>_<n>` from
+/// earlier versions.
+pub(crate) fn is_flowtrack_table(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(TABLE_PREFIX) else {
+        return false;
+    };
+    let digits = |part: &str, hex: bool| {
+        !part.is_empty()
+            && part.chars().all(|c| {
+                if hex {
+                    c.is_ascii_hexdigit()
+                } else {
+                    c.is_ascii_digit()
+                }
+            })
+    };
+    match rest.split_once('_') {
+        Some((pid, n)) => digits(pid, false) && digits(n, false),
+        None => rest.len() == 8 && digits(rest, true),
+    }
+}
+
+/// Whether a table in a `GETTABLE` reply is owned by a netlink socket (the
+/// kernel removes it with that socket).
+pub(crate) fn is_owned(payload: &[u8]) -> bool {
+    netlink::payload_attrs(payload)
         .ok()
+        .and_then(|attrs| attrs.get(attr::table::FLAGS).ok().flatten())
+        .and_then(|flags| <[u8; 4]>::try_from(flags).ok())
+        .is_some_and(|flags| u32::from_be_bytes(flags) & TABLE_OWNER != 0)
 }
 
 #[cfg(test)]
@@ -421,12 +492,8 @@ mod tests {
 
     #[test]
     fn a_cgroup_table_is_one_batch_of_table_chains_and_rules() {
-        let table = Table {
-            name: "flowtrack_42_0".into(),
-            scope: RuleScope::Cgroup { id: 1234, level: 2 },
-            mark: 0x8000_0001,
-            log_group: 7,
-        };
+        let table = Table::new(0x8000_0001, RuleScope::Cgroup { id: 1234, level: 2 }, 7);
+        assert_eq!(table.name, "flowtrack_80000001");
         let (bytes, last) = create_batch(&table, 10);
         let (messages, malformed) = split(&bytes);
         assert!(malformed.is_none());
@@ -454,13 +521,77 @@ mod tests {
         let Received::Message { payload, .. } = &messages[1] else {
             panic!()
         };
-        assert_eq!(table_name(payload).as_deref(), Some("flowtrack_42_0"));
+        assert_eq!(table_name(payload).as_deref(), Some("flowtrack_80000001"));
+        assert!(
+            is_owned(payload),
+            "the table is created with the owner flag"
+        );
     }
 
     #[test]
-    fn leftover_names_give_their_pid() {
-        assert_eq!(owner_pid("flowtrack_4242_3"), Some(4242));
-        assert_eq!(owner_pid("flowtrack_test"), None);
-        assert_eq!(owner_pid("filter"), None);
+    fn flowtrack_tables_are_told_from_others() {
+        for name in [
+            "flowtrack_80000001",
+            "flowtrack_ffffffff",
+            "flowtrack_4242_3",
+        ] {
+            assert!(is_flowtrack_table(name), "{name}");
+        }
+        for name in [
+            "flowtrack_test",
+            "flowtrack_port",
+            "flowtrack_8000001",
+            "flowtrack_4242_",
+            "filter",
+        ] {
+            assert!(!is_flowtrack_table(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_table_without_the_owner_flag_is_not_owned() {
+        let bytes = message(
+            NEWTABLE,
+            NlmF::empty(),
+            1,
+            vec![attr_str(attr::table::NAME, "flowtrack_80000001")],
+        );
+        let (messages, _) = split(&bytes);
+        let Received::Message { payload, .. } = &messages[0] else {
+            panic!()
+        };
+        assert!(!is_owned(payload));
+    }
+
+    #[test]
+    fn a_mark_another_table_holds_is_passed_over() {
+        let scope = RuleScope::Netns;
+        let mut taken = std::collections::HashSet::from(["flowtrack_80000005".to_owned()]);
+        let mut tried = Vec::new();
+        // The kernel's NLM_F_EXCL: a second table of one name is refused.
+        let table = create_with_free_mark([5, 5, 9], scope, 3, |table| {
+            tried.push(table.mark);
+            if taken.insert(table.name.clone()) {
+                Ok(())
+            } else {
+                Err(io::Error::from_raw_os_error(libc::EEXIST))
+            }
+        })
+        .unwrap();
+        assert_eq!(table.mark, 0x8000_0009);
+        assert_eq!(tried, [0x8000_0005, 0x8000_0005, 0x8000_0009]);
+        // Owned by another socket: EPERM, also passed over.
+        let table = create_with_free_mark([1, 2], scope, 3, |table| match table.mark {
+            0x8000_0001 => Err(io::Error::from_raw_os_error(libc::EPERM)),
+            _ => Ok(()),
+        })
+        .unwrap();
+        assert_eq!(table.mark, 0x8000_0002);
+        // Another refusal is the answer.
+        let error = create_with_free_mark([1, 2], scope, 3, |_| {
+            Err(io::Error::from_raw_os_error(libc::ENOENT))
+        })
+        .unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ENOENT));
     }
 }

@@ -105,8 +105,9 @@ pub(crate) struct BackendArgs {
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(4096..=1 << 30))]
     pub(crate) netlink_buffer: Option<u32>,
     /// eBPF backend: flows its kernel table holds at once (LRU; a live
-    /// flow evicted is reported lost), 64 to 8,388,608 (about 140 bytes of
-    /// kernel memory each). Default: 65,536.
+    /// flow evicted is reported lost), 64 to 8,388,608 (about 152 bytes of
+    /// kernel memory each: 10 MB by default, 1.2 GiB at the most).
+    /// Default: 65,536.
     #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(64..=1 << 23))]
     pub(crate) flow_table_entries: Option<u32>,
     /// eBPF backend: the ring buffer the kernel writes events to, in bytes

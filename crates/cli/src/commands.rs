@@ -198,6 +198,7 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
 
 async fn watch(args: WatchArgs) -> Result<ExitCode> {
     let scope = scope::resolve(&args.scope)?;
+    crate::cleanup::at_start(&scope).await;
     let metrics = serve_metrics(args.report.metrics_addr).await?;
     let output = Output::open(&args.output, DefaultStream::Stdout)?;
     let backends = start_backends(&args.backend, &scope)
@@ -225,6 +226,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let metrics = serve_metrics(args.report.metrics_addr).await?;
     let cgroup = WorkloadCgroup::create()?;
     let scope = Scope::Cgroup(cgroup.path().to_path_buf());
+    crate::cleanup::at_start(&scope).await;
     let output = Output::open(&args.output, DefaultStream::Stderr)?;
     // Every source is attached before the child starts, so its first
     // connection is seen.

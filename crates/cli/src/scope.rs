@@ -1,6 +1,7 @@
 //! What `watch` follows, checked before any backend starts.
 
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
@@ -20,14 +21,34 @@ impl fmt::Display for Describe<'_> {
     }
 }
 
-/// Checks the scope the user named: the directory or namespace file exists.
+/// Checks that `path` is there and flowtrack may look at it; `missing`
+/// says what to do when it does not exist.
+fn accessible(what: &str, path: &Path, missing: impl FnOnce() -> String) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => bail!(missing()),
+        Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+            bail!("cannot access {what}: permission denied: watching it needs root")
+        }
+        Err(error) => bail!("cannot access {what} ({}): {error}", path.display()),
+    }
+}
+
+/// Checks the scope the user named: the directory or namespace file exists
+/// and flowtrack may look at it.
 pub(crate) fn resolve(scope: &WatchScope) -> Result<Scope> {
     if let Some(path) = &scope.cgroup {
-        if !path.join("cgroup.procs").is_file() {
-            bail!(
+        let procs = path.join("cgroup.procs");
+        let what = format!("cgroup {}", path.display());
+        let not_a_cgroup = || {
+            format!(
                 "cgroup {} does not exist or is not a cgroup directory: give the full path of a cgroup v2 directory",
                 path.display()
-            );
+            )
+        };
+        accessible(&what, &procs, not_a_cgroup)?;
+        if !procs.is_file() {
+            bail!(not_a_cgroup());
         }
         return Ok(Scope::Cgroup(path.clone()));
     }
@@ -39,12 +60,17 @@ pub(crate) fn resolve(scope: &WatchScope) -> Result<Scope> {
         } else {
             Path::new("/run/netns").join(name)
         };
-        if !path.exists() {
-            bail!(
+        let what = if path.as_os_str() == name.as_str() {
+            format!("network namespace {name}")
+        } else {
+            format!("network namespace {name} ({})", path.display())
+        };
+        accessible(&what, &path, || {
+            format!(
                 "network namespace {name} not found ({} does not exist): see `ip netns list`, or give a path or a pid",
                 path.display()
-            );
-        }
+            )
+        })?;
         return Ok(Scope::Netns(path));
     }
     // clap's argument group requires exactly one of the two.

@@ -1,10 +1,16 @@
 //! A fresh cgroup for `run`'s command: made before the command starts,
 //! the command placed in it before it opens any socket, and removed after
 //! (with whatever it left running), also after a crash, on the next start.
+//!
+//! flowtrack holds a lock (`flock`) on the cgroup's directory for as long
+//! as the run lasts; a cgroup of flowtrack's whose lock can be taken was
+//! left by a flowtrack that no longer runs. The pid in its name is for
+//! people only: another PID namespace does not see it, and pids are reused.
 
 use std::ffi::{CString, OsString};
-use std::fs;
+use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -21,11 +27,14 @@ const PREFIX: &str = "flowtrack-";
 pub(crate) struct WorkloadCgroup {
     path: PathBuf,
     procs: CString,
+    /// The directory, held locked: the cgroup is in use.
+    _lock: File,
 }
 
 impl WorkloadCgroup {
-    /// Makes `flowtrack-<pid>-<n>` under the cgroup v2 mount, after removing
-    /// cgroups that earlier flowtrack processes (now dead) left behind.
+    /// Makes `flowtrack-<pid>-<n>` under the cgroup v2 mount and locks it,
+    /// after removing cgroups that earlier flowtrack processes (now dead)
+    /// left behind.
     pub(crate) fn create() -> Result<Self> {
         let mount = cgroup2_mount().context(
             "flowtrack run needs cgroup v2 to scope the command's sockets: mount it \
@@ -35,15 +44,31 @@ impl WorkloadCgroup {
         )?;
         let _ = remove_leftovers(&mount);
         let pid = std::process::id();
-        let path = (0..)
-            .map(|n| mount.join(format!("{PREFIX}{pid}-{n}")))
-            .find(|path| !path.exists())
-            .context("no free cgroup name")?;
-        fs::create_dir(&path)
-            .with_context(|| format!("cannot create cgroup {} (needs root)", path.display()))?;
-        let procs = CString::new(path.join("cgroup.procs").as_os_str().as_bytes())
-            .context("cgroup path contains a NUL byte")?;
-        Ok(Self { path, procs })
+        for n in 0..1000 {
+            let path = mount.join(format!("{PREFIX}{pid}-{n}"));
+            match fs::create_dir(&path) {
+                Ok(()) => {}
+                // Another run of this process, or a flowtrack of the same pid
+                // in another PID namespace.
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(error) => {
+                    return Err(error).with_context(|| {
+                        format!("cannot create cgroup {} (needs root)", path.display())
+                    });
+                }
+            }
+            // A clean-up may take the new cgroup for a leftover before it is
+            // locked, and remove it (it is empty): then try another name.
+            let Some(lock) = claim(&path) else { continue };
+            let procs = CString::new(path.join("cgroup.procs").as_os_str().as_bytes())
+                .context("cgroup path contains a NUL byte")?;
+            return Ok(Self {
+                path,
+                procs,
+                _lock: lock,
+            });
+        }
+        anyhow::bail!("no free cgroup name under {}", mount.display())
     }
 
     /// The cgroup directory.
@@ -172,26 +197,38 @@ impl RunAs {
     }
 }
 
-/// Removes `flowtrack-<pid>-*` cgroups whose flowtrack process is gone
-/// (with whatever still runs in them); returns the ones removed.
+/// The lock on the cgroup directory at `path`, if it can be taken and the
+/// path still names the directory locked.
+fn claim(path: &Path) -> Option<File> {
+    let dir = File::open(path).ok()?;
+    dir.try_lock().ok()?;
+    let locked = dir.metadata().ok()?.ino();
+    (fs::metadata(path).ok()?.ino() == locked).then_some(dir)
+}
+
+/// Whether `name` is one of flowtrack's cgroups, `flowtrack-<pid>-<n>`.
+fn is_workload_cgroup(name: &str) -> bool {
+    name.strip_prefix(PREFIX)
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(pid, n)| pid.parse::<u32>().is_ok() && n.parse::<u32>().is_ok())
+}
+
+/// Removes flowtrack's cgroups whose lock can be taken, that is whose
+/// flowtrack no longer runs (with whatever still runs in them); returns the
+/// ones removed.
 pub(crate) fn remove_leftovers(mount: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = fs::read_dir(mount) else {
         return removed;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|name| name.strip_prefix(PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
+        if !entry.file_name().to_str().is_some_and(is_workload_cgroup) {
             continue;
-        };
-        if Path::new("/proc").join(pid.to_string()).exists() {
-            continue; // its flowtrack is still running
         }
+        // Held while the cgroup is emptied and removed.
+        let Some(_lock) = claim(&entry.path()) else {
+            continue; // its flowtrack is still running
+        };
         match kill_and_remove(&entry.path()) {
             Ok(()) => {
                 tracing::info!(cgroup = %entry.path().display(), "removed a cgroup left by a crashed flowtrack");
@@ -203,4 +240,34 @@ pub(crate) fn remove_leftovers(mount: &Path) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_flowtracks_cgroups_are_candidates() {
+        assert!(is_workload_cgroup("flowtrack-4242-0"));
+        assert!(is_workload_cgroup("flowtrack-1-17"));
+        for other in [
+            "flowtrack-",
+            "flowtrack-x-1",
+            "flowtrack-1",
+            "flowtrack-1-",
+            "system.slice",
+        ] {
+            assert!(!is_workload_cgroup(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_directory_held_by_another_is_not_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = claim(dir.path()).expect("a free directory is claimed");
+        assert!(claim(dir.path()).is_none(), "held: in use");
+        drop(held);
+        assert!(claim(dir.path()).is_some(), "released: a leftover");
+        assert!(claim(&dir.path().join("gone")).is_none());
+    }
 }

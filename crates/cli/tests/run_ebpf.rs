@@ -11,24 +11,9 @@ use flowtrack_kernel_tests::{Netns, TestCgroup, privileged};
 mod common;
 
 use common::{
-    FLOWTRACK, SEND_UDP, assert_one_udp_flow, attached_programs, closed_pipe, dev_full,
-    program_goes_away, traffic_generator,
+    FLOWTRACK, SEND_UDP, as_nobody, assert_one_udp_flow, attached_programs, cgroups_of,
+    closed_pipe, dev_full, program_goes_away, traffic_generator,
 };
-
-/// flowtrack's cgroups (`flowtrack-<pid>-<n>`) that belong to `pid`.
-fn cgroups_of(pid: u32) -> Vec<PathBuf> {
-    let mount = flow_cgroup::cgroup2_mount().expect("cgroup v2 is mounted");
-    std::fs::read_dir(&mount)
-        .expect("the cgroup mount is readable")
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| {
-            path.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with(&format!("flowtrack-{pid}-")))
-        })
-        .collect()
-}
 
 /// Waits until `flowtrack`'s cgroup exists with its programs attached.
 fn wait_for_cgroup(pid: u32) -> (PathBuf, Vec<u64>) {
@@ -269,18 +254,7 @@ fn without_privileges_the_error_says_what_is_needed() {
         return;
     }
     let cgroup = TestCgroup::new();
-    let as_nobody = |args: &[&str]| {
-        Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                FLOWTRACK,
-            ])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let as_nobody = |args: &[&str]| as_nobody().args(args).output().unwrap();
     let cgroup_path = cgroup.path.to_str().unwrap();
     let watch = as_nobody(&["watch", "--backend", "ebpf", "--cgroup", cgroup_path]);
     assert_eq!(watch.status.code(), Some(1));
@@ -601,6 +575,28 @@ fn watch_with_a_closed_output_counts_and_exits_5() {
             "flowtrack: 1 flow opened, 1 closed; nothing lost; OUTPUT INCOMPLETE: \
              0 of 2 lines written to stdout, 2 not (closed by its reader)\n"
         ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn running_out_of_file_descriptors_is_named_with_what_to_do() {
+    if !privileged("running_out_of_file_descriptors_is_named_with_what_to_do") {
+        return;
+    }
+    let output = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -n 16 && exec \"$0\" run --backend ebpf -- true",
+        ])
+        .arg(FLOWTRACK)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("Too many open files") && stderr.contains("ulimit -n"),
         "{stderr}"
     );
 }

@@ -3,7 +3,7 @@
 //! ground truth and `conntrack` the independent peer.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flow_backend_nflog::{DENY_PREFIX, NflogConfig, NflogSource};
 use flow_core::{CloseReason, FlowKey, FlowSource, FlowStream};
@@ -13,6 +13,7 @@ use flowtrack_kernel_tests::observe::{
 };
 use flowtrack_kernel_tests::scenarios;
 use flowtrack_kernel_tests::{ConntrackEvents, GeneratedFlow, TestEnv, generate};
+use futures::StreamExt;
 
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_traffic");
 
@@ -320,10 +321,93 @@ async fn stopping_removes_the_table_and_restores_the_settings() {
         );
     }
     drop(second);
-    assert_eq!(tables(&env), "", "no table left");
-    for name in settings {
-        assert_eq!(sysctl(&env, name), "0", "{name} restored");
+    // The listener threads clean up on their own, at once.
+    wait_until("the last source restored the settings", || {
+        tables(&env).is_empty() && settings.iter().all(|name| sysctl(&env, name) == "0")
+    });
+}
+
+/// Polls `done` until it holds, for 10 seconds at the most.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Dropping an idle stream wakes its listener: the table goes at once,
+/// and the drop does not wait for it on the runtime's thread.
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_an_idle_stream_removes_its_table_promptly() {
+    let Some(env) = env("nflog dropping_an_idle_stream_removes_its_table_promptly") else {
+        return;
+    };
+    let stream = start(cgroup_config(&env)).await;
+    assert!(tables(&env).contains("flowtrack_"), "{}", tables(&env));
+    drop(stream);
+    wait_until("the table is removed", || tables(&env).is_empty());
+    assert_eq!(sysctl(&env, "net.netfilter.nf_conntrack_acct"), "0");
+}
+
+/// Waits for the end of `stream`, keeping what it yields.
+async fn until_the_end(stream: &mut FlowStream) -> Vec<flow_core::FlowEvent> {
+    let mut events = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(item) = stream.next().await {
+            events.push(item.expect("no error when the scope goes"));
+        }
+    });
+    assert!(end.await.is_ok(), "the stream ended: {events:?}");
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_cgroup_ends_the_stream() {
+    let Some(env) = env("nflog a_removed_cgroup_ends_the_stream") else {
+        return;
+    };
+    let mut stream = start(cgroup_config(&env)).await;
+    let sport = env.python_inside(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.sendto(b'x', ('127.0.0.1', 9))\nprint(s.getsockname()[1])",
+        &[],
+    );
+    let key = FlowKey::udp(
+        format!("127.0.0.1:{sport}").parse().unwrap(),
+        "127.0.0.1:9".parse().unwrap(),
+    );
+    std::fs::remove_dir(&env.cgroup.path).expect("the cgroup is empty and can be removed");
+    let events = until_the_end(&mut stream).await;
+    let keys: Vec<FlowKey> = events.iter().map(|event| event.key).collect();
+    assert_eq!(keys, [key, key], "opened and closed: {events:?}");
+    assert_eq!(tables(&env), "", "the table goes with the stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_namespace_ends_the_stream_and_is_left() {
+    let Some(env) = env("nflog a_deleted_namespace_ends_the_stream_and_is_left") else {
+        return;
+    };
+    let mut stream = start(NflogConfig::netns(env.netns.path())).await;
+    // An echo exchange: open until its conntrack entry expires (30 s).
+    let flows = generate(&mut env.traffic(&["icmp", "127.0.0.1:0", "--id", "9"]));
+    let status = std::process::Command::new("ip")
+        .args(["netns", "delete", &env.netns.name])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let events = until_the_end(&mut stream).await;
+    let closed: Vec<_> = events
+        .iter()
+        .filter(|event| event.close_reason == Some(CloseReason::ScopeEnded))
+        .map(|event| event.key)
+        .collect();
+    assert_eq!(
+        closed,
+        [flows[0].key()],
+        "closed as the scope ended: {events:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

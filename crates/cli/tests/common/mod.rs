@@ -4,7 +4,7 @@
 // Each test file uses what it needs of these.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,18 @@ pub(crate) fn flowtrack_in(netns: &Netns, args: &[&str]) -> Command {
     command
 }
 
+/// `flowtrack`, run as user and group nobody (65534) with no other group.
+pub(crate) fn as_nobody() -> Command {
+    let mut command = Command::new("setpriv");
+    command.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        FLOWTRACK,
+    ]);
+    command
+}
+
 pub(crate) fn tables(netns: &Netns) -> String {
     let output = netns
         .command("nft")
@@ -83,6 +95,21 @@ pub(crate) fn accounting(netns: &Netns) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// flowtrack's cgroups (`flowtrack-<pid>-<n>`) that belong to `pid`.
+pub(crate) fn cgroups_of(pid: u32) -> Vec<PathBuf> {
+    let mount = flow_cgroup::cgroup2_mount().expect("cgroup v2 is mounted");
+    std::fs::read_dir(&mount)
+        .expect("the cgroup mount is readable")
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(&format!("flowtrack-{pid}-")))
+        })
+        .collect()
 }
 
 /// IDs of the BPF programs attached to `cgroup` (from `bpftool`).
