@@ -11,7 +11,7 @@
 use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes};
 use aya_ebpf::programs::SkBuffContext;
 use flow_ebpf_common::{
-    COUNTER_RING_FULL, FLAG_FIRST_PAYLOAD, PAYLOAD_LARGE, PAYLOAD_SMALL, RECORD_DNS,
+    COUNTER_PAYLOAD_LOST, FLAG_FIRST_PAYLOAD, PAYLOAD_LARGE, PAYLOAD_SMALL, RECORD_DNS,
     RECORD_FIRST_PAYLOAD, RawFlowKey, RawFlowState, RawPayloadRecord,
 };
 
@@ -108,7 +108,7 @@ fn copy_into<const N: usize>(
     kind: u32,
 ) {
     let Some(mut entry) = EVENTS.reserve::<RawPayloadRecord<N>>(0) else {
-        bump(COUNTER_RING_FULL);
+        bump(COUNTER_PAYLOAD_LOST);
         return;
     };
     let record = entry.as_mut_ptr();

@@ -227,7 +227,11 @@ fn is_icmp(protocol: u8) -> bool {
 }
 
 /// Inserts a new flow under its canonical `key` and reports it, with the
-/// owner of the packet's socket; false if it was not inserted.
+/// owner of the packet's socket; false if it was not inserted. Not inlined:
+/// its new state would otherwise take room in `observe_in_table`'s frame,
+/// and the verifier's limit on the stack of a call chain (512 bytes) is
+/// close.
+#[inline(never)]
 fn open(ctx: &SkBuffContext, key: &RawFlowKey, key_is_original: bool, hook: Hook, len: u64) -> bool {
     let now = unsafe { bpf_ktime_get_ns() };
     let mut flags = if hook == Hook::Egress {
@@ -257,8 +261,10 @@ fn open(ctx: &SkBuffContext, key: &RawFlowKey, key_is_original: bool, hook: Hook
     true
 }
 
-/// Sends an opened record, with the owner of the packet's socket.
-#[inline(never)]
+/// Sends an opened record, with the owner of the packet's socket. Inlined,
+/// and every field written straight into the ring's memory: a record built
+/// on the stack first would not fit the call chain's 512 bytes.
+#[inline(always)]
 fn emit_opened(ctx: &SkBuffContext, key: &RawFlowKey, state: &RawFlowState, now: u64) {
     let Some(mut entry) = EVENTS.reserve::<RawOpenedRecord>(0) else {
         bump(COUNTER_RING_FULL);
@@ -268,9 +274,17 @@ fn emit_opened(ctx: &SkBuffContext, key: &RawFlowKey, state: &RawFlowState, now:
     // SAFETY: the reserved entry, valid until it is submitted; the ring's
     // memory is not zeroed, so the owner is, before it is looked up.
     unsafe {
-        (&raw mut (*record).flow).write(flow_record(RECORD_OPENED, 0, key, state, now));
-        (&raw mut (*record).owner).write(RawOwner::default());
-        process::owner_of_packet(ctx, &raw mut (*record).owner);
+        let flow = &raw mut (*record).flow;
+        (&raw mut (*flow).kind).write(RECORD_OPENED);
+        (&raw mut (*flow).close_reason).write(0);
+        (&raw mut (*flow).key).write(key.oriented(state.flags));
+        (&raw mut (*flow).packets).write(state.packets);
+        (&raw mut (*flow).bytes).write(state.bytes);
+        (&raw mut (*flow).first_seen_ns).write(state.first_seen_ns);
+        (&raw mut (*flow).timestamp_ns).write(now);
+        let owner = &raw mut (*record).owner;
+        (&raw mut (*owner).tgid).write(0);
+        process::owner_of_packet(ctx, owner);
     }
     entry.submit(0);
 }

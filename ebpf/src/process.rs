@@ -147,9 +147,10 @@ pub fn remember_owner(ctx: &SockContext) {
     }
 }
 
-/// Copies the owner of the packet's socket into `owner` (left zero when
-/// the socket has none: made before the programs attached).
-#[inline(never)]
+/// Copies the owner of the packet's socket into `owner` (its `tgid` is
+/// left as it is, zero, when the socket has none: made before the
+/// programs attached).
+#[inline(always)]
 pub fn owner_of_packet(ctx: &SkBuffContext, owner: *mut RawOwner) {
     // SAFETY: the context's __sk_buff; the helpers check what they get.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
@@ -191,7 +192,7 @@ pub fn executed(ctx: &BtfTracePointContext) {
 #[inline(never)]
 fn record_exec(task: u64, bprm: u64) {
     let Some(mut entry) = EVENTS.reserve::<RawExecRecord>(0) else {
-        crate::bump(flow_ebpf_common::COUNTER_RING_FULL);
+        crate::bump(flow_ebpf_common::COUNTER_PAYLOAD_LOST);
         return;
     };
     let record = entry.as_mut_ptr();
@@ -257,7 +258,7 @@ pub fn forked(ctx: &BtfTracePointContext) {
         return; // a thread
     }
     let Some(mut entry) = EVENTS.reserve::<RawForkRecord>(0) else {
-        crate::bump(flow_ebpf_common::COUNTER_RING_FULL);
+        crate::bump(flow_ebpf_common::COUNTER_PAYLOAD_LOST);
         return;
     };
     entry.write(RawForkRecord {

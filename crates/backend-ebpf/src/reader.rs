@@ -10,7 +10,8 @@ use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use flow_core::clock::monotonic_now_ns;
 use flow_core::{CloseReason, FlowError, FlowEvent, FlowStream, LossPoint, protocol};
 use flow_ebpf_common::{
-    COUNTER_FLOWS_INSERTED, COUNTER_FLOWS_REMOVED, COUNTER_INSERT_FAILED, COUNTER_RING_FULL,
+    COUNTER_FLOWS_INSERTED, COUNTER_FLOWS_REMOVED, COUNTER_INSERT_FAILED, COUNTER_PAYLOAD_LOST,
+    COUNTER_RING_FULL,
     COUNTERS_MAP, EVENTS_MAP, FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLOWS_MAP, RawFlowKey, RawFlowState,
     sockets_hold_counts,
 };
@@ -159,6 +160,7 @@ impl From<&EbpfConfig> for Timeouts {
 #[derive(Default, Clone, Copy)]
 struct Counts {
     ring_full: u64,
+    payload_lost: u64,
     insert_failed: u64,
     evicted: u64,
 }
@@ -446,6 +448,7 @@ impl Reader {
     /// `evicted` is a new count from a walk ([`Reader::evicted`]).
     fn report_losses(&mut self, evicted: Option<u64>) {
         let ring_full = self.counter(COUNTER_RING_FULL);
+        let payload_lost = self.counter(COUNTER_PAYLOAD_LOST);
         let insert_failed = self.counter(COUNTER_INSERT_FAILED);
         let evicted = evicted.unwrap_or(0).max(self.reported.evicted);
         for (point, now, before) in [
@@ -453,6 +456,11 @@ impl Reader {
                 LossPoint::RingBufferFull,
                 ring_full,
                 self.reported.ring_full,
+            ),
+            (
+                LossPoint::PayloadLost,
+                payload_lost,
+                self.reported.payload_lost,
             ),
             (
                 LossPoint::FlowTableEviction,
@@ -466,6 +474,7 @@ impl Reader {
             }
         }
         self.reported.ring_full = ring_full;
+        self.reported.payload_lost = payload_lost;
         self.reported.insert_failed = insert_failed;
         self.reported.evicted = evicted;
     }

@@ -51,8 +51,11 @@ pub const COUNTER_FLOWS_INSERTED: u32 = 1;
 pub const COUNTER_FLOWS_REMOVED: u32 = 2;
 /// Packets that would have started a flow but the insert failed.
 pub const COUNTER_INSERT_FAILED: u32 = 3;
+/// Payload and process records (DNS answers, first payloads, exec and
+/// fork records) the ring buffer had no room for.
+pub const COUNTER_PAYLOAD_LOST: u32 = 4;
 /// Number of counters.
-pub const COUNTERS_LEN: u32 = 4;
+pub const COUNTERS_LEN: u32 = 5;
 
 /// [`RawFlowRecord::kind`]: a flow was opened.
 pub const RECORD_OPENED: u32 = 1;

@@ -37,6 +37,10 @@ pub enum LossPoint {
     /// the backend keeps, or a DNS-over-TCP stream lost bytes: the names in
     /// its tail may be missing.
     PayloadCut,
+    /// A captured payload or process record (a DNS answer, a ClientHello,
+    /// an exec) found the ring buffer full: names or processes may be
+    /// missing, flows are not.
+    PayloadLost,
     /// The loss was recorded elsewhere and replayed, and the record did not
     /// say where it happened (a JSON line without a `point` this version
     /// knows).
@@ -60,12 +64,13 @@ impl LossPoint {
             Self::Malformed => "malformed",
             Self::NameCacheEviction => "name_cache_eviction",
             Self::PayloadCut => "payload_cut",
+            Self::PayloadLost => "payload_lost",
             Self::Recorded => "recorded",
         }
     }
 
     /// Every loss point, in declaration order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::RingBufferFull,
         Self::FlowTableEviction,
         Self::NetlinkOverrun,
@@ -74,8 +79,26 @@ impl LossPoint {
         Self::Malformed,
         Self::NameCacheEviction,
         Self::PayloadCut,
+        Self::PayloadLost,
         Self::Recorded,
     ];
+
+    /// Whether observations of flows were lost here (else what was lost
+    /// are names or processes: the flows are all reported, some of them
+    /// unnamed or unattributed).
+    ///
+    /// ```
+    /// use flow_core::LossPoint;
+    /// assert!(LossPoint::RingBufferFull.loses_flows());
+    /// assert!(!LossPoint::NameCacheEviction.loses_flows());
+    /// ```
+    #[must_use]
+    pub fn loses_flows(&self) -> bool {
+        !matches!(
+            self,
+            Self::NameCacheEviction | Self::PayloadCut | Self::PayloadLost
+        )
+    }
 
     /// The loss point with this [`name`](Self::name), if any.
     ///
@@ -104,6 +127,7 @@ impl fmt::Display for LossPoint {
             Self::Malformed => "undecodable kernel record",
             Self::NameCacheEviction => "name cache full",
             Self::PayloadCut => "payload copied in part",
+            Self::PayloadLost => "payload record lost",
             Self::Recorded => "recorded loss",
         })
     }

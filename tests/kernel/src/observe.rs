@@ -20,8 +20,12 @@ pub struct Observed {
     pub close_reasons: HashMap<FlowKey, Vec<Option<CloseReason>>>,
     /// `Denied` events per key.
     pub denied: HashMap<FlowKey, u32>,
-    /// Observations reported lost (a loss of unknown size counts one).
+    /// Observations of flows reported lost (a loss of unknown size counts
+    /// one).
     pub lost: u64,
+    /// Names and processes reported lost (payload and process records,
+    /// name cache evictions): flows are still reported.
+    pub names_lost: u64,
     /// Loss items.
     pub lost_items: u64,
     /// Observations reported lost at the flow table (evictions).
@@ -134,6 +138,9 @@ pub async fn observe_until(
                     FlowEventKind::Denied => *observed.denied.entry(event.key).or_default() += 1,
                     _ => {}
                 },
+                Some(Err(FlowError::Lost { count, point, .. })) if !point.loses_flows() => {
+                    observed.names_lost += count.unwrap_or(1);
+                }
                 Some(Err(FlowError::Lost { count, point, .. })) => {
                     observed.lost += count.unwrap_or(1);
                     observed.lost_items += 1;
