@@ -48,6 +48,8 @@ pub(super) struct Flow {
     close: Option<Box<Held>>,
     /// When the `closed` was sent; the flow lingers from then on.
     closed_at: Option<Instant>,
+    /// Past its linger, it waits for an owed close ([`Table::wait_owed`]).
+    waits_owed: bool,
 }
 
 impl Flow {
@@ -62,6 +64,7 @@ impl Flow {
             open: None,
             close: None,
             closed_at: None,
+            waits_owed: false,
         }
     }
 
@@ -156,16 +159,21 @@ impl Table {
         self.flows.insert(key, flow);
     }
 
-    /// Forgets `key`'s flow, and returns it with what it holds.
+    /// Forgets `key`'s flow, and returns it with what it holds. Only the
+    /// queues it is in are touched: with a million flows, each look-up in
+    /// another is a cache miss.
     pub(super) fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
         let flow = self.flows.remove(key)?;
-        for queue in [
-            &mut self.held_opens,
-            &mut self.held_closes,
-            &mut self.lingering,
-            &mut self.owed,
-        ] {
-            queue.remove(key);
+        if flow.open.is_some() {
+            self.held_opens.remove(key);
+        }
+        if flow.close.is_some() {
+            self.held_closes.remove(key);
+        }
+        if flow.waits_owed {
+            self.owed.remove(key);
+        } else if flow.closed_at.is_some() {
+            self.lingering.remove(key);
         }
         Some(flow)
     }
@@ -196,7 +204,9 @@ impl Table {
             Some(flow) => (flow.open.take(), flow.close.take()),
             None => (None, None),
         };
-        self.held_opens.remove(key);
+        if open.is_some() {
+            self.held_opens.remove(key);
+        }
         if close.is_some()
             && let Some(flow) = self.flows.get_mut(key)
         {
@@ -237,7 +247,10 @@ impl Table {
     /// Keeps `key` (just taken from the lingering) until a backend's owed
     /// close comes.
     pub(super) fn wait_owed(&mut self, key: FlowKey) {
-        self.owed.insert(key);
+        if let Some(flow) = self.flows.get_mut(&key) {
+            flow.waits_owed = true;
+            self.owed.insert(key);
+        }
     }
 
     /// Takes from the owed the flow reported closed longest ago, if that
