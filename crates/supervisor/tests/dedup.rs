@@ -68,6 +68,13 @@ impl Harness {
         self.input.unbounded_send(item).unwrap();
     }
 
+    /// Each backend's event, in this order.
+    fn send_all<const N: usize>(&self, events: [(&str, FlowEvent); N]) {
+        for (backend, event) in events {
+            self.send(seen(backend, event));
+        }
+    }
+
     /// Everything the correlator has ready now.
     fn ready(&mut self) -> Vec<Line> {
         let mut lines = Vec::new();
@@ -286,7 +293,7 @@ async fn a_flow_nflog_rebuilt_after_an_overrun_is_one_ebpf_reported_not_a_new_on
     // from the table listing taken after its queue overran, stamped with
     // the listing's time.
     let mut h = Harness::new(100);
-    for (backend, event) in [
+    h.send_all([
         ("ebpf", FlowEvent::opened(key(6), 1)),
         ("ebpf", FlowEvent::closed(key(6), 12, 840, 2)),
         ("ebpf", FlowEvent::opened(key(6), 3)),
@@ -298,9 +305,7 @@ async fn a_flow_nflog_rebuilt_after_an_overrun_is_one_ebpf_reported_not_a_new_on
             "nflog",
             FlowEvent::closed(key(6), 12, 840, 10).resynced(true),
         ),
-    ] {
-        h.send(seen(backend, event));
-    }
+    ]);
     let out = h.after(Duration::from_secs(5)).await;
     assert_eq!(counts(&out), (2, 2), "two flows, not three: {out:?}");
 }
@@ -310,15 +315,13 @@ async fn a_rebuilt_flow_is_absorbed_after_every_view_came_in() {
     // As above, but nflog's close of the first flow comes after the window:
     // by then every view of the flow it was matched to is in.
     let mut h = Harness::new(100);
-    for (backend, event) in [
+    h.send_all([
         ("ebpf", FlowEvent::opened(key(7), 1)),
         ("ebpf", FlowEvent::closed(key(7), 12, 840, 2)),
         ("ebpf", FlowEvent::opened(key(7), 3)),
         ("ebpf", FlowEvent::closed(key(7), 12, 840, 4)),
         ("nflog", FlowEvent::opened(key(7), 1)),
-    ] {
-        h.send(seen(backend, event));
-    }
+    ]);
     assert_eq!(counts(&h.after(Duration::from_secs(1)).await), (2, 2));
     h.send(seen("nflog", FlowEvent::closed(key(7), 12, 840, 2)));
     assert_eq!(h.after(Duration::from_secs(1)).await, []);
@@ -336,7 +339,7 @@ async fn a_rebuilt_flow_is_absorbed_after_every_view_came_in() {
 #[tokio::test(start_paused = true)]
 async fn a_rebuilt_flow_reported_before_ebpfs_burst_is_no_extra_flow() {
     let mut h = Harness::new(100);
-    for (backend, event) in [
+    h.send_all([
         ("nflog", FlowEvent::opened(key(8), 1)),
         ("nflog", FlowEvent::closed(key(8), 12, 840, 2)),
         ("nflog", FlowEvent::opened(key(8), 10).resynced(true)),
@@ -348,9 +351,7 @@ async fn a_rebuilt_flow_reported_before_ebpfs_burst_is_no_extra_flow() {
         ("ebpf", FlowEvent::closed(key(8), 12, 840, 2)),
         ("ebpf", FlowEvent::opened(key(8), 3)),
         ("ebpf", FlowEvent::closed(key(8), 12, 840, 4)),
-    ] {
-        h.send(seen(backend, event));
-    }
+    ]);
     let out = h.after(Duration::from_secs(5)).await;
     assert_eq!(counts(&out), (2, 2), "{out:?}");
 }
