@@ -433,3 +433,29 @@ async fn closed_flows_are_forgotten_in_turn_and_a_close_owed_by_a_stopped_backen
     assert_eq!(h.after(Duration::from_secs(1)).await, []);
     assert_eq!(h.output.remembered(), 0, "nflog ended: nothing is owed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lagging_backends_view_of_an_earlier_flow_on_a_reused_key_is_not_a_new_flow() {
+    // After a stall, eBPF reports two flows of a key (a port reused from
+    // TIME_WAIT) before nflog reports the first: nflog's view of the first
+    // opened seconds before the flow remembered on the key did.
+    const MS: u64 = 1_000_000;
+    let mut h = Harness::new(100);
+    h.send_all([
+        ("ebpf", FlowEvent::opened(key(14), 1_000 * MS)),
+        ("ebpf", FlowEvent::closed(key(14), 12, 840, 1_100 * MS)),
+        ("ebpf", FlowEvent::opened(key(14), 4_000 * MS)),
+        ("nflog", FlowEvent::opened(key(14), 1_000 * MS)),
+        ("nflog", FlowEvent::closed(key(14), 12, 840, 4_000 * MS)),
+        ("ebpf", FlowEvent::closed(key(14), 12, 840, 4_100 * MS)),
+        ("nflog", FlowEvent::opened(key(14), 4_000 * MS)),
+        ("nflog", FlowEvent::closed(key(14), 12, 840, 4_100 * MS)),
+    ]);
+    let out = h.after(Duration::from_secs(5)).await;
+    assert_eq!(counts(&out), (2, 2), "two flows, not three: {out:?}");
+    assert_eq!(
+        out.last().map(|line| line.2.clone()),
+        Some(both()),
+        "the second flow, both saw: {out:?}"
+    );
+}

@@ -18,6 +18,13 @@ use crate::merge::MergedItem;
 /// owes its close.
 const OWED_CLOSE_MAX: Duration = Duration::from_secs(600);
 
+/// How much earlier than the flow remembered on its key a backend's
+/// `opened` may be stamped and still be a view of that flow. Both backends
+/// stamp the same first packet (eBPF as its socket sends it, conntrack as
+/// it confirms the entry), microseconds apart; a view stamped earlier than
+/// this opened an earlier flow on the key, one another backend reported.
+const OPEN_STAMP_SKEW_NS: u64 = 100_000_000;
+
 /// Whether `event`, a view from `backend`, takes the place of the `held`
 /// view of the same flow in the line sent: a view as it happened wins over
 /// one rebuilt from a table listing (whose time is the listing's);
@@ -202,6 +209,14 @@ impl Correlator {
                 self.finish(key, out);
             } else if flow.opened_by.contains(backend) {
                 return; // a repeated opened from the same backend
+            } else if Self::opened_earlier(flow, &event) {
+                // The view of an earlier flow on this key, which the other
+                // backends reported and this one reports late (a port
+                // reused while it lagged): absorbed, and so is its close.
+                if let Some(flow) = self.table.get_mut(&key) {
+                    flow.owed_earlier = flow.owed_earlier | Backends::one(backend);
+                }
+                return;
             } else {
                 let (opened_by, seen_by) = self.join_open(backend, event);
                 if opened_by.covers(self.active)
@@ -214,12 +229,12 @@ impl Correlator {
         }
         self.make_room(out);
         let opened_by = Backends::one(backend);
+        let flow = Flow::new(opened_by, &event, owed_earlier);
         let held = Held {
             backend,
             event,
             since: now,
         };
-        let flow = Flow::new(opened_by, owed_earlier);
         if opened_by.covers(self.active) {
             out.push_back(self.emit(held, opened_by));
             self.table.insert(key, flow, None);
@@ -227,6 +242,15 @@ impl Correlator {
             self.table.insert(key, flow, Some(held));
         }
         self.unsettled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether `event`, an `opened` as it happened, was stamped well before
+    /// `flow` opened: a view of an earlier flow on the key.
+    fn opened_earlier(flow: &Flow, event: &FlowEvent) -> bool {
+        !event.resynced
+            && flow.opened_ns.is_some_and(|opened| {
+                event.timestamp_ns.saturating_add(OPEN_STAMP_SKEW_NS) < opened
+            })
     }
 
     /// Adds `backend`'s `opened` to the flow remembered on its key, which
@@ -240,6 +264,10 @@ impl Correlator {
         // Opening the key again, it lost the earlier flow's close.
         flow.owed_earlier = flow.owed_earlier - Backends::one(backend);
         flow.opened_by = flow.opened_by | Backends::one(backend);
+        if !event.resynced {
+            let stamp = event.timestamp_ns;
+            flow.opened_ns = Some(flow.opened_ns.map_or(stamp, |opened| opened.min(stamp)));
+        }
         if let Some(held) = flow.held_open_mut()
             && replaces(held, &event, prefer)
         {

@@ -32,6 +32,9 @@ pub(super) struct Held {
 pub(super) struct Flow {
     pub(super) opened_by: Backends,
     pub(super) closed_by: Backends,
+    /// When it opened, by the earliest stamp of a view as it happened
+    /// (CLOCK_MONOTONIC ns); `None` while only rebuilt views came in.
+    pub(super) opened_ns: Option<u64>,
     /// Backends that still owe the close of an earlier flow on this key:
     /// a UDP socket that reuses a port conntrack still tracks is a new flow
     /// to eBPF but the same entry to conntrack, whose one DESTROY comes
@@ -53,12 +56,13 @@ pub(super) struct Flow {
 }
 
 impl Flow {
-    /// A flow `opened_by` these backends, while `owed_earlier` still owe
-    /// an earlier flow's close.
-    pub(super) fn new(opened_by: Backends, owed_earlier: Backends) -> Self {
+    /// A flow `opened_by` these backends with `opened`, while
+    /// `owed_earlier` still owe an earlier flow's close.
+    pub(super) fn new(opened_by: Backends, opened: &FlowEvent, owed_earlier: Backends) -> Self {
         Self {
             opened_by,
             closed_by: Backends::default(),
+            opened_ns: (!opened.resynced).then_some(opened.timestamp_ns),
             owed_earlier,
             all_in: false,
             open: None,
