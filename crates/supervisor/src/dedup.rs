@@ -18,7 +18,12 @@
 //! expires); a backend that opens the key again after closing it starts a
 //! new flow (ports are reused), and a close the old flow still owes is
 //! absorbed when it comes (a UDP socket that reuses a port conntrack still
-//! tracks is one entry to conntrack, two flows to eBPF).
+//! tracks is one entry to conntrack, two flows to eBPF). A backend that
+//! lags behind the others may report a key's earlier flow after another
+//! opened the next one there: an `opened` stamped well before the flow
+//! remembered on its key opened (both backends stamp the same first
+//! packet) is that earlier flow's, already reported, and is absorbed with
+//! its close.
 //!
 //! A view a backend rebuilt from a listing of its table after losing its
 //! messages ([`flow_core::FlowEvent::resynced`]: nflog after an overrun)
