@@ -143,6 +143,12 @@ pub struct FlowEvent {
     /// Why a `Closed` flow closed, when the backend knows
     /// ([`FlowEvent::because`]); `None` for other kinds.
     pub close_reason: Option<CloseReason>,
+    /// The backend lost this event's own message and rebuilt it from a
+    /// listing of its table ([`FlowEvent::resynced`]): the flow is real,
+    /// but [`timestamp_ns`](Self::timestamp_ns) is when the listing was
+    /// taken, not when the flow opened or closed (and a close's counters
+    /// are the listing's). `false` for events as they happened.
+    pub resynced: bool,
 }
 
 impl FlowEvent {
@@ -162,7 +168,26 @@ impl FlowEvent {
             kind,
             timestamp_ns,
             close_reason: None,
+            resynced: false,
         }
+    }
+
+    /// The same event, marked as rebuilt from a listing of the backend's
+    /// table after its own message was lost (its time is the listing's),
+    /// or not.
+    ///
+    /// ```
+    /// use flow_core::{FlowEvent, FlowKey};
+    /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
+    /// let listed = FlowEvent::opened(key, 9).resynced(true);
+    /// assert!(listed.resynced);
+    /// assert!(!FlowEvent::opened(key, 9).resynced);
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn resynced(mut self, resynced: bool) -> Self {
+        self.resynced = resynced;
+        self
     }
 
     /// The same event, closed for `reason` (a [`CloseReason`], or an

@@ -12,6 +12,7 @@
 //! | `packets` | closed        | packets, both directions                                |
 //! | `bytes`   | closed        | IP-level bytes, both directions                         |
 //! | `reason`  | closed        | why, when the backend knows: `fin`, `reset`, `released`, `idle`, `scope_ended` ([`crate::CloseReason`]) |
+//! | `resynced`| flow lines    | `true` when the backend lost the event's message and rebuilt it from a listing of its table: `ts_ns` is the listing's time ([`FlowEvent::resynced`]); absent otherwise |
 //! | `backend` | every line    | the backend that observed it (several: whose counters) |
 //! | `backends`| flow lines    | every backend that observed it, `backend` first         |
 //! | `count`   | lost          | observations lost, `null` when unknown                  |
@@ -225,6 +226,9 @@ impl Serialize for FlowRecord<'_> {
                         map.serialize_entry("reason", reason.name())?;
                     }
                 }
+                if event.resynced {
+                    map.serialize_entry("resynced", &true)?;
+                }
                 map.serialize_entry("backend", &self.backend)?;
                 map.serialize_entry("backends", &Backends(self))?;
             }
@@ -341,6 +345,8 @@ struct WireRecord {
     point: Option<String>,
     reason: Option<String>,
     #[serde(default)]
+    resynced: bool,
+    #[serde(default)]
     backends: Vec<String>,
 }
 
@@ -394,7 +400,8 @@ impl WireRecord {
             .because(self.reason.as_deref().and_then(CloseReason::from_name)),
             WireKind::Denied => FlowEvent::new(key, FlowEventKind::Denied, self.ts_ns),
             _ => FlowEvent::opened(key, self.ts_ns),
-        };
+        }
+        .resynced(self.resynced);
         let mut record = FlowRecord::event(self.backend, event);
         record.also_seen_by = self
             .backends

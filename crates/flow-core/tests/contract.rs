@@ -48,9 +48,10 @@ fn any_event() -> impl Strategy<Value = FlowEvent> {
         any_kind(),
         any::<u64>(),
         proptest::option::of(any_close_reason()),
+        any::<bool>(),
     )
-        .prop_map(|(key, kind, ts, reason)| {
-            let event = FlowEvent::new(key, kind, ts);
+        .prop_map(|(key, kind, ts, reason, resynced)| {
+            let event = FlowEvent::new(key, kind, ts).resynced(resynced);
             // A reason is only written (and read) on a closed line.
             match (kind, reason) {
                 (FlowEventKind::Closed { .. }, Some(reason)) => event.because(reason),
@@ -206,6 +207,31 @@ fn a_close_reason_this_version_does_not_know_reads_as_unknown() {
         panic!("a flow line")
     };
     assert_eq!(event.close_reason, Some(CloseReason::Reset));
+}
+
+#[test]
+fn a_resynced_event_says_so_and_reads_back_and_others_carry_no_such_field() {
+    let key = FlowKey::tcp("10.0.0.1:1".parse().unwrap(), "10.0.0.2:2".parse().unwrap());
+    let line = |event: FlowEvent| {
+        let mut line = Vec::new();
+        FlowRecord::event("nflog", event)
+            .write_json_line(&mut line)
+            .unwrap();
+        String::from_utf8(line).unwrap()
+    };
+    let listed = line(FlowEvent::closed(key, 2, 80, 3).resynced(true));
+    assert!(
+        listed.ends_with(
+            r#""bytes":80,"resynced":true,"backend":"nflog","backends":["nflog"]}
+"#
+        ),
+        "{listed}"
+    );
+    let RecordItem::Event(event) = FlowRecord::from_json_line(&listed).unwrap().item else {
+        panic!("a flow line")
+    };
+    assert!(event.resynced);
+    assert!(!line(FlowEvent::opened(key, 3)).contains("resynced"));
 }
 
 #[test]
