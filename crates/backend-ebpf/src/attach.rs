@@ -57,9 +57,7 @@ impl Attached {
         // (pid, command name, user), only without their program.
         let offsets = kernel_offsets::resolve()
             .inspect_err(|why| {
-                tracing::warn!(
-                    "processes' programs and command lines will be unknown: {why}"
-                );
+                tracing::warn!("processes' programs and command lines will be unknown: {why}");
             })
             .unwrap_or_default();
         let mut loader = EbpfLoader::new();

@@ -141,7 +141,12 @@ fn exec(raw: &RawExecRecord) -> Exec {
         // The command line was longer than the copy: say where it ends.
         *last = format!("{last}…").into();
     }
-    Exec::new(raw.tgid, raw.start_ns, text(&raw.filename).to_string(), args)
+    Exec::new(
+        raw.tgid,
+        raw.start_ns,
+        text(&raw.filename).to_string(),
+        args,
+    )
 }
 
 /// A NUL-terminated kernel string, invalid UTF-8 replaced.

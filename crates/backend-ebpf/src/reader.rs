@@ -11,9 +11,8 @@ use flow_core::clock::monotonic_now_ns;
 use flow_core::{CloseReason, FlowError, FlowEvent, FlowStream, LossPoint, protocol};
 use flow_ebpf_common::{
     COUNTER_FLOWS_INSERTED, COUNTER_FLOWS_REMOVED, COUNTER_INSERT_FAILED, COUNTER_PAYLOAD_LOST,
-    COUNTER_RING_FULL,
-    COUNTERS_MAP, EVENTS_MAP, FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLOWS_MAP, RawFlowKey, RawFlowState,
-    sockets_hold_counts,
+    COUNTER_RING_FULL, COUNTERS_MAP, EVENTS_MAP, FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLOWS_MAP,
+    RawFlowKey, RawFlowState, sockets_hold_counts,
 };
 use futures::StreamExt;
 use tokio::io::Interest;
@@ -23,8 +22,8 @@ use flow_cgroup as cgroup;
 
 use crate::attach::Attached;
 use crate::decode::{Record, decode_record, flow_key};
-use flow_enrich::{EnrichConfig, Enricher};
 use crate::{BACKEND_NAME, EbpfConfig};
+use flow_enrich::{EnrichConfig, Enricher};
 
 /// The flow table's key, as aya reads it.
 #[derive(Clone, Copy)]
@@ -124,7 +123,14 @@ fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, pending: &mut Vec
                 original_len,
                 timestamp_ns,
             }) => {
-                enricher.dns_answer(flow, tcp_seq, payload, original_len, timestamp_ns, &mut made);
+                enricher.dns_answer(
+                    flow,
+                    tcp_seq,
+                    payload,
+                    original_len,
+                    timestamp_ns,
+                    &mut made,
+                );
                 pending.extend(made.drain(..));
             }
             Ok(Record::FirstPayload { flow, payload }) => enricher.first_payload(flow, payload),

@@ -179,12 +179,17 @@ impl Tracker {
         Some(FlowEvent::closed(flow.key, counters.0, counters.1, now_ns).because(reason))
     }
 
-    /// Reconciles with a full listing of the table after messages were
-    /// lost: entries never reported open are opened (and closed if TCP says
-    /// they are over); flows no longer listed are closed with the counters
-    /// last known (none: zero), because their DESTROY was lost.
+    /// Reconciles with a full listing of the table, taken at `now_ns`,
+    /// after messages were lost: entries never reported open are opened
+    /// (and closed if TCP says they are over); flows no longer listed are
+    /// closed with the counters last known (none: zero), because their
+    /// DESTROY was lost. Every event made here is marked
+    /// [`resynced`](FlowEvent::resynced): its time is the listing's, and a
+    /// backend correlated with this one may have reported the same flow
+    /// with its real times.
     pub(crate) fn resync(&mut self, table: &[CtEntry], now_ns: u64, steps: &mut Vec<Step>) {
         let mut listed = HashSet::new();
+        let mut emit = |event: FlowEvent| steps.push(Step::Emit(event.resynced(true)));
         for entry in table {
             if entry.mark != self.mark {
                 continue;
@@ -195,12 +200,12 @@ impl Tracker {
                 continue;
             }
             if self.open.insert(flow) {
-                steps.push(Step::Emit(FlowEvent::opened(entry.key, now_ns)));
+                emit(FlowEvent::opened(entry.key, now_ns));
             }
             if let Some(reason) = tcp_over(entry) {
                 let counters = entry.counters.unwrap_or_default();
                 if let Some(event) = self.close(flow, counters, Some(reason), now_ns) {
-                    steps.push(Step::Emit(event));
+                    emit(event);
                 }
             }
         }
@@ -213,7 +218,7 @@ impl Tracker {
         for flow in gone {
             // Its DESTROY was lost, and with it why.
             if let Some(event) = self.close(flow, (0, 0), None, now_ns) {
-                steps.push(Step::Emit(event));
+                emit(event);
             }
         }
         self.closed.retain(|flow, _| listed.contains(flow));
@@ -440,6 +445,12 @@ mod tests {
             entry(CtEventKind::Update, 4, 40004, Some(7)),
         ];
         tracker.resync(&table, 5, &mut steps);
+        assert!(
+            steps
+                .iter()
+                .all(|step| matches!(step, Step::Emit(event) if event.resynced && event.timestamp_ns == 5)),
+            "rebuilt from the listing, stamped with its time: {steps:?}"
+        );
         let mut seen = kinds(&steps);
         seen.sort_unstable();
         assert_eq!(

@@ -63,6 +63,10 @@ pub(crate) struct OutputArgs {
     /// Write events to FILE instead of the command's default stream.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
+    /// JSON: write each process's command line (`cmdline`). Off by
+    /// default: command lines in CI often hold secrets.
+    #[arg(long)]
+    pub(crate) cmdline: bool,
 }
 
 /// What `run` and `watch` report besides the events: the
@@ -73,10 +77,24 @@ pub(crate) struct ReportArgs {
     /// aligned table, one JSON object, or none.
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub(crate) summary: SummaryFormat,
+    /// What the summary table's lines are: destinations (protocol, address,
+    /// port, and the names they were reached under) or the programs that
+    /// connected (executable and user).
+    #[arg(long, value_enum, default_value_t = GroupBy::Destination)]
+    pub(crate) group_by: GroupBy,
     /// Serve Prometheus metrics over HTTP on this address (e.g.
     /// 127.0.0.1:9464) while running.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// What the summary table's lines are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum GroupBy {
+    /// One line per destination.
+    Destination,
+    /// One line per program (executable and user).
+    Process,
 }
 
 /// How the per-destination summary is printed.

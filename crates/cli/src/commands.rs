@@ -213,7 +213,12 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
     let open_flows = tokio::sync::watch::channel(0).0;
     let report = write_events(backends.events, output.writer, open_flows, metrics).await;
     let code = report::exit_code(&report, sources);
-    report::print_summaries(&report, args.report.summary, &output.name);
+    report::print_summaries(
+        &report,
+        args.report.summary,
+        args.report.group_by,
+        &output.name,
+    );
     Ok(code)
 }
 
@@ -292,7 +297,12 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     // the output could not take every event, or a backend failed while
     // another went on.
     let fault = report::fault(&report, sources);
-    report::print_summaries(&report, args.report.summary, &output.name);
+    report::print_summaries(
+        &report,
+        args.report.summary,
+        args.report.group_by,
+        &output.name,
+    );
     let left = cgroup.processes_left();
     drop(cgroup);
     if left > 0 {

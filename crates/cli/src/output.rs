@@ -5,6 +5,7 @@ use std::io::{self, Write};
 
 use anyhow::Result;
 use flow_core::display::Count;
+use flow_core::record::JsonOptions;
 use flow_supervisor::output::RecordWriter;
 use flow_supervisor::pipeline::OutputReport;
 
@@ -43,7 +44,8 @@ impl Output {
             (None, DefaultStream::Stderr) => (Box::new(io::stderr()), "stderr".to_owned()),
         };
         Ok(Self {
-            writer: RecordWriter::new(args.format, sink),
+            writer: RecordWriter::new(args.format, sink)
+                .with_json_options(JsonOptions::default().cmdline(args.cmdline)),
             name,
         })
     }

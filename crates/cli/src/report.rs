@@ -7,7 +7,7 @@ use flow_core::LossPoint;
 use flow_core::display::{Count, LossCount};
 use flow_supervisor::pipeline::PipelineReport;
 
-use crate::cli::SummaryFormat;
+use crate::cli::{GroupBy, SummaryFormat};
 use crate::diag::say;
 use crate::output;
 
@@ -50,13 +50,28 @@ pub(crate) fn exit_code(report: &PipelineReport, sources: usize) -> ExitCode {
 /// The end of `run` and `watch`: the one-line summary, then the
 /// per-destination table in the chosen format. `output` names where the
 /// events went.
-pub(crate) fn print_summaries(report: &PipelineReport, format: SummaryFormat, output: &str) {
+pub(crate) fn print_summaries(
+    report: &PipelineReport,
+    format: SummaryFormat,
+    group_by: GroupBy,
+    output: &str,
+) {
     say!("{}", summary(report, output));
+    let (empty, text, json) = match group_by {
+        GroupBy::Destination => (
+            report.destinations.is_empty(),
+            report.destinations.to_text(),
+            report.destinations.to_json(),
+        ),
+        GroupBy::Process => (
+            report.programs.is_empty(),
+            report.programs.to_text(),
+            report.programs.to_json(),
+        ),
+    };
     match format {
-        SummaryFormat::Text if !report.destinations.is_empty() => {
-            crate::diag::stderr(format_args!("{}", report.destinations.to_text()));
-        }
-        SummaryFormat::Json => say!("{}", report.destinations.to_json()),
+        SummaryFormat::Text if !empty => crate::diag::stderr(format_args!("{text}")),
+        SummaryFormat::Json => say!("{json}"),
         SummaryFormat::Text | SummaryFormat::Off => {}
     }
 }
@@ -91,23 +106,40 @@ fn summary(report: &PipelineReport, output: &str) -> String {
     if report.denied > 0 {
         line.push_str(&format!(", {} denied", report.denied));
     }
-    if report.loss_items > 0 {
+    if report.lookups > 0 {
+        line.push_str(&format!(", {}", Count(report.lookups, "lookup")));
+    }
+    let points = |flows: bool| -> String {
         let points: Vec<String> = report
             .loss_points
             .iter()
+            .filter(|point| point.loses_flows() == flows)
             .map(|point| match remedy(*point) {
                 Some(remedy) => format!("{point}: {remedy}"),
                 None => point.to_string(),
             })
             .collect();
-        let lost = match (report.lost_observations, report.losses_of_unknown_size) {
-            (0, _) => LossCount(None).to_string(),
-            (known, 0) => LossCount(Some(known)).to_string(),
-            (known, _) => format!("{} and an unknown number more", LossCount(Some(known))),
-        };
-        line.push_str(&format!("; LOST {lost} ({})", points.join("; ")));
-    } else {
-        line.push_str("; nothing lost");
+        points.join("; ")
+    };
+    let lost = match (report.lost_observations, report.losses_of_unknown_size) {
+        (0, 0) => None,
+        (0, _) => Some(LossCount(None).to_string()),
+        (known, 0) => Some(LossCount(Some(known)).to_string()),
+        (known, _) => Some(format!(
+            "{} and an unknown number more",
+            LossCount(Some(known))
+        )),
+    };
+    match lost {
+        Some(lost) => line.push_str(&format!("; LOST {lost} ({})", points(true))),
+        None => line.push_str("; nothing lost"),
+    }
+    if report.names_lost > 0 {
+        line.push_str(&format!(
+            "; names or processes may be missing: {} ({})",
+            Count(report.names_lost, "record"),
+            points(false)
+        ));
     }
     if let Some(incomplete) = output::incompleteness(&report.output, output) {
         line.push_str("; ");
@@ -119,7 +151,8 @@ fn summary(report: &PipelineReport, output: &str) -> String {
 /// The flag that makes room where observations were lost, if one does.
 fn remedy(point: LossPoint) -> Option<&'static str> {
     match point {
-        LossPoint::RingBufferFull => Some("raise --ring-bytes"),
+        LossPoint::RingBufferFull | LossPoint::PayloadLost => Some("raise --ring-bytes"),
+        LossPoint::NameCacheEviction => Some("raise --name-cache-entries"),
         LossPoint::FlowTableEviction => Some("raise --flow-table-entries"),
         _ => None,
     }

@@ -493,3 +493,125 @@ fn soak_mixed_traffic_under_both_stays_flat_and_loses_nothing() {
     assert_eq!(tables(&run.netns), "", "no table left");
     assert_eq!(accounting(&run.netns), "0", "settings restored");
 }
+
+/// flowtrack is stopped (SIGSTOP) for 5 s while its workload makes 5,000
+/// TCP connections (100 at a time, each pausing 100 ms: about 5 s), then
+/// continued: conntrack's event queue overruns, the nflog backend rebuilds
+/// what it missed from a listing of the table, and correlated, each
+/// generated flow still comes out exactly once — one `opened`, one `closed`.
+/// Ports are reused from TIME_WAIT after a second on loopback, so a key
+/// carries several flows in turn: as many of each as flows on that key.
+#[test]
+fn after_a_stall_each_flow_still_comes_out_once() {
+    use rustix::process::{Pid, Signal, kill_process};
+    if !privileged("after_a_stall_each_flow_still_comes_out_once") {
+        return;
+    }
+    const FLOWS: usize = 5_000;
+    let netns = Netns::new();
+    let traffic = common::traffic_generator();
+    let server = netns.serve(&traffic, &["serve-tcp", "127.0.0.1:0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (out, generated) = (dir.path().join("flows.jsonl"), dir.path().join("made"));
+    let (started, go) = (dir.path().join("started"), dir.path().join("go"));
+    // The workload says it runs (flowtrack is ready by then), and makes its
+    // connections once told to.
+    let workload = format!(
+        "touch {started}; while [ ! -e {go} ]; do sleep 0.01; done; \
+         {traffic} tcp 127.0.0.1:{port} --bytes 100 --count {FLOWS} --threads 100 --pause-ms 100 > {generated}",
+        started = started.display(),
+        go = go.display(),
+        traffic = traffic.display(),
+        port = server.port,
+        generated = generated.display(),
+    );
+    let args = ["run", "--backend", "both", "--format", "json", "-o"];
+    let child = flowtrack_in(&netns, &args)
+        .arg(&out)
+        .args(["--", "sh", "-c", &workload])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workload never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // nsenter execs flowtrack: the child is flowtrack itself.
+    let pid = Pid::from_raw(child.id().cast_signed()).unwrap();
+    kill_process(pid, Signal::STOP).unwrap();
+    std::fs::write(&go, "").unwrap();
+    // The stall itself: 5 s of connections flowtrack does not read.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    kill_process(pid, Signal::CONT).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("netlink receive queue overrun"),
+        "the stall overran conntrack's event queue: {stderr}"
+    );
+    let made = std::fs::read_to_string(&generated).unwrap();
+    assert_eq!(made.lines().count(), FLOWS, "the generator made every flow");
+    let mut expected = BTreeMap::<FlowKey, usize>::new();
+    for line in made.lines() {
+        let flow: flowtrack_kernel_tests::GeneratedFlow = serde_json::from_str(line).unwrap();
+        *expected.entry(flow.key()).or_default() += 1;
+    }
+    let records: Vec<FlowRecord<'static>> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|line| FlowRecord::from_json_line(line).unwrap())
+        .collect();
+    let (mut opened, mut closed) = (BTreeMap::new(), BTreeMap::new());
+    for record in &records {
+        let RecordItem::Event(event) = &record.item else {
+            continue;
+        };
+        match event.kind {
+            FlowEventKind::Opened => *opened.entry(event.key).or_insert(0_usize) += 1,
+            FlowEventKind::Closed { .. } => *closed.entry(event.key).or_insert(0_usize) += 1,
+            _ => {}
+        }
+    }
+    let differing = |seen: &BTreeMap<FlowKey, usize>| -> Vec<String> {
+        let keys: BTreeSet<&FlowKey> = seen.keys().chain(expected.keys()).collect();
+        keys.into_iter()
+            .filter(|key| seen.get(key) != expected.get(key))
+            .map(|key| {
+                let lines: Vec<String> = records
+                    .iter()
+                    .filter(|r| matches!(&r.item, RecordItem::Event(e) if e.key == *key))
+                    .map(|r| format!("{r:?}"))
+                    .collect();
+                format!(
+                    "{key}: {} made, {} reported\n  {}",
+                    expected.get(key).unwrap_or(&0),
+                    seen.get(key).unwrap_or(&0),
+                    lines.join("\n  ")
+                )
+            })
+            .collect()
+    };
+    let (wrong_opened, wrong_closed) = (differing(&opened), differing(&closed));
+    let total = |seen: &BTreeMap<FlowKey, usize>| seen.values().sum::<usize>();
+    assert!(
+        wrong_opened.is_empty() && wrong_closed.is_empty(),
+        "{} opened and {} closed for {FLOWS} flows; {} keys differ in opened, {} in closed; \
+         first:\n{}\n{stderr}",
+        total(&opened),
+        total(&closed),
+        wrong_opened.len(),
+        wrong_closed.len(),
+        wrong_opened
+            .iter()
+            .chain(&wrong_closed)
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -156,7 +156,9 @@ impl Enricher {
         let mut evicted = 0;
         for lookup in read.lookups {
             evicted += self.names.learn(&lookup) as u64;
-            out.push(Ok(FlowEvent::dns(flow, lookup, timestamp_ns).by(process.clone())));
+            out.push(Ok(
+                FlowEvent::dns(flow, lookup, timestamp_ns).by(process.clone())
+            ));
         }
         if evicted > 0 {
             out.push(Err(FlowError::lost_at(

@@ -290,7 +290,12 @@ mod tests {
         // The same pid, started later: another process, nothing known.
         let reused = processes.resolve(&Owner::new(u32::MAX - 2).started(300));
         assert_eq!(reused.exe, None);
-        processes.executed(Exec::new(u32::MAX - 2, 200, "/bin/sh".into(), vec!["sh".into()]));
+        processes.executed(Exec::new(
+            u32::MAX - 2,
+            200,
+            "/bin/sh".into(),
+            vec!["sh".into()],
+        ));
         let child = processes.resolve(&Owner::new(u32::MAX - 2).started(200));
         assert_eq!(child.exe.as_deref(), Some("/bin/sh"));
     }

@@ -163,6 +163,12 @@ pub struct FlowEvent {
     pub sni: Option<Arc<str>>,
     /// The process behind the flow, when the backend knows it.
     pub process: Option<Arc<Process>>,
+    /// The backend lost this event's own message and rebuilt it from a
+    /// listing of its table ([`FlowEvent::resynced`]): the flow is real,
+    /// but [`timestamp_ns`](Self::timestamp_ns) is when the listing was
+    /// taken, not when the flow opened or closed (and a close's counters
+    /// are the listing's). `false` for events as they happened.
+    pub resynced: bool,
 }
 
 impl FlowEvent {
@@ -185,6 +191,7 @@ impl FlowEvent {
             host: None,
             sni: None,
             process: None,
+            resynced: false,
         }
     }
 
@@ -213,15 +220,16 @@ impl FlowEvent {
     /// # Ok::<(), std::net::AddrParseError>(())
     /// ```
     #[must_use]
-    pub fn named(mut self, host: impl Into<Option<Arc<str>>>) -> Self {
-        self.host = host.into();
+    pub fn named(mut self, host: impl IntoName) -> Self {
+        self.host = host.into_name();
         self
     }
 
-    /// The same event with the server name of the flow's ClientHello.
+    /// The same event with the server name of the flow's ClientHello (or
+    /// none, for `None`).
     #[must_use]
-    pub fn with_sni(mut self, sni: impl Into<Option<Arc<str>>>) -> Self {
-        self.sni = sni.into();
+    pub fn with_sni(mut self, sni: impl IntoName) -> Self {
+        self.sni = sni.into_name();
         self
     }
 
@@ -249,6 +257,24 @@ impl FlowEvent {
             FlowEventKind::Dns(lookup) => Some(lookup),
             _ => None,
         }
+    }
+
+    /// The same event, marked as rebuilt from a listing of the backend's
+    /// table after its own message was lost (its time is the listing's),
+    /// or not.
+    ///
+    /// ```
+    /// use flow_core::{FlowEvent, FlowKey};
+    /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
+    /// let listed = FlowEvent::opened(key, 9).resynced(true);
+    /// assert!(listed.resynced);
+    /// assert!(!FlowEvent::opened(key, 9).resynced);
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn resynced(mut self, resynced: bool) -> Self {
+        self.resynced = resynced;
+        self
     }
 
     /// The same event, closed for `reason` (a [`CloseReason`], or an
@@ -304,6 +330,37 @@ impl FlowEvent {
     }
 }
 
+/// A name for [`FlowEvent::named`] and [`FlowEvent::with_sni`]: a string,
+/// or an `Option` of one for a name that may be unknown.
+pub trait IntoName {
+    /// The name, if any.
+    fn into_name(self) -> Option<Arc<str>>;
+}
+
+impl IntoName for Arc<str> {
+    fn into_name(self) -> Option<Arc<str>> {
+        Some(self)
+    }
+}
+
+impl IntoName for &str {
+    fn into_name(self) -> Option<Arc<str>> {
+        Some(self.into())
+    }
+}
+
+impl IntoName for String {
+    fn into_name(self) -> Option<Arc<str>> {
+        Some(self.into())
+    }
+}
+
+impl<T: IntoName> IntoName for Option<T> {
+    fn into_name(self) -> Option<Arc<str>> {
+        self.and_then(IntoName::into_name)
+    }
+}
+
 impl fmt::Display for FlowEvent {
     /// `closed tcp 10.0.0.1:40000 -> 10.0.0.2:80 at 1.5s (10 packets, 1200 bytes, fin)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -326,11 +383,9 @@ impl fmt::Display for FlowEvent {
                 }
                 f.write_str(")")?;
             }
-            FlowEventKind::Dns(lookup) => write!(
-                f,
-                " ({} {} {})",
-                lookup.query, lookup.qtype, lookup.rcode
-            )?,
+            FlowEventKind::Dns(lookup) => {
+                write!(f, " ({} {} {})", lookup.query, lookup.qtype, lookup.rcode)?
+            }
         }
         if let Some(host) = &self.host {
             write!(f, " host {host}")?;

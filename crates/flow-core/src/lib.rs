@@ -30,16 +30,16 @@ mod by_name;
 pub mod clock;
 pub mod display;
 pub mod dns;
-pub mod process;
 mod error;
 mod event;
 mod key;
+pub mod process;
 pub mod protocol;
 #[cfg(feature = "serde")]
 pub mod record;
 mod source;
 
 pub use error::{ConfigError, FlowError, LossPoint};
-pub use event::{CloseReason, FlowEvent, FlowEventKind};
+pub use event::{CloseReason, FlowEvent, FlowEventKind, IntoName};
 pub use key::FlowKey;
 pub use source::{FlowSource, FlowStream};

@@ -20,6 +20,7 @@
 //! | `query`, `qtype`, `rcode` | dns | the name asked for, what for (`"A"`, `"AAAA"`, …), the answer's code (`"NOERROR"`, `"NXDOMAIN"`, …) |
 //! | `answers`, `cnames` | dns | the addresses at the end of the CNAME chain, and the chain |
 //! | `truncated` | dns         | `true` when the answer was truncated (retried over TCP) |
+//! | `resynced`| flow lines    | `true` when the backend lost the event's message and rebuilt it from a listing of its table: `ts_ns` is the listing's time ([`FlowEvent::resynced`]); absent otherwise |
 //! | `backend` | every line    | the backend that observed it (several: whose counters) |
 //! | `backends`| flow lines    | every backend that observed it, `backend` first         |
 //! | `count`   | lost          | observations lost, `null` when unknown                  |
@@ -331,6 +332,9 @@ impl Serialize for WithOptions<'_, '_> {
                 if let Some(process) = &event.process {
                     serialize_process(&mut map, process, self.options)?;
                 }
+                if event.resynced {
+                    map.serialize_entry("resynced", &true)?;
+                }
                 map.serialize_entry("backend", &record.backend)?;
                 map.serialize_entry("backends", &Backends(record))?;
             }
@@ -487,6 +491,8 @@ struct WireRecord {
     point: Option<String>,
     reason: Option<String>,
     #[serde(default)]
+    resynced: bool,
+    #[serde(default)]
     backends: Vec<String>,
     host: Option<Arc<str>>,
     sni: Option<Arc<str>>,
@@ -543,9 +549,15 @@ struct WireLookup {
 
 impl WireLookup {
     fn into_lookup(self) -> Result<DnsLookup, RecordError> {
-        let query = self.query.ok_or_else(|| RecordError::missing("query", "dns"))?;
-        let qtype = self.qtype.ok_or_else(|| RecordError::missing("qtype", "dns"))?;
-        let rcode = self.rcode.ok_or_else(|| RecordError::missing("rcode", "dns"))?;
+        let query = self
+            .query
+            .ok_or_else(|| RecordError::missing("query", "dns"))?;
+        let qtype = self
+            .qtype
+            .ok_or_else(|| RecordError::missing("qtype", "dns"))?;
+        let rcode = self
+            .rcode
+            .ok_or_else(|| RecordError::missing("rcode", "dns"))?;
         let invalid = |field: &str, value: &str, expected: &str| RecordError {
             field: Some(field.into()),
             message: format!("{value:?} is not {expected}"),
@@ -553,7 +565,11 @@ impl WireLookup {
         let qtype = QueryType::parse(&qtype)
             .ok_or_else(|| invalid("qtype", &qtype, "a DNS type (\"A\", \"TYPE65280\")"))?;
         let rcode = ResponseCode::parse(&rcode).ok_or_else(|| {
-            invalid("rcode", &rcode, "a DNS response code (\"NXDOMAIN\", \"RCODE11\")")
+            invalid(
+                "rcode",
+                &rcode,
+                "a DNS response code (\"NXDOMAIN\", \"RCODE11\")",
+            )
         })?;
         Ok(DnsLookup::new(query, qtype, rcode)
             .with_answers(self.answers)
@@ -617,7 +633,8 @@ impl WireRecord {
         }
         .named(self.host)
         .with_sni(self.sni)
-        .by(self.process.into_process());
+        .by(self.process.into_process())
+        .resynced(self.resynced);
         let mut record = FlowRecord::event(self.backend, event);
         record.also_seen_by = self
             .backends

@@ -99,8 +99,9 @@ fn any_event() -> impl Strategy<Value = FlowEvent> {
         proptest::option::of(any_name()),
         proptest::option::of(any_name()),
         proptest::option::of(any_process()),
+        any::<bool>(),
     )
-        .prop_map(|(key, kind, ts, reason, host, sni, process)| {
+        .prop_map(|(key, kind, ts, reason, host, sni, process, resynced)| {
             // A reason is only written (and read) on a closed line.
             let reason = reason.filter(|_| matches!(kind, FlowEventKind::Closed { .. }));
             FlowEvent::new(key, kind, ts)
@@ -108,6 +109,7 @@ fn any_event() -> impl Strategy<Value = FlowEvent> {
                 .named(host)
                 .with_sni(sni)
                 .by(process.map(Arc::new))
+                .resynced(resynced)
         })
 }
 
@@ -275,6 +277,31 @@ fn a_close_reason_this_version_does_not_know_reads_as_unknown() {
         panic!("a flow line")
     };
     assert_eq!(event.close_reason, Some(CloseReason::Reset));
+}
+
+#[test]
+fn a_resynced_event_says_so_and_reads_back_and_others_carry_no_such_field() {
+    let key = FlowKey::tcp("10.0.0.1:1".parse().unwrap(), "10.0.0.2:2".parse().unwrap());
+    let line = |event: FlowEvent| {
+        let mut line = Vec::new();
+        FlowRecord::event("nflog", event)
+            .write_json_line(&mut line)
+            .unwrap();
+        String::from_utf8(line).unwrap()
+    };
+    let listed = line(FlowEvent::closed(key, 2, 80, 3).resynced(true));
+    assert!(
+        listed.ends_with(
+            r#""bytes":80,"resynced":true,"backend":"nflog","backends":["nflog"]}
+"#
+        ),
+        "{listed}"
+    );
+    let RecordItem::Event(event) = FlowRecord::from_json_line(&listed).unwrap().item else {
+        panic!("a flow line")
+    };
+    assert!(event.resynced);
+    assert!(!line(FlowEvent::opened(key, 3)).contains("resynced"));
 }
 
 #[test]

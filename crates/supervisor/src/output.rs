@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use flow_core::display::{LossCount, Seconds};
-use flow_core::record::{FlowRecord, RecordItem};
+use flow_core::record::{FlowRecord, JsonOptions, RecordItem};
 use flow_core::{FlowEventKind, protocol};
 
 /// How records are written.
@@ -75,7 +75,7 @@ impl std::str::FromStr for OutputFormat {
 ///     text,
 ///     concat!(
 ///         "        1.500000000  closed  ebpf    tcp           10.0.0.1:40000 -> 10.0.0.2:80          ",
-///         "       6 pkts        400 B\n",
+///         " -                              6 pkts        400 B\n",
 ///     )
 /// );
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -83,6 +83,7 @@ impl std::str::FromStr for OutputFormat {
 #[derive(Debug)]
 pub struct RecordWriter<W: Write> {
     format: OutputFormat,
+    json: JsonOptions,
     writer: W,
     /// Whole lines not yet handed to `writer`.
     buffer: Vec<u8>,
@@ -100,11 +101,20 @@ impl<W: Write> RecordWriter<W> {
     pub fn new(format: OutputFormat, writer: W) -> Self {
         Self {
             format,
+            json: JsonOptions::default(),
             writer,
             buffer: Vec::with_capacity(BUFFER_BYTES),
             line_ends: Vec::new(),
             written: 0,
         }
+    }
+
+    /// The same writer, writing JSON with `options` (e.g. processes'
+    /// command lines, which are left out by default).
+    #[must_use]
+    pub fn with_json_options(mut self, options: JsonOptions) -> Self {
+        self.json = options;
+        self
     }
 
     /// Writes one record (buffered: call [`RecordWriter::flush`]).
@@ -115,7 +125,7 @@ impl<W: Write> RecordWriter<W> {
     pub fn write(&mut self, record: &FlowRecord<'_>) -> io::Result<()> {
         let start = self.buffer.len();
         let encoded = match self.format {
-            OutputFormat::Json => record.write_json_line(&mut self.buffer),
+            OutputFormat::Json => record.write_json_line_with(&mut self.buffer, self.json),
             OutputFormat::Text => write_text_line(record, &mut self.buffer),
         };
         if let Err(error) = encoded {
@@ -177,7 +187,13 @@ impl<W: Write> RecordWriter<W> {
     }
 }
 
-/// `   1.500000000  closed  ebpf    tcp   10.0.0.1:40000 -> 10.0.0.2:80   6 pkts  400 B  fin`
+/// `   1.500000000  closed  ebpf    tcp   10.0.0.1:40000 -> 151.101.0.223:443  pypi.org   6 pkts  400 B  fin  curl[4711]`
+///
+/// After the key: on a `closed` line the destination's name (its host, or
+/// the server name the client sent, `-` when neither is known), the
+/// counters and the reason; on `opened` and `denied` lines the name when
+/// known; on a `dns` line the lookup and its answer. Last, the process,
+/// `comm[pid]`, when known.
 fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<()> {
     write!(out, "{:>19}", Seconds(record.timestamp_ns()))?;
     write!(
@@ -195,21 +211,54 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<
                 protocol::Display(key.protocol),
                 key.src()
             )?;
-            match event.kind {
+            let name = event.host.as_deref().or(event.sni.as_deref());
+            match &event.kind {
                 FlowEventKind::Closed {
                     pkt_count,
                     byte_count,
                 } => {
                     write!(
                         out,
-                        "{:<21} {pkt_count:>7} pkts {byte_count:>10} B",
-                        key.dst()
+                        "{:<21} {:<24} {pkt_count:>7} pkts {byte_count:>10} B",
+                        key.dst(),
+                        Printable(name.unwrap_or("-")),
                     )?;
                     if let Some(reason) = event.close_reason {
                         write!(out, "  {reason}")?;
                     }
                 }
-                _ => write!(out, "{}", key.dst())?,
+                FlowEventKind::Dns(lookup) => {
+                    write!(
+                        out,
+                        "{:<21} {} {} {}",
+                        key.dst(),
+                        Printable(&lookup.query),
+                        lookup.qtype,
+                        lookup.rcode
+                    )?;
+                    for (index, answer) in lookup.answers.iter().enumerate() {
+                        out.write_all(if index == 0 { b" " } else { b"," })?;
+                        write!(out, "{answer}")?;
+                    }
+                    if !lookup.cnames.is_empty() {
+                        out.write_all(b" via")?;
+                        for cname in &lookup.cnames {
+                            write!(out, " {}", Printable(cname))?;
+                        }
+                    }
+                }
+                _ => match name {
+                    Some(name) => write!(out, "{:<21} {}", key.dst(), Printable(name))?,
+                    None => write!(out, "{}", key.dst())?,
+                },
+            }
+            if let Some(process) = &event.process {
+                write!(
+                    out,
+                    "  {}[{}]",
+                    Printable(process.comm.as_deref().unwrap_or("")),
+                    process.pid
+                )?;
             }
         }
         RecordItem::Lost { point, count, .. } => {
@@ -287,10 +336,68 @@ mod tests {
         ));
         assert_eq!(
             known,
-            "        1.500000000  closed  ebpf    tcp           10.0.0.1:40000 -> 10.0.0.2:80                 6 pkts        400 B  reset\n"
+            "        1.500000000  closed  ebpf    tcp           10.0.0.1:40000 -> 10.0.0.2:80           -                              6 pkts        400 B  reset\n"
         );
         let unknown = text_of(&FlowRecord::event("ebpf", closed));
         assert_eq!(unknown, known.replace("  reset", ""));
+    }
+
+    #[test]
+    fn text_names_the_destination_and_the_process() {
+        use flow_core::dns::{DnsLookup, QueryType, ResponseCode};
+        use flow_core::process::Process;
+        use std::sync::Arc;
+        let key = FlowKey::tcp(
+            "10.0.0.1:40000".parse().unwrap(),
+            "151.101.0.223:443".parse().unwrap(),
+        );
+        let curl = Arc::new(Process::new(4711).with_comm("curl"));
+        let opened = text_of(&FlowRecord::event(
+            "ebpf",
+            FlowEvent::opened(key, 1)
+                .named("pypi.org")
+                .by(Arc::clone(&curl)),
+        ));
+        assert!(
+            opened.ends_with("-> 151.101.0.223:443     pypi.org  curl[4711]\n"),
+            "{opened:?}"
+        );
+        let closed = text_of(&FlowRecord::event(
+            "ebpf",
+            FlowEvent::closed(key, 6, 400, 2)
+                .with_sni("files.pythonhosted.org")
+                .by(curl),
+        ));
+        assert!(
+            closed.contains("151.101.0.223:443     files.pythonhosted.org         6 pkts"),
+            "the server name when no host: {closed:?}"
+        );
+        assert!(closed.ends_with("  curl[4711]\n"), "{closed:?}");
+        let resolver = FlowKey::udp(
+            "10.0.0.1:5353".parse().unwrap(),
+            "10.0.0.53:53".parse().unwrap(),
+        );
+        let lookup = DnsLookup::new("pypi.org", QueryType::A, ResponseCode::NO_ERROR)
+            .with_answers([
+                "151.101.0.223".parse().unwrap(),
+                "151.101.64.223".parse().unwrap(),
+            ])
+            .with_cnames(["dualstack.python.map.fastly.net"]);
+        let dns = text_of(&FlowRecord::event(
+            "ebpf",
+            FlowEvent::dns(resolver, lookup, 3),
+        ));
+        assert!(
+            dns.ends_with(
+                "-> 10.0.0.53:53          pypi.org A NOERROR 151.101.0.223,151.101.64.223 via dualstack.python.map.fastly.net\n"
+            ),
+            "{dns:?}"
+        );
+        let escape = text_of(&FlowRecord::event(
+            "ebpf",
+            FlowEvent::opened(key, 1).named("evil\u{1b}[2J"),
+        ));
+        assert!(escape.contains("evil\\u{1b}[2J"), "{escape:?}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::merge::MergedItem;
 use crate::output::RecordWriter;
-use crate::summary::Destinations;
+use crate::summary::{Destinations, Programs};
 
 /// A source that failed during the run.
 #[derive(Debug)]
@@ -47,8 +47,16 @@ pub struct PipelineReport {
     /// table was full (set by the caller that correlated; duplicates of
     /// those flows may have passed).
     pub correlation_evictions: u64,
+    /// DNS lookups among them (`dns` events).
+    pub lookups: u64,
+    /// Names or processes reported lost (payload records, name cache
+    /// evictions: [`LossPoint::loses_flows`] is false), apart from lost
+    /// flow observations.
+    pub names_lost: u64,
     /// Per-destination totals of the events observed.
     pub destinations: Destinations,
+    /// Per-program totals of the events observed.
+    pub programs: Programs,
     /// What reached the output.
     pub output: OutputReport,
 }
@@ -192,10 +200,12 @@ fn tally(report: &mut PipelineReport, item: MergedItem) {
         MergedItem::Event { event, .. } => {
             report.events += 1;
             report.destinations.record(&event);
+            report.programs.record(&event);
             match event.kind {
                 FlowEventKind::Opened => report.opened += 1,
                 FlowEventKind::Closed { .. } => report.closed += 1,
                 FlowEventKind::Denied => report.denied += 1,
+                FlowEventKind::Dns(_) => report.lookups += 1,
                 _ => {}
             }
         }
@@ -206,6 +216,12 @@ fn tally(report: &mut PipelineReport, item: MergedItem) {
             }
             match count {
                 // Counts read back from a file may be anything.
+                Some(count) if !point.loses_flows() => {
+                    report.names_lost = report.names_lost.saturating_add(count);
+                }
+                None if !point.loses_flows() => {
+                    report.names_lost = report.names_lost.saturating_add(1);
+                }
                 Some(count) => {
                     report.lost_observations = report.lost_observations.saturating_add(count);
                 }

@@ -1,48 +1,94 @@
-//! The per-destination summary at the end of a run: for each protocol,
-//! address and port the workload reached, how many connections, packets
-//! and bytes, and when it was first and last seen.
+//! The summaries at the end of a run: for each destination the workload
+//! reached (protocol, address, port, and the names it was reached under),
+//! or for each program that made connections, how many connections,
+//! packets and bytes, and when it was first and last seen.
 //!
 //! ```
+//! use std::sync::Arc;
+//! use flow_core::process::Process;
 //! use flow_core::{FlowEvent, FlowKey};
-//! use flow_supervisor::summary::Destinations;
+//! use flow_supervisor::summary::{Destinations, Programs};
 //!
 //! let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:443".parse()?);
+//! let curl = Arc::new(Process::new(7).with_comm("curl").with_exe("/usr/bin/curl").with_uid(1000));
 //! let mut destinations = Destinations::default();
-//! destinations.record(&FlowEvent::opened(key, 1_000_000_000));
-//! destinations.record(&FlowEvent::closed(key, 10, 2_000, 2_000_000_000));
+//! let mut programs = Programs::default();
+//! for event in [
+//!     FlowEvent::opened(key, 1_000_000_000).named("pypi.org").by(Arc::clone(&curl)),
+//!     FlowEvent::closed(key, 10, 2_000, 2_000_000_000).named("pypi.org").by(curl),
+//! ] {
+//!     destinations.record(&event);
+//!     programs.record(&event);
+//! }
 //! let table = destinations.to_text();
 //! assert!(table.contains("tcp    10.0.0.2"), "{table}");
+//! assert!(table.contains("pypi.org"), "{table}");
 //! assert!(destinations.to_json().contains(r#""connections":1"#));
+//! assert!(programs.to_text().contains("/usr/bin/curl"));
 //! # Ok::<(), std::net::AddrParseError>(())
 //! ```
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use flow_core::display::Seconds;
 use flow_core::protocol;
 use flow_core::{FlowEvent, FlowEventKind};
 use serde::Serialize;
 
-/// Destinations tracked at most; the rest are counted together.
+/// Rows a summary tracks at most; events of the rest are counted together.
 pub const MAX_DESTINATIONS: usize = 10_000;
 
-/// What was seen of one destination.
+/// Names kept for one destination, and pids for one program (their
+/// counts go on).
+const MAX_LISTED: usize = 8;
+
+/// What was seen of one destination, or of one program's connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct DestinationStats {
-    /// Flows opened to it.
+    /// Flows opened.
     pub connections: u64,
-    /// `Denied` events to it: packets a logging drop rule dropped (nflog).
+    /// `Denied` events.
     pub denied: u64,
-    /// Packets of its closed flows, both directions.
+    /// Packets of the closed flows, both directions.
     pub packets: u64,
-    /// IP-level bytes of its closed flows, both directions.
+    /// IP-level bytes of the closed flows, both directions.
     pub bytes: u64,
     /// First event, CLOCK_MONOTONIC nanoseconds.
     pub first_seen_ns: u64,
     /// Last event, CLOCK_MONOTONIC nanoseconds.
     pub last_seen_ns: u64,
+}
+
+impl DestinationStats {
+    fn new(timestamp_ns: u64) -> Self {
+        Self {
+            first_seen_ns: timestamp_ns,
+            ..Self::default()
+        }
+    }
+
+    /// Counts one flow event (lookups are not connections: not counted).
+    fn add(&mut self, event: &FlowEvent) {
+        self.first_seen_ns = self.first_seen_ns.min(event.timestamp_ns);
+        self.last_seen_ns = self.last_seen_ns.max(event.timestamp_ns);
+        match event.kind {
+            FlowEventKind::Opened => self.connections += 1,
+            FlowEventKind::Closed {
+                pkt_count,
+                byte_count,
+            } => {
+                // Counters read back from a file may be anything.
+                self.packets = self.packets.saturating_add(pkt_count);
+                self.bytes = self.bytes.saturating_add(byte_count);
+            }
+            FlowEventKind::Denied => self.denied += 1,
+            _ => {}
+        }
+    }
 }
 
 /// A destination: protocol, address, port (ICMP: `type << 8 | code`).
@@ -56,73 +102,119 @@ pub struct Destination {
     pub port: u16,
 }
 
-/// Per-destination totals of a stream of events, bounded by
-/// [`MAX_DESTINATIONS`].
+/// Up to [`MAX_LISTED`] distinct values, in the order first seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+struct Listed<T>(Vec<T>);
+
+impl<T: PartialEq> Listed<T> {
+    fn add(&mut self, value: T) {
+        if self.0.len() < MAX_LISTED && !self.0.contains(&value) {
+            self.0.push(value);
+        }
+    }
+}
+
+/// Rows of `K`, bounded by [`MAX_DESTINATIONS`]: a hash map, one lookup
+/// per event on the output's hot path, sorted only when shown.
+#[derive(Debug, Clone)]
+struct Rows<K, V> {
+    rows: HashMap<K, (DestinationStats, V)>,
+    untracked_events: u64,
+}
+
+impl<K, V> Default for Rows<K, V> {
+    fn default() -> Self {
+        Self {
+            rows: HashMap::new(),
+            untracked_events: 0,
+        }
+    }
+}
+
+impl<K: Hash + Eq + Ord + Clone, V: Default> Rows<K, V> {
+    /// Counts `event` in row `key`; the row's extra value, unless the row
+    /// is beyond the bound.
+    fn record(&mut self, key: &K, event: &FlowEvent) -> Option<&mut V> {
+        if !self.rows.contains_key(key) && self.rows.len() >= MAX_DESTINATIONS {
+            self.untracked_events += 1;
+            return None;
+        }
+        let (stats, extra) = self
+            .rows
+            .entry(key.clone())
+            .or_insert_with(|| (DestinationStats::new(event.timestamp_ns), V::default()));
+        stats.add(event);
+        Some(extra)
+    }
+
+    fn sorted(&self) -> Vec<(&K, &DestinationStats, &V)> {
+        let mut sorted: Vec<_> = self
+            .rows
+            .iter()
+            .map(|(key, (stats, extra))| (key, stats, extra))
+            .collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        sorted
+    }
+}
+
+/// Whether `event` counts in a summary: flow events do, lookups do not.
+fn counts(event: &FlowEvent) -> bool {
+    !matches!(event.kind, FlowEventKind::Dns(_))
+}
+
+/// Per-destination totals of a stream of events, with the names each
+/// destination was reached under, bounded by [`MAX_DESTINATIONS`].
 #[derive(Debug, Clone, Default)]
 pub struct Destinations {
-    // A hash map: one lookup per event written, on the output's hot path;
-    // sorted only when shown.
-    by_destination: HashMap<Destination, DestinationStats>,
-    /// Events about destinations beyond the bound.
-    pub untracked_events: u64,
+    rows: Rows<Destination, Listed<Arc<str>>>,
 }
 
 impl Destinations {
     /// Counts one event.
     pub fn record(&mut self, event: &FlowEvent) {
+        if !counts(event) {
+            return;
+        }
         let destination = Destination {
             protocol: event.key.protocol,
             address: event.key.dst_addr,
             port: event.key.dst_port,
         };
-        if !self.by_destination.contains_key(&destination)
-            && self.by_destination.len() >= MAX_DESTINATIONS
-        {
-            self.untracked_events += 1;
-            return;
-        }
-        let stats = self
-            .by_destination
-            .entry(destination)
-            .or_insert(DestinationStats {
-                first_seen_ns: event.timestamp_ns,
-                ..DestinationStats::default()
-            });
-        stats.first_seen_ns = stats.first_seen_ns.min(event.timestamp_ns);
-        stats.last_seen_ns = stats.last_seen_ns.max(event.timestamp_ns);
-        match event.kind {
-            FlowEventKind::Opened => stats.connections += 1,
-            FlowEventKind::Closed {
-                pkt_count,
-                byte_count,
-            } => {
-                // Counters read back from a file may be anything.
-                stats.packets = stats.packets.saturating_add(pkt_count);
-                stats.bytes = stats.bytes.saturating_add(byte_count);
+        if let Some(names) = self.rows.record(&destination, event) {
+            for name in [&event.host, &event.sni].into_iter().flatten() {
+                names.add(Arc::clone(name));
             }
-            FlowEventKind::Denied => stats.denied += 1,
-            _ => {}
         }
     }
 
     /// The destinations seen, in order of protocol, address and port.
     pub fn iter(&self) -> impl Iterator<Item = (&Destination, &DestinationStats)> {
-        let mut sorted: Vec<_> = self.by_destination.iter().collect();
-        sorted.sort_unstable_by_key(|(destination, _)| **destination);
-        sorted.into_iter()
+        self.rows
+            .sorted()
+            .into_iter()
+            .map(|(destination, stats, _)| (destination, stats))
     }
 
     /// Whether nothing was seen.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.by_destination.is_empty()
+        self.rows.rows.is_empty()
     }
 
-    /// An aligned table, one line per destination, times in seconds.
+    /// Events about destinations beyond the bound.
+    #[must_use]
+    pub fn untracked_events(&self) -> u64 {
+        self.rows.untracked_events
+    }
+
+    /// An aligned table, one line per destination, times in seconds, the
+    /// names last.
     #[must_use]
     pub fn to_text(&self) -> String {
         let mut text = format!(
-            "{:<6} {:<39} {:>5} {:>6} {:>6} {:>9} {:>12} {:>17} {:>17}\n",
+            "{:<6} {:<39} {:>5} {:>6} {:>6} {:>9} {:>12} {:>17} {:>17}  names\n",
             "proto",
             "address",
             "port",
@@ -133,33 +225,23 @@ impl Destinations {
             "first seen",
             "last seen"
         );
-        for (destination, stats) in self.iter() {
-            let _ = writeln!(
+        for (destination, stats, names) in self.rows.sorted() {
+            let _ = write!(
                 text,
-                "{:<6} {:<39} {:>5} {:>6} {:>6} {:>9} {:>12} {:>17} {:>17}",
+                "{:<6} {:<39} {:>5} ",
                 protocol::Display(destination.protocol).to_string(),
                 destination.address.to_string(),
                 destination.port,
-                stats.connections,
-                stats.denied,
-                stats.packets,
-                stats.bytes,
-                seconds(stats.first_seen_ns),
-                seconds(stats.last_seen_ns),
             );
+            write_stats(&mut text, stats);
+            let _ = writeln!(text, "  {}", names.0.join(", "));
         }
-        if self.untracked_events > 0 {
-            let _ = writeln!(
-                text,
-                "({} more events to destinations beyond the first {MAX_DESTINATIONS})",
-                self.untracked_events
-            );
-        }
+        untracked(&mut text, self.rows.untracked_events, "destinations");
         text
     }
 
     /// One JSON object: `{"destinations":[{"proto":…,"address":…,"port":…,
-    /// "connections":…,…}],"untracked_events":N}`.
+    /// "names":[…],"connections":…,…}],"untracked_events":N}`.
     #[must_use]
     pub fn to_json(&self) -> String {
         #[derive(Serialize)]
@@ -167,28 +249,177 @@ impl Destinations {
             proto: String,
             address: IpAddr,
             port: u16,
+            names: &'a Listed<Arc<str>>,
             #[serde(flatten)]
             stats: &'a DestinationStats,
         }
-        #[derive(Serialize)]
-        struct Summary<'a> {
-            destinations: Vec<Row<'a>>,
-            untracked_events: u64,
-        }
-        let summary = Summary {
-            destinations: self
-                .iter()
-                .map(|(destination, stats)| Row {
-                    proto: protocol::Display(destination.protocol).to_string(),
-                    address: destination.address,
-                    port: destination.port,
-                    stats,
-                })
-                .collect(),
-            untracked_events: self.untracked_events,
-        };
-        serde_json::to_string(&summary).expect("plain data serialises")
+        let rows = self
+            .rows
+            .sorted()
+            .into_iter()
+            .map(|(destination, stats, names)| Row {
+                proto: protocol::Display(destination.protocol).to_string(),
+                address: destination.address,
+                port: destination.port,
+                names,
+                stats,
+            })
+            .collect();
+        summary_json("destinations", rows, self.rows.untracked_events)
     }
+}
+
+/// A program that made connections: its executable (or, unknown, its
+/// command name) and its user.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Program {
+    /// The executable, or the command name in brackets when the executable
+    /// is unknown, or `?`.
+    pub program: Arc<str>,
+    /// Its user id, when known.
+    pub uid: Option<u32>,
+}
+
+/// What else is kept of a program: the pids it ran as.
+#[derive(Debug, Clone, Default, Serialize)]
+struct ProgramExtra {
+    pids: Listed<u32>,
+    processes: u64,
+}
+
+/// Per-program totals of a stream of events (`--group-by process`),
+/// bounded by [`MAX_DESTINATIONS`]. Events with no process count under
+/// `?`.
+#[derive(Debug, Clone, Default)]
+pub struct Programs {
+    rows: Rows<Program, ProgramExtra>,
+}
+
+impl Programs {
+    /// Counts one event.
+    pub fn record(&mut self, event: &FlowEvent) {
+        if !counts(event) {
+            return;
+        }
+        let process = event.process.as_deref();
+        let program = Program {
+            program: match process {
+                Some(process) => match (&process.exe, &process.comm) {
+                    (Some(exe), _) => Arc::clone(exe),
+                    (None, Some(comm)) => format!("[{comm}]").into(),
+                    (None, None) => "?".into(),
+                },
+                None => "?".into(),
+            },
+            uid: process.and_then(|process| process.uid),
+        };
+        if let Some(extra) = self.rows.record(&program, event)
+            && let Some(process) = process
+            && event.kind == FlowEventKind::Opened
+            && !extra.pids.0.contains(&process.pid)
+        {
+            extra.processes += 1;
+            extra.pids.add(process.pid);
+        }
+    }
+
+    /// Whether nothing was seen.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.rows.rows.is_empty()
+    }
+
+    /// An aligned table, one line per program.
+    #[must_use]
+    pub fn to_text(&self) -> String {
+        let mut text = format!(
+            "{:<32} {:>6} {:>5} {:>6} {:>6} {:>9} {:>12} {:>17} {:>17}  pids\n",
+            "program",
+            "uid",
+            "procs",
+            "conns",
+            "denied",
+            "packets",
+            "bytes",
+            "first seen",
+            "last seen"
+        );
+        for (program, stats, extra) in self.rows.sorted() {
+            let uid = program
+                .uid
+                .map_or_else(|| "-".to_owned(), |uid| uid.to_string());
+            let _ = write!(
+                text,
+                "{:<32} {uid:>6} {:>5} ",
+                program.program, extra.processes
+            );
+            write_stats(&mut text, stats);
+            let pids: Vec<String> = extra.pids.0.iter().map(u32::to_string).collect();
+            let _ = writeln!(text, "  {}", pids.join(", "));
+        }
+        untracked(&mut text, self.rows.untracked_events, "programs");
+        text
+    }
+
+    /// One JSON object: `{"programs":[{"program":…,"uid":…,"processes":…,
+    /// "pids":[…],"connections":…,…}],"untracked_events":N}`.
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Row<'a> {
+            #[serde(flatten)]
+            program: &'a Program,
+            #[serde(flatten)]
+            extra: &'a ProgramExtra,
+            #[serde(flatten)]
+            stats: &'a DestinationStats,
+        }
+        let rows = self
+            .rows
+            .sorted()
+            .into_iter()
+            .map(|(program, stats, extra)| Row {
+                program,
+                extra,
+                stats,
+            })
+            .collect();
+        summary_json("programs", rows, self.rows.untracked_events)
+    }
+}
+
+/// The columns every table shares.
+fn write_stats(text: &mut String, stats: &DestinationStats) {
+    let _ = write!(
+        text,
+        "{:>6} {:>6} {:>9} {:>12} {:>17} {:>17}",
+        stats.connections,
+        stats.denied,
+        stats.packets,
+        stats.bytes,
+        seconds(stats.first_seen_ns),
+        seconds(stats.last_seen_ns),
+    );
+}
+
+fn untracked(text: &mut String, events: u64, rows: &str) {
+    if events > 0 {
+        let _ = writeln!(
+            text,
+            "({events} more events of {rows} beyond the first {MAX_DESTINATIONS})"
+        );
+    }
+}
+
+/// `{"<name>":[rows],"untracked_events":N}`.
+fn summary_json<R: Serialize>(name: &str, rows: Vec<R>, untracked_events: u64) -> String {
+    let mut summary = serde_json::Map::new();
+    summary.insert(
+        name.to_owned(),
+        serde_json::to_value(rows).unwrap_or_default(),
+    );
+    summary.insert("untracked_events".to_owned(), untracked_events.into());
+    serde_json::Value::Object(summary).to_string()
 }
 
 /// Nanoseconds as seconds with six decimals.

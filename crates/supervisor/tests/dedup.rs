@@ -67,6 +67,13 @@ impl Harness {
         self.input.unbounded_send(item).unwrap();
     }
 
+    /// Each backend's event, in this order.
+    fn send_all<const N: usize>(&self, events: [(&str, FlowEvent); N]) {
+        for (backend, event) in events {
+            self.send(seen(backend, event));
+        }
+    }
+
     /// Everything the correlator has ready now.
     fn ready(&mut self) -> Vec<Line> {
         let mut lines = Vec::new();
@@ -269,4 +276,185 @@ async fn a_key_reused_while_conntrack_keeps_the_old_entry_gets_no_stray_close() 
     // Owed closes are not kept for ever: the key is forgotten in the end.
     assert_eq!(h.after(Duration::from_secs(700)).await, []);
     assert_eq!(h.output.remembered(), 0);
+}
+
+/// How many `opened` and `closed` lines `lines` has.
+fn counts(lines: &[Line]) -> (usize, usize) {
+    let of = |kind: &str| lines.iter().filter(|line| line.0 == kind).count();
+    (of("opened"), of("closed"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flow_nflog_rebuilt_after_an_overrun_is_one_ebpf_reported_not_a_new_one() {
+    // After a stall, a port reused from TIME_WAIT carried two flows that
+    // eBPF reports in a burst; nflog reports the first as it happened (and
+    // it is matched to the second, which came in by then), and the second
+    // from the table listing taken after its queue overran, stamped with
+    // the listing's time.
+    let mut h = Harness::new(100);
+    h.send_all([
+        ("ebpf", FlowEvent::opened(key(6), 1)),
+        ("ebpf", FlowEvent::closed(key(6), 12, 840, 2)),
+        ("ebpf", FlowEvent::opened(key(6), 3)),
+        ("ebpf", FlowEvent::closed(key(6), 12, 840, 4)),
+        ("nflog", FlowEvent::opened(key(6), 1)),
+        ("nflog", FlowEvent::closed(key(6), 12, 840, 2)),
+        ("nflog", FlowEvent::opened(key(6), 10).resynced(true)),
+        (
+            "nflog",
+            FlowEvent::closed(key(6), 12, 840, 10).resynced(true),
+        ),
+    ]);
+    let out = h.after(Duration::from_secs(5)).await;
+    assert_eq!(counts(&out), (2, 2), "two flows, not three: {out:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rebuilt_flow_is_absorbed_after_every_view_came_in() {
+    // As above, but nflog's close of the first flow comes after the window:
+    // by then every view of the flow it was matched to is in.
+    let mut h = Harness::new(100);
+    h.send_all([
+        ("ebpf", FlowEvent::opened(key(7), 1)),
+        ("ebpf", FlowEvent::closed(key(7), 12, 840, 2)),
+        ("ebpf", FlowEvent::opened(key(7), 3)),
+        ("ebpf", FlowEvent::closed(key(7), 12, 840, 4)),
+        ("nflog", FlowEvent::opened(key(7), 1)),
+    ]);
+    assert_eq!(counts(&h.after(Duration::from_secs(1)).await), (2, 2));
+    h.send(seen("nflog", FlowEvent::closed(key(7), 12, 840, 2)));
+    assert_eq!(h.after(Duration::from_secs(1)).await, []);
+    h.send(seen("nflog", FlowEvent::opened(key(7), 10).resynced(true)));
+    h.send(seen(
+        "nflog",
+        FlowEvent::closed(key(7), 12, 840, 10).resynced(true),
+    ));
+    assert_eq!(h.after(Duration::from_secs(1)).await, [], "absorbed");
+    // A view as it happened is a new flow, as when the key was forgotten.
+    h.send(seen("nflog", FlowEvent::opened(key(7), 20)));
+    assert_eq!(counts(&h.after(Duration::from_secs(1)).await), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rebuilt_flow_reported_before_ebpfs_burst_is_no_extra_flow() {
+    let mut h = Harness::new(100);
+    h.send_all([
+        ("nflog", FlowEvent::opened(key(8), 1)),
+        ("nflog", FlowEvent::closed(key(8), 12, 840, 2)),
+        ("nflog", FlowEvent::opened(key(8), 10).resynced(true)),
+        (
+            "nflog",
+            FlowEvent::closed(key(8), 12, 840, 10).resynced(true),
+        ),
+        ("ebpf", FlowEvent::opened(key(8), 1)),
+        ("ebpf", FlowEvent::closed(key(8), 12, 840, 2)),
+        ("ebpf", FlowEvent::opened(key(8), 3)),
+        ("ebpf", FlowEvent::closed(key(8), 12, 840, 4)),
+    ]);
+    let out = h.after(Duration::from_secs(5)).await;
+    assert_eq!(counts(&out), (2, 2), "{out:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flow_only_a_listing_showed_is_reported_and_marked_resynced() {
+    let (input, receiver) = mpsc::unbounded();
+    // nflog preferred: still, a view as it happened wins over a rebuilt one.
+    let config = DedupConfig::for_backends(["nflog", "ebpf"]);
+    let mut output = Correlated::new(receiver, config);
+    for (backend, event) in [
+        ("nflog", FlowEvent::opened(key(9), 50).resynced(true)),
+        ("ebpf", FlowEvent::opened(key(9), 5)),
+        ("nflog", FlowEvent::opened(key(10), 50).resynced(true)),
+        (
+            "nflog",
+            FlowEvent::closed(key(10), 3, 300, 50).resynced(true),
+        ),
+    ] {
+        input.unbounded_send(seen(backend, event)).unwrap();
+    }
+    drop(input);
+    let mut lines = Vec::new();
+    while let Some(item) = output.next().await {
+        let record = item.to_record().unwrap();
+        let flow_core::record::RecordItem::Event(event) = &record.item else {
+            panic!("{record:?}")
+        };
+        lines.push((
+            event.key.src_port,
+            record.kind_name(),
+            record.backend.to_string(),
+            event.timestamp_ns,
+            event.resynced,
+        ));
+    }
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            (9, "opened", "ebpf".into(), 5, false),
+            (10, "closed", "nflog".into(), 50, true),
+            (10, "opened", "nflog".into(), 50, true),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn closed_flows_are_forgotten_in_turn_and_a_close_owed_by_a_stopped_backend_is_not_awaited() {
+    let mut h = Harness::new(100);
+    let both_saw = |h: &Harness, port: u16| {
+        for backend in ["ebpf", "nflog"] {
+            h.send(seen(backend, FlowEvent::opened(key(port), 1)));
+        }
+        for backend in ["ebpf", "nflog"] {
+            h.send(seen(backend, FlowEvent::closed(key(port), 2, 80, 2)));
+        }
+    };
+    both_saw(&h, 11);
+    assert_eq!(counts(&h.after(Duration::from_secs(60)).await), (1, 1));
+    both_saw(&h, 12);
+    // nflog opened this one and owes its close (a UDP flow's DESTROY).
+    h.send(seen("ebpf", FlowEvent::opened(key(13), 1)));
+    h.send(seen("nflog", FlowEvent::opened(key(13), 1)));
+    h.send(seen("ebpf", FlowEvent::closed(key(13), 2, 80, 2)));
+    assert_eq!(counts(&h.after(Duration::from_secs(61)).await), (2, 2));
+    assert_eq!(
+        h.output.remembered(),
+        2,
+        "the first is forgotten after 120 s"
+    );
+    assert_eq!(h.after(Duration::from_secs(60)).await, []);
+    assert_eq!(h.output.remembered(), 1, "then the second; the third waits");
+    h.send(MergedItem::SourceEnded {
+        backend: Arc::from("nflog"),
+    });
+    let ended = h.output.next().await.unwrap();
+    assert!(matches!(ended, MergedItem::SourceEnded { .. }), "{ended:?}");
+    assert_eq!(h.after(Duration::from_secs(1)).await, []);
+    assert_eq!(h.output.remembered(), 0, "nflog ended: nothing is owed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lagging_backends_view_of_an_earlier_flow_on_a_reused_key_is_not_a_new_flow() {
+    // After a stall, eBPF reports two flows of a key (a port reused from
+    // TIME_WAIT) before nflog reports the first: nflog's view of the first
+    // opened seconds before the flow remembered on the key did.
+    const MS: u64 = 1_000_000;
+    let mut h = Harness::new(100);
+    h.send_all([
+        ("ebpf", FlowEvent::opened(key(14), 1_000 * MS)),
+        ("ebpf", FlowEvent::closed(key(14), 12, 840, 1_100 * MS)),
+        ("ebpf", FlowEvent::opened(key(14), 4_000 * MS)),
+        ("nflog", FlowEvent::opened(key(14), 1_000 * MS)),
+        ("nflog", FlowEvent::closed(key(14), 12, 840, 4_000 * MS)),
+        ("ebpf", FlowEvent::closed(key(14), 12, 840, 4_100 * MS)),
+        ("nflog", FlowEvent::opened(key(14), 4_000 * MS)),
+        ("nflog", FlowEvent::closed(key(14), 12, 840, 4_100 * MS)),
+    ]);
+    let out = h.after(Duration::from_secs(5)).await;
+    assert_eq!(counts(&out), (2, 2), "two flows, not three: {out:?}");
+    assert_eq!(
+        out.last().map(|line| line.2.clone()),
+        Some(both()),
+        "the second flow, both saw: {out:?}"
+    );
 }
