@@ -30,9 +30,38 @@ pub struct Observed {
     pub lost_items: u64,
     /// Observations reported lost at the flow table (evictions).
     pub evicted: u64,
+    /// The host each key's latest `Opened` was named after.
+    pub hosts: HashMap<FlowKey, Arc<str>>,
+    /// The server name each key's latest `Closed` carried.
+    pub snis: HashMap<FlowKey, Arc<str>>,
+    /// The process each key's latest `Opened` was attributed to.
+    pub processes: HashMap<FlowKey, Arc<Process>>,
+    /// The lookups reported, in order, with their flow.
+    pub lookups: Vec<(FlowKey, Arc<DnsLookup>)>,
 }
 
 impl Observed {
+    /// Keeps what `event` says of its flow's names and process.
+    fn annotations_of(&mut self, event: &flow_core::FlowEvent) {
+        match &event.kind {
+            FlowEventKind::Opened => {
+                if let Some(host) = &event.host {
+                    self.hosts.insert(event.key, Arc::clone(host));
+                }
+                if let Some(process) = &event.process {
+                    self.processes.insert(event.key, Arc::clone(process));
+                }
+            }
+            FlowEventKind::Closed { .. } => {
+                if let Some(sni) = &event.sni {
+                    self.snis.insert(event.key, Arc::clone(sni));
+                }
+            }
+            FlowEventKind::Dns(lookup) => self.lookups.push((event.key, Arc::clone(lookup))),
+            _ => {}
+        }
+    }
+
     /// `Opened` events of every key.
     #[must_use]
     pub fn opened_total(&self) -> u64 {
@@ -117,6 +146,9 @@ pub async fn observe_until(
                     continue;
                 }
             };
+            if let Some(Ok(event)) = &next {
+                observed.annotations_of(event);
+            }
             match next {
                 Some(Ok(event)) => match event.kind {
                     FlowEventKind::Opened => *observed.opened.entry(event.key).or_default() += 1,
