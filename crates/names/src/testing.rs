@@ -19,13 +19,21 @@ use crate::dns::{Answer, MAX_CHAIN};
 /// order servers use (the chain, the addresses, the rest).
 #[derive(Debug, Clone)]
 pub(crate) struct Response {
+    /// The message ID.
     pub(crate) id: u16,
+    /// The question's name.
     pub(crate) query: String,
+    /// The question's type.
     pub(crate) qtype: u16,
+    /// The response code (the header's four bits).
     pub(crate) rcode: u8,
+    /// The `TC` bit.
     pub(crate) truncated: bool,
+    /// The CNAME targets from the query name, in order.
     pub(crate) chain: Vec<String>,
+    /// The addresses of the chain's last name.
     pub(crate) addresses: Vec<IpAddr>,
+    /// Whether records that must not count follow.
     pub(crate) noise: bool,
 }
 

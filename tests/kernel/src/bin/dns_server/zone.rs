@@ -20,7 +20,9 @@ const UDP_LIMIT: usize = 512;
 /// One record's data.
 #[derive(Debug, Clone)]
 enum Data {
+    /// An A or AAAA record's address.
     Address(IpAddr),
+    /// A CNAME record's target (lowercase, no trailing dot).
     Alias(String),
 }
 
@@ -38,7 +40,9 @@ pub(crate) struct Zone {
 /// How a message travels: over UDP a large answer is truncated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transport {
+    /// Answers past 512 bytes are truncated.
     Udp,
+    /// Answers go whole.
     Tcp,
 }
 
