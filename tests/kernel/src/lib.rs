@@ -156,6 +156,46 @@ impl Netns {
         Server::start(command)
     }
 
+    /// Makes `server` the namespace's resolver: `ip netns exec` mounts
+    /// `/etc/netns/NAME/resolv.conf` (`nameserver IP`) over
+    /// `/etc/resolv.conf`, and `/etc/netns/NAME/nsswitch.conf` (the host's,
+    /// with `hosts: files dns`, so that glibc asks the server rather than
+    /// systemd-resolved over its socket); both go when the namespace is
+    /// dropped. glibc only talks to port 53: serve there inside the
+    /// namespace (`dns-server 127.0.0.1:53`).
+    ///
+    /// # Panics
+    /// When the port is not 53, or the files cannot be written.
+    pub fn use_resolver(&self, server: SocketAddr) {
+        assert_eq!(
+            server.port(),
+            53,
+            "glibc's resolver only talks to port 53: serve DNS on {}:53 in the namespace",
+            server.ip()
+        );
+        let directory = self.etc();
+        std::fs::create_dir_all(&directory).expect("/etc/netns/NAME can be made");
+        std::fs::write(
+            directory.join("resolv.conf"),
+            format!("nameserver {}\n", server.ip()),
+        )
+        .expect("resolv.conf is written");
+        let host = std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
+        let mut nsswitch: String = host
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("hosts:"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        nsswitch.push_str("hosts: files dns\n");
+        std::fs::write(directory.join("nsswitch.conf"), nsswitch)
+            .expect("nsswitch.conf is written");
+    }
+
+    /// `/etc/netns/NAME`: files `ip netns exec` mounts over `/etc`.
+    fn etc(&self) -> PathBuf {
+        PathBuf::from("/etc/netns").join(&self.name)
+    }
+
     /// `program args` to run inside the namespace.
     #[must_use]
     pub fn command(&self, program: &str) -> Command {
@@ -353,6 +393,7 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        let _ = std::fs::remove_dir_all(self.etc());
     }
 }
 

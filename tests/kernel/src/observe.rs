@@ -2,8 +2,11 @@
 //! against the generator and conntrack.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use flow_core::dns::DnsLookup;
+use flow_core::process::Process;
 use flow_core::{CloseReason, FlowError, FlowEventKind, FlowKey, FlowStream, LossPoint};
 use futures::StreamExt;
 
