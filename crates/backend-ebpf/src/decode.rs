@@ -147,6 +147,7 @@ fn exec(raw: &RawExecRecord) -> Exec {
         text(&raw.filename).to_string(),
         args,
     )
+    .executed_file(text(&raw.basename).to_string())
 }
 
 /// A NUL-terminated kernel string, invalid UTF-8 replaced.

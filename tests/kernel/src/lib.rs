@@ -6,6 +6,7 @@
 //! removes them when dropped, even when the test fails. Traffic only goes to
 //! addresses inside namespaces the test made.
 
+pub mod names;
 pub mod observe;
 pub mod scenarios;
 pub mod soak;

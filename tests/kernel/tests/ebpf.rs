@@ -10,8 +10,8 @@ use flowtrack_kernel_tests::observe::{
     assert_matches_conntrack, headers, observe, observe_storm, observe_until, over_both_families,
     unaccounted,
 };
-use flowtrack_kernel_tests::scenarios;
 use flowtrack_kernel_tests::{PortSide, Server, TestEnv, on_cpu};
+use flowtrack_kernel_tests::{names, scenarios};
 
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_traffic");
 
@@ -456,4 +456,88 @@ async fn a_busy_connection_counted_by_its_socket_outlives_evictions() {
         env.netns.tcp_port_counts(PortSide::Client),
         "flowtrack vs nft"
     );
+}
+
+const DNS_SERVER: &str = env!("CARGO_BIN_EXE_dns-server");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_name_the_flows_to_their_answers() {
+    let Some(env) = env("lookups_name_the_flows_to_their_answers") else {
+        return;
+    };
+    let mut stream = start(config(&env)).await;
+    names::lookups_name_flows(&env, &mut stream, DNS_SERVER.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hello_names_its_server() {
+    let Some(env) = env("a_client_hello_names_its_server") else {
+        return;
+    };
+    let mut stream = start(config(&env)).await;
+    names::a_client_hello_names_the_server(&env, &mut stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_lookups_each_followed_by_a_flow_leave_none_unnamed() {
+    let Some(env) = env("ten_thousand_lookups_each_followed_by_a_flow_leave_none_unnamed") else {
+        return;
+    };
+    let mut stream = start(config(&env)).await;
+    names::no_flow_races_its_lookup(&env, &mut stream, DNS_SERVER.as_ref(), 10_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_flow_carries_its_process() {
+    let Some(env) = env("every_flow_carries_its_process") else {
+        return;
+    };
+    let mut stream = start(config(&env)).await;
+    let (made, observed) = names::a_family_of_processes(&env, &mut stream, TRAFFIC.as_ref()).await;
+    let python = std::fs::canonicalize(
+        String::from_utf8(
+            std::process::Command::new("python3")
+                .args(["-c", "import sys; print(sys.executable)"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim(),
+    )
+    .unwrap();
+    for connection in &made {
+        let process = observed
+            .processes
+            .get(&connection.key)
+            .unwrap_or_else(|| panic!("{connection:?} unattributed: {observed:#?}"));
+        assert_eq!(process.pid, connection.pid, "{connection:?}");
+        assert_eq!(process.uid, Some(0), "{connection:?}");
+        let (comm, exe) = match connection.what.as_str() {
+            "bash" => ("bash", std::fs::canonicalize("/usr/bin/bash").unwrap()),
+            "helper" => ("traffic", std::fs::canonicalize(TRAFFIC).unwrap()),
+            _ => ("python3", python.clone()),
+        };
+        assert_eq!(process.comm.as_deref(), Some(comm), "{connection:?}");
+        assert_eq!(
+            process.exe.as_deref(),
+            Some(exe.to_str().unwrap()),
+            "{connection:?}: the program, even of a process gone within a millisecond"
+        );
+        assert!(
+            process
+                .cmdline
+                .as_ref()
+                .is_some_and(|args| !args.is_empty())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_connection_carries_the_servers_process() {
+    let Some(env) = env("an_accepted_connection_carries_the_servers_process") else {
+        return;
+    };
+    let mut stream = start(config(&env)).await;
+    names::an_accepted_connection_carries_the_servers_process(&env, &mut stream).await;
 }
