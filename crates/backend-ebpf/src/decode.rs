@@ -312,8 +312,10 @@ mod tests {
         assert_eq!(EXEC_RECORD_SIZE % 8, 0);
         assert_eq!(std::mem::size_of::<RawFlowKey>(), 40);
         let owner = RawOwner::default();
-        let mut opened = RawFlowRecord::default();
-        opened.kind = RECORD_OPENED;
+        let opened = RawFlowRecord {
+            kind: RECORD_OPENED,
+            ..RawFlowRecord::default()
+        };
         assert_eq!(encode(&opened, &owner).len(), OPENED_RECORD_SIZE);
     }
 
