@@ -83,7 +83,6 @@ sys.exit(7)";
 ///
 /// # Panics
 /// When the script does not exit with status 7 and its port.
-#[must_use]
 pub fn send_udp(cgroup: &TestCgroup, netns: &Netns) -> FlowKey {
     let mut python = netns.command("python3");
     python.args(["-c", SEND_UDP]);
@@ -824,7 +823,8 @@ pub fn generate(command: &mut Command) -> Vec<GeneratedFlow> {
 /// A shell loop, for `seconds`, of steady mixed traffic with connection
 /// churn, made by the generator at `traffic`: each round 20 TCP connections
 /// (512 bytes echoed) to 127.0.0.1:`tcp_port`, a UDP flow of two datagrams
-/// to [::1]:`udp_port`, an ICMP echo every tenth round, then 0.2 s of rest.
+/// to [::1]:`udp_port`, an ICMP echo every tenth round, then 0.2 s of rest
+/// (the workload's pace: a steady rate, not a wait for anything).
 #[must_use]
 pub fn churn_workload(
     traffic: &std::path::Path,
