@@ -257,7 +257,7 @@ pub async fn loss_is_recoverable(subject: &dyn Subject) {
 /// Dropping the stream releases every kernel object of the source at once,
 /// an idle stream too (one with nothing to yield, whose source would only
 /// notice on its next item): what [`Subject::leftovers`] lists is gone
-/// within [`PROMPTLY`] of the drop.
+/// within 5 seconds of the drop.
 ///
 /// # Panics
 /// When the source breaks the clause.

@@ -823,7 +823,7 @@ pub fn generate(command: &mut Command) -> Vec<GeneratedFlow> {
 /// A shell loop, for `seconds`, of steady mixed traffic with connection
 /// churn, made by the generator at `traffic`: each round 20 TCP connections
 /// (512 bytes echoed) to 127.0.0.1:`tcp_port`, a UDP flow of two datagrams
-/// to [::1]:`udp_port`, an ICMP echo every tenth round, then 0.2 s of rest
+/// to `[::1]:udp_port`, an ICMP echo every tenth round, then 0.2 s of rest
 /// (the workload's pace: a steady rate, not a wait for anything).
 #[must_use]
 pub fn churn_workload(
