@@ -227,7 +227,7 @@ impl Session {
         let _ = remove_leftover_tables(&mut nft);
         let table = rules::create_with_free_mark(mark_candidates(), scope, log_group, |table| {
             let seq = nft.next_seq();
-            let (batch, last) = rules::create_batch(table, seq);
+            let (batch, last) = rules::create_batch(table, seq, config.owned_table);
             nft.transact(&batch, last).map(drop)
         })
         .map_err(|e| match e.raw_os_error() {

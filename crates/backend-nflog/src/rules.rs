@@ -361,9 +361,10 @@ fn rule_expressions(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
     expressions
 }
 
-/// The batch that creates `table` with its chains and rules; and the
-/// sequence number whose ACK ends it.
-pub(crate) fn create_batch(table: &Table, first_seq: u32) -> (Vec<u8>, u32) {
+/// The batch that creates `table` with its chains and rules, owned by the
+/// socket that sends it when `owned`; and the sequence number whose ACK
+/// ends it.
+pub(crate) fn create_batch(table: &Table, first_seq: u32, owned: bool) -> (Vec<u8>, u32) {
     let hooks = match table.scope {
         RuleScope::Netns => [("prerouting", HOOK_PREROUTING), ("output", HOOK_OUTPUT)],
         RuleScope::Cgroup { .. } => [("input", HOOK_INPUT), ("output", HOOK_OUTPUT)],
@@ -376,7 +377,7 @@ pub(crate) fn create_batch(table: &Table, first_seq: u32) -> (Vec<u8>, u32) {
             next(),
             vec![
                 attr_str(attr::table::NAME, &table.name),
-                attr_be32(attr::table::FLAGS, TABLE_OWNER),
+                attr_be32(attr::table::FLAGS, if owned { TABLE_OWNER } else { 0 }),
             ],
         )];
         for (chain, hook) in hooks {
@@ -494,7 +495,7 @@ mod tests {
     fn a_cgroup_table_is_one_batch_of_table_chains_and_rules() {
         let table = Table::new(0x8000_0001, RuleScope::Cgroup { id: 1234, level: 2 }, 7);
         assert_eq!(table.name, "flowtrack_80000001");
-        let (bytes, last) = create_batch(&table, 10);
+        let (bytes, last) = create_batch(&table, 10, true);
         let (messages, malformed) = split(&bytes);
         assert!(malformed.is_none());
         let kinds: Vec<u16> = messages
@@ -526,6 +527,12 @@ mod tests {
             is_owned(payload),
             "the table is created with the owner flag"
         );
+        let (unowned, _) = create_batch(&table, 10, false);
+        let (messages, _) = split(&unowned);
+        let Received::Message { payload, .. } = &messages[1] else {
+            panic!()
+        };
+        assert!(!is_owned(payload), "unless told otherwise");
     }
 
     #[test]

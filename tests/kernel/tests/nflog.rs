@@ -1,6 +1,8 @@
 //! The nflog (conntrack + nfnetlink_log) backend on a real kernel: each test
 //! has its own network namespace and cgroup; the traffic generator is the
-//! ground truth and `conntrack` the independent peer.
+//! ground truth and `conntrack` the independent peer. The suite every
+//! backend runs (the contract and the traffic scenarios) comes first; then
+//! what only this backend does.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -8,10 +10,9 @@ use std::time::{Duration, Instant};
 use flow_backend_nflog::{DENY_PREFIX, NflogConfig, NflogSource};
 use flow_core::{CloseReason, FlowKey, FlowSource, FlowStream};
 use flowtrack_kernel_tests::observe::{
-    assert_in_conntrack, assert_matches_conntrack, headers, observe_storm, observe_until,
-    over_both_families, unaccounted,
+    assert_in_conntrack, observe_storm, observe_until, unaccounted,
 };
-use flowtrack_kernel_tests::scenarios;
+use flowtrack_kernel_tests::suite::KernelBackend;
 use flowtrack_kernel_tests::{ConntrackEvents, GeneratedFlow, TestEnv, generate};
 use futures::StreamExt;
 
@@ -33,100 +34,81 @@ async fn start(config: NflogConfig) -> FlowStream {
         .expect("the nflog backend starts")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_over_ipv4_and_ipv6_with_known_payloads() {
-    let Some(env) = env("nflog tcp_over_ipv4_and_ipv6_with_known_payloads") else {
-        return;
-    };
-    let mut stream = start(cgroup_config(&env)).await;
-    let (flows, observed) = over_both_families(
-        &env,
-        &mut stream,
-        "tcp",
-        &["--bytes", "100000"],
-        &["--bytes", "3000"],
-    )
-    .await;
-    for flow in &flows {
-        assert_eq!(flow.received, flow.sent, "the echo came back");
-        let key = flow.key();
-        let (packets, bytes) = observed.closed_once(&key);
-        assert!(
-            bytes >= flow.sent + flow.received + packets * headers(flow),
-            "{key}: {bytes} bytes"
-        );
-        assert!(packets >= 6, "handshake, data, FINs: {packets}");
-        assert_eq!(observed.closed_because(&key), Some(CloseReason::Fin));
-        // The entry lives on in TIME_WAIT: conntrack's own listing agrees.
-        assert_matches_conntrack(&env.netns, &key, (packets, bytes));
+/// The conntrack settings the backend turns on while it runs.
+const SETTINGS: [&str; 2] = [
+    "net.netfilter.nf_conntrack_acct",
+    "net.netfilter.nf_conntrack_timestamp",
+];
+
+/// The nflog backend, as the suite drives it.
+#[derive(Clone, Copy)]
+struct Nflog;
+
+impl KernelBackend for Nflog {
+    fn source(&self, env: &TestEnv) -> Box<dyn FlowSource> {
+        Box::new(NflogSource::new(cgroup_config(env)))
+    }
+
+    /// Its table without the owner flag: the kernel lets no other process
+    /// delete an owned one.
+    fn breakable_source(&self, env: &TestEnv) -> Box<dyn FlowSource> {
+        Box::new(NflogSource::new(cgroup_config(env).unowned_table()))
+    }
+
+    /// The smallest event buffer, never grown.
+    fn lossy_source(&self, env: &TestEnv) -> Box<dyn FlowSource> {
+        let config = cgroup_config(env)
+            .receive_buffer(4096)
+            .and_then(|config| config.max_receive_buffer(4096))
+            .unwrap();
+        Box::new(NflogSource::new(config))
+    }
+
+    /// Deletes its table, with `nft`, from outside.
+    fn break_source(&self, env: &TestEnv) {
+        let tables = flowtrack_tables(env);
+        assert_eq!(tables.len(), 1, "the source's table: {tables:?}");
+        let deleted = env
+            .netns
+            .command("nft")
+            .args(["delete", "table", "inet", &tables[0]])
+            .status()
+            .unwrap();
+        assert!(deleted.success());
+    }
+
+    /// Its table, and the settings it changed (off in a fresh namespace).
+    fn leftovers(&self, env: &TestEnv) -> Vec<String> {
+        let mut left: Vec<String> = flowtrack_tables(env)
+            .into_iter()
+            .map(|table| format!("nf_tables table inet {table}"))
+            .collect();
+        for name in SETTINGS {
+            let value = env.netns.sysctl(name);
+            if value != "0" {
+                left.push(format!("{name}={value}"));
+            }
+        }
+        left
+    }
+
+    /// UDP has no end: conntrack's timeout, or the cgroup emptied.
+    fn udp_close_reasons(&self) -> &'static [CloseReason] {
+        &[CloseReason::Idle, CloseReason::ScopeEnded]
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn udp_over_ipv4_and_ipv6_counts_every_datagram() {
-    let Some(env) = env("nflog udp_over_ipv4_and_ipv6_counts_every_datagram") else {
-        return;
-    };
-    // UDP flows close when the cgroup has no process left.
-    let mut stream = start(cgroup_config(&env)).await;
-    let (flows, observed) = over_both_families(
-        &env,
-        &mut stream,
-        "udp",
-        &["--bytes", "512", "--datagrams", "5"],
-        &["--bytes", "1000", "--datagrams", "3"],
-    )
-    .await;
-    for flow in &flows {
-        let key = flow.key();
-        let packets = 2 * flow.datagrams;
-        let bytes = flow.sent + flow.received + packets * headers(flow);
-        assert_eq!(observed.closed_once(&key), (packets, bytes), "{key}");
-        // UDP has no end: conntrack's timeout, or the cgroup emptied.
-        let reason = observed.closed_because(&key);
-        assert!(
-            matches!(reason, Some(CloseReason::Idle | CloseReason::ScopeEnded)),
-            "{key}: {reason:?}"
-        );
-        assert_matches_conntrack(&env.netns, &key, (packets, bytes));
-    }
+/// The names of flowtrack's tables in the test's namespace.
+fn flowtrack_tables(env: &TestEnv) -> Vec<String> {
+    env.netns
+        .tables()
+        .split_whitespace()
+        .filter(|word| word.starts_with("flowtrack_"))
+        .map(str::to_owned)
+        .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_connection_opens_and_closes() {
-    let Some(env) = env("nflog a_refused_connection_opens_and_closes") else {
-        return;
-    };
-    let mut stream = start(cgroup_config(&env)).await;
-    scenarios::refused_connection(&env, &mut stream).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn icmp_echo_over_ipv4_and_ipv6() {
-    let Some(env) = env("nflog icmp_echo_over_ipv4_and_ipv6") else {
-        return;
-    };
-    let mut stream = start(cgroup_config(&env)).await;
-    scenarios::icmp_echo(&env, &mut stream).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_inbound_connection_is_keyed_from_the_remote_peer() {
-    let Some(env) = env("nflog an_inbound_connection_is_keyed_from_the_remote_peer") else {
-        return;
-    };
-    let mut stream = start(cgroup_config(&env)).await;
-    scenarios::inbound_connection(&env, &mut stream).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn traffic_outside_the_cgroup_is_not_reported() {
-    let Some(env) = env("nflog traffic_outside_the_cgroup_is_not_reported") else {
-        return;
-    };
-    let mut stream = start(cgroup_config(&env)).await;
-    scenarios::outside_traffic_is_not_reported(&env, &mut stream).await;
-}
+flowtrack_kernel_tests::backend_suite!(Nflog);
 
 /// `conntrack -E` beside the backend on a whole namespace: the same flows,
 /// the same counters.
@@ -175,7 +157,7 @@ async fn conntrack_events_see_the_same_flows_and_counters() {
     )
     .await;
     let heard: HashSet<FlowKey> = peer
-        .destroyed()
+        .heard(&keys)
         .into_iter()
         .map(|entry| entry.key)
         .collect();
@@ -273,49 +255,29 @@ async fn a_logged_drop_is_reported_denied() {
     assert_eq!(observed.denied.get(&key), Some(&1), "{observed:#?}");
 }
 
-fn sysctl(env: &TestEnv, name: &str) -> String {
-    let output = env
-        .netns
-        .command("sysctl")
-        .args(["-n", name])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-fn tables(env: &TestEnv) -> String {
-    let output = env
-        .netns
-        .command("nft")
-        .args(["list", "tables"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_removes_the_table_and_restores_the_settings() {
     let Some(env) = env("nflog stopping_removes_the_table_and_restores_the_settings") else {
         return;
     };
-    let settings = [
-        "net.netfilter.nf_conntrack_acct",
-        "net.netfilter.nf_conntrack_timestamp",
-    ];
-    for name in settings {
-        assert_eq!(sysctl(&env, name), "0");
+    for name in SETTINGS {
+        assert_eq!(env.netns.sysctl(name), "0");
     }
     let first = start(cgroup_config(&env)).await;
     // A second source in the same process and namespace.
     let second = start(cgroup_config(&env)).await;
-    assert!(tables(&env).contains("flowtrack_"), "{}", tables(&env));
-    for name in settings {
-        assert_eq!(sysctl(&env, name), "1", "{name} on while running");
+    assert!(
+        env.netns.tables().contains("flowtrack_"),
+        "{}",
+        env.netns.tables()
+    );
+    for name in SETTINGS {
+        assert_eq!(env.netns.sysctl(name), "1", "{name} on while running");
     }
     drop(first);
-    for name in settings {
+    for name in SETTINGS {
         assert_eq!(
-            sysctl(&env, name),
+            env.netns.sysctl(name),
             "1",
             "{name} stays on while the second source runs"
         );
@@ -323,7 +285,7 @@ async fn stopping_removes_the_table_and_restores_the_settings() {
     drop(second);
     // The listener threads clean up on their own, at once.
     wait_until("the last source restored the settings", || {
-        tables(&env).is_empty() && settings.iter().all(|name| sysctl(&env, name) == "0")
+        env.netns.tables().is_empty() && SETTINGS.iter().all(|name| env.netns.sysctl(name) == "0")
     });
 }
 
@@ -334,20 +296,6 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Dropping an idle stream wakes its listener: the table goes at once,
-/// and the drop does not wait for it on the runtime's thread.
-#[tokio::test(flavor = "current_thread")]
-async fn dropping_an_idle_stream_removes_its_table_promptly() {
-    let Some(env) = env("nflog dropping_an_idle_stream_removes_its_table_promptly") else {
-        return;
-    };
-    let stream = start(cgroup_config(&env)).await;
-    assert!(tables(&env).contains("flowtrack_"), "{}", tables(&env));
-    drop(stream);
-    wait_until("the table is removed", || tables(&env).is_empty());
-    assert_eq!(sysctl(&env, "net.netfilter.nf_conntrack_acct"), "0");
 }
 
 /// Waits for the end of `stream`, keeping what it yields.
@@ -381,7 +329,7 @@ async fn a_removed_cgroup_ends_the_stream() {
     let events = until_the_end(&mut stream).await;
     let keys: Vec<FlowKey> = events.iter().map(|event| event.key).collect();
     assert_eq!(keys, [key, key], "opened and closed: {events:?}");
-    assert_eq!(tables(&env), "", "the table goes with the stream");
+    assert_eq!(env.netns.tables(), "", "the table goes with the stream");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,5 +378,5 @@ async fn a_missing_cgroup_or_namespace_is_a_clear_error() {
         .unwrap()
         .to_string();
     assert!(error.contains("network namespace"), "{error}");
-    assert_eq!(tables(&env), "");
+    assert_eq!(env.netns.tables(), "");
 }
