@@ -11,6 +11,9 @@ import threading
 
 NAME = "files.example.test"
 ADDRESS = "127.0.0.2"  # on loopback: all of 127.0.0.0/8 is
+# The responder's own loopback address, so that a resolver already on
+# 127.0.0.1:53 or 127.0.0.53:53 (dnsmasq, systemd-resolved) is left alone.
+RESOLVER = ("127.0.53.53", 53)
 
 
 def answer(query):
@@ -27,12 +30,12 @@ def respond(server):
 
 
 def look_up(name):
-    """The A record of `name`, asked of the responder on 127.0.0.1:53."""
+    """The A record of `name`, asked of the responder at RESOLVER."""
     labels = b"".join(bytes([len(part)]) + part.encode() for part in name.split("."))
     query = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + labels + b"\0\0\1\0\1"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as resolver:
         resolver.settimeout(5)
-        resolver.sendto(query, ("127.0.0.1", 53))
+        resolver.sendto(query, RESOLVER)
         response = resolver.recv(512)
     return socket.inet_ntoa(response[-4:])
 
@@ -48,7 +51,7 @@ def serve_once(listener, body):
 
 
 dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-dns.bind(("127.0.0.1", 53))
+dns.bind(RESOLVER)
 threading.Thread(target=respond, args=(dns,), daemon=True).start()
 address = look_up(NAME)
 print(f"looked {NAME} up: {address}")

@@ -48,10 +48,18 @@ main_job=$(sed -n '/^# The main job/,/^cargo run/p' README.md | tail -n 1)
 echo "$main_job"
 main_output=$(eval "$main_job" 2>&1)
 printf '%s\n' "$main_output"
-if ! grep -q '^flowtrack: 3 flows opened, 3 closed; nothing lost$' <<<"$main_output"; then
-    echo "the main job did not report the workload's three flows" >&2
+if ! grep -q '^flowtrack: 4 flows opened, 4 closed, 1 lookup; nothing lost$' <<<"$main_output"; then
+    echo "the main job did not report the workload's four flows and its lookup" >&2
     exit 1
 fi
+for expected in 'dns .*files\.example\.test A NOERROR 127\.0\.0\.2' \
+    'closed .*127\.0\.0\.2:[0-9]+ +files\.example\.test .*python3\[' \
+    'closed .*\[::1\]:[0-9]+ +secure\.example\.test .*python3\['; do
+    if ! grep -Eq "$expected" <<<"$main_output"; then
+        echo "the main job's output has no line matching: $expected" >&2
+        exit 1
+    fi
+done
 
 # Each fuzz target briefly (FUZZ_SECONDS, default 30), from the committed
 # corpus; longer runs: FUZZ_SECONDS=600 bash scripts/fuzz.sh.

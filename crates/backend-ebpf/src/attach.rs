@@ -71,6 +71,13 @@ impl Attached {
             loader.override_global(global, offset, true);
         }
         let mut ebpf = loader.load(OBJECT).map_err(load_error)?;
+        // Before the cgroup's programs: once they are attached, the run's
+        // command may start, and its own exec must be recorded.
+        if !offsets.is_empty()
+            && let Err(why) = attach_process_tracing(&mut ebpf)
+        {
+            tracing::warn!("processes' programs and command lines will be unknown: {why}");
+        }
         let mut programs = Vec::new();
         for (name, attach_type) in [
             (EGRESS_PROGRAM, CgroupSkbAttachType::Egress),
@@ -94,11 +101,6 @@ impl Attached {
                 .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(|e| program_error(name, "attaching", e))?;
             programs.push((name, program_id(name, program.info())?));
-        }
-        if !offsets.is_empty()
-            && let Err(why) = attach_process_tracing(&mut ebpf)
-        {
-            tracing::warn!("processes' programs and command lines will be unknown: {why}");
         }
         Ok(Self { ebpf, programs })
     }

@@ -46,6 +46,7 @@ use async_trait::async_trait;
 use flow_core::{ConfigError, FlowError, FlowSource, FlowStream};
 
 pub use decode::{Record, decode_record};
+pub use flow_ebpf_common::CGROUP_PROGRAMS;
 
 /// The backend's name, as the output's `backend` field shows it.
 pub const BACKEND_NAME: &str = "ebpf";

@@ -228,6 +228,12 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         .split_first()
         .context("run needs a command: flowtrack run -- CMD [ARGS...]")?;
     let user = args.user.as_deref().map(RunAs::resolve).transpose()?;
+    // Handlers first: from here on SIGINT, SIGTERM and SIGHUP are the
+    // command's (a signal that comes while the backends start is passed on
+    // once the command runs, and flowtrack still cleans up); and a signal
+    // flowtrack handles is reset to its default in the child at exec, even
+    // if flowtrack's parent ignored it.
+    let signals = ForwardedSignals::install()?;
     let metrics = serve_metrics(args.report.metrics_addr).await?;
     let cgroup = WorkloadCgroup::create()?;
     let scope = Scope::Cgroup(cgroup.path().to_path_buf());
@@ -241,9 +247,6 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let shutdown = backends.shutdown.clone();
     let unsettled = backends.unsettled();
     let sources = backends.names.len();
-    // Handlers first: a signal flowtrack handles is reset to its default in
-    // the child at exec, even if flowtrack's parent ignored it.
-    let signals = ForwardedSignals::install()?;
     // A command run as another user gets a terminal of its own, never
     // flowtrack's (crate::terminal).
     let terminal = match &user {

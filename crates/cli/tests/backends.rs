@@ -64,7 +64,7 @@ const BACKENDS: [Backend; 2] = [
 /// the namespace.
 fn attached(backend: &Backend, netns: &Netns, cgroup: &Path) -> bool {
     match backend.name {
-        "ebpf" => attached_programs(cgroup).len() == 3,
+        "ebpf" => attached_programs(cgroup).len() == flow_backend_ebpf::CGROUP_PROGRAMS.len(),
         _ => netns.tables().contains("flowtrack_"),
     }
 }

@@ -138,7 +138,8 @@ fn after_sigkill_cleanup_removes_everything_and_a_new_run_works() {
     let mut programs = Vec::new();
     wait_until("flowtrack started", || {
         programs = attached_programs(&cgroup);
-        netns.tables().contains("flowtrack_") && programs.len() == 3
+        netns.tables().contains("flowtrack_")
+            && programs.len() == flow_backend_ebpf::CGROUP_PROGRAMS.len()
     });
     child.kill().unwrap();
     child.wait().unwrap();
@@ -218,7 +219,8 @@ fn a_backend_failing_mid_run_degrades_the_run_and_the_other_goes_on() {
     let mut links = Vec::new();
     wait_until("flowtrack attached", || {
         links = cgroup_links(&cgroup);
-        links.len() == 3 && netns.tables().contains("flowtrack_")
+        links.len() == flow_backend_ebpf::CGROUP_PROGRAMS.len()
+            && netns.tables().contains("flowtrack_")
     });
     // Someone detaches flowtrack's programs from outside; the command
     // sends once flowtrack has noticed.

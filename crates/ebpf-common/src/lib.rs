@@ -32,6 +32,13 @@ pub const INGRESS_PROGRAM: &str = "flowtrack_ingress";
 pub const SOCK_RELEASE_PROGRAM: &str = "flowtrack_sock_release";
 /// Name of the `cgroup/sock_create` program (the socket's owner).
 pub const SOCK_CREATE_PROGRAM: &str = "flowtrack_sock_create";
+/// The programs attached to the observed cgroup (as links).
+pub const CGROUP_PROGRAMS: [&str; 4] = [
+    EGRESS_PROGRAM,
+    INGRESS_PROGRAM,
+    SOCK_RELEASE_PROGRAM,
+    SOCK_CREATE_PROGRAM,
+];
 /// Name of the `tp_btf/sched_process_exec` program.
 pub const EXEC_PROGRAM: &str = "flowtrack_exec";
 /// Name of the `tp_btf/sched_process_fork` program.

@@ -234,14 +234,14 @@ impl Destinations {
                 destination.port,
             );
             write_stats(&mut text, stats);
-            let _ = writeln!(text, "  {}", names.0.join(", "));
+            end_line(&mut text, &names.0.join(", "));
         }
         untracked(&mut text, self.rows.untracked_events, "destinations");
         text
     }
 
     /// One JSON object: `{"destinations":[{"proto":…,"address":…,"port":…,
-    /// "names":[…],"connections":…,…}],"untracked_events":N}`.
+    /// "connections":…,…,"names":[…]}],"untracked_events":N}`.
     #[must_use]
     pub fn to_json(&self) -> String {
         #[derive(Serialize)]
@@ -249,9 +249,9 @@ impl Destinations {
             proto: String,
             address: IpAddr,
             port: u16,
-            names: &'a Listed<Arc<str>>,
             #[serde(flatten)]
             stats: &'a DestinationStats,
+            names: &'a Listed<Arc<str>>,
         }
         let rows = self
             .rows
@@ -355,7 +355,7 @@ impl Programs {
             );
             write_stats(&mut text, stats);
             let pids: Vec<String> = extra.pids.0.iter().map(u32::to_string).collect();
-            let _ = writeln!(text, "  {}", pids.join(", "));
+            end_line(&mut text, &pids.join(", "));
         }
         untracked(&mut text, self.rows.untracked_events, "programs");
         text
@@ -402,6 +402,15 @@ fn write_stats(text: &mut String, stats: &DestinationStats) {
     );
 }
 
+/// Ends a table line with its last column, when it has one.
+fn end_line(text: &mut String, last: &str) {
+    if !last.is_empty() {
+        text.push_str("  ");
+        text.push_str(last);
+    }
+    text.push('\n');
+}
+
 fn untracked(text: &mut String, events: u64, rows: &str) {
     if events > 0 {
         let _ = writeln!(
@@ -411,15 +420,11 @@ fn untracked(text: &mut String, events: u64, rows: &str) {
     }
 }
 
-/// `{"<name>":[rows],"untracked_events":N}`.
+/// `{"<name>":[rows],"untracked_events":N}`, each row's fields in their
+/// declared order.
 fn summary_json<R: Serialize>(name: &str, rows: Vec<R>, untracked_events: u64) -> String {
-    let mut summary = serde_json::Map::new();
-    summary.insert(
-        name.to_owned(),
-        serde_json::to_value(rows).unwrap_or_default(),
-    );
-    summary.insert("untracked_events".to_owned(), untracked_events.into());
-    serde_json::Value::Object(summary).to_string()
+    let rows = serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned());
+    format!("{{\"{name}\":{rows},\"untracked_events\":{untracked_events}}}")
 }
 
 /// Nanoseconds as seconds with six decimals.
