@@ -253,12 +253,8 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<
                 },
             }
             if let Some(process) = &event.process {
-                write!(
-                    out,
-                    "  {}[{}]",
-                    Printable(process.comm.as_deref().unwrap_or("")),
-                    process.pid
-                )?;
+                // comm[pid], or [uid N] when only the user is known.
+                write!(out, "  {}", Printable(&process.to_string()))?;
             }
         }
         RecordItem::Lost { point, count, .. } => {
