@@ -13,10 +13,12 @@
 //! - binds an nflog group (sequence numbers on, one packet per message);
 //! - installs one nf_tables table of its own (built as netlink messages)
 //!   that marks the scope's new connections with a ct mark, limits their
-//!   events to new, destroy and TCP state changes, and logs them. The
-//!   table is named after its mark and owned by the thread's socket: no
-//!   two instances in a namespace share a mark, and the kernel removes
-//!   the table when the process ends, however it ends.
+//!   events to new, destroy and TCP state changes, and logs them; and logs
+//!   the DNS answers that reach the scope and the TLS ClientHellos it
+//!   sends, with their payload. The table is named after its mark and
+//!   owned by the thread's socket: no two instances in a namespace share a
+//!   mark, and the kernel removes the table when the process ends, however
+//!   it ends.
 //!
 //! Events:
 //!
@@ -34,6 +36,15 @@
 //!   deleted namespace alive.
 //! - `Denied` for packets logged by a drop rule whose log prefix starts
 //!   with [`DENY_PREFIX`] to the backend's group (one per flow per minute).
+//! - `Dns` for each answer a lookup of the scope got; flow events carry
+//!   the destination's `host` (looked up before the flow opened: the
+//!   thread reads the log queued before a conntrack event ahead of it) and
+//!   the `sni` of a ClientHello.
+//! - The process behind a flow, best effort: the socket's user and group
+//!   exactly (from the new-flow log packet of a connection the scope
+//!   made); its pid, command and program when the socket is still held by
+//!   one of the scope's processes as the flow's NEW is read (its inode
+//!   found with sock_diag, then in /proc/PID/fd).
 //! - Loss: `ENOBUFS` on the event socket (a `netlink_overrun` item; the
 //!   buffer grows up to a cap and the table is dumped to resync, so no
 //!   flow is left without its `Opened` and `Closed`; a flow whose end fell
@@ -56,12 +67,17 @@
 //! # Ok(()) }
 //! ```
 
+mod annotate;
 pub mod cleanup;
 mod conntrack;
 mod listener;
 mod netlink;
 mod nflog;
+mod owners;
+mod packet;
+mod procs;
 mod rules;
+mod sockdiag;
 mod sysctl;
 #[cfg(test)]
 mod test_corpus;

@@ -237,7 +237,7 @@ fn started_at(dir: &Path, start_ns: u64) -> bool {
     let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
         return false;
     };
-    let ticks_per_second = u64::from(rustix::param::clock_ticks_per_second()).max(1);
+    let ticks_per_second = rustix::param::clock_ticks_per_second().max(1);
     start_ticks(&stat) == Some(start_ns / (1_000_000_000 / ticks_per_second))
 }
 
