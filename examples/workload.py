@@ -4,7 +4,6 @@ address the answer gave, sends a UDP datagram, and makes an IPv6 TCP
 connection that starts a TLS handshake (its ClientHello names a server);
 nothing leaves the machine."""
 
-import http.server
 import socket
 import ssl
 import struct
@@ -38,9 +37,14 @@ def look_up(name):
     return socket.inet_ntoa(response[-4:])
 
 
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+def serve_once(listener, body):
+    """Answers one HTTP request on `listener` with `body`."""
+    connection, _ = listener.accept()
+    with connection:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += connection.recv(4096)
+        connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
 
 
 dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -49,14 +53,16 @@ threading.Thread(target=respond, args=(dns,), daemon=True).start()
 address = look_up(NAME)
 print(f"looked {NAME} up: {address}")
 
-server = http.server.ThreadingHTTPServer((address, 0), Quiet)
-threading.Thread(target=server.serve_forever, daemon=True).start()
-port = server.server_address[1]
+with open(__file__, "rb") as source:
+    body = source.read()
+web = socket.create_server((address, 0))
+port = web.getsockname()[1]
+threading.Thread(target=serve_once, args=(web, body), daemon=True).start()
 with socket.create_connection((address, port)) as http_client:
-    http_client.sendall(f"GET /README.md HTTP/1.0\r\nHost: {NAME}\r\n\r\n".encode())
+    http_client.sendall(f"GET /workload.py HTTP/1.0\r\nHost: {NAME}\r\n\r\n".encode())
     page = b"".join(iter(lambda: http_client.recv(65536), b""))
+web.close()
 print(f"fetched {len(page)} bytes over HTTP from {NAME} ({address}:{port})")
-server.shutdown()
 
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 udp.connect(("127.0.0.1", 9))

@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// The targets and what they feed.
-const TARGETS: [(&str, &str); 4] = [
+const TARGETS: [(&str, &str); 7] = [
     (
         "ring_record",
         "any bytes to the eBPF ring-buffer record decoder",
@@ -22,6 +22,18 @@ const TARGETS: [(&str, &str); 4] = [
     (
         "nflog",
         "any bytes to the nfnetlink_log decoder (messages, NFULA_* attributes, the logged packet's headers)",
+    ),
+    (
+        "dns_response",
+        "any bytes to the DNS response parser (header, question, records, compression pointers)",
+    ),
+    (
+        "dns_over_tcp",
+        "any segments (sequence number, bytes copied and not) to the DNS-over-TCP reassembler",
+    ),
+    (
+        "client_hello",
+        "any bytes to the TLS ClientHello server-name parser",
     ),
 ];
 

@@ -147,6 +147,7 @@ fn exec(raw: &RawExecRecord) -> Exec {
         text(&raw.filename).to_string(),
         args,
     )
+    .executed_file(text(&raw.basename).to_string())
 }
 
 /// A NUL-terminated kernel string, invalid UTF-8 replaced.
@@ -311,8 +312,10 @@ mod tests {
         assert_eq!(EXEC_RECORD_SIZE % 8, 0);
         assert_eq!(std::mem::size_of::<RawFlowKey>(), 40);
         let owner = RawOwner::default();
-        let mut opened = RawFlowRecord::default();
-        opened.kind = RECORD_OPENED;
+        let opened = RawFlowRecord {
+            kind: RECORD_OPENED,
+            ..RawFlowRecord::default()
+        };
         assert_eq!(encode(&opened, &owner).len(), OPENED_RECORD_SIZE);
     }
 

@@ -65,6 +65,7 @@ mod tests {
             return; // a kernel without BTF: the backend says so when it loads
         }
         let offsets = super::resolve().unwrap();
+        eprintln!("{offsets:?}");
         assert_eq!(offsets.len(), super::KERNEL_OFFSETS.len());
         // None of the members read is the first of its structure.
         assert!(offsets.iter().all(|(_, offset)| *offset > 0), "{offsets:?}");

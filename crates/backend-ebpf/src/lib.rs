@@ -38,6 +38,7 @@ mod decode;
 mod kernel_offsets;
 mod reader;
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -84,6 +85,7 @@ pub struct EbpfConfig {
     pub(crate) fin_linger: Duration,
     pub(crate) sweep_interval: Duration,
     pub(crate) own_slot_cpus: u32,
+    pub(crate) name_cache_entries: NonZeroUsize,
 }
 
 impl EbpfConfig {
@@ -100,7 +102,17 @@ impl EbpfConfig {
             fin_linger: Duration::from_secs(2),
             sweep_interval: Duration::from_secs(1),
             own_slot_cpus: flow_ebpf_common::SOCKET_COUNTER_SLOTS as u32,
+            name_cache_entries: flow_enrich::DEFAULT_NAME_CACHE_ENTRIES,
         }
+    }
+
+    /// Addresses whose names (from the scope's DNS answers) are kept at
+    /// most (default 65,536): beyond that the least recently used loses
+    /// them, and the loss is reported (`name_cache_eviction`).
+    #[must_use]
+    pub fn name_cache_entries(mut self, addresses: NonZeroUsize) -> Self {
+        self.name_cache_entries = addresses;
+        self
     }
 
     /// The cgroup v2 directory whose sockets are observed.

@@ -49,7 +49,9 @@ type Item = Result<FlowEvent, FlowError>;
 fn enrich_config(config: &EbpfConfig) -> EnrichConfig {
     let flows = std::num::NonZeroUsize::new(config.flow_table_entries as usize)
         .unwrap_or(std::num::NonZeroUsize::MIN);
-    EnrichConfig::default().flows(flows)
+    EnrichConfig::default()
+        .flows(flows)
+        .names(config.name_cache_entries)
 }
 
 /// Takes the map `name` out of the loaded object, typed.

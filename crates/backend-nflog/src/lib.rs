@@ -129,6 +129,7 @@ pub struct NflogConfig {
     pub(crate) log_group: Option<u16>,
     pub(crate) receive_buffer: usize,
     pub(crate) max_receive_buffer: usize,
+    pub(crate) owned_table: bool,
 }
 
 impl NflogConfig {
@@ -188,6 +189,17 @@ impl NflogConfig {
         self.max_receive_buffer = checked_buffer(bytes)?;
         Ok(self)
     }
+
+    /// For tests (feature `testing`): the table without the owner flag, as
+    /// on a kernel without table owners, so that another process may
+    /// delete it (the kernel tests break a running source so). Any start
+    /// of the nflog backend in its namespace takes it for a leftover.
+    #[cfg(feature = "testing")]
+    #[must_use]
+    pub fn unowned_table(mut self) -> Self {
+        self.owned_table = false;
+        self
+    }
 }
 
 /// `bytes`, if a netlink receive buffer can be that size.
@@ -213,6 +225,7 @@ impl Default for NflogConfig {
             log_group: None,
             receive_buffer: 4 << 20,
             max_receive_buffer: 64 << 20,
+            owned_table: true,
         }
     }
 }

@@ -253,7 +253,7 @@ impl Session {
             };
             rules::create_with_free_mark(mark_candidates(), make, |table| {
                 let seq = nft.next_seq();
-                let (batch, last) = rules::create_batch(table, seq);
+                let (batch, last) = rules::create_batch(table, seq, config.owned_table);
                 nft.transact(&batch, last).map(drop)
             })
         };

@@ -512,9 +512,10 @@ fn client_hello_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
     expressions
 }
 
-/// The batch that creates `table` with its chains and rules; and the
-/// sequence number whose ACK ends it.
-pub(crate) fn create_batch(table: &Table, first_seq: u32) -> (Vec<u8>, u32) {
+/// The batch that creates `table` with its chains and rules, owned by the
+/// socket that sends it when `owned`; and the sequence number whose ACK
+/// ends it.
+pub(crate) fn create_batch(table: &Table, first_seq: u32, owned: bool) -> (Vec<u8>, u32) {
     let inbound = match table.scope {
         RuleScope::Netns => ("prerouting", HOOK_PREROUTING),
         RuleScope::Cgroup { .. } => ("input", HOOK_INPUT),
@@ -536,7 +537,7 @@ pub(crate) fn create_batch(table: &Table, first_seq: u32) -> (Vec<u8>, u32) {
             next(),
             vec![
                 attr_str(attr::table::NAME, &table.name),
-                attr_be32(attr::table::FLAGS, TABLE_OWNER),
+                attr_be32(attr::table::FLAGS, if owned { TABLE_OWNER } else { 0 }),
             ],
         )];
         for ((chain, hook), rules) in chains {
@@ -656,7 +657,7 @@ mod tests {
     fn a_cgroup_table_is_one_batch_of_table_chains_and_rules() {
         let table = Table::new(0x8000_0001, RuleScope::Cgroup { id: 1234, level: 2 }, 7);
         assert_eq!(table.name, "flowtrack_80000001");
-        let (bytes, last) = create_batch(&table, 10);
+        let (bytes, last) = create_batch(&table, 10, true);
         let (messages, malformed) = split(&bytes);
         assert!(malformed.is_none());
         let kinds: Vec<u16> = messages
@@ -691,6 +692,12 @@ mod tests {
             is_owned(payload),
             "the table is created with the owner flag"
         );
+        let (unowned, _) = create_batch(&table, 10, false);
+        let (messages, _) = split(&unowned);
+        let Received::Message { payload, .. } = &messages[1] else {
+            panic!()
+        };
+        assert!(!is_owned(payload), "unless told otherwise");
     }
 
     /// Each rule of a batch: its chain, its expressions' names, and its log
@@ -737,7 +744,7 @@ mod tests {
         let cgroup = Table::new(MARK_BIT, RuleScope::Cgroup { id: 9, level: 1 }, 7);
         let netns = Table::new(MARK_BIT, RuleScope::Netns, 7);
         for (table, inbound) in [(cgroup, "input"), (netns, "prerouting")] {
-            let rules = rules_of(&create_batch(&table, 1).0);
+            let rules = rules_of(&create_batch(&table, 1, true).0);
             let logs: Vec<(&str, &str, u32)> = rules
                 .iter()
                 .map(|(chain, _, prefix, snaplen)| (chain.as_str(), prefix.as_str(), *snaplen))
@@ -771,7 +778,7 @@ mod tests {
     fn without_inner_payloads_no_client_hello_is_logged() {
         let scope = RuleScope::Cgroup { id: 9, level: 1 };
         let table = Table::new(MARK_BIT, scope, 7).without_inner_payload();
-        let rules = rules_of(&create_batch(&table, 1).0);
+        let rules = rules_of(&create_batch(&table, 1, true).0);
         let prefixes: Vec<&str> = rules.iter().map(|rule| rule.2.as_str()).collect();
         use crate::nflog::{DNS_PREFIX, NEW_FLOW_PREFIX};
         assert_eq!(

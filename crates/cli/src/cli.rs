@@ -133,6 +133,11 @@ pub(crate) struct BackendArgs {
     /// lost). Default: 4 MiB, about 47,000 events.
     #[arg(long, value_name = "BYTES", value_parser = ring_bytes)]
     pub(crate) ring_bytes: Option<u32>,
+    /// Addresses whose names (from the scope's DNS answers) each backend
+    /// keeps at most; beyond that the least recently used loses them
+    /// (reported: name_cache_eviction). Default: 65,536.
+    #[arg(long, value_name = "ADDRESSES", value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
+    pub(crate) name_cache_entries: Option<u32>,
     /// `both`: show each backend's events as they come, without
     /// correlating them into one event per flow.
     #[arg(long)]
@@ -158,6 +163,12 @@ impl BackendArgs {
         }
         if let Some(bytes) = self.ring_bytes {
             options = options.ring_bytes(bytes);
+        }
+        if let Some(addresses) = self
+            .name_cache_entries
+            .and_then(|addresses| std::num::NonZeroUsize::new(addresses as usize))
+        {
+            options = options.name_cache_entries(addresses);
         }
         options
     }

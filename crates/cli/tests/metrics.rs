@@ -11,7 +11,7 @@ use flowtrack_kernel_tests::privileged;
 
 mod common;
 
-use common::FLOWTRACK;
+use common::{FLOWTRACK, wait_until};
 
 /// `flowtrack run --metrics-addr 127.0.0.1:0 -- sleep SECONDS` and the
 /// address its metrics server bound (from its stderr line).
@@ -44,13 +44,10 @@ fn run_serving_metrics(seconds: u32) -> (Child, SocketAddr) {
     // Keep reading stderr so that flowtrack never blocks on it.
     std::thread::spawn(move || lines.for_each(drop));
     // The server is bound before the backend starts: wait for the backend.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !scrape(addr)
-        .is_some_and(|metrics| metrics.contains("flowtrack_backend_up{backend=\"ebpf\"} 1"))
-    {
-        assert!(Instant::now() < deadline, "the eBPF backend never came up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the eBPF backend is up", || {
+        scrape(addr)
+            .is_some_and(|metrics| metrics.contains("flowtrack_backend_up{backend=\"ebpf\"} 1"))
+    });
     (child, addr)
 }
 
@@ -73,6 +70,22 @@ fn cpu_ticks(pid: u32) -> u64 {
     let after_name = &stat[stat.rfind(')').unwrap() + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Connections waiting in the accept queue of the TCP socket listening on
+/// `port` in this network namespace (`/proc/net/tcp`: a listener's
+/// `rx_queue`).
+fn accept_queue(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        // sl local_address rem_address st tx_queue:rx_queue ...; st 0A: LISTEN
+        .find(|fields| fields[1].ends_with(&local) && fields[3] == "0A")
+        .and_then(|fields| u64::from_str_radix(fields[4].split(':').nth(1)?, 16).ok())
+        .expect("flowtrack listens on the port")
 }
 
 /// One scrape; `None` when the server closed the connection unanswered.
@@ -104,9 +117,13 @@ fn out_of_descriptors_the_metrics_server_waits_instead_of_spinning() {
         .unwrap();
     assert!(status.success());
     let _clients: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(
+        "flowtrack is out of descriptors, a client left waiting",
+        || open_descriptors(pid) >= limit && accept_queue(addr.port()) > 0,
+    );
     let before = cpu_ticks(pid);
     let window = Instant::now();
+    // The behaviour under test: what it does with its CPU meanwhile.
     std::thread::sleep(Duration::from_secs(2));
     let used = cpu_ticks(pid) - before;
     let elapsed_ticks = window.elapsed().as_millis() as u64 / 10;
@@ -129,14 +146,13 @@ fn clients_that_never_send_cannot_hold_the_servers_descriptors() {
     let idle: Vec<TcpStream> = (0..500)
         .map(|_| TcpStream::connect(addr).unwrap())
         .collect();
-    // Every connection has been accepted (served or closed at once) once
-    // the descriptor count stops moving.
+    // The most held while every connection is accepted (served or
+    // closed at once): until none is left in the accept queue.
     let mut held = open_descriptors(pid);
-    let settle = Instant::now();
-    while settle.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(200));
+    wait_until("every client is accepted", || {
         held = held.max(open_descriptors(pid));
-    }
+        accept_queue(addr.port()) == 0
+    });
     // 64 connections at most, and a few the runtime holds meanwhile (a
     // connection accepted to be closed, blocking threads' files).
     assert!(

@@ -5,11 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use flow_core::record::{FlowRecord, RecordItem};
 use flow_core::{FlowEventKind, FlowKey};
-use flowtrack_kernel_tests::{Netns, metric_sample, privileged};
+use flowtrack_kernel_tests::{
+    Netns, attached_programs, cgroup_links, detach_link, metric_sample, privileged,
+};
 
 mod common;
 
-use common::{accounting, attached_programs, flowtrack_in, program_goes_away, tables};
+use common::{Lines, accounting, flowtrack_in, program_goes_away, wait_for_table, wait_until};
 
 /// Two TCP connections to a local server, a UDP datagram to port 9, then
 /// exit.
@@ -133,18 +135,11 @@ fn after_sigkill_cleanup_removes_everything_and_a_new_run_works() {
             .collect()
     };
     let cgroup = mount.join(cgroups_name(pid));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let programs = loop {
-        let programs = attached_programs(&cgroup);
-        if tables(&netns).contains("flowtrack_") && programs.len() == 3 {
-            break programs;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "flowtrack never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let mut programs = Vec::new();
+    wait_until("flowtrack started", || {
+        programs = attached_programs(&cgroup);
+        netns.tables().contains("flowtrack_") && programs.len() == 3
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(cgroups().len(), 1, "the killed run's cgroup is left");
@@ -164,7 +159,7 @@ fn after_sigkill_cleanup_removes_everything_and_a_new_run_works() {
         "{listed}"
     );
     assert_eq!(cgroups(), Vec::<String>::new(), "no cgroup left");
-    assert_eq!(tables(&netns), "", "no nf_tables table left");
+    assert_eq!(netns.tables(), "", "no nf_tables table left");
     assert_eq!(accounting(&netns), "0", "settings restored");
     for id in &programs {
         assert!(
@@ -184,25 +179,8 @@ fn cgroups_name(pid: u32) -> String {
     format!("flowtrack-{pid}-0")
 }
 
-/// IDs of the BPF links attached to the cgroup with inode `cgroup_id`.
-fn links_of(cgroup_id: u64) -> Vec<u64> {
-    let output = std::process::Command::new("bpftool")
-        .args(["-j", "link", "list"])
-        .output()
-        .unwrap();
-    let links: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-    links
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|link| link["cgroup_id"].as_u64() == Some(cgroup_id))
-        .filter_map(|link| link["id"].as_u64())
-        .collect()
-}
-
 #[test]
 fn a_backend_failing_mid_run_degrades_the_run_and_the_other_goes_on() {
-    use std::os::unix::fs::MetadataExt;
     if !privileged("a_backend_failing_mid_run_degrades_the_run_and_the_other_goes_on") {
         return;
     }
@@ -214,9 +192,9 @@ fn a_backend_failing_mid_run_degrades_the_run_and_the_other_goes_on() {
     let command = format!(
         "import os,time\nwhile not os.path.exists('{}'): time.sleep(0.05)\n{}",
         flag.display(),
-        common::SEND_UDP
+        flowtrack_kernel_tests::SEND_UDP
     );
-    let child = flowtrack_in(
+    let mut child = flowtrack_in(
         &netns,
         &[
             "run",
@@ -233,35 +211,24 @@ fn a_backend_failing_mid_run_degrades_the_run_and_the_other_goes_on() {
     .stderr(std::process::Stdio::piped())
     .spawn()
     .unwrap();
+    let logged = Lines::follow(child.stderr.take().unwrap());
     let cgroup = flow_cgroup::cgroup2_mount()
         .unwrap()
         .join(cgroups_name(child.id()));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let links = loop {
-        let links = std::fs::metadata(&cgroup)
-            .map(|m| links_of(m.ino()))
-            .unwrap_or_default();
-        if links.len() == 3 && tables(&netns).contains("flowtrack_") {
-            break links;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "flowtrack never attached"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    // Someone detaches flowtrack's programs from outside.
-    for link in links {
-        let detached = std::process::Command::new("bpftool")
-            .args(["link", "detach", "id", &link.to_string()])
-            .status()
-            .unwrap();
-        assert!(detached.success());
-    }
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut links = Vec::new();
+    wait_until("flowtrack attached", || {
+        links = cgroup_links(&cgroup);
+        links.len() == 3 && netns.tables().contains("flowtrack_")
+    });
+    // Someone detaches flowtrack's programs from outside; the command
+    // sends once flowtrack has noticed.
+    links.into_iter().for_each(detach_link);
+    logged.wait_for("the eBPF backend failed", |lines| {
+        lines.iter().any(|line| line.contains("flow source failed"))
+    });
     std::fs::write(&flag, "").unwrap();
     let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = logged.all();
     assert_eq!(output.status.code(), Some(3), "degraded: {stderr}");
     assert!(
         stderr.contains(
@@ -300,7 +267,7 @@ fn metrics_scraped_during_a_run_equal_its_output() {
     let port = 19_000 + u16::try_from(std::process::id() % 1000).unwrap();
     let command = format!(
         "{}\nimport os,time\nwhile not os.path.exists('{}'): time.sleep(0.05)\n",
-        common::SEND_UDP.replace("sys.exit(7)", ""),
+        flowtrack_kernel_tests::SEND_UDP.replace("sys.exit(7)", ""),
         flag.display()
     );
     let addr = format!("127.0.0.1:{port}");
@@ -324,11 +291,9 @@ fn metrics_scraped_during_a_run_equal_its_output() {
     .spawn()
     .unwrap();
     // Wait for the datagram's flow to be written, opened and closed.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::fs::read_to_string(&out).map_or(0, |lines| lines.lines().count()) < 2 {
-        assert!(std::time::Instant::now() < deadline, "no output");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until("the flow is written", || {
+        std::fs::read_to_string(&out).map_or(0, |lines| lines.lines().count()) >= 2
+    });
     let scraped = netns
         .scrape_metrics(port)
         .expect("flowtrack serves its metrics");
@@ -387,11 +352,7 @@ fn metrics_scraped_during_a_run_equal_its_output() {
     .stderr(std::process::Stdio::null())
     .spawn()
     .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !tables(&netns).contains("flowtrack_") {
-        assert!(std::time::Instant::now() < deadline, "watch never started");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_table(&netns);
     let refused = flowtrack_in(&netns, &["run", "--metrics-addr", &addr, "--", "true"])
         .output()
         .unwrap();
@@ -439,7 +400,7 @@ fn a_command_that_does_not_exist_is_one_line_and_leaves_nothing() {
     );
     let mount = flow_cgroup::cgroup2_mount().unwrap();
     assert!(!mount.join(cgroups_name(pid)).exists(), "no cgroup left");
-    assert_eq!(tables(&netns), "", "no table left");
+    assert_eq!(netns.tables(), "", "no table left");
     assert_eq!(accounting(&netns), "0", "settings restored");
 }
 
@@ -490,7 +451,7 @@ fn soak_mixed_traffic_under_both_stays_flat_and_loses_nothing() {
         "every flow closed by the end"
     );
     assert_eq!(balance.unbalanced_keys, 0, "{balance:?}");
-    assert_eq!(tables(&run.netns), "", "no table left");
+    assert_eq!(run.netns.tables(), "", "no table left");
     assert_eq!(accounting(&run.netns), "0", "settings restored");
 }
 

@@ -1,146 +1,28 @@
-//! `flowtrack run|watch --backend nflog` on a real kernel, each test in a
+//! `flowtrack run|watch --backend nflog` on a real kernel, for what is the
+//! nflog backend's alone (a network namespace as the scope, nflog groups,
+//! conntrack settings and leftovers across PID namespaces), each test in a
 //! network namespace of its own (flowtrack enters it with `nsenter`, which
-//! keeps the host's mounts and so the cgroup v2 tree): it reports the
-//! command's flows, exits with its code, and leaves no table or setting
-//! behind after a normal run, SIGINT, or SIGKILL followed by a new start.
+//! keeps the host's mounts and so the cgroup v2 tree). What every backend
+//! does alike is in `backends.rs`.
 
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-use flowtrack_kernel_tests::{Netns, privileged};
+use flowtrack_kernel_tests::{Netns, SEND_UDP, privileged};
 
 mod common;
 
 use common::{
-    FLOWTRACK, SEND_UDP, accounting, as_nobody, assert_one_udp_flow, cgroups_of, flowtrack_in,
-    tables,
+    FLOWTRACK, accounting, as_nobody, assert_one_udp_flow, cgroups_of, ctrl_c_after_lines,
+    flowtrack_in, signal, start_sleeping_run, wait_for_table, wait_until,
 };
-
-/// Waits until flowtrack's table exists in `netns`.
-fn wait_for_table(netns: &Netns) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !tables(netns).contains("flowtrack_") {
-        assert!(
-            Instant::now() < deadline,
-            "flowtrack never installed its table"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn start_sleeping_run(netns: &Netns) -> Child {
-    flowtrack_in(netns, &["run", "--backend", "nflog", "--", "sleep", "30"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("flowtrack starts")
-}
-
-fn signal(child: &Child, signal: rustix::process::Signal) {
-    let pid = rustix::process::Pid::from_raw(child.id().cast_signed()).unwrap();
-    rustix::process::kill_process(pid, signal).unwrap();
-}
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-#[test]
-fn run_reports_the_commands_flows_and_exits_with_its_code() {
-    if !privileged("nflog run_reports_the_commands_flows_and_exits_with_its_code") {
-        return;
-    }
-    let netns = Netns::new();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("flows.jsonl");
-    let output = flowtrack_in(
-        &netns,
-        &[
-            "run",
-            "--backend",
-            "nflog",
-            "--format",
-            "json",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    )
-    .args(["--", "python3", "-c", SEND_UDP])
-    .output()
-    .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(7),
-        "the command's exit code: {output:?}"
-    );
-    let sport: u16 = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        stderr(&output).contains("flowtrack: 1 flow opened, 1 closed; nothing lost"),
-        "{}",
-        stderr(&output)
-    );
-    assert_one_udp_flow(&out, "nflog", sport);
-    assert_eq!(tables(&netns), "", "no table left");
-    assert_eq!(accounting(&netns), "0", "accounting restored");
-}
-
-#[test]
-fn sigint_sigterm_and_sighup_stop_the_command_and_clean_up() {
-    if !privileged("nflog sigint_sigterm_and_sighup_stop_the_command_and_clean_up") {
-        return;
-    }
-    use rustix::process::Signal;
-    for (sent, code) in [(Signal::INT, 130), (Signal::TERM, 143), (Signal::HUP, 129)] {
-        let netns = Netns::new();
-        let child = start_sleeping_run(&netns);
-        wait_for_table(&netns);
-        assert_eq!(accounting(&netns), "1");
-        signal(&child, sent);
-        let output = child.wait_with_output().unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(code),
-            "sleep ended by the forwarded {sent:?}"
-        );
-        assert_eq!(tables(&netns), "", "no table left after {sent:?}");
-        assert_eq!(
-            accounting(&netns),
-            "0",
-            "accounting restored after {sent:?}"
-        );
-    }
-}
-
-#[test]
-fn after_sigkill_the_next_start_restores_what_was_left() {
-    if !privileged("nflog after_sigkill_the_next_start_restores_what_was_left") {
-        return;
-    }
-    let netns = Netns::new();
-    let mut child = start_sleeping_run(&netns);
-    wait_for_table(&netns);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    // The table was owned by the dead process's netlink socket: the kernel
-    // removes it as the socket is released. The setting waits for the next
-    // start.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !tables(&netns).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the kernel dropped the owned table"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(accounting(&netns), "1", "left changed by the killed run");
-    let output = flowtrack_in(&netns, &["run", "--backend", "nflog", "--", "true"])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    assert_eq!(accounting(&netns), "0", "the next start restored it");
-    assert_eq!(tables(&netns), "");
+/// `nf_conntrack_timestamp` in `netns`.
+fn timestamps(netns: &Netns) -> String {
+    netns.sysctl("net.netfilter.nf_conntrack_timestamp")
 }
 
 #[test]
@@ -149,21 +31,8 @@ fn watch_follows_a_namespace_until_ctrl_c() {
         return;
     }
     let netns = Netns::new();
-    let watch = Command::new(FLOWTRACK)
-        .args([
-            "watch",
-            "--backend",
-            "nflog",
-            "--format",
-            "json",
-            "--netns",
-            &netns.name,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_table(&netns);
+    let scope = ["--netns", netns.name.as_str()];
+    let watch = start_nflog_watch(&netns, Command::new(FLOWTRACK), &scope);
     let sent = netns
         .command("python3")
         .args(["-c", SEND_UDP])
@@ -171,14 +40,7 @@ fn watch_follows_a_namespace_until_ctrl_c() {
         .unwrap();
     assert_eq!(sent.status.code(), Some(7));
     let sport = String::from_utf8_lossy(&sent.stdout).trim().to_owned();
-    std::thread::sleep(Duration::from_millis(500));
-    signal(&watch, rustix::process::Signal::INT);
-    let output = watch.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "Ctrl-C ends watch normally: {output:?}"
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = ctrl_c_after_lines(watch, 1);
     // A namespace scope closes a UDP flow at its DESTROY (30 s): only the
     // open shows within the test.
     let lines: Vec<&str> = stdout.lines().collect();
@@ -189,7 +51,7 @@ fn watch_follows_a_namespace_until_ctrl_c() {
         )),
         "{stdout}"
     );
-    assert_eq!(tables(&netns), "", "removed after Ctrl-C");
+    assert_eq!(netns.tables(), "", "removed after Ctrl-C");
 }
 
 #[test]
@@ -244,28 +106,6 @@ fn a_busy_group_or_a_missing_namespace_is_one_clear_line() {
         stderr(&missing).contains("not found"),
         "{}",
         stderr(&missing)
-    );
-}
-
-#[test]
-fn without_privileges_the_error_says_what_is_needed() {
-    if !privileged("nflog without_privileges_the_error_says_what_is_needed") {
-        return;
-    }
-    let cgroup = flowtrack_kernel_tests::TestCgroup::new();
-    let output = as_nobody()
-        .args(["watch", "--backend", "nflog", "--cgroup"])
-        .arg(&cgroup.path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert_eq!(
-        stderr(&output),
-        format!(
-            "flowtrack: error: cannot watch cgroup {}: cannot start the nflog backend: \
-             subscribing to conntrack events needs CAP_NET_ADMIN: run as root or grant it\n",
-            cgroup.path.display()
-        )
     );
 }
 
@@ -333,68 +173,6 @@ fn auto_falls_back_to_nflog_without_cap_bpf_and_says_why() {
     assert_one_udp_flow(&out, "nflog", sport);
 }
 
-/// Lists the child's identity and any descriptor it inherited that is a
-/// socket or a BPF object, then sends SEND_UDP's datagram.
-const WHO_AM_I: &str = "import os,socket\n\
-fds=[os.path.join('/proc/self/fd',f) for f in os.listdir('/proc/self/fd')]\n\
-links=[os.readlink(p) for p in fds if os.path.exists(p)]\n\
-bad=[t for t in links if 'bpf' in t or 'socket' in t]\n\
-s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-s.connect(('127.0.0.1',9))\n\
-s.send(b'x'*100)\n\
-print(os.getuid(), os.getgid(), s.getsockname()[1], len(bad))";
-
-#[test]
-fn run_as_another_user_keeps_observing_and_leaks_no_descriptor() {
-    if !privileged("nflog run_as_another_user_keeps_observing_and_leaks_no_descriptor") {
-        return;
-    }
-    for backend in ["ebpf", "nflog"] {
-        let netns = Netns::new();
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("flows.jsonl");
-        let output = flowtrack_in(
-            &netns,
-            &[
-                "run",
-                "--backend",
-                backend,
-                "--user",
-                "nobody",
-                "--format",
-                "json",
-                "-o",
-            ],
-        )
-        .arg(&out)
-        .args(["--", "python3", "-c", WHO_AM_I])
-        .output()
-        .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let fields: Vec<u32> = stdout
-            .split_whitespace()
-            .map(|f| f.parse().unwrap())
-            .collect();
-        assert_eq!(fields[..2], [65534, 65534], "the child runs as nobody");
-        assert_eq!(
-            fields[3], 0,
-            "no socket or BPF descriptor inherited ({backend})"
-        );
-        assert_one_udp_flow(&out, backend, u16::try_from(fields[2]).unwrap());
-    }
-    let missing = Command::new(FLOWTRACK)
-        .args(["run", "--user", "flowtrack-no-such-user", "--", "true"])
-        .output()
-        .unwrap();
-    assert_eq!(missing.status.code(), Some(1));
-    assert_eq!(
-        stderr(&missing),
-        "flowtrack: error: user flowtrack-no-such-user does not exist: give a name from \
-         /etc/passwd (or NSS) or a numeric uid\n"
-    );
-}
-
 /// `flowtrack ARGS` inside `netns` and in a PID namespace of its own, where
 /// it is pid 1 and sees none of this one's processes.
 fn flowtrack_in_own_pid_namespace(netns: &Netns, args: &[&str]) -> Command {
@@ -406,31 +184,13 @@ fn flowtrack_in_own_pid_namespace(netns: &Netns, args: &[&str]) -> Command {
     command
 }
 
-fn timestamps(netns: &Netns) -> String {
-    let output = netns
-        .command("sysctl")
-        .args(["-n", "net.netfilter.nf_conntrack_timestamp"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// Polls `done` until it holds, for 20 seconds at the most.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_clean_up_in_another_pid_namespace_leaves_a_live_run_alone() {
     if !privileged("nflog a_clean_up_in_another_pid_namespace_leaves_a_live_run_alone") {
         return;
     }
     let netns = Netns::new();
-    let run = start_sleeping_run(&netns);
+    let run = start_sleeping_run(&netns, "nflog");
     wait_for_table(&netns);
     let cgroups = cgroups_of(run.id());
     assert_eq!(cgroups.len(), 1, "{cgroups:?}");
@@ -453,12 +213,12 @@ fn a_clean_up_in_another_pid_namespace_leaves_a_live_run_alone() {
         Some(true),
         "the run's cgroup and command are left alone"
     );
-    assert!(tables(&netns).contains("flowtrack_"), "its table is left");
+    assert!(netns.tables().contains("flowtrack_"), "its table is left");
     assert_eq!(accounting(&netns), "1", "its settings are left");
     signal(&run, rustix::process::Signal::INT);
     let output = run.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(130), "{output:?}");
-    assert_eq!(tables(&netns), "");
+    assert_eq!(netns.tables(), "");
     assert_eq!(accounting(&netns), "0");
 }
 
@@ -527,7 +287,7 @@ fn after_sigkill_a_start_with_the_ebpf_backend_restores_the_settings() {
         return;
     }
     let netns = Netns::new();
-    let mut run = start_sleeping_run(&netns);
+    let mut run = start_sleeping_run(&netns, "nflog");
     wait_for_table(&netns);
     run.kill().unwrap();
     run.wait().unwrap();
@@ -634,23 +394,6 @@ fn assert_ends_with_one_flow(mut watch: Child, proto: &str, went: &str) {
     ] {
         assert!(stderr.contains(said), "{said} in {stderr}");
     }
-}
-
-#[test]
-fn watch_ends_when_its_cgroup_is_removed() {
-    if !privileged("nflog watch_ends_when_its_cgroup_is_removed") {
-        return;
-    }
-    let netns = Netns::new();
-    let cgroup = flowtrack_kernel_tests::TestCgroup::new();
-    let path = cgroup.path.to_str().unwrap();
-    let watch = start_nflog_watch(&netns, flowtrack_in(&netns, &[]), &["--cgroup", path]);
-    let mut python = netns.command("python3");
-    python.args(["-c", SEND_UDP]);
-    assert_eq!(cgroup.wrap(&python).status().unwrap().code(), Some(7));
-    std::fs::remove_dir(&cgroup.path).expect("the cgroup is empty and can be removed");
-    assert_ends_with_one_flow(watch, "udp", &format!("the cgroup {path} was removed"));
-    assert_eq!(tables(&netns), "");
 }
 
 #[test]

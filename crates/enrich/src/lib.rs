@@ -54,6 +54,9 @@ use crate::process::Processes;
 /// events and losses.
 pub type Item = Result<FlowEvent, FlowError>;
 
+/// Addresses whose names are kept by default.
+pub const DEFAULT_NAME_CACHE_ENTRIES: NonZeroUsize = NonZeroUsize::new(65_536).unwrap();
+
 /// How much an [`Enricher`] remembers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -67,7 +70,7 @@ impl Default for EnrichConfig {
     /// 65,536 addresses named, 65,536 open flows, 16,384 processes.
     fn default() -> Self {
         Self {
-            names: NonZeroUsize::new(65_536).unwrap_or(NonZeroUsize::MIN),
+            names: DEFAULT_NAME_CACHE_ENTRIES,
             flows: NonZeroUsize::new(65_536).unwrap_or(NonZeroUsize::MIN),
             processes: NonZeroUsize::new(16_384).unwrap_or(NonZeroUsize::MIN),
         }

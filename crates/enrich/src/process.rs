@@ -104,6 +104,9 @@ pub struct Exec {
     pub start_ns: u64,
     /// The file as `execve` named it.
     pub filename: String,
+    /// The name of the file the kernel executed (symlinks followed; for a
+    /// script, its interpreter), when known.
+    pub file_name: Option<String>,
     /// The command line, one string per argument.
     pub args: Vec<Arc<str>>,
 }
@@ -117,8 +120,17 @@ impl Exec {
             pid,
             start_ns,
             filename,
+            file_name: None,
             args,
         }
+    }
+
+    /// The same, the kernel having executed a file named `file_name`.
+    #[must_use]
+    pub fn executed_file(mut self, file_name: impl Into<String>) -> Self {
+        let file_name = file_name.into();
+        self.file_name = (!file_name.is_empty()).then_some(file_name);
+        self
     }
 }
 
@@ -148,7 +160,7 @@ impl Processes {
     }
 
     pub(crate) fn executed(&mut self, exec: Exec) {
-        let exe = executable(exec.pid, exec.start_ns, &exec.filename);
+        let exe = executable(&exec);
         let program = Program {
             exe: exe.into(),
             args: exec.args.into(),
@@ -218,17 +230,27 @@ fn from_proc(pid: u32, start_ns: Option<u64>) -> Option<Program> {
     })
 }
 
-/// The executable of a process that just executed `filename`: its
-/// /proc/PID/exe while it is there and the same process, else `filename`
-/// as `execve` got it (absolute, or as the caller wrote it).
-fn executable(pid: u32, start_ns: u64, filename: &str) -> String {
-    let dir = Path::new("/proc").join(pid.to_string());
-    if started_at(&dir, start_ns)
+/// The executable of a process that executed a program: its /proc/PID/exe
+/// while it is there and the same process; else, for a process already
+/// gone, the file `execve` named with its symbolic links resolved, if that
+/// is the file the kernel executed (its name says so); else the file as
+/// `execve` named it (absolute, or as the caller wrote it; a script's own
+/// path).
+fn executable(exec: &Exec) -> String {
+    let dir = Path::new("/proc").join(exec.pid.to_string());
+    if started_at(&dir, exec.start_ns)
         && let Ok(exe) = std::fs::read_link(dir.join("exe"))
     {
         return exe.to_string_lossy().into_owned();
     }
-    filename.to_owned()
+    let named = Path::new(&exec.filename);
+    if named.is_absolute()
+        && let Ok(resolved) = std::fs::canonicalize(named)
+        && resolved.file_name().and_then(|name| name.to_str()) == exec.file_name.as_deref()
+    {
+        return resolved.to_string_lossy().into_owned();
+    }
+    exec.filename.clone()
 }
 
 /// Whether the process in `dir` (/proc/PID) started at `start_ns` (its

@@ -142,13 +142,17 @@ pub fn parse_response(payload: &[u8]) -> Result<Answer, DnsError> {
 
 /// An answer record this module decodes.
 struct Record {
+    /// The name the record belongs to.
     owner: Name,
+    /// What it says about that name.
     data: Data,
 }
 
 /// What an A, AAAA or CNAME record holds.
 enum Data {
+    /// An A or AAAA record's address.
     Address(IpAddr),
+    /// A CNAME record's target.
     Alias(Name),
 }
 

@@ -13,4 +13,6 @@ pub mod sni;
 pub mod tcp;
 
 #[cfg(test)]
+mod fuzz_seeds;
+#[cfg(test)]
 mod testing;

@@ -84,6 +84,7 @@ pub struct Options {
     netlink_buffer: Option<usize>,
     flow_table_entries: Option<u32>,
     ring_bytes: Option<u32>,
+    name_cache_entries: Option<std::num::NonZeroUsize>,
 }
 
 impl Options {
@@ -112,6 +113,13 @@ impl Options {
     #[must_use]
     pub fn ring_bytes(mut self, bytes: u32) -> Self {
         self.ring_bytes = Some(bytes);
+        self
+    }
+
+    /// Addresses whose names each backend keeps at most (default 65,536).
+    #[must_use]
+    pub fn name_cache_entries(mut self, addresses: std::num::NonZeroUsize) -> Self {
+        self.name_cache_entries = Some(addresses);
         self
     }
 }
@@ -180,6 +188,9 @@ fn open_ebpf(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, Fl
             }
             if let Some(bytes) = options.ring_bytes {
                 config = config.ring_bytes(bytes)?;
+            }
+            if let Some(addresses) = options.name_cache_entries {
+                config = config.name_cache_entries(addresses);
             }
             Ok(Box::new(EbpfSource::new(config)))
         }

@@ -247,10 +247,14 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<
                         }
                     }
                 }
-                _ => match name {
-                    Some(name) => write!(out, "{:<21} {}", key.dst(), Printable(name))?,
-                    None => write!(out, "{}", key.dst())?,
-                },
+                // The name column, when something follows the key.
+                _ if name.is_some() || event.process.is_some() => write!(
+                    out,
+                    "{:<21} {:<24}",
+                    key.dst(),
+                    Printable(name.unwrap_or("-"))
+                )?,
+                _ => write!(out, "{}", key.dst())?,
             }
             if let Some(process) = &event.process {
                 // comm[pid], or [uid N] when only the user is known.
@@ -355,7 +359,7 @@ mod tests {
                 .by(Arc::clone(&curl)),
         ));
         assert!(
-            opened.ends_with("-> 151.101.0.223:443     pypi.org  curl[4711]\n"),
+            opened.ends_with("-> 151.101.0.223:443     pypi.org                  curl[4711]\n"),
             "{opened:?}"
         );
         let closed = text_of(&FlowRecord::event(

@@ -153,6 +153,8 @@ fn an_unread_stream_bounds_what_is_pulled_from_sources() {
         })
         .await
         .expect("the forwarder fills the queue");
+        // The behaviour under test: while nobody reads, the forwarder pulls
+        // nothing more, however long it is given.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let bound = (capacity + 2 * batch) as u64;
         let before = pulled.load(Ordering::Relaxed);

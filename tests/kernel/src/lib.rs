@@ -6,16 +6,20 @@
 //! removes them when dropped, even when the test fails. Traffic only goes to
 //! addresses inside namespaces the test made.
 
+pub mod names;
 pub mod observe;
 pub mod scenarios;
 pub mod soak;
+pub mod suite;
+
+pub use flow_conformance as conformance;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flow_core::FlowKey;
 use serde::{Deserialize, Serialize};
@@ -63,6 +67,82 @@ impl GeneratedFlow {
     pub fn key(&self) -> FlowKey {
         FlowKey::new(self.src, self.dst, self.protocol)
     }
+}
+
+/// A UDP datagram of 100 bytes to 127.0.0.1:9 from a connected socket, then
+/// exit status 7. Prints its source port. Nothing answers on port 9: the
+/// flow is one packet of 128 bytes (100 + 8 + 20).
+pub const SEND_UDP: &str = "import socket,sys\n\
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+s.connect(('127.0.0.1',9))\n\
+s.send(b'x'*100)\n\
+print(s.getsockname()[1])\n\
+s.close()\n\
+sys.exit(7)";
+
+/// Runs [`SEND_UDP`] in `cgroup` and `netns`; the key of its flow.
+///
+/// # Panics
+/// When the script does not exit with status 7 and its port.
+pub fn send_udp(cgroup: &TestCgroup, netns: &Netns) -> FlowKey {
+    let mut python = netns.command("python3");
+    python.args(["-c", SEND_UDP]);
+    let sent = cgroup.wrap(&python).output().expect("python3 runs");
+    assert_eq!(sent.status.code(), Some(7), "{sent:?}");
+    let sport: u16 = String::from_utf8_lossy(&sent.stdout)
+        .trim()
+        .parse()
+        .expect("SEND_UDP prints its port");
+    FlowKey::udp(
+        SocketAddr::from(([127, 0, 0, 1], sport)),
+        SocketAddr::from(([127, 0, 0, 1], 9)),
+    )
+}
+
+/// IDs of flowtrack's BPF programs attached to `cgroup` (from `bpftool`).
+#[must_use]
+pub fn attached_programs(cgroup: &Path) -> Vec<u64> {
+    let output = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains("flowtrack_"))
+        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// IDs of the BPF links attached to `cgroup` (from `bpftool`); none once
+/// it is gone.
+#[must_use]
+pub fn cgroup_links(cgroup: &Path) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(inode) = std::fs::metadata(cgroup).map(|metadata| metadata.ino()) else {
+        return Vec::new();
+    };
+    let output = Command::new("bpftool")
+        .args(["-j", "link", "list"])
+        .output()
+        .expect("bpftool runs");
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|link| link["cgroup_id"].as_u64() == Some(inode))
+        .filter_map(|link| link["id"].as_u64())
+        .collect()
+}
+
+/// Detaches the BPF link `id` from outside its process, as an operator's
+/// `bpftool link detach` would.
+///
+/// # Panics
+/// When `bpftool` fails.
+pub fn detach_link(id: u64) {
+    run(Command::new("bpftool").args(["link", "detach", "id", &id.to_string()]));
 }
 
 /// Whether this process may run the privileged tests. Without root they are
@@ -156,6 +236,46 @@ impl Netns {
         Server::start(command)
     }
 
+    /// Makes `server` the namespace's resolver: `ip netns exec` mounts
+    /// `/etc/netns/NAME/resolv.conf` (`nameserver IP`) over
+    /// `/etc/resolv.conf`, and `/etc/netns/NAME/nsswitch.conf` (the host's,
+    /// with `hosts: files dns`, so that glibc asks the server rather than
+    /// systemd-resolved over its socket); both go when the namespace is
+    /// dropped. glibc only talks to port 53: serve there inside the
+    /// namespace (`dns-server 127.0.0.1:53`).
+    ///
+    /// # Panics
+    /// When the port is not 53, or the files cannot be written.
+    pub fn use_resolver(&self, server: SocketAddr) {
+        assert_eq!(
+            server.port(),
+            53,
+            "glibc's resolver only talks to port 53: serve DNS on {}:53 in the namespace",
+            server.ip()
+        );
+        let directory = self.etc();
+        std::fs::create_dir_all(&directory).expect("/etc/netns/NAME can be made");
+        std::fs::write(
+            directory.join("resolv.conf"),
+            format!("nameserver {}\n", server.ip()),
+        )
+        .expect("resolv.conf is written");
+        let host = std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
+        let mut nsswitch: String = host
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("hosts:"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        nsswitch.push_str("hosts: files dns\n");
+        std::fs::write(directory.join("nsswitch.conf"), nsswitch)
+            .expect("nsswitch.conf is written");
+    }
+
+    /// `/etc/netns/NAME`: files `ip netns exec` mounts over `/etc`.
+    fn etc(&self) -> PathBuf {
+        PathBuf::from("/etc/netns").join(&self.name)
+    }
+
     /// `program args` to run inside the namespace.
     #[must_use]
     pub fn command(&self, program: &str) -> Command {
@@ -183,6 +303,34 @@ impl Netns {
             .status
             .success()
             .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `nft list tables` in this namespace.
+    ///
+    /// # Panics
+    /// When `nft` cannot run.
+    #[must_use]
+    pub fn tables(&self) -> String {
+        let output = self
+            .command("nft")
+            .args(["list", "tables"])
+            .output()
+            .expect("nft runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The value of the sysctl `name` in this namespace.
+    ///
+    /// # Panics
+    /// When `sysctl` cannot run.
+    #[must_use]
+    pub fn sysctl(&self, name: &str) -> String {
+        let output = self
+            .command("sysctl")
+            .args(["-n", name])
+            .output()
+            .expect("sysctl runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
     /// Makes conntrack track this namespace (an nft rule with a `ct`
@@ -285,7 +433,16 @@ impl Netns {
 #[derive(Debug)]
 pub struct ConntrackEvents {
     child: Child,
+    heard: std::sync::mpsc::Receiver<ConntrackEntry>,
+    reader: std::thread::JoinHandle<()>,
 }
+
+/// The netlink protocol of conntrack events (`NETLINK_NETFILTER`).
+const NETLINK_NETFILTER: &str = "12";
+
+/// How long [`ConntrackEvents`] waits for `conntrack -E` to subscribe, and
+/// for the events it is asked to hear.
+const CONNTRACK_WAIT: Duration = Duration::from_secs(20);
 
 impl ConntrackEvents {
     /// Starts listening for DESTROY events in `netns`: the peer for flows
@@ -299,38 +456,106 @@ impl ConntrackEvents {
     }
 
     /// Starts listening for `events` (`conntrack -e` syntax: `NEW`,
-    /// `NEW,DESTROY`) in `netns`, and waits a moment for it to subscribe.
+    /// `NEW,DESTROY`) in `netns`, and returns once it has subscribed (its
+    /// netfilter socket has joined the event groups): every event from
+    /// then on is heard.
     ///
     /// # Panics
-    /// When `conntrack` cannot start.
+    /// When `conntrack` cannot start, or does not subscribe in time.
     #[must_use]
     pub fn listen_for(netns: &Netns, events: &str) -> Self {
-        let child = netns
+        let mut child = netns
             .command("conntrack")
             .args(["-E", "-e", events, "-o", "extended"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("conntrack -E starts");
-        std::thread::sleep(Duration::from_millis(300));
-        Self { child }
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, heard) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(entry) = ConntrackEntry::parse(&line) {
+                    let _ = sender.send(entry);
+                }
+            }
+        });
+        let listening = Self {
+            child,
+            heard,
+            reader,
+        };
+        let deadline = Instant::now() + CONNTRACK_WAIT;
+        while !subscribed(listening.child.id()) {
+            assert!(
+                Instant::now() < deadline,
+                "conntrack -E did not subscribe to events within {CONNTRACK_WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        listening
     }
 
-    /// Stops listening and returns the entries of the events heard
-    /// (counters are zero on events that carry none).
+    /// Waits until an event of each of `keys` has been heard (for 20
+    /// seconds at the most), stops listening, and returns the entries of
+    /// every event heard (counters are zero on events that carry none).
     ///
     /// # Panics
-    /// When the output cannot be read.
+    /// When the listener cannot be stopped.
     #[must_use]
-    pub fn destroyed(mut self) -> Vec<ConntrackEntry> {
-        std::thread::sleep(Duration::from_millis(300));
+    pub fn heard(mut self, keys: &[FlowKey]) -> Vec<ConntrackEntry> {
+        let mut entries: Vec<ConntrackEntry> = Vec::new();
+        let deadline = Instant::now() + CONNTRACK_WAIT;
+        while !keys
+            .iter()
+            .all(|key| entries.iter().any(|entry| entry.key == *key))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.heard.recv_timeout(left) {
+                Ok(entry) => entries.push(entry),
+                // The caller's assertions say what is missing.
+                Err(_) => break,
+            }
+        }
         let _ = self.child.kill();
-        let output = self.child.wait_with_output().expect("conntrack -E output");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(ConntrackEntry::parse)
-            .collect()
+        self.child.wait().expect("conntrack -E ends");
+        self.reader.join().expect("the conntrack -E reader");
+        entries.extend(self.heard.try_iter());
+        entries
     }
+}
+
+/// Whether process `pid` has a netfilter netlink socket subscribed to
+/// multicast groups (`/proc/PID/net/netlink`: its `Groups` column, matched
+/// to the process's socket descriptors by inode).
+fn subscribed(pid: u32) -> bool {
+    let Ok(descriptors) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let inodes: Vec<String> = descriptors
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let Ok(sockets) = std::fs::read_to_string(format!("/proc/{pid}/net/netlink")) else {
+        return false;
+    };
+    // sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
+    sockets.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() >= 10
+            && fields[1] == NETLINK_NETFILTER
+            && u32::from_str_radix(fields[3], 16).is_ok_and(|groups| groups != 0)
+            && inodes.iter().any(|inode| inode == fields[9])
+    })
 }
 
 impl Default for Netns {
@@ -353,6 +578,7 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        let _ = std::fs::remove_dir_all(self.etc());
     }
 }
 
@@ -598,7 +824,8 @@ pub fn generate(command: &mut Command) -> Vec<GeneratedFlow> {
 /// A shell loop, for `seconds`, of steady mixed traffic with connection
 /// churn, made by the generator at `traffic`: each round 20 TCP connections
 /// (512 bytes echoed) to 127.0.0.1:`tcp_port`, a UDP flow of two datagrams
-/// to [::1]:`udp_port`, an ICMP echo every tenth round, then 0.2 s of rest.
+/// to `[::1]:udp_port`, an ICMP echo every tenth round, then 0.2 s of rest
+/// (the workload's pace: a steady rate, not a wait for anything).
 #[must_use]
 pub fn churn_workload(
     traffic: &std::path::Path,

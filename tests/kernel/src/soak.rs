@@ -79,6 +79,7 @@ pub fn soak(
     let workload = Duration::from_secs(seconds);
     let mut samples = Vec::new();
     while child.try_wait().expect("waiting for flowtrack").is_none() {
+        // The soak's sampling pace, not a wait for anything.
         std::thread::sleep(every);
         // Only while the workload runs: once it ends, flowtrack drains and
         // closes its sockets, links and metrics server, and a sample then

@@ -1,17 +1,21 @@
 //! The eBPF backend on a real kernel: each test has its own network
 //! namespace and cgroup; the traffic generator is the ground truth and
-//! conntrack (with accounting) the independent peer.
+//! conntrack (with accounting) the independent peer. The suite every
+//! backend runs (the contract and the traffic scenarios) comes first;
+//! then what only this backend does.
 
 use std::time::Duration;
 
 use flow_backend_ebpf::{EbpfConfig, EbpfSource};
 use flow_core::{CloseReason, FlowKey, FlowSource, FlowStream};
+use flowtrack_kernel_tests::names;
 use flowtrack_kernel_tests::observe::{
-    assert_matches_conntrack, headers, observe, observe_storm, observe_until, over_both_families,
-    unaccounted,
+    assert_matches_conntrack, observe, observe_storm, observe_until, unaccounted,
 };
-use flowtrack_kernel_tests::scenarios;
-use flowtrack_kernel_tests::{PortSide, Server, TestEnv, on_cpu};
+use flowtrack_kernel_tests::suite::KernelBackend;
+use flowtrack_kernel_tests::{
+    PortSide, Server, TestEnv, attached_programs, cgroup_links, detach_link, on_cpu,
+};
 
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_traffic");
 
@@ -41,95 +45,48 @@ async fn start_with_peer(env: &TestEnv) -> FlowStream {
     start(config(env)).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_over_ipv4_and_ipv6_with_known_payloads() {
-    let Some(env) = env("tcp_over_ipv4_and_ipv6_with_known_payloads") else {
-        return;
-    };
-    let mut stream = start_with_peer(&env).await;
-    let (flows, observed) = over_both_families(
-        &env,
-        &mut stream,
-        "tcp",
-        &["--bytes", "100000"],
-        &["--bytes", "3000"],
-    )
-    .await;
-    for flow in &flows {
-        assert_eq!(flow.received, flow.sent, "the echo came back");
-        let key = flow.key();
-        assert_eq!(key.src(), flow.src, "oriented from the connecting client");
-        let (packets, bytes) = observed.closed_once(&key);
-        // At least the payload both ways and one header per packet (bytes
-        // exactly equal conntrack's, below).
-        assert!(
-            bytes >= flow.sent + flow.received + packets * headers(flow),
-            "{key}: {bytes} bytes"
-        );
-        assert!(packets >= 6, "handshake, data, FINs: {packets}");
-        assert_eq!(observed.closed_because(&key), Some(CloseReason::Fin));
-        assert_matches_conntrack(&env.netns, &key, (packets, bytes));
+/// The eBPF backend, as the suite drives it.
+#[derive(Clone, Copy)]
+struct Ebpf;
+
+impl KernelBackend for Ebpf {
+    /// conntrack, the peer of the scenarios' counters, is off in a fresh
+    /// namespace (the nflog backend turns it on itself).
+    fn prepare(&self, env: &TestEnv) {
+        env.netns.enable_conntrack();
+    }
+
+    fn source(&self, env: &TestEnv) -> Box<dyn FlowSource> {
+        Box::new(EbpfSource::new(config(env)))
+    }
+
+    /// One page: room for about 46 records.
+    fn lossy_source(&self, env: &TestEnv) -> Box<dyn FlowSource> {
+        Box::new(EbpfSource::new(config(env).ring_bytes(4096).unwrap()))
+    }
+
+    /// Detaches its programs' links from the cgroup, as `bpftool link
+    /// detach` would.
+    fn break_source(&self, env: &TestEnv) {
+        let links = cgroup_links(&env.cgroup.path);
+        assert_eq!(links.len(), 3, "the source's links: {links:?}");
+        links.into_iter().for_each(detach_link);
+    }
+
+    fn leftovers(&self, env: &TestEnv) -> Vec<String> {
+        attached_programs(&env.cgroup.path)
+            .into_iter()
+            .map(|id| format!("BPF program {id} attached to {}", env.cgroup.path.display()))
+            .collect()
+    }
+
+    /// A UDP flow closes with its socket.
+    fn udp_close_reasons(&self) -> &'static [CloseReason] {
+        &[CloseReason::SocketReleased]
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn udp_over_ipv4_and_ipv6_counts_every_datagram() {
-    let Some(env) = env("udp_over_ipv4_and_ipv6_counts_every_datagram") else {
-        return;
-    };
-    let mut stream = start_with_peer(&env).await;
-    let (flows, observed) = over_both_families(
-        &env,
-        &mut stream,
-        "udp",
-        &["--bytes", "512", "--datagrams", "5"],
-        &["--bytes", "1000", "--datagrams", "3"],
-    )
-    .await;
-    for flow in &flows {
-        let key = flow.key();
-        let expected_packets = 2 * flow.datagrams;
-        let expected_bytes = flow.sent + flow.received + expected_packets * headers(flow);
-        assert_eq!(
-            observed.closed_once(&key),
-            (expected_packets, expected_bytes),
-            "{key}"
-        );
-        // The generator's connected socket closed: the flow with it.
-        assert_eq!(
-            observed.closed_because(&key),
-            Some(CloseReason::SocketReleased)
-        );
-        assert_matches_conntrack(&env.netns, &key, (expected_packets, expected_bytes));
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_connection_opens_and_closes() {
-    let Some(env) = env("a_refused_connection_opens_and_closes") else {
-        return;
-    };
-    let mut stream = start_with_peer(&env).await;
-    scenarios::refused_connection(&env, &mut stream).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn icmp_echo_over_ipv4_and_ipv6() {
-    let Some(env) = env("icmp_echo_over_ipv4_and_ipv6") else {
-        return;
-    };
-    let mut stream = start_with_peer(&env).await;
-    scenarios::icmp_echo(&env, &mut stream).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_inbound_connection_is_keyed_from_the_remote_peer() {
-    let Some(env) = env("an_inbound_connection_is_keyed_from_the_remote_peer") else {
-        return;
-    };
-    let mut stream = start_with_peer(&env).await;
-    scenarios::inbound_connection(&env, &mut stream).await;
-}
+flowtrack_kernel_tests::backend_suite!(Ebpf);
 
 /// An established connection idle for longer than the TCP idle timeout
 /// stays open while its socket counts it (the server's, inside the cgroup,
@@ -219,15 +176,6 @@ async fn a_reset_between_two_counting_sockets_closes_once_with_every_byte() {
     let (packets, bytes) = observed.closed_once(&key);
     assert!(packets >= 4, "handshake, data, reset: {packets}");
     assert_matches_conntrack(&env.netns, &key, (packets, bytes));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn traffic_outside_the_cgroup_is_not_reported() {
-    let Some(env) = env("traffic_outside_the_cgroup_is_not_reported") else {
-        return;
-    };
-    let mut stream = start(config(&env)).await;
-    scenarios::outside_traffic_is_not_reported(&env, &mut stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,4 +404,88 @@ async fn a_busy_connection_counted_by_its_socket_outlives_evictions() {
         env.netns.tcp_port_counts(PortSide::Client),
         "flowtrack vs nft"
     );
+}
+
+const DNS_SERVER: &str = env!("CARGO_BIN_EXE_dns-server");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_name_the_flows_to_their_answers() {
+    let Some(env) = env("lookups_name_the_flows_to_their_answers") else {
+        return;
+    };
+    let mut stream = start(config(&env)).await;
+    names::lookups_name_flows(&env, &mut stream, DNS_SERVER.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hello_names_its_server() {
+    let Some(env) = env("a_client_hello_names_its_server") else {
+        return;
+    };
+    let mut stream = start(config(&env)).await;
+    names::a_client_hello_names_the_server(&env, &mut stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_lookups_each_followed_by_a_flow_leave_none_unnamed() {
+    let Some(env) = env("ten_thousand_lookups_each_followed_by_a_flow_leave_none_unnamed") else {
+        return;
+    };
+    let mut stream = start(config(&env)).await;
+    names::no_flow_races_its_lookup(&env, &mut stream, DNS_SERVER.as_ref(), 10_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_flow_carries_its_process() {
+    let Some(env) = env("every_flow_carries_its_process") else {
+        return;
+    };
+    let mut stream = start(config(&env)).await;
+    let (made, observed) = names::a_family_of_processes(&env, &mut stream, TRAFFIC.as_ref()).await;
+    let python = std::fs::canonicalize(
+        String::from_utf8(
+            std::process::Command::new("python3")
+                .args(["-c", "import sys; print(sys.executable)"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim(),
+    )
+    .unwrap();
+    for connection in &made {
+        let process = observed
+            .processes
+            .get(&connection.key)
+            .unwrap_or_else(|| panic!("{connection:?} unattributed: {observed:#?}"));
+        assert_eq!(process.pid, Some(connection.pid), "{connection:?}");
+        assert_eq!(process.uid, Some(0), "{connection:?}");
+        let (comm, exe) = match connection.what.as_str() {
+            "bash" => ("bash", std::fs::canonicalize("/usr/bin/bash").unwrap()),
+            "helper" => ("traffic", std::fs::canonicalize(TRAFFIC).unwrap()),
+            _ => ("python3", python.clone()),
+        };
+        assert_eq!(process.comm.as_deref(), Some(comm), "{connection:?}");
+        assert_eq!(
+            process.exe.as_deref(),
+            Some(exe.to_str().unwrap()),
+            "{connection:?}: the program, even of a process gone within a millisecond"
+        );
+        assert!(
+            process
+                .cmdline
+                .as_ref()
+                .is_some_and(|args| !args.is_empty())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_connection_carries_the_servers_process() {
+    let Some(env) = env("an_accepted_connection_carries_the_servers_process") else {
+        return;
+    };
+    let mut stream = start(config(&env)).await;
+    names::an_accepted_connection_carries_the_servers_process(&env, &mut stream).await;
 }

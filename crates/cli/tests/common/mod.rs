@@ -1,28 +1,21 @@
 //! What the `run` tests share: the workload, running flowtrack in a test
-//! namespace, and checks of its output and of the kernel state it leaves.
+//! namespace, following it, and checks of its output and of the kernel
+//! state it leaves.
 
 // Each test file uses what it needs of these.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flow_core::record::{FlowRecord, RecordItem};
-use flowtrack_kernel_tests::Netns;
+use flowtrack_kernel_tests::{Netns, TestCgroup};
 
 /// The flowtrack binary under test.
 pub(crate) const FLOWTRACK: &str = env!("CARGO_BIN_EXE_flowtrack");
-
-/// A UDP datagram of 100 bytes to 127.0.0.1:9 from a connected socket, then
-/// exit status 7. Prints its source port.
-pub(crate) const SEND_UDP: &str = "import socket,sys\n\
-s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-s.connect(('127.0.0.1',9))\n\
-s.send(b'x'*100)\n\
-print(s.getsockname()[1])\n\
-s.close()\n\
-sys.exit(7)";
 
 /// `out` (JSON lines) holds exactly the opening and closing of SEND_UDP's
 /// flow from `sport`, seen by `backend`, with its one datagram counted.
@@ -79,22 +72,9 @@ pub(crate) fn as_nobody() -> Command {
     command
 }
 
-pub(crate) fn tables(netns: &Netns) -> String {
-    let output = netns
-        .command("nft")
-        .args(["list", "tables"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
+/// `nf_conntrack_acct` in `netns`: `1` while the nflog backend runs there.
 pub(crate) fn accounting(netns: &Netns) -> String {
-    let output = netns
-        .command("sysctl")
-        .args(["-n", "net.netfilter.nf_conntrack_acct"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    netns.sysctl("net.netfilter.nf_conntrack_acct")
 }
 
 /// flowtrack's cgroups (`flowtrack-<pid>-<n>`) that belong to `pid`.
@@ -109,20 +89,6 @@ pub(crate) fn cgroups_of(pid: u32) -> Vec<PathBuf> {
                 .and_then(|name| name.to_str())
                 .is_some_and(|name| name.starts_with(&format!("flowtrack-{pid}-")))
         })
-        .collect()
-}
-
-/// IDs of the BPF programs attached to `cgroup` (from `bpftool`).
-pub(crate) fn attached_programs(cgroup: &Path) -> Vec<u64> {
-    let output = Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(cgroup)
-        .output()
-        .expect("bpftool runs");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|line| line.contains("flowtrack_"))
-        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
         .collect()
 }
 
@@ -171,4 +137,95 @@ pub(crate) fn dev_full() -> std::fs::File {
         .write(true)
         .open("/dev/full")
         .unwrap()
+}
+
+/// Sends `signal` to `child`.
+pub(crate) fn signal(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id().cast_signed()).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+/// Polls `done` until it holds, for 20 seconds at the most.
+pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `flowtrack run --backend BACKEND -- sleep 30` in `netns`, its stderr
+/// piped.
+pub(crate) fn start_sleeping_run(netns: &Netns, backend: &str) -> Child {
+    flowtrack_in(netns, &["run", "--backend", backend, "--", "sleep", "30"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flowtrack starts")
+}
+
+/// Waits until `flowtrack` has installed its nf_tables table in `netns`.
+pub(crate) fn wait_for_table(netns: &Netns) {
+    wait_until("flowtrack installed its table", || {
+        netns.tables().contains("flowtrack_")
+    });
+}
+
+/// Removes the cgroup `watch` follows, and waits for the watch to end.
+pub(crate) fn remove_watched(cgroup: &TestCgroup, mut watch: Child) -> Output {
+    std::fs::remove_dir(&cgroup.path).expect("the cgroup is empty and can be removed");
+    wait_until("watch ends after its cgroup was removed", || {
+        watch.try_wait().unwrap().is_some()
+    });
+    watch.wait_with_output().unwrap()
+}
+
+/// Sends Ctrl-C (SIGINT) to `watch` once `count` lines of its events (its
+/// stdout, piped) are out; checks that it then ends normally, and returns
+/// every line it wrote.
+pub(crate) fn ctrl_c_after_lines(mut watch: Child, count: usize) -> String {
+    let events = Lines::follow(watch.stdout.take().expect("watch's stdout is piped"));
+    events.wait_for("the events are written", |lines| lines.len() >= count);
+    signal(&watch, rustix::process::Signal::INT);
+    let output = watch.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "Ctrl-C ends watch normally: {output:?}"
+    );
+    events.all()
+}
+
+/// The lines a child writes to a pipe, read as they come, so that a test
+/// can wait for what the child says before it acts.
+pub(crate) struct Lines {
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Lines {
+    /// Reads `pipe` (a child's stdout or stderr) until the child closes it.
+    pub(crate) fn follow(pipe: impl Read + Send + 'static) -> Self {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let reader = std::thread::spawn({
+            let lines = Arc::clone(&lines);
+            move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            }
+        });
+        Self { lines, reader }
+    }
+
+    /// Waits until a line read so far satisfies `wanted` (20 seconds at
+    /// the most).
+    pub(crate) fn wait_for(&self, what: &str, mut wanted: impl FnMut(&[String]) -> bool) {
+        wait_until(what, || wanted(&self.lines.lock().unwrap()));
+    }
+
+    /// Every line, once the child has closed the pipe (it has exited).
+    pub(crate) fn all(self) -> String {
+        self.reader.join().expect("the pipe's reader");
+        let lines = self.lines.lock().unwrap();
+        lines.iter().map(|line| format!("{line}\n")).collect()
+    }
 }

@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::testing::{client_hello, server_name_extension};
 
 /// A ClientHello that Python's `ssl` (OpenSSL 3.0) sent to `pypi.org`.
 const PYTHON: &[u8] = include_bytes!("../../testdata/client-hello-python.bin");
@@ -9,52 +10,6 @@ const OPENSSL: &[u8] = include_bytes!("../../testdata/client-hello-openssl.bin")
 
 fn name(text: &str) -> ServerName {
     ServerName::Name(text.into())
-}
-
-/// A big-endian length field of `width` bytes.
-fn length(value: usize, width: usize) -> Vec<u8> {
-    value.to_be_bytes()[8 - width..].to_vec()
-}
-
-/// `body` after its length field of `width` bytes.
-fn prefixed(body: &[u8], width: usize) -> Vec<u8> {
-    [length(body.len(), width), body.to_vec()].concat()
-}
-
-/// A ClientHello record with these extensions (type, data), and where the
-/// `server_name` extension ends (the bytes a copy needs to name the flow).
-fn client_hello(extensions: &[(u16, Vec<u8>)]) -> (Vec<u8>, Option<usize>) {
-    let mut body = vec![3, 3];
-    body.extend([0x5a; 32]); // random
-    body.extend(prefixed(&[7; 32], 1)); // session id
-    body.extend(prefixed(&[0x13, 0x01, 0x13, 0x02], 2)); // cipher suites
-    body.extend(prefixed(&[0], 1)); // compression: null
-    let mut block = Vec::new();
-    let mut server_name_end = None;
-    for (kind, data) in extensions {
-        block.extend(kind.to_be_bytes());
-        block.extend(prefixed(data, 2));
-        if *kind == 0 && server_name_end.is_none() {
-            server_name_end = Some(block.len());
-        }
-    }
-    let extensions_at = body.len() + 2;
-    body.extend(prefixed(&block, 2));
-    let record = [
-        vec![22, 3, 1],
-        prefixed(&[vec![1], prefixed(&body, 3)].concat(), 2),
-    ]
-    .concat();
-    // Record header (5), handshake header (4), then the body.
-    (
-        record,
-        server_name_end.map(|end| 5 + 4 + extensions_at + end),
-    )
-}
-
-/// A `server_name` extension's data naming `host`.
-fn server_name_extension(host: &str) -> Vec<u8> {
-    prefixed(&[vec![0], prefixed(host.as_bytes(), 2)].concat(), 2)
 }
 
 fn other_extensions() -> impl Strategy<Value = Vec<(u16, Vec<u8>)>> {

@@ -160,26 +160,27 @@ fn ip(text: &str) -> IpAddr {
     text.parse().expect("an address")
 }
 
-fn two_responses() -> Vec<Response> {
-    vec![
+/// Two responses, their stream, and where the second one starts.
+fn two_responses() -> (Vec<Response>, Vec<u8>, usize) {
+    let responses = vec![
         Response::simple(1, "a.test", &[ip("10.0.0.1")]),
         Response::simple(2, "b.test", &[ip("10.0.0.2"), ip("10.0.0.3")]),
-    ]
+    ];
+    let stream = stream(&responses);
+    let first = 2 + responses[0].wire().len();
+    (responses, stream, first)
 }
 
 #[test]
 fn several_messages_in_one_segment_are_all_read() {
-    let responses = two_responses();
-    let stream = stream(&responses);
+    let (responses, stream, _) = two_responses();
     let read = DnsOverTcp::new().push(5, &stream);
     assert_eq!(read.messages, expected(&responses));
 }
 
 #[test]
 fn a_segment_copied_in_part_gives_up_the_rest_at_once() {
-    let responses = two_responses();
-    let stream = stream(&responses);
-    let first = 2 + responses[0].wire().len();
+    let (responses, stream, first) = two_responses();
     let mut reassembler = DnsOverTcp::new();
     // The first message's last 4 bytes (half its address) are not copied.
     let read = reassembler.push_cut(100, &stream[..first - 4], first);
@@ -194,9 +195,7 @@ fn a_segment_copied_in_part_gives_up_the_rest_at_once() {
 
 #[test]
 fn a_gap_that_never_fills_is_given_up_by_flush() {
-    let responses = two_responses();
-    let stream = stream(&responses);
-    let first = 2 + responses[0].wire().len();
+    let (responses, stream, first) = two_responses();
     let mut reassembler = DnsOverTcp::new();
     assert!(
         reassembler
@@ -217,8 +216,7 @@ fn a_gap_that_never_fills_is_given_up_by_flush() {
 
 #[test]
 fn a_segment_beyond_the_window_gives_up_the_front() {
-    let responses = two_responses();
-    let stream = stream(&responses);
+    let (responses, stream, _) = two_responses();
     let mut reassembler = DnsOverTcp::new();
     assert!(reassembler.push(0, &stream[..10]).messages.is_empty());
     // A segment a window ahead: the message at the front cannot be
@@ -232,9 +230,7 @@ fn a_segment_beyond_the_window_gives_up_the_front() {
 
 #[test]
 fn a_lost_length_resynchronises_at_the_next_segment() {
-    let responses = two_responses();
-    let stream = stream(&responses);
-    let first = 2 + responses[0].wire().len();
+    let (responses, stream, first) = two_responses();
     let mut reassembler = DnsOverTcp::new();
     assert!(reassembler.push(0, &stream[..1]).messages.is_empty());
     let rest = u32::try_from(first).expect("small");
@@ -246,8 +242,7 @@ fn a_lost_length_resynchronises_at_the_next_segment() {
 
 #[test]
 fn retransmissions_of_what_was_read_are_ignored() {
-    let responses = two_responses();
-    let stream = stream(&responses);
+    let (_, stream, _) = two_responses();
     let mut reassembler = DnsOverTcp::new();
     assert_eq!(reassembler.push(u32::MAX - 5, &stream).messages.len(), 2);
     let again = reassembler.push(u32::MAX - 5, &stream);

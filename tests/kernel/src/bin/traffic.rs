@@ -40,8 +40,9 @@ enum Command {
         /// Send half the bytes, stay idle this long, then send the rest.
         #[arg(long)]
         pause_ms: Option<u64>,
-        /// After sending (and 200 ms of quiet), reset the connection
-        /// (SO_LINGER 0) instead of closing it and reading the echo.
+        /// After sending, once the server has acknowledged and read it all,
+        /// reset the connection (SO_LINGER 0) instead of closing it and
+        /// reading the echo.
         #[arg(long)]
         reset: bool,
         /// Read the echo of the BYTES before closing, instead of closing
@@ -156,7 +157,8 @@ enum Close {
     SendingSideFirst,
     /// Read as many bytes as were sent, then close.
     AfterEcho,
-    /// Reset (SO_LINGER 0) after 200 ms of quiet; no echo read.
+    /// Reset (SO_LINGER 0) once the peer has read everything; no echo
+    /// read.
     Reset,
 }
 
@@ -177,6 +179,7 @@ fn tcp(dst: SocketAddr, bytes: usize, pause: Option<Duration>, close: Close) -> 
     let (first, rest) = payload.split_at(if pause.is_some() { bytes / 2 } else { bytes });
     stream.write_all(first)?;
     if let Some(pause) = pause {
+        // The behaviour asked for: an idle connection.
         std::thread::sleep(pause);
     }
     stream.write_all(rest)?;
@@ -186,7 +189,7 @@ fn tcp(dst: SocketAddr, bytes: usize, pause: Option<Duration>, close: Close) -> 
             // Let the peer read and acknowledge everything first: a packet
             // arriving after the reset would draw one from the kernel
             // itself, which no socket sends (so no cgroup program sees it).
-            std::thread::sleep(Duration::from_millis(200));
+            wait_until_read(src, dst)?;
             socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
         }
         Close::AfterEcho => {
@@ -207,6 +210,44 @@ fn tcp(dst: SocketAddr, bytes: usize, pause: Option<Duration>, close: Close) -> 
         echo.len() as u64,
         0,
     ));
+    Ok(())
+}
+
+/// Waits until the connection from `src` to `dst` is quiet: everything
+/// `src` sent acknowledged (its send queue empty) and read by the server
+/// (its receive queue empty, when the server is in this namespace), in
+/// two readings of `/proc/self/net/tcp*` in a row, so that the server's
+/// last window update is out too. Ten seconds at the most.
+fn wait_until_read(src: SocketAddr, dst: SocketAddr) -> io::Result<()> {
+    let table = if src.is_ipv4() { "tcp" } else { "tcp6" };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut quiet_readings = 0;
+    while quiet_readings < 2 {
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::other(format!("{src} -> {dst} never went quiet")));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        let sockets = std::fs::read_to_string(format!("/proc/self/net/{table}"))?;
+        let queues = |local: u16, remote: u16| {
+            sockets.lines().skip(1).find_map(|line| {
+                // sl local_address rem_address st tx_queue:rx_queue ...
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let port =
+                    |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
+                if port(fields.get(1)?)? != local || port(fields.get(2)?)? != remote {
+                    return None;
+                }
+                let (tx, rx) = fields.get(4)?.split_once(':')?;
+                Some((
+                    u64::from_str_radix(tx, 16).ok()?,
+                    u64::from_str_radix(rx, 16).ok()?,
+                ))
+            })
+        };
+        let sent = queues(src.port(), dst.port()).is_some_and(|(tx, _)| tx == 0);
+        let read = queues(dst.port(), src.port()).is_none_or(|(_, rx)| rx == 0);
+        quiet_readings = if sent && read { quiet_readings + 1 } else { 0 };
+    }
     Ok(())
 }
 
