@@ -22,7 +22,7 @@ use hashlink::LruCache;
 const FORK_DEPTH: usize = 8;
 
 /// What the kernel said of the process that owns a socket.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub struct Owner {
     /// The process id, when known.
@@ -54,14 +54,7 @@ impl Owner {
     /// its owner ([`Owner::with_ids`]).
     #[must_use]
     pub fn unidentified() -> Self {
-        Self {
-            pid: None,
-            start_ns: None,
-            comm: None,
-            uid: None,
-            gid: None,
-            attribution: Attribution::Kernel,
-        }
+        Self::default()
     }
 
     /// The same, started at `start_ns`.

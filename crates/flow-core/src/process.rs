@@ -47,7 +47,7 @@ impl Attribution {
     }
 }
 
-/// A process, as much of it as the backend knows.
+/// A process, as much of it as the backend knows (the default: nothing).
 ///
 /// `pid` is the process id (the thread group id: a thread's connection is
 /// its process's). The other fields are absent when unknown: a process
@@ -55,7 +55,7 @@ impl Attribution {
 /// recorded. The pid itself may be unknown too: the nflog backend knows a
 /// socket's user and group exactly (from the packet), and its process
 /// only while the socket is still open when it looks.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub struct Process {
     /// The process id, when known.
@@ -96,15 +96,7 @@ impl Process {
     /// ```
     #[must_use]
     pub fn unidentified() -> Self {
-        Self {
-            pid: None,
-            comm: None,
-            exe: None,
-            cmdline: None,
-            uid: None,
-            gid: None,
-            attribution: Attribution::Kernel,
-        }
+        Self::default()
     }
 
     /// The same, with its command name.
