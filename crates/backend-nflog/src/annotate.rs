@@ -35,10 +35,11 @@ pub(crate) struct Annotator {
 }
 
 impl Annotator {
-    /// An annotator for the flows of `members`' sockets.
-    pub(crate) fn new(members: Members) -> Self {
+    /// An annotator for the flows of `members`' sockets, keeping the names
+    /// of `names` addresses at most.
+    pub(crate) fn new(members: Members, names: NonZeroUsize) -> Self {
         Self {
-            enricher: Enricher::new(EnrichConfig::default()),
+            enricher: Enricher::new(EnrichConfig::default().names(names)),
             owners: Owners::new(members),
             open: HashSet::new(),
             hellos: LruCache::new(NonZeroUsize::new(WAITING_HELLOS).map_or(1, NonZeroUsize::get)),
@@ -129,7 +130,10 @@ mod tests {
     }
 
     fn annotator() -> Annotator {
-        Annotator::new(Members::Cgroup("/nonexistent".into()))
+        Annotator::new(
+            Members::Cgroup("/nonexistent".into()),
+            flow_enrich::DEFAULT_NAME_CACHE_ENTRIES,
+        )
     }
 
     fn key() -> FlowKey {

@@ -84,6 +84,7 @@ mod test_corpus;
 mod tracker;
 
 use std::collections::VecDeque;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -130,6 +131,7 @@ pub struct NflogConfig {
     pub(crate) receive_buffer: usize,
     pub(crate) max_receive_buffer: usize,
     pub(crate) owned_table: bool,
+    pub(crate) name_cache_entries: NonZeroUsize,
 }
 
 impl NflogConfig {
@@ -181,6 +183,22 @@ impl NflogConfig {
         Ok(self)
     }
 
+    /// Addresses whose names (from the scope's DNS answers) are kept at
+    /// most (default 65,536): beyond that the least recently used loses
+    /// them, and the loss is reported (`name_cache_eviction`).
+    ///
+    /// ```
+    /// use std::num::NonZeroUsize;
+    /// let config = flow_backend_nflog::NflogConfig::default()
+    ///     .name_cache_entries(NonZeroUsize::new(1024).unwrap());
+    /// # drop(config);
+    /// ```
+    #[must_use]
+    pub fn name_cache_entries(mut self, addresses: NonZeroUsize) -> Self {
+        self.name_cache_entries = addresses;
+        self
+    }
+
     /// The most the buffer grows to after overruns (default 64 MiB).
     ///
     /// # Errors
@@ -226,6 +244,7 @@ impl Default for NflogConfig {
             receive_buffer: 4 << 20,
             max_receive_buffer: 64 << 20,
             owned_table: true,
+            name_cache_entries: flow_enrich::DEFAULT_NAME_CACHE_ENTRIES,
         }
     }
 }

@@ -295,7 +295,7 @@ impl Session {
             log_sequence: nflog::Sequence::default(),
             denied: HashMap::new(),
             // After entering the namespace: its sock_diag socket is there.
-            annotator: Annotator::new(members),
+            annotator: Annotator::new(members, config.name_cache_entries),
             _settings: settings,
         })
     }
