@@ -269,6 +269,37 @@ mod tests {
     }
 
     #[test]
+    fn real_dns_answers_and_client_hellos_decode_with_their_payload() {
+        let (packets, _) = decode_datagram(&corpus().concat());
+        let with = |prefix: &str| -> Vec<&LoggedPacket> {
+            packets.iter().filter(|p| p.prefix == prefix).collect()
+        };
+        let answers = with(DNS_PREFIX);
+        assert_eq!(answers.len(), 2, "one lookup per family");
+        for answer in answers {
+            let payload = answer.payload.as_ref().unwrap();
+            assert_eq!(answer.key.unwrap().src_port, 53);
+            assert_eq!(payload.tcp_seq, None);
+            assert_eq!(&payload.bytes[..2], &[0x42, 0x42], "the answer's id");
+            assert_eq!(payload.original_len, payload.bytes.len());
+        }
+        let hellos = with(HELLO_PREFIX);
+        assert_eq!(hellos.len(), 2, "one ClientHello per family");
+        for hello in hellos {
+            let payload = hello.payload.as_ref().unwrap();
+            assert!(payload.tcp_seq.is_some());
+            assert_eq!((payload.bytes[0], payload.bytes[5]), (0x16, 0x01));
+            assert_eq!(payload.original_len, payload.bytes.len(), "copied whole");
+            assert!(payload.bytes.windows(8).any(|w| w == b"pypi.org"));
+        }
+        assert!(
+            with(NEW_FLOW_PREFIX)
+                .iter()
+                .all(|p| p.payload.is_none() && p.hook == Some(HOOK_OUTPUT) && p.uid == Some(0))
+        );
+    }
+
+    #[test]
     fn dns_answers_and_client_hellos_carry_their_payload() {
         let segment = crate::packet::tests::tcp_v4(77, b"\x16\x03\x01");
         for (prefix, kept) in [
