@@ -1,13 +1,16 @@
 """Captures real kernel messages for the ctnetlink and nflog fuzz corpora
 (fuzz/corpus/ctnetlink, fuzz/corpus/nflog): run as root; it makes a
 network namespace, turns on conntrack accounting and timestamps there,
-subscribes to conntrack events and binds an nflog group, makes TCP, UDP and
-ICMP traffic over IPv4 and IPv6 loopback, and writes every datagram the
-kernel sent, byte for byte. The namespace is removed at the end."""
+subscribes to conntrack events and binds an nflog group, logs new flows, a
+denied datagram, DNS answers and ClientHellos there as the backend does,
+makes TCP, UDP and ICMP traffic over IPv4 and IPv6 loopback (with a DNS
+lookup and a TLS ClientHello), and writes every datagram the kernel sent,
+byte for byte. The namespace is removed at the end."""
 
 import os
 import pathlib
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -40,18 +43,53 @@ def echo(family, host):
     raw.close()
 
 
+def look_up(family, host):
+    """One DNS lookup (a.test A) answered from port 53 with 127.0.0.10."""
+    resolver = socket.socket(family, socket.SOCK_DGRAM)
+    resolver.bind((host, 53))
+    asker = socket.socket(family, socket.SOCK_DGRAM)
+    question = b"\x01a\x04test\x00\x00\x01\x00\x01"
+    asker.sendto(struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + question, (host, 53))
+    query, peer = resolver.recvfrom(512)
+    record = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([127, 0, 0, 10])
+    resolver.sendto(query[:2] + struct.pack(">HHHHH", 0x8180, 1, 1, 0, 0) + query[12:] + record, peer)
+    asker.recv(512)
+    asker.close()
+    resolver.close()
+
+
+def client_hello(family, host):
+    """A TLS client's ClientHello naming pypi.org, to a server that reads it."""
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.bind((host, 0))
+    listener.listen()
+    client = socket.create_connection(listener.getsockname()[:2])
+    accepted, _ = listener.accept()
+    client.setblocking(False)
+    tls = ssl.create_default_context().wrap_socket(client, server_hostname="pypi.org", do_handshake_on_connect=False)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    accepted.recv(4096)
+    accepted.close()
+    tls.close()
+    listener.close()
+
+
 def child():
     """Runs inside the namespace."""
     nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
     nl.bind((0, 1 | 2 | 4))  # NEW, UPDATE, DESTROY
     log = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
     log.bind((0, 0))
-    # NFULNL_MSG_CONFIG: bind GROUP, copy 160 bytes, flush each packet, number them.
+    # NFULNL_MSG_CONFIG: bind GROUP, copy up to 2167 bytes (each rule's
+    # snaplen lowers it), flush each packet, number them.
     attrs = b"".join(
         struct.pack("=HH", 4 + len(v), t) + v + b"\0" * (-len(v) % 4)
         for t, v in [
             (1, b"\x01"),  # CMD bind
-            (2, struct.pack(">IBB", 160, 2, 0)),  # MODE packet, 160 bytes
+            (2, struct.pack(">IBB", 2167, 2, 0)),  # MODE packet, 2167 bytes
             (5, struct.pack(">I", 1)),  # QTHRESH 1
             (6, struct.pack(">H", 1)),  # FLAGS seq
         ]
@@ -59,8 +97,12 @@ def child():
     body = struct.pack("=BBH", 0, 0, socket.htons(GROUP)) + attrs
     log.send(struct.pack("=IHHII", 16 + len(body), (4 << 8) | 1, 1 | 4, 1, 0) + body)
     subprocess.run(["nft", f"add table inet seed; add chain inet seed out {{ type filter hook output priority 0; }}; "
-                    f"add rule inet seed out ct state new log group {GROUP} prefix \"flowtrack:new\"; "
-                    f"add rule inet seed out udp dport 9 log group {GROUP} prefix \"flowtrack:deny\" drop"], check=True)
+                    f"add chain inet seed in {{ type filter hook input priority 0; }}; "
+                    f"add rule inet seed out ct state new log group {GROUP} snaplen 160 prefix \"flowtrack:new\"; "
+                    f"add rule inet seed out udp dport 9 log group {GROUP} prefix \"flowtrack:deny\" drop; "
+                    f"add rule inet seed in udp sport 53 log group {GROUP} snaplen 2167 prefix \"flowtrack:dns\"; "
+                    f"add rule inet seed out meta l4proto tcp ct direction original @ih,0,8 0x16 @ih,40,8 0x01 "
+                    f"log group {GROUP} snaplen 2167 prefix \"flowtrack:hello\""], check=True)
     for setting in ("nf_conntrack_acct", "nf_conntrack_timestamp"):
         pathlib.Path(f"/proc/sys/net/netfilter/{setting}").write_text("1")
     for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
@@ -88,6 +130,8 @@ def child():
         except ConnectionRefusedError:
             pass
         echo(family, host)
+        look_up(family, host)
+        client_hello(family, host)
     time.sleep(0.2)
     subprocess.run(["conntrack", "-F"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     time.sleep(0.2)

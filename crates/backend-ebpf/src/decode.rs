@@ -359,7 +359,7 @@ mod tests {
                     prop_assert_eq!(record.kind, RECORD_OPENED);
                     prop_assert_eq!(event.timestamp_ns, record.first_seen_ns);
                     prop_assert_eq!(event.key.src_port, record.key.src_port);
-                    prop_assert_eq!(decoded_owner.map(|o| o.pid), (owner.tgid != 0).then_some(owner.tgid));
+                    prop_assert_eq!(decoded_owner.and_then(|o| o.pid), (owner.tgid != 0).then_some(owner.tgid));
                 }
                 Record::Closed(event) => {
                     let FlowEventKind::Closed { pkt_count, byte_count } = event.kind else {

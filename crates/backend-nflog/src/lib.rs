@@ -13,10 +13,12 @@
 //! - binds an nflog group (sequence numbers on, one packet per message);
 //! - installs one nf_tables table of its own (built as netlink messages)
 //!   that marks the scope's new connections with a ct mark, limits their
-//!   events to new, destroy and TCP state changes, and logs them. The
-//!   table is named after its mark and owned by the thread's socket: no
-//!   two instances in a namespace share a mark, and the kernel removes
-//!   the table when the process ends, however it ends.
+//!   events to new, destroy and TCP state changes, and logs them; and logs
+//!   the DNS answers that reach the scope and the TLS ClientHellos it
+//!   sends, with their payload. The table is named after its mark and
+//!   owned by the thread's socket: no two instances in a namespace share a
+//!   mark, and the kernel removes the table when the process ends, however
+//!   it ends.
 //!
 //! Events:
 //!
@@ -34,6 +36,15 @@
 //!   deleted namespace alive.
 //! - `Denied` for packets logged by a drop rule whose log prefix starts
 //!   with [`DENY_PREFIX`] to the backend's group (one per flow per minute).
+//! - `Dns` for each answer a lookup of the scope got; flow events carry
+//!   the destination's `host` (looked up before the flow opened: the
+//!   thread reads the log queued before a conntrack event ahead of it) and
+//!   the `sni` of a ClientHello.
+//! - The process behind a flow, best effort: the socket's user and group
+//!   exactly (from the new-flow log packet of a connection the scope
+//!   made); its pid, command and program when the socket is still held by
+//!   one of the scope's processes as the flow's NEW is read (its inode
+//!   found with sock_diag, then in /proc/PID/fd).
 //! - Loss: `ENOBUFS` on the event socket (a `netlink_overrun` item; the
 //!   buffer grows up to a cap and the table is dumped to resync, so no
 //!   flow is left without its `Opened` and `Closed`; a flow whose end fell
@@ -56,18 +67,24 @@
 //! # Ok(()) }
 //! ```
 
+mod annotate;
 pub mod cleanup;
 mod conntrack;
 mod listener;
 mod netlink;
 mod nflog;
+mod owners;
+mod packet;
+mod procs;
 mod rules;
+mod sockdiag;
 mod sysctl;
 #[cfg(test)]
 mod test_corpus;
 mod tracker;
 
 use std::collections::VecDeque;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -114,6 +131,7 @@ pub struct NflogConfig {
     pub(crate) receive_buffer: usize,
     pub(crate) max_receive_buffer: usize,
     pub(crate) owned_table: bool,
+    pub(crate) name_cache_entries: NonZeroUsize,
 }
 
 impl NflogConfig {
@@ -165,6 +183,22 @@ impl NflogConfig {
         Ok(self)
     }
 
+    /// Addresses whose names (from the scope's DNS answers) are kept at
+    /// most (default 65,536): beyond that the least recently used loses
+    /// them, and the loss is reported (`name_cache_eviction`).
+    ///
+    /// ```
+    /// use std::num::NonZeroUsize;
+    /// let config = flow_backend_nflog::NflogConfig::default()
+    ///     .name_cache_entries(NonZeroUsize::new(1024).unwrap());
+    /// # drop(config);
+    /// ```
+    #[must_use]
+    pub fn name_cache_entries(mut self, addresses: NonZeroUsize) -> Self {
+        self.name_cache_entries = addresses;
+        self
+    }
+
     /// The most the buffer grows to after overruns (default 64 MiB).
     ///
     /// # Errors
@@ -210,6 +244,7 @@ impl Default for NflogConfig {
             receive_buffer: 4 << 20,
             max_receive_buffer: 64 << 20,
             owned_table: true,
+            name_cache_entries: flow_enrich::DEFAULT_NAME_CACHE_ENTRIES,
         }
     }
 }

@@ -4,6 +4,15 @@
 //! items to the stream. Dropping the [`Listener`] wakes the thread, which
 //! leaves at once and undoes everything it installed; the drop itself
 //! never blocks an async runtime.
+//!
+//! Order: the kernel queues the log of a DNS answer (or of a new flow's
+//! first packet) before the answer reaches its socket, so before the NEW
+//! event of any connection that used it; but on another socket. So the
+//! thread receives a conntrack datagram, then reads every log message
+//! queued by then, then handles the datagram's events: the answers and
+//! owners an event depends on are known when it is handled. (Reading the
+//! log first and then the events until none are left would race: an event
+//! queued during that read could depend on a message logged after it.)
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -19,9 +28,11 @@ use flow_core::{CloseReason, FlowError, FlowEvent, FlowEventKind, FlowKey, LossP
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::annotate::Annotator;
 use crate::conntrack::{self, CtEntry};
 use crate::netlink::{Reply, Socket};
 use crate::nflog::{self, DENY_PREFIX};
+use crate::procs::Members;
 use crate::rules::{self, MARK_BIT, RuleScope, Table};
 use crate::sysctl::ConntrackSettings;
 use crate::tracker::{Clock, FlowId, Step, Tracker};
@@ -182,6 +193,7 @@ struct Session {
     pending_fetches: Vec<(FlowId, CloseReason)>,
     log_sequence: nflog::Sequence,
     denied: HashMap<FlowKey, Instant>,
+    annotator: Annotator,
     // Dropped last: restores the settings after the table is gone.
     _settings: ConntrackSettings,
 }
@@ -195,6 +207,11 @@ impl Session {
         let scope = match &config.cgroup {
             Some(cgroup) => cgroup_scope(cgroup)?,
             None => RuleScope::Netns,
+        };
+        let members = match &config.cgroup {
+            Some(cgroup) => Members::Cgroup(cgroup.clone()),
+            None => Members::this_netns()
+                .map_err(|e| FlowError::io("reading the network namespace's identity", e))?,
         };
         if let (Some(cgroup), RuleScope::Cgroup { id, .. }) = (&config.cgroup, scope) {
             watched.push(Watched::Cgroup(cgroup.clone(), id));
@@ -225,11 +242,32 @@ impl Session {
         nft.set_receive_timeout(Duration::from_secs(5))
             .map_err(|e| FlowError::io("setting a netlink timeout", e))?;
         let _ = remove_leftover_tables(&mut nft);
-        let table = rules::create_with_free_mark(mark_candidates(), scope, log_group, |table| {
-            let seq = nft.next_seq();
-            let (batch, last) = rules::create_batch(table, seq, config.owned_table);
-            nft.transact(&batch, last).map(drop)
-        })
+        let mut create = |inner_payload: bool| {
+            let make = |mark| {
+                let table = Table::new(mark, scope, log_group);
+                if inner_payload {
+                    table
+                } else {
+                    table.without_inner_payload()
+                }
+            };
+            rules::create_with_free_mark(mark_candidates(), make, |table| {
+                let seq = nft.next_seq();
+                let (batch, last) = rules::create_batch(table, seq, config.owned_table);
+                nft.transact(&batch, last).map(drop)
+            })
+        };
+        let table = match create(true) {
+            // A kernel before 6.2 cannot read a transport payload in a rule.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                tracing::warn!(
+                    "the kernel's nf_tables cannot match payload bytes (Linux 6.2 and later \
+                     can): flows are not named after the ClientHello's server name (SNI)"
+                );
+                create(false)
+            }
+            other => other,
+        }
         .map_err(|e| match e.raw_os_error() {
             Some(libc::EOPNOTSUPP | libc::ENOENT) => FlowError::unavailable(
                 BACKEND_NAME,
@@ -256,6 +294,8 @@ impl Session {
             pending_fetches: Vec::new(),
             log_sequence: nflog::Sequence::default(),
             denied: HashMap::new(),
+            // After entering the namespace: its sock_diag socket is there.
+            annotator: Annotator::new(members, config.name_cache_entries),
             _settings: settings,
         })
     }
@@ -317,17 +357,18 @@ impl Session {
             return Ok(Woken::Stop);
         }
         self.read_events(batch)?;
-        self.read_log(batch)?;
         Ok(Woken::Work)
     }
 
-    /// Drains the conntrack event socket.
+    /// Drains the conntrack event socket, and the nflog socket before each
+    /// datagram's events (see the module's documentation) and at the end.
     fn read_events(&mut self, batch: &mut Vec<Item>) -> Result<(), FlowError> {
         loop {
             // Decoded in the socket's buffer: the entries are owned, no copy.
             let (entries, malformed) = match self.events.recv(true) {
                 Ok(datagram) => conntrack::decode_datagram(datagram),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.read_log(batch)?;
                     self.fetch_pending(batch)?;
                     if self.resync_pending {
                         self.resync_pending = false;
@@ -341,6 +382,7 @@ impl Session {
                 }
                 Err(e) => return Err(FlowError::io("reading conntrack events", e)),
             };
+            self.read_log(batch)?;
             let clock = Clock::now();
             push_malformed(batch, malformed);
             let mut steps = Vec::new();
@@ -356,10 +398,15 @@ impl Session {
     fn apply(&mut self, steps: Vec<Step>, batch: &mut Vec<Item>) {
         for step in steps {
             match step {
-                Step::Emit(event) => batch.push(Ok(event)),
+                Step::Emit(event) => self.emit(event, batch),
                 Step::FetchCounters(flow, reason) => self.pending_fetches.push((flow, reason)),
             }
         }
+    }
+
+    /// Emits `event`, named and attributed.
+    fn emit(&mut self, event: FlowEvent, batch: &mut Vec<Item>) {
+        batch.push(Ok(self.annotator.event(event)));
     }
 
     /// Reads the counters of the TCP flows that closed, a batch of requests
@@ -390,7 +437,7 @@ impl Session {
                 };
                 let counters = counters.unwrap_or_default();
                 if let Some(event) = self.tracker.close(*flow, counters, Some(*reason), now_ns) {
-                    batch.push(Ok(event));
+                    self.emit(event, batch);
                 }
             }
         }
@@ -435,7 +482,8 @@ impl Session {
         Ok(())
     }
 
-    /// Drains the nflog socket: denied packets and sequence gaps.
+    /// Drains the nflog socket: denied packets, new flows' owners, DNS
+    /// answers, ClientHellos, and sequence gaps.
     fn read_log(&mut self, batch: &mut Vec<Item>) -> Result<(), FlowError> {
         loop {
             let (packets, malformed) = match self.log.recv(true) {
@@ -448,13 +496,13 @@ impl Session {
                 Err(e) => return Err(FlowError::io("reading nflog packets", e)),
             };
             push_malformed(batch, malformed);
-            for packet in &packets {
+            for packet in packets {
                 self.on_logged(packet, batch);
             }
         }
     }
 
-    fn on_logged(&mut self, packet: &nflog::LoggedPacket, batch: &mut Vec<Item>) {
+    fn on_logged(&mut self, packet: nflog::LoggedPacket, batch: &mut Vec<Item>) {
         let gap = packet.seq.map_or(0, |seq| self.log_sequence.observe(seq));
         if gap > 0 {
             batch.push(Err(FlowError::lost(
@@ -469,11 +517,13 @@ impl Session {
             self.denied
                 .retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
             if self.denied.insert(key, now).is_none() {
-                // The event has no owner field; the log shows who it was.
                 tracing::info!(%key, uid = ?packet.uid, gid = ?packet.gid, prefix = %packet.prefix, "denied");
                 let event = FlowEvent::new(key, FlowEventKind::Denied, Clock::now().now_ns);
-                batch.push(Ok(event));
+                self.emit(event, batch);
             }
+        } else {
+            self.annotator
+                .logged(packet, flow_core::clock::monotonic_now_ns(), batch);
         }
     }
 
@@ -510,10 +560,11 @@ impl Session {
                 let mut steps = Vec::new();
                 self.tracker
                     .close_all(&table, Clock::now().now_ns, &mut steps);
-                batch.extend(steps.into_iter().filter_map(|step| match step {
-                    Step::Emit(event) => Some(Ok(event)),
-                    Step::FetchCounters(..) => None,
-                }));
+                for step in steps {
+                    if let Step::Emit(event) = step {
+                        self.emit(event, batch);
+                    }
+                }
             }
             Err(error) => batch.push(Err(error)),
         }

@@ -1,6 +1,7 @@
 //! nfnetlink plumbing shared by ctnetlink, nfnetlink_log and nf_tables: the
 //! `nfgenmsg` header (neli has none), attribute building, a socket with the
-//! options neli does not set, and splitting a datagram into messages.
+//! options neli does not set (also for sock_diag requests), and splitting
+//! a datagram into messages.
 
 use std::collections::HashMap;
 use std::io::{self, Cursor};
@@ -273,9 +274,19 @@ pub(crate) struct Socket {
 }
 
 impl Socket {
-    /// A socket subscribed to the multicast `groups` (none for requests).
+    /// A netfilter socket subscribed to the multicast `groups` (none for
+    /// requests).
     pub(crate) fn open(groups: &[u32]) -> io::Result<Self> {
-        let socket = NlSocket::connect(NlFamily::Netfilter, None, Groups::empty())?;
+        Self::connect(NlFamily::Netfilter, groups)
+    }
+
+    /// A `NETLINK_SOCK_DIAG` socket, for requests about local sockets.
+    pub(crate) fn sock_diag() -> io::Result<Self> {
+        Self::connect(NlFamily::SockOrInetDiag, &[])
+    }
+
+    fn connect(family: NlFamily, groups: &[u32]) -> io::Result<Self> {
+        let socket = NlSocket::connect(family, None, Groups::empty())?;
         if !groups.is_empty() {
             socket.add_mcast_membership(Groups::new_groups(groups))?;
         }

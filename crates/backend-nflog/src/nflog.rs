@@ -1,24 +1,49 @@
 //! nfnetlink_log: binding a group, and decoding a logged packet into its
-//! sequence number, prefix, owner and flow key.
+//! sequence number, prefix, hook, owner, flow key and (for DNS answers and
+//! ClientHellos) payload.
 
-use std::net::IpAddr;
-
-use etherparse::{IcmpEchoHeader, Icmpv4Type, Icmpv6Type, NetSlice, SlicedPacket, TransportSlice};
 use flow_core::FlowKey;
 use neli::consts::netfilter::{LogCmd, LogCopyMode, NetfilterMsg, NfLogAttr, NfLogCfg};
 use neli::consts::nl::NlmF;
 
 use crate::netlink::{self, Nfgenmsg, attr};
+use crate::packet::{self, Payload};
 
 /// `NFULNL_CFG_F_SEQ`: number the packets of this group.
 const FLAG_SEQUENCE: u16 = 1;
 
-/// Bytes of each packet copied to userspace: enough for an IPv6 header
-/// with a few extension headers and the transport header.
-pub(crate) const COPY_RANGE: u32 = 160;
-
 /// The prefix of the log rules flowtrack installs for new flows.
 pub(crate) const NEW_FLOW_PREFIX: &str = "flowtrack:new";
+
+/// The prefix of the log rules for the scope's DNS answers.
+pub(crate) const DNS_PREFIX: &str = "flowtrack:dns";
+
+/// The prefix of the log rule for the ClientHellos the scope sends.
+pub(crate) const HELLO_PREFIX: &str = "flowtrack:hello";
+
+/// Bytes of a new flow's first packet copied: enough for an IPv6 header
+/// with a few extension headers and the transport header.
+pub(crate) const NEW_FLOW_SNAPLEN: u32 = 160;
+
+/// Room for the headers before a payload: IPv6 (40 bytes) with extension
+/// headers, or TCP with options (up to 60).
+const HEADER_ROOM: u32 = 120;
+
+/// Payload bytes kept of a DNS answer or a ClientHello: EDNS answers of
+/// 1232 bytes and more, ClientHellos of about 1.8 KB with post-quantum key
+/// shares (a longer one is cut, and counted).
+pub(crate) const PAYLOAD_MAX: u32 = 2047;
+
+/// Bytes of a DNS answer or ClientHello packet copied.
+pub(crate) const PAYLOAD_SNAPLEN: u32 = HEADER_ROOM + PAYLOAD_MAX;
+
+/// Bytes of each packet the group copies to userspace at the most: the
+/// largest snaplen of flowtrack's rules (each rule's own snaplen lowers it
+/// for its packets; a deny rule without one copies this much).
+pub(crate) const COPY_RANGE: u32 = PAYLOAD_SNAPLEN;
+
+/// `NF_INET_LOCAL_OUT`: the hook of locally generated packets.
+pub(crate) const HOOK_OUTPUT: u8 = 3;
 
 /// A log prefix that marks a drop: `log group N prefix "flowtrack:deny…"`
 /// on a drop rule makes the dropped packets `Denied` events.
@@ -52,12 +77,16 @@ pub(crate) struct LoggedPacket {
     pub(crate) seq: Option<u32>,
     /// The log rule's prefix.
     pub(crate) prefix: String,
+    /// The netfilter hook that logged it (`NF_INET_*`).
+    pub(crate) hook: Option<u8>,
     /// The owner of the local socket (egress only): user and group.
     pub(crate) uid: Option<u32>,
     /// See `uid`.
     pub(crate) gid: Option<u32>,
     /// The packet's flow, oriented as the packet travelled.
     pub(crate) key: Option<FlowKey>,
+    /// A DNS answer's or ClientHello's transport payload.
+    pub(crate) payload: Option<Payload>,
 }
 
 /// Why a message was skipped.
@@ -93,16 +122,25 @@ pub(crate) fn decode(kind: u16, payload: &[u8]) -> Result<LoggedPacket, LogDecod
             String::from_utf8_lossy(&bytes[..end]).into_owned()
         })
         .unwrap_or_default();
-    let key = attrs
+    let with_payload = prefix == DNS_PREFIX || prefix == HELLO_PREFIX;
+    let packet = attrs
         .get(NfLogAttr::Payload)
         .map_err(malformed)?
-        .and_then(packet_key);
+        .map(|bytes| packet::decode(bytes, with_payload))
+        .unwrap_or_default();
+    // nfulnl_msg_packet_hdr: hardware protocol (2 bytes), hook, padding.
+    let hook = attrs
+        .get(NfLogAttr::PacketHdr)
+        .map_err(malformed)?
+        .and_then(|header| header.get(2).copied());
     Ok(LoggedPacket {
         seq: be32(NfLogAttr::Seq)?,
         prefix,
+        hook,
         uid: be32(NfLogAttr::Uid)?,
         gid: be32(NfLogAttr::Gid)?,
-        key,
+        key: packet.key,
+        payload: packet.payload,
     })
 }
 
@@ -145,53 +183,6 @@ pub(crate) fn decode_datagram(datagram: &[u8]) -> (Vec<LoggedPacket>, usize) {
     (packets, malformed)
 }
 
-/// The flow of an IP packet (possibly cut short after its transport
-/// header), oriented as it travelled; `None` when it cannot be told.
-pub(crate) fn packet_key(packet: &[u8]) -> Option<FlowKey> {
-    let sliced = SlicedPacket::from_ip(packet).ok()?;
-    let (src_addr, dst_addr, protocol): (IpAddr, IpAddr, u8) = match sliced.net? {
-        NetSlice::Ipv4(ip) => (
-            ip.header().source_addr().into(),
-            ip.header().destination_addr().into(),
-            ip.payload().ip_number.0,
-        ),
-        NetSlice::Ipv6(ip) => (
-            ip.header().source_addr().into(),
-            ip.header().destination_addr().into(),
-            ip.payload().ip_number.0,
-        ),
-        _ => return None,
-    };
-    let (src_port, dst_port) = match sliced.transport {
-        Some(TransportSlice::Tcp(tcp)) => (tcp.source_port(), tcp.destination_port()),
-        Some(TransportSlice::Udp(udp)) => (udp.source_port(), udp.destination_port()),
-        Some(TransportSlice::Icmpv4(icmp)) => match icmp.icmp_type() {
-            Icmpv4Type::EchoRequest(IcmpEchoHeader { id, .. }) => (id, 8 << 8),
-            Icmpv4Type::EchoReply(IcmpEchoHeader { id, .. }) => (id, 8 << 8),
-            _ => (
-                0,
-                u16::from(icmp.type_u8()) << 8 | u16::from(icmp.code_u8()),
-            ),
-        },
-        Some(TransportSlice::Icmpv6(icmp)) => match icmp.icmp_type() {
-            Icmpv6Type::EchoRequest(IcmpEchoHeader { id, .. }) => (id, 128 << 8),
-            Icmpv6Type::EchoReply(IcmpEchoHeader { id, .. }) => (id, 128 << 8),
-            _ => (
-                0,
-                u16::from(icmp.type_u8()) << 8 | u16::from(icmp.code_u8()),
-            ),
-        },
-        _ => (0, 0),
-    };
-    Some(FlowKey {
-        src_addr,
-        src_port,
-        dst_addr,
-        dst_port,
-        protocol,
-    })
-}
-
 /// Rebuilds a logged-packet message as the kernel sends it, for tests and
 /// fuzz seeds.
 #[cfg(test)]
@@ -202,6 +193,8 @@ pub(crate) fn encode_packet(seq: u32, prefix: &str, packet: &[u8]) -> Vec<u8> {
         libc::AF_INET
     };
     let attrs = vec![
+        // Hardware protocol (unused), the output hook, padding.
+        attr(NfLogAttr::PacketHdr.into(), [0, 0, HOOK_OUTPUT, 0]),
         netlink::attr_str(NfLogAttr::Prefix.into(), prefix),
         netlink::attr_be32(NfLogAttr::Seq.into(), seq),
         attr(NfLogAttr::Payload.into(), packet),
@@ -273,6 +266,58 @@ mod tests {
             (4242, 8 << 8),
             "ICMP key convention"
         );
+    }
+
+    #[test]
+    fn real_dns_answers_and_client_hellos_decode_with_their_payload() {
+        let (packets, _) = decode_datagram(&corpus().concat());
+        let with = |prefix: &str| -> Vec<&LoggedPacket> {
+            packets.iter().filter(|p| p.prefix == prefix).collect()
+        };
+        let answers = with(DNS_PREFIX);
+        assert_eq!(answers.len(), 2, "one lookup per family");
+        for answer in answers {
+            let payload = answer.payload.as_ref().unwrap();
+            assert_eq!(answer.key.unwrap().src_port, 53);
+            assert_eq!(payload.tcp_seq, None);
+            assert_eq!(&payload.bytes[..2], &[0x42, 0x42], "the answer's id");
+            assert_eq!(payload.original_len, payload.bytes.len());
+        }
+        let hellos = with(HELLO_PREFIX);
+        assert_eq!(hellos.len(), 2, "one ClientHello per family");
+        for hello in hellos {
+            let payload = hello.payload.as_ref().unwrap();
+            assert!(payload.tcp_seq.is_some());
+            assert_eq!((payload.bytes[0], payload.bytes[5]), (0x16, 0x01));
+            assert_eq!(payload.original_len, payload.bytes.len(), "copied whole");
+            assert!(payload.bytes.windows(8).any(|w| w == b"pypi.org"));
+        }
+        assert!(
+            with(NEW_FLOW_PREFIX)
+                .iter()
+                .all(|p| p.payload.is_none() && p.hook == Some(HOOK_OUTPUT) && p.uid == Some(0))
+        );
+    }
+
+    #[test]
+    fn dns_answers_and_client_hellos_carry_their_payload() {
+        let segment = crate::packet::tests::tcp_v4(77, b"\x16\x03\x01");
+        for (prefix, kept) in [
+            (DNS_PREFIX, true),
+            (HELLO_PREFIX, true),
+            (NEW_FLOW_PREFIX, false),
+            (DENY_PREFIX, false),
+        ] {
+            let (packets, malformed) = decode_datagram(&encode_packet(1, prefix, &segment));
+            assert_eq!((packets.len(), malformed), (1, 0));
+            let packet = &packets[0];
+            assert_eq!(packet.hook, Some(HOOK_OUTPUT));
+            assert!(packet.key.is_some());
+            assert_eq!(packet.payload.is_some(), kept, "{prefix}");
+            if let Some(payload) = &packet.payload {
+                assert_eq!((payload.tcp_seq, payload.bytes.len()), (Some(77), 3));
+            }
+        }
     }
 
     #[test]

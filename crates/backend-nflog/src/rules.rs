@@ -10,12 +10,25 @@
 //!   # in both chains:
 //!   ct state new socket cgroupv2 level L == ID
 //!     ct mark set MARK ct event set new,destroy,protoinfo
-//!     log group G prefix "flowtrack:new"
+//!     log group G snaplen 160 prefix "flowtrack:new"
+//!   # in input: the scope's DNS answers (TCP: segments with a payload)
+//!   meta l4proto udp udp sport 53 socket cgroupv2 level L == ID
+//!     log group G snaplen 2167 prefix "flowtrack:dns"
+//!   meta l4proto tcp tcp sport 53 @ih,0,8 & 0 == 0 socket cgroupv2 level L == ID
+//!     log group G snaplen 2167 prefix "flowtrack:dns"
+//!   # in output: the ClientHello a TLS client of the scope sends
+//!   meta l4proto tcp ct direction original @ih,0,8 0x16 @ih,40,8 0x01
+//!     socket cgroupv2 level L == ID
+//!     log group G snaplen 2167 prefix "flowtrack:hello"
 //! }
 //! ```
 //!
-//! A network-namespace scope hooks prerouting and output instead and
-//! matches every new connection. The `owner` flag ties the table to the
+//! (`@ih` is the payload after the transport header; loading from it
+//! fails on a segment without payload, which ends the rule.) A
+//! network-namespace scope hooks prerouting and output instead and
+//! matches every new connection, DNS answer and ClientHello. Each rule's
+//! snaplen caps its copy (the group's copy range is the largest of them).
+//! The `owner` flag ties the table to the
 //! netlink socket that made it: the kernel removes it when flowtrack's
 //! process ends, however it ends; a flowtrack table without it is a
 //! leftover (of a kernel without table owners).
@@ -31,6 +44,7 @@ use neli::genl::Nlattr;
 use neli::types::Buffer;
 
 use crate::netlink::{self, Nfgenmsg, attr, attr_be32, attr_str, nested};
+use crate::nflog;
 
 /// `NFNL_SUBSYS_NFTABLES`.
 const SUBSYSTEM: u8 = 10;
@@ -58,7 +72,21 @@ const REG_1: u32 = 1;
 const CT_STATE_NEW: u32 = 1 << 3;
 /// `NFT_CT_*` keys.
 const CT_STATE: u32 = 0;
+const CT_DIRECTION: u32 = 1;
 const CT_MARK: u32 = 3;
+/// `IP_CT_DIR_ORIGINAL`: from the connection's initiator.
+const DIRECTION_ORIGINAL: u8 = 0;
+/// `NFT_META_L4PROTO`.
+const META_L4PROTO: u32 = 16;
+/// `NFT_PAYLOAD_TRANSPORT_HEADER`, `NFT_PAYLOAD_INNER_HEADER` (the
+/// transport payload; kernel 6.2 and later).
+const BASE_TRANSPORT: u32 = 2;
+const BASE_INNER: u32 = 3;
+/// The DNS port, and the bytes of a ClientHello that tell it: a TLS
+/// handshake record (byte 0) holding a ClientHello (byte 5).
+const DNS_PORT: u16 = 53;
+const TLS_HANDSHAKE: u8 = 0x16;
+const CLIENT_HELLO: u8 = 0x01;
 const CT_EVENTMASK: u32 = 18;
 /// Events flowtrack needs: `IPCT_NEW`, `IPCT_DESTROY`, and `IPCT_PROTOINFO`
 /// (TCP state changes, which show a close at once).
@@ -82,13 +110,17 @@ pub(crate) enum RuleScope {
     Cgroup { id: u64, level: u32 },
 }
 
-/// The table's name, mark and log group.
+/// The table's name, mark and log group, and what its rules may read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Table {
     pub(crate) name: String,
     pub(crate) scope: RuleScope,
     pub(crate) mark: u32,
     pub(crate) log_group: u16,
+    /// Whether rules may read the transport payload (the inner-header
+    /// payload base, Linux 6.2): without it, no ClientHello is logged, and
+    /// DNS-over-TCP segments are logged with or without a payload.
+    pub(crate) inner_payload: bool,
 }
 
 impl Table {
@@ -99,24 +131,31 @@ impl Table {
             scope,
             mark,
             log_group,
+            inner_payload: true,
         }
+    }
+
+    /// The same table, for a kernel whose rules cannot read the transport
+    /// payload.
+    pub(crate) fn without_inner_payload(mut self) -> Self {
+        self.inner_payload = false;
+        self
     }
 }
 
-/// Creates, with `create`, the table of the first of `marks` that no table
-/// in the namespace holds: the kernel refuses a second table of a name
-/// (`EEXIST`; `EPERM` when the other is owned by another socket), and the
-/// next mark is tried. Any other error ends the search, as does the end of
-/// `marks` (with the last refusal).
+/// Creates, with `create`, the table (as `table` makes it for a mark) of
+/// the first of `marks` that no table in the namespace holds: the kernel
+/// refuses a second table of a name (`EEXIST`; `EPERM` when the other is
+/// owned by another socket), and the next mark is tried. Any other error
+/// ends the search, as does the end of `marks` (with the last refusal).
 pub(crate) fn create_with_free_mark(
     marks: impl IntoIterator<Item = u32>,
-    scope: RuleScope,
-    log_group: u16,
+    table: impl Fn(u32) -> Table,
     mut create: impl FnMut(&Table) -> io::Result<()>,
 ) -> io::Result<Table> {
     let mut refused = io::Error::from_raw_os_error(libc::EEXIST);
     for mark in marks {
-        let table = Table::new(MARK_BIT | mark, scope, log_group);
+        let table = table(MARK_BIT | mark);
         match create(&table) {
             Ok(()) => return Ok(table),
             Err(error) if matches!(error.raw_os_error(), Some(libc::EEXIST | libc::EPERM)) => {
@@ -240,10 +279,23 @@ mod attr {
         pub(in super::super) const DREG: u16 = 2;
         pub(in super::super) const LEVEL: u16 = 3;
     }
+    /// `NFTA_META_*`.
+    pub(super) mod meta {
+        pub(in super::super) const DREG: u16 = 1;
+        pub(in super::super) const KEY: u16 = 2;
+    }
+    /// `NFTA_PAYLOAD_*`.
+    pub(super) mod payload {
+        pub(in super::super) const DREG: u16 = 1;
+        pub(in super::super) const BASE: u16 = 2;
+        pub(in super::super) const OFFSET: u16 = 3;
+        pub(in super::super) const LEN: u16 = 4;
+    }
     /// `NFTA_LOG_*`.
     pub(super) mod log {
         pub(in super::super) const GROUP: u16 = 1;
         pub(in super::super) const PREFIX: u16 = 2;
+        pub(in super::super) const SNAPLEN: u16 = 3;
     }
 }
 
@@ -310,54 +362,153 @@ fn compare(equal: bool, bytes: &[u8]) -> Nlattr<u16, Buffer> {
     )
 }
 
-/// Register 1 &= `mask` (32 bits).
-fn mask(mask: u32) -> Nlattr<u16, Buffer> {
+/// Register 1 = (register 1 & `mask`), as many bytes as `mask` has.
+fn mask(mask: &[u8]) -> Nlattr<u16, Buffer> {
     expression(
         "bitwise",
         &[
             attr_be32(attr::bitwise::SREG, REG_1),
             attr_be32(attr::bitwise::DREG, REG_1),
-            attr_be32(attr::bitwise::LEN, 4),
-            data_value(attr::bitwise::MASK, &mask.to_ne_bytes()),
-            data_value(attr::bitwise::XOR, &0u32.to_ne_bytes()),
+            attr_be32(attr::bitwise::LEN, mask.len() as u32),
+            data_value(attr::bitwise::MASK, mask),
+            data_value(attr::bitwise::XOR, &vec![0; mask.len()]),
         ],
     )
 }
 
-/// The rule's expressions for `table`.
-fn rule_expressions(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
-    let mut expressions = vec![
-        ct_load(CT_STATE),
-        mask(CT_STATE_NEW),
-        compare(false, &[0; 4]),
-    ];
-    if let RuleScope::Cgroup { id, level } = table.scope {
+/// `meta l4proto == protocol`.
+fn l4proto_is(protocol: u8) -> [Nlattr<u16, Buffer>; 2] {
+    [
+        expression(
+            "meta",
+            &[
+                attr_be32(attr::meta::DREG, REG_1),
+                attr_be32(attr::meta::KEY, META_L4PROTO),
+            ],
+        ),
+        compare(true, &[protocol]),
+    ]
+}
+
+/// `len` bytes at `offset` from `base` into register 1 (a load past the
+/// packet's end ends the rule).
+fn payload_load(base: u32, offset: u32, len: u32) -> Nlattr<u16, Buffer> {
+    expression(
+        "payload",
+        &[
+            attr_be32(attr::payload::DREG, REG_1),
+            attr_be32(attr::payload::BASE, base),
+            attr_be32(attr::payload::OFFSET, offset),
+            attr_be32(attr::payload::LEN, len),
+        ],
+    )
+}
+
+/// The byte at `offset` of the transport payload equals `value`.
+fn payload_byte_is(offset: u32, value: u8) -> [Nlattr<u16, Buffer>; 2] {
+    [payload_load(BASE_INNER, offset, 1), compare(true, &[value])]
+}
+
+/// The packet comes from port 53 (TCP and UDP both start with the source
+/// port).
+fn from_dns_port() -> [Nlattr<u16, Buffer>; 2] {
+    [
+        payload_load(BASE_TRANSPORT, 0, 2),
+        compare(true, &DNS_PORT.to_be_bytes()),
+    ]
+}
+
+/// The packet carries a transport payload: loading its first byte fails
+/// otherwise; the byte is then masked away, so any value passes.
+fn has_payload() -> [Nlattr<u16, Buffer>; 3] {
+    [
+        payload_load(BASE_INNER, 0, 1),
+        mask(&[0]),
+        compare(true, &[0]),
+    ]
+}
+
+/// For a cgroup scope: the packet's local socket is in the cgroup (or a
+/// descendant); nothing for a namespace scope.
+fn in_scope(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
+    match table.scope {
+        RuleScope::Netns => Vec::new(),
         // The socket's cgroup id at `level` (8 bytes, host order) into
         // register 1.
-        expressions.push(expression(
-            "socket",
-            &[
-                attr_be32(attr::socket::KEY, SOCKET_CGROUPV2),
-                attr_be32(attr::socket::DREG, REG_1),
-                attr_be32(attr::socket::LEVEL, level),
-            ],
-        ));
-        expressions.push(compare(true, &id.to_ne_bytes()));
+        RuleScope::Cgroup { id, level } => vec![
+            expression(
+                "socket",
+                &[
+                    attr_be32(attr::socket::KEY, SOCKET_CGROUPV2),
+                    attr_be32(attr::socket::DREG, REG_1),
+                    attr_be32(attr::socket::LEVEL, level),
+                ],
+            ),
+            compare(true, &id.to_ne_bytes()),
+        ],
     }
+}
+
+/// `log group G snaplen N prefix P`: the first `snaplen` bytes of the
+/// packet, from its network header, to the backend's group.
+fn log(table: &Table, prefix: &str, snaplen: u32) -> Nlattr<u16, Buffer> {
+    expression(
+        "log",
+        &[
+            // The group is big-endian on the wire.
+            attr(attr::log::GROUP, table.log_group.to_be_bytes()),
+            attr_str(attr::log::PREFIX, prefix),
+            attr_be32(attr::log::SNAPLEN, snaplen),
+        ],
+    )
+}
+
+/// The rule that marks and logs the scope's new connections.
+fn new_flow_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
+    let mut expressions = vec![
+        ct_load(CT_STATE),
+        mask(&CT_STATE_NEW.to_ne_bytes()),
+        compare(false, &[0; 4]),
+    ];
+    expressions.extend(in_scope(table));
     expressions.extend([
         immediate(&table.mark.to_ne_bytes()),
         ct_store(CT_MARK),
         immediate(&EVENTS.to_ne_bytes()),
         ct_store(CT_EVENTMASK),
-        expression(
-            "log",
-            &[
-                // The group is big-endian on the wire.
-                attr(attr::log::GROUP, table.log_group.to_be_bytes()),
-                attr_str(attr::log::PREFIX, crate::nflog::NEW_FLOW_PREFIX),
-            ],
-        ),
+        log(table, nflog::NEW_FLOW_PREFIX, nflog::NEW_FLOW_SNAPLEN),
     ]);
+    expressions
+}
+
+/// The rules that log the DNS answers reaching the scope: over UDP, and
+/// the TCP segments that carry a payload.
+fn dns_answer_rules(table: &Table) -> [Vec<Nlattr<u16, Buffer>>; 2] {
+    let dns_log = || log(table, nflog::DNS_PREFIX, nflog::PAYLOAD_SNAPLEN);
+    let mut udp: Vec<_> = l4proto_is(libc::IPPROTO_UDP as u8).into();
+    udp.extend(from_dns_port());
+    udp.extend(in_scope(table));
+    udp.push(dns_log());
+    let mut tcp: Vec<_> = l4proto_is(libc::IPPROTO_TCP as u8).into();
+    tcp.extend(from_dns_port());
+    if table.inner_payload {
+        tcp.extend(has_payload());
+    }
+    tcp.extend(in_scope(table));
+    tcp.push(dns_log());
+    [udp, tcp]
+}
+
+/// The rule that logs the ClientHello the initiator of a TLS connection
+/// sends (cheap tests first: most packets fail at the protocol or the
+/// direction, or have no payload).
+fn client_hello_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
+    let mut expressions: Vec<_> = l4proto_is(libc::IPPROTO_TCP as u8).into();
+    expressions.extend([ct_load(CT_DIRECTION), compare(true, &[DIRECTION_ORIGINAL])]);
+    expressions.extend(payload_byte_is(0, TLS_HANDSHAKE));
+    expressions.extend(payload_byte_is(5, CLIENT_HELLO));
+    expressions.extend(in_scope(table));
+    expressions.push(log(table, nflog::HELLO_PREFIX, nflog::PAYLOAD_SNAPLEN));
     expressions
 }
 
@@ -365,10 +516,19 @@ fn rule_expressions(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
 /// socket that sends it when `owned`; and the sequence number whose ACK
 /// ends it.
 pub(crate) fn create_batch(table: &Table, first_seq: u32, owned: bool) -> (Vec<u8>, u32) {
-    let hooks = match table.scope {
-        RuleScope::Netns => [("prerouting", HOOK_PREROUTING), ("output", HOOK_OUTPUT)],
-        RuleScope::Cgroup { .. } => [("input", HOOK_INPUT), ("output", HOOK_OUTPUT)],
+    let inbound = match table.scope {
+        RuleScope::Netns => ("prerouting", HOOK_PREROUTING),
+        RuleScope::Cgroup { .. } => ("input", HOOK_INPUT),
     };
+    let [dns_udp, dns_tcp] = dns_answer_rules(table);
+    let mut outbound = vec![new_flow_rule(table)];
+    if table.inner_payload {
+        outbound.push(client_hello_rule(table));
+    }
+    let chains = [
+        (inbound, vec![new_flow_rule(table), dns_udp, dns_tcp]),
+        (("output", HOOK_OUTPUT), outbound),
+    ];
     batch(first_seq, |next| {
         let create = NlmF::CREATE | NlmF::ACK;
         let mut messages = vec![message(
@@ -380,7 +540,7 @@ pub(crate) fn create_batch(table: &Table, first_seq: u32, owned: bool) -> (Vec<u
                 attr_be32(attr::table::FLAGS, if owned { TABLE_OWNER } else { 0 }),
             ],
         )];
-        for (chain, hook) in hooks {
+        for ((chain, hook), rules) in chains {
             // Priority 0: after conntrack (-200) made the entry, before it
             // is confirmed (so the event mask still applies).
             messages.push(message(
@@ -400,16 +560,18 @@ pub(crate) fn create_batch(table: &Table, first_seq: u32, owned: bool) -> (Vec<u
                     attr_str(attr::chain::TYPE, "filter"),
                 ],
             ));
-            messages.push(message(
-                NEWRULE,
-                create | NlmF::APPEND,
-                next(),
-                vec![
-                    attr_str(attr::rule::TABLE, &table.name),
-                    attr_str(attr::rule::CHAIN, chain),
-                    nested(attr::rule::EXPRESSIONS, &rule_expressions(table)),
-                ],
-            ));
+            for rule in rules {
+                messages.push(message(
+                    NEWRULE,
+                    create | NlmF::APPEND,
+                    next(),
+                    vec![
+                        attr_str(attr::rule::TABLE, &table.name),
+                        attr_str(attr::rule::CHAIN, chain),
+                        nested(attr::rule::EXPRESSIONS, &rule),
+                    ],
+                ));
+            }
         }
         messages
     })
@@ -513,12 +675,15 @@ mod tests {
                 nft(NEWTABLE),
                 nft(NEWCHAIN),
                 nft(NEWRULE),
+                nft(NEWRULE),
+                nft(NEWRULE),
                 nft(NEWCHAIN),
+                nft(NEWRULE),
                 nft(NEWRULE),
                 BATCH_END
             ]
         );
-        assert_eq!(last, 15, "five requests after the batch start");
+        assert_eq!(last, 18, "eight requests after the batch start");
         let Received::Message { payload, .. } = &messages[1] else {
             panic!()
         };
@@ -533,6 +698,96 @@ mod tests {
             panic!()
         };
         assert!(!is_owned(payload), "unless told otherwise");
+    }
+
+    /// Each rule of a batch: its chain, its expressions' names, and its log
+    /// expression's prefix and snaplen.
+    fn rules_of(bytes: &[u8]) -> Vec<(String, Vec<String>, String, u32)> {
+        let text = |bytes: &[u8]| {
+            String::from_utf8_lossy(bytes)
+                .trim_end_matches('\0')
+                .to_owned()
+        };
+        let (messages, _) = split(bytes);
+        messages
+            .iter()
+            .filter_map(|message| match message {
+                Received::Message { kind, payload, .. }
+                    if *kind == crate::netlink::message_type(SUBSYSTEM, NEWRULE) =>
+                {
+                    let attrs = netlink::payload_attrs(payload).unwrap();
+                    let chain = text(attrs.get(attr::rule::CHAIN).unwrap().unwrap());
+                    let (mut names, mut prefix, mut snaplen) = (Vec::new(), String::new(), 0);
+                    for element in attrs.nested(attr::rule::EXPRESSIONS).unwrap().unwrap() {
+                        let element = netlink::Attrs::new(element.unwrap().1);
+                        let name = text(element.get(attr::expr::NAME).unwrap().unwrap());
+                        if name == "log" {
+                            let data = element.nested(attr::expr::DATA).unwrap().unwrap();
+                            prefix = text(data.get(attr::log::PREFIX).unwrap().unwrap());
+                            let length = data.get(attr::log::SNAPLEN).unwrap().unwrap();
+                            snaplen = u32::from_be_bytes(length.try_into().unwrap());
+                        }
+                        names.push(name);
+                    }
+                    Some((chain, names, prefix, snaplen))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dns_answers_and_client_hellos_are_logged_with_room_for_them() {
+        use crate::nflog::{
+            DNS_PREFIX, HELLO_PREFIX, NEW_FLOW_PREFIX, NEW_FLOW_SNAPLEN, PAYLOAD_SNAPLEN,
+        };
+        let cgroup = Table::new(MARK_BIT, RuleScope::Cgroup { id: 9, level: 1 }, 7);
+        let netns = Table::new(MARK_BIT, RuleScope::Netns, 7);
+        for (table, inbound) in [(cgroup, "input"), (netns, "prerouting")] {
+            let rules = rules_of(&create_batch(&table, 1, true).0);
+            let logs: Vec<(&str, &str, u32)> = rules
+                .iter()
+                .map(|(chain, _, prefix, snaplen)| (chain.as_str(), prefix.as_str(), *snaplen))
+                .collect();
+            assert_eq!(
+                logs,
+                [
+                    (inbound, NEW_FLOW_PREFIX, NEW_FLOW_SNAPLEN),
+                    (inbound, DNS_PREFIX, PAYLOAD_SNAPLEN),
+                    (inbound, DNS_PREFIX, PAYLOAD_SNAPLEN),
+                    ("output", NEW_FLOW_PREFIX, NEW_FLOW_SNAPLEN),
+                    ("output", HELLO_PREFIX, PAYLOAD_SNAPLEN),
+                ]
+            );
+            let cgroup_scoped = rules
+                .iter()
+                .all(|(_, names, ..)| names.iter().any(|name| name == "socket"));
+            assert_eq!(
+                cgroup_scoped,
+                matches!(table.scope, RuleScope::Cgroup { .. })
+            );
+            // The ClientHello rule reads the payload after the transport
+            // header twice (bytes 0 and 5), after its cheap tests.
+            let (_, hello, ..) = &rules[4];
+            assert_eq!(&hello[..4], ["meta", "cmp", "ct", "cmp"]);
+            assert_eq!(hello.iter().filter(|name| *name == "payload").count(), 2);
+        }
+    }
+
+    #[test]
+    fn without_inner_payloads_no_client_hello_is_logged() {
+        let scope = RuleScope::Cgroup { id: 9, level: 1 };
+        let table = Table::new(MARK_BIT, scope, 7).without_inner_payload();
+        let rules = rules_of(&create_batch(&table, 1, true).0);
+        let prefixes: Vec<&str> = rules.iter().map(|rule| rule.2.as_str()).collect();
+        use crate::nflog::{DNS_PREFIX, NEW_FLOW_PREFIX};
+        assert_eq!(
+            prefixes,
+            [NEW_FLOW_PREFIX, DNS_PREFIX, DNS_PREFIX, NEW_FLOW_PREFIX]
+        );
+        let payload_reads = |names: &Vec<String>| names.iter().filter(|n| *n == "payload").count();
+        let reads: Vec<usize> = rules.iter().map(|rule| payload_reads(&rule.1)).collect();
+        assert_eq!(reads, [0, 1, 1, 0], "DNS rules read the port only");
     }
 
     #[test]
@@ -572,11 +827,11 @@ mod tests {
 
     #[test]
     fn a_mark_another_table_holds_is_passed_over() {
-        let scope = RuleScope::Netns;
+        let make = |mark| Table::new(mark, RuleScope::Netns, 3);
         let mut taken = std::collections::HashSet::from(["flowtrack_80000005".to_owned()]);
         let mut tried = Vec::new();
         // The kernel's NLM_F_EXCL: a second table of one name is refused.
-        let table = create_with_free_mark([5, 5, 9], scope, 3, |table| {
+        let table = create_with_free_mark([5, 5, 9], make, |table| {
             tried.push(table.mark);
             if taken.insert(table.name.clone()) {
                 Ok(())
@@ -588,14 +843,14 @@ mod tests {
         assert_eq!(table.mark, 0x8000_0009);
         assert_eq!(tried, [0x8000_0005, 0x8000_0005, 0x8000_0009]);
         // Owned by another socket: EPERM, also passed over.
-        let table = create_with_free_mark([1, 2], scope, 3, |table| match table.mark {
+        let table = create_with_free_mark([1, 2], make, |table| match table.mark {
             0x8000_0001 => Err(io::Error::from_raw_os_error(libc::EPERM)),
             _ => Ok(()),
         })
         .unwrap();
         assert_eq!(table.mark, 0x8000_0002);
         // Another refusal is the answer.
-        let error = create_with_free_mark([1, 2], scope, 3, |_| {
+        let error = create_with_free_mark([1, 2], make, |_| {
             Err(io::Error::from_raw_os_error(libc::ENOENT))
         })
         .unwrap_err();

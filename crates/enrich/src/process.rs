@@ -22,11 +22,11 @@ use hashlink::LruCache;
 const FORK_DEPTH: usize = 8;
 
 /// What the kernel said of the process that owns a socket.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub struct Owner {
-    /// The process id.
-    pub pid: u32,
+    /// The process id, when known.
+    pub pid: Option<u32>,
     /// When it started (boot-time ns), when known: with `pid`, its
     /// identity.
     pub start_ns: Option<u64>,
@@ -45,13 +45,16 @@ impl Owner {
     #[must_use]
     pub fn new(pid: u32) -> Self {
         Self {
-            pid,
-            start_ns: None,
-            comm: None,
-            uid: None,
-            gid: None,
-            attribution: Attribution::Kernel,
+            pid: Some(pid),
+            ..Self::unidentified()
         }
+    }
+
+    /// A socket whose process is not known: only what the packet said of
+    /// its owner ([`Owner::with_ids`]).
+    #[must_use]
+    pub fn unidentified() -> Self {
+        Self::default()
     }
 
     /// The same, started at `start_ns`.
@@ -157,7 +160,7 @@ impl Processes {
         };
         self.programs.insert((exec.pid, exec.start_ns), program);
         // Owners resolved before this exec named its old program.
-        self.resolved.retain(|owner, _| owner.pid != exec.pid);
+        self.resolved.retain(|owner, _| owner.pid != Some(exec.pid));
     }
 
     pub(crate) fn forked(&mut self, parent: (u32, u64), child: (u32, u64)) {
@@ -169,7 +172,8 @@ impl Processes {
         if let Some(process) = self.resolved.get(owner) {
             return Arc::clone(process);
         }
-        let mut process = Process::new(owner.pid).attributed(owner.attribution);
+        let mut process = Process::unidentified().attributed(owner.attribution);
+        process.pid = owner.pid;
         process.comm.clone_from(&owner.comm);
         process.uid = owner.uid;
         process.gid = owner.gid;
@@ -185,8 +189,9 @@ impl Processes {
     /// The program `owner` runs: recorded at its exec or its ancestors',
     /// else read from /proc when the process there is the same one.
     fn program(&mut self, owner: &Owner) -> Option<Program> {
+        let pid = owner.pid?;
         if let Some(start) = owner.start_ns {
-            let mut identity = (owner.pid, start);
+            let mut identity = (pid, start);
             for _ in 0..FORK_DEPTH {
                 if let Some(program) = self.programs.get(&identity) {
                     return Some(program.clone());
@@ -197,7 +202,7 @@ impl Processes {
                 }
             }
         }
-        from_proc(owner.pid, owner.start_ns)
+        from_proc(pid, owner.start_ns)
     }
 }
 

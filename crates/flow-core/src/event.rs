@@ -241,7 +241,7 @@ impl FlowEvent {
     /// use flow_core::{FlowEvent, FlowKey};
     /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
     /// let event = FlowEvent::opened(key, 1).by(Arc::new(Process::new(4711).with_comm("curl")));
-    /// assert_eq!(event.process.unwrap().pid, 4711);
+    /// assert_eq!(event.process.unwrap().pid, Some(4711));
     /// # Ok::<(), std::net::AddrParseError>(())
     /// ```
     #[must_use]

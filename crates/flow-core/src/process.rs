@@ -47,17 +47,19 @@ impl Attribution {
     }
 }
 
-/// A process, as much of it as the backend knows.
+/// A process, as much of it as the backend knows (the default: nothing).
 ///
 /// `pid` is the process id (the thread group id: a thread's connection is
 /// its process's). The other fields are absent when unknown: a process
 /// that was gone before its program could be read keeps what the kernel
-/// recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// recorded. The pid itself may be unknown too: the nflog backend knows a
+/// socket's user and group exactly (from the packet), and its process
+/// only while the socket is still open when it looks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub struct Process {
-    /// The process id.
-    pub pid: u32,
+    /// The process id, when known.
+    pub pid: Option<u32>,
     /// Its command name (the kernel's `comm`, 15 bytes at most).
     pub comm: Option<Arc<str>>,
     /// The program it runs, an absolute path when known.
@@ -78,14 +80,23 @@ impl Process {
     #[must_use]
     pub fn new(pid: u32) -> Self {
         Self {
-            pid,
-            comm: None,
-            exe: None,
-            cmdline: None,
-            uid: None,
-            gid: None,
-            attribution: Attribution::Kernel,
+            pid: Some(pid),
+            ..Self::unidentified()
         }
+    }
+
+    /// A process whose id is not known, nothing else known either (add its
+    /// user with [`Process::with_uid`]), attributed by the kernel.
+    ///
+    /// ```
+    /// use flow_core::process::Process;
+    /// let process = Process::unidentified().with_uid(65534);
+    /// assert_eq!(process.pid, None);
+    /// assert_eq!(process.to_string(), "[uid 65534]");
+    /// ```
+    #[must_use]
+    pub fn unidentified() -> Self {
+        Self::default()
     }
 
     /// The same, with its command name.
@@ -132,8 +143,14 @@ impl Process {
 }
 
 impl fmt::Display for Process {
-    /// `comm[pid]`, or `[pid]` without a command name.
+    /// `comm[pid]`, or `[pid]` without a command name; without a pid,
+    /// `[uid N]` (`[?]` when the user is not known either).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}[{}]", self.comm.as_deref().unwrap_or(""), self.pid)
+        let comm = self.comm.as_deref().unwrap_or("");
+        match (self.pid, self.uid) {
+            (Some(pid), _) => write!(f, "{comm}[{pid}]"),
+            (None, Some(uid)) => write!(f, "{comm}[uid {uid}]"),
+            (None, None) => write!(f, "{comm}[?]"),
+        }
     }
 }

@@ -14,9 +14,9 @@
 //! | `reason`  | closed        | why, when the backend knows: `fin`, `reset`, `released`, `idle`, `scope_ended` ([`crate::CloseReason`]) |
 //! | `host`    | flow lines    | the name the scope looked up for the destination address before the flow opened (absent when unknown) |
 //! | `sni`     | flow lines    | the TLS server name the initiator sent (absent when none) |
-//! | `pid`, `comm`, `exe`, `uid`, `gid` | event lines | the process behind it, each field when known ([`crate::process::Process`]) |
-//! | `attribution` | with `pid` | `"kernel"` (exact) or `"best_effort"` (pid, comm and exe looked up afterwards) |
-//! | `cmdline` | with `pid`    | its arguments, an array of strings, only when asked for ([`JsonOptions::cmdline`]) |
+//! | `pid`, `comm`, `exe`, `uid`, `gid` | event lines | the process behind it, each field when known ([`crate::process::Process`]); `uid` and `gid` may come without a `pid` (nflog: the socket's user, its process not found) |
+//! | `attribution` | with a process | `"kernel"` (exact) or `"best_effort"` (pid, comm and exe looked up afterwards) |
+//! | `cmdline` | with a process | its arguments, an array of strings, only when asked for ([`JsonOptions::cmdline`]) |
 //! | `query`, `qtype`, `rcode` | dns | the name asked for, what for (`"A"`, `"AAAA"`, …), the answer's code (`"NOERROR"`, `"NXDOMAIN"`, …) |
 //! | `answers`, `cnames` | dns | the addresses at the end of the CNAME chain, and the chain |
 //! | `truncated` | dns         | `true` when the answer was truncated (retried over TCP) |
@@ -376,7 +376,9 @@ fn serialize_process<M: SerializeMap>(
     process: &Process,
     options: JsonOptions,
 ) -> Result<(), M::Error> {
-    map.serialize_entry("pid", &process.pid)?;
+    if let Some(pid) = process.pid {
+        map.serialize_entry("pid", &pid)?;
+    }
     if let Some(comm) = &process.comm {
         map.serialize_entry("comm", comm)?;
     }
@@ -515,9 +517,13 @@ struct WireProcess {
 }
 
 impl WireProcess {
-    /// The process, if the line names one (by its pid).
+    /// The process, if the line names one (by its pid, or its user).
     fn into_process(self) -> Option<Arc<Process>> {
-        let mut process = Process::new(self.pid?);
+        if self.pid.is_none() && self.uid.is_none() {
+            return None;
+        }
+        let mut process = Process::unidentified();
+        process.pid = self.pid;
         process.comm = self.comm;
         process.exe = self.exe;
         process.uid = self.uid;

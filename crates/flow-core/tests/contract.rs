@@ -69,9 +69,11 @@ fn any_kind() -> impl Strategy<Value = FlowEventKind> {
     ]
 }
 
+/// A process as a line can carry it: a pid, or at least a user (the
+/// nflog backend's process not found).
 fn any_process() -> impl Strategy<Value = Process> {
     (
-        any::<u32>(),
+        proptest::option::of(any::<u32>()),
         proptest::option::of(any_name()),
         proptest::option::of("/[a-z/ ]{0,20}"),
         proptest::option::of(proptest::collection::vec(".{0,8}", 0..4)),
@@ -80,11 +82,12 @@ fn any_process() -> impl Strategy<Value = Process> {
         prop_oneof![Just(Attribution::Kernel), Just(Attribution::BestEffort)],
     )
         .prop_map(|(pid, comm, exe, cmdline, uid, gid, attribution)| {
-            let mut process = Process::new(pid).attributed(attribution);
+            let mut process = Process::unidentified().attributed(attribution);
+            process.pid = pid;
             process.comm = comm;
             process.exe = exe.map(Arc::from);
             process.cmdline = cmdline.map(|args| args.into_iter().map(Arc::from).collect());
-            process.uid = uid;
+            process.uid = if pid.is_none() { uid.or(Some(0)) } else { uid };
             process.gid = gid;
             process
         })

@@ -219,6 +219,9 @@ fn open_nflog(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, F
     if let Some(bytes) = options.netlink_buffer {
         config = config.receive_buffer(bytes)?;
     }
+    if let Some(addresses) = options.name_cache_entries {
+        config = config.name_cache_entries(addresses);
+    }
     Ok(Box::new(NflogSource::new(config)))
 }
 

@@ -257,12 +257,8 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<
                 _ => write!(out, "{}", key.dst())?,
             }
             if let Some(process) = &event.process {
-                write!(
-                    out,
-                    "  {}[{}]",
-                    Printable(process.comm.as_deref().unwrap_or("")),
-                    process.pid
-                )?;
+                // comm[pid], or [uid N] when only the user is known.
+                write!(out, "  {}", Printable(&process.to_string()))?;
             }
         }
         RecordItem::Lost { point, count, .. } => {

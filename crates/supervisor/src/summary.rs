@@ -314,12 +314,12 @@ impl Programs {
             uid: process.and_then(|process| process.uid),
         };
         if let Some(extra) = self.rows.record(&program, event)
-            && let Some(process) = process
+            && let Some(pid) = process.and_then(|process| process.pid)
             && event.kind == FlowEventKind::Opened
-            && !extra.pids.0.contains(&process.pid)
+            && !extra.pids.0.contains(&pid)
         {
             extra.processes += 1;
-            extra.pids.add(process.pid);
+            extra.pids.add(pid);
         }
     }
 

@@ -466,7 +466,7 @@ async fn every_flow_carries_its_process() {
             .processes
             .get(&connection.key)
             .unwrap_or_else(|| panic!("{connection:?} unattributed: {observed:#?}"));
-        assert_eq!(process.pid, connection.pid, "{connection:?}");
+        assert_eq!(process.pid, Some(connection.pid), "{connection:?}");
         assert_eq!(process.uid, Some(0), "{connection:?}");
         let (comm, exe) = match connection.what.as_str() {
             "bash" => ("bash", std::fs::canonicalize("/usr/bin/bash").unwrap()),

@@ -1,0 +1,139 @@
+//! Who owns a flow's socket, as well as the nflog backend can tell
+//! (conntrack has no process): the user and group of a connection the
+//! scope made come exactly from its new-flow log packet; the process is
+//! the one holding the socket when the flow's NEW is read (found by the
+//! socket's inode among the scope's processes), so it may be missing (the
+//! socket already closed) or another holder of a socket passed on.
+
+use std::num::NonZeroUsize;
+
+use flow_core::FlowKey;
+use flow_core::process::Attribution;
+use flow_enrich::Owner;
+use hashlink::LruCache;
+
+use crate::nflog::HOOK_OUTPUT;
+use crate::procs::{self, Members, SocketIndex};
+use crate::sockdiag::{Local, SockDiag};
+
+/// New-flow logs kept until their flow's NEW is read: far more than can
+/// be in flight between the two sockets.
+const LOGGED: usize = 4096;
+
+/// What a new flow's log packet said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Logged {
+    /// The hook that logged it: output for a connection the scope made.
+    hook: Option<u8>,
+    /// The local socket's user and group (locally made packets only).
+    ids: Option<(u32, u32)>,
+}
+
+/// Finds the owners of new flows' sockets.
+pub(crate) struct Owners {
+    logged: LruCache<FlowKey, Logged>,
+    diag: Option<SockDiag>,
+    sockets: SocketIndex,
+}
+
+impl Owners {
+    /// Owners among `members`, looked up with sock_diag in the calling
+    /// thread's network namespace (without it, only users and groups are
+    /// known).
+    pub(crate) fn new(members: Members) -> Self {
+        let diag = SockDiag::open()
+            .inspect_err(|error| {
+                tracing::warn!(%error, "no sock_diag socket: flows will have no process id");
+            })
+            .ok();
+        Self {
+            logged: LruCache::new(NonZeroUsize::new(LOGGED).map_or(1, NonZeroUsize::get)),
+            diag,
+            sockets: SocketIndex::new(members),
+        }
+    }
+
+    /// A new flow's first packet was logged at `hook`, from a socket of
+    /// user `uid` and group `gid` when locally made. The first log of a
+    /// flow is kept (a connection over loopback is logged again on its way
+    /// in, without an owner).
+    pub(crate) fn new_flow_logged(
+        &mut self,
+        key: FlowKey,
+        hook: Option<u8>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) {
+        let ids = uid.zip(gid);
+        if ids.is_some() || !self.logged.contains_key(&key) {
+            self.logged.insert(key, Logged { hook, ids });
+        }
+    }
+
+    /// The owner of the flow `key` (as conntrack opened it), attributed
+    /// best effort; `None` when neither its socket's process nor its user
+    /// is known.
+    pub(crate) fn owner(&mut self, key: &FlowKey) -> Option<Owner> {
+        let logged = self.logged.remove(key);
+        let ids = logged.and_then(|logged| logged.ids);
+        let sides: &[Local] = match logged.and_then(|logged| logged.hook) {
+            Some(HOOK_OUTPUT) => &[Local::Source],
+            Some(_) => &[Local::Destination],
+            None => &[Local::Source, Local::Destination],
+        };
+        let process = sides
+            .iter()
+            .find_map(|&local| {
+                let inode = self.diag.as_mut()?.inode(key, local)?;
+                self.sockets.pid_of(inode)
+            })
+            .and_then(|pid| Some((pid, procs::stat(pid)?)));
+        let owner = match process {
+            Some((pid, stat)) => Owner::new(pid).started(stat.start_ns).with_comm(stat.comm),
+            None if ids.is_some() => Owner::unidentified(),
+            None => return None,
+        };
+        let owner = match ids {
+            Some((uid, gid)) => owner.with_ids(uid, gid),
+            None => owner,
+        };
+        Some(owner.attributed(Attribution::BestEffort))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> FlowKey {
+        // Nothing listens or connects here: no socket is found.
+        FlowKey::udp(
+            "192.0.2.1:9".parse().unwrap(),
+            "192.0.2.2:9".parse().unwrap(),
+        )
+    }
+
+    fn owners() -> Owners {
+        Owners::new(Members::Cgroup("/nonexistent".into()))
+    }
+
+    #[test]
+    fn a_connection_made_keeps_its_user_without_a_process() {
+        let mut owners = owners();
+        owners.new_flow_logged(key(), Some(HOOK_OUTPUT), Some(65534), Some(65533));
+        // Logged again on the way in, without an owner: the first stays.
+        owners.new_flow_logged(key(), Some(0), None, None);
+        let owner = owners.owner(&key()).unwrap();
+        assert_eq!(owner.pid, None);
+        assert_eq!((owner.uid, owner.gid), (Some(65534), Some(65533)));
+        assert_eq!(owner.attribution, Attribution::BestEffort);
+        assert_eq!(owners.owner(&key()), None, "taken with its flow");
+    }
+
+    #[test]
+    fn a_flow_without_user_or_socket_has_no_owner() {
+        let mut owners = owners();
+        owners.new_flow_logged(key(), Some(1), None, None);
+        assert_eq!(owners.owner(&key()), None);
+    }
+}
