@@ -414,6 +414,62 @@ fn run_as_another_user_keeps_observing_and_leaks_no_descriptor() {
     );
 }
 
+/// `--no-names --no-processes`: the main job's flows are all reported,
+/// and nothing names or attributes them; by default, the same run names
+/// and attributes them.
+#[test]
+fn without_names_and_processes_flows_are_bare() {
+    each_backend(
+        "without_names_and_processes_flows_are_bare",
+        |backend, netns| {
+            let workload = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/workload.py");
+            let run = |extra: &[&str]| {
+                let dir = tempfile::tempdir().unwrap();
+                let out = dir.path().join("flows.jsonl");
+                let mut args = vec!["run", "--backend", backend.name, "--format", "json"];
+                args.extend_from_slice(extra);
+                args.push("-o");
+                let output = flowtrack_in(netns, &args)
+                    .arg(&out)
+                    .args(["--", "python3", workload])
+                    .output()
+                    .unwrap();
+                assert!(output.status.success(), "{output:?}");
+                let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+                (std::fs::read_to_string(&out).unwrap(), stderr)
+            };
+            let (bare, stderr) = run(&["--no-names", "--no-processes"]);
+            assert!(
+                stderr.contains("flowtrack: 4 flows opened, 4 closed; nothing lost"),
+                "{}: {stderr}",
+                backend.name
+            );
+            for field in [
+                "\"host\"", "\"sni\"", "\"dns\"", "\"pid\"", "\"uid\"", "\"comm\"",
+            ] {
+                assert!(!bare.contains(field), "{}: {field} in {bare}", backend.name);
+            }
+            let (named, stderr) = run(&[]);
+            assert!(
+                stderr.contains("flowtrack: 4 flows opened, 4 closed, 1 lookup; nothing lost"),
+                "{}: {stderr}",
+                backend.name
+            );
+            for field in [
+                "\"host\":\"files.example.test\"",
+                "\"sni\":\"secure.example.test\"",
+                "\"uid\":0",
+            ] {
+                assert!(
+                    named.contains(field),
+                    "{}: no {field} in {named}",
+                    backend.name
+                );
+            }
+        },
+    );
+}
+
 /// `--cmdline` writes the command line of the process behind each flow,
 /// and `--group-by process` sums the flows per program: the table's row
 /// names the executable the events name.
