@@ -221,12 +221,8 @@ fn record_exec(task: u64, bprm: u64) {
         (*record).args_len = args_len.min(u64::from(u32::MAX)) as u32;
         (*record).filename[0] = 0;
         (*record).basename[0] = 0;
-        let _ = bpf_probe_read_kernel_str_bytes(
-            filename as *const u8,
-            &mut *(&raw mut (*record).filename),
-        );
-        let _ =
-            bpf_probe_read_kernel_str_bytes(name as *const u8, &mut *(&raw mut (*record).basename));
+        let _ = bpf_probe_read_kernel_str_bytes(filename as *const u8, &mut (*record).filename);
+        let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*record).basename);
         let read = if copy == 0 {
             -1
         } else {
