@@ -22,6 +22,7 @@
 //! The event vocabulary is [`flow_core`]'s, re-exported here.
 
 pub mod backend;
+mod columns;
 pub mod dedup;
 pub mod merge;
 pub mod output;
