@@ -14,6 +14,10 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
+/// Bytes reserved for a line before it is written: more than an event
+/// line with a process takes.
+const LINE_BYTES: usize = 512;
+
 /// One JSON object being written at the end of a buffer.
 pub(crate) struct JsonObject<'a> {
     out: &'a mut Vec<u8>,
@@ -23,6 +27,9 @@ pub(crate) struct JsonObject<'a> {
 impl<'a> JsonObject<'a> {
     /// Opens an object at the end of `out`.
     pub(crate) fn open(out: &'a mut Vec<u8>) -> Self {
+        // Room for a typical line, so that the pieces are appended without
+        // a capacity check failing midway.
+        out.reserve(LINE_BYTES);
         out.push(b'{');
         Self { out, empty: true }
     }
@@ -30,7 +37,7 @@ impl<'a> JsonObject<'a> {
     /// Writes `"key":value`. `key` must need no escaping (the schema's
     /// field names). Inlined, so that each key, a literal, is copied with
     /// its length known.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn entry(&mut self, key: &'static str, value: &(impl JsonValue + ?Sized)) {
         debug_assert!(!needs_escaping(key), "a field name that needs escaping");
         if !self.empty {
