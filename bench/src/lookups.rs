@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result};
 use flowtrack_kernel_tests::{Netns, Server, TestCgroup};
 
 use crate::storm::{Generator, Watcher, flowtrack_line, harness, percentile, tally};
@@ -142,15 +142,7 @@ const STORMS: [(&str, &[&[Without]]); 2] = [
 
 /// Runs the storms; returns the Markdown.
 pub(crate) fn lookups(flows: usize) -> Result<String> {
-    if !flowtrack_kernel_tests::privileged("flowtrack-bench lookups") {
-        bail!("needs root");
-    }
-    let flowtrack = std::env::current_exe()?.with_file_name("flowtrack");
-    ensure!(
-        flowtrack.exists(),
-        "{} not found: build it beside the harness (cargo build --release -p flowtrack -p flowtrack-bench)",
-        flowtrack.display()
-    );
+    let flowtrack = crate::storm::flowtrack_beside("flowtrack-bench lookups")?;
     let mut rates = String::new();
     let mut rows = String::new();
     let mut hooks = String::new();

@@ -319,15 +319,7 @@ const STORMS: [(Backend, usize); 4] = [
 /// and three watchers would crowd the two CPUs); returns the Markdown:
 /// each storm's rate, then the table.
 pub(crate) fn storms(flows: usize, threads: usize) -> Result<String> {
-    if !flowtrack_kernel_tests::privileged("flowtrack-bench storms") {
-        bail!("needs root");
-    }
-    let flowtrack = std::env::current_exe()?.with_file_name("flowtrack");
-    ensure!(
-        flowtrack.exists(),
-        "{} not found: build it beside the harness (cargo build --release -p flowtrack -p flowtrack-bench)",
-        flowtrack.display()
-    );
+    let flowtrack = flowtrack_beside("flowtrack-bench storms")?;
     let mut rates = String::new();
     let mut rows = String::new();
     for (round, (backend, peer)) in STORMS.into_iter().enumerate() {
@@ -429,6 +421,21 @@ fn beside(
         peer.name
     );
     Ok((rate, rows))
+}
+
+/// The `flowtrack` binary built beside this harness, for `what`, which
+/// needs root.
+pub(crate) fn flowtrack_beside(what: &str) -> Result<std::path::PathBuf> {
+    if !flowtrack_kernel_tests::privileged(what) {
+        bail!("needs root");
+    }
+    let flowtrack = std::env::current_exe()?.with_file_name("flowtrack");
+    ensure!(
+        flowtrack.exists(),
+        "{} not found: build it beside the harness (cargo build --release -p flowtrack -p flowtrack-bench)",
+        flowtrack.display()
+    );
+    Ok(flowtrack)
 }
 
 /// This harness's path, to run its internal commands.
