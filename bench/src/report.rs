@@ -366,7 +366,8 @@ fn storm_section(plan: &Plan, machine: &str) -> Result<String> {
          event mode without its flow hash, PRINTFLOW to stdout flushed per line;\n\
          see `ULOGD_CONF` in `bench/src/storm.rs`), then the eBPF backend\n\
          (scoped to a cgroup the generator runs in) beside `conntrack -E`,\n\
-         then both backends at once (`--backend both`, the same cgroup)\n\
+         then both backends at once (`--backend both`, the same cgroup,\n\
+         started inside the storm's namespace so that its nflog half sees it)\n\
          beside `conntrack -E`: its CPU compares with the sum of the nflog and\n\
          eBPF rows.\n\
          One peer at a time: with three watchers and the generator's two\n\

@@ -349,7 +349,23 @@ fn beside(
     let server = Server::start(sink);
 
     let cgroup = TestCgroup::new();
-    let mut ours = Command::new(flowtrack);
+    let flowtrack = flowtrack
+        .to_str()
+        .context("flowtrack's path is not UTF-8")?;
+    let mut ours = match backend {
+        // nflog under `both` watches the namespace it runs in: the
+        // storm's, as a runner would start it beside its workload
+        // (nsenter: `ip netns exec` would mount a sysfs without the
+        // cgroup hierarchy).
+        Backend::Both => {
+            let mut command = Command::new("nsenter");
+            command
+                .arg(format!("--net=/run/netns/{}", netns.name))
+                .arg(flowtrack);
+            command
+        }
+        Backend::Nflog | Backend::Ebpf => Command::new(flowtrack),
+    };
     ours.args(["watch", "--backend", backend.name(), "--format", "json"]);
     match backend {
         Backend::Nflog => ours.args(["--netns", &netns.name]),

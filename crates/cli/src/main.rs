@@ -35,7 +35,12 @@ fn main() -> ExitCode {
         // when stderr is closed or full.
         .log_internal_errors(false)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread for the runtime: the sources, the merge and the output
+    // hand items to each other without waking threads (the backends'
+    // blocking reads have threads of their own). A profile of the storms
+    // found a multi-threaded runtime's wake-ups were most of flowtrack's
+    // CPU per flow; one thread halved the eBPF backend's.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
