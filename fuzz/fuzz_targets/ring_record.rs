@@ -10,7 +10,11 @@ fuzz_target!(|data: &[u8]| {
         Ok(Record::Opened(event, _) | Record::Closed(event)) => {
             assert_eq!(event.key.src_addr.is_ipv4(), event.key.dst_addr.is_ipv4());
         }
-        Ok(Record::DnsAnswer { payload, original_len, .. }) => {
+        Ok(Record::DnsAnswer {
+            payload,
+            original_len,
+            ..
+        }) => {
             assert!(payload.len() <= original_len);
         }
         _ => {}

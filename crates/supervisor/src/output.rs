@@ -191,8 +191,10 @@ impl<W: Write> RecordWriter<W> {
 ///
 /// After the key: on a `closed` line the destination's name (its host, or
 /// the server name the client sent, `-` when neither is known), the
-/// counters and the reason; on `opened` and `denied` lines the name when
-/// known; on a `dns` line the lookup and its answer. Last, the process,
+/// counters and the reason; on `opened` lines the name when known; on
+/// `denied` lines the name (`-` when unknown), the policy rule that denied
+/// the flow when it was flowtrack's, and `enforced` or `audit`; on a `dns`
+/// line the lookup and its answer. Last, the process,
 /// `comm[pid]`, when known.
 fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<()> {
     write!(out, "{:>19}", Seconds(record.timestamp_ns()))?;
@@ -246,6 +248,18 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<
                             write!(out, " {}", Printable(cname))?;
                         }
                     }
+                }
+                FlowEventKind::Denied { rule, enforced } => {
+                    write!(
+                        out,
+                        "{:<21} {:<24}",
+                        key.dst(),
+                        Printable(name.unwrap_or("-"))
+                    )?;
+                    if let Some(rule) = rule {
+                        write!(out, "  rule {}", Printable(rule))?;
+                    }
+                    out.write_all(if *enforced { b"  enforced" } else { b"  audit" })?;
                 }
                 // The name column, when something follows the key.
                 _ if name.is_some() || event.process.is_some() => write!(

@@ -1,0 +1,258 @@
+//! `flowtrack run|watch` with an egress policy (`--allow`, `--deny`,
+//! `--policy`, `--mode`, `--fail-on-deny`) and `flowtrack policy suggest`:
+//! bad rules and files stop everything before it starts; audit mode lets
+//! everything through and reports exactly the flows the policy would deny,
+//! on each backend; a suggested policy allows what the recorded run did.
+//! Each kernel test runs in a network namespace of its own.
+
+use std::path::Path;
+use std::process::Output;
+
+use flow_core::FlowEventKind;
+use flow_core::record::{FlowRecord, RecordItem};
+use flowtrack_kernel_tests::{Netns, privileged};
+
+mod common;
+
+use common::{FLOWTRACK, flowtrack_in};
+
+/// The backends, as `--backend` takes them.
+const BACKENDS: [&str; 2] = ["ebpf", "nflog"];
+
+/// The records of a JSON-lines file.
+fn records(path: &Path) -> Vec<FlowRecord<'static>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| FlowRecord::from_json_line(line).unwrap())
+        .collect()
+}
+
+/// The `denied` events of a file: destination, rule, enforced.
+fn denials(path: &Path) -> Vec<(String, Option<String>, bool)> {
+    let mut denials: Vec<_> = records(path)
+        .into_iter()
+        .filter_map(|record| match record.item {
+            RecordItem::Event(event) => match &event.kind {
+                FlowEventKind::Denied { rule, enforced } => Some((
+                    event.key.dst().to_string(),
+                    rule.as_deref().map(str::to_owned),
+                    *enforced,
+                )),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    denials.sort();
+    denials
+}
+
+/// Sends a datagram to port 9 of 127.0.0.1, .2 and .3 (each send
+/// succeeds, or the script fails), then prints `sent`.
+const SEND_THREE: &str = "import socket\n\
+for a in ('127.0.0.1','127.0.0.2','127.0.0.3'): s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.sendto(b'x',(a,9)); s.close()\n\
+print('sent')";
+
+/// `flowtrack run ARGS --format json -o OUT -- ip netns exec NS python3 -c
+/// SCRIPT`, in `netns`.
+fn run_python(netns: &Netns, args: &[&str], out: &Path, script: &str) -> Output {
+    flowtrack_in(netns, &["run"])
+        .args(args)
+        .args(["--format", "json", "-o"])
+        .arg(out)
+        .args([
+            "--",
+            "ip",
+            "netns",
+            "exec",
+            &netns.name,
+            "python3",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn audit_lets_everything_through_and_reports_exactly_the_would_be_denials() {
+    if !privileged("audit_lets_everything_through_and_reports_exactly_the_would_be_denials") {
+        return;
+    }
+    for backend in BACKENDS {
+        let netns = Netns::new();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("flows.jsonl");
+        let policy = [
+            "--backend",
+            backend,
+            "--allow",
+            "udp://127.0.0.1:9",
+            "--deny",
+            "udp://127.0.0.2",
+            "--fail-on-deny",
+        ];
+        let output = run_python(&netns, &policy, &out, SEND_THREE);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "sent\n",
+            "{backend}: {stderr}"
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(4),
+            "{backend}: --fail-on-deny after the command succeeded: {stderr}"
+        );
+        assert_eq!(
+            denials(&out),
+            [
+                (
+                    "127.0.0.2:9".to_owned(),
+                    Some("udp://127.0.0.2".to_owned()),
+                    false
+                ),
+                ("127.0.0.3:9".to_owned(), Some("default".to_owned()), false),
+            ],
+            "{backend}: {}",
+            std::fs::read_to_string(&out).unwrap()
+        );
+        let opened = records(&out)
+            .iter()
+            .filter(|record| record.kind_name() == "opened")
+            .count();
+        assert_eq!(opened, 3, "{backend}: every flow went through");
+        for said in [
+            "flowtrack: 3 flows opened, 3 closed, 2 denied; nothing lost",
+            "flowtrack: denied once: udp 127.0.0.2:9, rule udp://127.0.0.2, audit",
+            "flowtrack: denied once: udp 127.0.0.3:9, rule default, audit",
+        ] {
+            assert!(stderr.contains(said), "{backend}: {said} in {stderr}");
+        }
+        // Without --fail-on-deny, the command's status.
+        let output = run_python(&netns, &policy[..6], &out, SEND_THREE);
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+    }
+}
+
+#[test]
+fn bad_rules_and_files_start_nothing_and_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    let run = |args: &[&str]| {
+        std::process::Command::new(FLOWTRACK)
+            .arg("run")
+            .args(args)
+            .args(["--", "touch"])
+            .arg(dir.path().join("ran"))
+            .output()
+            .unwrap()
+    };
+    let bad_rule = run(&["--allow", "tcp://pypi.org:99999"]);
+    assert_eq!(bad_rule.status.code(), Some(2), "a usage error");
+    assert!(
+        String::from_utf8_lossy(&bad_rule.stderr).contains(
+            "invalid value 'tcp://pypi.org:99999' for '--allow <RULE>': rule \"tcp://pypi.org:99999\": \"99999\" is not a port"
+        ),
+        "{bad_rule:?}"
+    );
+    let mode_alone = run(&["--mode", "enforce"]);
+    assert_eq!(mode_alone.status.code(), Some(2), "{mode_alone:?}");
+    std::fs::write(
+        &file,
+        "mode = \"enforce\"\nallow = [\n  \"tcp://pypi.org:443\",\n  \"tcp://[::1\",\n]\n",
+    )
+    .unwrap();
+    let bad_file = run(&["--policy", file.to_str().unwrap()]);
+    assert_eq!(bad_file.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&bad_file.stderr),
+        format!(
+            "flowtrack: error: {} line 4, column 3: rule \"tcp://[::1\": an IPv6 address opened with [ is never closed with ]\n",
+            file.display()
+        )
+    );
+    std::fs::write(&file, "mode = \"enforce\"\nallw = []\n").unwrap();
+    let unknown = run(&["--policy", file.to_str().unwrap()]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "flowtrack: error: {} line 2, column 1: unknown field `allw`",
+            file.display()
+        )) && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(!dir.path().join("ran").exists(), "the command never ran");
+}
+
+/// A recorded run: a lookup, two connections to what it answered (named),
+/// a connection to a literal address, a ClientHello's server, loopback,
+/// and a connection accepted from outside.
+const RECORDED: &str = concat!(
+    r#"{"ts_ns":1,"kind":"opened","proto":"udp","src":"10.0.0.1","sport":5353,"dst":"10.0.0.53","dport":53,"backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":2,"kind":"dns","proto":"udp","src":"10.0.0.1","sport":5353,"dst":"10.0.0.53","dport":53,"query":"pypi.org","qtype":"A","rcode":"NOERROR","answers":["151.101.0.223"],"cnames":[],"backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":3,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":40000,"dst":"151.101.0.223","dport":443,"host":"pypi.org","backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":4,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":40001,"dst":"151.101.0.223","dport":443,"host":"pypi.org","backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":5,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":40002,"dst":"192.0.2.7","dport":8080,"backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":6,"kind":"closed","proto":"tcp","src":"10.0.0.1","sport":40002,"dst":"192.0.2.7","dport":8080,"packets":6,"bytes":400,"sni":"secure.example","backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":7,"kind":"opened","proto":"udp","src":"127.0.0.1","sport":40003,"dst":"127.0.0.1","dport":9,"backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":8,"kind":"opened","proto":"tcp","src":"192.0.2.99","sport":50000,"dst":"10.0.0.1","dport":22,"inbound":true,"backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+);
+
+#[test]
+fn suggest_allows_what_the_recorded_run_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("run.jsonl");
+    std::fs::write(&events, RECORDED).unwrap();
+    let policy = dir.path().join("policy.toml");
+    let output = std::process::Command::new(FLOWTRACK)
+        .args(["policy", "suggest"])
+        .arg(&events)
+        .arg("-o")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&policy).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "created as -o creates files");
+    let written = std::fs::read_to_string(&policy).unwrap();
+    let rules: Vec<&str> = written
+        .lines()
+        .filter(|line| line.starts_with("    \""))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "    \"any://127.0.0.0/8\",  # 1 connection",
+            "    \"tcp://pypi.org:443\",  # 2 connections (151.101.0.223)",
+            "    \"tcp://secure.example:8080\",  # 1 connection (192.0.2.7)",
+            "    \"udp://10.0.0.53:53\",  # 1 connection",
+        ],
+        "{written}"
+    );
+    assert!(written.contains("mode = \"enforce\""), "{written}");
+    // To stdout without -o; and the file is a policy flowtrack takes.
+    let stdout = std::process::Command::new(FLOWTRACK)
+        .args(["policy", "suggest"])
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&stdout.stdout), written);
+    flow_policy::Policy::builder()
+        .file(&policy)
+        .unwrap()
+        .build()
+        .unwrap()
+        .unwrap();
+}
