@@ -25,18 +25,33 @@ const DNS_PORT: u16 = 53;
 /// first payload, so that its sockets may count in their storage.
 const FIRST_PAYLOAD_PATIENCE: u64 = 16;
 
-/// Whether a packet of `key` (as it travelled) arriving at the scope is a
-/// DNS answer.
+/// Whether the programs copy what names flows (the loader sets it; see
+/// `flow_ebpf_common::CAPTURE_NAMES_GLOBAL`).
+#[unsafe(no_mangle)]
+static CAPTURE_NAMES: u32 = 1;
+
+/// Whether flows are named: when not, nothing is copied, and a packet
+/// pays this load and branch only.
 #[inline(always)]
-pub fn is_dns_answer(key: &RawFlowKey, payload: u32) -> bool {
-    key.src_port == DNS_PORT && payload != 0
+pub fn names_on() -> bool {
+    // SAFETY: a static of the object's read-only data, which the loader
+    // may have rewritten (hence volatile).
+    unsafe { core::ptr::read_volatile(&raw const CAPTURE_NAMES) != 0 }
 }
 
-/// Whether a TCP flow is a DNS-over-TCP stream: its sockets never count in
-/// their storage, so that every answer segment passes here.
+/// Whether a packet of `key` (as it travelled) arriving at the scope is a
+/// DNS answer to copy.
+#[inline(always)]
+pub fn is_dns_answer(key: &RawFlowKey, payload: u32) -> bool {
+    key.src_port == DNS_PORT && payload != 0 && names_on()
+}
+
+/// Whether a TCP flow is a DNS-over-TCP stream whose answers are copied:
+/// its sockets never count in their storage, so that every answer segment
+/// passes here.
 #[inline(always)]
 pub fn is_dns_stream(key: &RawFlowKey) -> bool {
-    key.src_port == DNS_PORT || key.dst_port == DNS_PORT
+    (key.src_port == DNS_PORT || key.dst_port == DNS_PORT) && names_on()
 }
 
 /// Copies a DNS answer (the packet's last `payload` bytes); `canonical` is
@@ -62,7 +77,7 @@ pub fn first_payload_pending(
     let payload = initiator_payload;
     // SAFETY: a pointer from a successful table lookup, valid for this run.
     let flags = unsafe { (&raw const (*state).flags).read_volatile() };
-    if flags & FLAG_FIRST_PAYLOAD != 0 {
+    if flags & FLAG_FIRST_PAYLOAD != 0 || !names_on() {
         return false;
     }
     if payload == 0 {

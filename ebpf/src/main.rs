@@ -232,7 +232,13 @@ fn is_icmp(protocol: u8) -> bool {
 /// and the verifier's limit on the stack of a call chain (512 bytes) is
 /// close.
 #[inline(never)]
-fn open(ctx: &SkBuffContext, key: &RawFlowKey, key_is_original: bool, hook: Hook, len: u64) -> bool {
+fn open(
+    ctx: &SkBuffContext,
+    key: &RawFlowKey,
+    key_is_original: bool,
+    hook: Hook,
+    len: u64,
+) -> bool {
     let now = unsafe { bpf_ktime_get_ns() };
     let mut flags = if hook == Hook::Egress {
         FLAG_ORIG_EGRESS
@@ -346,10 +352,7 @@ fn track_fin_exchange(
         (FLAG_FIN_REPLY, unsafe { &raw mut (*state).fin_ack_reply })
     };
     if packet.tcp_flags & TCP_FIN != 0 {
-        let acked_by = packet
-            .tcp_seq
-            .wrapping_add(packet.payload)
-            .wrapping_add(1);
+        let acked_by = packet.tcp_seq.wrapping_add(packet.payload).wrapping_add(1);
         unsafe { own_fin_ack.write_volatile(acked_by) };
         seen = or(flags, fin_bit) | fin_bit;
     }

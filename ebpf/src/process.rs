@@ -19,12 +19,12 @@ use aya_ebpf::bindings::{
     BPF_F_CLONE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type,
 };
 use aya_ebpf::helpers::generated::{
-    bpf_get_current_ancestor_cgroup_id, bpf_get_current_task, bpf_probe_read_user,
-    bpf_sk_fullsock, bpf_sk_storage_get,
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_task, bpf_probe_read_user, bpf_sk_fullsock,
+    bpf_sk_storage_get,
 };
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+    bpf_probe_read_kernel_str_bytes,
 };
 use aya_ebpf::macros::btf_map;
 use aya_ebpf::programs::{BtfTracePointContext, SkBuffContext, SockContext};
@@ -221,14 +221,8 @@ fn record_exec(task: u64, bprm: u64) {
         (*record).args_len = args_len.min(u64::from(u32::MAX)) as u32;
         (*record).filename[0] = 0;
         (*record).basename[0] = 0;
-        let _ = bpf_probe_read_kernel_str_bytes(
-            filename as *const u8,
-            &mut *(&raw mut (*record).filename),
-        );
-        let _ = bpf_probe_read_kernel_str_bytes(
-            name as *const u8,
-            &mut *(&raw mut (*record).basename),
-        );
+        let _ = bpf_probe_read_kernel_str_bytes(filename as *const u8, &mut (*record).filename);
+        let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*record).basename);
         let read = if copy == 0 {
             -1
         } else {

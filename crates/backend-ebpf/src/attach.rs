@@ -9,9 +9,9 @@ use aya::programs::{
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 use flow_core::FlowError;
 use flow_ebpf_common::{
-    EGRESS_PROGRAM, EVENTS_MAP, EXEC_PROGRAM, FLOWS_MAP, FORK_PROGRAM, INGRESS_PROGRAM,
-    OWN_SLOT_CPUS_GLOBAL, SCOPE_CGROUP_ID_GLOBAL, SCOPE_CGROUP_LEVEL_GLOBAL, SOCK_CREATE_PROGRAM,
-    SOCK_RELEASE_PROGRAM,
+    CAPTURE_NAMES_GLOBAL, EGRESS_PROGRAM, EVENTS_MAP, EXEC_PROGRAM, FLOWS_MAP, FORK_PROGRAM,
+    INGRESS_PROGRAM, OWN_SLOT_CPUS_GLOBAL, SCOPE_CGROUP_ID_GLOBAL, SCOPE_CGROUP_LEVEL_GLOBAL,
+    SOCK_CREATE_PROGRAM, SOCK_RELEASE_PROGRAM,
 };
 
 use crate::kernel_offsets;
@@ -55,16 +55,22 @@ impl Attached {
         })?;
         // Without the kernel's offsets, processes are still attributed
         // (pid, command name, user), only without their program.
-        let offsets = kernel_offsets::resolve()
-            .inspect_err(|why| {
-                tracing::warn!("processes' programs and command lines will be unknown: {why}");
-            })
-            .unwrap_or_default();
+        let offsets = if config.processes {
+            kernel_offsets::resolve()
+                .inspect_err(|why| {
+                    tracing::warn!("processes' programs and command lines will be unknown: {why}");
+                })
+                .unwrap_or_default()
+        } else {
+            kernel_offsets::Offsets::default()
+        };
+        let capture_names = u32::from(config.names);
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(EVENTS_MAP, config.ring_bytes)
             .map_max_entries(FLOWS_MAP, config.flow_table_entries)
             .override_global(OWN_SLOT_CPUS_GLOBAL, &config.own_slot_cpus, true)
+            .override_global(CAPTURE_NAMES_GLOBAL, &capture_names, true)
             .override_global(SCOPE_CGROUP_ID_GLOBAL, &scope.id, true)
             .override_global(SCOPE_CGROUP_LEVEL_GLOBAL, &scope.level, true);
         for (global, offset) in &offsets {
@@ -92,7 +98,12 @@ impl Attached {
                 .map_err(|e| program_error(name, "attaching", e))?;
             programs.push((name, program_id(name, program.info())?));
         }
-        for name in [SOCK_RELEASE_PROGRAM, SOCK_CREATE_PROGRAM] {
+        let sock_programs: &[&str] = if config.processes {
+            &[SOCK_RELEASE_PROGRAM, SOCK_CREATE_PROGRAM]
+        } else {
+            &[SOCK_RELEASE_PROGRAM]
+        };
+        for &name in sock_programs {
             let program: &mut CgroupSock = program(&mut ebpf, name)?;
             program
                 .load()

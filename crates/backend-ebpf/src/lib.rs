@@ -87,6 +87,8 @@ pub struct EbpfConfig {
     pub(crate) sweep_interval: Duration,
     pub(crate) own_slot_cpus: u32,
     pub(crate) name_cache_entries: NonZeroUsize,
+    pub(crate) names: bool,
+    pub(crate) processes: bool,
 }
 
 impl EbpfConfig {
@@ -104,7 +106,27 @@ impl EbpfConfig {
             sweep_interval: Duration::from_secs(1),
             own_slot_cpus: flow_ebpf_common::SOCKET_COUNTER_SLOTS as u32,
             name_cache_entries: flow_enrich::DEFAULT_NAME_CACHE_ENTRIES,
+            names: true,
+            processes: true,
         }
+    }
+
+    /// Whether flows are named (default yes): with `false` the programs
+    /// copy no DNS answer or first payload, and events carry no `host`,
+    /// `sni` or `dns` lookups.
+    #[must_use]
+    pub fn names(mut self, names: bool) -> Self {
+        self.names = names;
+        self
+    }
+
+    /// Whether flows are attributed to processes (default yes): with
+    /// `false` neither the `sock_create` program nor the exec and fork
+    /// tracing programs are loaded, and events carry no process.
+    #[must_use]
+    pub fn processes(mut self, processes: bool) -> Self {
+        self.processes = processes;
+        self
     }
 
     /// Addresses whose names (from the scope's DNS answers) are kept at

@@ -27,7 +27,8 @@ const WAITING_HELLOS: usize = 256;
 /// Names and attributes the listener's flow events.
 pub(crate) struct Annotator {
     enricher: Enricher,
-    owners: Owners,
+    /// Finds the owners of flows, unless processes are not attributed.
+    owners: Option<Owners>,
     /// TCP flows reported opened and not yet closed.
     open: HashSet<FlowKey>,
     /// ClientHellos read before their flow was reported opened.
@@ -35,12 +36,13 @@ pub(crate) struct Annotator {
 }
 
 impl Annotator {
-    /// An annotator for the flows of `members`' sockets, keeping the names
-    /// of `names` addresses at most.
-    pub(crate) fn new(members: Members, names: NonZeroUsize) -> Self {
+    /// An annotator for the flows of `members`' sockets (none: flows are
+    /// not attributed to processes), keeping the names of `names`
+    /// addresses at most.
+    pub(crate) fn new(members: Option<Members>, names: NonZeroUsize) -> Self {
         Self {
             enricher: Enricher::new(EnrichConfig::default().names(names)),
-            owners: Owners::new(members),
+            owners: members.map(Owners::new),
             open: HashSet::new(),
             hellos: LruCache::new(NonZeroUsize::new(WAITING_HELLOS).map_or(1, NonZeroUsize::get)),
         }
@@ -53,8 +55,9 @@ impl Annotator {
         let Some(key) = packet.key else { return };
         match (packet.prefix.as_str(), packet.payload) {
             (NEW_FLOW_PREFIX, _) => {
-                self.owners
-                    .new_flow_logged(key, packet.hook, packet.uid, packet.gid);
+                if let Some(owners) = &mut self.owners {
+                    owners.new_flow_logged(key, packet.hook, packet.uid, packet.gid);
+                }
             }
             // The answer travels resolver → asker; the lookup's flow is
             // the other way. (A kernel whose rules cannot test for a
@@ -84,7 +87,10 @@ impl Annotator {
         let key = event.key;
         match event.kind {
             FlowEventKind::Opened => {
-                let (owner, inbound) = self.owners.owner(&key);
+                let (owner, inbound) = self
+                    .owners
+                    .as_mut()
+                    .map_or((None, false), |owners| owners.owner(&key));
                 let event = self.enricher.opened(event.inbound(inbound), owner);
                 if key.protocol == protocol::TCP {
                     self.open.insert(key);
@@ -131,7 +137,7 @@ mod tests {
 
     fn annotator() -> Annotator {
         Annotator::new(
-            Members::Cgroup("/nonexistent".into()),
+            Some(Members::Cgroup("/nonexistent".into())),
             flow_enrich::DEFAULT_NAME_CACHE_ENTRIES,
         )
     }

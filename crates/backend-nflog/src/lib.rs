@@ -132,6 +132,8 @@ pub struct NflogConfig {
     pub(crate) max_receive_buffer: usize,
     pub(crate) owned_table: bool,
     pub(crate) name_cache_entries: NonZeroUsize,
+    pub(crate) names: bool,
+    pub(crate) processes: bool,
 }
 
 impl NflogConfig {
@@ -199,6 +201,23 @@ impl NflogConfig {
         self
     }
 
+    /// Whether flows are named (default yes): with `false` the table has no
+    /// rule that logs DNS answers or ClientHellos, and events carry no
+    /// `host`, `sni` or `dns` lookups.
+    #[must_use]
+    pub fn names(mut self, names: bool) -> Self {
+        self.names = names;
+        self
+    }
+
+    /// Whether flows are attributed to processes (default yes): with
+    /// `false` no socket is looked up, and events carry no process.
+    #[must_use]
+    pub fn processes(mut self, processes: bool) -> Self {
+        self.processes = processes;
+        self
+    }
+
     /// The most the buffer grows to after overruns (default 64 MiB).
     ///
     /// # Errors
@@ -245,6 +264,8 @@ impl Default for NflogConfig {
             max_receive_buffer: 64 << 20,
             owned_table: true,
             name_cache_entries: flow_enrich::DEFAULT_NAME_CACHE_ENTRIES,
+            names: true,
+            processes: true,
         }
     }
 }

@@ -244,12 +244,14 @@ impl Session {
         let _ = remove_leftover_tables(&mut nft);
         let mut create = |inner_payload: bool| {
             let make = |mark| {
-                let table = Table::new(mark, scope, log_group);
-                if inner_payload {
-                    table
-                } else {
-                    table.without_inner_payload()
+                let mut table = Table::new(mark, scope, log_group);
+                if !inner_payload {
+                    table = table.without_inner_payload();
                 }
+                if !config.names {
+                    table = table.without_names();
+                }
+                table
             };
             rules::create_with_free_mark(mark_candidates(), make, |table| {
                 let seq = nft.next_seq();
@@ -295,7 +297,10 @@ impl Session {
             log_sequence: nflog::Sequence::default(),
             denied: HashMap::new(),
             // After entering the namespace: its sock_diag socket is there.
-            annotator: Annotator::new(members, config.name_cache_entries),
+            annotator: Annotator::new(
+                config.processes.then_some(members),
+                config.name_cache_entries,
+            ),
             _settings: settings,
         })
     }

@@ -121,6 +121,8 @@ pub(crate) struct Table {
     /// payload base, Linux 6.2): without it, no ClientHello is logged, and
     /// DNS-over-TCP segments are logged with or without a payload.
     pub(crate) inner_payload: bool,
+    /// Whether DNS answers and ClientHellos are logged (flows named).
+    pub(crate) names: bool,
 }
 
 impl Table {
@@ -132,7 +134,14 @@ impl Table {
             mark,
             log_group,
             inner_payload: true,
+            names: true,
         }
+    }
+
+    /// The same table, logging nothing that names flows.
+    pub(crate) fn without_names(mut self) -> Self {
+        self.names = false;
+        self
     }
 
     /// The same table, for a kernel whose rules cannot read the transport
@@ -520,13 +529,16 @@ pub(crate) fn create_batch(table: &Table, first_seq: u32, owned: bool) -> (Vec<u
         RuleScope::Netns => ("prerouting", HOOK_PREROUTING),
         RuleScope::Cgroup { .. } => ("input", HOOK_INPUT),
     };
-    let [dns_udp, dns_tcp] = dns_answer_rules(table);
+    let mut inbound_rules = vec![new_flow_rule(table)];
     let mut outbound = vec![new_flow_rule(table)];
-    if table.inner_payload {
-        outbound.push(client_hello_rule(table));
+    if table.names {
+        inbound_rules.extend(dns_answer_rules(table));
+        if table.inner_payload {
+            outbound.push(client_hello_rule(table));
+        }
     }
     let chains = [
-        (inbound, vec![new_flow_rule(table), dns_udp, dns_tcp]),
+        (inbound, inbound_rules),
         (("output", HOOK_OUTPUT), outbound),
     ];
     batch(first_seq, |next| {
@@ -772,6 +784,16 @@ mod tests {
             assert_eq!(&hello[..4], ["meta", "cmp", "ct", "cmp"]);
             assert_eq!(hello.iter().filter(|name| *name == "payload").count(), 2);
         }
+    }
+
+    #[test]
+    fn without_names_only_new_flows_are_logged() {
+        let scope = RuleScope::Cgroup { id: 9, level: 1 };
+        let table = Table::new(MARK_BIT, scope, 7).without_names();
+        let rules = rules_of(&create_batch(&table, 1, true).0);
+        let prefixes: Vec<&str> = rules.iter().map(|rule| rule.2.as_str()).collect();
+        use crate::nflog::NEW_FLOW_PREFIX;
+        assert_eq!(prefixes, [NEW_FLOW_PREFIX, NEW_FLOW_PREFIX]);
     }
 
     #[test]

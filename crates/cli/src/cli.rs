@@ -237,6 +237,13 @@ pub(crate) struct BackendArgs {
     /// (reported: name_cache_eviction). Default: 65,536.
     #[arg(long, value_name = "ADDRESSES", value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
     pub(crate) name_cache_entries: Option<u32>,
+    /// Do not name flows: no backend reads DNS answers or TLS ClientHellos
+    /// (no `host`, `sni` or `dns` lines).
+    #[arg(long, conflicts_with = "name_cache_entries")]
+    pub(crate) no_names: bool,
+    /// Do not attribute flows to processes (no pid, program or user).
+    #[arg(long)]
+    pub(crate) no_processes: bool,
     /// `both`: show each backend's events as they come, without
     /// correlating them into one event per flow.
     #[arg(long)]
@@ -268,6 +275,12 @@ impl BackendArgs {
             .and_then(|addresses| std::num::NonZeroUsize::new(addresses as usize))
         {
             options = options.name_cache_entries(addresses);
+        }
+        if self.no_names {
+            options = options.without_names();
+        }
+        if self.no_processes {
+            options = options.without_processes();
         }
         options
     }

@@ -360,7 +360,7 @@ bad=[t for t in links if 'bpf' in t or 'socket' in t]\n\
 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
 s.connect(('127.0.0.1',9))\n\
 s.send(b'x'*100)\n\
-print(os.getuid(), os.getgid(), s.getsockname()[1], len(bad))";
+print(os.getuid(), os.getgid(), s.getsockname()[1], len(bad), os.getpid())";
 
 #[test]
 fn run_as_another_user_keeps_observing_and_leaks_no_descriptor() {
@@ -398,9 +398,155 @@ fn run_as_another_user_keeps_observing_and_leaks_no_descriptor() {
                 fields[3], 0,
                 "no socket or BPF descriptor inherited ({backend})"
             );
-            assert_one_udp_flow(&out, backend, u16::try_from(fields[2]).unwrap());
+            let closed = assert_one_udp_flow(&out, backend, u16::try_from(fields[2]).unwrap());
+            let process = closed.process.expect("the flow carries its process");
+            assert_eq!(
+                (process.uid, process.gid),
+                (Some(65534), Some(65534)),
+                "{backend}: the flow is nobody's"
+            );
+            match backend {
+                // The nflog backend finds pids at best effort (README).
+                "nflog" => assert!(process.pid.is_none_or(|pid| pid == fields[4])),
+                _ => assert_eq!(process.pid, Some(fields[4]), "{backend}: the child's pid"),
+            }
         },
     );
+}
+
+/// `--no-names --no-processes`: the main job's flows are all reported,
+/// and nothing names or attributes them; by default, the same run names
+/// and attributes them.
+#[test]
+fn without_names_and_processes_flows_are_bare() {
+    each_backend(
+        "without_names_and_processes_flows_are_bare",
+        |backend, netns| {
+            let workload = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/workload.py");
+            let run = |extra: &[&str]| {
+                let dir = tempfile::tempdir().unwrap();
+                let out = dir.path().join("flows.jsonl");
+                let mut args = vec!["run", "--backend", backend.name, "--format", "json"];
+                args.extend_from_slice(extra);
+                args.push("-o");
+                let output = flowtrack_in(netns, &args)
+                    .arg(&out)
+                    .args(["--", "python3", workload])
+                    .output()
+                    .unwrap();
+                assert!(output.status.success(), "{output:?}");
+                let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+                (std::fs::read_to_string(&out).unwrap(), stderr)
+            };
+            let (bare, stderr) = run(&["--no-names", "--no-processes"]);
+            assert!(
+                stderr.contains("flowtrack: 4 flows opened, 4 closed; nothing lost"),
+                "{}: {stderr}",
+                backend.name
+            );
+            for field in [
+                "\"host\"", "\"sni\"", "\"dns\"", "\"pid\"", "\"uid\"", "\"comm\"",
+            ] {
+                assert!(!bare.contains(field), "{}: {field} in {bare}", backend.name);
+            }
+            let (named, stderr) = run(&[]);
+            assert!(
+                stderr.contains("flowtrack: 4 flows opened, 4 closed, 1 lookup; nothing lost"),
+                "{}: {stderr}",
+                backend.name
+            );
+            for field in [
+                "\"host\":\"files.example.test\"",
+                "\"sni\":\"secure.example.test\"",
+                "\"uid\":0",
+            ] {
+                assert!(
+                    named.contains(field),
+                    "{}: no {field} in {named}",
+                    backend.name
+                );
+            }
+        },
+    );
+}
+
+/// `--cmdline` writes the command line of the process behind each flow,
+/// and `--group-by process` sums the flows per program: the table's row
+/// names the executable the events name.
+#[test]
+fn cmdline_and_the_table_of_programs() {
+    each_backend("cmdline_and_the_table_of_programs", |backend, netns| {
+        let backend = backend.name;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("flows.jsonl");
+        let args = [
+            "run",
+            "--backend",
+            backend,
+            "--format",
+            "json",
+            "--cmdline",
+            "--summary",
+            "json",
+            "--group-by",
+            "process",
+            "-o",
+        ];
+        let output = flowtrack_in(netns, &args)
+            .arg(&out)
+            .args(["--", "python3", "-c", SEND_UDP])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(7), "{output:?}");
+        let lines = std::fs::read_to_string(&out).unwrap();
+        let closed = lines
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .find(|record| record["kind"] == "closed")
+            .unwrap_or_else(|| panic!("{backend}: no closed line in {lines}"));
+        // `python3` may be a wrapper (pyenv's shim) that runs the real
+        // interpreter by its path: the command line is the interpreter's,
+        // and the executable the file its first argument names.
+        let is_the_interpreters = |cmdline: &serde_json::Value| {
+            let args: Vec<&str> = cmdline
+                .as_array()
+                .unwrap_or_else(|| panic!("{lines}"))
+                .iter()
+                .map(|arg| arg.as_str().unwrap())
+                .collect();
+            assert!(args[0].ends_with("python3"), "{lines}");
+            assert_eq!(args[1..], ["-c", SEND_UDP], "{lines}");
+            std::fs::canonicalize(args[0]).unwrap()
+        };
+        match backend {
+            // Best effort: what it found must be right.
+            "nflog" => {
+                if let Some(cmdline) = closed.get("cmdline") {
+                    is_the_interpreters(cmdline);
+                }
+            }
+            _ => {
+                let python = is_the_interpreters(&closed["cmdline"]);
+                assert_eq!(closed["exe"], python.to_str().unwrap(), "{lines}");
+            }
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let table: serde_json::Value = stderr
+            .lines()
+            .find_map(|line| serde_json::from_str(line).ok())
+            .unwrap_or_else(|| panic!("{backend}: no JSON summary in {stderr}"));
+        let programs = table["programs"].as_array().unwrap();
+        assert_eq!(programs.len(), 1, "{stderr}");
+        let program = &programs[0];
+        let expected = match (closed.get("exe"), closed.get("comm")) {
+            (Some(exe), _) => exe.clone(),
+            (None, Some(comm)) => format!("[{}]", comm.as_str().unwrap()).into(),
+            (None, None) => "?".into(),
+        };
+        assert_eq!(program["program"], expected, "{stderr}");
+        assert_eq!(program["uid"], 0, "{stderr}");
+        assert_eq!(program["connections"], 1, "{stderr}");
+    });
 }
 
 #[test]

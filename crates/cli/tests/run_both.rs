@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use flow_core::process::Attribution;
 use flow_core::record::{FlowRecord, RecordItem};
 use flow_core::{FlowEventKind, FlowKey};
 use flowtrack_kernel_tests::{
@@ -27,13 +28,19 @@ u.sendto(b'x'*10,('127.0.0.1',9))\n";
 
 /// The records flowtrack wrote running WORKLOAD with `flags`.
 fn run(flags: &[&str]) -> Vec<FlowRecord<'static>> {
+    run_command(flags, &["python3", "-c", WORKLOAD])
+}
+
+/// The records flowtrack wrote running `command` with `flags`.
+fn run_command(flags: &[&str], command: &[&str]) -> Vec<FlowRecord<'static>> {
     let netns = Netns::new();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("flows.jsonl");
     let mut args = vec!["run", "--format", "json", "-o", out.to_str().unwrap()];
     args.extend_from_slice(flags);
     let output = flowtrack_in(&netns, &args)
-        .args(["--", "python3", "-c", WORKLOAD])
+        .arg("--")
+        .args(command)
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
@@ -112,6 +119,66 @@ fn both_backends_see_the_same_flows_and_correlated_each_comes_out_once() {
     assert!(opened.values().all(|n| *n == 1), "{records:#?}");
     assert_eq!(opened, closed);
     assert_eq!(shape(&opened.keys().copied().collect()), expected);
+}
+
+/// The README's main job under `both`: each flow and the lookup come out
+/// once, every flow named as the workload's lookup and ClientHello name
+/// it, and carrying the one process that made them, as the kernel
+/// attributed it (the eBPF backend's attribution wins over nflog's best
+/// effort).
+#[test]
+fn under_both_names_and_processes_come_out_once() {
+    if !privileged("under_both_names_and_processes_come_out_once") {
+        return;
+    }
+    let workload = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/workload.py");
+    let records = run_command(&["--backend", "both"], &["python3", workload]);
+    let mut opened = BTreeSet::new();
+    let mut closed = BTreeMap::new();
+    let mut lookups = Vec::new();
+    let mut pids = BTreeSet::new();
+    for record in &records {
+        let RecordItem::Event(event) = &record.item else {
+            panic!("only events: {record:?}")
+        };
+        let process = event
+            .process
+            .as_deref()
+            .expect("every line has its process");
+        assert_eq!(process.attribution, Attribution::Kernel, "{record:?}");
+        assert_eq!(process.comm.as_deref(), Some("python3"), "{record:?}");
+        pids.insert(process.pid);
+        match &event.kind {
+            FlowEventKind::Opened => assert!(opened.insert(event.key), "opened twice: {record:?}"),
+            FlowEventKind::Closed { .. } => {
+                let name = event
+                    .host
+                    .as_deref()
+                    .or(event.sni.as_deref())
+                    .map(str::to_owned);
+                assert!(
+                    closed.insert(event.key, name).is_none(),
+                    "closed twice: {record:?}"
+                );
+            }
+            FlowEventKind::Dns(lookup) => lookups.push(lookup.query.to_string()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(pids.len(), 1, "one process made every flow: {pids:?}");
+    assert_eq!(lookups, ["files.example.test"]);
+    assert_eq!(opened.len(), 4);
+    assert_eq!(opened, closed.keys().copied().collect());
+    let names: BTreeSet<Option<&str>> = closed.values().map(Option::as_deref).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            None,
+            Some("files.example.test"),
+            Some("secure.example.test")
+        ]),
+        "{closed:?}"
+    );
 }
 
 #[test]
@@ -250,9 +317,11 @@ fn a_backend_failing_mid_run_degrades_the_run_and_the_other_goes_on() {
         .unwrap();
     let lines = std::fs::read_to_string(&out).unwrap();
     assert!(
-        lines.contains(&format!(
-            r#""sport":{sport},"dst":"127.0.0.1","dport":9,"packets":1,"bytes":128,"reason":"scope_ended","backend":"nflog","backends":["nflog"]"#
-        )),
+        lines.lines().any(|line| {
+            line.contains(&format!(
+                r#""sport":{sport},"dst":"127.0.0.1","dport":9,"packets":1,"bytes":128,"reason":"scope_ended","#
+            )) && line.ends_with(r#""backend":"nflog","backends":["nflog"]}"#)
+        }),
         "{lines}"
     );
 }

@@ -24,6 +24,10 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 /// a [`SocketCounts`] slot of their own; the loader may lower it from
 /// [`SOCKET_COUNTER_SLOTS`].
 pub const OWN_SLOT_CPUS_GLOBAL: &str = "OWN_SLOT_CPUS";
+/// Name of the read-only global (a `u32`) that says whether the programs
+/// copy what names flows (DNS answers, the initiator's first payload): 1
+/// by default, 0 when the loader turns naming off.
+pub const CAPTURE_NAMES_GLOBAL: &str = "CAPTURE_NAMES";
 /// Name of the egress `cgroup_skb` program.
 pub const EGRESS_PROGRAM: &str = "flowtrack_egress";
 /// Name of the ingress `cgroup_skb` program.

@@ -93,6 +93,8 @@ pub struct Options {
     ring_bytes: Option<u32>,
     name_cache_entries: Option<std::num::NonZeroUsize>,
     enforce: Option<Arc<Policy>>,
+    without_names: bool,
+    without_processes: bool,
 }
 
 impl Options {
@@ -154,6 +156,22 @@ impl Options {
             enforce: None,
             ..self.clone()
         }
+    }
+
+    /// Every backend leaves flows unnamed: it reads no DNS answer and no
+    /// ClientHello (default: flows are named).
+    #[must_use]
+    pub fn without_names(mut self) -> Self {
+        self.without_names = true;
+        self
+    }
+
+    /// Every backend leaves flows unattributed to processes (default:
+    /// they are attributed).
+    #[must_use]
+    pub fn without_processes(mut self) -> Self {
+        self.without_processes = true;
+        self
     }
 }
 
@@ -231,6 +249,9 @@ fn open_ebpf(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, Fl
             if let Some(addresses) = options.name_cache_entries {
                 config = config.name_cache_entries(addresses);
             }
+            config = config
+                .names(!options.without_names)
+                .processes(!options.without_processes);
             Ok(Box::new(EbpfSource::new(config)))
         }
         Scope::Netns(_) => Err(FlowError::unavailable(
@@ -267,6 +288,9 @@ fn open_nflog(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, F
     if let Some(addresses) = options.name_cache_entries {
         config = config.name_cache_entries(addresses);
     }
+    config = config
+        .names(!options.without_names)
+        .processes(!options.without_processes);
     Ok(Box::new(NflogSource::new(config)))
 }
 

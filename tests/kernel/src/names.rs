@@ -427,14 +427,17 @@ pub async fn a_family_of_processes(
 }
 
 /// A server in the scope: prints its pid and port, accepts one connection
-/// and echoes a byte.
+/// and echoes a byte; it keeps listening until its input ends, so that a
+/// backend that looks the owner up after the connection ended (nflog)
+/// still finds the process.
 const SERVER: &str = r#"
-import os, socket
+import os, socket, sys
 with socket.create_server(("127.0.0.1", 0)) as listener:
     print(os.getpid(), listener.getsockname()[1], flush=True)
     connection, _ = listener.accept()
     with connection:
         connection.sendall(connection.recv(1))
+    sys.stdin.read()
 "#;
 
 /// A connection from outside the scope to a server inside it is
@@ -451,6 +454,7 @@ pub async fn an_accepted_connection_carries_the_servers_process(
     let mut server = env
         .cgroup
         .wrap(&python)
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3 starts");
@@ -464,7 +468,6 @@ pub async fn an_accepted_connection_carries_the_servers_process(
     let (pid, port): (u32, u16) = (pid.parse().unwrap(), port.parse().unwrap());
     let flows =
         crate::generate(&mut env.traffic(&["tcp", &format!("127.0.0.1:{port}"), "--bytes", "1"]));
-    let _ = server.wait();
     let key = flows[0].key();
     let observed = observe_until(
         stream,
@@ -472,6 +475,8 @@ pub async fn an_accepted_connection_carries_the_servers_process(
         Duration::from_secs(20),
     )
     .await;
+    drop(server.stdin.take());
+    let _ = server.wait();
     let process = observed
         .processes
         .get(&key)

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use flow_core::FlowEvent;
 use flow_core::record::{FlowRecord, RecordItem};
 use flowtrack_kernel_tests::{Netns, TestCgroup};
 
@@ -18,9 +19,11 @@ use flowtrack_kernel_tests::{Netns, TestCgroup};
 pub(crate) const FLOWTRACK: &str = env!("CARGO_BIN_EXE_flowtrack");
 
 /// `out` (JSON lines) holds exactly the opening and closing of SEND_UDP's
-/// flow from `sport`, seen by `backend`, with its one datagram counted.
-pub(crate) fn assert_one_udp_flow(out: &Path, backend: &str, sport: u16) {
+/// flow from `sport`, seen by `backend`, with its one datagram counted,
+/// and no command line (written only with `--cmdline`); the closing.
+pub(crate) fn assert_one_udp_flow(out: &Path, backend: &str, sport: u16) -> FlowEvent {
     let lines = std::fs::read_to_string(out).unwrap();
+    assert!(!lines.contains("\"cmdline\""), "{lines}");
     let records: Vec<FlowRecord<'static>> = lines
         .lines()
         .map(|l| FlowRecord::from_json_line(l).unwrap())
@@ -48,6 +51,7 @@ pub(crate) fn assert_one_udp_flow(out: &Path, backend: &str, sport: u16) {
         },
         "one datagram: 100 + 8 + 20 bytes"
     );
+    closed.clone().into_owned()
 }
 
 /// `flowtrack ARGS` inside `netns`.
