@@ -233,13 +233,10 @@ fn open_ebpf(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, Fl
     use flow_backend_ebpf::{BACKEND_NAME, EbpfConfig, EbpfSource};
     match scope {
         Scope::Cgroup(path) => {
-            if options.enforce.is_some() {
-                return Err(FlowError::unavailable(
-                    BACKEND_NAME,
-                    "it cannot enforce a policy in this build",
-                ));
-            }
             let mut config = EbpfConfig::new(path.clone());
+            if let Some(policy) = &options.enforce {
+                config = config.enforce(Arc::clone(policy));
+            }
             if let Some(entries) = options.flow_table_entries {
                 config = config.flow_table_entries(entries)?;
             }
