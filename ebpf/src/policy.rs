@@ -126,7 +126,7 @@ fn check_hook(dst: [u8; 16], family: u8, user_port: u32, protocol: u32) -> i32 {
     if rule == ALLOWED {
         return ACCEPT;
     }
-    report(&key, rule as u16, |owner| process::current(owner));
+    report(&key, rule as u16, process::current);
     REJECT
 }
 

@@ -403,3 +403,107 @@ fn enforce_refuses_denied_destinations_at_once_with_eperm() {
         );
     }
 }
+
+/// Enforcement that cannot be put in place starts nothing: a name rule
+/// (not enforced yet), or a backend that cannot enforce.
+#[test]
+fn enforce_mode_that_cannot_be_put_in_place_starts_nothing() {
+    if !privileged("enforce_mode_that_cannot_be_put_in_place_starts_nothing") {
+        return;
+    }
+    let netns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    for (args, why) in [
+        (
+            ["--backend", "ebpf", "--allow", "tcp://pypi.org:443"],
+            "ebpf backend unavailable: enforce mode takes address rules only; name rules (tcp://pypi.org:443) are not enforced yet",
+        ),
+        (
+            ["--backend", "nflog", "--allow", "tcp://127.0.0.1:443"],
+            "nflog backend unavailable: it cannot enforce a policy in this build",
+        ),
+    ] {
+        let output = flowtrack_in(&netns, &["run", "--mode", "enforce"])
+            .args(args)
+            .args(["--", "touch"])
+            .arg(&ran)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.starts_with(
+                "flowtrack: error: cannot enforce the policy, so the command was not started: "
+            ) && stderr.contains(why)
+                && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+        assert!(!ran.exists(), "the command never ran");
+    }
+}
+
+/// Sends a datagram to port 9 of each address of `sys.argv[1:]`, then
+/// prints `sent` (a refused send fails the script).
+const SEND_TO: &str = "import socket, sys\n\
+for a in sys.argv[1:]: s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.sendto(b'x',(a,9)); s.close()\n\
+print('sent')";
+
+/// The round trip: a run recorded with no policy, the policy suggested
+/// from it, the same workload enforced under it (nothing denied), then a
+/// new destination (refused with EPERM, denied).
+#[test]
+fn a_suggested_policy_enforced_allows_the_run_and_denies_a_new_destination() {
+    if !privileged("a_suggested_policy_enforced_allows_the_run_and_denies_a_new_destination") {
+        return;
+    }
+    let netns = Netns::new();
+    // Addresses of the namespace's own that are not loopback (a suggested
+    // policy allows loopback as a whole).
+    for address in ["192.0.2.1/32", "192.0.2.2/32"] {
+        let status = std::process::Command::new("ip")
+            .args(["-n", &netns.name, "addr", "add", address, "dev", "lo"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = dir.path().join("recorded.jsonl");
+    let policy = dir.path().join("policy.toml");
+    let run = |args: &[&str], out: &Path, to: &[&str]| {
+        flowtrack_in(&netns, &["run", "--backend", "ebpf"])
+            .args(args)
+            .args(["--format", "json", "-o"])
+            .arg(out)
+            .args(["--", "python3", "-c", SEND_TO])
+            .args(to)
+            .output()
+            .unwrap()
+    };
+    let output = run(&[], &recorded, &["192.0.2.1"]);
+    assert!(output.status.success(), "{output:?}");
+    let suggested = std::process::Command::new(FLOWTRACK)
+        .args(["policy", "suggest"])
+        .arg(&recorded)
+        .arg("-o")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(suggested.status.success(), "{suggested:?}");
+    let written = std::fs::read_to_string(&policy).unwrap();
+    assert!(written.contains("\"udp://192.0.2.1:9\""), "{written}");
+    let policy_args = ["--policy", policy.to_str().unwrap(), "--fail-on-deny"];
+    let enforced = dir.path().join("enforced.jsonl");
+    let output = run(&policy_args, &enforced, &["192.0.2.1"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}\n{written}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "sent\n");
+    assert_eq!(denials(&enforced), [], "nothing denied");
+    let output = run(&policy_args, &enforced, &["192.0.2.1", "192.0.2.2"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("PermissionError"), "{stderr}");
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert_eq!(
+        denials(&enforced),
+        [("192.0.2.2:9".to_owned(), Some("default".to_owned()), true)]
+    );
+}
