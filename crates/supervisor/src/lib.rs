@@ -25,6 +25,7 @@
 
 pub mod audit;
 pub mod backend;
+mod columns;
 pub mod dedup;
 pub mod merge;
 pub mod output;
