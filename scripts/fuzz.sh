@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-30}
-for target in ring_record json_line ctnetlink nflog dns_response dns_over_tcp client_hello; do
+for target in ring_record json_line ctnetlink nflog dns_response dns_over_tcp client_hello policy; do
     echo "== fuzz $target for ${seconds}s"
     scratch=$(mktemp -d)
     log=$(mktemp)

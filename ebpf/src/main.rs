@@ -4,7 +4,8 @@
 //! meanwhile: [`socket`]), and emit a ring-buffer record only when a flow
 //! opens or closes; `cgroup/sock_release` hands a TCP socket's counts to
 //! the table and closes connected UDP flows when their socket goes. The
-//! programs always let packets pass: they observe, never filter.
+//! programs let packets pass: they observe, and filter only in enforce
+//! mode ([`policy`]).
 
 #![no_std]
 #![no_main]
@@ -30,6 +31,7 @@ use crate::parse::{Packet, parse};
 
 mod capture;
 mod parse;
+mod policy;
 mod process;
 mod socket;
 
@@ -51,6 +53,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 
 
 /// `cgroup_skb` verdict: let the packet through.
 const PASS: i32 = 1;
+/// `cgroup_skb` verdict: drop the packet (enforce mode only: [`policy`]).
+const DROP: i32 = 0;
 
 const PROTO_ICMP: u8 = 1;
 const PROTO_TCP: u8 = 6;
@@ -70,6 +74,10 @@ enum Hook {
 
 #[cgroup_skb(egress)]
 pub fn flowtrack_egress(ctx: SkBuffContext) -> i32 {
+    // A denied echo request never leaves, and is not observed.
+    if policy::drops_echo_request(&ctx) {
+        return DROP;
+    }
     observe(&ctx, Hook::Egress);
     PASS
 }

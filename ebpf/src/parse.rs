@@ -66,7 +66,10 @@ fn read_bytes<const N: usize, const B: usize>(
 }
 
 /// The packet's key and TCP state; `None` for what is not a flow's packet
-/// (other protocols, later fragments, ICMP errors) or is truncated.
+/// (other protocols, later fragments, ICMP errors) or is truncated. Always
+/// inlined: a function returning it would take a BTF type the kernel
+/// refuses (an `Option` of it).
+#[inline(always)]
 pub fn parse(ctx: &SkBuffContext) -> Option<Packet> {
     let mut key = RawFlowKey::default();
     // One read per header, straight from the packet where possible: a

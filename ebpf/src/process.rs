@@ -133,11 +133,19 @@ pub fn remember_owner(ctx: &SockContext) {
     if owner.is_null() {
         return;
     }
+    current(owner);
+}
+
+/// Writes the current process into `owner` (programs that run in the
+/// process's own context: `sock_create`, the socket-address hooks).
+#[inline(always)]
+pub fn current(owner: *mut RawOwner) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     // SAFETY: this CPU's task, read through the helper.
     let task = unsafe { bpf_get_current_task() };
-    // SAFETY: a storage pointer, valid for this run.
+    // SAFETY: the caller's pointer to an owner (socket storage or a
+    // reserved record), valid for this run.
     unsafe {
         (*owner).tgid = (pid_tgid >> 32) as u32;
         (*owner).uid = uid_gid as u32;

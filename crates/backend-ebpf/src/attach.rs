@@ -9,12 +9,12 @@ use aya::programs::{
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 use flow_core::FlowError;
 use flow_ebpf_common::{
-    CAPTURE_NAMES_GLOBAL, EGRESS_PROGRAM, EVENTS_MAP, EXEC_PROGRAM, FLOWS_MAP, FORK_PROGRAM,
-    INGRESS_PROGRAM, OWN_SLOT_CPUS_GLOBAL, SCOPE_CGROUP_ID_GLOBAL, SCOPE_CGROUP_LEVEL_GLOBAL,
-    SOCK_CREATE_PROGRAM, SOCK_RELEASE_PROGRAM,
+    CAPTURE_NAMES_GLOBAL, EGRESS_PROGRAM, ENFORCE_GLOBAL, EVENTS_MAP, EXEC_PROGRAM, FLOWS_MAP,
+    FORK_PROGRAM, INGRESS_PROGRAM, OWN_SLOT_CPUS_GLOBAL, SCOPE_CGROUP_ID_GLOBAL,
+    SCOPE_CGROUP_LEVEL_GLOBAL, SOCK_CREATE_PROGRAM, SOCK_RELEASE_PROGRAM,
 };
 
-use crate::kernel_offsets;
+use crate::{enforce, kernel_offsets};
 
 use crate::{BACKEND_NAME, EbpfConfig};
 
@@ -32,8 +32,13 @@ pub(crate) struct Attached {
 
 impl Attached {
     /// Loads the object with `config`'s sizes and attaches egress, ingress
-    /// and sock_release to `config.cgroup`.
+    /// and sock_release to `config.cgroup`; with a policy to enforce, fills
+    /// its maps first and attaches the socket-address hooks last (any
+    /// failure fails the whole: enforcement is in place, or nothing is).
     pub(crate) fn load_and_attach(config: &EbpfConfig) -> Result<Self, FlowError> {
+        if let Some(why) = config.policy.as_deref().and_then(enforce::refusal) {
+            return Err(FlowError::unavailable(BACKEND_NAME, why));
+        }
         let cgroup = File::open(&config.cgroup).map_err(|error| {
             let what = format!("cgroup {}", config.cgroup.display());
             match error.kind() {
@@ -65,18 +70,23 @@ impl Attached {
             kernel_offsets::Offsets::default()
         };
         let capture_names = u32::from(config.names);
+        let enforcing = enforce::global(config.policy.as_deref());
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(EVENTS_MAP, config.ring_bytes)
             .map_max_entries(FLOWS_MAP, config.flow_table_entries)
             .override_global(OWN_SLOT_CPUS_GLOBAL, &config.own_slot_cpus, true)
             .override_global(CAPTURE_NAMES_GLOBAL, &capture_names, true)
+            .override_global(ENFORCE_GLOBAL, &enforcing, true)
             .override_global(SCOPE_CGROUP_ID_GLOBAL, &scope.id, true)
             .override_global(SCOPE_CGROUP_LEVEL_GLOBAL, &scope.level, true);
         for (global, offset) in &offsets {
             loader.override_global(global, offset, true);
         }
         let mut ebpf = loader.load(OBJECT).map_err(load_error)?;
+        if let Some(policy) = &config.policy {
+            enforce::fill_maps(&mut ebpf, policy)?;
+        }
         // Before the cgroup's programs: once they are attached, the run's
         // command may start, and its own exec must be recorded.
         if !offsets.is_empty()
@@ -112,6 +122,16 @@ impl Attached {
                 .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(|e| program_error(name, "attaching", e))?;
             programs.push((name, program_id(name, program.info())?));
+        }
+        if config.policy.is_some() {
+            let hooks_to = if config.fail_enforcement {
+                // A directory that is no cgroup: the kernel refuses the
+                // attachment, as it would refuse a real one it cannot take.
+                File::open("/").map_err(|error| FlowError::io("opening /", error))?
+            } else {
+                cgroup
+            };
+            programs.extend(enforce::attach_hooks(&mut ebpf, &hooks_to)?);
         }
         Ok(Self { ebpf, programs })
     }
@@ -190,7 +210,7 @@ fn link_fdinfos() -> Vec<LinkFdinfo> {
 }
 
 /// The kernel id of a loaded program.
-fn program_id(
+pub(crate) fn program_id(
     name: &str,
     info: Result<aya::programs::ProgramInfo, ProgramError>,
 ) -> Result<u32, FlowError> {
@@ -198,7 +218,7 @@ fn program_id(
         .map_err(|e| program_error(name, "reading the id of", e))
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, FlowError>
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, FlowError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
@@ -276,7 +296,7 @@ fn load_error(error: EbpfError) -> FlowError {
     )
 }
 
-fn program_error(name: &str, action: &str, error: ProgramError) -> FlowError {
+pub(crate) fn program_error(name: &str, action: &str, error: ProgramError) -> FlowError {
     let cause = io_cause(&error);
     match &error {
         _ if cause.is_some_and(is_permission) => {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use flow_core::{CloseReason, FlowEvent, FlowKey};
 use flow_ebpf_common::{
     CLOSE_FIN, CLOSE_IDLE, CLOSE_RST, CLOSE_SCOPE_ENDED, CLOSE_SOCK_RELEASE, DecodeError,
-    FAMILY_V4, PayloadRecord, RECORD_CLOSED, RECORD_DNS, RECORD_EXEC, RECORD_FIRST_PAYLOAD,
-    RECORD_FORK, RECORD_OPENED, RawExecRecord, RawFlowKey, RawFlowRecord, RawForkRecord,
-    RawOpenedRecord, RawOwner, record_kind,
+    FAMILY_V4, PayloadRecord, RECORD_CLOSED, RECORD_DENIED, RECORD_DNS, RECORD_EXEC,
+    RECORD_FIRST_PAYLOAD, RECORD_FORK, RECORD_OPENED, RawExecRecord, RawFlowKey, RawFlowRecord,
+    RawForkRecord, RawOpenedRecord, RawOwner, record_kind,
 };
 use flow_enrich::process::split_args;
 use flow_enrich::{Exec, Owner};
@@ -25,6 +25,19 @@ pub enum Record<'a> {
     Opened(FlowEvent, Option<Owner>),
     /// A flow closed.
     Closed(FlowEvent),
+    /// The enforced policy refused a connection, a datagram or an echo
+    /// request (the source end is unknown, zero, when a socket-address
+    /// hook refused it).
+    Denied {
+        /// What was refused.
+        flow: FlowKey,
+        /// The id of the rule that denied it; 0 for the default.
+        rule: u16,
+        /// When.
+        timestamp_ns: u64,
+        /// The refused process, when known.
+        owner: Option<Owner>,
+    },
     /// A DNS answer reached the scope on the lookup's flow `flow` (the
     /// asking socket → the resolver).
     DnsAnswer {
@@ -72,6 +85,15 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
             let record = RawOpenedRecord::decode(bytes)?;
             let event = FlowEvent::opened(flow_key(&record.flow.key), record.flow.first_seen_ns);
             Ok(Record::Opened(event, owner(&record.owner)))
+        }
+        RECORD_DENIED => {
+            let record = RawOpenedRecord::decode(bytes)?;
+            Ok(Record::Denied {
+                flow: flow_key(&record.flow.key),
+                rule: u16::try_from(record.flow.close_reason).unwrap_or(0),
+                timestamp_ns: record.flow.timestamp_ns,
+                owner: owner(&record.owner),
+            })
         }
         RECORD_CLOSED => {
             let record = RawFlowRecord::decode(bytes)?;

@@ -35,11 +35,13 @@
 
 mod attach;
 mod decode;
+mod enforce;
 mod kernel_offsets;
 mod reader;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -89,6 +91,8 @@ pub struct EbpfConfig {
     pub(crate) name_cache_entries: NonZeroUsize,
     pub(crate) names: bool,
     pub(crate) processes: bool,
+    pub(crate) policy: Option<Arc<flow_policy::Policy>>,
+    pub(crate) fail_enforcement: bool,
 }
 
 impl EbpfConfig {
@@ -108,7 +112,33 @@ impl EbpfConfig {
             name_cache_entries: flow_enrich::DEFAULT_NAME_CACHE_ENTRIES,
             names: true,
             processes: true,
+            policy: None,
+            fail_enforcement: false,
         }
+    }
+
+    /// Enforces `policy` (address rules only): denied connections and
+    /// datagrams fail with `EPERM` in the `connect()` or `sendmsg()` call
+    /// (the cgroup's socket-address hooks), denied ICMP echo requests are
+    /// dropped as they leave, and each refusal is a `denied` event with
+    /// `"enforced": true`. The source fails to start when the policy
+    /// cannot be put in place (a name rule, too many rules on one prefix,
+    /// a hook the kernel refuses). The policy's mode is not looked at.
+    #[must_use]
+    pub fn enforce(mut self, policy: Arc<flow_policy::Policy>) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// For tests (feature `testing`): attaching the socket-address hooks
+    /// fails (they are pointed at a directory that is no cgroup), as a
+    /// kernel that cannot take them would, so that enforce mode's refusal
+    /// to start can be seen.
+    #[cfg(feature = "testing")]
+    #[must_use]
+    pub fn fail_enforcement(mut self) -> Self {
+        self.fail_enforcement = true;
+        self
     }
 
     /// Whether flows are named (default yes): with `false` the programs

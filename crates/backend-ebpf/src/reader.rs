@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aya::Pod;
@@ -24,6 +25,7 @@ use crate::attach::Attached;
 use crate::decode::{Record, decode_record, flow_key};
 use crate::{BACKEND_NAME, EbpfConfig};
 use flow_enrich::{EnrichConfig, Enricher};
+use flow_policy::{Policy, RuleId};
 
 /// The flow table's key, as aya reads it.
 #[derive(Clone, Copy)]
@@ -80,6 +82,7 @@ pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowS
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reader = Reader {
         ring,
+        policy: config.policy.clone(),
         table: Some(Table {
             flows,
             timeouts: Timeouts::from(&config),
@@ -109,8 +112,13 @@ pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowS
 
 /// Decodes every record in the ring, in the kernel's order, through the
 /// enricher into `pending`; undecodable ones are counted and reported as
-/// a loss.
-fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, pending: &mut VecDeque<Item>) {
+/// a loss. A denial's rule is named by `policy`.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    enricher: &mut Enricher,
+    policy: Option<&Policy>,
+    pending: &mut VecDeque<Item>,
+) {
     let mut made = Vec::new();
     while let Some(record) = ring.next() {
         match decode_record(&record) {
@@ -118,6 +126,19 @@ fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, pending: &mut Vec
                 pending.push_back(Ok(enricher.opened(event, owner)));
             }
             Ok(Record::Closed(event)) => pending.push_back(Ok(enricher.closed(event))),
+            Ok(Record::Denied {
+                flow,
+                rule,
+                timestamp_ns,
+                owner,
+            }) => {
+                let rule = match policy {
+                    Some(policy) => policy.rule_text(RuleId::new(rule)),
+                    None => flow_policy::DEFAULT_RULE.into(),
+                };
+                let event = FlowEvent::denied(flow, rule, true, timestamp_ns);
+                pending.push_back(Ok(enricher.denied(event, owner)));
+            }
             Ok(Record::DnsAnswer {
                 flow,
                 tcp_seq,
@@ -283,6 +304,8 @@ async fn walk_done(walking: &mut Option<Walk>) -> Result<Walked, tokio::task::Jo
 
 struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
+    /// The enforced policy, which names the rules of denials.
+    policy: Option<Arc<Policy>>,
     /// `None` while a walk has it.
     table: Option<Table>,
     walking: Option<Walk>,
@@ -334,7 +357,12 @@ impl Reader {
             tokio::select! {
                 guard = self.ring.readable_mut() => match guard {
                     Ok(mut guard) => {
-                        drain(guard.get_inner_mut(), &mut self.enricher, &mut self.pending);
+                        drain(
+                            guard.get_inner_mut(),
+                            &mut self.enricher,
+                            self.policy.as_deref(),
+                            &mut self.pending,
+                        );
                         guard.clear_ready();
                     }
                     Err(e) => return Some(Err(FlowError::io("reading the eBPF ring buffer", e))),
@@ -346,7 +374,12 @@ impl Reader {
     }
 
     fn drain_ring(&mut self) {
-        drain(self.ring.get_mut(), &mut self.enricher, &mut self.pending);
+        drain(
+            self.ring.get_mut(),
+            &mut self.enricher,
+            self.policy.as_deref(),
+            &mut self.pending,
+        );
     }
 
     /// Reports new losses, starts a walk of the table for idle flows (on a

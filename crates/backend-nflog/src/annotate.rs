@@ -87,8 +87,11 @@ impl Annotator {
         let key = event.key;
         match event.kind {
             FlowEventKind::Opened => {
-                let owner = self.owners.as_mut().and_then(|owners| owners.owner(&key));
-                let event = self.enricher.opened(event, owner);
+                let (owner, inbound) = self
+                    .owners
+                    .as_mut()
+                    .map_or((None, false), |owners| owners.owner(&key));
+                let event = self.enricher.opened(event.inbound(inbound), owner);
                 if key.protocol == protocol::TCP {
                     self.open.insert(key);
                     if let Some(hello) = self.hellos.remove(&key) {
@@ -101,7 +104,7 @@ impl Annotator {
                 self.open.remove(&key);
                 self.enricher.closed(event)
             }
-            FlowEventKind::Denied => self.enricher.denied(event),
+            FlowEventKind::Denied { .. } => self.enricher.denied(event, None),
             _ => event,
         }
     }

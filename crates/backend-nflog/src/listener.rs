@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use flow_core::{CloseReason, FlowError, FlowEvent, FlowEventKind, FlowKey, LossPoint};
+use flow_core::{CloseReason, FlowError, FlowEvent, FlowKey, LossPoint};
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use tokio::sync::{mpsc, oneshot};
 
@@ -523,7 +523,8 @@ impl Session {
                 .retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
             if self.denied.insert(key, now).is_none() {
                 tracing::info!(%key, uid = ?packet.uid, gid = ?packet.gid, prefix = %packet.prefix, "denied");
-                let event = FlowEvent::new(key, FlowEventKind::Denied, Clock::now().now_ns);
+                // A drop rule flowtrack does not own: no policy rule.
+                let event = FlowEvent::denied(key, None::<&str>, true, Clock::now().now_ns);
                 self.emit(event, batch);
             }
         } else {

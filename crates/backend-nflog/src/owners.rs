@@ -71,10 +71,19 @@ impl Owners {
     }
 
     /// The owner of the flow `key` (as conntrack opened it), attributed
-    /// best effort; `None` when neither its socket's process nor its user
-    /// is known.
-    pub(crate) fn owner(&mut self, key: &FlowKey) -> Option<Owner> {
+    /// best effort (`None` when neither its socket's process nor its user
+    /// is known), and whether the flow was started from outside the scope
+    /// (its first packet was logged on its way in).
+    pub(crate) fn owner(&mut self, key: &FlowKey) -> (Option<Owner>, bool) {
         let logged = self.logged.remove(key);
+        let inbound = logged
+            .and_then(|logged| logged.hook)
+            .is_some_and(|hook| hook != HOOK_OUTPUT);
+        (self.find(key, logged), inbound)
+    }
+
+    /// [`Owners::owner`]'s owner.
+    fn find(&mut self, key: &FlowKey, logged: Option<Logged>) -> Option<Owner> {
         let ids = logged.and_then(|logged| logged.ids);
         let sides: &[Local] = match logged.and_then(|logged| logged.hook) {
             Some(HOOK_OUTPUT) => &[Local::Source],
@@ -123,17 +132,19 @@ mod tests {
         owners.new_flow_logged(key(), Some(HOOK_OUTPUT), Some(65534), Some(65533));
         // Logged again on the way in, without an owner: the first stays.
         owners.new_flow_logged(key(), Some(0), None, None);
-        let owner = owners.owner(&key()).unwrap();
+        let (owner, inbound) = owners.owner(&key());
+        let owner = owner.unwrap();
+        assert!(!inbound, "logged on its way out first");
         assert_eq!(owner.pid, None);
         assert_eq!((owner.uid, owner.gid), (Some(65534), Some(65533)));
         assert_eq!(owner.attribution, Attribution::BestEffort);
-        assert_eq!(owners.owner(&key()), None, "taken with its flow");
+        assert_eq!(owners.owner(&key()), (None, false), "taken with its flow");
     }
 
     #[test]
     fn a_flow_without_user_or_socket_has_no_owner() {
         let mut owners = owners();
         owners.new_flow_logged(key(), Some(1), None, None);
-        assert_eq!(owners.owner(&key()), None);
+        assert_eq!(owners.owner(&key()), (None, true), "logged on its way in");
     }
 }

@@ -52,6 +52,105 @@ pub(crate) enum Command {
     /// Remove what flowtrack processes that no longer run left in the
     /// kernel (cgroups, nf_tables tables, conntrack settings), and list it.
     Cleanup,
+    /// Egress policies: suggest one from a recorded run.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `flowtrack policy …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Write a policy file that allows exactly what a recorded run
+    /// connected to (names preferred over addresses, ports per
+    /// destination, loopback as one rule, a comment per rule).
+    Suggest(SuggestArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SuggestArgs {
+    /// JSON lines written by `--format json` (a file, or a pipe).
+    pub(crate) events: PathBuf,
+    /// Write the policy to FILE instead of stdout (created 0600, as -o
+    /// elsewhere).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+}
+
+/// An egress policy for `run` and `watch`: rules on the command line, a
+/// policy file, and the mode.
+#[derive(Debug, Args)]
+#[group(skip)]
+pub(crate) struct PolicyArgs {
+    #[command(flatten)]
+    pub(crate) rules: PolicyRules,
+    /// audit (the default): report what the policy would deny, stop
+    /// nothing; enforce: denied connections fail at once. Overrides the
+    /// file's mode.
+    #[arg(long, value_enum, requires = "policy_rules")]
+    pub(crate) mode: Option<PolicyMode>,
+}
+
+/// Where a policy's rules come from (any of them, together).
+#[derive(Debug, Args)]
+#[group(id = "policy_rules", multiple = true)]
+pub(crate) struct PolicyRules {
+    /// Allow RULE: PROTO://DEST[:PORTS], e.g. tcp://pypi.org:443,
+    /// udp://10.0.0.53:53, any://127.0.0.0/8 (repeatable). With any allow
+    /// rule, whatever no rule allows is denied.
+    #[arg(long, value_name = "RULE", value_parser = allow_rule)]
+    pub(crate) allow: Vec<String>,
+    /// Deny RULE (repeatable): deny rules win over allow rules.
+    #[arg(long, value_name = "RULE", value_parser = deny_rule)]
+    pub(crate) deny: Vec<String>,
+    /// A policy file (TOML: mode, allow = [...], deny = [...]).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) policy: Option<PathBuf>,
+}
+
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PolicyMode {
+    /// Report what the policy would deny; stop nothing.
+    Audit,
+    /// Denied connections fail at once.
+    Enforce,
+}
+
+impl PolicyArgs {
+    /// The policy these flags give, if any.
+    pub(crate) fn policy(&self) -> Result<Option<flow_policy::Policy>, flow_policy::PolicyError> {
+        let mut builder = flow_policy::Policy::builder();
+        for rule in &self.rules.deny {
+            builder = builder.deny(rule)?;
+        }
+        for rule in &self.rules.allow {
+            builder = builder.allow(rule)?;
+        }
+        if let Some(path) = &self.rules.policy {
+            builder = builder.file(path)?;
+        }
+        if let Some(mode) = self.mode {
+            builder = builder.mode(match mode {
+                PolicyMode::Audit => flow_policy::Mode::Audit,
+                PolicyMode::Enforce => flow_policy::Mode::Enforce,
+            });
+        }
+        builder.build()
+    }
+}
+
+/// Checks an `--allow` rule as clap parses it (a bad one is a usage error).
+fn allow_rule(text: &str) -> Result<String, String> {
+    flow_policy::Rule::parse(flow_policy::Action::Allow, text)
+        .map(|_| text.to_owned())
+        .map_err(|error| error.to_string())
+}
+
+/// Checks a `--deny` rule as clap parses it.
+fn deny_rule(text: &str) -> Result<String, String> {
+    flow_policy::Rule::parse(flow_policy::Action::Deny, text)
+        .map(|_| text.to_owned())
+        .map_err(|error| error.to_string())
 }
 
 /// Where and how events are written.
@@ -204,6 +303,12 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) backend: BackendArgs,
     #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
+    /// Exit with status 4 after the command ends if the policy denied
+    /// anything (in either mode).
+    #[arg(long)]
+    pub(crate) fail_on_deny: bool,
+    #[command(flatten)]
     pub(crate) output: OutputArgs,
     #[command(flatten)]
     pub(crate) report: ReportArgs,
@@ -224,6 +329,8 @@ pub(crate) struct RunArgs {
 pub(crate) struct WatchArgs {
     #[command(flatten)]
     pub(crate) backend: BackendArgs,
+    #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
     #[command(flatten)]
     pub(crate) scope: WatchScope,
     #[command(flatten)]

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use flow_core::{FlowError, FlowSource};
+use flow_policy::{Matcher, Mode, Policy};
+use flow_supervisor::audit::Audited;
 use flow_supervisor::backend::{self, BackendChoice, Scope};
 use flow_supervisor::dedup::{Correlated, DedupConfig};
 use flow_supervisor::merge::{MergeConfig, MergedItem, MergedStream, Merger, ShutdownHandle};
@@ -17,7 +19,7 @@ use flow_supervisor::mock::Replay;
 use flow_supervisor::output::RecordWriter;
 use flow_supervisor::pipeline::{self, PipelineReport};
 
-use crate::cli::{BackendArgs, Command, ReplayArgs, RunArgs, WatchArgs};
+use crate::cli::{BackendArgs, Command, PolicyCommand, ReplayArgs, RunArgs, WatchArgs};
 use crate::diag::{notice, say};
 use crate::metrics::Metrics;
 use crate::output::{DefaultStream, Output};
@@ -34,14 +36,30 @@ pub(crate) async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Watch(args) => watch(args).await,
         Command::Replay(args) => replay(args).await,
         Command::Cleanup => crate::cleanup::cleanup(),
+        Command::Policy(PolicyCommand::Suggest(args)) => crate::policy::suggest(args).await,
     }
 }
 
 /// Starts the backends `args` name on `scope`, merged. Under `auto`, one
 /// line on stderr says which backend runs and why the other does not;
-/// under `both`, their events are correlated unless `--no-dedup`.
-async fn start_backends(args: &BackendArgs, scope: &Scope) -> Result<Backends> {
-    let options = args.options();
+/// under `both`, their events are correlated unless `--no-dedup`. With a
+/// policy in enforce mode, the backends put it in the kernel (one of them
+/// under `both`: a line says which) and fail to start when they cannot;
+/// in audit mode it is checked against the events as they pass.
+async fn start_backends(
+    args: &BackendArgs,
+    scope: &Scope,
+    policy: Option<&Arc<Policy>>,
+) -> Result<Backends> {
+    let mut options = args.options();
+    let audit = match policy {
+        Some(policy) if policy.mode() == Mode::Enforce => {
+            options = options.enforce(Arc::clone(policy));
+            None
+        }
+        Some(policy) => Some(Matcher::new(Arc::clone(policy))),
+        None => None,
+    };
     if args.backend == BackendChoice::Auto {
         let mut auto = backend::preferred(scope, &options)?;
         let stream = auto.start().await?;
@@ -50,9 +68,20 @@ async fn start_backends(args: &BackendArgs, scope: &Scope) -> Result<Backends> {
         }
         let mut merger = Merger::new(MergeConfig::default());
         merger.add_stream(auto.name().to_owned(), stream);
-        return Ok(Backends::new(merger, vec![auto.name().to_owned()], None));
+        return Ok(Backends::new(
+            merger,
+            vec![auto.name().to_owned()],
+            None,
+            audit,
+        ));
     }
     let sources = backend::open(args.backend, scope, &options)?;
+    if args.backend == BackendChoice::Both && options.enforcing() {
+        notice!(
+            "flowtrack: the {} backend enforces the policy; both observe",
+            backend::ENFORCING_BACKEND
+        );
+    }
     let dedup = if args.backend == BackendChoice::Both && !args.no_dedup {
         Some(DedupConfig::for_backends(["ebpf", "nflog"]).capacity(args.dedup_capacity as usize)?)
     } else {
@@ -62,7 +91,12 @@ async fn start_backends(args: &BackendArgs, scope: &Scope) -> Result<Backends> {
         .iter()
         .map(|source| source.name().to_owned())
         .collect();
-    Ok(Backends::new(start_merger(sources).await?, names, dedup))
+    Ok(Backends::new(
+        start_merger(sources).await?,
+        names,
+        dedup,
+        audit,
+    ))
 }
 
 async fn start_merger(sources: Vec<Box<dyn FlowSource>>) -> Result<Merger> {
@@ -104,11 +138,19 @@ struct Backends {
     shutdown: ShutdownHandle,
     /// Their names.
     names: Vec<String>,
+    /// A policy in audit mode, checked against their events.
+    audit: Option<Matcher>,
 }
 
 impl Backends {
-    /// The backends `names` merged by `merger`, correlated with `dedup`.
-    fn new(merger: Merger, names: Vec<String>, dedup: Option<DedupConfig>) -> Self {
+    /// The backends `names` merged by `merger`, correlated with `dedup`,
+    /// audited by `audit`.
+    fn new(
+        merger: Merger,
+        names: Vec<String>,
+        dedup: Option<DedupConfig>,
+        audit: Option<Matcher>,
+    ) -> Self {
         let shutdown = merger.shutdown_handle();
         let stream = merger.into_stream();
         let events = match dedup {
@@ -119,6 +161,7 @@ impl Backends {
             events,
             shutdown,
             names,
+            audit,
         }
     }
 
@@ -143,11 +186,12 @@ impl Backends {
     }
 }
 
-/// Writes the backends' events, publishing the number of open flows on
-/// `open_flows`. An output that fails (a reader that went away, a full
-/// disk) stops taking events, and the rest are counted as not written.
+/// Writes the backends' events (audited, under a policy in audit mode),
+/// publishing the number of open flows on `open_flows`. An output that
+/// fails (a reader that went away, a full disk) stops taking events, and
+/// the rest are counted as not written.
 async fn write_events(
-    events: Events,
+    backends: Backends,
     mut writer: RecordWriter<Box<dyn Write + Send>>,
     open_flows: tokio::sync::watch::Sender<usize>,
     metrics: Option<Metrics>,
@@ -157,16 +201,17 @@ async fn write_events(
             metrics.record(item);
         }
     };
-    match events {
+    let audit = backends.audit;
+    match backends.events {
         Events::Correlated(mut correlated) => {
-            let stream = (&mut *correlated).inspect(count);
+            let stream = Audited::new(&mut *correlated, audit).inspect(count);
             let mut report =
                 pipeline::write_all_tracking_open(stream, &mut writer, open_flows).await;
             report.correlation_evictions = correlated.evictions();
             report
         }
         Events::Merged(stream) => {
-            let stream = stream.inspect(count);
+            let stream = Audited::new(stream, audit).inspect(count);
             pipeline::write_all_tracking_open(stream, &mut writer, open_flows).await
         }
     }
@@ -197,11 +242,12 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
 }
 
 async fn watch(args: WatchArgs) -> Result<ExitCode> {
+    let policy = args.policy.policy()?.map(Arc::new);
     let scope = scope::resolve(&args.scope)?;
     crate::cleanup::at_start(&scope).await;
     let metrics = serve_metrics(args.report.metrics_addr).await?;
     let output = Output::open(&args.output, DefaultStream::Stdout)?;
-    let backends = start_backends(&args.backend, &scope)
+    let backends = start_backends(&args.backend, &scope, policy.as_ref())
         .await
         .with_context(|| format!("cannot watch {}", Describe(&scope)))?;
     tracing::info!(scope = %Describe(&scope), "watching until Ctrl-C");
@@ -211,7 +257,7 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
         backends.report_to(metrics);
     }
     let open_flows = tokio::sync::watch::channel(0).0;
-    let report = write_events(backends.events, output.writer, open_flows, metrics).await;
+    let report = write_events(backends, output.writer, open_flows, metrics).await;
     let code = report::exit_code(&report, sources);
     report::print_summaries(
         &report,
@@ -228,6 +274,8 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         .split_first()
         .context("run needs a command: flowtrack run -- CMD [ARGS...]")?;
     let user = args.user.as_deref().map(RunAs::resolve).transpose()?;
+    // A bad policy stops everything before anything starts.
+    let policy = args.policy.policy()?.map(Arc::new);
     // Handlers first: from here on SIGINT, SIGTERM and SIGHUP are the
     // command's (a signal that comes while the backends start is passed on
     // once the command runs, and flowtrack still cleans up); and a signal
@@ -241,9 +289,15 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let output = Output::open(&args.output, DefaultStream::Stderr)?;
     // Every source is attached before the child starts, so its first
     // connection is seen.
-    let backends = start_backends(&args.backend, &scope)
+    let backends = start_backends(&args.backend, &scope, policy.as_ref())
         .await
-        .context("cannot observe the command")?;
+        .context(
+            if policy.as_ref().is_some_and(|p| p.mode() == Mode::Enforce) {
+                "cannot enforce the policy, so the command was not started"
+            } else {
+                "cannot observe the command"
+            },
+        )?;
     let shutdown = backends.shutdown.clone();
     let unsettled = backends.unsettled();
     let sources = backends.names.len();
@@ -273,7 +327,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(metrics) = &metrics {
         backends.report_to(metrics);
     }
-    let written = write_events(backends.events, output.writer, open_flows, metrics);
+    let written = write_events(backends, output.writer, open_flows, metrics);
     let grace = Duration::from_secs_f64(args.grace);
     let supervise = async {
         let status = signals.wait_forwarding(&mut child).await;
@@ -297,9 +351,10 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let (report, status) = tokio::join!(written, supervise);
     let status = status.context("cannot wait for the command")?;
     // The command's status is the exit code, unless every backend failed,
-    // the output could not take every event, or a backend failed while
-    // another went on.
-    let fault = report::fault(&report, sources);
+    // the output could not take every event, a backend failed while
+    // another went on, or (--fail-on-deny) the policy denied something.
+    let fault =
+        report::fault(&report, sources).or_else(|| report::denied(&report, args.fail_on_deny));
     report::print_summaries(
         &report,
         args.report.summary,

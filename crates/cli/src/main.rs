@@ -10,6 +10,7 @@ mod commands;
 mod diag;
 mod metrics;
 mod output;
+mod policy;
 mod report;
 mod safe_file;
 mod scope;

@@ -123,7 +123,7 @@ impl Metrics {
                 let family = match event.kind {
                     FlowEventKind::Opened => &self.opened,
                     FlowEventKind::Closed { .. } => &self.closed,
-                    FlowEventKind::Denied => &self.denied,
+                    FlowEventKind::Denied { .. } => &self.denied,
                     FlowEventKind::Dns(_) => &self.lookups,
                     _ => return,
                 };

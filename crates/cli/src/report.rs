@@ -42,6 +42,18 @@ pub(crate) fn fault(report: &PipelineReport, sources: usize) -> Option<ExitCode>
     }
 }
 
+/// Exit status 4: `--fail-on-deny`, and the policy denied something.
+const EXIT_DENIED: u8 = 4;
+
+/// Status 4 when `fail_on_deny` and something was denied (in either
+/// mode), after the faults of [`fault`].
+pub(crate) fn denied(report: &PipelineReport, fail_on_deny: bool) -> Option<ExitCode> {
+    (fail_on_deny && report.denied > 0).then(|| ExitCode::from(EXIT_DENIED))
+}
+
+/// Denied destinations listed at the end of a run at most.
+const DENIALS_LISTED: usize = 20;
+
 /// [`fault`]'s status, else success.
 pub(crate) fn exit_code(report: &PipelineReport, sources: usize) -> ExitCode {
     fault(report, sources).unwrap_or(ExitCode::SUCCESS)
@@ -57,6 +69,9 @@ pub(crate) fn print_summaries(
     output: &str,
 ) {
     say!("{}", summary(report, output));
+    for line in report.denials.to_lines(DENIALS_LISTED) {
+        say!("flowtrack: {line}");
+    }
     let (empty, text, json) = match group_by {
         GroupBy::Destination => (
             report.destinations.is_empty(),

@@ -115,7 +115,7 @@ impl Observed {
                     self.snis.insert(key, Arc::clone(sni));
                 }
             }
-            FlowEventKind::Denied => *self.denied.entry(key).or_default() += 1,
+            FlowEventKind::Denied { .. } => *self.denied.entry(key).or_default() += 1,
             _ => {}
         }
     }

@@ -9,9 +9,11 @@
 #![no_std]
 
 mod payload;
+mod policy;
 mod process;
 
 pub use payload::*;
+pub use policy::*;
 pub use process::*;
 
 /// Name of the flow table map (LRU hash: [`RawFlowKey`] → [`RawFlowState`]).
@@ -356,7 +358,8 @@ pub struct RawFlowRecord {
 pub const RECORD_SIZE: usize = core::mem::size_of::<RawFlowRecord>();
 
 /// A flow's opening, with the process that owns the socket that opened it
-/// (the connecting socket; for an accepted connection the listener).
+/// (the connecting socket; for an accepted connection the listener); or
+/// ([`RECORD_DENIED`]) a flow the policy refused, with the refused process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RawOpenedRecord {
@@ -472,21 +475,26 @@ impl RawFlowRecord {
             timestamp_ns: f.u64(),
         };
         match (kind, bytes.len()) {
-            (RECORD_OPENED, OPENED_RECORD_SIZE) | (RECORD_CLOSED, RECORD_SIZE) => Ok(record),
-            (RECORD_OPENED | RECORD_CLOSED, length) => Err(DecodeError::Length(length)),
+            (RECORD_OPENED | RECORD_DENIED, OPENED_RECORD_SIZE) | (RECORD_CLOSED, RECORD_SIZE) => {
+                Ok(record)
+            }
+            (RECORD_OPENED | RECORD_DENIED | RECORD_CLOSED, length) => {
+                Err(DecodeError::Length(length))
+            }
             (other, _) => Err(DecodeError::Kind(other)),
         }
     }
 }
 
 impl RawOpenedRecord {
-    /// Decodes a ring-buffer record of an opened flow with its owner.
+    /// Decodes a ring-buffer record of an opened (or denied) flow with its
+    /// owner.
     ///
     /// # Errors
     /// [`DecodeError`] says what is wrong; nothing panics on any input.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let flow = RawFlowRecord::decode(bytes)?;
-        if flow.kind != RECORD_OPENED {
+        if flow.kind != RECORD_OPENED && flow.kind != RECORD_DENIED {
             return Err(DecodeError::Kind(flow.kind));
         }
         let owner = RawOwner::decode(bytes.get(RECORD_SIZE..).unwrap_or_default());

@@ -14,6 +14,8 @@ pub(crate) struct Known {
     pub(crate) host: Option<Arc<str>>,
     pub(crate) sni: Option<Arc<str>>,
     pub(crate) process: Option<Arc<Process>>,
+    /// Started from outside the scope.
+    pub(crate) inbound: bool,
 }
 
 /// Open flows by key, bounded: the least recently opened or touched is
@@ -30,20 +32,8 @@ impl OpenFlows {
         }
     }
 
-    pub(crate) fn opened(
-        &mut self,
-        key: FlowKey,
-        host: Option<Arc<str>>,
-        process: Option<Arc<Process>>,
-    ) {
-        self.flows.insert(
-            key,
-            Known {
-                host,
-                sni: None,
-                process,
-            },
-        );
+    pub(crate) fn opened(&mut self, key: FlowKey, known: Known) {
+        self.flows.insert(key, known);
     }
 
     /// The flow `key` names, in either orientation.

@@ -192,14 +192,22 @@ impl Enricher {
     }
 
     /// A flow opened: named after its destination address, attributed to
-    /// `owner` (its socket's), and remembered until it closes.
+    /// `owner` (its socket's), and remembered until it closes (with
+    /// whether it was started from outside: [`FlowEvent::inbound`]).
     #[must_use]
     pub fn opened(&mut self, event: FlowEvent, owner: Option<Owner>) -> FlowEvent {
         let host = self.names.host(&event.key.dst_addr);
         let process = owner.map(|owner| self.processes.resolve(&owner));
         let event = event.named(host).by(process);
-        self.flows
-            .opened(event.key, event.host.clone(), event.process.clone());
+        self.flows.opened(
+            event.key,
+            flows::Known {
+                host: event.host.clone(),
+                sni: None,
+                process: event.process.clone(),
+                inbound: event.inbound,
+            },
+        );
         event
     }
 
@@ -213,7 +221,8 @@ impl Enricher {
             Some(known) => event
                 .named(known.host.or_else(|| self.names.host(&key.dst_addr)))
                 .with_sni(known.sni)
-                .by(known.process),
+                .by(known.process)
+                .inbound(known.inbound),
             None => {
                 let host = self.names.host(&key.dst_addr);
                 event.named(host)
@@ -221,12 +230,16 @@ impl Enricher {
         }
     }
 
-    /// A packet of a flow was denied: named after its destination, and
-    /// attributed as the flow was when it opened.
+    /// A flow was denied: named after its destination, and attributed to
+    /// `owner` when the backend knows it (a refused `connect()`), else as
+    /// the flow was when it opened.
     #[must_use]
-    pub fn denied(&mut self, event: FlowEvent) -> FlowEvent {
+    pub fn denied(&mut self, event: FlowEvent, owner: Option<Owner>) -> FlowEvent {
         let host = self.names.host(&event.key.dst_addr);
-        let process = self.flows.process(&event.key);
+        let process = match owner {
+            Some(owner) => Some(self.processes.resolve(&owner)),
+            None => self.flows.process(&event.key),
+        };
         event.named(host).by(process)
     }
 

@@ -33,10 +33,23 @@ pub enum FlowEventKind {
         /// IP-level bytes in both directions.
         byte_count: u64,
     },
-    /// A packet of the flow was dropped by a firewall rule that reports
-    /// drops (the nflog backend: a drop rule logging to its group with the
-    /// prefix `flowtrack:deny`). The key is oriented as the packet travelled.
-    Denied,
+    /// The flow was denied: by flowtrack's own egress policy (`rule` names
+    /// the deny rule that matched, or `default` for a destination no allow
+    /// rule allowed), or by a firewall rule that reports drops (the nflog
+    /// backend: a drop rule logging to its group with the prefix
+    /// `flowtrack:deny`; no `rule`). The key is oriented as the packet
+    /// travelled (a refused `connect()` has no source yet: the unspecified
+    /// address and port 0, unless the socket was bound).
+    Denied {
+        /// The policy rule that denied it, as written canonically
+        /// (`tcp://pypi.org:443`), or `default`; `None` for a drop rule
+        /// flowtrack does not own.
+        rule: Option<Arc<str>>,
+        /// Whether the flow was stopped (`connect()` failed, the packet was
+        /// dropped or answered with a reset), or only reported: a policy
+        /// in audit mode lets it through.
+        enforced: bool,
+    },
     /// The scope made a DNS lookup and got this answer. The key is the
     /// lookup's own flow: the asking socket → the resolver (port 53).
     Dns(Arc<DnsLookup>),
@@ -53,7 +66,7 @@ impl FlowEventKind {
         match self {
             Self::Opened => "opened",
             Self::Closed { .. } => "closed",
-            Self::Denied => "denied",
+            Self::Denied { .. } => "denied",
             Self::Dns(_) => "dns",
         }
     }
@@ -169,6 +182,11 @@ pub struct FlowEvent {
     /// taken, not when the flow opened or closed (and a close's counters
     /// are the listing's). `false` for events as they happened.
     pub resynced: bool,
+    /// The flow was started from outside the scope: an accepted connection,
+    /// or a datagram that arrived before any was sent
+    /// ([`FlowEvent::inbound`]). `false` for flows the scope started, and
+    /// where the backend cannot tell.
+    pub inbound: bool,
 }
 
 impl FlowEvent {
@@ -192,6 +210,7 @@ impl FlowEvent {
             sni: None,
             process: None,
             resynced: false,
+            inbound: false,
         }
     }
 
@@ -275,6 +294,43 @@ impl FlowEvent {
     pub fn resynced(mut self, resynced: bool) -> Self {
         self.resynced = resynced;
         self
+    }
+
+    /// The same event, marked as started from outside the scope (an
+    /// accepted connection), or not.
+    ///
+    /// ```
+    /// use flow_core::{FlowEvent, FlowKey};
+    /// let key = FlowKey::tcp("10.0.0.9:40000".parse()?, "10.0.0.1:80".parse()?);
+    /// assert!(FlowEvent::opened(key, 9).inbound(true).inbound);
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn inbound(mut self, inbound: bool) -> Self {
+        self.inbound = inbound;
+        self
+    }
+
+    /// A flow denied by `rule` (`None`: a drop rule flowtrack does not
+    /// own), `enforced` or only reported (audit).
+    ///
+    /// ```
+    /// use flow_core::{FlowEvent, FlowEventKind, FlowKey};
+    /// let key = FlowKey::tcp("0.0.0.0:0".parse()?, "192.0.2.7:443".parse()?);
+    /// let event = FlowEvent::denied(key, "default", true, 5);
+    /// assert_eq!(event.kind, FlowEventKind::Denied { rule: Some("default".into()), enforced: true });
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn denied(key: FlowKey, rule: impl IntoName, enforced: bool, timestamp_ns: u64) -> Self {
+        Self::new(
+            key,
+            FlowEventKind::Denied {
+                rule: rule.into_name(),
+                enforced,
+            },
+            timestamp_ns,
+        )
     }
 
     /// The same event, closed for `reason` (a [`CloseReason`], or an
@@ -372,7 +428,15 @@ impl fmt::Display for FlowEvent {
             Seconds(self.timestamp_ns)
         )?;
         match &self.kind {
-            FlowEventKind::Opened | FlowEventKind::Denied => {}
+            FlowEventKind::Opened => {}
+            FlowEventKind::Denied { rule, enforced } => {
+                if let Some(rule) = rule {
+                    write!(f, " by {rule}")?;
+                }
+                if !enforced {
+                    f.write_str(" (audit)")?;
+                }
+            }
             FlowEventKind::Closed {
                 pkt_count,
                 byte_count,

@@ -20,6 +20,9 @@
 //! | `query`, `qtype`, `rcode` | dns | the name asked for, what for (`"A"`, `"AAAA"`, …), the answer's code (`"NOERROR"`, `"NXDOMAIN"`, …) |
 //! | `answers`, `cnames` | dns | the addresses at the end of the CNAME chain, and the chain |
 //! | `truncated` | dns         | `true` when the answer was truncated (retried over TCP) |
+//! | `rule`    | denied        | the policy rule that denied it (`"tcp://pypi.org:443"`), or `"default"` (no allow rule allowed it); absent for a drop rule flowtrack does not own |
+//! | `enforced`| denied        | `true` when the flow was stopped, `false` when only reported (a policy in audit mode) |
+//! | `inbound` | flow lines    | `true` when the flow was started from outside the scope (an accepted connection); absent otherwise |
 //! | `resynced`| flow lines    | `true` when the backend lost the event's message and rebuilt it from a listing of its table: `ts_ns` is the listing's time ([`FlowEvent::resynced`]); absent otherwise |
 //! | `backend` | every line    | the backend that observed it (several: whose counters) |
 //! | `backends`| flow lines    | every backend that observed it, `backend` first         |
@@ -306,6 +309,12 @@ fn write_json(record: &FlowRecord<'_>, options: JsonOptions, out: &mut Vec<u8>) 
                     }
                 }
                 FlowEventKind::Dns(lookup) => write_lookup(&mut object, lookup),
+                FlowEventKind::Denied { rule, enforced } => {
+                    if let Some(rule) = rule {
+                        object.entry("rule", rule.as_ref());
+                    }
+                    object.entry("enforced", enforced);
+                }
                 _ => {}
             }
             if let Some(host) = &event.host {
@@ -316,6 +325,9 @@ fn write_json(record: &FlowRecord<'_>, options: JsonOptions, out: &mut Vec<u8>) 
             }
             if let Some(process) = &event.process {
                 write_process(&mut object, process, options);
+            }
+            if event.inbound {
+                object.entry("inbound", &true);
             }
             if event.resynced {
                 object.entry("resynced", &true);
@@ -491,6 +503,13 @@ struct WireRecord {
     #[serde(default)]
     resynced: bool,
     #[serde(default)]
+    inbound: bool,
+    rule: Option<Arc<str>>,
+    /// Absent on lines of a flowtrack before policies: every denial was a
+    /// drop rule's, enforced.
+    #[serde(default = "enforced_by_default")]
+    enforced: bool,
+    #[serde(default)]
     backends: Vec<String>,
     host: Option<Arc<str>>,
     sni: Option<Arc<str>>,
@@ -498,6 +517,10 @@ struct WireRecord {
     process: WireProcess,
     #[serde(flatten)]
     lookup: WireLookup,
+}
+
+fn enforced_by_default() -> bool {
+    true
 }
 
 /// The process fields of a line.
@@ -629,14 +652,15 @@ impl WireRecord {
             )
             // A reason this version does not know reads as unknown.
             .because(self.reason.as_deref().and_then(CloseReason::from_name)),
-            WireKind::Denied => FlowEvent::new(key, FlowEventKind::Denied, self.ts_ns),
+            WireKind::Denied => FlowEvent::denied(key, self.rule, self.enforced, self.ts_ns),
             WireKind::Dns => FlowEvent::dns(key, self.lookup.into_lookup()?, self.ts_ns),
             _ => FlowEvent::opened(key, self.ts_ns),
         }
         .named(self.host)
         .with_sni(self.sni)
         .by(self.process.into_process())
-        .resynced(self.resynced);
+        .resynced(self.resynced)
+        .inbound(self.inbound);
         let mut record = FlowRecord::event(self.backend, event);
         record.also_seen_by = self
             .backends

@@ -64,7 +64,8 @@ fn any_kind() -> impl Strategy<Value = FlowEventKind> {
             pkt_count,
             byte_count
         }),
-        Just(FlowEventKind::Denied),
+        (proptest::option::of(any_name()), any::<bool>())
+            .prop_map(|(rule, enforced)| FlowEventKind::Denied { rule, enforced }),
         any_lookup().prop_map(|lookup| FlowEventKind::Dns(Arc::new(lookup))),
     ]
 }
@@ -103,17 +104,21 @@ fn any_event() -> impl Strategy<Value = FlowEvent> {
         proptest::option::of(any_name()),
         proptest::option::of(any_process()),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(key, kind, ts, reason, host, sni, process, resynced)| {
-            // A reason is only written (and read) on a closed line.
-            let reason = reason.filter(|_| matches!(kind, FlowEventKind::Closed { .. }));
-            FlowEvent::new(key, kind, ts)
-                .because(reason)
-                .named(host)
-                .with_sni(sni)
-                .by(process.map(Arc::new))
-                .resynced(resynced)
-        })
+        .prop_map(
+            |(key, kind, ts, reason, host, sni, process, resynced, inbound)| {
+                // A reason is only written (and read) on a closed line.
+                let reason = reason.filter(|_| matches!(kind, FlowEventKind::Closed { .. }));
+                FlowEvent::new(key, kind, ts)
+                    .because(reason)
+                    .named(host)
+                    .with_sni(sni)
+                    .by(process.map(Arc::new))
+                    .resynced(resynced)
+                    .inbound(inbound)
+            },
+        )
 }
 
 fn any_close_reason() -> impl Strategy<Value = CloseReason> {

@@ -6,7 +6,14 @@ mod preferred;
 
 pub use preferred::Preferred;
 
+use std::sync::Arc;
+
 use flow_core::{FlowError, FlowSource};
+use flow_policy::Policy;
+
+/// The backend that enforces a policy under `--backend both` (both
+/// observe): its socket hooks refuse a connection before it exists.
+pub const ENFORCING_BACKEND: &str = "ebpf";
 
 /// What the backends observe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +84,7 @@ impl std::str::FromStr for BackendChoice {
 /// let options = Options::default().ring_bytes(1 << 20).nflog_group(7);
 /// # drop(options);
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct Options {
     nflog_group: Option<u16>,
@@ -85,6 +92,7 @@ pub struct Options {
     flow_table_entries: Option<u32>,
     ring_bytes: Option<u32>,
     name_cache_entries: Option<std::num::NonZeroUsize>,
+    enforce: Option<Arc<Policy>>,
     without_names: bool,
     without_processes: bool,
 }
@@ -123,6 +131,31 @@ impl Options {
     pub fn name_cache_entries(mut self, addresses: std::num::NonZeroUsize) -> Self {
         self.name_cache_entries = Some(addresses);
         self
+    }
+
+    /// Enforces `policy` in the kernel: the backend that runs (under
+    /// `both`, [`ENFORCING_BACKEND`]) puts it in place before it reports
+    /// itself started, or fails to start. The policy's mode is not looked
+    /// at: this asks for enforcement.
+    #[must_use]
+    pub fn enforce(mut self, policy: Arc<Policy>) -> Self {
+        self.enforce = Some(policy);
+        self
+    }
+
+    /// Whether a policy is to be enforced.
+    #[must_use]
+    pub fn enforcing(&self) -> bool {
+        self.enforce.is_some()
+    }
+
+    /// The same options without enforcement (a backend that observes
+    /// beside the one that enforces).
+    fn observing(&self) -> Self {
+        Self {
+            enforce: None,
+            ..self.clone()
+        }
     }
 
     /// Every backend leaves flows unnamed: it reads no DNS answer and no
@@ -166,7 +199,7 @@ pub fn open(
         BackendChoice::Nflog => Ok(vec![open_nflog(scope, options)?]),
         BackendChoice::Both => Ok(vec![
             open_ebpf(scope, options)?,
-            open_nflog(scope, options)?,
+            open_nflog(scope, &options.observing())?,
         ]),
         BackendChoice::Auto => Ok(vec![Box::new(preferred(scope, options)?)]),
     }
@@ -201,6 +234,9 @@ fn open_ebpf(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, Fl
     match scope {
         Scope::Cgroup(path) => {
             let mut config = EbpfConfig::new(path.clone());
+            if let Some(policy) = &options.enforce {
+                config = config.enforce(Arc::clone(policy));
+            }
             if let Some(entries) = options.flow_table_entries {
                 config = config.flow_table_entries(entries)?;
             }
@@ -230,6 +266,12 @@ fn open_ebpf(_scope: &Scope, _options: &Options) -> Result<Box<dyn FlowSource>, 
 #[cfg(feature = "nflog")]
 fn open_nflog(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, FlowError> {
     use flow_backend_nflog::{NflogConfig, NflogSource};
+    if options.enforce.is_some() {
+        return Err(FlowError::unavailable(
+            "nflog",
+            "it cannot enforce a policy in this build",
+        ));
+    }
     let mut config = match scope {
         Scope::Cgroup(path) => NflogConfig::cgroup(path.clone()),
         Scope::Netns(path) => NflogConfig::netns(path.clone()),

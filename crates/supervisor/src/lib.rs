@@ -18,9 +18,12 @@
 //! - [`pipeline`]: drives a merged stream into a writer.
 //! - [`replay`]: recorded lines back as the merged stream that wrote them.
 //! - [`backend`]: opens backends by name (`auto`, `ebpf`, `nflog`, `both`).
+//! - [`audit`]: a policy in audit mode, on any backend: the flows it
+//!   would deny, reported.
 //!
 //! The event vocabulary is [`flow_core`]'s, re-exported here.
 
+pub mod audit;
 pub mod backend;
 mod columns;
 pub mod dedup;
@@ -34,6 +37,7 @@ pub use flow_core;
 pub use flow_core::{
     CloseReason, FlowError, FlowEvent, FlowEventKind, FlowKey, FlowSource, FlowStream, LossPoint,
 };
+pub use flow_policy;
 
 /// The eBPF backend crate.
 #[cfg(feature = "ebpf")]

@@ -188,8 +188,10 @@ impl<W: Write> RecordWriter<W> {
 ///
 /// After the key: on a `closed` line the destination's name (its host, or
 /// the server name the client sent, `-` when neither is known), the
-/// counters and the reason; on `opened` and `denied` lines the name when
-/// known; on a `dns` line the lookup and its answer. Last, the process,
+/// counters and the reason; on `opened` lines the name when known; on
+/// `denied` lines the name (`-` when unknown), the policy rule that denied
+/// the flow when it was flowtrack's, and `enforced` or `audit`; on a `dns`
+/// line the lookup and its answer. Last, the process,
 /// `comm[pid]`, when known.
 fn write_text_line(record: &FlowRecord<'_>, out: &mut Vec<u8>) {
     let mut line = Line::new(out);
@@ -242,6 +244,15 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut Vec<u8>) {
                             line.raw(b" ").left(cname, 0);
                         }
                     }
+                }
+                FlowEventKind::Denied { rule, enforced } => {
+                    line.address(key.dst_addr, key.dst_port, 21, false)
+                        .raw(b" ")
+                        .left(name.unwrap_or("-"), 24);
+                    if let Some(rule) = rule {
+                        line.raw(b"  rule ").left(rule, 0);
+                    }
+                    line.raw(if *enforced { b"  enforced" } else { b"  audit" });
                 }
                 // The name column, when something follows the key.
                 _ if name.is_some() || event.process.is_some() => {

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::merge::MergedItem;
 use crate::output::RecordWriter;
-use crate::summary::{Destinations, Programs};
+use crate::summary::{Denials, Destinations, Programs};
 
 /// A source that failed during the run.
 #[derive(Debug)]
@@ -57,6 +57,8 @@ pub struct PipelineReport {
     pub destinations: Destinations,
     /// Per-program totals of the events observed.
     pub programs: Programs,
+    /// The destinations denied, with their rules.
+    pub denials: Denials,
     /// What reached the output.
     pub output: OutputReport,
 }
@@ -201,10 +203,11 @@ fn tally(report: &mut PipelineReport, item: MergedItem) {
             report.events += 1;
             report.destinations.record(&event);
             report.programs.record(&event);
+            report.denials.record(&event);
             match event.kind {
                 FlowEventKind::Opened => report.opened += 1,
                 FlowEventKind::Closed { .. } => report.closed += 1,
-                FlowEventKind::Denied => report.denied += 1,
+                FlowEventKind::Denied { .. } => report.denied += 1,
                 FlowEventKind::Dns(_) => report.lookups += 1,
                 _ => {}
             }

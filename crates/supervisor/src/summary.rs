@@ -86,7 +86,7 @@ impl DestinationStats {
                 self.packets = self.packets.saturating_add(pkt_count);
                 self.bytes = self.bytes.saturating_add(byte_count);
             }
-            FlowEventKind::Denied => self.denied += 1,
+            FlowEventKind::Denied { .. } => self.denied += 1,
             _ => {}
         }
     }
@@ -272,6 +272,109 @@ impl Destinations {
             })
             .collect();
         summary_json("destinations", rows, self.rows.untracked_events)
+    }
+}
+
+/// A denied destination, and how it was denied.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Denial {
+    /// Where the denied flows went.
+    pub destination: Destination,
+    /// The policy rule that denied them (`default`: no allow rule allowed
+    /// them), `None` for a drop rule flowtrack does not own.
+    pub rule: Option<Arc<str>>,
+    /// Whether they were stopped, or only reported (audit).
+    pub enforced: bool,
+}
+
+/// The destinations denied during a run, each with its rule, bounded by
+/// [`MAX_DESTINATIONS`]: what the end of a run lists.
+///
+/// ```
+/// use flow_core::{FlowEvent, FlowKey};
+/// use flow_supervisor::summary::Denials;
+/// let key = FlowKey::tcp("0.0.0.0:0".parse()?, "192.0.2.9:443".parse()?);
+/// let mut denials = Denials::default();
+/// denials.record(&FlowEvent::denied(key, "default", true, 1).named("evil.example"));
+/// denials.record(&FlowEvent::denied(key, "default", true, 2).named("evil.example"));
+/// assert_eq!(
+///     denials.to_lines(10),
+///     ["denied 2 times: tcp 192.0.2.9:443 (evil.example), rule default, enforced"]
+/// );
+/// # Ok::<(), std::net::AddrParseError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Denials {
+    rows: Rows<Denial, Listed<Arc<str>>>,
+}
+
+impl Denials {
+    /// Counts `event` if it is a denial.
+    pub fn record(&mut self, event: &FlowEvent) {
+        let FlowEventKind::Denied { rule, enforced } = &event.kind else {
+            return;
+        };
+        let denial = Denial {
+            destination: Destination {
+                protocol: event.key.protocol,
+                address: event.key.dst_addr,
+                port: event.key.dst_port,
+            },
+            rule: rule.clone(),
+            enforced: *enforced,
+        };
+        if let Some(names) = self.rows.record(denial, event) {
+            for name in [&event.host, &event.sni].into_iter().flatten() {
+                names.add(Arc::clone(name));
+            }
+        }
+    }
+
+    /// Whether nothing was denied.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.rows.rows.is_empty()
+    }
+
+    /// One line per denied destination, at most `max` (then a line saying
+    /// how many more): `denied 3 times: tcp 192.0.2.9:443 (evil.example),
+    /// rule tcp://evil.example, enforced`.
+    #[must_use]
+    pub fn to_lines(&self, max: usize) -> Vec<String> {
+        let sorted = self.rows.sorted();
+        let mut lines: Vec<String> = sorted
+            .iter()
+            .take(max)
+            .map(|(denial, stats, names)| {
+                let times = match stats.denied {
+                    1 => "once".to_owned(),
+                    n => format!("{n} times"),
+                };
+                let destination = &denial.destination;
+                let mut line = format!(
+                    "denied {times}: {} {}",
+                    protocol::Display(destination.protocol),
+                    std::net::SocketAddr::new(destination.address, destination.port)
+                );
+                if !names.0.is_empty() {
+                    let _ = write!(line, " ({})", names.0.join(", "));
+                }
+                if let Some(rule) = &denial.rule {
+                    let _ = write!(line, ", rule {rule}");
+                }
+                line.push_str(if denial.enforced {
+                    ", enforced"
+                } else {
+                    ", audit"
+                });
+                line
+            })
+            .collect();
+        let more = sorted.len().saturating_sub(max) as u64 + self.rows.untracked_events;
+        if more > 0 {
+            lines.push(format!("and {more} more denials (see the summary table)"));
+        }
+        lines
     }
 }
 

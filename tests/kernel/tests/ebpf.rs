@@ -496,3 +496,36 @@ async fn an_accepted_connection_carries_the_servers_process() {
     let mut stream = start(config(&env)).await;
     names::an_accepted_connection_carries_the_servers_process(&env, &mut stream).await;
 }
+
+/// Enforce mode fails closed: when a socket-address hook cannot be
+/// attached (simulated: pointed at a directory that is no cgroup), the
+/// source does not start, says which hook and why, and leaves none of its
+/// programs on the cgroup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforcement_that_cannot_be_put_in_place_fails_the_start() {
+    let Some(env) = env("enforcement_that_cannot_be_put_in_place_fails_the_start") else {
+        return;
+    };
+    let policy = flow_policy::Policy::builder()
+        .allow("tcp://127.0.0.1:443")
+        .and_then(flow_policy::PolicyBuilder::build)
+        .unwrap()
+        .unwrap();
+    let config = config(&env)
+        .enforce(std::sync::Arc::new(policy))
+        .fail_enforcement();
+    let error = EbpfSource::new(config)
+        .start()
+        .await
+        .err()
+        .expect("the start fails");
+    let message = error.to_string();
+    assert!(
+        message.starts_with("ebpf backend unavailable: attaching flowtrack_connect4 failed"),
+        "{message}"
+    );
+    assert!(
+        flowtrack_kernel_tests::attached_programs(&env.cgroup.path).is_empty(),
+        "nothing left attached"
+    );
+}

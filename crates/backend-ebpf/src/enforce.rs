@@ -1,0 +1,256 @@
+//! Enforce mode, the loader's side: the policy's compiled address rules
+//! ([`flow_policy::table`]) into the kernel's prefix trie and anywhere
+//! array (`flow_ebpf_common::policy`), then the socket-address hooks
+//! attached. Every step that fails fails the backend's start: enforcement
+//! is in place before the scope's command runs, or nothing runs.
+//!
+//! Name rules are refused: a name's addresses are only known from the
+//! scope's own lookups, and allowing them after userspace reads the
+//! answer leaves a window in which the workload may already connect (a
+//! false denial). Enforcing names without that race needs flowtrack's own
+//! resolver in front of the scope, which this backend does not have yet.
+
+use std::fs::File;
+use std::net::IpAddr;
+
+use aya::Ebpf;
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, MapData};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use flow_core::FlowError;
+use flow_ebpf_common::{
+    CONNECT4_PROGRAM, CONNECT6_PROGRAM, ENFORCE_DEFAULT_ALLOW, ENFORCE_DEFAULT_DENY, ENFORCE_OFF,
+    POLICY_ANYWHERE_MAP, POLICY_PREFIXES, POLICY_PREFIXES_MAP, POLICY_RULES, RULE_ANY_PROTOCOL,
+    RULE_DENY, RULE_PORTS, RawPolicyRule, RawPolicyRules, SENDMSG4_PROGRAM, SENDMSG6_PROGRAM,
+    V4_PREFIX_OFFSET, mapped_v4,
+};
+use flow_policy::{Action, Entry, Policy, Proto};
+
+use crate::BACKEND_NAME;
+use crate::attach::{program, program_error, program_id};
+
+/// The socket-address hooks, attached in enforce mode only.
+pub(crate) const HOOKS: [&str; 4] = [
+    CONNECT4_PROGRAM,
+    CONNECT6_PROGRAM,
+    SENDMSG4_PROGRAM,
+    SENDMSG6_PROGRAM,
+];
+
+/// [`RawPolicyRules`] as a map value.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct Rules(RawPolicyRules);
+
+// SAFETY: plain integers, no padding (the layout is checked in
+// flow-ebpf-common's tests), valid for any bit pattern.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for Rules {}
+
+/// The value of the `ENFORCE` global for `policy` (none: off).
+pub(crate) fn global(policy: Option<&Policy>) -> u32 {
+    match policy {
+        None => ENFORCE_OFF,
+        Some(policy) if policy.default_deny() => ENFORCE_DEFAULT_DENY,
+        Some(_) => ENFORCE_DEFAULT_ALLOW,
+    }
+}
+
+/// Why `policy` cannot be enforced by this backend, if it cannot.
+pub(crate) fn refusal(policy: &Policy) -> Option<String> {
+    let names: Vec<String> = policy
+        .rules()
+        .iter()
+        .filter(|rule| rule.dest.is_name())
+        .map(ToString::to_string)
+        .collect();
+    (!names.is_empty()).then(|| {
+        format!(
+            "enforce mode takes address rules only; name rules ({}) are not enforced yet \
+             (allowing a name's answers after the lookup would race the workload): \
+             give addresses, or use --mode audit",
+            names.join(", ")
+        )
+    })
+}
+
+/// A rule as the kernel checks it.
+fn raw_rule(entry: &Entry) -> RawPolicyRule {
+    let (first_port, last_port, ports) = match entry.ports {
+        Some(range) => (range.first, range.last, RULE_PORTS),
+        None => (0, 0, 0),
+    };
+    RawPolicyRule {
+        rule: entry.rule.get(),
+        first_port,
+        last_port,
+        protocol: match entry.proto {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Icmp => 1,
+            Proto::Any => RULE_ANY_PROTOCOL,
+        },
+        flags: ports
+            | match entry.action {
+                Action::Deny => RULE_DENY,
+                Action::Allow => 0,
+            },
+    }
+}
+
+/// The kernel's form of a list of rules.
+fn raw_rules(entries: &[Entry]) -> Result<RawPolicyRules, String> {
+    let mut rules = RawPolicyRules::default();
+    if entries.len() > POLICY_RULES {
+        return Err(format!(
+            "{} rules apply to one destination; the kernel checks {POLICY_RULES} at most",
+            entries.len()
+        ));
+    }
+    for (slot, entry) in rules.rules.iter_mut().zip(entries) {
+        *slot = raw_rule(entry);
+    }
+    rules.len = entries.len() as u32;
+    Ok(rules)
+}
+
+/// The trie's entries for `policy`: each prefix (IPv4 as IPv4-mapped) with
+/// its rules, and `::ffff:0:0/96` always, so that an IPv4 address never
+/// meets a short IPv6 prefix's rules.
+pub(crate) fn prefixes(policy: &Policy) -> Result<Vec<(u32, [u8; 16], RawPolicyRules)>, String> {
+    let table = policy.prefixes();
+    if table.len() >= POLICY_PREFIXES as usize {
+        return Err(format!(
+            "{} address prefixes; the kernel holds {} at most",
+            table.len(),
+            POLICY_PREFIXES - 1
+        ));
+    }
+    let mut out = Vec::with_capacity(table.len() + 1);
+    let mut v4_root = false;
+    for (net, entries) in table.iter() {
+        let rules = raw_rules(entries).map_err(|why| format!("{net}: {why}"))?;
+        match net.network() {
+            IpAddr::V4(address) => {
+                let len = V4_PREFIX_OFFSET + u32::from(net.prefix_len());
+                v4_root |= net.prefix_len() == 0;
+                out.push((len, mapped_v4(address.octets()), rules));
+            }
+            IpAddr::V6(address) => out.push((u32::from(net.prefix_len()), address.octets(), rules)),
+        }
+    }
+    if !v4_root {
+        out.push((
+            V4_PREFIX_OFFSET,
+            mapped_v4([0; 4]),
+            RawPolicyRules::default(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Fills the policy's maps in the loaded object.
+pub(crate) fn fill_maps(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), FlowError> {
+    let unable = |why: String| {
+        FlowError::unavailable(
+            BACKEND_NAME,
+            format!("cannot put the policy in the kernel: {why}"),
+        )
+    };
+    let prefixes = prefixes(policy).map_err(unable)?;
+    let anywhere = raw_rules(policy.prefixes().anywhere())
+        .map_err(|why| unable(format!("rules for anywhere (*): {why}")))?;
+    let map = ebpf
+        .map_mut(POLICY_PREFIXES_MAP)
+        .ok_or_else(|| unable(format!("the eBPF object has no map {POLICY_PREFIXES_MAP}")))?;
+    let mut trie: LpmTrie<&mut MapData, [u8; 16], Rules> =
+        LpmTrie::try_from(map).map_err(|e| unable(e.to_string()))?;
+    for (len, address, rules) in prefixes {
+        trie.insert(&Key::new(len, address), Rules(rules), 0)
+            .map_err(|e| unable(format!("inserting a prefix: {e}")))?;
+    }
+    let map = ebpf
+        .map_mut(POLICY_ANYWHERE_MAP)
+        .ok_or_else(|| unable(format!("the eBPF object has no map {POLICY_ANYWHERE_MAP}")))?;
+    let mut array: Array<&mut MapData, Rules> =
+        Array::try_from(map).map_err(|e| unable(e.to_string()))?;
+    array
+        .set(0, Rules(anywhere), 0)
+        .map_err(|e| unable(format!("the rules for anywhere: {e}")))?;
+    Ok(())
+}
+
+/// Loads and attaches the socket-address hooks to `cgroup`; each one's
+/// name and kernel id.
+pub(crate) fn attach_hooks(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+) -> Result<Vec<(&'static str, u32)>, FlowError> {
+    let mut programs = Vec::new();
+    for name in HOOKS {
+        let hook: &mut CgroupSockAddr = program(ebpf, name)?;
+        hook.load().map_err(|e| program_error(name, "loading", e))?;
+        hook.attach(cgroup, CgroupAttachMode::Single)
+            .map_err(|e| program_error(name, "attaching", e))?;
+        programs.push((name, program_id(name, hook.info())?));
+    }
+    Ok(programs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(allow: &[&str], deny: &[&str]) -> Policy {
+        let mut builder = Policy::builder();
+        for rule in allow {
+            builder = builder.allow(rule).unwrap();
+        }
+        for rule in deny {
+            builder = builder.deny(rule).unwrap();
+        }
+        builder.build().unwrap().unwrap()
+    }
+
+    #[test]
+    fn ipv4_prefixes_are_mapped_and_the_ipv4_root_is_always_there() {
+        let policy = policy(
+            &["tcp://10.0.0.0/8:8000-8100", "any://[2001:db8::]/32"],
+            &[],
+        );
+        let mut prefixes = prefixes(&policy).unwrap();
+        prefixes.sort_by_key(|(len, address, _)| (*len, *address));
+        let shown: Vec<(u32, [u8; 16], u32)> = prefixes
+            .iter()
+            .map(|(len, address, rules)| (*len, *address, rules.len))
+            .collect();
+        let mut v6 = [0; 16];
+        v6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        assert_eq!(
+            shown,
+            [
+                (32, v6, 1),
+                (96, mapped_v4([0; 4]), 0),
+                (104, mapped_v4([10, 0, 0, 0]), 1)
+            ]
+        );
+        let rule = prefixes[2].2.rules[0];
+        assert_eq!(
+            (rule.protocol, rule.first_port, rule.last_port, rule.flags),
+            (6, 8000, 8100, RULE_PORTS)
+        );
+        assert_eq!(global(Some(&policy)), ENFORCE_DEFAULT_DENY);
+        assert_eq!(global(None), ENFORCE_OFF);
+    }
+
+    #[test]
+    fn name_rules_are_refused_with_their_text() {
+        let why = refusal(&policy(&["tcp://pypi.org:443", "udp://10.0.0.53:53"], &[])).unwrap();
+        assert!(why.contains("name rules (tcp://pypi.org:443)"), "{why}");
+        assert_eq!(refusal(&policy(&[], &["tcp://10.0.0.1"])), None);
+        assert_eq!(
+            global(Some(&policy(&[], &["tcp://10.0.0.1"]))),
+            ENFORCE_DEFAULT_ALLOW
+        );
+    }
+}

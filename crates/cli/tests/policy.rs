@@ -1,0 +1,509 @@
+//! `flowtrack run|watch` with an egress policy (`--allow`, `--deny`,
+//! `--policy`, `--mode`, `--fail-on-deny`) and `flowtrack policy suggest`:
+//! bad rules and files stop everything before it starts; audit mode lets
+//! everything through and reports exactly the flows the policy would deny,
+//! on each backend; a suggested policy allows what the recorded run did.
+//! Each kernel test runs in a network namespace of its own.
+
+use std::path::Path;
+use std::process::Output;
+
+use flow_core::FlowEventKind;
+use flow_core::record::{FlowRecord, RecordItem};
+use flowtrack_kernel_tests::{Netns, privileged};
+
+mod common;
+
+use common::{FLOWTRACK, flowtrack_in};
+
+/// The backends, as `--backend` takes them.
+const BACKENDS: [&str; 2] = ["ebpf", "nflog"];
+
+/// The records of a JSON-lines file.
+fn records(path: &Path) -> Vec<FlowRecord<'static>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| FlowRecord::from_json_line(line).unwrap())
+        .collect()
+}
+
+/// The `denied` events of a file: destination, rule, enforced.
+fn denials(path: &Path) -> Vec<(String, Option<String>, bool)> {
+    let mut denials: Vec<_> = records(path)
+        .into_iter()
+        .filter_map(|record| match record.item {
+            RecordItem::Event(event) => match &event.kind {
+                FlowEventKind::Denied { rule, enforced } => Some((
+                    event.key.dst().to_string(),
+                    rule.as_deref().map(str::to_owned),
+                    *enforced,
+                )),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    denials.sort();
+    denials
+}
+
+/// Sends a datagram to port 9 of 127.0.0.1, .2 and .3 (each send
+/// succeeds, or the script fails), then prints `sent`.
+const SEND_THREE: &str = "import socket\n\
+for a in ('127.0.0.1','127.0.0.2','127.0.0.3'): s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.sendto(b'x',(a,9)); s.close()\n\
+print('sent')";
+
+/// `flowtrack run ARGS --format json -o OUT -- ip netns exec NS python3 -c
+/// SCRIPT`, in `netns`.
+fn run_python(netns: &Netns, args: &[&str], out: &Path, script: &str) -> Output {
+    flowtrack_in(netns, &["run"])
+        .args(args)
+        .args(["--format", "json", "-o"])
+        .arg(out)
+        .args([
+            "--",
+            "ip",
+            "netns",
+            "exec",
+            &netns.name,
+            "python3",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn audit_lets_everything_through_and_reports_exactly_the_would_be_denials() {
+    if !privileged("audit_lets_everything_through_and_reports_exactly_the_would_be_denials") {
+        return;
+    }
+    for backend in BACKENDS {
+        let netns = Netns::new();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("flows.jsonl");
+        let policy = [
+            "--backend",
+            backend,
+            "--allow",
+            "udp://127.0.0.1:9",
+            "--deny",
+            "udp://127.0.0.2",
+            "--fail-on-deny",
+        ];
+        let output = run_python(&netns, &policy, &out, SEND_THREE);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "sent\n",
+            "{backend}: {stderr}"
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(4),
+            "{backend}: --fail-on-deny after the command succeeded: {stderr}"
+        );
+        assert_eq!(
+            denials(&out),
+            [
+                (
+                    "127.0.0.2:9".to_owned(),
+                    Some("udp://127.0.0.2".to_owned()),
+                    false
+                ),
+                ("127.0.0.3:9".to_owned(), Some("default".to_owned()), false),
+            ],
+            "{backend}: {}",
+            std::fs::read_to_string(&out).unwrap()
+        );
+        let opened = records(&out)
+            .iter()
+            .filter(|record| record.kind_name() == "opened")
+            .count();
+        assert_eq!(opened, 3, "{backend}: every flow went through");
+        for said in [
+            "flowtrack: 3 flows opened, 3 closed, 2 denied; nothing lost",
+            "flowtrack: denied once: udp 127.0.0.2:9, rule udp://127.0.0.2, audit",
+            "flowtrack: denied once: udp 127.0.0.3:9, rule default, audit",
+        ] {
+            assert!(stderr.contains(said), "{backend}: {said} in {stderr}");
+        }
+        // Without --fail-on-deny, the command's status.
+        let output = run_python(&netns, &policy[..6], &out, SEND_THREE);
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+    }
+}
+
+#[test]
+fn bad_rules_and_files_start_nothing_and_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    let run = |args: &[&str]| {
+        std::process::Command::new(FLOWTRACK)
+            .arg("run")
+            .args(args)
+            .args(["--", "touch"])
+            .arg(dir.path().join("ran"))
+            .output()
+            .unwrap()
+    };
+    let bad_rule = run(&["--allow", "tcp://pypi.org:99999"]);
+    assert_eq!(bad_rule.status.code(), Some(2), "a usage error");
+    assert!(
+        String::from_utf8_lossy(&bad_rule.stderr).contains(
+            "invalid value 'tcp://pypi.org:99999' for '--allow <RULE>': rule \"tcp://pypi.org:99999\": \"99999\" is not a port"
+        ),
+        "{bad_rule:?}"
+    );
+    let mode_alone = run(&["--mode", "enforce"]);
+    assert_eq!(mode_alone.status.code(), Some(2), "{mode_alone:?}");
+    std::fs::write(
+        &file,
+        "mode = \"enforce\"\nallow = [\n  \"tcp://pypi.org:443\",\n  \"tcp://[::1\",\n]\n",
+    )
+    .unwrap();
+    let bad_file = run(&["--policy", file.to_str().unwrap()]);
+    assert_eq!(bad_file.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&bad_file.stderr),
+        format!(
+            "flowtrack: error: {} line 4, column 3: rule \"tcp://[::1\": an IPv6 address opened with [ is never closed with ]\n",
+            file.display()
+        )
+    );
+    std::fs::write(&file, "mode = \"enforce\"\nallw = []\n").unwrap();
+    let unknown = run(&["--policy", file.to_str().unwrap()]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "flowtrack: error: {} line 2, column 1: unknown field `allw`",
+            file.display()
+        )) && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(!dir.path().join("ran").exists(), "the command never ran");
+}
+
+/// A recorded run: a lookup, two connections to what it answered (named),
+/// a connection to a literal address, a ClientHello's server, loopback,
+/// and a connection accepted from outside.
+const RECORDED: &str = concat!(
+    r#"{"ts_ns":1,"kind":"opened","proto":"udp","src":"10.0.0.1","sport":5353,"dst":"10.0.0.53","dport":53,"backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":2,"kind":"dns","proto":"udp","src":"10.0.0.1","sport":5353,"dst":"10.0.0.53","dport":53,"query":"pypi.org","qtype":"A","rcode":"NOERROR","answers":["151.101.0.223"],"cnames":[],"backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":3,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":40000,"dst":"151.101.0.223","dport":443,"host":"pypi.org","backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":4,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":40001,"dst":"151.101.0.223","dport":443,"host":"pypi.org","backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":5,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":40002,"dst":"192.0.2.7","dport":8080,"backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":6,"kind":"closed","proto":"tcp","src":"10.0.0.1","sport":40002,"dst":"192.0.2.7","dport":8080,"packets":6,"bytes":400,"sni":"secure.example","backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":7,"kind":"opened","proto":"udp","src":"127.0.0.1","sport":40003,"dst":"127.0.0.1","dport":9,"backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+    r#"{"ts_ns":8,"kind":"opened","proto":"tcp","src":"192.0.2.99","sport":50000,"dst":"10.0.0.1","dport":22,"inbound":true,"backend":"ebpf","backends":["ebpf"]}"#,
+    "\n",
+);
+
+#[test]
+fn suggest_allows_what_the_recorded_run_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("run.jsonl");
+    std::fs::write(&events, RECORDED).unwrap();
+    let policy = dir.path().join("policy.toml");
+    let output = std::process::Command::new(FLOWTRACK)
+        .args(["policy", "suggest"])
+        .arg(&events)
+        .arg("-o")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&policy).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "created as -o creates files");
+    let written = std::fs::read_to_string(&policy).unwrap();
+    let rules: Vec<&str> = written
+        .lines()
+        .filter(|line| line.starts_with("    \""))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "    \"any://127.0.0.0/8\",  # 1 connection",
+            "    \"tcp://pypi.org:443\",  # 2 connections (151.101.0.223)",
+            "    \"tcp://secure.example:8080\",  # 1 connection (192.0.2.7)",
+            "    \"udp://10.0.0.53:53\",  # 1 connection",
+        ],
+        "{written}"
+    );
+    assert!(written.contains("mode = \"enforce\""), "{written}");
+    // To stdout without -o; and the file is a policy flowtrack takes.
+    let stdout = std::process::Command::new(FLOWTRACK)
+        .args(["policy", "suggest"])
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&stdout.stdout), written);
+    flow_policy::Policy::builder()
+        .file(&policy)
+        .unwrap()
+        .build()
+        .unwrap()
+        .unwrap();
+}
+
+/// Tries each way out of the scope and prints one line per try: its name
+/// and `ok` or the errno's name. With `noraw` as its argument it sends
+/// no raw ICMP (a user without CAP_NET_RAW cannot).
+const PROBE: &str = r#"
+import errno, subprocess, sys
+from socket import *
+def attempt(name, f):
+    try:
+        f(); result = 'ok'
+    except OSError as e:
+        result = errno.errorcode.get(e.errno, str(e.errno))
+    print(name, result, flush=True)
+def tcp(family, addr, port):
+    s = socket(family); s.settimeout(5)
+    try: s.connect((addr, port))
+    finally: s.close()
+def sendto(addr):
+    s = socket(AF_INET, SOCK_DGRAM)
+    try: s.sendto(b'x', (addr, 9))
+    finally: s.close()
+def connected(addr):
+    s = socket(AF_INET, SOCK_DGRAM)
+    try: s.connect((addr, 9)); s.send(b'x')
+    finally: s.close()
+def ping(addr):
+    s = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP); s.settimeout(5)
+    try: s.sendto(b'\x08\x00\xf7\xff\x00\x00\x00\x00', (addr, 0)); s.recv(100)
+    finally: s.close()
+v4 = socket(); v4.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1); v4.bind(('127.0.0.1', 8000)); v4.listen(64)
+v6 = socket(AF_INET6); v6.setsockopt(IPPROTO_IPV6, IPV6_V6ONLY, 1); v6.bind(('::1', 8000)); v6.listen(64)
+attempt('tcp4-allowed', lambda: tcp(AF_INET, '127.0.0.1', 8000))
+attempt('tcp4-deny-rule', lambda: tcp(AF_INET, '127.0.0.1', 8050))
+attempt('tcp4-outside-range', lambda: tcp(AF_INET, '127.0.0.1', 8101))
+attempt('tcp6-allowed', lambda: tcp(AF_INET6, '::1', 8000))
+attempt('tcp6-other-port', lambda: tcp(AF_INET6, '::1', 8001))
+attempt('mapped-allowed', lambda: tcp(AF_INET6, '::ffff:127.0.0.1', 8000))
+attempt('mapped-outside-range', lambda: tcp(AF_INET6, '::ffff:127.0.0.1', 8101))
+attempt('udp-sendto-allowed', lambda: sendto('127.0.0.1'))
+attempt('udp-sendto-denied', lambda: sendto('127.0.0.2'))
+attempt('udp-connect-denied', lambda: connected('127.0.0.3'))
+if sys.argv[1:] != ['noraw']:
+    attempt('ping-allowed', lambda: ping('127.0.0.5'))
+    attempt('ping-denied', lambda: ping('127.0.0.4'))
+grandchild = "import socket\ntry:\n socket.create_connection(('127.0.0.1', 8101), 5)\n print('grandchild ok')\nexcept OSError as e:\n print('grandchild', __import__('errno').errorcode[e.errno])"
+sys.stdout.write(subprocess.run([sys.executable, '-c', grandchild], capture_output=True, text=True).stdout)
+"#;
+
+/// The enforced policy [`PROBE`] meets: a port range with a deny rule
+/// inside it (deny wins), IPv6, UDP to one address, ICMP to another.
+const ENFORCED: [&str; 12] = [
+    "--mode",
+    "enforce",
+    "--allow",
+    "tcp://127.0.0.1:8000-8100",
+    "--deny",
+    "tcp://127.0.0.1:8050",
+    "--allow",
+    "tcp://[::1]:8000",
+    "--allow",
+    "udp://127.0.0.1:9",
+    "--allow",
+    "icmp://127.0.0.5",
+];
+
+#[test]
+fn enforce_refuses_denied_destinations_at_once_with_eperm() {
+    if !privileged("enforce_refuses_denied_destinations_at_once_with_eperm") {
+        return;
+    }
+    for user in [None, Some("nobody")] {
+        let netns = Netns::new();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("flows.jsonl");
+        let mut args = vec!["--backend", "ebpf", "--fail-on-deny"];
+        args.extend(ENFORCED);
+        if let Some(user) = user {
+            args.extend(["--user", user]);
+        }
+        let script = format!(
+            "import sys; sys.argv[1:] = [{:?}]\n{PROBE}",
+            if user.is_some() { "noraw" } else { "" }
+        );
+        // The command inherits flowtrack's namespace (nobody could not
+        // enter one with `ip netns exec`).
+        let output = flowtrack_in(&netns, &["run"])
+            .args(&args)
+            .args(["--format", "json", "-o"])
+            .arg(&out)
+            .args(["--", "python3", "-c", &script])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let mut expected = vec![
+            "tcp4-allowed ok",
+            "tcp4-deny-rule EPERM",
+            "tcp4-outside-range EPERM",
+            "tcp6-allowed ok",
+            "tcp6-other-port EPERM",
+            "mapped-allowed ok",
+            "mapped-outside-range EPERM",
+            "udp-sendto-allowed ok",
+            "udp-sendto-denied EPERM",
+            "udp-connect-denied EPERM",
+        ];
+        if user.is_none() {
+            expected.extend(["ping-allowed ok", "ping-denied EPERM"]);
+        }
+        expected.push("grandchild EPERM");
+        assert_eq!(
+            stdout.lines().collect::<Vec<_>>(),
+            expected,
+            "{user:?}: {stderr}"
+        );
+        assert_eq!(output.status.code(), Some(4), "{user:?}: {stderr}");
+        let denied = denials(&out);
+        let mut want: Vec<(String, Option<String>, bool)> = [
+            ("127.0.0.1:8050", "tcp://127.0.0.1:8050"),
+            ("127.0.0.1:8101", "default"),
+            ("127.0.0.1:8101", "default"),
+            // The destination as the workload gave it.
+            ("[::ffff:127.0.0.1]:8101", "default"),
+            ("[::1]:8001", "default"),
+            ("127.0.0.2:9", "default"),
+            ("127.0.0.3:9", "default"),
+        ]
+        .into_iter()
+        .map(|(dst, rule)| (dst.to_owned(), Some(rule.to_owned()), true))
+        .collect();
+        if user.is_none() {
+            // An echo request's "port": its type (8) and code.
+            want.push((
+                "127.0.0.4:2048".to_owned(),
+                Some("default".to_owned()),
+                true,
+            ));
+        }
+        want.sort();
+        assert_eq!(
+            denied,
+            want,
+            "{user:?}: {}",
+            std::fs::read_to_string(&out).unwrap()
+        );
+    }
+}
+
+/// Enforcement that cannot be put in place starts nothing: a name rule
+/// (not enforced yet), or a backend that cannot enforce.
+#[test]
+fn enforce_mode_that_cannot_be_put_in_place_starts_nothing() {
+    if !privileged("enforce_mode_that_cannot_be_put_in_place_starts_nothing") {
+        return;
+    }
+    let netns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    for (args, why) in [
+        (
+            ["--backend", "ebpf", "--allow", "tcp://pypi.org:443"],
+            "ebpf backend unavailable: enforce mode takes address rules only; name rules (tcp://pypi.org:443) are not enforced yet",
+        ),
+        (
+            ["--backend", "nflog", "--allow", "tcp://127.0.0.1:443"],
+            "nflog backend unavailable: it cannot enforce a policy in this build",
+        ),
+    ] {
+        let output = flowtrack_in(&netns, &["run", "--mode", "enforce"])
+            .args(args)
+            .args(["--", "touch"])
+            .arg(&ran)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.starts_with(
+                "flowtrack: error: cannot enforce the policy, so the command was not started: "
+            ) && stderr.contains(why)
+                && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+        assert!(!ran.exists(), "the command never ran");
+    }
+}
+
+/// Sends a datagram to port 9 of each address of `sys.argv[1:]`, then
+/// prints `sent` (a refused send fails the script).
+const SEND_TO: &str = "import socket, sys\n\
+for a in sys.argv[1:]: s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.sendto(b'x',(a,9)); s.close()\n\
+print('sent')";
+
+/// The round trip: a run recorded with no policy, the policy suggested
+/// from it, the same workload enforced under it (nothing denied), then a
+/// new destination (refused with EPERM, denied).
+#[test]
+fn a_suggested_policy_enforced_allows_the_run_and_denies_a_new_destination() {
+    if !privileged("a_suggested_policy_enforced_allows_the_run_and_denies_a_new_destination") {
+        return;
+    }
+    let netns = Netns::new();
+    // Addresses of the namespace's own that are not loopback (a suggested
+    // policy allows loopback as a whole).
+    for address in ["192.0.2.1/32", "192.0.2.2/32"] {
+        let status = std::process::Command::new("ip")
+            .args(["-n", &netns.name, "addr", "add", address, "dev", "lo"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = dir.path().join("recorded.jsonl");
+    let policy = dir.path().join("policy.toml");
+    let run = |args: &[&str], out: &Path, to: &[&str]| {
+        flowtrack_in(&netns, &["run", "--backend", "ebpf"])
+            .args(args)
+            .args(["--format", "json", "-o"])
+            .arg(out)
+            .args(["--", "python3", "-c", SEND_TO])
+            .args(to)
+            .output()
+            .unwrap()
+    };
+    let output = run(&[], &recorded, &["192.0.2.1"]);
+    assert!(output.status.success(), "{output:?}");
+    let suggested = std::process::Command::new(FLOWTRACK)
+        .args(["policy", "suggest"])
+        .arg(&recorded)
+        .arg("-o")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(suggested.status.success(), "{suggested:?}");
+    let written = std::fs::read_to_string(&policy).unwrap();
+    assert!(written.contains("\"udp://192.0.2.1:9\""), "{written}");
+    let policy_args = ["--policy", policy.to_str().unwrap(), "--fail-on-deny"];
+    let enforced = dir.path().join("enforced.jsonl");
+    let output = run(&policy_args, &enforced, &["192.0.2.1"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}\n{written}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "sent\n");
+    assert_eq!(denials(&enforced), [], "nothing denied");
+    let output = run(&policy_args, &enforced, &["192.0.2.1", "192.0.2.2"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("PermissionError"), "{stderr}");
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert_eq!(
+        denials(&enforced),
+        [("192.0.2.2:9".to_owned(), Some("default".to_owned()), true)]
+    );
+}
