@@ -14,6 +14,7 @@ use flow_ebpf_common::{
     SOCK_CREATE_PROGRAM, SOCK_RELEASE_PROGRAM,
 };
 
+use crate::checkpoint::Checkpoint;
 use crate::kernel_offsets;
 
 use crate::{BACKEND_NAME, EbpfConfig};
@@ -26,6 +27,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fl
 /// them too).
 pub(crate) struct Attached {
     pub(crate) ebpf: Ebpf,
+    /// The checkpoint iterator, loaded when interim updates are asked for.
+    pub(crate) checkpoint: Option<Checkpoint>,
     /// Each attached program's name and kernel id.
     programs: Vec<(&'static str, u32)>,
 }
@@ -77,6 +80,18 @@ impl Attached {
             loader.override_global(global, offset, true);
         }
         let mut ebpf = loader.load(OBJECT).map_err(load_error)?;
+        let checkpoint = match config.active_timeout {
+            Some(_) => Some(Checkpoint::load(&mut ebpf).map_err(|why| {
+                FlowError::unavailable(
+                    BACKEND_NAME,
+                    format!(
+                        "interim updates of long flows (an active timeout) need its checkpoint \
+                         iterator, which cannot load: {why}"
+                    ),
+                )
+            })?),
+            None => None,
+        };
         // Before the cgroup's programs: once they are attached, the run's
         // command may start, and its own exec must be recorded.
         if !offsets.is_empty()
@@ -113,7 +128,11 @@ impl Attached {
                 .map_err(|e| program_error(name, "attaching", e))?;
             programs.push((name, program_id(name, program.info())?));
         }
-        Ok(Self { ebpf, programs })
+        Ok(Self {
+            ebpf,
+            checkpoint,
+            programs,
+        })
     }
 
     /// A program whose link someone detached from the cgroup (with

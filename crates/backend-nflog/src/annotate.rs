@@ -102,6 +102,7 @@ impl Annotator {
                 self.enricher.closed(event)
             }
             FlowEventKind::Denied => self.enricher.denied(event),
+            FlowEventKind::Update { .. } => self.enricher.update(event),
             _ => event,
         }
     }

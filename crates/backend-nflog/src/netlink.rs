@@ -372,6 +372,43 @@ impl Socket {
     /// for an ACK (or a dump), and collects the replies to each until all
     /// are answered (ACK or dump end): per request, its reply messages, or
     /// the errno it was refused with. One round trip for them all.
+    /// Sends the dump request `bytes` (sequence number `seq`) and hands
+    /// each message of its answer to `each` as it arrives, in the socket's
+    /// buffer, until the dump is done: a large table is never held whole.
+    pub(crate) fn dump_each(
+        &mut self,
+        bytes: &[u8],
+        seq: u32,
+        mut each: impl FnMut(u16, NlmF, &[u8]),
+    ) -> io::Result<()> {
+        self.send(bytes)?;
+        loop {
+            let datagram = self.recv(false)?;
+            let (messages, malformed) = split(datagram);
+            if let Some(error) = malformed {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    error.to_string(),
+                ));
+            }
+            for message in messages {
+                match message {
+                    Received::Done { seq: done } if done == seq => return Ok(()),
+                    Received::Ack { seq: acked, errno } if acked == seq && errno != 0 => {
+                        return Err(io::Error::from_raw_os_error(errno));
+                    }
+                    Received::Message {
+                        kind,
+                        flags,
+                        seq: of,
+                        payload,
+                    } if of == seq => each(kind, flags, payload),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     pub(crate) fn transact_batch(
         &mut self,
         bytes: &[u8],

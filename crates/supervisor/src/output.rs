@@ -191,7 +191,7 @@ impl<W: Write> RecordWriter<W> {
 ///
 /// After the key: on a `closed` line the destination's name (its host, or
 /// the server name the client sent, `-` when neither is known), the
-/// counters and the reason; on `opened` and `denied` lines the name when
+/// counters and the reason (an `update` line: the counters so far); on `opened` and `denied` lines the name when
 /// known; on a `dns` line the lookup and its answer. Last, the process,
 /// `comm[pid]`, when known.
 fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<()> {
@@ -214,6 +214,10 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<
             let name = event.host.as_deref().or(event.sni.as_deref());
             match &event.kind {
                 FlowEventKind::Closed {
+                    pkt_count,
+                    byte_count,
+                }
+                | FlowEventKind::Update {
                     pkt_count,
                     byte_count,
                 } => {
