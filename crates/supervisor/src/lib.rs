@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Features: `ebpf` and `nflog` compile in the kernel backends (both on by
-//! default), `mock` the scripted and mockall sources for tests. The
+//! default), `mock` the scripted and mockall sources for tests, `ipfix`
+//! flow export to IPFIX collectors. The
 //! `flowtrack` command is a crate of its own (package `flowtrack`), so this
 //! library brings no command-line, HTTP or metrics crates.
 //!
@@ -18,11 +19,14 @@
 //! - [`pipeline`]: drives a merged stream into a writer.
 //! - [`replay`]: recorded lines back as the merged stream that wrote them.
 //! - [`backend`]: opens backends by name (`auto`, `ebpf`, `nflog`, `both`).
+//! - `export` (feature `ipfix`): flow records to IPFIX collectors over UDP.
 //!
 //! The event vocabulary is [`flow_core`]'s, re-exported here.
 
 pub mod backend;
 pub mod dedup;
+#[cfg(feature = "ipfix")]
+pub mod export;
 pub mod merge;
 pub mod output;
 pub mod pipeline;
