@@ -130,12 +130,13 @@ pub(crate) fn statistics_overhead(trials: usize) -> Result<StatisticsOverhead> {
 }
 
 /// `kernel.bpf_stats_enabled=1` while it lives.
-struct BpfStats;
+pub(crate) struct BpfStats;
 
 impl BpfStats {
     const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-    fn on() -> Result<Self> {
+    /// Turns the statistics on.
+    pub(crate) fn on() -> Result<Self> {
         std::fs::write(Self::SYSCTL, "1").context("enabling BPF stats")?;
         Ok(Self)
     }
@@ -147,18 +148,25 @@ impl Drop for BpfStats {
     }
 }
 
-/// `run_time_ns` and `run_cnt` of the cgroup_skb programs named
-/// `prefix*` attached to `cgroup`.
-fn program_stats(cgroup: &Path, prefix: &str) -> Result<(u64, u64)> {
+/// Σ `run_time_ns` and Σ `run_cnt` of the programs attached to `cgroup`
+/// whose names `keep` keeps.
+pub(crate) fn program_stats(cgroup: &Path, keep: impl Fn(&str) -> bool) -> Result<(u64, u64)> {
     let output = Command::new("bpftool")
         .args(["-j", "cgroup", "show"])
         .arg(cgroup)
         .output()?;
-    let attached: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let attached: serde_json::Value =
+        serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "bpftool cgroup show {}: {}",
+                cgroup.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )
+        })?;
     let mut totals = (0, 0);
     for program in attached.as_array().context("bpftool cgroup show -j")? {
         let name = program["name"].as_str().unwrap_or_default();
-        if !name.starts_with(prefix) || name.contains("release") {
+        if !keep(name) {
             continue;
         }
         let id = program["id"].as_u64().context("program id")?;
@@ -188,10 +196,12 @@ fn measured(
     shape: Shape,
     prefix: &str,
 ) -> Result<(f64, u64)> {
+    // The cgroup_skb programs: not those run once per socket.
+    let per_packet = |name: &str| name.starts_with(prefix) && !name.contains("sock_");
     let stats = BpfStats::on()?;
-    let before = program_stats(&cgroup.path, prefix)?;
+    let before = program_stats(&cgroup.path, per_packet)?;
     transfer(netns, cgroup, port, shape)?;
-    let after = program_stats(&cgroup.path, prefix)?;
+    let after = program_stats(&cgroup.path, per_packet)?;
     drop(stats);
     let runs = after.1 - before.1;
     ensure!(runs > 0, "no run of the {prefix}* programs was counted");
@@ -235,20 +245,20 @@ pub(crate) fn ebpf_cost(bytes: u64, rounds: usize) -> Result<String> {
         },
     ];
     let mut table = String::from(
-        "| transfer | eBPF ns per program run (median) | pass-only program (floor) | flowtrack's work: run − floor, same round (median) | runs per transfer | without flowtrack | with flowtrack | ratio with / without, same round: median (range) |\n|---|---|---|---|---|---|---|---|\n",
+        "| transfer | eBPF ns per program run (median) | without names or processes | pass-only program (floor) | flowtrack's work: run − floor, same round (median) | without names or processes: run − floor | runs per transfer | without flowtrack | with flowtrack | ratio with / without, same round: median (range) |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for shape in shapes {
         let mut runs = 0;
         let (mut without, mut with) = (Vec::new(), Vec::new());
-        let (mut costs, mut floors) = (Vec::new(), Vec::new());
+        let (mut costs, mut bare_costs, mut floors) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             // Rotate which goes first, so that drift favours none.
-            for turn in 0..3 {
-                match (round + turn) % 3 {
+            for turn in 0..4 {
+                match (round + turn) % 4 {
                     0 => without.push(transfer(&netns, &cgroup, sink.port, shape)?),
                     1 => {
-                        let stream = runtime
-                            .block_on(EbpfSource::new(EbpfConfig::new(&cgroup.path)).start())?;
+                        let config = EbpfConfig::new(&cgroup.path);
+                        let stream = runtime.block_on(EbpfSource::new(config).start())?;
                         let reader = runtime.spawn(stream.for_each(|_| async {}));
                         with.push(transfer(&netns, &cgroup, sink.port, shape)?);
                         let (cost, count) =
@@ -257,6 +267,15 @@ pub(crate) fn ebpf_cost(bytes: u64, rounds: usize) -> Result<String> {
                         let _ = runtime.block_on(reader);
                         costs.push(cost);
                         runs = count;
+                    }
+                    2 => {
+                        let config = EbpfConfig::new(&cgroup.path).names(false).processes(false);
+                        let stream = runtime.block_on(EbpfSource::new(config).start())?;
+                        let reader = runtime.spawn(stream.for_each(|_| async {}));
+                        let (cost, _) = measured(&netns, &cgroup, sink.port, shape, "flowtrack_")?;
+                        reader.abort();
+                        let _ = runtime.block_on(reader);
+                        bare_costs.push(cost);
                     }
                     _ => {
                         let programs = attach_pass(&cgroup.path)?;
@@ -273,18 +292,21 @@ pub(crate) fn ebpf_cost(bytes: u64, rounds: usize) -> Result<String> {
             a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()
         };
         let mut work = pairwise(&costs, &floors, |cost, floor| cost - floor);
+        let mut bare_work = pairwise(&bare_costs, &floors, |cost, floor| cost - floor);
         let mut ratios = pairwise(&with, &without, |with, without| with / without);
         let (lowest, highest) = ratios
             .iter()
             .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
         writeln!(
             table,
-            "| {} ({} MB) | {:.1} ns | {:.1} ns | {:.1} ns | {runs} | {:.2} GB/s | {:.2} GB/s | {:.3} ({lowest:.3}–{highest:.3}) |",
+            "| {} ({} MB) | {:.1} ns | {:.1} ns | {:.1} ns | {:.1} ns | {:.1} ns | {runs} | {:.2} GB/s | {:.2} GB/s | {:.3} ({lowest:.3}–{highest:.3}) |",
             shape.name,
             shape.bytes / 1_000_000,
             median(&mut costs),
+            median(&mut bare_costs),
             median(&mut floors),
             median(&mut work),
+            median(&mut bare_work),
             median(&mut without) / 1e9,
             median(&mut with) / 1e9,
             median(&mut ratios),

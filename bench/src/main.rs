@@ -4,6 +4,7 @@
 
 mod ebpf_cost;
 mod fuzz;
+mod lookups;
 mod report;
 mod scale;
 mod soak;
@@ -71,13 +72,28 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
-    /// (internal) Makes FLOWS connections to DST from THREADS threads.
+    /// Storms of short TCP connections each preceded by a DNS lookup,
+    /// watched by flowtrack with its defaults, without names, and without
+    /// processes: names and attribution captured, and what each costs.
+    /// Needs `flowtrack` built beside this harness.
+    Lookups {
+        /// Connections to make (each after a lookup).
+        #[arg(long, default_value_t = 20_000)]
+        flows: usize,
+    },
+    /// (internal) Makes FLOWS connections to DST from THREADS threads,
+    /// each looked up at LOOKUP first when given.
     #[command(hide = true)]
     Storm {
         dst: SocketAddr,
         flows: usize,
         threads: usize,
+        #[arg(long)]
+        lookup: Option<SocketAddr>,
     },
+    /// (internal) Answers `cN.storm.test` A queries on ADDR.
+    #[command(hide = true)]
+    Resolver { addr: SocketAddr },
     /// (internal) Accepts connections and echoes one byte on each.
     #[command(hide = true)]
     Echo { addr: SocketAddr },
@@ -101,11 +117,14 @@ fn main() -> Result<()> {
         Cmd::Soak { seconds } => print(soak::soak(seconds)),
         Cmd::EbpfCost { bytes, rounds } => print(ebpf_cost::ebpf_cost(bytes, rounds)),
         Cmd::Storms { flows, threads } => print(storm::storms(flows, threads)),
+        Cmd::Lookups { flows } => print(lookups::lookups(flows)),
         Cmd::Storm {
             dst,
             flows,
             threads,
-        } => storm::storm(dst, flows, threads),
+            lookup,
+        } => storm::storm(dst, flows, threads, lookup),
+        Cmd::Resolver { addr } => lookups::resolver(addr),
         Cmd::Echo { addr } => echo(addr),
         Cmd::Sink { addr } => sink(addr),
         Cmd::Send { dst, bytes, chunk } => send(dst, bytes, chunk),

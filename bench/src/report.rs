@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 
-use crate::{ebpf_cost, fuzz, scale, soak, storm};
+use crate::{ebpf_cost, fuzz, lookups, scale, soak, storm};
 
 /// How long and how big each measurement is.
 #[derive(Debug, clap::Args)]
@@ -163,7 +163,7 @@ struct Section {
 }
 
 /// The sections, in the report's order.
-const SECTIONS: [Section; 7] = [
+const SECTIONS: [Section; 8] = [
     Section {
         name: "merge",
         heading: "## Merge + encoding",
@@ -185,6 +185,11 @@ const SECTIONS: [Section; 7] = [
         write: storm_section,
     },
     Section {
+        name: "lookups",
+        heading: "## Names and processes: storms with a lookup before every connection",
+        write: lookups_section,
+    },
+    Section {
         name: "scale",
         heading: "## Memory at scale",
         write: scale_section,
@@ -202,11 +207,12 @@ const SECTIONS: [Section; 7] = [
 ];
 
 /// The names `--only` accepts.
-pub(crate) const SECTION_NAMES: [&str; 7] = [
+pub(crate) const SECTION_NAMES: [&str; 8] = [
     "merge",
     "correlation",
     "ebpf-cost",
     "storm",
+    "lookups",
     "scale",
     "soak",
     "fuzz",
@@ -327,7 +333,12 @@ fn ebpf_section(plan: &Plan, machine: &str) -> Result<String> {
          storage (a storage lookup and two plain adds to the slot its CPU\n\
          owns, nothing else); the handshake and the FINs go through the flow\n\
          table. Target: under 50 ns per packet; throughput\n\
-         ratio at least 0.97. **Machine**: {machine}.\n\n\
+         ratio at least 0.97. *Without names or processes*: the same\n\
+         programs loaded with naming off and without the process programs\n\
+         (`--no-names --no-processes`), measured in the same rounds: what a\n\
+         packet pays for the DNS and ClientHello paths is the difference (a\n\
+         port compare and, on a flow's first packets, a flag test).\n\
+         **Machine**: {machine}.\n\n\
          **The statistics' own cost** (second table): the pass-only egress\n\
          program, loaded but not attached, run {} times by `BPF_PROG_TEST_RUN`\n\
          on a 54-byte TCP ACK. The kernel times a test run's whole loop with one\n\
@@ -348,25 +359,57 @@ fn storm_section(plan: &Plan, machine: &str) -> Result<String> {
     Ok(format!(
         "**What**: {} short TCP connections (connect, one byte each way, close)\n\
          over loopback in a fresh namespace, as fast as two client threads can,\n\
-         three times: each time `flowtrack watch --format json` (default\n\
+         four times: each time `flowtrack watch --format json` (default\n\
          settings) and one peer watch it at the same time — the nflog backend\n\
          (scoped to the namespace) beside `stdbuf -oL conntrack -E -e\n\
          NEW,DESTROY`, then beside ulogd2 (Debian's 2.0.8: the NFCT plugin in\n\
          event mode without its flow hash, PRINTFLOW to stdout flushed per line;\n\
          see `ULOGD_CONF` in `bench/src/storm.rs`), then the eBPF backend\n\
-         (scoped to a cgroup the generator runs in) beside `conntrack -E`.\n\
+         (scoped to a cgroup the generator runs in) beside `conntrack -E`,\n\
+         then both backends at once (`--backend both`, the same cgroup)\n\
+         beside `conntrack -E`: its CPU compares with the sum of the nflog and\n\
+         eBPF rows.\n\
          One peer at a time: with three watchers and the generator's two\n\
          threads on two CPUs, flowtrack's p99 rose from about 1 ms to 4–7 ms.\n\
          Each tool's lines are stamped with CLOCK_MONOTONIC on arrival; the\n\
          generator stamps each connect(). A port reused from TIME_WAIT carries\n\
          several flows in turn: the k-th open of a port answers its k-th connect.\n\
-         CPU is the tool's user + system time over the storm. `conntrack -E` and\n\
+         CPU is the tool's user + system time over the storm, per 10,000\n\
+         connections made and per 10,000 events (opened + closed lines) it\n\
+         reported. `conntrack -E` and\n\
          ulogd2 see a DESTROY only when an entry expires (120 s after a clean close) or is\n\
          replaced by a reused port; flowtrack reports every close at once, from\n\
          the TCP state. Targets: 100% captured with default settings, never\n\
          worse than the peers; for eBPF also p99 under 1 ms. **Machine**: {machine}.\n\n{}\n",
         plan.storm_flows,
         storm::storms(plan.storm_flows, 2)?
+    ))
+}
+
+fn lookups_section(plan: &Plan, machine: &str) -> Result<String> {
+    Ok(format!(
+        "**What**: {} short TCP connections over loopback in a fresh namespace,\n\
+         from two client threads, each connection preceded by a DNS lookup of a\n\
+         name of its own (`cN.storm.test`, asked from a new UDP socket, as a\n\
+         stub resolver does) at a responder on 127.0.0.53:53, which answers\n\
+         an address of its own on loopback (127.1.0.0 onwards), to which the\n\
+         connection goes: a storm of 2 flows per connection, whose every TCP\n\
+         flow can be told by its address. eBPF (scoped to the generator's\n\
+         cgroup): two storms, each watched by two `flowtrack watch --format\n\
+         json` side by side, its defaults beside `--no-names`, then beside\n\
+         `--no-processes`. nflog (scoped to the namespace): three storms, one\n\
+         instance each (defaults, `--no-names`, `--no-processes`), since a\n\
+         connection holds one ct mark and only one nflog instance reports it.\n\
+         *Named after their lookup*: `opened` lines whose `host` is the\n\
+         name looked up for that address; *attributed*: those whose `pid` is\n\
+         the generator's. CPU, delays and the rest as in the storms above.\n\
+         The `sock_create` program (the eBPF backend's attribution: it runs\n\
+         once per socket created in the cgroup, two per connection here)\n\
+         is timed by the kernel's BPF statistics over the storm (each run\n\
+         is also charged part of the statistics' own clock reads, about 44 ns\n\
+         on this machine: see the eBPF section). **Machine**: {machine}.\n\n{}\n",
+        plan.storm_flows,
+        lookups::lookups(plan.storm_flows)?
     ))
 }
 

@@ -23,15 +23,28 @@ type Connect = (u16, u64);
 /// Makes `flows` connections to `dst` from `threads` threads (each:
 /// connect, send one byte, read the echo or EOF, close) and prints
 /// `SPORT CONNECT_NS` per connection, CONNECT_NS the CLOCK_MONOTONIC time
-/// just before connect().
-pub(crate) fn storm(dst: SocketAddr, flows: usize, threads: usize) -> Result<()> {
+/// just before connect(). With `lookup`, each connection first looks its
+/// address up there (`crate::lookups`) and connects to the answer, on
+/// `dst`'s port.
+pub(crate) fn storm(
+    dst: SocketAddr,
+    flows: usize,
+    threads: usize,
+    lookup: Option<SocketAddr>,
+) -> Result<()> {
     let per_thread = flows.div_ceil(threads.max(1));
     let workers: Vec<JoinHandle<Result<Vec<Connect>>>> = (0..threads.max(1))
-        .map(|_| {
+        .map(|thread| {
             std::thread::spawn(move || {
                 let mut made = Vec::with_capacity(per_thread);
-                for _ in 0..per_thread {
+                for index in thread * per_thread..(thread + 1) * per_thread {
                     let started = monotonic_now_ns();
+                    let dst = match lookup {
+                        Some(resolver) => {
+                            SocketAddr::new(crate::lookups::look_up(resolver, index)?, dst.port())
+                        }
+                        None => dst,
+                    };
                     let mut stream = TcpStream::connect(dst)?;
                     made.push((stream.local_addr()?.port(), started));
                     stream.write_all(b"x")?;
@@ -65,7 +78,7 @@ fn timestamp_lines(stdout: ChildStdout) -> JoinHandle<Vec<(u64, String)>> {
 }
 
 /// CPU seconds (user + system) `pid` has used so far.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -79,13 +92,14 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 }
 
 /// A watcher process and the thread collecting its lines.
-struct Watcher {
-    child: Child,
+pub(crate) struct Watcher {
+    pub(crate) child: Child,
     lines: JoinHandle<Vec<(u64, String)>>,
 }
 
 impl Watcher {
-    fn spawn(mut command: Command) -> Result<Self> {
+    /// Starts `command` with its stdout read line by line.
+    pub(crate) fn spawn(mut command: Command) -> Result<Self> {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -95,7 +109,8 @@ impl Watcher {
         Ok(Self { child, lines })
     }
 
-    fn stop(mut self) -> Result<Vec<(u64, String)>> {
+    /// Interrupts it (SIGINT), waits for it, and returns its lines.
+    pub(crate) fn stop(mut self) -> Result<Vec<(u64, String)>> {
         let pid = rustix::process::Pid::from_raw(self.child.id().cast_signed()).context("pid")?;
         rustix::process::kill_process(pid, rustix::process::Signal::INT)?;
         self.child.wait()?;
@@ -106,18 +121,18 @@ impl Watcher {
 }
 
 /// What one tool reported about the storm.
-struct Tally {
-    opened: usize,
-    closed: usize,
-    lost_lines: usize,
-    delays_ns: Vec<u64>,
+pub(crate) struct Tally {
+    pub(crate) opened: usize,
+    pub(crate) closed: usize,
+    pub(crate) lost_lines: usize,
+    pub(crate) delays_ns: Vec<u64>,
 }
 
 /// Counts a tool's lines against the storm's flows: `parse` gives
 /// (kind, source port) of a line about the storm's destination port. A
 /// port can carry several connections in turn (loopback reuses ports in
 /// TIME_WAIT): the k-th open of a port answers its k-th connect.
-fn tally(
+pub(crate) fn tally(
     lines: &[(u64, String)],
     made: &HashMap<u16, Vec<u64>>,
     parse: impl Fn(&str) -> Option<(&'static str, u16)>,
@@ -152,7 +167,7 @@ fn tally(
     tally
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -161,7 +176,7 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 /// A flowtrack JSON line: (kind, sport).
-fn flowtrack_line(dport: u16) -> impl Fn(&str) -> Option<(&'static str, u16)> {
+pub(crate) fn flowtrack_line(dport: u16) -> impl Fn(&str) -> Option<(&'static str, u16)> {
     move |line| {
         let value: serde_json::Value = serde_json::from_str(line).ok()?;
         let kind = match value["kind"].as_str()? {
@@ -275,6 +290,9 @@ enum Backend {
     Nflog,
     /// Scoped to a cgroup the generator runs in.
     Ebpf,
+    /// Both at once (merged, one line per flow), scoped to a cgroup the
+    /// generator runs in.
+    Both,
 }
 
 impl Backend {
@@ -282,28 +300,26 @@ impl Backend {
         match self {
             Self::Nflog => "nflog",
             Self::Ebpf => "ebpf",
+            Self::Both => "both",
         }
     }
 }
 
-/// The storms: each backend beside `conntrack -E`, and nflog beside ulogd2.
-const STORMS: [(Backend, usize); 3] =
-    [(Backend::Nflog, 0), (Backend::Nflog, 1), (Backend::Ebpf, 0)];
+/// The storms: each backend beside `conntrack -E`, nflog beside ulogd2,
+/// and both backends at once beside `conntrack -E`.
+const STORMS: [(Backend, usize); 4] = [
+    (Backend::Nflog, 0),
+    (Backend::Nflog, 1),
+    (Backend::Ebpf, 0),
+    (Backend::Both, 0),
+];
 
 /// Runs the storms, flowtrack and one peer side by side on the same
 /// traffic each time (two watchers at a time: the generator's two threads
 /// and three watchers would crowd the two CPUs); returns the Markdown:
 /// each storm's rate, then the table.
 pub(crate) fn storms(flows: usize, threads: usize) -> Result<String> {
-    if !flowtrack_kernel_tests::privileged("flowtrack-bench storms") {
-        bail!("needs root");
-    }
-    let flowtrack = std::env::current_exe()?.with_file_name("flowtrack");
-    ensure!(
-        flowtrack.exists(),
-        "{} not found: build it beside the harness (cargo build --release -p flowtrack -p flowtrack-bench)",
-        flowtrack.display()
-    );
+    let flowtrack = flowtrack_beside("flowtrack-bench storms")?;
     let mut rates = String::new();
     let mut rows = String::new();
     for (round, (backend, peer)) in STORMS.into_iter().enumerate() {
@@ -313,8 +329,8 @@ pub(crate) fn storms(flows: usize, threads: usize) -> Result<String> {
     }
     Ok(format!(
         "{rates}\n\
-         | storm | tool | flows made | opened captured | closed captured | loss reports | CPU s / 10k flows | connect → line p50 | p99 |\n\
-         |---|---|---|---|---|---|---|---|---|\n{rows}"
+         | storm | tool | flows made | opened captured | closed captured | loss reports | CPU s / 10k flows | CPU s / 10k events reported | connect → line p50 | p99 |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n{rows}"
     ))
 }
 
@@ -327,9 +343,8 @@ fn beside(
     flows: usize,
     threads: usize,
 ) -> Result<(String, String)> {
-    let me = std::env::current_exe()?;
     let netns = Netns::new();
-    let mut sink = netns.command(me.to_str().context("path")?);
+    let mut sink = netns.command(&harness()?);
     sink.args(["echo", "127.0.0.1:0"]);
     let server = Server::start(sink);
 
@@ -338,68 +353,42 @@ fn beside(
     ours.args(["watch", "--backend", backend.name(), "--format", "json"]);
     match backend {
         Backend::Nflog => ours.args(["--netns", &netns.name]),
-        Backend::Ebpf => {
-            // Nothing else makes conntrack track the namespace for the peer.
+        Backend::Ebpf | Backend::Both => {
+            // Nothing else makes conntrack track the namespace for the peer
+            // (eBPF alone).
             netns.enable_conntrack();
             ours.arg("--cgroup").arg(&cgroup.path)
         }
     };
-    let watchers = [Watcher::spawn(ours)?, (peer.start)(&netns)?];
-    // Let both subscribe and flowtrack install its rules.
-    std::thread::sleep(Duration::from_secs(1));
-    let mut cpu_before = Vec::new();
-    for watcher in &watchers {
-        cpu_before.push(cpu_seconds(watcher.child.id())?);
-    }
-
-    let mut generator = netns.command(me.to_str().context("path")?);
-    generator.args([
-        "storm",
-        &format!("127.0.0.1:{}", server.port),
-        &flows.to_string(),
-        &threads.to_string(),
-    ]);
-    if let Backend::Ebpf = backend {
-        generator = cgroup.wrap(&generator);
-    }
-    let started = std::time::Instant::now();
-    let output = generator.output()?;
-    let storm_seconds = started.elapsed().as_secs_f64();
-    ensure!(
-        output.status.success(),
-        "the storm failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let watchers = vec![Watcher::spawn(ours)?, (peer.start)(&netns)?];
+    let generator = Generator {
+        netns: &netns,
+        cgroup: matches!(backend, Backend::Ebpf | Backend::Both).then_some(&cgroup),
+        dst: SocketAddr::from(([127, 0, 0, 1], server.port)),
+        flows,
+        threads,
+        lookup: None,
+    };
+    let storm = generator.run(watchers)?;
+    let total = storm.total;
+    let storm_seconds = storm.seconds;
+    let made = &storm.made;
+    let mut watched = storm.watched.into_iter();
+    let (ours, theirs) = (
+        watched.next().context("flowtrack")?,
+        watched.next().context("peer")?,
     );
-    let mut made: HashMap<u16, Vec<u64>> = HashMap::new();
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        if let Some((port, at)) = line.split_once(' ') {
-            made.entry(port.parse()?).or_default().push(at.parse()?);
-        }
-    }
-    made.values_mut()
-        .for_each(|connects| connects.sort_unstable());
-    let total: usize = made.values().map(Vec::len).sum();
-    ensure!(
-        total == flows,
-        "the storm made {total} of {flows} connections"
-    );
-    // TCP closes arrive within a second of the storm's end.
-    std::thread::sleep(Duration::from_secs(2));
-    let mut cpu = Vec::new();
-    for (watcher, before) in watchers.iter().zip(cpu_before) {
-        cpu.push(cpu_seconds(watcher.child.id())? - before);
-    }
-    let [ours, theirs] = watchers;
+    let cpu = [ours.1, theirs.1];
     let tallies = [
         (
             format!("flowtrack watch --backend {}", backend.name()),
-            tally(&ours.stop()?, &made, flowtrack_line(server.port)),
+            tally(&ours.0, made, flowtrack_line(server.port)),
         ),
         (
             peer.name.to_owned(),
             tally(
-                &theirs.stop()?,
-                &made,
+                &theirs.0,
+                made,
                 event_line(server.port, peer.sport_field, peer.dport_field),
             ),
         ),
@@ -410,7 +399,7 @@ fn beside(
     for ((name, tally), cpu) in tallies.iter().zip(cpu) {
         writeln!(
             rows,
-            "| {} beside {} | {name} | {} | {} ({:.2}%) | {} | {} | {:.3} | {:.2} ms | {:.2} ms |",
+            "| {} beside {} | {name} | {} | {} ({:.2}%) | {} | {} | {:.3} | {:.3} | {:.2} ms | {:.2} ms |",
             backend.name(),
             peer.name.split_whitespace().next().unwrap_or(peer.name),
             total,
@@ -419,6 +408,7 @@ fn beside(
             tally.closed,
             tally.lost_lines,
             per_10k(cpu),
+            cpu * 10_000.0 / (tally.opened + tally.closed).max(1) as f64,
             percentile(&tally.delays_ns, 0.5),
             percentile(&tally.delays_ns, 0.99),
         )?;
@@ -431,4 +421,132 @@ fn beside(
         peer.name
     );
     Ok((rate, rows))
+}
+
+/// The `flowtrack` binary built beside this harness, for `what`, which
+/// needs root.
+pub(crate) fn flowtrack_beside(what: &str) -> Result<std::path::PathBuf> {
+    if !flowtrack_kernel_tests::privileged(what) {
+        bail!("needs root");
+    }
+    let flowtrack = std::env::current_exe()?.with_file_name("flowtrack");
+    ensure!(
+        flowtrack.exists(),
+        "{} not found: build it beside the harness (cargo build --release -p flowtrack -p flowtrack-bench)",
+        flowtrack.display()
+    );
+    Ok(flowtrack)
+}
+
+/// This harness's path, to run its internal commands.
+pub(crate) fn harness() -> Result<String> {
+    Ok(std::env::current_exe()?
+        .to_str()
+        .context("the harness's path is not UTF-8")?
+        .to_owned())
+}
+
+/// A storm to make: from `threads` threads in `netns` (in `cgroup` when
+/// given), `flows` connections to `dst`, each looked up at `lookup` first
+/// when given (see [`storm`]).
+pub(crate) struct Generator<'a> {
+    pub(crate) netns: &'a Netns,
+    pub(crate) cgroup: Option<&'a TestCgroup>,
+    pub(crate) dst: SocketAddr,
+    pub(crate) flows: usize,
+    pub(crate) threads: usize,
+    pub(crate) lookup: Option<SocketAddr>,
+}
+
+/// What a storm made and what its watchers saw.
+pub(crate) struct Storm {
+    /// Per source port, when each of its connect()s began (sorted).
+    pub(crate) made: HashMap<u16, Vec<u64>>,
+    /// Connections made.
+    pub(crate) total: usize,
+    /// How long the storm took.
+    pub(crate) seconds: f64,
+    /// The generator's pid.
+    pub(crate) pid: u32,
+    /// Each watcher's lines and the CPU seconds it spent over the storm.
+    pub(crate) watched: Vec<(Vec<(u64, String)>, f64)>,
+}
+
+impl Generator<'_> {
+    /// Runs the storm with `watchers` watching (given a second to
+    /// subscribe and install their rules), lets the closes arrive, and
+    /// stops them.
+    pub(crate) fn run(&self, watchers: Vec<Watcher>) -> Result<Storm> {
+        Ok(self.run_then(watchers, || Ok(()))?.0)
+    }
+
+    /// As [`Generator::run`], and `after_storm`'s result, read once the
+    /// closes have arrived and before the watchers stop.
+    pub(crate) fn run_then<T>(
+        &self,
+        watchers: Vec<Watcher>,
+        after_storm: impl FnOnce() -> Result<T>,
+    ) -> Result<(Storm, T)> {
+        std::thread::sleep(Duration::from_secs(1));
+        let mut cpu_before = Vec::new();
+        for watcher in &watchers {
+            cpu_before.push(cpu_seconds(watcher.child.id())?);
+        }
+        let mut generator = self.netns.command(&harness()?);
+        generator.args([
+            "storm".to_owned(),
+            self.dst.to_string(),
+            self.flows.to_string(),
+            self.threads.to_string(),
+        ]);
+        if let Some(resolver) = self.lookup {
+            generator.arg("--lookup").arg(resolver.to_string());
+        }
+        if let Some(cgroup) = self.cgroup {
+            generator = cgroup.wrap(&generator);
+        }
+        let started = std::time::Instant::now();
+        let child = generator
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let pid = child.id();
+        let output = child.wait_with_output()?;
+        let seconds = started.elapsed().as_secs_f64();
+        ensure!(
+            output.status.success(),
+            "the storm failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut made: HashMap<u16, Vec<u64>> = HashMap::new();
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            if let Some((port, at)) = line.split_once(' ') {
+                made.entry(port.parse()?).or_default().push(at.parse()?);
+            }
+        }
+        made.values_mut()
+            .for_each(|connects| connects.sort_unstable());
+        let total: usize = made.values().map(Vec::len).sum();
+        ensure!(
+            total == self.flows,
+            "the storm made {total} of {} connections",
+            self.flows
+        );
+        // TCP closes arrive within a second of the storm's end.
+        std::thread::sleep(Duration::from_secs(2));
+        let after = after_storm()?;
+        let mut watched = Vec::new();
+        for (watcher, before) in watchers.into_iter().zip(cpu_before) {
+            let cpu = cpu_seconds(watcher.child.id())? - before;
+            watched.push((watcher.stop()?, cpu));
+        }
+        let storm = Storm {
+            made,
+            total,
+            seconds,
+            pid,
+            watched,
+        };
+        Ok((storm, after))
+    }
 }

@@ -33,6 +33,8 @@ pub mod display;
 pub mod dns;
 mod error;
 mod event;
+#[cfg(feature = "serde")]
+mod json_line;
 mod key;
 pub mod process;
 pub mod protocol;

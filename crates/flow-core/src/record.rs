@@ -55,13 +55,13 @@ use std::fmt;
 use std::io;
 use std::net::IpAddr;
 
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
 
 use std::sync::Arc;
 
 use crate::counters::{Counters, DirectionCounters};
 use crate::dns::{DnsLookup, QueryType, ResponseCode};
+use crate::json_line::{JsonObject, JsonValue};
 use crate::process::{Attribution, Process};
 use crate::{CloseReason, FlowEvent, FlowEventKind, FlowKey, LossPoint, protocol};
 
@@ -237,15 +237,17 @@ impl<'a> FlowRecord<'a> {
         mut writer: W,
         options: JsonOptions,
     ) -> io::Result<()> {
-        serde_json::to_writer(
-            &mut writer,
-            &WithOptions {
-                record: self,
-                options,
-            },
-        )
-        .map_err(io::Error::from)?;
-        writer.write_all(b"\n")
+        let mut line = Vec::with_capacity(256);
+        self.append_json_line(&mut line, options);
+        writer.write_all(&line)
+    }
+
+    /// Appends the record as one JSON line, newline included, to `line`:
+    /// [`FlowRecord::write_json_line_with`] without an intermediate copy,
+    /// for writers that buffer lines themselves.
+    pub fn append_json_line(&self, line: &mut Vec<u8>, options: JsonOptions) {
+        write_json(self, options, line);
+        line.push(b'\n');
     }
 
     /// Parses one JSON line (without or with its newline).
@@ -287,151 +289,140 @@ impl JsonOptions {
     }
 }
 
-/// A record and how to write it.
-struct WithOptions<'r, 'a> {
-    record: &'r FlowRecord<'a>,
-    options: JsonOptions,
-}
-
-impl Serialize for FlowRecord<'_> {
-    /// With the default [`JsonOptions`].
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        WithOptions {
-            record: self,
-            options: JsonOptions::default(),
-        }
-        .serialize(serializer)
-    }
-}
-
-impl Serialize for WithOptions<'_, '_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let record = self.record;
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("ts_ns", &record.timestamp_ns())?;
-        map.serialize_entry("kind", record.kind_name())?;
-        match &record.item {
-            RecordItem::Event(event) => {
-                serialize_key(&mut map, &event.key)?;
-                if let Some(total) = event.kind.counters() {
-                    serialize_counters(&mut map, total, event)?;
-                }
-                match &event.kind {
-                    FlowEventKind::Closed { .. } => {
-                        if let Some(reason) = event.close_reason {
-                            map.serialize_entry("reason", reason.name())?;
-                        }
+/// The record's JSON object, without its newline (schema: the module
+/// documentation).
+fn write_json(record: &FlowRecord<'_>, options: JsonOptions, out: &mut Vec<u8>) {
+    let mut object = JsonObject::open(out);
+    object.entry("ts_ns", &record.timestamp_ns());
+    object.entry("kind", record.kind_name());
+    match &record.item {
+        RecordItem::Event(event) => {
+            write_key(&mut object, &event.key);
+            if let Some(total) = event.kind.counters() {
+                write_counters(&mut object, total, event);
+            }
+            match &event.kind {
+                FlowEventKind::Closed { .. } => {
+                    if let Some(reason) = event.close_reason {
+                        object.entry("reason", reason.name());
                     }
-                    FlowEventKind::Dns(lookup) => serialize_lookup(&mut map, lookup)?,
-                    _ => {}
                 }
-                if let Some(host) = &event.host {
-                    map.serialize_entry("host", host)?;
-                }
-                if let Some(sni) = &event.sni {
-                    map.serialize_entry("sni", sni)?;
-                }
-                if let Some(process) = &event.process {
-                    serialize_process(&mut map, process, self.options)?;
-                }
-                if event.resynced {
-                    map.serialize_entry("resynced", &true)?;
-                }
-                map.serialize_entry("backend", &record.backend)?;
-                map.serialize_entry("backends", &Backends(record))?;
+                FlowEventKind::Dns(lookup) => write_lookup(&mut object, lookup),
+                _ => {}
             }
-            RecordItem::Lost { count, point, .. } => {
-                map.serialize_entry("backend", &record.backend)?;
-                map.serialize_entry("count", count)?;
-                if *point != LossPoint::Recorded {
-                    map.serialize_entry("point", point.name())?;
-                }
+            if let Some(host) = &event.host {
+                object.entry("host", host);
+            }
+            if let Some(sni) = &event.sni {
+                object.entry("sni", sni);
+            }
+            if let Some(process) = &event.process {
+                write_process(&mut object, process, options);
+            }
+            if event.resynced {
+                object.entry("resynced", &true);
+            }
+            object.entry("backend", record.backend.as_ref());
+            object.entry("backends", &Backends(record));
+        }
+        RecordItem::Lost { count, point, .. } => {
+            object.entry("backend", record.backend.as_ref());
+            match count {
+                Some(count) => object.entry("count", count),
+                None => object.entry("count", &Null),
+            }
+            if *point != LossPoint::Recorded {
+                object.entry("point", point.name());
             }
         }
-        map.end()
     }
+    object.close();
 }
 
 /// `backend` and `also_seen_by` as one JSON array.
 struct Backends<'r, 'a>(&'r FlowRecord<'a>);
 
-impl Serialize for Backends<'_, '_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(std::iter::once(&self.0.backend).chain(&self.0.also_seen_by))
+impl JsonValue for Backends<'_, '_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        self.0.backend.as_ref().write_json(out);
+        for backend in &self.0.also_seen_by {
+            out.push(b',');
+            backend.as_ref().write_json(out);
+        }
+        out.push(b']');
     }
 }
 
 /// The counters of a `closed` or `update` line: totals, each direction
 /// when known, and when the flow opened when known.
-fn serialize_counters<M: SerializeMap>(
-    map: &mut M,
-    total: Counters,
-    event: &FlowEvent,
-) -> Result<(), M::Error> {
-    map.serialize_entry("packets", &total.packets)?;
-    map.serialize_entry("bytes", &total.bytes)?;
+fn write_counters(object: &mut JsonObject<'_>, total: Counters, event: &FlowEvent) {
+    object.entry("packets", &total.packets);
+    object.entry("bytes", &total.bytes);
     if let Some(directions) = &event.directions {
-        map.serialize_entry("src_packets", &directions.src.packets)?;
-        map.serialize_entry("src_bytes", &directions.src.bytes)?;
-        map.serialize_entry("dst_packets", &directions.dst.packets)?;
-        map.serialize_entry("dst_bytes", &directions.dst.bytes)?;
+        object.entry("src_packets", &directions.src.packets);
+        object.entry("src_bytes", &directions.src.bytes);
+        object.entry("dst_packets", &directions.dst.packets);
+        object.entry("dst_bytes", &directions.dst.bytes);
     }
     if let Some(start_ns) = event.start_ns {
-        map.serialize_entry("start_ns", &start_ns)?;
+        object.entry("start_ns", &start_ns);
     }
-    Ok(())
 }
 
-fn serialize_lookup<M: SerializeMap>(map: &mut M, lookup: &DnsLookup) -> Result<(), M::Error> {
-    map.serialize_entry("query", &lookup.query)?;
-    map.serialize_entry("qtype", &lookup.qtype.to_string())?;
-    map.serialize_entry("rcode", &lookup.rcode.to_string())?;
-    map.serialize_entry("answers", &lookup.answers)?;
-    map.serialize_entry("cnames", &lookup.cnames)?;
+/// JSON's `null`.
+struct Null;
+
+impl JsonValue for Null {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"null");
+    }
+}
+
+fn write_lookup(object: &mut JsonObject<'_>, lookup: &DnsLookup) {
+    object.entry("query", &lookup.query);
+    object.entry("qtype", lookup.qtype.to_string().as_str());
+    object.entry("rcode", lookup.rcode.to_string().as_str());
+    object.entry("answers", lookup.answers.as_slice());
+    object.entry("cnames", lookup.cnames.as_slice());
     if lookup.truncated {
-        map.serialize_entry("truncated", &true)?;
+        object.entry("truncated", &true);
     }
-    Ok(())
 }
 
-fn serialize_process<M: SerializeMap>(
-    map: &mut M,
-    process: &Process,
-    options: JsonOptions,
-) -> Result<(), M::Error> {
+fn write_process(object: &mut JsonObject<'_>, process: &Process, options: JsonOptions) {
     if let Some(pid) = process.pid {
-        map.serialize_entry("pid", &pid)?;
+        object.entry("pid", &pid);
     }
     if let Some(comm) = &process.comm {
-        map.serialize_entry("comm", comm)?;
+        object.entry("comm", comm);
     }
     if let Some(exe) = &process.exe {
-        map.serialize_entry("exe", exe)?;
+        object.entry("exe", exe);
     }
     if let Some(uid) = process.uid {
-        map.serialize_entry("uid", &uid)?;
+        object.entry("uid", &uid);
     }
     if let Some(gid) = process.gid {
-        map.serialize_entry("gid", &gid)?;
+        object.entry("gid", &gid);
     }
-    map.serialize_entry("attribution", process.attribution.name())?;
+    object.entry("attribution", process.attribution.name());
     if options.cmdline
         && let Some(cmdline) = &process.cmdline
     {
-        map.serialize_entry("cmdline", cmdline)?;
+        object.entry("cmdline", &**cmdline);
     }
-    Ok(())
 }
 
-fn serialize_key<M: SerializeMap>(map: &mut M, key: &FlowKey) -> Result<(), M::Error> {
+fn write_key(object: &mut JsonObject<'_>, key: &FlowKey) {
     match protocol::name(key.protocol) {
-        Some(name) => map.serialize_entry("proto", name)?,
-        None => map.serialize_entry("proto", &key.protocol.to_string())?,
+        Some(name) => object.entry("proto", name),
+        None => object.entry("proto", key.protocol.to_string().as_str()),
     }
-    map.serialize_entry("src", &key.src_addr)?;
-    map.serialize_entry("sport", &key.src_port)?;
-    map.serialize_entry("dst", &key.dst_addr)?;
-    map.serialize_entry("dport", &key.dst_port)
+    object.entry("src", &key.src_addr);
+    object.entry("sport", &key.src_port);
+    object.entry("dst", &key.dst_addr);
+    object.entry("dport", &key.dst_port);
 }
 
 /// A line that is not a valid record, and which field is at fault.

@@ -24,6 +24,7 @@
 //! The event vocabulary is [`flow_core`]'s, re-exported here.
 
 pub mod backend;
+mod columns;
 pub mod dedup;
 #[cfg(feature = "ipfix")]
 pub mod export;

@@ -2,9 +2,11 @@
 
 use std::io::{self, Write};
 
-use flow_core::display::{LossCount, Seconds};
+use flow_core::display::LossCount;
 use flow_core::record::{FlowRecord, JsonOptions, RecordItem};
 use flow_core::{FlowEventKind, protocol};
+
+use crate::columns::Line;
 
 /// How records are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -123,14 +125,9 @@ impl<W: Write> RecordWriter<W> {
     /// The underlying writer's error, when the buffer was full and handed
     /// on; the records buffered then that it did not take are dropped.
     pub fn write(&mut self, record: &FlowRecord<'_>) -> io::Result<()> {
-        let start = self.buffer.len();
-        let encoded = match self.format {
-            OutputFormat::Json => record.write_json_line_with(&mut self.buffer, self.json),
+        match self.format {
+            OutputFormat::Json => record.append_json_line(&mut self.buffer, self.json),
             OutputFormat::Text => write_text_line(record, &mut self.buffer),
-        };
-        if let Err(error) = encoded {
-            self.buffer.truncate(start);
-            return Err(error);
         }
         self.line_ends.push(self.buffer.len());
         if self.buffer.len() >= BUFFER_BYTES {
@@ -194,23 +191,24 @@ impl<W: Write> RecordWriter<W> {
 /// counters and the reason (an `update` line: the counters so far); on `opened` and `denied` lines the name when
 /// known; on a `dns` line the lookup and its answer. Last, the process,
 /// `comm[pid]`, when known.
-fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<()> {
-    write!(out, "{:>19}", Seconds(record.timestamp_ns()))?;
-    write!(
-        out,
-        "  {:<6}  {:<6}  ",
-        record.kind_name(),
-        Printable(&record.backend)
-    )?;
+fn write_text_line(record: &FlowRecord<'_>, out: &mut Vec<u8>) {
+    let mut line = Line::new(out);
+    line.seconds(record.timestamp_ns(), 19)
+        .raw(b"  ")
+        .left(record.kind_name(), 6)
+        .raw(b"  ")
+        .left(&record.backend, 6)
+        .raw(b"  ");
     match &record.item {
         RecordItem::Event(event) => {
             let key = &event.key;
-            write!(
-                out,
-                "{:<6} {:>21} -> ",
-                protocol::Display(key.protocol),
-                key.src()
-            )?;
+            match protocol::name(key.protocol) {
+                Some(name) => line.left(name, 6),
+                None => line.left(&key.protocol.to_string(), 6),
+            };
+            line.raw(b" ")
+                .address(key.src_addr, key.src_port, 21, true)
+                .raw(b" -> ");
             let name = event.host.as_deref().or(event.sni.as_deref());
             match &event.kind {
                 FlowEventKind::Closed {
@@ -221,80 +219,65 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut impl Write) -> io::Result<
                     pkt_count,
                     byte_count,
                 } => {
-                    write!(
-                        out,
-                        "{:<21} {:<24} {pkt_count:>7} pkts {byte_count:>10} B",
-                        key.dst(),
-                        Printable(name.unwrap_or("-")),
-                    )?;
+                    line.address(key.dst_addr, key.dst_port, 21, false)
+                        .raw(b" ")
+                        .left(name.unwrap_or("-"), 24)
+                        .raw(b" ")
+                        .number(*pkt_count, 7)
+                        .raw(b" pkts ")
+                        .number(*byte_count, 10)
+                        .raw(b" B");
                     if let Some(reason) = event.close_reason {
-                        write!(out, "  {reason}")?;
+                        line.raw(b"  ").raw(reason.name().as_bytes());
                     }
                 }
                 FlowEventKind::Dns(lookup) => {
-                    write!(
-                        out,
-                        "{:<21} {} {} {}",
-                        key.dst(),
-                        Printable(&lookup.query),
-                        lookup.qtype,
-                        lookup.rcode
-                    )?;
+                    line.address(key.dst_addr, key.dst_port, 21, false)
+                        .raw(b" ")
+                        .left(&lookup.query, 0)
+                        .display(format_args!(" {} {}", lookup.qtype, lookup.rcode));
                     for (index, answer) in lookup.answers.iter().enumerate() {
-                        out.write_all(if index == 0 { b" " } else { b"," })?;
-                        write!(out, "{answer}")?;
+                        line.raw(if index == 0 { b" " } else { b"," })
+                            .display(answer);
                     }
                     if !lookup.cnames.is_empty() {
-                        out.write_all(b" via")?;
+                        line.raw(b" via");
                         for cname in &lookup.cnames {
-                            write!(out, " {}", Printable(cname))?;
+                            line.raw(b" ").left(cname, 0);
                         }
                     }
                 }
                 // The name column, when something follows the key.
-                _ if name.is_some() || event.process.is_some() => write!(
-                    out,
-                    "{:<21} {:<24}",
-                    key.dst(),
-                    Printable(name.unwrap_or("-"))
-                )?,
-                _ => write!(out, "{}", key.dst())?,
+                _ if name.is_some() || event.process.is_some() => {
+                    line.address(key.dst_addr, key.dst_port, 21, false)
+                        .raw(b" ")
+                        .left(name.unwrap_or("-"), 24);
+                }
+                _ => {
+                    line.address(key.dst_addr, key.dst_port, 0, false);
+                }
             }
             if let Some(process) = &event.process {
                 // comm[pid], or [uid N] when only the user is known.
-                write!(out, "  {}", Printable(&process.to_string()))?;
+                line.raw(b"  ")
+                    .left(process.comm.as_deref().unwrap_or(""), 0);
+                match (process.pid, process.uid) {
+                    (Some(pid), _) => line.raw(b"[").number(u64::from(pid), 0).raw(b"]"),
+                    (None, Some(uid)) => line.raw(b"[uid ").number(u64::from(uid), 0).raw(b"]"),
+                    (None, None) => line.raw(b"[?]"),
+                };
             }
         }
         RecordItem::Lost { point, count, .. } => {
-            write!(out, "{} lost ({point})", LossCount(*count))?;
+            line.display(format_args!("{} lost ({point})", LossCount(*count)));
         }
         // RecordItem is non-exhaustive; show what a newer kind holds rather
         // than dropping it.
-        other => write!(out, "{other:?}")?,
-    }
-    out.write_all(b"\n")
-}
-
-/// Text for a terminal: control characters (an escape sequence, a
-/// newline) written as `\u{1b}`, so that a name read from a file cannot
-/// drive the terminal or fake a line. Width and alignment apply.
-struct Printable<'a>(&'a str);
-
-impl std::fmt::Display for Printable<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if !self.0.chars().any(char::is_control) {
-            return f.pad(self.0);
+        other => {
+            line.display(format_args!("{other:?}"));
         }
-        let mut escaped = String::with_capacity(self.0.len() + 8);
-        for c in self.0.chars() {
-            if c.is_control() {
-                escaped.extend(c.escape_unicode());
-            } else {
-                escaped.push(c);
-            }
-        }
-        f.pad(&escaped)
     }
+    line.raw(b"\n");
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt::Write as _;
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -119,31 +120,36 @@ impl<T: PartialEq> Listed<T> {
 /// per event on the output's hot path, sorted only when shown.
 #[derive(Debug, Clone)]
 struct Rows<K, V> {
-    rows: HashMap<K, (DestinationStats, V)>,
+    /// foldhash: the keys are the run's own, not an attacker's choosing
+    /// to collide (and the rows are bounded), so a fast hash will do.
+    rows: HashMap<K, (DestinationStats, V), foldhash::fast::RandomState>,
     untracked_events: u64,
 }
 
 impl<K, V> Default for Rows<K, V> {
     fn default() -> Self {
         Self {
-            rows: HashMap::new(),
+            rows: HashMap::default(),
             untracked_events: 0,
         }
     }
 }
 
-impl<K: Hash + Eq + Ord + Clone, V: Default> Rows<K, V> {
+impl<K: Hash + Eq + Ord, V: Default> Rows<K, V> {
     /// Counts `event` in row `key`; the row's extra value, unless the row
     /// is beyond the bound.
-    fn record(&mut self, key: &K, event: &FlowEvent) -> Option<&mut V> {
-        if !self.rows.contains_key(key) && self.rows.len() >= MAX_DESTINATIONS {
-            self.untracked_events += 1;
-            return None;
-        }
-        let (stats, extra) = self
-            .rows
-            .entry(key.clone())
-            .or_insert_with(|| (DestinationStats::new(event.timestamp_ns), V::default()));
+    fn record(&mut self, key: K, event: &FlowEvent) -> Option<&mut V> {
+        let full = self.rows.len() >= MAX_DESTINATIONS;
+        let (stats, extra) = match self.rows.entry(key) {
+            Entry::Occupied(row) => row.into_mut(),
+            Entry::Vacant(row) if !full => {
+                row.insert((DestinationStats::new(event.timestamp_ns), V::default()))
+            }
+            Entry::Vacant(_) => {
+                self.untracked_events += 1;
+                return None;
+            }
+        };
         stats.add(event);
         Some(extra)
     }
@@ -182,7 +188,7 @@ impl Destinations {
             address: event.key.dst_addr,
             port: event.key.dst_port,
         };
-        if let Some(names) = self.rows.record(&destination, event) {
+        if let Some(names) = self.rows.record(destination, event) {
             for name in [&event.host, &event.sni].into_iter().flatten() {
                 names.add(Arc::clone(name));
             }
@@ -290,9 +296,25 @@ struct ProgramExtra {
 /// Per-program totals of a stream of events (`--group-by process`),
 /// bounded by [`MAX_DESTINATIONS`]. Events with no process count under
 /// `?`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Programs {
     rows: Rows<Program, ProgramExtra>,
+    /// The names of programs known only by their command name, `[comm]`,
+    /// made once per command name rather than once per event (bounded as
+    /// the rows are).
+    bracketed: HashMap<Arc<str>, Arc<str>, foldhash::fast::RandomState>,
+    /// `?`, the name of unknown programs, made once.
+    unknown: Arc<str>,
+}
+
+impl Default for Programs {
+    fn default() -> Self {
+        Self {
+            rows: Rows::default(),
+            bracketed: HashMap::default(),
+            unknown: Arc::from("?"),
+        }
+    }
 }
 
 impl Programs {
@@ -303,17 +325,23 @@ impl Programs {
         }
         let process = event.process.as_deref();
         let program = Program {
-            program: match process {
-                Some(process) => match (&process.exe, &process.comm) {
-                    (Some(exe), _) => Arc::clone(exe),
-                    (None, Some(comm)) => format!("[{comm}]").into(),
-                    (None, None) => "?".into(),
+            program: match process.map(|process| (&process.exe, &process.comm)) {
+                Some((Some(exe), _)) => Arc::clone(exe),
+                Some((None, Some(comm))) => match self.bracketed.get(comm) {
+                    Some(name) => Arc::clone(name),
+                    None => {
+                        let name: Arc<str> = format!("[{comm}]").into();
+                        if self.bracketed.len() < MAX_DESTINATIONS {
+                            self.bracketed.insert(Arc::clone(comm), Arc::clone(&name));
+                        }
+                        name
+                    }
                 },
-                None => "?".into(),
+                _ => Arc::clone(&self.unknown),
             },
             uid: process.and_then(|process| process.uid),
         };
-        if let Some(extra) = self.rows.record(&program, event)
+        if let Some(extra) = self.rows.record(program, event)
             && let Some(pid) = process.and_then(|process| process.pid)
             && event.kind == FlowEventKind::Opened
             && !extra.pids.0.contains(&pid)
