@@ -372,6 +372,19 @@ impl Socket {
     /// for an ACK (or a dump), and collects the replies to each until all
     /// are answered (ACK or dump end): per request, its reply messages, or
     /// the errno it was refused with. One round trip for them all.
+    /// The messages of the next datagram (blocking), none malformed (else
+    /// an `InvalidData` error).
+    fn recv_whole(&mut self) -> io::Result<Vec<Received<'_>>> {
+        let (messages, malformed) = split(self.recv(false)?);
+        match malformed {
+            Some(error) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                error.to_string(),
+            )),
+            None => Ok(messages),
+        }
+    }
+
     /// Sends the dump request `bytes` (sequence number `seq`) and hands
     /// each message of its answer to `each` as it arrives, in the socket's
     /// buffer, until the dump is done: a large table is never held whole.
@@ -383,14 +396,7 @@ impl Socket {
     ) -> io::Result<()> {
         self.send(bytes)?;
         loop {
-            let datagram = self.recv(false)?;
-            let (messages, malformed) = split(datagram);
-            if let Some(error) = malformed {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    error.to_string(),
-                ));
-            }
+            let messages = self.recv_whole()?;
             for message in messages {
                 match message {
                     Received::Done { seq: done } if done == seq => return Ok(()),
@@ -420,14 +426,7 @@ impl Socket {
         let mut pending = last.wrapping_sub(first) as usize + 1;
         let asked = |seq: u32| seq.wrapping_sub(first) <= last.wrapping_sub(first);
         while pending > 0 {
-            let datagram = self.recv(false)?;
-            let (messages, malformed) = split(datagram);
-            if let Some(error) = malformed {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    error.to_string(),
-                ));
-            }
+            let messages = self.recv_whole()?;
             for message in messages {
                 match message {
                     // An earlier message of the same batch (nf_tables)

@@ -74,9 +74,27 @@ impl Nfcapd {
         format!("ipfix+udp://127.0.0.1:{}", self.port)
     }
 
-    /// Stops nfcapd (SIGTERM: it closes its file) and decodes what it
-    /// received with `nfdump -o json`.
+    /// Datagrams waiting in nfcapd's socket (`rx_queue`, in bytes).
+    fn unread(&self) -> u64 {
+        let bound = format!("0100007F:{:04X}", self.port);
+        std::fs::read_to_string(format!("/proc/{}/net/udp", self.child.id()))
+            .unwrap()
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|fields| fields.get(1) == Some(&bound.as_str()))
+            .and_then(|fields| fields[4].split_once(':').map(|(_, rx)| rx.to_owned()))
+            .map_or(0, |rx| u64::from_str_radix(&rx, 16).unwrap())
+    }
+
+    /// Stops nfcapd once it has read every datagram sent (SIGTERM: it
+    /// closes its file; a datagram still queued then would be left
+    /// unread) and decodes what it received with `nfdump -o json`.
     fn stop_and_read(mut self) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.unread() > 0 {
+            assert!(Instant::now() < deadline, "nfcapd never read what was sent");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let pid = rustix::process::Pid::from_raw(self.child.id().cast_signed()).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
         assert!(self.child.wait().unwrap().success());
@@ -88,7 +106,8 @@ impl Nfcapd {
             .output()
             .unwrap();
         assert!(output.status.success(), "{output:?}");
-        serde_json::from_slice(&output.stdout).unwrap()
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
     }
 }
 
