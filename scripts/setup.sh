@@ -5,8 +5,9 @@
 set -euo pipefail
 
 # Debian packages: LLVM 22 for bpf-linker; the kernel tests' peers and
-# tools (conntrack, nft, ip, bpftool); ulogd2, a peer in the benchmark.
-packages=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev conntrack nftables iproute2 bpftool ulogd2)
+# tools (conntrack, nft, ip, bpftool); ulogd2, a peer in the benchmark;
+# nfdump (nfcapd) and libfixbuf-tools (ipfixDump), the export tests' collectors.
+packages=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev conntrack nftables iproute2 bpftool ulogd2 nfdump libfixbuf-tools)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -25,7 +25,7 @@ echo "== lint (all features)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 # A downstream crate picks features; each choice must build on its own.
-for features in "" ebpf nflog mock; do
+for features in "" ebpf nflog mock ipfix; do
     echo "== lint flow-supervisor, no default features${features:+, features: $features}"
     cargo clippy -p flow-supervisor --no-default-features ${features:+--features "$features"} --all-targets -- -D warnings
 done

@@ -81,7 +81,11 @@ pub fn first_payload_pending(
         return false;
     }
     if payload == 0 {
-        let packets = unsafe { (&raw const (*state).packets).read_volatile() };
+        let packets = unsafe {
+            (&raw const (*state).orig.packets)
+                .read_volatile()
+                .wrapping_add((&raw const (*state).reply.packets).read_volatile())
+        };
         if packets < FIRST_PAYLOAD_PATIENCE {
             return true;
         }

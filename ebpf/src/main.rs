@@ -21,6 +21,7 @@ use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or, atomic_xadd};
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::helpers::generated::bpf_skb_cgroup_id;
 use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use aya_ebpf::macros::{btf_tracepoint, cgroup_skb, cgroup_sock, map};
 use aya_ebpf::maps::{LruHashMap, PerCpuArray, RingBuf};
@@ -256,9 +257,13 @@ fn open(
     if key_is_original {
         flags |= FLAG_KEY_IS_ORIGINAL;
     }
+    // The first packet is the initiator's: it makes the key.
     let state = RawFlowState {
-        packets: 1,
-        bytes: len,
+        orig: PacketCounts {
+            packets: 1,
+            bytes: len,
+        },
+        reply: PacketCounts::default(),
         first_seen_ns: now,
         last_seen_ns: now,
         flags,
@@ -292,10 +297,11 @@ fn emit_opened(ctx: &SkBuffContext, key: &RawFlowKey, state: &RawFlowState, now:
         (&raw mut (*flow).kind).write(RECORD_OPENED);
         (&raw mut (*flow).close_reason).write(0);
         (&raw mut (*flow).key).write(key.oriented(state.flags));
-        (&raw mut (*flow).packets).write(state.packets);
-        (&raw mut (*flow).bytes).write(state.bytes);
+        (&raw mut (*flow).orig).write(state.orig);
+        (&raw mut (*flow).reply).write(state.reply);
         (&raw mut (*flow).first_seen_ns).write(state.first_seen_ns);
         (&raw mut (*flow).timestamp_ns).write(now);
+        (&raw mut (*record).cgroup_id).write(bpf_skb_cgroup_id(ctx.skb.skb));
         let owner = &raw mut (*record).owner;
         (&raw mut (*owner).tgid).write(0);
         process::owner_of_packet(ctx, owner);
@@ -330,8 +336,13 @@ fn update(
     if both_ends_local(seen) && hook == Hook::Ingress {
         return;
     }
-    add(unsafe { &raw mut (*state).packets }, 1);
-    add(unsafe { &raw mut (*state).bytes }, len);
+    let direction = if from_initiator {
+        unsafe { &raw mut (*state).orig }
+    } else {
+        unsafe { &raw mut (*state).reply }
+    };
+    add(unsafe { &raw mut (*direction).packets }, 1);
+    add(unsafe { &raw mut (*direction).bytes }, len);
     // Coarse time (jiffies) is enough for idle timeouts and cheaper.
     unsafe { (&raw mut (*state).last_seen_ns).write_volatile(bpf_ktime_get_coarse_ns()) };
     if key.protocol != PROTO_TCP {
@@ -454,8 +465,8 @@ fn flow_record(
         kind,
         close_reason,
         key: key.oriented(state.flags),
-        packets: state.packets,
-        bytes: state.bytes,
+        orig: state.orig,
+        reply: state.reply,
         first_seen_ns: state.first_seen_ns,
         timestamp_ns: now,
     }
@@ -483,6 +494,28 @@ fn release(ctx: &SockContext) {
     if let Some(state) = FLOWS.get_ptr(key) {
         close(&key, state, CLOSE_SOCK_RELEASE);
     }
+}
+
+/// `iter/tcp`: for every TCP socket of the network namespace the iterator
+/// was made in that counts its flow in its storage, moves its counts so
+/// far into the flow table ([`socket::checkpoint`]), so that userspace
+/// reads the open flows' counters there. Userspace runs it (reading the
+/// iterator's file) in each namespace of the scope's processes before it
+/// reports long flows' counters so far; it writes nothing to the file.
+/// (A `bpf_sk_storage_map` iterator would reach every socket of the
+/// storage at once, but kernels such as this project's refuse map
+/// iterators even to root: `EPERM`.) Its context is the kernel's `struct
+/// bpf_iter__tcp`: the iterator's metadata, then the socket (null at the
+/// end of the iteration), each a 64-bit pointer.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub fn flowtrack_checkpoint(ctx: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: the kernel's context for this program type.
+    let sk = unsafe { ctx.cast::<*mut core::ffi::c_void>().add(1).read() };
+    if let Some(entry) = socket::of_iterated(sk) {
+        socket::checkpoint(entry);
+    }
+    0
 }
 
 #[cfg(not(test))]

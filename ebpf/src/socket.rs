@@ -21,7 +21,7 @@ use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE;
 use aya_ebpf::btf_maps::SkStorage;
 use aya_ebpf::helpers::generated::{
-    bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_sk_fullsock, bpf_sk_storage_get,
+    bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_sk_storage_get,
 };
 use aya_ebpf::macros::btf_map;
 use aya_ebpf::programs::{SkBuffContext, SockContext};
@@ -68,6 +68,20 @@ pub fn of_packet(ctx: &SkBuffContext) -> Option<*mut RawSocketFlow> {
     }
     // SAFETY: a non-null socket from the context; no value, no flags: a
     // lookup (the helper returns null for request and time-wait sockets).
+    let entry = unsafe { bpf_sk_storage_get(map(), sk.cast(), ptr::null_mut(), 0) };
+    (!entry.is_null()).then_some(entry.cast())
+}
+
+/// The storage of a socket a TCP iterator passed (a `sock_common`: null at
+/// the end, and request or time-wait sockets, which have none), if it has
+/// one.
+#[inline(always)]
+pub fn of_iterated(sk: *mut core::ffi::c_void) -> Option<*mut RawSocketFlow> {
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: the iterator's socket; the helper checks that it is a full
+    // socket and only looks its storage up.
     let entry = unsafe { bpf_sk_storage_get(map(), sk.cast(), ptr::null_mut(), 0) };
     (!entry.is_null()).then_some(entry.cast())
 }
@@ -131,8 +145,13 @@ pub fn count(ctx: &SkBuffContext, entry: *mut RawSocketFlow, hook: Hook) -> bool
             add_unshared(&raw mut (*own).packets, 1);
             add_unshared(&raw mut (*own).bytes, len);
         } else {
-            add(&raw mut (*slot).shared.packets, 1);
-            add(&raw mut (*slot).shared.bytes, len);
+            let shared = if hook == Hook::Egress {
+                &raw mut (*slot).shared_egress
+            } else {
+                &raw mut (*slot).shared_ingress
+            };
+            add(&raw mut (*shared).packets, 1);
+            add(&raw mut (*shared).bytes, len);
         }
     }
     true
@@ -249,10 +268,38 @@ pub fn retire(entry: *mut RawSocketFlow) {
     if before & SOCKET_RETIRED != 0 && !holds_counts(entry) {
         return;
     }
-    // One mover at a time: two would move the same counts twice. A call
-    // that finds another at work leaves the move to it (it marks the flow
-    // as below); a count either misses, the next call moves.
-    if or(flags_of_socket, SOCKET_MOVING) & SOCKET_MOVING != 0 {
+    move_counts(entry);
+}
+
+/// Moves what a counting socket counted so far into the flow table,
+/// leaving it counting (the checkpoint iterator, `flowtrack_checkpoint`,
+/// calls it for every socket before userspace reads the open flows'
+/// counters).
+pub fn checkpoint(entry: *mut RawSocketFlow) {
+    // SAFETY: a storage pointer, valid for this run.
+    let flags = unsafe { (&raw const (*entry).flags).read_volatile() };
+    if flags & SOCKET_ACTIVE == 0 || !holds_counts(entry) {
+        return;
+    }
+    move_counts(entry);
+}
+
+/// Moves the socket's counts not yet in the flow table there, each to its
+/// direction of the flow; then, if the socket is retired, marks the flow
+/// so and closes it if its close came meanwhile and no other socket holds
+/// counts.
+///
+/// One mover at a time: two would move the same counts twice. A call that
+/// finds another at work leaves the move to it; a count either misses,
+/// the next call moves. The mover that finishes after the socket retired
+/// marks the flow (a retire that found a checkpoint at work relies on
+/// it): the retire's `SOCKET_RETIRED` comes before its failed claim of
+/// `SOCKET_MOVING`, which comes before the checkpoint's release of it, so
+/// the checkpoint's read after its release sees it.
+fn move_counts(entry: *mut RawSocketFlow) {
+    let flags_of_socket = unsafe { &raw mut (*entry).flags };
+    let claimed = or(flags_of_socket, SOCKET_MOVING);
+    if claimed & SOCKET_MOVING != 0 {
         return;
     }
     // The key straight from the storage: a copy would cost stack, which
@@ -261,23 +308,48 @@ pub fn retire(entry: *mut RawSocketFlow) {
     // None: the flow was evicted; these counts are lost, and the eviction
     // is reported.
     let state = FLOWS.get_ptr_mut(key);
+    // The initiator's socket sends the flow's `orig` direction and
+    // receives its `reply`; the responder's the other way round.
+    let is_reply = claimed & SOCKET_IS_REPLY != 0;
     for index in 0..SOCKET_COUNTER_SLOTS {
         let slot = unsafe { &raw mut (*entry).slots[index] };
-        let (packets, bytes) = unmoved(slot);
-        let moved = unsafe { &raw mut (*slot).moved };
-        add_unshared(unsafe { &raw mut (*moved).packets }, packets);
-        add_unshared(unsafe { &raw mut (*moved).bytes }, bytes);
+        let (sent, received) = unmoved(slot);
+        // Only the mover writes these (see `SocketCounts`).
+        unsafe {
+            let moved = &raw mut (*slot).moved_egress;
+            add_unshared(&raw mut (*moved).packets, sent.packets);
+            add_unshared(&raw mut (*moved).bytes, sent.bytes);
+            let moved = &raw mut (*slot).moved_ingress;
+            add_unshared(&raw mut (*moved).packets, received.packets);
+            add_unshared(&raw mut (*moved).bytes, received.bytes);
+        }
         if let Some(state) = state {
-            add(unsafe { &raw mut (*state).packets }, packets);
-            add(unsafe { &raw mut (*state).bytes }, bytes);
+            let (orig, reply) = if is_reply {
+                (received, sent)
+            } else {
+                (sent, received)
+            };
+            // SAFETY: a pointer from a successful table lookup.
+            unsafe {
+                add(&raw mut (*state).orig.packets, orig.packets);
+                add(&raw mut (*state).orig.bytes, orig.bytes);
+                add(&raw mut (*state).reply.packets, reply.packets);
+                add(&raw mut (*state).reply.bytes, reply.bytes);
+            }
         }
     }
     and(flags_of_socket, !SOCKET_MOVING);
     let Some(state) = state else { return };
-    unsafe { (&raw mut (*state).last_seen_ns).write_volatile(bpf_ktime_get_coarse_ns()) };
+    let after = unsafe { flags_of_socket.read_volatile() };
+    if after & SOCKET_RETIRED == 0 {
+        return; // a checkpoint: the socket goes on counting
+    }
+    // The precise clock: the coarse one is not allowed in the checkpoint
+    // iterator, which shares this code (and this runs once per socket).
+    unsafe { (&raw mut (*state).last_seen_ns).write_volatile(bpf_ktime_get_ns()) };
     // The flow's flags are one word: this or and the closer's or are
     // ordered, so whichever comes second sees both and closes.
-    or(unsafe { &raw mut (*state).flags }, retired_mark(before));
+    or(unsafe { &raw mut (*state).flags }, retired_mark(after));
     close_if_pending(key, state);
 }
 
@@ -285,41 +357,46 @@ pub fn retire(entry: *mut RawSocketFlow) {
 fn holds_counts(entry: *mut RawSocketFlow) -> bool {
     (0..SOCKET_COUNTER_SLOTS).any(|index| {
         // SAFETY: a storage pointer, valid for this run.
-        let (packets, bytes) = unmoved(unsafe { &raw mut (*entry).slots[index] });
-        packets | bytes != 0
+        let (sent, received) = unmoved(unsafe { &raw mut (*entry).slots[index] });
+        sent.packets | sent.bytes | received.packets | received.bytes != 0
     })
 }
 
-/// A slot's counts not yet in the flow table: packets and bytes.
-fn unmoved(slot: *mut SocketCounts) -> (u64, u64) {
+/// A slot's counts not yet in the flow table: of the packets the socket
+/// sent, and of those it received.
+fn unmoved(slot: *mut SocketCounts) -> (PacketCounts, PacketCounts) {
     let read = |counts: *const PacketCounts| {
         // SAFETY: a pointer into a storage value, valid for this run.
         unsafe {
-            (
-                (&raw const (*counts).packets).read_volatile(),
-                (&raw const (*counts).bytes).read_volatile(),
-            )
+            PacketCounts {
+                packets: (&raw const (*counts).packets).read_volatile(),
+                bytes: (&raw const (*counts).bytes).read_volatile(),
+            }
         }
     };
-    // SAFETY: as above.
-    let (egress, ingress, shared, moved) = unsafe {
-        (
-            read(&raw const (*slot).egress),
-            read(&raw const (*slot).ingress),
-            read(&raw const (*slot).shared),
-            read(&raw const (*slot).moved),
-        )
+    let unmoved = |own: PacketCounts, shared: PacketCounts, moved: PacketCounts| PacketCounts {
+        packets: own
+            .packets
+            .wrapping_add(shared.packets)
+            .wrapping_sub(moved.packets),
+        bytes: own
+            .bytes
+            .wrapping_add(shared.bytes)
+            .wrapping_sub(moved.bytes),
     };
-    (
-        egress
-            .0
-            .wrapping_add(ingress.0)
-            .wrapping_add(shared.0)
-            .wrapping_sub(moved.0),
-        egress
-            .1
-            .wrapping_add(ingress.1)
-            .wrapping_add(shared.1)
-            .wrapping_sub(moved.1),
-    )
+    // SAFETY: as above.
+    unsafe {
+        (
+            unmoved(
+                read(&raw const (*slot).egress),
+                read(&raw const (*slot).shared_egress),
+                read(&raw const (*slot).moved_egress),
+            ),
+            unmoved(
+                read(&raw const (*slot).ingress),
+                read(&raw const (*slot).shared_ingress),
+                read(&raw const (*slot).moved_ingress),
+            ),
+        )
+    }
 }

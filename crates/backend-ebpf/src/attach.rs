@@ -14,6 +14,7 @@ use flow_ebpf_common::{
     SCOPE_CGROUP_LEVEL_GLOBAL, SOCK_CREATE_PROGRAM, SOCK_RELEASE_PROGRAM,
 };
 
+use crate::checkpoint::Checkpoint;
 use crate::{enforce, kernel_offsets};
 
 use crate::{BACKEND_NAME, EbpfConfig};
@@ -26,6 +27,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fl
 /// them too).
 pub(crate) struct Attached {
     pub(crate) ebpf: Ebpf,
+    /// The checkpoint iterator, loaded when interim updates are asked for.
+    pub(crate) checkpoint: Option<Checkpoint>,
     /// Each attached program's name and kernel id.
     programs: Vec<(&'static str, u32)>,
 }
@@ -87,6 +90,18 @@ impl Attached {
         if let Some(policy) = &config.policy {
             enforce::fill_maps(&mut ebpf, policy)?;
         }
+        let checkpoint = match config.active_timeout {
+            Some(_) => Some(Checkpoint::load(&mut ebpf).map_err(|why| {
+                FlowError::unavailable(
+                    BACKEND_NAME,
+                    format!(
+                        "interim updates of long flows (an active timeout) need its checkpoint \
+                         iterator, which cannot load: {why}"
+                    ),
+                )
+            })?),
+            None => None,
+        };
         // Before the cgroup's programs: once they are attached, the run's
         // command may start, and its own exec must be recorded.
         if !offsets.is_empty()
@@ -133,7 +148,11 @@ impl Attached {
             };
             programs.extend(enforce::attach_hooks(&mut ebpf, &hooks_to)?);
         }
-        Ok(Self { ebpf, programs })
+        Ok(Self {
+            ebpf,
+            checkpoint,
+            programs,
+        })
     }
 
     /// A program whose link someone detached from the cgroup (with

@@ -4,10 +4,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use flow_core::counters::{Counters, DirectionCounters};
 use flow_core::{CloseReason, FlowEvent, FlowKey};
 use flow_ebpf_common::{
     CLOSE_FIN, CLOSE_IDLE, CLOSE_RST, CLOSE_SCOPE_ENDED, CLOSE_SOCK_RELEASE, DecodeError,
-    FAMILY_V4, PayloadRecord, RECORD_CLOSED, RECORD_DENIED, RECORD_DNS, RECORD_EXEC,
+    FAMILY_V4, PacketCounts, PayloadRecord, RECORD_CLOSED, RECORD_DENIED, RECORD_DNS, RECORD_EXEC,
     RECORD_FIRST_PAYLOAD, RECORD_FORK, RECORD_OPENED, RawExecRecord, RawFlowKey, RawFlowRecord,
     RawForkRecord, RawOpenedRecord, RawOwner, record_kind,
 };
@@ -97,12 +98,12 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         }
         RECORD_CLOSED => {
             let record = RawFlowRecord::decode(bytes)?;
-            let event = FlowEvent::closed(
+            let event = FlowEvent::closed_by_direction(
                 flow_key(&record.key),
-                record.packets,
-                record.bytes,
+                directions(&record.orig, &record.reply),
                 record.timestamp_ns,
             )
+            .started(record.first_seen_ns)
             .because(close_reason(record.close_reason));
             Ok(Record::Closed(event))
         }
@@ -191,6 +192,15 @@ fn close_reason(raw: u32) -> Option<CloseReason> {
     }
 }
 
+/// The contract's counters of a flow from its kernel counters: `orig`
+/// what the initiator sent, `reply` what the responder sent.
+pub(crate) fn directions(orig: &PacketCounts, reply: &PacketCounts) -> DirectionCounters {
+    DirectionCounters::new(
+        Counters::new(orig.packets, orig.bytes),
+        Counters::new(reply.packets, reply.bytes),
+    )
+}
+
 /// The contract's key for a kernel key.
 pub(crate) fn flow_key(raw: &RawFlowKey) -> FlowKey {
     FlowKey {
@@ -227,8 +237,10 @@ mod tests {
         out.extend(record.close_reason.to_ne_bytes());
         out.extend(encode_key(&record.key));
         for value in [
-            record.packets,
-            record.bytes,
+            record.orig.packets,
+            record.orig.bytes,
+            record.reply.packets,
+            record.reply.bytes,
             record.first_seen_ns,
             record.timestamp_ns,
         ] {
@@ -240,6 +252,7 @@ mod tests {
             }
             out.extend(owner.start_ns.to_ne_bytes());
             out.extend(owner.comm);
+            out.extend(u64::from(owner.uid).to_ne_bytes()); // a cgroup id
         }
         out
     }
@@ -285,18 +298,24 @@ mod tests {
         (
             prop_oneof![Just(RECORD_OPENED), Just(RECORD_CLOSED)],
             any_key(),
-            any::<(u64, u64, u64, u64)>(),
+            any::<(u64, u64, u64, u64, u64, u64)>(),
             0_u32..8,
             any::<(u32, u32, u32, u64, [u8; 16])>(),
         )
             .prop_map(
-                |(kind, key, (p, b, f, t), reason, (tgid, uid, gid, start_ns, comm))| {
+                |(kind, key, (p, b, rp, rb, f, t), reason, (tgid, uid, gid, start_ns, comm))| {
                     let record = RawFlowRecord {
                         kind,
                         close_reason: reason,
                         key,
-                        packets: p,
-                        bytes: b,
+                        orig: PacketCounts {
+                            packets: p,
+                            bytes: b,
+                        },
+                        reply: PacketCounts {
+                            packets: rp,
+                            bytes: rb,
+                        },
                         first_seen_ns: f,
                         timestamp_ns: t,
                     };
@@ -328,8 +347,8 @@ mod tests {
 
     #[test]
     fn the_layout_is_what_the_kernel_writes() {
-        assert_eq!(RECORD_SIZE, 80);
-        assert_eq!(OPENED_RECORD_SIZE, 120);
+        assert_eq!(RECORD_SIZE, 96);
+        assert_eq!(OPENED_RECORD_SIZE, 144);
         assert_eq!(PAYLOAD_HEADER_SIZE, 64);
         assert_eq!(EXEC_RECORD_SIZE % 8, 0);
         assert_eq!(std::mem::size_of::<RawFlowKey>(), 40);
@@ -387,7 +406,19 @@ mod tests {
                     let FlowEventKind::Closed { pkt_count, byte_count } = event.kind else {
                         panic!("a close")
                     };
-                    prop_assert_eq!((pkt_count, byte_count), (record.packets, record.bytes));
+                    let directions = event.directions.expect("counted by direction");
+                    prop_assert_eq!(
+                        (directions.src.packets, directions.src.bytes, directions.dst.packets, directions.dst.bytes),
+                        (record.orig.packets, record.orig.bytes, record.reply.packets, record.reply.bytes)
+                    );
+                    prop_assert_eq!(
+                        (pkt_count, byte_count),
+                        (
+                            record.orig.packets.saturating_add(record.reply.packets),
+                            record.orig.bytes.saturating_add(record.reply.bytes)
+                        )
+                    );
+                    prop_assert_eq!(event.start_ns, Some(record.first_seen_ns));
                     prop_assert_eq!(event.close_reason, close_reason(record.close_reason));
                     prop_assert_eq!(event.key.src_addr.is_ipv4(), record.key.family == 4);
                 }

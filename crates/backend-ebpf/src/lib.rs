@@ -5,9 +5,14 @@
 //!
 //! - Flows are keyed initiator → responder: TCP by the SYN's direction,
 //!   UDP and ICMP echo by the first packet's.
-//! - `Closed` counts both directions: bytes are IP-level lengths and match
-//!   the wire; packets are the kernel's socket buffers, which under GSO/GRO
-//!   (common on loopback and veth) are fewer than wire packets.
+//! - `Closed` counts each direction apart (what the initiator sent, what
+//!   the responder sent): bytes are IP-level lengths and match the wire;
+//!   packets are the kernel's socket buffers, which under GSO/GRO (common
+//!   on loopback and veth) are fewer than wire packets.
+//! - With an active timeout ([`EbpfConfig::active_timeout`]), flows open
+//!   that long are reported with their counters so far (`Update`), every
+//!   timeout: a checkpoint iterator first moves the counting sockets'
+//!   counts into the flow table, which is then read.
 //! - A TCP flow closes after the FIN exchange or a reset; a connected UDP
 //!   flow when its socket is released; everything else after an idle
 //!   timeout, or when the cgroup has no process left. An established TCP
@@ -34,6 +39,7 @@
 //! ```
 
 mod attach;
+mod checkpoint;
 mod decode;
 mod enforce;
 mod kernel_offsets;
@@ -93,6 +99,7 @@ pub struct EbpfConfig {
     pub(crate) processes: bool,
     pub(crate) policy: Option<Arc<flow_policy::Policy>>,
     pub(crate) fail_enforcement: bool,
+    pub(crate) active_timeout: Option<Duration>,
 }
 
 impl EbpfConfig {
@@ -114,6 +121,7 @@ impl EbpfConfig {
             processes: true,
             policy: None,
             fail_enforcement: false,
+            active_timeout: None,
         }
     }
 
@@ -157,6 +165,27 @@ impl EbpfConfig {
     pub fn processes(mut self, processes: bool) -> Self {
         self.processes = processes;
         self
+    }
+
+    /// Reports every flow open for at least `timeout` with its counters so
+    /// far (an `Update` event), once every `timeout`: a flow's first
+    /// update comes `timeout` to twice that after it opened. Off by
+    /// default. Needs the kernel's BTF (the checkpoint iterator that reads
+    /// the counting sockets' counts): without it the source does not
+    /// start.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flow_backend_ebpf::EbpfConfig;
+    /// assert!(EbpfConfig::new("/x").active_timeout(Duration::from_secs(60)).is_ok());
+    /// assert!(EbpfConfig::new("/x").active_timeout(Duration::ZERO).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// When `timeout` is zero.
+    pub fn active_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        self.active_timeout = Some(ConfigError::nonzero("active timeout", timeout)?);
+        Ok(self)
     }
 
     /// Addresses whose names (from the scope's DNS answers) are kept at

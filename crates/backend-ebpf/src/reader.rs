@@ -1,5 +1,6 @@
 //! The stream of a running eBPF source: ring-buffer records as they come,
-//! and every sweep interval the idle flows and the loss counters.
+//! and every sweep interval the idle flows and the loss counters; with an
+//! active timeout, every timeout the open flows' counters so far.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -22,7 +23,8 @@ use tokio::io::unix::AsyncFd;
 use flow_cgroup as cgroup;
 
 use crate::attach::Attached;
-use crate::decode::{Record, decode_record, flow_key};
+use crate::checkpoint::Checkpoint;
+use crate::decode::{Record, decode_record, directions, flow_key};
 use crate::{BACKEND_NAME, EbpfConfig};
 use flow_enrich::{EnrichConfig, Enricher};
 use flow_policy::{Policy, RuleId};
@@ -80,14 +82,22 @@ pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowS
         .map_err(|e| FlowError::io("watching the eBPF ring buffer", e.into()))?;
     let mut sweep = tokio::time::interval(config.sweep_interval);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let checkpoint = attached.checkpoint.take();
     let reader = Reader {
         ring,
         policy: config.policy.clone(),
         table: Some(Table {
             flows,
             timeouts: Timeouts::from(&config),
+            checkpoint,
+            cgroup: config.cgroup.clone(),
         }),
         walking: None,
+        updates: config.active_timeout.map(|every| Updates {
+            every,
+            next: std::time::Instant::now() + every,
+        }),
+        updated: None,
         counters,
         sweep,
         cgroup: config.cgroup.clone(),
@@ -199,7 +209,30 @@ struct Counts {
 struct Table {
     flows: HashMap<MapData, TableKey, TableValue>,
     timeouts: Timeouts,
+    /// Moves the counting sockets' counts into the table before an update
+    /// walk (loaded when an active timeout is set).
+    checkpoint: Option<Checkpoint>,
+    /// The scope: its processes' network namespaces are where the
+    /// checkpoint walks.
+    cgroup: PathBuf,
 }
+
+/// When the open flows are next reported with their counters so far.
+struct Updates {
+    every: Duration,
+    next: std::time::Instant,
+}
+
+/// What an update walk reports: every live flow that opened at or before
+/// `opened_by` (CLOCK_MONOTONIC ns), sent on `sender` as it is read, so
+/// that a million of them are never held at once.
+struct UpdateRequest {
+    opened_by: u64,
+    sender: tokio::sync::mpsc::Sender<FlowEvent>,
+}
+
+/// Updates the reader holds at once, on their way from a walk.
+const UPDATES_IN_FLIGHT: usize = 1024;
 
 /// What one walk of the table found and did.
 struct Walked {
@@ -212,9 +245,17 @@ struct Walked {
 }
 
 impl Table {
-    /// Closes the idle flows (all of them once the scope has ended).
-    fn walk(mut self, scope_ended: bool) -> Walked {
+    /// Closes the idle flows (all of them once the scope has ended); with
+    /// `updates`, first moves the counting sockets' counts into the table,
+    /// then reports the flows it asks for with their counters so far.
+    fn walk(mut self, scope_ended: bool, updates: Option<UpdateRequest>) -> Walked {
         let started = std::time::Instant::now();
+        if updates.is_some()
+            && let Some(checkpoint) = &self.checkpoint
+            && let Err(error) = checkpoint.run(&self.cgroup)
+        {
+            tracing::warn!(%error, "the checkpoint iterator failed: updates carry the counts of the flow table alone");
+        }
         let now = monotonic_now_ns();
         let mut live = 0_u64;
         let mut expired = Vec::new();
@@ -231,6 +272,19 @@ impl Table {
             };
             if idle >= limit {
                 expired.push(key);
+            } else if let Some(request) = &updates
+                && state.first_seen_ns <= request.opened_by
+            {
+                let update = FlowEvent::update_by_direction(
+                    flow_key(&key.0.oriented(state.flags)),
+                    directions(&state.orig, &state.reply),
+                    now,
+                )
+                .started(state.first_seen_ns);
+                // The reader is gone: the stream is being dropped.
+                if request.sender.blocking_send(update).is_err() {
+                    break;
+                }
             }
         }
         let mut closes = Vec::new();
@@ -249,12 +303,12 @@ impl Table {
                     CloseReason::Idle
                 };
                 closes.push(
-                    FlowEvent::closed(
+                    FlowEvent::closed_by_direction(
                         flow_key(&key.0.oriented(state.flags)),
-                        state.packets,
-                        state.bytes,
+                        directions(&state.orig, &state.reply),
                         now,
                     )
+                    .started(state.first_seen_ns)
                     .because(reason),
                 );
             }
@@ -294,6 +348,16 @@ struct Walk {
     after_removal: bool,
 }
 
+/// The next update a walk in progress sent, if any (else waits forever).
+async fn next_update(
+    updated: &mut Option<tokio::sync::mpsc::Receiver<FlowEvent>>,
+) -> Option<FlowEvent> {
+    match updated {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits for the walk in progress, if any (else forever).
 async fn walk_done(walking: &mut Option<Walk>) -> Result<Walked, tokio::task::JoinError> {
     match walking {
@@ -309,6 +373,11 @@ struct Reader {
     /// `None` while a walk has it.
     table: Option<Table>,
     walking: Option<Walk>,
+    /// When to report the open flows' counters so far, with an active
+    /// timeout.
+    updates: Option<Updates>,
+    /// The updates of the walk in progress, as it reads them.
+    updated: Option<tokio::sync::mpsc::Receiver<FlowEvent>>,
     counters: PerCpuArray<MapData, u64>,
     sweep: tokio::time::Interval,
     cgroup: PathBuf,
@@ -368,6 +437,9 @@ impl Reader {
                     Err(e) => return Some(Err(FlowError::io("reading the eBPF ring buffer", e))),
                 },
                 _ = self.sweep.tick() => self.sweep(),
+                Some(update) = next_update(&mut self.updated) => {
+                    self.pending.push_back(Ok(self.enricher.update(update)));
+                }
                 walked = walk_done(&mut self.walking) => self.walk_done(walked),
             }
         }
@@ -412,16 +484,36 @@ impl Reader {
         }
         self.report_losses(None);
         let scope_ended = self.cgroup_removed || cgroup::is_populated(&self.cgroup) == Some(false);
-        let due = std::time::Instant::now() >= self.next_walk
+        let now = std::time::Instant::now();
+        let update_due = !scope_ended
+            && self
+                .updates
+                .as_ref()
+                .is_some_and(|updates| now >= updates.next);
+        let due = now >= self.next_walk
             || (scope_ended && self.last_live > 0)
-            || self.cgroup_removed;
+            || self.cgroup_removed
+            || update_due;
         // Walking the table costs a system call per flow: with a million
         // flows, seconds. It runs on a blocking thread, so that the ring
         // keeps being read meanwhile.
         if due && let Some(table) = self.table.take() {
             let inserted_before = self.counter(COUNTER_FLOWS_INSERTED);
+            let updates = match &mut self.updates {
+                Some(updates) if update_due => {
+                    updates.next = now + updates.every;
+                    let (sender, receiver) = tokio::sync::mpsc::channel(UPDATES_IN_FLIGHT);
+                    self.updated = Some(receiver);
+                    let every = u64::try_from(updates.every.as_nanos()).unwrap_or(u64::MAX);
+                    Some(UpdateRequest {
+                        opened_by: monotonic_now_ns().saturating_sub(every),
+                        sender,
+                    })
+                }
+                _ => None,
+            };
             self.walking = Some(Walk {
-                handle: tokio::task::spawn_blocking(move || table.walk(scope_ended)),
+                handle: tokio::task::spawn_blocking(move || table.walk(scope_ended, updates)),
                 started: std::time::Instant::now(),
                 inserted_before,
                 after_removal: self.cgroup_removed,
@@ -449,6 +541,12 @@ impl Reader {
         self.next_walk = walk.started + self.sweep.period().max(walked.took * 10);
         self.last_live = walked.live;
         self.user_removed += walked.closes.len() as u64;
+        // The walk's last updates, before its closes.
+        if let Some(mut updated) = self.updated.take() {
+            while let Ok(update) = updated.try_recv() {
+                self.pending.push_back(Ok(self.enricher.update(update)));
+            }
+        }
         let enricher = &mut self.enricher;
         self.pending.extend(
             walked

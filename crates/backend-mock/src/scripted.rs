@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use flow_core::counters::DirectionCounters;
 use flow_core::dns::DnsLookup;
 use flow_core::{FlowError, FlowEvent, FlowKey, FlowSource, FlowStream, LossPoint};
 use futures::stream::{self, BoxStream};
@@ -199,6 +200,40 @@ impl ScriptBuilder {
     #[must_use]
     pub fn closed(self, key: FlowKey, pkt_count: u64, byte_count: u64, timestamp_ns: u64) -> Self {
         self.event(FlowEvent::closed(key, pkt_count, byte_count, timestamp_ns))
+    }
+
+    /// Adds a `Closed` event with the counters of each direction (what the
+    /// initiator sent, what the responder sent).
+    ///
+    /// ```
+    /// use flow_backend_mock::ScriptedSource;
+    /// use flow_core::counters::{Counters, DirectionCounters};
+    /// use flow_core::FlowKey;
+    /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:443".parse()?);
+    /// let both = DirectionCounters::new(Counters::new(6, 700), Counters::new(5, 9_300));
+    /// let source = ScriptedSource::builder("mock")
+    ///     .opened(key, 1)
+    ///     .update(key, DirectionCounters::new(Counters::new(3, 300), Counters::new(2, 4_000)), 2)
+    ///     .closed_by_direction(key, both, 3)
+    ///     .build();
+    /// # drop(source);
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn closed_by_direction(
+        self,
+        key: FlowKey,
+        counters: DirectionCounters,
+        timestamp_ns: u64,
+    ) -> Self {
+        self.event(FlowEvent::closed_by_direction(key, counters, timestamp_ns))
+    }
+
+    /// Adds an `Update`: a flow still open, with its counters so far in
+    /// each direction.
+    #[must_use]
+    pub fn update(self, key: FlowKey, counters: DirectionCounters, timestamp_ns: u64) -> Self {
+        self.event(FlowEvent::update_by_direction(key, counters, timestamp_ns))
     }
 
     /// Adds a DNS lookup the scope made, on the lookup's flow `key` (the

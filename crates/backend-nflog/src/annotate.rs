@@ -105,6 +105,7 @@ impl Annotator {
                 self.enricher.closed(event)
             }
             FlowEventKind::Denied { .. } => self.enricher.denied(event, None),
+            FlowEventKind::Update { .. } => self.enricher.update(event),
             _ => event,
         }
     }

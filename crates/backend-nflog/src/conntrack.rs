@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use flow_core::counters::{Counters, DirectionCounters};
 use flow_core::{FlowKey, protocol};
 use neli::consts::genl::NlAttrType;
 use neli::consts::nl::NlmF;
@@ -37,6 +38,7 @@ pub(crate) enum CtAttr {
     CountersReply = 10,
     Id = 12,
     Timestamp = 20,
+    MarkMask = 21,
 }
 impl NlAttrType for CtAttr {}
 
@@ -133,8 +135,9 @@ pub(crate) struct CtEntry {
     pub(crate) mark: u32,
     /// The TCP conntrack state, for TCP.
     pub(crate) tcp_state: Option<u8>,
-    /// Packets and bytes of both directions, when accounting is on.
-    pub(crate) counters: Option<(u64, u64)>,
+    /// Packets and bytes of each direction (conntrack's original and
+    /// reply counters), when accounting is on.
+    pub(crate) counters: Option<DirectionCounters>,
     /// Kernel wall-clock stamps (ns since the epoch), when timestamps are on.
     pub(crate) start_ns: Option<u64>,
     /// See `start_ns`.
@@ -194,11 +197,10 @@ pub(crate) fn decode(kind: u16, flags: NlmF, payload: &[u8]) -> Result<CtEntry, 
         attrs.nested(CtAttr::CountersOrig)?,
         attrs.nested(CtAttr::CountersReply)?,
     ) {
-        (Some(orig), Some(reply)) => {
-            let (p1, b1) = decode_counters(orig)?;
-            let (p2, b2) = decode_counters(reply)?;
-            Some((p1.saturating_add(p2), b1.saturating_add(b2)))
-        }
+        (Some(orig), Some(reply)) => Some(DirectionCounters::new(
+            decode_counters(orig)?,
+            decode_counters(reply)?,
+        )),
         _ => None,
     };
     let (start_ns, stop_ns) = match attrs.nested(CtAttr::Timestamp)? {
@@ -250,7 +252,7 @@ pub(crate) fn decode_datagram(datagram: &[u8]) -> (Vec<CtEntry>, usize) {
     (entries, malformed)
 }
 
-fn decode_counters(counters: Attrs<'_>) -> Result<(u64, u64), CtDecodeError> {
+fn decode_counters(counters: Attrs<'_>) -> Result<Counters, CtDecodeError> {
     let value = |which| -> Result<u64, CtDecodeError> {
         Ok(counters
             .get(which)?
@@ -258,7 +260,10 @@ fn decode_counters(counters: Attrs<'_>) -> Result<(u64, u64), CtDecodeError> {
             .transpose()?
             .unwrap_or_default())
     };
-    Ok((value(CounterAttr::Packets)?, value(CounterAttr::Bytes)?))
+    Ok(Counters::new(
+        value(CounterAttr::Packets)?,
+        value(CounterAttr::Bytes)?,
+    ))
 }
 
 fn decode_tuple(tuple: Attrs<'_>) -> Result<FlowKey, CtDecodeError> {
@@ -428,6 +433,24 @@ pub(crate) fn dump_request(seq: u32) -> Vec<u8> {
     )
 }
 
+/// A request to dump the entries whose ct mark is `mark` (the kernel
+/// filters them: `CTA_MARK` with an all-ones `CTA_MARK_MASK`).
+pub(crate) fn dump_marked_request(mark: u32, seq: u32) -> Vec<u8> {
+    netlink::encode(
+        netlink::message_type(SUBSYSTEM, MSG_GET),
+        NlmF::REQUEST | NlmF::DUMP,
+        seq,
+        Nfgenmsg::new(
+            libc::AF_UNSPEC as u8,
+            0,
+            vec![
+                netlink::attr_be32(CtAttr::Mark.into(), mark),
+                netlink::attr_be32(CtAttr::MarkMask.into(), u32::MAX),
+            ],
+        ),
+    )
+}
+
 /// Rebuilds a message as the kernel would send it, for tests and fuzz
 /// seeds: an entry of `kind` for `key` with `id`, `mark` and `counters`.
 #[cfg(test)]
@@ -437,7 +460,7 @@ pub(crate) fn encode_event(
     id: u32,
     mark: u32,
     tcp_state: Option<u8>,
-    counters: Option<(u64, u64)>,
+    counters: Option<DirectionCounters>,
 ) -> Vec<u8> {
     let mut attrs = vec![encode_tuple(key)];
     attrs.push(netlink::attr_be32(CtAttr::Id.into(), id));
@@ -451,14 +474,16 @@ pub(crate) fn encode_event(
             )],
         ));
     }
-    if let Some((packets, bytes)) = counters {
-        for (which, share) in [(CtAttr::CountersOrig, 0), (CtAttr::CountersReply, 1)] {
-            let half = |n: u64| if share == 0 { n - n / 2 } else { n / 2 };
+    if let Some(counters) = counters {
+        for (which, counted) in [
+            (CtAttr::CountersOrig, counters.src),
+            (CtAttr::CountersReply, counters.dst),
+        ] {
             attrs.push(nested(
                 which.into(),
                 &[
-                    attr(CounterAttr::Packets.into(), half(packets).to_be_bytes()),
-                    attr(CounterAttr::Bytes.into(), half(bytes).to_be_bytes()),
+                    attr(CounterAttr::Packets.into(), counted.packets.to_be_bytes()),
+                    attr(CounterAttr::Bytes.into(), counted.bytes.to_be_bytes()),
                 ],
             ));
         }
@@ -515,8 +540,11 @@ mod tests {
             "conntrack -F destroyed all"
         );
         for entry in entries.iter().filter(|e| e.kind == CtEventKind::Destroy) {
-            let (packets, bytes) = entry.counters.expect("accounting was on");
-            assert!(packets >= 1 && bytes >= 28, "{entry:?}");
+            let counters = entry.counters.expect("accounting was on");
+            assert!(
+                counters.src.packets >= 1 && counters.src.bytes >= 28,
+                "{entry:?}"
+            );
             assert!(
                 entry.start_ns.is_some() && entry.stop_ns >= entry.start_ns,
                 "{entry:?}"
@@ -574,8 +602,11 @@ mod tests {
             id: u32,
             mark: u32,
             tcp_state in proptest::option::of(0u8..10),
-            counters in proptest::option::of((0u64..1 << 40, 0u64..1 << 50)),
+            counters in proptest::option::of((0u64..1 << 40, 0u64..1 << 50, 0u64..1 << 40, 0u64..1 << 50)),
         ) {
+            let counters = counters.map(|(p, b, rp, rb)| {
+                DirectionCounters::new(Counters::new(p, b), Counters::new(rp, rb))
+            });
             let bytes = encode_event(kind, &key, id, mark, tcp_state, counters);
             let (entries, malformed) = decode_datagram(&bytes);
             prop_assert_eq!(malformed, 0);

@@ -28,7 +28,11 @@
 //!   from the table at once, not 120 s later at DESTROY), on DESTROY for
 //!   other flows, and for every open flow when a cgroup scope has no
 //!   process left. Counters are conntrack's: packets and IP-level bytes of
-//!   both directions.
+//!   each direction (its original and reply counters).
+//! - `Update`, with an active timeout ([`NflogConfig::active_timeout`]):
+//!   every timeout, a listing of the scope's entries (filtered by its ct
+//!   mark in the kernel) gives each flow open that long its counters so
+//!   far.
 //! - The end of the stream when the scope is gone: the cgroup removed, or
 //!   the network namespace's name deleted (`ip netns delete`, or the end of
 //!   the process of a `/proc/PID/ns/net` path). Open flows are closed
@@ -134,6 +138,7 @@ pub struct NflogConfig {
     pub(crate) name_cache_entries: NonZeroUsize,
     pub(crate) names: bool,
     pub(crate) processes: bool,
+    pub(crate) active_timeout: Option<std::time::Duration>,
 }
 
 impl NflogConfig {
@@ -218,6 +223,27 @@ impl NflogConfig {
         self
     }
 
+    /// Reports every flow open for at least `timeout` with its counters so
+    /// far (an `Update` event), once every `timeout`: a flow's first
+    /// update comes `timeout` to twice that after it opened. Each round
+    /// lists the scope's conntrack entries (the kernel filters them by the
+    /// backend's ct mark); events meanwhile wait in the event socket's
+    /// buffer. Off by default.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flow_backend_nflog::NflogConfig;
+    /// assert!(NflogConfig::default().active_timeout(Duration::from_secs(60)).is_ok());
+    /// assert!(NflogConfig::default().active_timeout(Duration::ZERO).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// When `timeout` is zero.
+    pub fn active_timeout(mut self, timeout: std::time::Duration) -> Result<Self, ConfigError> {
+        self.active_timeout = Some(ConfigError::nonzero("active timeout", timeout)?);
+        Ok(self)
+    }
+
     /// The most the buffer grows to after overruns (default 64 MiB).
     ///
     /// # Errors
@@ -266,6 +292,7 @@ impl Default for NflogConfig {
             name_cache_entries: flow_enrich::DEFAULT_NAME_CACHE_ENTRIES,
             names: true,
             processes: true,
+            active_timeout: None,
         }
     }
 }

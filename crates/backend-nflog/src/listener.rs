@@ -191,6 +191,9 @@ struct Session {
     max_receive_buffer: usize,
     resync_pending: bool,
     pending_fetches: Vec<(FlowId, CloseReason)>,
+    /// With an active timeout: how often, and when next, the open flows
+    /// are reported with their counters so far.
+    updates: Option<(Duration, Instant)>,
     log_sequence: nflog::Sequence,
     denied: HashMap<FlowKey, Instant>,
     annotator: Annotator,
@@ -294,6 +297,9 @@ impl Session {
             max_receive_buffer: config.max_receive_buffer,
             resync_pending: false,
             pending_fetches: Vec::new(),
+            updates: config
+                .active_timeout
+                .map(|every| (every, Instant::now() + every)),
             log_sequence: nflog::Sequence::default(),
             denied: HashMap::new(),
             // After entering the namespace: its sock_diag socket is there.
@@ -311,13 +317,17 @@ impl Session {
         let mut next_check = Instant::now() + CHECK_EVERY;
         loop {
             let mut batch = Vec::new();
-            let round = match self.wait_and_read(wake, next_check, &mut batch) {
+            let deadline = match self.updates {
+                Some((_, next_update)) => next_check.min(next_update),
+                None => next_check,
+            };
+            let round = match self.wait_and_read(wake, deadline, &mut batch) {
                 Ok(Woken::Stop) => break,
                 Ok(Woken::Work) if Instant::now() >= next_check => {
                     next_check = Instant::now() + CHECK_EVERY;
                     self.check_scope(&mut batch)
                 }
-                Ok(Woken::Work) => Ok(ScopeState::Live),
+                Ok(Woken::Work) => self.report_updates(&mut batch).map(|()| ScopeState::Live),
                 Err(error) => Err(error),
             };
             let end = match round {
@@ -398,6 +408,34 @@ impl Session {
         }
     }
 
+    /// When the active timeout's round is due: every flow open that long,
+    /// with its counters so far, from a listing of the scope's entries
+    /// (read as it arrives: a million entries are never held at once).
+    fn report_updates(&mut self, batch: &mut Vec<Item>) -> Result<(), FlowError> {
+        let Some((every, next)) = self.updates else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now < next {
+            return Ok(());
+        }
+        self.updates = Some((every, now + every));
+        let now_ns = Clock::now().now_ns;
+        let opened_by = now_ns.saturating_sub(u64::try_from(every.as_nanos()).unwrap_or(u64::MAX));
+        let seq = self.requests.next_seq();
+        let request = conntrack::dump_marked_request(self.tracker.mark(), seq);
+        let (tracker, annotator) = (&self.tracker, &mut self.annotator);
+        self.requests
+            .dump_each(&request, seq, |kind, flags, payload| {
+                if let Ok(entry) = conntrack::decode(kind, flags, payload)
+                    && let Some(update) = tracker.update(&entry, now_ns, opened_by)
+                {
+                    batch.push(Ok(annotator.event(update)));
+                }
+            })
+            .map_err(|e| FlowError::io("listing conntrack's entries for updates", e))
+    }
+
     /// Emits events; queues closed TCP flows for their counters (fetched
     /// together once the event queue is drained).
     fn apply(&mut self, steps: Vec<Step>, batch: &mut Vec<Item>) {
@@ -440,7 +478,6 @@ impl Session {
                     Some(Ok(replies)) => entries(replies).into_iter().find_map(|e| e.counters),
                     _ => None,
                 };
-                let counters = counters.unwrap_or_default();
                 if let Some(event) = self.tracker.close(*flow, counters, Some(*reason), now_ns) {
                     self.emit(event, batch);
                 }

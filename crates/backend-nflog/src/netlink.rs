@@ -372,6 +372,49 @@ impl Socket {
     /// for an ACK (or a dump), and collects the replies to each until all
     /// are answered (ACK or dump end): per request, its reply messages, or
     /// the errno it was refused with. One round trip for them all.
+    /// The messages of the next datagram (blocking), none malformed (else
+    /// an `InvalidData` error).
+    fn recv_whole(&mut self) -> io::Result<Vec<Received<'_>>> {
+        let (messages, malformed) = split(self.recv(false)?);
+        match malformed {
+            Some(error) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                error.to_string(),
+            )),
+            None => Ok(messages),
+        }
+    }
+
+    /// Sends the dump request `bytes` (sequence number `seq`) and hands
+    /// each message of its answer to `each` as it arrives, in the socket's
+    /// buffer, until the dump is done: a large table is never held whole.
+    pub(crate) fn dump_each(
+        &mut self,
+        bytes: &[u8],
+        seq: u32,
+        mut each: impl FnMut(u16, NlmF, &[u8]),
+    ) -> io::Result<()> {
+        self.send(bytes)?;
+        loop {
+            let messages = self.recv_whole()?;
+            for message in messages {
+                match message {
+                    Received::Done { seq: done } if done == seq => return Ok(()),
+                    Received::Ack { seq: acked, errno } if acked == seq && errno != 0 => {
+                        return Err(io::Error::from_raw_os_error(errno));
+                    }
+                    Received::Message {
+                        kind,
+                        flags,
+                        seq: of,
+                        payload,
+                    } if of == seq => each(kind, flags, payload),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     pub(crate) fn transact_batch(
         &mut self,
         bytes: &[u8],
@@ -383,14 +426,7 @@ impl Socket {
         let mut pending = last.wrapping_sub(first) as usize + 1;
         let asked = |seq: u32| seq.wrapping_sub(first) <= last.wrapping_sub(first);
         while pending > 0 {
-            let datagram = self.recv(false)?;
-            let (messages, malformed) = split(datagram);
-            if let Some(error) = malformed {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    error.to_string(),
-                ));
-            }
+            let messages = self.recv_whole()?;
             for message in messages {
                 match message {
                     // An earlier message of the same batch (nf_tables)

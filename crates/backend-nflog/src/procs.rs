@@ -34,7 +34,7 @@ impl Members {
     /// missing, one that starts may be too).
     fn pids(&self) -> Vec<u32> {
         match self {
-            Self::Cgroup(dir) => cgroup_pids(dir),
+            Self::Cgroup(dir) => flow_cgroup::processes(dir),
             Self::Netns { dev, ino } => all_pids()
                 .filter(|pid| {
                     std::fs::metadata(format!("/proc/{pid}/ns/net"))
@@ -43,31 +43,6 @@ impl Members {
                 .collect(),
         }
     }
-}
-
-/// The processes of `dir` and of every cgroup below it.
-fn cgroup_pids(dir: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            pids.extend(
-                procs
-                    .lines()
-                    .filter_map(|line| line.trim().parse::<u32>().ok()),
-            );
-        }
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        dirs.extend(
-            entries
-                .flatten()
-                .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
-                .map(|entry| entry.path()),
-        );
-    }
-    pids
 }
 
 /// Every process in /proc.

@@ -9,12 +9,19 @@
 //!   (a timeout, unless its TCP state says otherwise).
 //! - A message for a flow whose NEW was never seen (lost in an overrun)
 //!   reports the `Opened` first, so no flow is left half-reported.
+//! - With an active timeout, a listing of the scope's entries gives each
+//!   flow open that long an `Update` with conntrack's counters so far
+//!   ([`Tracker::update`]).
+//!
+//! Counters are conntrack's, each direction apart: the original tuple's
+//! (what the initiator sent) and the reply tuple's.
 //!
 //! Only entries with the backend's ct mark count: its rules set the mark on
 //! the connections of its scope.
 
 use std::collections::{HashMap, HashSet};
 
+use flow_core::counters::DirectionCounters;
 use flow_core::{CloseReason, FlowEvent, FlowKey, protocol};
 
 use crate::conntrack::{CtEntry, CtEventKind, TCP_STATE_CLOSE, TCP_STATE_TIME_WAIT};
@@ -88,7 +95,8 @@ impl From<&CtEntry> for FlowId {
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
     mark: u32,
-    open: HashSet<FlowId>,
+    /// Open flows, with when each opened (CLOCK_MONOTONIC ns).
+    open: HashMap<FlowId, u64>,
     /// Flows already reported closed whose entry may still be listed or
     /// destroyed later, with when they closed.
     closed: HashMap<FlowId, u64>,
@@ -104,6 +112,15 @@ fn tcp_over(entry: &CtEntry) -> Option<CloseReason> {
         Some(TCP_STATE_TIME_WAIT) => Some(CloseReason::Fin),
         Some(TCP_STATE_CLOSE) => Some(CloseReason::Reset),
         _ => None,
+    }
+}
+
+/// A close with `counters` (zero, without counters by direction, when the
+/// entry had none: accounting off, or the entry was gone).
+fn closed_event(key: FlowKey, counters: Option<DirectionCounters>, at_ns: u64) -> FlowEvent {
+    match counters {
+        Some(counters) => FlowEvent::closed_by_direction(key, counters, at_ns),
+        None => FlowEvent::closed(key, 0, 0, at_ns),
     }
 }
 
@@ -126,6 +143,11 @@ impl Tracker {
         }
     }
 
+    /// The ct mark of the scope's entries.
+    pub(crate) fn mark(&self) -> u32 {
+        self.mark
+    }
+
     /// Flows opened and not yet closed.
     pub(crate) fn open_flows(&self) -> usize {
         self.open.len()
@@ -140,17 +162,18 @@ impl Tracker {
             }
             return;
         }
-        if self.open.insert(flow) {
+        let opened_at = *self.open.entry(flow).or_insert_with(|| {
             let opened_at = clock.to_monotonic(entry.start_ns);
             steps.push(Step::Emit(FlowEvent::opened(entry.key, opened_at)));
-        }
+            opened_at
+        });
         match entry.kind {
             CtEventKind::Destroy => {
                 self.open.remove(&flow);
-                let (packets, bytes) = entry.counters.unwrap_or_default();
                 let closed_at = clock.to_monotonic(entry.stop_ns);
                 steps.push(Step::Emit(
-                    FlowEvent::closed(entry.key, packets, bytes, closed_at)
+                    closed_event(entry.key, entry.counters, closed_at)
+                        .started(opened_at)
                         .because(destroyed_because(entry)),
                 ));
             }
@@ -168,15 +191,32 @@ impl Tracker {
     pub(crate) fn close(
         &mut self,
         flow: FlowId,
-        counters: (u64, u64),
+        counters: Option<DirectionCounters>,
         reason: Option<CloseReason>,
         now_ns: u64,
     ) -> Option<FlowEvent> {
-        if !self.open.remove(&flow) {
+        let opened_at = self.open.remove(&flow)?;
+        self.closed.insert(flow, now_ns);
+        Some(
+            closed_event(flow.key, counters, now_ns)
+                .started(opened_at)
+                .because(reason),
+        )
+    }
+
+    /// An interim report of the flow a listing shows as `entry`, at
+    /// `now_ns`, if the flow is open and opened at or before `opened_by`
+    /// (its counters so far, conntrack's).
+    pub(crate) fn update(&self, entry: &CtEntry, now_ns: u64, opened_by: u64) -> Option<FlowEvent> {
+        if entry.mark != self.mark {
             return None;
         }
-        self.closed.insert(flow, now_ns);
-        Some(FlowEvent::closed(flow.key, counters.0, counters.1, now_ns).because(reason))
+        let opened_at = *self.open.get(&FlowId::from(entry))?;
+        if opened_at > opened_by {
+            return None;
+        }
+        let counters = entry.counters?;
+        Some(FlowEvent::update_by_direction(entry.key, counters, now_ns).started(opened_at))
     }
 
     /// Reconciles with a full listing of the table, taken at `now_ns`,
@@ -199,25 +239,25 @@ impl Tracker {
             if self.closed.contains_key(&flow) {
                 continue;
             }
-            if self.open.insert(flow) {
+            if let std::collections::hash_map::Entry::Vacant(vacant) = self.open.entry(flow) {
+                vacant.insert(now_ns);
                 emit(FlowEvent::opened(entry.key, now_ns));
             }
-            if let Some(reason) = tcp_over(entry) {
-                let counters = entry.counters.unwrap_or_default();
-                if let Some(event) = self.close(flow, counters, Some(reason), now_ns) {
-                    emit(event);
-                }
+            if let Some(reason) = tcp_over(entry)
+                && let Some(event) = self.close(flow, entry.counters, Some(reason), now_ns)
+            {
+                emit(event);
             }
         }
         let gone: Vec<FlowId> = self
             .open
-            .iter()
+            .keys()
             .filter(|flow| !listed.contains(flow))
             .copied()
             .collect();
         for flow in gone {
             // Its DESTROY was lost, and with it why.
-            if let Some(event) = self.close(flow, (0, 0), None, now_ns) {
+            if let Some(event) = self.close(flow, None, None, now_ns) {
                 emit(event);
             }
         }
@@ -227,14 +267,14 @@ impl Tracker {
     /// Closes every open flow (the scope has no process left), with the
     /// counters of `table` where the entry is still listed.
     pub(crate) fn close_all(&mut self, table: &[CtEntry], now_ns: u64, steps: &mut Vec<Step>) {
-        let counters: HashMap<FlowId, (u64, u64)> = table
+        let counters: HashMap<FlowId, Option<DirectionCounters>> = table
             .iter()
             .filter(|entry| entry.mark == self.mark)
-            .map(|entry| (FlowId::from(entry), entry.counters.unwrap_or_default()))
+            .map(|entry| (FlowId::from(entry), entry.counters))
             .collect();
-        let flows: Vec<FlowId> = self.open.iter().copied().collect();
+        let flows: Vec<FlowId> = self.open.keys().copied().collect();
         for flow in flows {
-            let counts = counters.get(&flow).copied().unwrap_or_default();
+            let counts = counters.get(&flow).copied().flatten();
             let reason = Some(CloseReason::ScopeEnded);
             if let Some(event) = self.close(flow, counts, reason, now_ns) {
                 steps.push(Step::Emit(event));
@@ -253,6 +293,7 @@ impl Tracker {
 mod tests {
     use super::*;
     use flow_core::FlowEventKind;
+    use flow_core::counters::Counters;
 
     const MARK: u32 = 0x8000_0001;
 
@@ -266,7 +307,11 @@ mod tests {
             id,
             mark: MARK,
             tcp_state,
-            counters: Some((u64::from(id), 100 * u64::from(id))),
+            // The initiator sent one packet more than the responder.
+            counters: Some(DirectionCounters::new(
+                Counters::new(u64::from(id), 60 * u64::from(id)),
+                Counters::new(0, 40 * u64::from(id)),
+            )),
             start_ns: None,
             stop_ns: None,
         }
@@ -311,9 +356,12 @@ mod tests {
         assert_eq!(kinds(&steps), [("opened", 40000), ("fetch", 1)]);
         assert!(matches!(steps[1], Step::FetchCounters(_, CloseReason::Fin)));
         let flow = FlowId::from(&entry(CtEventKind::Update, 1, 40000, None));
+        let counted = DirectionCounters::new(Counters::new(5, 500), Counters::new(4, 400));
         let closed = tracker
-            .close(flow, (9, 900), Some(CloseReason::Fin), 13)
+            .close(flow, Some(counted), Some(CloseReason::Fin), 13)
             .unwrap();
+        assert_eq!(closed.directions, Some(counted));
+        assert_eq!(closed.start_ns, Some(10), "opened at the NEW");
         assert_eq!(closed.close_reason, Some(CloseReason::Fin));
         assert_eq!(
             closed.kind,
@@ -473,5 +521,34 @@ mod tests {
         tracker.close_all(&table, 7, &mut steps);
         assert_eq!(kinds(&steps).len(), 2);
         assert_eq!(tracker.open_flows(), 0);
+    }
+
+    #[test]
+    fn flows_open_long_enough_are_updated_with_their_counters_so_far() {
+        let mut tracker = Tracker::new(MARK);
+        let mut steps = Vec::new();
+        tracker.on_message(
+            &entry(CtEventKind::New, 1, 40001, Some(3)),
+            clock(100),
+            &mut steps,
+        );
+        tracker.on_message(
+            &entry(CtEventKind::New, 2, 40002, Some(3)),
+            clock(200),
+            &mut steps,
+        );
+        let listed = entry(CtEventKind::Update, 1, 40001, Some(3));
+        let update = tracker.update(&listed, 300, 150).expect("open since 100");
+        assert_eq!(update.kind.name(), "update");
+        assert_eq!(update.directions, listed.counters);
+        assert_eq!((update.timestamp_ns, update.start_ns), (300, Some(100)));
+        // Too young, of another scope, or not open: no update.
+        let young = entry(CtEventKind::Update, 2, 40002, Some(3));
+        assert_eq!(tracker.update(&young, 300, 150), None);
+        let mut other = listed.clone();
+        other.mark = 7;
+        assert_eq!(tracker.update(&other, 300, 150), None);
+        let unknown = entry(CtEventKind::Update, 3, 40003, Some(3));
+        assert_eq!(tracker.update(&unknown, 300, 150), None);
     }
 }

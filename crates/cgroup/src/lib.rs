@@ -7,6 +7,39 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The processes of the cgroup `dir` and of every cgroup below it (their
+/// `cgroup.procs`); those of a cgroup that cannot be read are left out.
+///
+/// ```
+/// if let Ok(mount) = flow_cgroup::cgroup2_mount() {
+///     assert!(flow_cgroup::processes(&mount).contains(&std::process::id()));
+/// }
+/// ```
+#[must_use]
+pub fn processes(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(
+                procs
+                    .lines()
+                    .filter_map(|line| line.trim().parse::<u32>().ok()),
+            );
+        }
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        dirs.extend(
+            entries
+                .flatten()
+                .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+                .map(|entry| entry.path()),
+        );
+    }
+    pids
+}
+
 /// Where cgroup v2 is mounted, read from `/proc/mounts` (hybrid hosts mount
 /// it at `/sys/fs/cgroup/unified`, unified ones at `/sys/fs/cgroup`).
 ///

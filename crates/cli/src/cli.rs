@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use flow_supervisor::backend::{self, BackendChoice};
+use flow_supervisor::export::ExportUrl;
 use flow_supervisor::output::OutputFormat;
 
 /// Report every network connection a workload makes, straight from the Linux
@@ -166,6 +167,15 @@ pub(crate) struct OutputArgs {
     /// default: command lines in CI often hold secrets.
     #[arg(long)]
     pub(crate) cmdline: bool,
+    /// Also export closed flows and updates to a collector:
+    /// `ipfix+udp://HOST:PORT` (IPFIX, RFC 5103 biflows). Repeatable.
+    #[arg(long = "export", value_name = "URL", value_parser = export_url)]
+    pub(crate) exports: Vec<ExportUrl>,
+}
+
+/// Parses `--export`.
+fn export_url(value: &str) -> Result<ExportUrl, String> {
+    ExportUrl::parse(value).map_err(|error| error.to_string())
 }
 
 /// What `run` and `watch` report besides the events: the
@@ -244,6 +254,11 @@ pub(crate) struct BackendArgs {
     /// Do not attribute flows to processes (no pid, program or user).
     #[arg(long)]
     pub(crate) no_processes: bool,
+    /// Report each flow open this long or longer with its counters so far
+    /// (an `update` line), every SECONDS: a flow's first update comes one
+    /// to two timeouts after it opened. Default: no updates.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub(crate) active_timeout: Option<u32>,
     /// `both`: show each backend's events as they come, without
     /// correlating them into one event per flow.
     #[arg(long)]
@@ -281,6 +296,9 @@ impl BackendArgs {
         }
         if self.no_processes {
             options = options.without_processes();
+        }
+        if let Some(seconds) = self.active_timeout {
+            options = options.active_timeout(std::time::Duration::from_secs(seconds.into()));
         }
         options
     }

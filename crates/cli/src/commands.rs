@@ -21,6 +21,7 @@ use flow_supervisor::pipeline::{self, PipelineReport};
 
 use crate::cli::{BackendArgs, Command, PolicyCommand, ReplayArgs, RunArgs, WatchArgs};
 use crate::diag::{notice, say};
+use crate::exports::Exports;
 use crate::metrics::Metrics;
 use crate::output::{DefaultStream, Output};
 use crate::report;
@@ -195,11 +196,13 @@ async fn write_events(
     mut writer: RecordWriter<Box<dyn Write + Send>>,
     open_flows: tokio::sync::watch::Sender<usize>,
     metrics: Option<Metrics>,
+    exports: &Exports,
 ) -> PipelineReport {
     let count = move |item: &MergedItem| {
         if let Some(metrics) = &metrics {
             metrics.record(item);
         }
+        exports.offer(item);
     };
     let audit = backends.audit;
     match backends.events {
@@ -235,8 +238,10 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let replay = Replay::open(&args.file).await?;
     let sources = replay.backends().len();
     let Output { mut writer, name } = Output::open(&args.output, DefaultStream::Stdout)?;
+    let exports = Exports::start(&args.output.exports)?;
     let items = flow_supervisor::replay::items(replay.into_records());
-    let report = pipeline::write_all(items, &mut writer).await;
+    let report = pipeline::write_all(items.inspect(|item| exports.offer(item)), &mut writer).await;
+    exports.finish();
     report::print_incomplete_output(&report, &name);
     Ok(report::exit_code(&report, sources))
 }
@@ -247,6 +252,7 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
     crate::cleanup::at_start(&scope).await;
     let metrics = serve_metrics(args.report.metrics_addr).await?;
     let output = Output::open(&args.output, DefaultStream::Stdout)?;
+    let exports = Exports::start(&args.output.exports)?;
     let backends = start_backends(&args.backend, &scope, policy.as_ref())
         .await
         .with_context(|| format!("cannot watch {}", Describe(&scope)))?;
@@ -257,7 +263,8 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
         backends.report_to(metrics);
     }
     let open_flows = tokio::sync::watch::channel(0).0;
-    let report = write_events(backends, output.writer, open_flows, metrics).await;
+    let report = write_events(backends, output.writer, open_flows, metrics, &exports).await;
+    exports.finish();
     let code = report::exit_code(&report, sources);
     report::print_summaries(
         &report,
@@ -287,6 +294,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let scope = Scope::Cgroup(cgroup.path().to_path_buf());
     crate::cleanup::at_start(&scope).await;
     let output = Output::open(&args.output, DefaultStream::Stderr)?;
+    let exports = Exports::start(&args.output.exports)?;
     // Every source is attached before the child starts, so its first
     // connection is seen.
     let backends = start_backends(&args.backend, &scope, policy.as_ref())
@@ -327,7 +335,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(metrics) = &metrics {
         backends.report_to(metrics);
     }
-    let written = write_events(backends, output.writer, open_flows, metrics);
+    let written = write_events(backends, output.writer, open_flows, metrics, &exports);
     let grace = Duration::from_secs_f64(args.grace);
     let supervise = async {
         let status = signals.wait_forwarding(&mut child).await;
@@ -349,6 +357,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         status
     };
     let (report, status) = tokio::join!(written, supervise);
+    exports.finish();
     let status = status.context("cannot wait for the command")?;
     // The command's status is the exit code, unless every backend failed,
     // the output could not take every event, a backend failed while

@@ -8,6 +8,7 @@ mod cleanup;
 mod cli;
 mod commands;
 mod diag;
+mod exports;
 mod metrics;
 mod output;
 mod policy;

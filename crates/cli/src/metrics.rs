@@ -2,7 +2,7 @@
 //! writes, served over HTTP (hyper) at any path.
 //!
 //! Counters count the output lines, by the line's `backend`: flows opened,
-//! closed and denied, and DNS lookups; loss reports and observations lost by backend and
+//! closed, denied and updated, and DNS lookups; loss reports and observations lost by backend and
 //! loss point. Gauges: each backend up (1) or failed/ended (0), and the
 //! size of the `--backend both` correlation table.
 
@@ -41,6 +41,7 @@ pub(crate) struct Metrics {
     opened: Family<BackendLabel, Counter>,
     closed: Family<BackendLabel, Counter>,
     denied: Family<BackendLabel, Counter>,
+    updates: Family<BackendLabel, Counter>,
     lookups: Family<BackendLabel, Counter>,
     loss_reports: Family<LossLabels, Counter>,
     lost: Family<LossLabels, Counter>,
@@ -53,7 +54,7 @@ impl Metrics {
     /// Registers every metric.
     pub(crate) fn new() -> Self {
         let (opened, closed, denied) = (Family::default(), Family::default(), Family::default());
-        let lookups = Family::default();
+        let (updates, lookups) = (Family::default(), Family::default());
         let (loss_reports, lost) = (Family::default(), Family::default());
         let up = Family::default();
         let correlation_flows = Gauge::default();
@@ -64,6 +65,11 @@ impl Metrics {
             "flows_denied",
             "Flows a logging drop rule dropped",
             denied.clone(),
+        );
+        registry.register(
+            "flow_updates",
+            "Interim reports of flows still open (--active-timeout)",
+            updates.clone(),
         );
         registry.register(
             "dns_lookups",
@@ -95,6 +101,7 @@ impl Metrics {
             opened,
             closed,
             denied,
+            updates,
             lookups,
             loss_reports,
             lost,
@@ -124,6 +131,7 @@ impl Metrics {
                     FlowEventKind::Opened => &self.opened,
                     FlowEventKind::Closed { .. } => &self.closed,
                     FlowEventKind::Denied { .. } => &self.denied,
+                    FlowEventKind::Update { .. } => &self.updates,
                     FlowEventKind::Dns(_) => &self.lookups,
                     _ => return,
                 };

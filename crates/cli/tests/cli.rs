@@ -53,7 +53,8 @@ fn replay_json_round_trips() {
 }
 
 /// A file as `--backend both` writes it: the backends' lines interleaved,
-/// flows both saw listing both, losses of each.
+/// flows both saw listing both, losses of each; an update and a close with
+/// counters by direction.
 const BOTH: &str = concat!(
     r#"{"ts_ns":10,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":40000,"dst":"10.0.0.2","dport":80,"backend":"ebpf","backends":["ebpf","nflog"]}"#,
     "\n",
@@ -63,7 +64,9 @@ const BOTH: &str = concat!(
     "\n",
     r#"{"ts_ns":9,"kind":"opened","proto":"tcp","src":"10.0.0.1","sport":40001,"dst":"10.0.0.2","dport":80,"backend":"ebpf","backends":["ebpf"]}"#,
     "\n",
-    r#"{"ts_ns":20,"kind":"closed","proto":"tcp","src":"10.0.0.1","sport":40000,"dst":"10.0.0.2","dport":80,"packets":6,"bytes":400,"reason":"fin","backend":"ebpf","backends":["ebpf","nflog"]}"#,
+    r#"{"ts_ns":15,"kind":"update","proto":"tcp","src":"10.0.0.1","sport":40000,"dst":"10.0.0.2","dport":80,"packets":4,"bytes":300,"src_packets":2,"src_bytes":200,"dst_packets":2,"dst_bytes":100,"start_ns":10,"backend":"ebpf","backends":["ebpf","nflog"]}"#,
+    "\n",
+    r#"{"ts_ns":20,"kind":"closed","proto":"tcp","src":"10.0.0.1","sport":40000,"dst":"10.0.0.2","dport":80,"packets":6,"bytes":400,"src_packets":3,"src_bytes":250,"dst_packets":3,"dst_bytes":150,"start_ns":10,"reason":"fin","backend":"ebpf","backends":["ebpf","nflog"]}"#,
     "\n",
     r#"{"ts_ns":21,"kind":"lost","backend":"ebpf","count":2,"point":"ring_buffer_full"}"#,
     "\n",

@@ -319,8 +319,9 @@ fn a_backend_failing_mid_run_degrades_the_run_and_the_other_goes_on() {
     assert!(
         lines.lines().any(|line| {
             line.contains(&format!(
-                r#""sport":{sport},"dst":"127.0.0.1","dport":9,"packets":1,"bytes":128,"reason":"scope_ended","#
-            )) && line.ends_with(r#""backend":"nflog","backends":["nflog"]}"#)
+                r#""sport":{sport},"dst":"127.0.0.1","dport":9,"packets":1,"bytes":128,"src_packets":1,"src_bytes":128,"dst_packets":0,"dst_bytes":0,"start_ns":"#
+            )) && line.contains(r#","reason":"scope_ended","#)
+                && line.ends_with(r#""backend":"nflog","backends":["nflog"]}"#)
         }),
         "{lines}"
     );

@@ -13,6 +13,9 @@
 //!   [`FlowError::Lost`] the stream yields nothing and ends.
 //! - [`loss_is_recoverable`]: after a [`FlowError::Lost`] the stream goes
 //!   on, and flows are reported again.
+//! - [`reports_updates`]: with an active timeout, a flow open longer than
+//!   it is reported with its counters so far (`Update`), which never
+//!   exceed its final counters, direction by direction.
 //! - [`dropping_the_stream_releases_everything_promptly`]: dropping an idle
 //!   stream releases every kernel object of the source at once.
 //!
@@ -25,13 +28,22 @@ pub mod observe;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flow_core::{FlowError, FlowKey, FlowSource, FlowStream};
+use flow_core::counters::DirectionCounters;
+use flow_core::{FlowError, FlowEvent, FlowKey, FlowSource, FlowStream};
 use futures::StreamExt;
 
 use crate::observe::{Observed, observe, observe_until};
 
 /// How long a check waits for what a source must report.
 const WAIT: Duration = Duration::from_secs(30);
+
+/// The active timeout of [`reports_updates`]'s source.
+pub const UPDATE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long [`reports_updates`]'s flow stays open: long enough for an
+/// update whatever the phase of the source's rounds (the first comes one
+/// to two timeouts after the flow opened).
+pub const LONG_FLOW_OPEN: Duration = Duration::from_secs(3);
 
 /// How soon a dropped stream must have released every kernel object.
 const PROMPTLY: Duration = Duration::from_secs(5);
@@ -47,6 +59,13 @@ pub struct ExpectedFlow {
     pub key: FlowKey,
     /// Its `Closed` event's packets and bytes, where the subject knows them.
     pub counters: Option<(u64, u64)>,
+    /// Its `Closed` event's counters by direction, where the subject knows
+    /// them.
+    pub directions: Option<DirectionCounters>,
+    /// Of a long flow ([`Subject::make_long_flow`]): the bytes each
+    /// direction had carried at least (initiator's, responder's) while the
+    /// flow stayed open, which its last update must count.
+    pub open_bytes: Option<(u64, u64)>,
 }
 
 impl ExpectedFlow {
@@ -56,6 +75,8 @@ impl ExpectedFlow {
         Self {
             key,
             counters: None,
+            directions: None,
+            open_bytes: None,
         }
     }
 
@@ -65,6 +86,26 @@ impl ExpectedFlow {
         Self {
             counters: Some((packets, bytes)),
             ..self
+        }
+    }
+
+    /// The same flow, having carried at least `src` bytes from its
+    /// initiator and `dst` from its responder while it stayed open.
+    #[must_use]
+    pub fn open_with(self, src: u64, dst: u64) -> Self {
+        Self {
+            open_bytes: Some((src, dst)),
+            ..self
+        }
+    }
+
+    /// The same flow, closed with `directions` (and their sum in all).
+    #[must_use]
+    pub fn counted_by_direction(self, directions: DirectionCounters) -> Self {
+        let total = directions.total();
+        Self {
+            directions: Some(directions),
+            ..self.counted(total.packets, total.bytes)
         }
     }
 }
@@ -98,6 +139,15 @@ pub trait Subject: Send + Sync {
     /// Makes traffic in the scope and returns its flows, which the started
     /// source must report, each opened and closed (and nothing else).
     async fn make_flows(&self) -> Vec<ExpectedFlow>;
+
+    /// A fresh source that reports every flow open for `every` with its
+    /// counters so far, every `every` (an active timeout).
+    fn updating_source(&self, every: Duration) -> Box<dyn FlowSource>;
+
+    /// Makes one flow in the scope that stays open for `open_for` at least,
+    /// passing traffic before and after, then closes; returns it once
+    /// closed.
+    async fn make_long_flow(&self, open_for: Duration) -> ExpectedFlow;
 
     /// Makes the started source fail fatally, from outside (eBPF: detach
     /// its programs; nflog: delete its table; mock: script a fatal error).
@@ -141,6 +191,14 @@ fn assert_reported(observed: &Observed, flows: &[ExpectedFlow]) {
         let counters = observed.closed_once(&flow.key);
         if let Some(expected) = flow.counters {
             assert_eq!(counters, expected, "packets and bytes of {}", flow.key);
+        }
+        if let Some(expected) = flow.directions {
+            assert_eq!(
+                observed.directions_once(&flow.key),
+                expected,
+                "packets and bytes of {} by direction",
+                flow.key
+            );
         }
     }
 }
@@ -254,6 +312,75 @@ pub async fn loss_is_recoverable(subject: &dyn Subject) {
     assert_reported(&after, &flows);
 }
 
+/// With an active timeout, a flow open longer than it is reported while
+/// open with its counters so far (`Update`): each update carries counters
+/// by direction that add up to its totals, never more in either direction
+/// than the next update or the flow's close, stamped between the flow's
+/// opening and its close, with the time it opened when the source gives
+/// one; the last counts what the flow carried while open.
+///
+/// # Panics
+/// When the source breaks the clause.
+pub async fn reports_updates(subject: &dyn Subject) {
+    let mut stream = start(subject.updating_source(UPDATE_EVERY)).await;
+    // The stream is read while the flow is open, as a consumer does: a
+    // source may do its work only when polled.
+    let made = std::sync::OnceLock::new();
+    let (flow, observed) = tokio::join!(
+        async {
+            let flow = subject.make_long_flow(LONG_FLOW_OPEN).await;
+            made.get_or_init(|| flow.key);
+            flow
+        },
+        observe_until(
+            &mut stream,
+            |observed| made
+                .get()
+                .is_some_and(|key| observed.closed.contains_key(key)),
+            WAIT + LONG_FLOW_OPEN,
+        )
+    );
+    assert_reported(&observed, &[flow]);
+    let key = flow.key;
+    let updates = observed.updates.get(&key).map_or(&[][..], Vec::as_slice);
+    assert!(
+        !updates.is_empty(),
+        "no update of {key}, open {LONG_FLOW_OPEN:?} with an active timeout of \
+         {UPDATE_EVERY:?}: {observed:#?}"
+    );
+    let closed = &observed.close_events[&key][0];
+    let opened_at = observed.opened_at[&key];
+    let mut later: Vec<&FlowEvent> = updates.iter().skip(1).collect();
+    later.push(closed);
+    for (update, next) in updates.iter().zip(later) {
+        let so_far = update.kind.counters().expect("an update has counters");
+        let directions = update
+            .directions
+            .unwrap_or_else(|| panic!("{update}: no counters by direction"));
+        assert_eq!(directions.total(), so_far, "{update}");
+        if let Some(after) = next.directions {
+            assert!(
+                directions.src.within(after.src) && directions.dst.within(after.dst),
+                "{update} counts more than what followed: {next}"
+            );
+        }
+        assert!(
+            (opened_at..=closed.timestamp_ns).contains(&update.timestamp_ns),
+            "{update} not between the opening at {opened_at} and the close"
+        );
+        if let Some(start) = update.start_ns {
+            assert_eq!(start, opened_at, "{update} opened when the flow did");
+        }
+    }
+    if let (Some((src, dst)), Some(last)) = (flow.open_bytes, updates.last()) {
+        let counted = last.directions.unwrap_or_default();
+        assert!(
+            counted.src.bytes >= src && counted.dst.bytes >= dst,
+            "{last} counts less than the {src} and {dst} bytes carried while open"
+        );
+    }
+}
+
 /// Dropping the stream releases every kernel object of the source at once,
 /// an idle stream too (one with nothing to yield, whose source would only
 /// notice on its next item): what [`Subject::leftovers`] lists is gone
@@ -284,5 +411,6 @@ pub async fn run_all(subject: &dyn Subject) {
     reports_flows(subject).await;
     a_fatal_error_ends_the_stream(subject).await;
     loss_is_recoverable(subject).await;
+    reports_updates(subject).await;
     dropping_the_stream_releases_everything_promptly(subject).await;
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flow_core::counters::DirectionCounters;
 use flow_core::dns::DnsLookup;
 use flow_core::process::Process;
 use flow_core::{CloseReason, FlowError, FlowEvent, FlowEventKind, FlowKey, FlowStream, LossPoint};
@@ -22,6 +23,13 @@ pub struct Observed {
     pub closed: HashMap<FlowKey, Vec<(u64, u64)>>,
     /// The reason of each `Closed` per key, in the same order.
     pub close_reasons: HashMap<FlowKey, Vec<Option<CloseReason>>>,
+    /// Each `Closed` per key, whole (counters by direction, start), in the
+    /// same order.
+    pub close_events: HashMap<FlowKey, Vec<FlowEvent>>,
+    /// `Update` events per key, in order.
+    pub updates: HashMap<FlowKey, Vec<FlowEvent>>,
+    /// The time of each key's latest `Opened`.
+    pub opened_at: HashMap<FlowKey, u64>,
     /// `Denied` events per key.
     pub denied: HashMap<FlowKey, u32>,
     /// Observations of flows reported lost (a loss of unknown size counts
@@ -76,6 +84,19 @@ impl Observed {
         closed[0]
     }
 
+    /// The counters of each direction of `key`'s one `Closed`
+    /// ([`Observed::closed_once`]).
+    ///
+    /// # Panics
+    /// When `key` was not opened and closed exactly once, or its close has
+    /// no counters by direction.
+    pub fn directions_once(&self, key: &FlowKey) -> DirectionCounters {
+        self.closed_once(key);
+        self.close_events[key][0]
+            .directions
+            .unwrap_or_else(|| panic!("no counters by direction on the close of {key}"))
+    }
+
     /// Why `key`'s one `Closed` closed ([`Observed::closed_once`]).
     ///
     /// # Panics
@@ -91,6 +112,7 @@ impl Observed {
         match &event.kind {
             FlowEventKind::Opened => {
                 *self.opened.entry(key).or_default() += 1;
+                self.opened_at.insert(key, event.timestamp_ns);
                 if let Some(host) = &event.host {
                     self.hosts.insert(key, Arc::clone(host));
                 }
@@ -111,11 +133,18 @@ impl Observed {
                     .entry(key)
                     .or_default()
                     .push(event.close_reason);
+                self.close_events
+                    .entry(key)
+                    .or_default()
+                    .push(event.clone());
                 if let Some(sni) = &event.sni {
                     self.snis.insert(key, Arc::clone(sni));
                 }
             }
             FlowEventKind::Denied { .. } => *self.denied.entry(key).or_default() += 1,
+            FlowEventKind::Update { .. } => {
+                self.updates.entry(key).or_default().push(event.clone())
+            }
             _ => {}
         }
     }

@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use async_trait::async_trait;
 use flow_backend_mock::{ScriptedSource, Step};
 use flow_conformance::{ExpectedFlow, Subject};
+use std::time::Duration;
+
+use flow_core::counters::{Counters, DirectionCounters};
 use flow_core::{FlowError, FlowEvent, FlowKey, FlowSource, LossPoint};
 use tokio::sync::mpsc;
 
@@ -21,6 +24,15 @@ struct Scripted {
 }
 
 impl Scripted {
+    /// A key of its own for each flow.
+    fn next_key(&self) -> FlowKey {
+        let port = 40_000 + self.next_port.fetch_add(1, Ordering::Relaxed);
+        FlowKey::tcp(
+            format!("10.0.0.1:{port}").parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        )
+    }
+
     /// The channel into the source made last.
     fn script(&self) -> mpsc::Sender<Step> {
         self.script
@@ -47,14 +59,39 @@ impl Subject for Scripted {
     }
 
     async fn make_flows(&self) -> Vec<ExpectedFlow> {
-        let port = 40_000 + self.next_port.fetch_add(1, Ordering::Relaxed);
-        let key = FlowKey::tcp(
-            format!("10.0.0.1:{port}").parse().unwrap(),
-            "10.0.0.2:80".parse().unwrap(),
-        );
+        let key = self.next_key();
+        let counted = DirectionCounters::new(Counters::new(4, 300), Counters::new(2, 100));
         self.play(FlowEvent::opened(key, 1)).await;
-        self.play(FlowEvent::closed(key, 6, 400, 2)).await;
-        vec![ExpectedFlow::new(key).counted(6, 400)]
+        self.play(FlowEvent::closed_by_direction(key, counted, 2).started(1))
+            .await;
+        vec![ExpectedFlow::new(key).counted_by_direction(counted)]
+    }
+
+    /// A scripted source plays what it is given: the same as `source`.
+    fn updating_source(&self, _every: Duration) -> Box<dyn FlowSource> {
+        self.source()
+    }
+
+    /// Two updates while open, as a backend with that timeout would report
+    /// them, then the close.
+    async fn make_long_flow(&self, open_for: Duration) -> ExpectedFlow {
+        let key = self.next_key();
+        let open_ns = u64::try_from(open_for.as_nanos()).unwrap();
+        let at = |step: u64| Counters::new(step, 100 * step);
+        self.play(FlowEvent::opened(key, 10)).await;
+        for step in 1..=2 {
+            let so_far = DirectionCounters::new(at(step), at(step - 1));
+            self.play(
+                FlowEvent::update_by_direction(key, so_far, 10 + step * open_ns / 3).started(10),
+            )
+            .await;
+        }
+        let last = DirectionCounters::new(at(3), at(3));
+        self.play(FlowEvent::closed_by_direction(key, last, 10 + open_ns).started(10))
+            .await;
+        ExpectedFlow::new(key)
+            .counted_by_direction(last)
+            .open_with(200, 100)
     }
 
     /// A fatal error, then a flow that must not come out after it.

@@ -45,6 +45,13 @@ pub const CGROUP_PROGRAMS: [&str; 4] = [
     SOCK_RELEASE_PROGRAM,
     SOCK_CREATE_PROGRAM,
 ];
+/// Name of the `iter/tcp` program that moves every counting socket's counts
+/// into the flow table (for interim reports of long flows: see
+/// `ebpf/src/socket.rs`). Not attached to the cgroup: userspace runs it
+/// when it reports the open flows' counters so far.
+pub const CHECKPOINT_PROGRAM: &str = "flowtrack_checkpoint";
+/// Name of the socket storage map ([`RawSocketFlow`]).
+pub const SOCKET_FLOWS_MAP: &str = "SOCKET_FLOWS";
 /// Name of the `tp_btf/sched_process_exec` program.
 pub const EXEC_PROGRAM: &str = "flowtrack_exec";
 /// Name of the `tp_btf/sched_process_fork` program.
@@ -227,10 +234,10 @@ fn words(addr: &[u8; 16]) -> (u64, u64) {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RawFlowState {
-    /// Socket buffers seen, both directions.
-    pub packets: u64,
-    /// IP-level bytes seen, both directions.
-    pub bytes: u64,
+    /// What the initiator sent (its socket buffers and IP-level bytes).
+    pub orig: PacketCounts,
+    /// What the responder sent.
+    pub reply: PacketCounts,
     /// CLOCK_MONOTONIC ns of the first packet.
     pub first_seen_ns: u64,
     /// CLOCK_MONOTONIC ns of the latest packet (coarse: jiffies resolution).
@@ -289,9 +296,17 @@ pub struct RawSocketFlow {
     pub slots: [SocketCounts; SOCKET_COUNTER_SLOTS],
 }
 
+/// The storage's size: within the kernel's 1 KiB slab with the storage
+/// element's own header (72 bytes), so that an established socket costs a
+/// kilobyte, not two.
+const _: () = assert!(core::mem::size_of::<RawSocketFlow>() <= 1024 - 72);
+
 /// One CPU slot of a [`RawSocketFlow`]'s counts. The counters only grow;
-/// the socket's counts not yet in the flow table are `egress + ingress +
-/// shared - moved`.
+/// the socket's counts not yet in the flow table are, for leaving packets,
+/// `egress + shared_egress - moved_egress`, and for arriving ones the same
+/// with `ingress`. Which direction of the flow each is follows from the
+/// socket's side ([`SOCKET_IS_REPLY`]): the initiator's socket sends the
+/// flow's `orig` direction, the responder's its `reply`.
 ///
 /// The first CPUs own a slot each: CPU `n` owns slot `n` and counts there
 /// with plain adds, one counter pair per hook, with no other writer: a
@@ -300,7 +315,7 @@ pub struct RawSocketFlow {
 /// hooks, which may interrupt each other on a CPU, write different pairs.
 /// Two atomic adds per packet were a fifth of a packet's cost. The other
 /// CPUs share the slots (CPU `n`: slot `n % SOCKET_COUNTER_SLOTS`) and
-/// count in `shared`, atomically. The owners are the first
+/// count in `shared_egress` and `shared_ingress`, atomically. The owners are the first
 /// [`SOCKET_COUNTER_SLOTS`] CPUs unless the loader lowers their number
 /// ([`OWN_SLOT_CPUS_GLOBAL`]), so that a small machine's tests take the
 /// shared path too.
@@ -309,6 +324,11 @@ pub struct RawSocketFlow {
 /// netfilter queued to userspace, or async IPsec held, after the socket
 /// sent it. It could lose a count only by passing on the CPU where the
 /// socket's own sender was preempted inside this program.
+///
+/// Only the first four pairs are written per packet; the `moved` pairs,
+/// written when counts move to the table (rarely), and the padding after
+/// them keep 120 bytes between this slot's packet counters and the next
+/// slot's, as the header's padding does (see [`RawSocketFlow`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SocketCounts {
@@ -316,15 +336,19 @@ pub struct SocketCounts {
     pub egress: PacketCounts,
     /// Arriving packets, counted by the slot's own CPU.
     pub ingress: PacketCounts,
-    /// Packets counted by CPUs that share the slot, atomically.
-    pub shared: PacketCounts,
-    /// What went to the flow table from the three above.
-    pub moved: PacketCounts,
+    /// Leaving packets counted by CPUs that share the slot, atomically.
+    pub shared_egress: PacketCounts,
+    /// Arriving packets counted by CPUs that share the slot, atomically.
+    pub shared_ingress: PacketCounts,
+    /// What went to the flow table of `egress` and `shared_egress`.
+    pub moved_egress: PacketCounts,
+    /// What went to the flow table of `ingress` and `shared_ingress`.
+    pub moved_ingress: PacketCounts,
     /// Separates this slot from the next.
-    pub pad: [u64; 15],
+    pub pad: [u64; 11],
 }
 
-/// A pair of counters of a [`SocketCounts`].
+/// A pair of counters: of a [`SocketCounts`], of one direction of a flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PacketCounts {
@@ -344,10 +368,11 @@ pub struct RawFlowRecord {
     pub close_reason: u32,
     /// The flow.
     pub key: RawFlowKey,
-    /// Packets, both directions (closed records).
-    pub packets: u64,
-    /// Bytes, both directions (closed records).
-    pub bytes: u64,
+    /// What the initiator sent (closed records; the first packet on an
+    /// opened one).
+    pub orig: PacketCounts,
+    /// What the responder sent.
+    pub reply: PacketCounts,
     /// CLOCK_MONOTONIC ns of the first packet.
     pub first_seen_ns: u64,
     /// CLOCK_MONOTONIC ns when the record was made.
@@ -368,6 +393,9 @@ pub struct RawOpenedRecord {
     /// Its socket's owner; all zero when the socket has none (made before
     /// the programs attached).
     pub owner: RawOwner,
+    /// The cgroup v2 id of the socket of the packet that opened it (0 when
+    /// the packet had no socket).
+    pub cgroup_id: u64,
 }
 
 /// Size of a [`RawOpenedRecord`] in the ring buffer.
@@ -469,8 +497,14 @@ impl RawFlowRecord {
             kind,
             close_reason,
             key,
-            packets: f.u64(),
-            bytes: f.u64(),
+            orig: PacketCounts {
+                packets: f.u64(),
+                bytes: f.u64(),
+            },
+            reply: PacketCounts {
+                packets: f.u64(),
+                bytes: f.u64(),
+            },
             first_seen_ns: f.u64(),
             timestamp_ns: f.u64(),
         };
@@ -498,6 +532,12 @@ impl RawOpenedRecord {
             return Err(DecodeError::Kind(flow.kind));
         }
         let owner = RawOwner::decode(bytes.get(RECORD_SIZE..).unwrap_or_default());
-        Ok(Self { flow, owner })
+        let cgroup_id =
+            Fields::new(bytes.get(RECORD_SIZE + OWNER_SIZE..).unwrap_or_default()).u64();
+        Ok(Self {
+            flow,
+            owner,
+            cgroup_id,
+        })
     }
 }

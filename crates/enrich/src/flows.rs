@@ -54,6 +54,11 @@ impl OpenFlows {
         self.get_mut(key).and_then(|known| known.process.clone())
     }
 
+    /// What is known of the open flow `key`, kept.
+    pub(crate) fn known(&mut self, key: &FlowKey) -> Option<Known> {
+        self.flows.get(key).cloned()
+    }
+
     pub(crate) fn closed(&mut self, key: &FlowKey) -> Option<Known> {
         self.flows.remove(key)
     }

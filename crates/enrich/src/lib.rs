@@ -14,7 +14,8 @@
 //! - [`Enricher::executed`] and [`Enricher::forked`]: what the scope's
 //!   processes run (eBPF), so that a process that connected and exited at
 //!   once still has its program and command line.
-//! - [`Enricher::opened`], [`Enricher::closed`], [`Enricher::denied`]:
+//! - [`Enricher::opened`], [`Enricher::update`], [`Enricher::closed`],
+//!   [`Enricher::denied`]:
 //!   the flow's events, named (the host its destination address was
 //!   looked up as before it opened) and attributed (its socket's owner).
 //!
@@ -217,7 +218,23 @@ impl Enricher {
     pub fn closed(&mut self, event: FlowEvent) -> FlowEvent {
         let key = event.key;
         self.answers.forget(&key);
-        match self.flows.closed(&key) {
+        let known = self.flows.closed(&key);
+        self.with_known(event, known)
+    }
+
+    /// A flow still open was reported (an interim update): it carries
+    /// what its opening had, and the server name its initiator sent so
+    /// far; it stays remembered.
+    #[must_use]
+    pub fn update(&mut self, event: FlowEvent) -> FlowEvent {
+        let known = self.flows.known(&event.key);
+        self.with_known(event, known)
+    }
+
+    /// `event` with what is known of its flow, or its destination's name.
+    fn with_known(&mut self, event: FlowEvent, known: Option<flows::Known>) -> FlowEvent {
+        let key = event.key;
+        match known {
             Some(known) => event
                 .named(known.host.or_else(|| self.names.host(&key.dst_addr)))
                 .with_sni(known.sni)

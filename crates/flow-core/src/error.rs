@@ -45,6 +45,11 @@ pub enum LossPoint {
     /// say where it happened (a JSON line without a `point` this version
     /// knows).
     Recorded,
+    /// Records of flows did not reach an export (IPFIX, OpenTelemetry):
+    /// its bounded queue was full (a slow or stopped collector), or the
+    /// collector could not be reached or refused them. The flows are all
+    /// in flowtrack's own output; the collector misses these records.
+    ExportDropped,
 }
 
 impl LossPoint {
@@ -66,11 +71,12 @@ impl LossPoint {
             Self::PayloadCut => "payload_cut",
             Self::PayloadLost => "payload_lost",
             Self::Recorded => "recorded",
+            Self::ExportDropped => "export_dropped",
         }
     }
 
     /// Every loss point, in declaration order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::RingBufferFull,
         Self::FlowTableEviction,
         Self::NetlinkOverrun,
@@ -81,11 +87,13 @@ impl LossPoint {
         Self::PayloadCut,
         Self::PayloadLost,
         Self::Recorded,
+        Self::ExportDropped,
     ];
 
     /// Whether observations of flows were lost here (else what was lost
-    /// are names or processes: the flows are all reported, some of them
-    /// unnamed or unattributed).
+    /// are names or processes — the flows are all reported, some of them
+    /// unnamed or unattributed — or records an export did not deliver,
+    /// [`LossPoint::ExportDropped`]: the flows are all in the output).
     ///
     /// ```
     /// use flow_core::LossPoint;
@@ -96,7 +104,7 @@ impl LossPoint {
     pub fn loses_flows(&self) -> bool {
         !matches!(
             self,
-            Self::NameCacheEviction | Self::PayloadCut | Self::PayloadLost
+            Self::NameCacheEviction | Self::PayloadCut | Self::PayloadLost | Self::ExportDropped
         )
     }
 
@@ -129,6 +137,7 @@ impl fmt::Display for LossPoint {
             Self::PayloadCut => "payload copied in part",
             Self::PayloadLost => "payload record lost",
             Self::Recorded => "recorded loss",
+            Self::ExportDropped => "export dropped",
         })
     }
 }

@@ -2,6 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::FlowKey;
+use crate::counters::{Counters, DirectionCounters};
 use crate::display::Seconds;
 use crate::dns::DnsLookup;
 use crate::process::Process;
@@ -53,10 +54,20 @@ pub enum FlowEventKind {
     /// The scope made a DNS lookup and got this answer. The key is the
     /// lookup's own flow: the asking socket → the resolver (port 53).
     Dns(Arc<DnsLookup>),
+    /// An interim report of a flow still open (`--active-timeout`): its
+    /// counters so far, both directions, as `Closed` would count them.
+    /// The flow's `Closed` comes later, with its final counters.
+    Update {
+        /// Packets so far, both directions.
+        pkt_count: u64,
+        /// IP-level bytes so far, both directions.
+        byte_count: u64,
+    },
 }
 
 impl FlowEventKind {
-    /// The kind's name in the output: `opened`, `closed`, `denied`.
+    /// The kind's name in the output: `opened`, `closed`, `denied`, `dns`,
+    /// `update`.
     ///
     /// ```
     /// assert_eq!(flow_core::FlowEventKind::Opened.name(), "opened");
@@ -68,6 +79,31 @@ impl FlowEventKind {
             Self::Closed { .. } => "closed",
             Self::Denied { .. } => "denied",
             Self::Dns(_) => "dns",
+            Self::Update { .. } => "update",
+        }
+    }
+
+    /// The packets and bytes of both directions a `Closed` or an `Update`
+    /// carries; `None` for other kinds.
+    ///
+    /// ```
+    /// use flow_core::FlowEventKind;
+    /// let kind = FlowEventKind::Update { pkt_count: 3, byte_count: 180 };
+    /// assert_eq!(kind.counters().map(|c| c.bytes), Some(180));
+    /// assert_eq!(FlowEventKind::Opened.counters(), None);
+    /// ```
+    #[must_use]
+    pub fn counters(&self) -> Option<Counters> {
+        match *self {
+            Self::Closed {
+                pkt_count,
+                byte_count,
+            }
+            | Self::Update {
+                pkt_count,
+                byte_count,
+            } => Some(Counters::new(pkt_count, byte_count)),
+            _ => None,
         }
     }
 }
@@ -187,6 +223,13 @@ pub struct FlowEvent {
     /// ([`FlowEvent::inbound`]). `false` for flows the scope started, and
     /// where the backend cannot tell.
     pub inbound: bool,
+    /// On `Closed` and `Update`: the counters of each direction, when the
+    /// backend counts them apart ([`FlowEvent::closed_by_direction`]);
+    /// they add up to the kind's totals.
+    pub directions: Option<DirectionCounters>,
+    /// On `Closed` and `Update`: when the flow opened (CLOCK_MONOTONIC
+    /// ns), when the backend knows ([`FlowEvent::started`]).
+    pub start_ns: Option<u64>,
 }
 
 impl FlowEvent {
@@ -211,6 +254,8 @@ impl FlowEvent {
             process: None,
             resynced: false,
             inbound: false,
+            directions: None,
+            start_ns: None,
         }
     }
 
@@ -384,6 +429,81 @@ impl FlowEvent {
             timestamp_ns,
         )
     }
+
+    /// A flow ended after its initiator sent `directions.src` and its
+    /// responder `directions.dst`; the totals are their sum.
+    ///
+    /// ```
+    /// use flow_core::counters::{Counters, DirectionCounters};
+    /// use flow_core::{FlowEvent, FlowEventKind, FlowKey};
+    /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
+    /// let both = DirectionCounters::new(Counters::new(6, 500), Counters::new(4, 700));
+    /// let event = FlowEvent::closed_by_direction(key, both, 9);
+    /// assert_eq!(event.kind, FlowEventKind::Closed { pkt_count: 10, byte_count: 1_200 });
+    /// assert_eq!(event.directions, Some(both));
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn closed_by_direction(
+        key: FlowKey,
+        directions: DirectionCounters,
+        timestamp_ns: u64,
+    ) -> Self {
+        let total = directions.total();
+        let mut event = Self::closed(key, total.packets, total.bytes, timestamp_ns);
+        event.directions = Some(directions);
+        event
+    }
+
+    /// An interim report of a flow still open: `pkt_count` packets and
+    /// `byte_count` bytes so far (both directions).
+    ///
+    /// ```
+    /// use flow_core::{FlowEvent, FlowKey};
+    /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
+    /// assert_eq!(FlowEvent::update(key, 3, 180, 9).kind.name(), "update");
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn update(key: FlowKey, pkt_count: u64, byte_count: u64, timestamp_ns: u64) -> Self {
+        Self::new(
+            key,
+            FlowEventKind::Update {
+                pkt_count,
+                byte_count,
+            },
+            timestamp_ns,
+        )
+    }
+
+    /// An interim report of a flow still open, by direction (see
+    /// [`FlowEvent::closed_by_direction`]).
+    #[must_use]
+    pub fn update_by_direction(
+        key: FlowKey,
+        directions: DirectionCounters,
+        timestamp_ns: u64,
+    ) -> Self {
+        let total = directions.total();
+        let mut event = Self::update(key, total.packets, total.bytes, timestamp_ns);
+        event.directions = Some(directions);
+        event
+    }
+
+    /// The same event, of a flow that opened at `start_ns` (CLOCK_MONOTONIC
+    /// ns), or at an unknown time for `None`.
+    ///
+    /// ```
+    /// use flow_core::{FlowEvent, FlowKey};
+    /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
+    /// assert_eq!(FlowEvent::closed(key, 1, 60, 9).started(4).start_ns, Some(4));
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn started(mut self, start_ns: impl Into<Option<u64>>) -> Self {
+        self.start_ns = start_ns.into();
+        self
+    }
 }
 
 /// A name for [`FlowEvent::named`] and [`FlowEvent::with_sni`]: a string,
@@ -438,6 +558,10 @@ impl fmt::Display for FlowEvent {
                 }
             }
             FlowEventKind::Closed {
+                pkt_count,
+                byte_count,
+            }
+            | FlowEventKind::Update {
                 pkt_count,
                 byte_count,
             } => {

@@ -28,6 +28,7 @@
 #[cfg(feature = "serde")]
 mod by_name;
 pub mod clock;
+pub mod counters;
 pub mod display;
 pub mod dns;
 mod error;

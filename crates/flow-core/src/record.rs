@@ -3,14 +3,17 @@
 //! | field     | on            | value                                                   |
 //! |-----------|---------------|---------------------------------------------------------|
 //! | `ts_ns`   | every line    | CLOCK_MONOTONIC nanoseconds                             |
-//! | `kind`    | every line    | `"opened"`, `"closed"`, `"denied"`, `"dns"` (a lookup the scope made), or `"lost"` |
+//! | `kind`    | every line    | `"opened"`, `"closed"`, `"update"` (a flow still open, `--active-timeout`), `"denied"`, `"dns"` (a lookup the scope made), or `"lost"` |
 //! | `proto`   | flow lines    | `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"`, else the number as a string |
 //! | `src`     | flow lines    | initiator address (denied: the dropped packet's source) |
 //! | `sport`   | flow lines    | initiator port                                          |
 //! | `dst`     | flow lines    | responder address                                       |
 //! | `dport`   | flow lines    | responder port                                          |
-//! | `packets` | closed        | packets, both directions                                |
-//! | `bytes`   | closed        | IP-level bytes, both directions                         |
+//! | `packets` | closed, update | packets, both directions (update: so far)              |
+//! | `bytes`   | closed, update | IP-level bytes, both directions                        |
+//! | `src_packets`, `src_bytes` | closed, update | sent by the initiator, when the backend counts directions apart ([`FlowEvent::directions`]) |
+//! | `dst_packets`, `dst_bytes` | closed, update | sent by the responder; with the `src_` pair they add up to `packets` and `bytes` |
+//! | `start_ns` | closed, update | when the flow opened (CLOCK_MONOTONIC ns), when the backend knows |
 //! | `reason`  | closed        | why, when the backend knows: `fin`, `reset`, `released`, `idle`, `scope_ended` ([`crate::CloseReason`]) |
 //! | `host`    | flow lines    | the name the scope looked up for the destination address before the flow opened (absent when unknown) |
 //! | `sni`     | flow lines    | the TLS server name the initiator sent (absent when none) |
@@ -59,6 +62,7 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
+use crate::counters::{Counters, DirectionCounters};
 use crate::dns::{DnsLookup, QueryType, ResponseCode};
 use crate::json_line::{JsonObject, JsonValue};
 use crate::process::{Attribution, Process};
@@ -297,13 +301,11 @@ fn write_json(record: &FlowRecord<'_>, options: JsonOptions, out: &mut Vec<u8>) 
     match &record.item {
         RecordItem::Event(event) => {
             write_key(&mut object, &event.key);
+            if let Some(total) = event.kind.counters() {
+                write_counters(&mut object, total, event);
+            }
             match &event.kind {
-                FlowEventKind::Closed {
-                    pkt_count,
-                    byte_count,
-                } => {
-                    object.entry("packets", pkt_count);
-                    object.entry("bytes", byte_count);
+                FlowEventKind::Closed { .. } => {
                     if let Some(reason) = event.close_reason {
                         object.entry("reason", reason.name());
                     }
@@ -361,6 +363,22 @@ impl JsonValue for Backends<'_, '_> {
             backend.as_ref().write_json(out);
         }
         out.push(b']');
+    }
+}
+
+/// The counters of a `closed` or `update` line: totals, each direction
+/// when known, and when the flow opened when known.
+fn write_counters(object: &mut JsonObject<'_>, total: Counters, event: &FlowEvent) {
+    object.entry("packets", &total.packets);
+    object.entry("bytes", &total.bytes);
+    if let Some(directions) = &event.directions {
+        object.entry("src_packets", &directions.src.packets);
+        object.entry("src_bytes", &directions.src.bytes);
+        object.entry("dst_packets", &directions.dst.packets);
+        object.entry("dst_bytes", &directions.dst.bytes);
+    }
+    if let Some(start_ns) = event.start_ns {
+        object.entry("start_ns", &start_ns);
     }
 }
 
@@ -478,6 +496,7 @@ fn strip_position(error: &serde_json::Error) -> String {
 enum WireKind {
     Opened,
     Closed,
+    Update,
     Denied,
     Dns,
     Lost,
@@ -497,6 +516,9 @@ struct WireRecord {
     dport: Option<u16>,
     packets: Option<u64>,
     bytes: Option<u64>,
+    #[serde(flatten)]
+    directions: WireDirections,
+    start_ns: Option<u64>,
     count: Option<u64>,
     point: Option<String>,
     reason: Option<String>,
@@ -558,6 +580,62 @@ impl WireProcess {
     }
 }
 
+/// The per-direction counters of a line.
+#[derive(Deserialize)]
+struct WireDirections {
+    src_packets: Option<u64>,
+    src_bytes: Option<u64>,
+    dst_packets: Option<u64>,
+    dst_bytes: Option<u64>,
+}
+
+impl WireDirections {
+    /// The counters of each direction, if the line has them: all four
+    /// fields or none, adding up to the line's `total`.
+    fn into_directions(
+        self,
+        total: Counters,
+        kind: &str,
+    ) -> Result<Option<DirectionCounters>, RecordError> {
+        let fields = [
+            ("src_packets", self.src_packets),
+            ("src_bytes", self.src_bytes),
+            ("dst_packets", self.dst_packets),
+            ("dst_bytes", self.dst_bytes),
+        ];
+        if fields.iter().all(|(_, value)| value.is_none()) {
+            return Ok(None);
+        }
+        if let Some((missing, _)) = fields.iter().find(|(_, value)| value.is_none()) {
+            return Err(RecordError {
+                field: None,
+                message: format!(
+                    "missing field `{missing}` (a \"{kind}\" line with counters by direction has all four)"
+                ),
+            });
+        }
+        let [src_packets, src_bytes, dst_packets, dst_bytes] = fields.map(|(_, v)| v.unwrap_or(0));
+        let directions = DirectionCounters::new(
+            Counters::new(src_packets, src_bytes),
+            Counters::new(dst_packets, dst_bytes),
+        );
+        let sum = (
+            src_packets.checked_add(dst_packets),
+            src_bytes.checked_add(dst_bytes),
+        );
+        if sum != (Some(total.packets), Some(total.bytes)) {
+            return Err(RecordError {
+                field: None,
+                message: format!(
+                    "the counters by direction do not add up to `packets` {} and `bytes` {}",
+                    total.packets, total.bytes
+                ),
+            });
+        }
+        Ok(Some(directions))
+    }
+}
+
 /// The DNS fields of a line.
 #[derive(Deserialize)]
 struct WireLookup {
@@ -608,6 +686,7 @@ impl WireRecord {
         let kind_name = match self.kind {
             WireKind::Opened => "opened",
             WireKind::Closed => "closed",
+            WireKind::Update => "update",
             WireKind::Denied => "denied",
             WireKind::Dns => "dns",
             WireKind::Lost => {
@@ -643,15 +722,25 @@ impl WireRecord {
             dst_port: require(self.dport, "dport", kind_name)?,
             protocol,
         };
-        let event = match self.kind {
-            WireKind::Closed => FlowEvent::closed(
-                key,
+        let counted = matches!(self.kind, WireKind::Closed | WireKind::Update);
+        let total = if counted {
+            Counters::new(
                 require(self.packets, "packets", kind_name)?,
                 require(self.bytes, "bytes", kind_name)?,
-                self.ts_ns,
             )
-            // A reason this version does not know reads as unknown.
-            .because(self.reason.as_deref().and_then(CloseReason::from_name)),
+        } else {
+            Counters::default()
+        };
+        let directions = if counted {
+            self.directions.into_directions(total, kind_name)?
+        } else {
+            None
+        };
+        let event = match self.kind {
+            WireKind::Closed => FlowEvent::closed(key, total.packets, total.bytes, self.ts_ns)
+                // A reason this version does not know reads as unknown.
+                .because(self.reason.as_deref().and_then(CloseReason::from_name)),
+            WireKind::Update => FlowEvent::update(key, total.packets, total.bytes, self.ts_ns),
             WireKind::Denied => FlowEvent::denied(key, self.rule, self.enforced, self.ts_ns),
             WireKind::Dns => FlowEvent::dns(key, self.lookup.into_lookup()?, self.ts_ns),
             _ => FlowEvent::opened(key, self.ts_ns),
@@ -661,6 +750,11 @@ impl WireRecord {
         .by(self.process.into_process())
         .resynced(self.resynced)
         .inbound(self.inbound);
+        let event = FlowEvent {
+            directions,
+            start_ns: if counted { self.start_ns } else { None },
+            ..event
+        };
         let mut record = FlowRecord::event(self.backend, event);
         record.also_seen_by = self
             .backends

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use std::sync::Arc;
 
+use flow_core::counters::{Counters, DirectionCounters};
 use flow_core::dns::{DnsLookup, QueryType, ResponseCode};
 use flow_core::process::{Attribution, Process};
 use flow_core::record::{FlowRecord, JsonOptions, RecordItem};
@@ -67,7 +68,22 @@ fn any_kind() -> impl Strategy<Value = FlowEventKind> {
         (proptest::option::of(any_name()), any::<bool>())
             .prop_map(|(rule, enforced)| FlowEventKind::Denied { rule, enforced }),
         any_lookup().prop_map(|lookup| FlowEventKind::Dns(Arc::new(lookup))),
+        (any::<u64>(), any::<u64>()).prop_map(|(pkt_count, byte_count)| FlowEventKind::Update {
+            pkt_count,
+            byte_count
+        }),
     ]
+}
+
+/// Counters by direction that add up (halves of a random total).
+fn any_directions() -> impl Strategy<Value = DirectionCounters> {
+    (
+        0..u64::MAX / 2,
+        0..u64::MAX / 2,
+        0..u64::MAX / 2,
+        0..u64::MAX / 2,
+    )
+        .prop_map(|(a, b, c, d)| DirectionCounters::new(Counters::new(a, b), Counters::new(c, d)))
 }
 
 /// A process as a line can carry it: a pid, or at least a user (the
@@ -104,19 +120,44 @@ fn any_event() -> impl Strategy<Value = FlowEvent> {
         proptest::option::of(any_name()),
         proptest::option::of(any_process()),
         any::<bool>(),
-        any::<bool>(),
+        (
+            any::<bool>(),
+            proptest::option::of(any_directions()),
+            proptest::option::of(any::<u64>()),
+        ),
     )
         .prop_map(
-            |(key, kind, ts, reason, host, sni, process, resynced, inbound)| {
-                // A reason is only written (and read) on a closed line.
+            |(
+                key,
+                kind,
+                ts,
+                reason,
+                host,
+                sni,
+                process,
+                resynced,
+                (inbound, directions, start),
+            )| {
+                // A reason is only written (and read) on a closed line;
+                // directions and a start on closed and update lines.
                 let reason = reason.filter(|_| matches!(kind, FlowEventKind::Closed { .. }));
-                FlowEvent::new(key, kind, ts)
+                let event = match (&kind, directions) {
+                    (FlowEventKind::Closed { .. }, Some(directions)) => {
+                        FlowEvent::closed_by_direction(key, directions, ts)
+                    }
+                    (FlowEventKind::Update { .. }, Some(directions)) => {
+                        FlowEvent::update_by_direction(key, directions, ts)
+                    }
+                    _ => FlowEvent::new(key, kind.clone(), ts),
+                };
+                event
                     .because(reason)
                     .named(host)
                     .with_sni(sni)
                     .by(process.map(Arc::new))
                     .resynced(resynced)
                     .inbound(inbound)
+                    .started(start.filter(|_| kind.counters().is_some()))
             },
         )
 }
@@ -221,7 +262,7 @@ fn errors_name_the_field() {
         ),
         (
             r#"{"ts_ns":1,"kind":"gone","backend":"x"}"#,
-            "field `kind`: unknown variant `gone`, expected one of `opened`, `closed`, `denied`, `dns`, `lost` (column 24)",
+            "field `kind`: unknown variant `gone`, expected one of `opened`, `closed`, `update`, `denied`, `dns`, `lost` (column 24)",
         ),
         (
             r#"{"ts_ns":1,"kind":"closed","proto":"udp","src":"::1","sport":1,"dst":"::1","dport":1,"packets":2,"backend":"x"}"#,
@@ -328,4 +369,52 @@ fn unknown_protocols_are_written_as_numbers() {
             .unwrap()
             .contains(r#""proto":"132""#)
     );
+}
+
+#[test]
+fn counters_by_direction_and_the_start_are_written_on_closed_and_update_lines() {
+    let key = FlowKey::tcp(
+        "10.0.0.1:40000".parse().unwrap(),
+        "10.0.0.2:443".parse().unwrap(),
+    );
+    let both = DirectionCounters::new(Counters::new(6, 500), Counters::new(4, 700));
+    let update = FlowEvent::update_by_direction(key, both, 7).started(3);
+    let mut line = Vec::new();
+    FlowRecord::event("ebpf", update.clone())
+        .write_json_line(&mut line)
+        .unwrap();
+    let text = String::from_utf8(line).unwrap();
+    assert_eq!(
+        text,
+        "{\"ts_ns\":7,\"kind\":\"update\",\"proto\":\"tcp\",\"src\":\"10.0.0.1\",\"sport\":40000,\
+         \"dst\":\"10.0.0.2\",\"dport\":443,\"packets\":10,\"bytes\":1200,\"src_packets\":6,\
+         \"src_bytes\":500,\"dst_packets\":4,\"dst_bytes\":700,\"start_ns\":3,\"backend\":\"ebpf\",\
+         \"backends\":[\"ebpf\"]}\n"
+    );
+    let RecordItem::Event(read) = FlowRecord::from_json_line(&text).unwrap().item else {
+        panic!("an event")
+    };
+    assert_eq!(read.into_owned(), update);
+    // A closed line without them (an older file) reads with none.
+    let old = r#"{"ts_ns":1,"kind":"closed","proto":"udp","src":"::1","sport":1,"dst":"::1","dport":2,"packets":2,"bytes":9,"backend":"x"}"#;
+    let RecordItem::Event(read) = FlowRecord::from_json_line(old).unwrap().item else {
+        panic!("an event")
+    };
+    assert_eq!((read.directions, read.start_ns), (None, None));
+}
+
+#[test]
+fn counters_by_direction_come_whole_and_add_up() {
+    let partial = r#"{"ts_ns":1,"kind":"closed","proto":"udp","src":"::1","sport":1,"dst":"::1","dport":2,"packets":2,"bytes":9,"src_packets":1,"src_bytes":4,"dst_packets":1,"backend":"x"}"#;
+    assert_eq!(
+        FlowRecord::from_json_line(partial).unwrap_err().to_string(),
+        "missing field `dst_bytes` (a \"closed\" line with counters by direction has all four)"
+    );
+    let wrong = r#"{"ts_ns":1,"kind":"update","proto":"udp","src":"::1","sport":1,"dst":"::1","dport":2,"packets":2,"bytes":9,"src_packets":1,"src_bytes":4,"dst_packets":1,"dst_bytes":4,"backend":"x"}"#;
+    assert_eq!(
+        FlowRecord::from_json_line(wrong).unwrap_err().to_string(),
+        "the counters by direction do not add up to `packets` 2 and `bytes` 9"
+    );
+    let overflow = r#"{"ts_ns":1,"kind":"update","proto":"udp","src":"::1","sport":1,"dst":"::1","dport":2,"packets":2,"bytes":9,"src_packets":1,"src_bytes":18446744073709551615,"dst_packets":1,"dst_bytes":10,"backend":"x"}"#;
+    assert!(FlowRecord::from_json_line(overflow).is_err());
 }

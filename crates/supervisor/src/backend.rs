@@ -95,6 +95,7 @@ pub struct Options {
     enforce: Option<Arc<Policy>>,
     without_names: bool,
     without_processes: bool,
+    active_timeout: Option<std::time::Duration>,
 }
 
 impl Options {
@@ -173,6 +174,15 @@ impl Options {
         self.without_processes = true;
         self
     }
+
+    /// Every backend reports each flow open for `timeout` or longer with
+    /// its counters so far (`update` events), every `timeout` (default:
+    /// no updates; a zero timeout is refused when the backend opens).
+    #[must_use]
+    pub fn active_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.active_timeout = Some(timeout);
+        self
+    }
 }
 
 /// Opens the sources `choice` names for `scope`, ready for
@@ -246,6 +256,9 @@ fn open_ebpf(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, Fl
             if let Some(addresses) = options.name_cache_entries {
                 config = config.name_cache_entries(addresses);
             }
+            if let Some(timeout) = options.active_timeout {
+                config = config.active_timeout(timeout)?;
+            }
             config = config
                 .names(!options.without_names)
                 .processes(!options.without_processes);
@@ -284,6 +297,9 @@ fn open_nflog(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, F
     }
     if let Some(addresses) = options.name_cache_entries {
         config = config.name_cache_entries(addresses);
+    }
+    if let Some(timeout) = options.active_timeout {
+        config = config.active_timeout(timeout)?;
     }
     config = config
         .names(!options.without_names)

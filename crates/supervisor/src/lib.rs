@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Features: `ebpf` and `nflog` compile in the kernel backends (both on by
-//! default), `mock` the scripted and mockall sources for tests. The
+//! default), `mock` the scripted and mockall sources for tests, `ipfix`
+//! flow export to IPFIX collectors. The
 //! `flowtrack` command is a crate of its own (package `flowtrack`), so this
 //! library brings no command-line, HTTP or metrics crates.
 //!
@@ -20,6 +21,7 @@
 //! - [`backend`]: opens backends by name (`auto`, `ebpf`, `nflog`, `both`).
 //! - [`audit`]: a policy in audit mode, on any backend: the flows it
 //!   would deny, reported.
+//! - `export` (feature `ipfix`): flow records to IPFIX collectors over UDP.
 //!
 //! The event vocabulary is [`flow_core`]'s, re-exported here.
 
@@ -27,6 +29,8 @@ pub mod audit;
 pub mod backend;
 mod columns;
 pub mod dedup;
+#[cfg(feature = "ipfix")]
+pub mod export;
 pub mod merge;
 pub mod output;
 pub mod pipeline;

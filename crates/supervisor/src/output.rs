@@ -188,7 +188,8 @@ impl<W: Write> RecordWriter<W> {
 ///
 /// After the key: on a `closed` line the destination's name (its host, or
 /// the server name the client sent, `-` when neither is known), the
-/// counters and the reason; on `opened` lines the name when known; on
+/// counters and the reason (an `update` line: the counters so far); on
+/// `opened` lines the name when known; on
 /// `denied` lines the name (`-` when unknown), the policy rule that denied
 /// the flow when it was flowtrack's, and `enforced` or `audit`; on a `dns`
 /// line the lookup and its answer. Last, the process,
@@ -214,6 +215,10 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut Vec<u8>) {
             let name = event.host.as_deref().or(event.sni.as_deref());
             match &event.kind {
                 FlowEventKind::Closed {
+                    pkt_count,
+                    byte_count,
+                }
+                | FlowEventKind::Update {
                     pkt_count,
                     byte_count,
                 } => {

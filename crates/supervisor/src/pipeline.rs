@@ -33,6 +33,9 @@ pub struct PipelineReport {
     pub closed: u64,
     /// `Denied` events among them.
     pub denied: u64,
+    /// `Update` events among them (flows still open, reported with their
+    /// counters so far).
+    pub updates: u64,
     /// Loss items observed.
     pub loss_items: u64,
     /// Observations those loss items counted (those with a known count).
@@ -209,6 +212,7 @@ fn tally(report: &mut PipelineReport, item: MergedItem) {
                 FlowEventKind::Closed { .. } => report.closed += 1,
                 FlowEventKind::Denied { .. } => report.denied += 1,
                 FlowEventKind::Dns(_) => report.lookups += 1,
+                FlowEventKind::Update { .. } => report.updates += 1,
                 _ => {}
             }
         }

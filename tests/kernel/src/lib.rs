@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use flow_core::FlowKey;
+use flow_core::counters::{Counters, DirectionCounters};
 use serde::{Deserialize, Serialize};
 
 /// One flow the generator made, with what it sent and received (payload).
@@ -591,6 +592,9 @@ pub struct ConntrackEntry {
     pub packets: u64,
     /// Bytes, both directions.
     pub bytes: u64,
+    /// The original direction's counters (the initiator's) and the
+    /// reply's.
+    pub directions: DirectionCounters,
 }
 
 impl ConntrackEntry {
@@ -627,11 +631,19 @@ impl ConntrackEntry {
             dst_port: dport,
             protocol,
         };
-        let number = |name: &str, nth: usize| value(name, nth).and_then(|v| v.parse::<u64>().ok());
+        let number = |name: &str, nth: usize| {
+            value(name, nth)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let direction = |nth| Counters::new(number("packets", nth), number("bytes", nth));
+        let directions = DirectionCounters::new(direction(0), direction(1));
+        let total = directions.total();
         Some(Self {
             key,
-            packets: number("packets", 0).unwrap_or(0) + number("packets", 1).unwrap_or(0),
-            bytes: number("bytes", 0).unwrap_or(0) + number("bytes", 1).unwrap_or(0),
+            packets: total.packets,
+            bytes: total.bytes,
+            directions,
         })
     }
 }

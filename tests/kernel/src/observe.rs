@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 pub use flow_conformance::observe::{Observed, observe, observe_until};
+use flow_core::counters::DirectionCounters;
 use flow_core::{FlowKey, FlowStream};
 
 use crate::{ConntrackEntry, GeneratedFlow, Netns, TestEnv};
@@ -22,6 +23,38 @@ pub fn headers(flow: &GeneratedFlow) -> u64 {
 /// When they differ.
 pub fn assert_matches_conntrack(netns: &Netns, key: &FlowKey, counters: (u64, u64)) {
     assert_in_conntrack(&netns.conntrack_entries(), key, counters);
+}
+
+/// The backend's counters of each direction equal conntrack's original and
+/// reply counters for the same flow.
+///
+/// # Panics
+/// When they differ.
+pub fn assert_directions_match_conntrack(
+    netns: &Netns,
+    key: &FlowKey,
+    directions: DirectionCounters,
+) {
+    assert_directions_in_conntrack(&netns.conntrack_entries(), key, directions);
+}
+
+/// `entries` hold `key` with `directions`.
+///
+/// # Panics
+/// When they do not.
+pub fn assert_directions_in_conntrack(
+    entries: &[ConntrackEntry],
+    key: &FlowKey,
+    directions: DirectionCounters,
+) {
+    let entry = entries
+        .iter()
+        .find(|entry| entry.key == *key)
+        .unwrap_or_else(|| panic!("conntrack has no entry for {key}: {entries:#?}"));
+    assert_eq!(
+        directions, entry.directions,
+        "packets and bytes of {key} by direction (initiator's, responder's): flowtrack vs conntrack"
+    );
 }
 
 /// `entries` hold `key` with `counters`.

@@ -5,17 +5,20 @@
 
 use std::time::Duration;
 
+use flow_core::counters::Counters;
 use flow_core::{CloseReason, FlowKey, FlowStream};
 
 use crate::observe::{
-    assert_in_conntrack, assert_matches_conntrack, headers, observe, over_both_families,
+    assert_directions_in_conntrack, assert_directions_match_conntrack, assert_in_conntrack,
+    assert_matches_conntrack, headers, observe, over_both_families,
 };
 use crate::{ConntrackEvents, GeneratedFlow, TestEnv, generate};
 
 /// TCP connections over IPv4 and IPv6 loopback to servers outside the
 /// cgroup, with known payloads (100,000 and 3,000 bytes, echoed): keyed
 /// from the connecting client, at least the payload and a header per
-/// packet counted, closed on their FINs, as conntrack counts them.
+/// packet counted in each direction (what the client sent, what the
+/// server sent back), closed on their FINs, as conntrack counts them.
 ///
 /// # Panics
 /// When the backend's report differs.
@@ -41,14 +44,29 @@ pub async fn tcp_over_both_families(env: &TestEnv, stream: &mut FlowStream) {
         );
         assert!(packets >= 6, "handshake, data, FINs: {packets}");
         assert_eq!(observed.closed_because(&key), Some(CloseReason::Fin));
+        let directions = observed.directions_once(&key);
+        let sent = directions.src;
+        let echoed = directions.dst;
+        assert!(
+            sent.bytes >= flow.sent + sent.packets * headers(flow) && sent.packets >= 3,
+            "{key}: the client sent {sent:?} for {} payload bytes",
+            flow.sent
+        );
+        assert!(
+            echoed.bytes >= flow.received + echoed.packets * headers(flow) && echoed.packets >= 3,
+            "{key}: the server sent {echoed:?} for {} payload bytes",
+            flow.received
+        );
         // The entry lives on in TIME_WAIT: conntrack's own listing agrees.
         assert_matches_conntrack(&env.netns, &key, (packets, bytes));
+        assert_directions_match_conntrack(&env.netns, &key, directions);
     }
 }
 
 /// UDP flows over IPv4 and IPv6 loopback from connected sockets (5
 /// datagrams of 512 bytes, 3 of 1,000, echoed): every datagram and its
-/// header counted, as conntrack counts them, closed for one of `reasons`
+/// header counted, in its direction, as conntrack counts them, closed for
+/// one of `reasons`
 /// (the eBPF backend: the socket's release; nflog: conntrack's timeout,
 /// or the cgroup emptied — UDP has no end of its own).
 ///
@@ -72,6 +90,17 @@ pub async fn udp_over_both_families(
         let packets = 2 * flow.datagrams;
         let bytes = flow.sent + flow.received + packets * headers(flow);
         assert_eq!(observed.closed_once(&key), (packets, bytes), "{key}");
+        let directions = observed.directions_once(&key);
+        let header_bytes = flow.datagrams * headers(flow);
+        assert_eq!(
+            (directions.src, directions.dst),
+            (
+                Counters::new(flow.datagrams, flow.sent + header_bytes),
+                Counters::new(flow.datagrams, flow.received + header_bytes)
+            ),
+            "{key}: the client's datagrams, then the echoes"
+        );
+        assert_directions_match_conntrack(&env.netns, &key, directions);
         let reason = observed.closed_because(&key);
         assert!(
             reason.is_some_and(|reason| reasons.contains(&reason)),
@@ -82,8 +111,9 @@ pub async fn udp_over_both_families(
 }
 
 /// A connection refused with a reset: opened and closed, SYN and RST
-/// counted, as conntrack's DESTROY event (at once for a reset SYN_SENT
-/// entry) says.
+/// counted, each in its direction (the SYN, with its options, larger than
+/// the bare RST), as conntrack's DESTROY event (at once for a reset
+/// SYN_SENT entry) says.
 ///
 /// # Panics
 /// When the backend's report differs.
@@ -96,7 +126,15 @@ pub async fn refused_connection(env: &TestEnv, stream: &mut FlowStream) {
     let (packets, bytes) = observed.closed_once(&key);
     assert_eq!(packets, 2, "SYN and RST");
     assert_eq!(observed.closed_because(&key), Some(CloseReason::Reset));
-    assert_in_conntrack(&events.heard(&[key]), &key, (packets, bytes));
+    let directions = observed.directions_once(&key);
+    assert_eq!((directions.src.packets, directions.dst.packets), (1, 1));
+    assert!(
+        directions.src.bytes > directions.dst.bytes,
+        "the SYN sent, larger than the RST that answered: {directions:?}"
+    );
+    let heard = events.heard(&[key]);
+    assert_in_conntrack(&heard, &key, (packets, bytes));
+    assert_directions_in_conntrack(&heard, &key, directions);
 }
 
 /// ICMP and ICMPv6 echo: request and reply of 32 bytes of payload each,
@@ -114,12 +152,16 @@ pub async fn icmp_echo(env: &TestEnv, stream: &mut FlowStream) {
         let (packets, bytes) = observed.closed_once(&key);
         let ip = if flow.src.is_ipv4() { 20 } else { 40 };
         assert_eq!((packets, bytes), (2, 2 * (ip + 8 + 32)), "{key}");
+        let one = Counters::new(1, ip + 8 + 32);
+        let directions = observed.directions_once(&key);
+        assert_eq!((directions.src, directions.dst), (one, one), "{key}");
         assert_matches_conntrack(&env.netns, &key, (packets, bytes));
     }
 }
 
 /// A client outside the cgroup connects to a server inside it: the flow is
-/// keyed from the remote client, and counted.
+/// keyed from the remote client, and counted, the client's bytes as the
+/// initiator's.
 ///
 /// # Panics
 /// When the backend's report differs.
@@ -136,6 +178,13 @@ pub async fn inbound_connection(env: &TestEnv, stream: &mut FlowStream) {
     let observed = observe(stream, &[key], Duration::from_secs(20)).await;
     let (packets, bytes) = observed.closed_once(&key);
     assert!(bytes >= 2 * 5000 + packets * 40);
+    let directions = observed.directions_once(&key);
+    for (direction, counted) in [("client's", directions.src), ("server's", directions.dst)] {
+        assert!(
+            counted.bytes >= 5000 + counted.packets * 40,
+            "{key}: the {direction} {counted:?}"
+        );
+    }
     assert_matches_conntrack(&env.netns, &key, (packets, bytes));
     assert_eq!(observed.opened.len(), 1, "{observed:#?}");
 }

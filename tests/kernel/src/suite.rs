@@ -4,9 +4,11 @@
 //! [`backend_suite!`](crate::backend_suite).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use flow_conformance::{ExpectedFlow, Subject};
+use flow_core::counters::{Counters, DirectionCounters};
 use flow_core::{CloseReason, FlowSource, FlowStream};
 
 use crate::{Server, TestEnv, send_udp};
@@ -30,6 +32,10 @@ pub trait KernelBackend: Clone + Send + Sync + 'static {
     /// A fresh source with buffers small enough for a burst of
     /// connections to overflow while nobody reads.
     fn lossy_source(&self, env: &TestEnv) -> Box<dyn FlowSource>;
+
+    /// A fresh source that reports flows open for `every` with their
+    /// counters so far, every `every` ([`Subject::updating_source`]).
+    fn updating_source(&self, env: &TestEnv, every: Duration) -> Box<dyn FlowSource>;
 
     /// Makes the started source of `env` fail, from outside.
     fn break_source(&self, env: &TestEnv);
@@ -110,9 +116,38 @@ impl<B: KernelBackend> Subject for KernelSubject<B> {
             let datagram = send_udp(&env.cgroup, &env.netns);
             let connection = env.inside(&["tcp", &format!("127.0.0.1:{port}"), "--bytes", "1000"]);
             vec![
-                ExpectedFlow::new(datagram).counted(1, 128),
+                // One way: the initiator's datagram, nothing back.
+                ExpectedFlow::new(datagram).counted_by_direction(DirectionCounters::new(
+                    Counters::new(1, 128),
+                    Counters::default(),
+                )),
                 ExpectedFlow::new(connection[0].key()),
             ]
+        })
+        .await
+    }
+
+    fn updating_source(&self, every: Duration) -> Box<dyn FlowSource> {
+        self.backend.updating_source(&self.env, every)
+    }
+
+    /// A TCP connection to the echo server that sends half of 20,000 bytes,
+    /// stays open `open_for` (the pause is the behaviour under test: a
+    /// long flow), sends the rest and reads the echo. While it pauses, the
+    /// first half has passed (the server echoes once it has read it all):
+    /// updates count its payload.
+    async fn make_long_flow(&self, open_for: Duration) -> ExpectedFlow {
+        self.blocking(move |_, env, port| {
+            let pause = open_for.as_millis().to_string();
+            let flows = env.inside(&[
+                "tcp",
+                &format!("127.0.0.1:{port}"),
+                "--bytes",
+                "20000",
+                "--pause-ms",
+                &pause,
+            ]);
+            ExpectedFlow::new(flows[0].key()).open_with(10_000, 0)
         })
         .await
     }
@@ -176,6 +211,7 @@ macro_rules! backend_suite {
             $crate::backend_suite!(@clause $backend, reports_flows);
             $crate::backend_suite!(@clause $backend, a_fatal_error_ends_the_stream);
             $crate::backend_suite!(@clause $backend, loss_is_recoverable);
+            $crate::backend_suite!(@clause $backend, reports_updates);
 
             /// On a single-threaded runtime: the drop must not wait for
             /// the clean-up on the runtime's one thread.

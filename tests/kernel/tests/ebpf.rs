@@ -68,6 +68,10 @@ impl KernelBackend for Ebpf {
         Box::new(EbpfSource::new(config(env).ring_bytes(65_536).unwrap()))
     }
 
+    fn updating_source(&self, env: &TestEnv, every: std::time::Duration) -> Box<dyn FlowSource> {
+        Box::new(EbpfSource::new(config(env).active_timeout(every).unwrap()))
+    }
+
     /// Detaches its programs' links from the cgroup, as `bpftool link
     /// detach` would.
     fn break_source(&self, env: &TestEnv) {

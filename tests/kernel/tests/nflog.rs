@@ -68,6 +68,12 @@ impl KernelBackend for Nflog {
         Box::new(NflogSource::new(config))
     }
 
+    fn updating_source(&self, env: &TestEnv, every: std::time::Duration) -> Box<dyn FlowSource> {
+        Box::new(NflogSource::new(
+            cgroup_config(env).active_timeout(every).unwrap(),
+        ))
+    }
+
     /// Deletes its table, with `nft`, from outside.
     fn break_source(&self, env: &TestEnv) {
         let tables = flowtrack_tables(env);

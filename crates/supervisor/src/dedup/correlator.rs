@@ -149,6 +149,7 @@ impl Correlator {
         match (&event.kind, index) {
             (FlowEventKind::Opened, Some(index)) => self.opened(index, event, now, out),
             (FlowEventKind::Closed { .. }, Some(index)) => self.closed(index, event, now, out),
+            (FlowEventKind::Update { .. }, Some(index)) => self.update(index, event, now, out),
             (FlowEventKind::Dns(_), Some(index)) if self.lookups.seen(index, &event, now) => {}
             _ => out.push_back(MergedItem::Event {
                 backend,
@@ -249,6 +250,38 @@ impl Correlator {
             self.table.insert(key, flow, Some(held));
         }
         self.unsettled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An interim update of an open flow: sent at once (nothing is held for
+    /// it), from the backend whose counters the flow's lines carry: of a
+    /// flow the preferred backend opened and still observes, only its
+    /// updates pass, so that one flow's updates are one backend's.
+    fn update(
+        &mut self,
+        backend: u8,
+        event: FlowEvent,
+        now: Instant,
+        out: &mut VecDeque<MergedItem>,
+    ) {
+        let seen_by = match self.table.get(&event.key) {
+            Some(flow) if flow.closed_at().is_none() && flow.opened_by.contains(backend) => {
+                let preferred_reports = self.preferred.is_some_and(|preferred| {
+                    flow.opened_by.contains(preferred) && self.active.contains(preferred)
+                });
+                if preferred_reports && !self.is_preferred(backend) {
+                    return;
+                }
+                flow.seen_by()
+            }
+            // Not remembered, or a flow this backend did not open: as it is.
+            _ => Backends::one(backend),
+        };
+        let held = Held {
+            backend,
+            event,
+            since: now,
+        };
+        out.push_back(self.emit(held, seen_by));
     }
 
     /// Whether `event`, an `opened` as it happened, was stamped well before
