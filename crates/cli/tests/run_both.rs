@@ -123,9 +123,11 @@ fn both_backends_see_the_same_flows_and_correlated_each_comes_out_once() {
 
 /// The README's main job under `both`: each flow and the lookup come out
 /// once, every flow named as the workload's lookup and ClientHello name
-/// it, and carrying the one process that made them, as the kernel
-/// attributed it (the eBPF backend's attribution wins over nflog's best
-/// effort).
+/// it, and every line carrying the one process that made them; a flow as
+/// the kernel attributed it (the eBPF backend's attribution wins over
+/// nflog's best effort). A lookup is not held for the other backend's
+/// view: its line is the first backend's, with that backend's
+/// attribution.
 #[test]
 fn under_both_names_and_processes_come_out_once() {
     if !privileged("under_both_names_and_processes_come_out_once") {
@@ -145,7 +147,9 @@ fn under_both_names_and_processes_come_out_once() {
             .process
             .as_deref()
             .expect("every line has its process");
-        assert_eq!(process.attribution, Attribution::Kernel, "{record:?}");
+        if !matches!(event.kind, FlowEventKind::Dns(_)) {
+            assert_eq!(process.attribution, Attribution::Kernel, "{record:?}");
+        }
         assert_eq!(process.comm.as_deref(), Some("python3"), "{record:?}");
         pids.insert(process.pid);
         match &event.kind {
