@@ -90,12 +90,8 @@ impl Owners {
             Some(_) => &[Local::Destination],
             None => &[Local::Source, Local::Destination],
         };
-        let process = sides
-            .iter()
-            .find_map(|&local| {
-                let inode = self.diag.as_mut()?.inode(key, local)?;
-                self.sockets.pid_of(inode)
-            })
+        let process = self
+            .pid_holding(key, sides)
             .and_then(|pid| Some((pid, procs::stat(pid)?)));
         let owner = match process {
             Some((pid, stat)) => Owner::new(pid).started(stat.start_ns).with_comm(stat.comm),
@@ -107,6 +103,26 @@ impl Owners {
             None => owner,
         };
         Some(owner.attributed(Attribution::BestEffort))
+    }
+
+    /// The process holding the socket of `key` at one of its `sides`,
+    /// else (a connection the scope accepted, not yet accepted or already
+    /// closed) the socket it was accepted on.
+    fn pid_holding(&mut self, key: &FlowKey, sides: &[Local]) -> Option<u32> {
+        let diag = self.diag.as_mut()?;
+        let mut inodes: Vec<u64> = sides
+            .iter()
+            .filter_map(|&local| diag.inode(key, local))
+            .collect();
+        if let Some(pid) = self.sockets.cached(&inodes) {
+            return Some(pid);
+        }
+        inodes.extend(
+            sides
+                .iter()
+                .filter_map(|&local| diag.listener_inode(key, local)),
+        );
+        self.sockets.pid_of_any(&inodes)
     }
 }
 

@@ -91,20 +91,32 @@ impl SocketIndex {
         }
     }
 
-    /// The process holding the socket `inode`: from the index, else from
-    /// a fresh one when the last is older than [`REBUILD_EVERY`].
-    pub(crate) fn pid_of(&mut self, inode: u64) -> Option<u32> {
-        if let Some(&pid) = self.index.get(&inode) {
+    /// The process holding the first of `inodes` the index knows, without
+    /// reading /proc.
+    pub(crate) fn cached(&self, inodes: &[u64]) -> Option<u32> {
+        inodes
+            .iter()
+            .find_map(|inode| self.index.get(inode).copied())
+    }
+
+    /// The process holding the first of `inodes` (the likeliest first)
+    /// that is found: from the index, else from a fresh one when the last
+    /// is older than [`REBUILD_EVERY`]. One rebuild serves every inode of
+    /// a flow: a flow whose first candidate missed must not find the
+    /// others throttled by its own rebuild.
+    pub(crate) fn pid_of_any(&mut self, inodes: &[u64]) -> Option<u32> {
+        if let Some(pid) = self.cached(inodes) {
             return Some(pid);
         }
-        if self
-            .built
-            .is_some_and(|built| built.elapsed() < REBUILD_EVERY)
+        if inodes.is_empty()
+            || self
+                .built
+                .is_some_and(|built| built.elapsed() < REBUILD_EVERY)
         {
             return None;
         }
         self.rebuild();
-        self.index.get(&inode).copied()
+        self.cached(inodes)
     }
 
     fn rebuild(&mut self) {
@@ -186,7 +198,8 @@ mod tests {
         .unwrap();
         let inode = socket_inode(&link).unwrap();
         let mut index = SocketIndex::new(Members::this_netns().unwrap());
-        assert_eq!(index.pid_of(inode), Some(std::process::id()));
+        assert_eq!(index.pid_of_any(&[1, inode]), Some(std::process::id()));
+        assert_eq!(index.cached(&[inode]), Some(std::process::id()));
         let own = stat(std::process::id()).unwrap();
         assert!(own.start_ns > 0);
     }
@@ -194,10 +207,12 @@ mod tests {
     #[test]
     fn a_miss_right_after_a_rebuild_reads_nothing() {
         let mut index = SocketIndex::new(Members::Cgroup("/nonexistent".into()));
-        assert_eq!(index.pid_of(1), None);
+        assert_eq!(index.pid_of_any(&[]), None);
+        assert!(index.built.is_none(), "nothing to look for: nothing read");
+        assert_eq!(index.pid_of_any(&[1]), None);
         let built = index.built;
         assert!(built.is_some());
-        assert_eq!(index.pid_of(2), None);
+        assert_eq!(index.pid_of_any(&[2]), None);
         assert_eq!(index.built, built, "not rebuilt within {REBUILD_EVERY:?}");
     }
 

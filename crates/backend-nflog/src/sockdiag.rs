@@ -108,22 +108,29 @@ impl SockDiag {
     }
 
     /// The inode of the socket at the `local` end of `key`, if there is
-    /// one with an inode. A TCP connection the scope accepted has none
-    /// until the server accepts it: then its listener's is taken.
+    /// one with an inode (a TCP connection the scope accepted has none
+    /// until the server accepts it, nor once it is closing).
     pub(crate) fn inode(&mut self, key: &FlowKey, local: Local) -> Option<u64> {
-        self.ask(key, local).or_else(|| {
-            let accepted = local == Local::Destination && key.protocol == protocol::TCP;
-            // Any peer: the lookup falls back to the listening socket.
-            let listener = FlowKey {
-                src_addr: match key.src_addr {
-                    IpAddr::V4(_) => IpAddr::from([0; 4]),
-                    IpAddr::V6(_) => IpAddr::from([0; 16]),
-                },
-                src_port: 0,
-                ..*key
-            };
-            accepted.then(|| self.ask(&listener, local)).flatten()
-        })
+        self.ask(key, local)
+    }
+
+    /// The inode of the socket listening where `key` was accepted, when
+    /// `local` is the destination of a TCP connection: its owner serves the
+    /// connection before it is accepted, and after it closed.
+    pub(crate) fn listener_inode(&mut self, key: &FlowKey, local: Local) -> Option<u64> {
+        if local != Local::Destination || key.protocol != protocol::TCP {
+            return None;
+        }
+        // Any peer: the lookup falls back to the listening socket.
+        let listener = FlowKey {
+            src_addr: match key.src_addr {
+                IpAddr::V4(_) => IpAddr::from([0; 4]),
+                IpAddr::V6(_) => IpAddr::from([0; 16]),
+            },
+            src_port: 0,
+            ..*key
+        };
+        self.ask(&listener, local)
     }
 
     fn ask(&mut self, key: &FlowKey, local: Local) -> Option<u64> {
