@@ -22,8 +22,9 @@ const DNS_PORT: u16 = 53;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Record<'a> {
-    /// A flow opened, with its socket's owner when it has one.
-    Opened(FlowEvent, Option<Owner>),
+    /// A flow opened, with its socket's owner when it has one, and the id
+    /// of its socket's cgroup (0: no socket).
+    Opened(FlowEvent, Option<Owner>, u64),
     /// A flow closed.
     Closed(FlowEvent),
     /// The enforced policy refused a connection, a datagram or an echo
@@ -38,6 +39,8 @@ pub enum Record<'a> {
         timestamp_ns: u64,
         /// The refused process, when known.
         owner: Option<Owner>,
+        /// The id of the refused socket's cgroup (0: unknown).
+        cgroup_id: u64,
     },
     /// A DNS answer reached the scope on the lookup's flow `flow` (the
     /// asking socket → the resolver).
@@ -85,7 +88,11 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         RECORD_OPENED => {
             let record = RawOpenedRecord::decode(bytes)?;
             let event = FlowEvent::opened(flow_key(&record.flow.key), record.flow.first_seen_ns);
-            Ok(Record::Opened(event, owner(&record.owner)))
+            Ok(Record::Opened(
+                event,
+                owner(&record.owner),
+                record.cgroup_id,
+            ))
         }
         RECORD_DENIED => {
             let record = RawOpenedRecord::decode(bytes)?;
@@ -94,6 +101,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
                 rule: u16::try_from(record.flow.close_reason).unwrap_or(0),
                 timestamp_ns: record.flow.timestamp_ns,
                 owner: owner(&record.owner),
+                cgroup_id: record.cgroup_id,
             })
         }
         RECORD_CLOSED => {
@@ -396,8 +404,9 @@ mod tests {
         #[test]
         fn valid_records_decode_to_their_event((record, owner) in any_record()) {
             match decode_record(&encode(&record, &owner)).unwrap() {
-                Record::Opened(event, decoded_owner) => {
+                Record::Opened(event, decoded_owner, cgroup_id) => {
                     prop_assert_eq!(record.kind, RECORD_OPENED);
+                    prop_assert_eq!(cgroup_id, u64::from(owner.uid), "encoded as the cgroup id");
                     prop_assert_eq!(event.timestamp_ns, record.first_seen_ns);
                     prop_assert_eq!(event.key.src_port, record.key.src_port);
                     prop_assert_eq!(decoded_owner.and_then(|o| o.pid), (owner.tgid != 0).then_some(owner.tgid));

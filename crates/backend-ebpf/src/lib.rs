@@ -44,6 +44,7 @@ mod decode;
 mod enforce;
 mod kernel_offsets;
 mod reader;
+mod workloads;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,7 @@ pub struct EbpfConfig {
     pub(crate) policy: Option<Arc<flow_policy::Policy>>,
     pub(crate) fail_enforcement: bool,
     pub(crate) active_timeout: Option<Duration>,
+    pub(crate) workloads: bool,
 }
 
 impl EbpfConfig {
@@ -122,7 +124,18 @@ impl EbpfConfig {
             policy: None,
             fail_enforcement: false,
             active_timeout: None,
+            workloads: false,
         }
+    }
+
+    /// Whether each flow carries its socket's cgroup, as a path below the
+    /// cgroup v2 root, and the container that path names
+    /// ([`flow_core::workload`]): for watching a whole host (`watch --all`),
+    /// where the cgroup says which workload made the flow. Off by default.
+    #[must_use]
+    pub fn workloads(mut self, workloads: bool) -> Self {
+        self.workloads = workloads;
+        self
     }
 
     /// Enforces `policy` (address rules only): denied connections and

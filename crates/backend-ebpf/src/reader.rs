@@ -25,6 +25,7 @@ use flow_cgroup as cgroup;
 use crate::attach::Attached;
 use crate::checkpoint::Checkpoint;
 use crate::decode::{Record, decode_record, directions, flow_key};
+use crate::workloads::Workloads;
 use crate::{BACKEND_NAME, EbpfConfig};
 use flow_enrich::{EnrichConfig, Enricher};
 use flow_policy::{Policy, RuleId};
@@ -106,6 +107,9 @@ pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowS
         user_removed: 0,
         pending: VecDeque::new(),
         enricher: Enricher::new(enrich_config(&config)),
+        workloads: config
+            .workloads
+            .then(|| Workloads::new(crate::workloads::mount_of(&config.cgroup))),
         failed: false,
         cgroup_removed: false,
         finished: false,
@@ -122,17 +126,20 @@ pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowS
 
 /// Decodes every record in the ring, in the kernel's order, through the
 /// enricher into `pending`; undecodable ones are counted and reported as
-/// a loss. A denial's rule is named by `policy`.
+/// a loss. A denial's rule is named by `policy`; flows and denials carry
+/// their cgroup's workload when `workloads` is given.
 fn drain(
     ring: &mut RingBuf<MapData>,
     enricher: &mut Enricher,
     policy: Option<&Policy>,
+    mut workloads: Option<&mut Workloads>,
     pending: &mut VecDeque<Item>,
 ) {
     let mut made = Vec::new();
     while let Some(record) = ring.next() {
         match decode_record(&record) {
-            Ok(Record::Opened(event, owner)) => {
+            Ok(Record::Opened(event, owner, cgroup_id)) => {
+                let event = event.within(workloads.as_deref_mut().and_then(|w| w.of(cgroup_id)));
                 pending.push_back(Ok(enricher.opened(event, owner)));
             }
             Ok(Record::Closed(event)) => pending.push_back(Ok(enricher.closed(event))),
@@ -141,12 +148,14 @@ fn drain(
                 rule,
                 timestamp_ns,
                 owner,
+                cgroup_id,
             }) => {
                 let rule = match policy {
                     Some(policy) => policy.rule_text(RuleId::new(rule)),
                     None => flow_policy::DEFAULT_RULE.into(),
                 };
-                let event = FlowEvent::denied(flow, rule, true, timestamp_ns);
+                let event = FlowEvent::denied(flow, rule, true, timestamp_ns)
+                    .within(workloads.as_deref_mut().and_then(|w| w.of(cgroup_id)));
                 pending.push_back(Ok(enricher.denied(event, owner)));
             }
             Ok(Record::DnsAnswer {
@@ -388,6 +397,8 @@ struct Reader {
     pending: VecDeque<Item>,
     /// Names and attributes the flows as their records come.
     enricher: Enricher,
+    /// The cgroups' workloads, when flows carry them.
+    workloads: Option<Workloads>,
     /// A fatal error was queued: the stream ends after `pending`.
     failed: bool,
     /// The cgroup was removed: each sweep walks the table as for an ended
@@ -430,6 +441,7 @@ impl Reader {
                             guard.get_inner_mut(),
                             &mut self.enricher,
                             self.policy.as_deref(),
+                            self.workloads.as_mut(),
                             &mut self.pending,
                         );
                         guard.clear_ready();
@@ -450,6 +462,7 @@ impl Reader {
             self.ring.get_mut(),
             &mut self.enricher,
             self.policy.as_deref(),
+            self.workloads.as_mut(),
             &mut self.pending,
         );
     }

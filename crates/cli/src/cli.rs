@@ -357,7 +357,8 @@ pub(crate) struct WatchArgs {
     pub(crate) report: ReportArgs,
 }
 
-/// What `watch` follows: exactly one of a cgroup or a network namespace.
+/// What `watch` follows: exactly one of a cgroup, a network namespace, or
+/// the whole host.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub(crate) struct WatchScope {
@@ -368,6 +369,10 @@ pub(crate) struct WatchScope {
     /// connection in it.
     #[arg(long, value_name = "NAME|PATH|PID")]
     pub(crate) netns: Option<String>,
+    /// Every process on the host (the cgroup v2 root; eBPF backend): each flow carries its
+    /// cgroup, and its container when the cgroup is one.
+    #[arg(long)]
+    pub(crate) all: bool,
 }
 
 #[derive(Debug, Args)]

@@ -51,8 +51,12 @@ async fn start_backends(
     args: &BackendArgs,
     scope: &Scope,
     policy: Option<&Arc<Policy>>,
+    host_wide: bool,
 ) -> Result<Backends> {
     let mut options = args.options();
+    if host_wide {
+        options = options.workloads();
+    }
     let audit = match policy {
         Some(policy) if policy.mode() == Mode::Enforce => {
             options = options.enforce(Arc::clone(policy));
@@ -118,13 +122,19 @@ async fn start_merger(sources: Vec<Box<dyn FlowSource>>) -> Result<Merger> {
     Ok(merger)
 }
 
-/// Stops every source on the first Ctrl-C; the pipeline then drains.
-fn shutdown_on_ctrl_c(handle: ShutdownHandle) {
+/// Stops every source on the first Ctrl-C (SIGINT) or SIGTERM (a service
+/// manager's stop); the pipeline then drains.
+fn shutdown_on_stop_signal(handle: ShutdownHandle) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            handle.shutdown();
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => if interrupted.is_err() { return },
+            _ = terminate.recv() => {}
         }
+        handle.shutdown();
     });
+    Ok(())
 }
 
 /// The running backends' events: merged, or merged and correlated.
@@ -253,11 +263,11 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
     let metrics = serve_metrics(args.report.metrics_addr).await?;
     let output = Output::open(&args.output, DefaultStream::Stdout)?;
     let exports = Exports::start(&args.output.exports)?;
-    let backends = start_backends(&args.backend, &scope, policy.as_ref())
+    let backends = start_backends(&args.backend, &scope, policy.as_ref(), args.scope.all)
         .await
         .with_context(|| format!("cannot watch {}", Describe(&scope)))?;
     tracing::info!(scope = %Describe(&scope), "watching until Ctrl-C");
-    shutdown_on_ctrl_c(backends.shutdown.clone());
+    shutdown_on_stop_signal(backends.shutdown.clone())?;
     let sources = backends.names.len();
     if let Some(metrics) = &metrics {
         backends.report_to(metrics);
@@ -297,7 +307,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let exports = Exports::start(&args.output.exports)?;
     // Every source is attached before the child starts, so its first
     // connection is seen.
-    let backends = start_backends(&args.backend, &scope, policy.as_ref())
+    let backends = start_backends(&args.backend, &scope, policy.as_ref(), false)
         .await
         .context(
             if policy.as_ref().is_some_and(|p| p.mode() == Mode::Enforce) {

@@ -73,6 +73,14 @@ pub(crate) fn resolve(scope: &WatchScope) -> Result<Scope> {
         })?;
         return Ok(Scope::Netns(path));
     }
-    // clap's argument group requires exactly one of the two.
-    bail!("watch needs --cgroup PATH or --netns NAME")
+    if scope.all {
+        let root = flow_cgroup::cgroup2_mount().map_err(|error| {
+            anyhow::anyhow!(
+                "cannot watch the whole host: no cgroup v2 hierarchy is mounted ({error}): mount one (`mount -t cgroup2 none /sys/fs/cgroup`)"
+            )
+        })?;
+        return Ok(Scope::Cgroup(root));
+    }
+    // clap's argument group requires exactly one of the three.
+    bail!("watch needs --cgroup PATH, --netns NAME or --all")
 }

@@ -7,11 +7,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flowtrack_kernel_tests::{Netns, privileged};
+use flowtrack_kernel_tests::{Netns, TestCgroup, attached_programs, privileged, send_udp};
 
 mod common;
 
-use common::{FLOWTRACK, closed_pipe, dev_full, traffic_generator};
+use common::{
+    FLOWTRACK, Lines, closed_pipe, dev_full, flowtrack_in, signal, traffic_generator, wait_until,
+};
 
 /// Where cgroup v2 is not mounted (here a private mount namespace without
 /// it, as `ip netns exec` makes by remounting /sys), `flowtrack run` says so
@@ -314,6 +316,89 @@ fn running_out_of_file_descriptors_is_named_with_what_to_do() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("Too many open files") && stderr.contains("ulimit -n"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn watch_all_gives_each_flow_its_cgroup_and_container() {
+    if !privileged("ebpf watch_all_gives_each_flow_its_cgroup_and_container") {
+        return;
+    }
+    let netns = Netns::new();
+    let plain = TestCgroup::new();
+    let parent = TestCgroup::new();
+    let id = "0123456789abcdef".repeat(4);
+    let container = TestCgroup {
+        path: parent.path.join(format!("docker-{id}.scope")),
+    };
+    std::fs::create_dir(&container.path).unwrap();
+    let root = flow_cgroup::cgroup2_mount().unwrap();
+    let below_root =
+        |cgroup: &TestCgroup| format!("/{}", cgroup.path.strip_prefix(&root).unwrap().display());
+    let mut watch = flowtrack_in(&netns, &["watch", "--all", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let events = Lines::follow(watch.stdout.take().unwrap());
+    // The whole host's flows come too: each test flow is found by its port.
+    wait_until("watch --all attached at the root", || {
+        attached_programs(&root).len() == flow_backend_ebpf::CGROUP_PROGRAMS.len()
+    });
+    let flows = [&plain, &container].map(|cgroup| send_udp(cgroup, &netns));
+    let closed = |line: &String, sport: u16| {
+        line.contains(r#""kind":"closed""#) && line.contains(&format!(r#""sport":{sport},"#))
+    };
+    events.wait_for("both flows closed", |lines| {
+        flows
+            .iter()
+            .all(|flow| lines.iter().any(|line| closed(line, flow.src_port)))
+    });
+    // As systemd stops the unit in examples/: a SIGTERM ends it as Ctrl-C.
+    signal(&watch, rustix::process::Signal::TERM);
+    let output = watch.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("flows opened"), "the summary: {stderr}");
+    let stdout = events.all();
+    for (flow, cgroup, container_id) in
+        [(flows[0], &plain, None), (flows[1], &container, Some(&id))]
+    {
+        for kind in ["opened", "closed"] {
+            let line = stdout
+                .lines()
+                .find(|line| {
+                    line.contains(&format!(r#""kind":"{kind}""#))
+                        && line.contains(&format!(r#""sport":{},"#, flow.src_port))
+                })
+                .unwrap_or_else(|| panic!("{kind} {flow} in {stdout}"));
+            assert!(
+                line.contains(&format!(r#""cgroup":"{}""#, below_root(cgroup))),
+                "{line}"
+            );
+            match container_id {
+                Some(id) => assert!(line.contains(&format!(r#""container":"{id}""#)), "{line}"),
+                None => assert!(!line.contains("container"), "{line}"),
+            }
+        }
+    }
+    assert!(
+        attached_programs(&root).is_empty(),
+        "detached from the root after SIGTERM"
+    );
+}
+
+#[test]
+fn watch_all_with_the_nflog_backend_says_it_needs_ebpf() {
+    let output = Command::new(FLOWTRACK)
+        .args(["watch", "--all", "--backend", "nflog"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("watching the whole host needs the eBPF backend"),
         "{stderr}"
     );
 }

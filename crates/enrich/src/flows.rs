@@ -1,11 +1,13 @@
 //! What is known of each open flow until it closes: the host it was named
-//! after when it opened, the server name its initiator sent, its process.
+//! after when it opened, the server name its initiator sent, its process
+//! and workload.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use flow_core::FlowKey;
 use flow_core::process::Process;
+use flow_core::workload::Workload;
 use hashlink::LruCache;
 
 /// What is known of one open flow.
@@ -14,6 +16,7 @@ pub(crate) struct Known {
     pub(crate) host: Option<Arc<str>>,
     pub(crate) sni: Option<Arc<str>>,
     pub(crate) process: Option<Arc<Process>>,
+    pub(crate) workload: Option<Arc<Workload>>,
     /// Started from outside the scope.
     pub(crate) inbound: bool,
 }
@@ -50,8 +53,11 @@ impl OpenFlows {
         }
     }
 
-    pub(crate) fn process(&mut self, key: &FlowKey) -> Option<Arc<Process>> {
-        self.get_mut(key).and_then(|known| known.process.clone())
+    /// The process and the workload of the open flow `key`.
+    pub(crate) fn owner(&mut self, key: &FlowKey) -> (Option<Arc<Process>>, Option<Arc<Workload>>) {
+        self.get_mut(key).map_or((None, None), |known| {
+            (known.process.clone(), known.workload.clone())
+        })
     }
 
     /// What is known of the open flow `key`, kept.

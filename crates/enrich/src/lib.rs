@@ -156,13 +156,13 @@ impl Enricher {
                 timestamp_ns,
             )));
         }
-        let process = self.flows.process(&flow);
+        let (process, workload) = self.flows.owner(&flow);
         let mut evicted = 0;
         for lookup in read.lookups {
             evicted += self.names.learn(&lookup) as u64;
-            out.push(Ok(
-                FlowEvent::dns(flow, lookup, timestamp_ns).by(process.clone())
-            ));
+            out.push(Ok(FlowEvent::dns(flow, lookup, timestamp_ns)
+                .by(process.clone())
+                .within(workload.clone())));
         }
         if evicted > 0 {
             out.push(Err(FlowError::lost_at(
@@ -206,6 +206,7 @@ impl Enricher {
                 host: event.host.clone(),
                 sni: None,
                 process: event.process.clone(),
+                workload: event.workload.clone(),
                 inbound: event.inbound,
             },
         );
@@ -239,6 +240,7 @@ impl Enricher {
                 .named(known.host.or_else(|| self.names.host(&key.dst_addr)))
                 .with_sni(known.sni)
                 .by(known.process)
+                .within(known.workload)
                 .inbound(known.inbound),
             None => {
                 let host = self.names.host(&key.dst_addr);
@@ -249,15 +251,18 @@ impl Enricher {
 
     /// A flow was denied: named after its destination, and attributed to
     /// `owner` when the backend knows it (a refused `connect()`), else as
-    /// the flow was when it opened.
+    /// the flow was when it opened (so is its workload, when the denial
+    /// has none of its own).
     #[must_use]
     pub fn denied(&mut self, event: FlowEvent, owner: Option<Owner>) -> FlowEvent {
         let host = self.names.host(&event.key.dst_addr);
+        let (opened_by, opened_within) = self.flows.owner(&event.key);
         let process = match owner {
             Some(owner) => Some(self.processes.resolve(&owner)),
-            None => self.flows.process(&event.key),
+            None => opened_by,
         };
-        event.named(host).by(process)
+        let workload = event.workload.clone().or(opened_within);
+        event.named(host).by(process).within(workload)
     }
 
     /// The names every address of `addresses` was looked up as, latest

@@ -6,6 +6,7 @@ use crate::counters::{Counters, DirectionCounters};
 use crate::display::Seconds;
 use crate::dns::DnsLookup;
 use crate::process::Process;
+use crate::workload::Workload;
 
 /// What happened to a flow.
 ///
@@ -212,6 +213,9 @@ pub struct FlowEvent {
     pub sni: Option<Arc<str>>,
     /// The process behind the flow, when the backend knows it.
     pub process: Option<Arc<Process>>,
+    /// The cgroup (and container) the flow's socket belongs to, when the
+    /// backend watches a whole host ([`crate::workload`]).
+    pub workload: Option<Arc<Workload>>,
     /// The backend lost this event's own message and rebuilt it from a
     /// listing of its table ([`FlowEvent::resynced`]): the flow is real,
     /// but [`timestamp_ns`](Self::timestamp_ns) is when the listing was
@@ -252,6 +256,7 @@ impl FlowEvent {
             host: None,
             sni: None,
             process: None,
+            workload: None,
             resynced: false,
             inbound: false,
             directions: None,
@@ -311,6 +316,23 @@ impl FlowEvent {
     #[must_use]
     pub fn by(mut self, process: impl Into<Option<Arc<Process>>>) -> Self {
         self.process = process.into();
+        self
+    }
+
+    /// The same event, in `workload` (or in none).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use flow_core::workload::Workload;
+    /// use flow_core::{FlowEvent, FlowKey};
+    /// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
+    /// let event = FlowEvent::opened(key, 1).within(Arc::new(Workload::new("/system.slice")));
+    /// assert_eq!(event.workload.unwrap().cgroup.as_ref(), "/system.slice");
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn within(mut self, workload: impl Into<Option<Arc<Workload>>>) -> Self {
+        self.workload = workload.into();
         self
     }
 
@@ -583,6 +605,9 @@ impl fmt::Display for FlowEvent {
         }
         if let Some(process) = &self.process {
             write!(f, " by {process}")?;
+        }
+        if let Some(workload) = &self.workload {
+            write!(f, " in {}", workload.cgroup)?;
         }
         Ok(())
     }

@@ -41,6 +41,7 @@ pub mod protocol;
 #[cfg(feature = "serde")]
 pub mod record;
 mod source;
+pub mod workload;
 
 pub use error::{ConfigError, FlowError, LossPoint};
 pub use event::{CloseReason, FlowEvent, FlowEventKind, IntoName};

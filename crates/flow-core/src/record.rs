@@ -18,6 +18,7 @@
 //! | `host`    | flow lines    | the name the scope looked up for the destination address before the flow opened (absent when unknown) |
 //! | `sni`     | flow lines    | the TLS server name the initiator sent (absent when none) |
 //! | `pid`, `comm`, `exe`, `uid`, `gid` | event lines | the process behind it, each field when known ([`crate::process::Process`]); `uid` and `gid` may come without a `pid` (nflog: the socket's user, its process not found) |
+//! | `cgroup`, `container` | flow lines | the socket's cgroup below the cgroup v2 root, and the container id it names ([`crate::workload`]), when the whole host is watched |
 //! | `attribution` | with a process | `"kernel"` (exact) or `"best_effort"` (pid, comm and exe looked up afterwards) |
 //! | `cmdline` | with a process | its arguments, an array of strings, only when asked for ([`JsonOptions::cmdline`]) |
 //! | `query`, `qtype`, `rcode` | dns | the name asked for, what for (`"A"`, `"AAAA"`, …), the answer's code (`"NOERROR"`, `"NXDOMAIN"`, …) |
@@ -66,6 +67,7 @@ use crate::counters::{Counters, DirectionCounters};
 use crate::dns::{DnsLookup, QueryType, ResponseCode};
 use crate::json_line::{JsonObject, JsonValue};
 use crate::process::{Attribution, Process};
+use crate::workload::Workload;
 use crate::{CloseReason, FlowEvent, FlowEventKind, FlowKey, LossPoint, protocol};
 
 /// One line of output: an observation, tagged with the backend that made it.
@@ -328,6 +330,12 @@ fn write_json(record: &FlowRecord<'_>, options: JsonOptions, out: &mut Vec<u8>) 
             if let Some(process) = &event.process {
                 write_process(&mut object, process, options);
             }
+            if let Some(workload) = &event.workload {
+                object.entry("cgroup", &workload.cgroup);
+                if let Some(container) = &workload.container {
+                    object.entry("container", container);
+                }
+            }
             if event.inbound {
                 object.entry("inbound", &true);
             }
@@ -535,6 +543,8 @@ struct WireRecord {
     backends: Vec<String>,
     host: Option<Arc<str>>,
     sni: Option<Arc<str>>,
+    /// The container is derived from the cgroup again ([`Workload::new`]).
+    cgroup: Option<Arc<str>>,
     #[serde(flatten)]
     process: WireProcess,
     #[serde(flatten)]
@@ -748,6 +758,7 @@ impl WireRecord {
         .named(self.host)
         .with_sni(self.sni)
         .by(self.process.into_process())
+        .within(self.cgroup.map(|cgroup| Arc::new(Workload::new(cgroup))))
         .resynced(self.resynced)
         .inbound(self.inbound);
         let event = FlowEvent {

@@ -8,6 +8,7 @@ use flow_core::counters::{Counters, DirectionCounters};
 use flow_core::dns::{DnsLookup, QueryType, ResponseCode};
 use flow_core::process::{Attribution, Process};
 use flow_core::record::{FlowRecord, JsonOptions, RecordItem};
+use flow_core::workload::Workload;
 use flow_core::{CloseReason, FlowError, FlowEvent, FlowEventKind, FlowKey, LossPoint};
 use proptest::prelude::*;
 
@@ -124,6 +125,7 @@ fn any_event() -> impl Strategy<Value = FlowEvent> {
             any::<bool>(),
             proptest::option::of(any_directions()),
             proptest::option::of(any::<u64>()),
+            proptest::option::of(any_cgroup()),
         ),
     )
         .prop_map(
@@ -136,7 +138,7 @@ fn any_event() -> impl Strategy<Value = FlowEvent> {
                 sni,
                 process,
                 resynced,
-                (inbound, directions, start),
+                (inbound, directions, start, cgroup),
             )| {
                 // A reason is only written (and read) on a closed line;
                 // directions and a start on closed and update lines.
@@ -157,9 +159,18 @@ fn any_event() -> impl Strategy<Value = FlowEvent> {
                     .by(process.map(Arc::new))
                     .resynced(resynced)
                     .inbound(inbound)
+                    .within(cgroup.map(|cgroup| Arc::new(Workload::new(cgroup))))
                     .started(start.filter(|_| kind.counters().is_some()))
             },
         )
+}
+
+/// A cgroup path, now and then a container's.
+fn any_cgroup() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "(/[a-z0-9@.\"\\\\ é-]{1,12}){0,4}",
+        "[0-9a-f]{64}".prop_map(|id| format!("/system.slice/docker-{id}.scope")),
+    ]
 }
 
 fn any_close_reason() -> impl Strategy<Value = CloseReason> {

@@ -104,6 +104,7 @@ fn denial(opened: &FlowEvent, rule: std::sync::Arc<str>) -> FlowEvent {
         .named(opened.host.clone())
         .with_sni(opened.sni.clone())
         .by(opened.process.clone())
+        .within(opened.workload.clone())
 }
 
 impl<S: Stream<Item = MergedItem> + Unpin> Stream for Audited<S> {

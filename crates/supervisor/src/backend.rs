@@ -96,6 +96,7 @@ pub struct Options {
     without_names: bool,
     without_processes: bool,
     active_timeout: Option<std::time::Duration>,
+    workloads: bool,
 }
 
 impl Options {
@@ -185,6 +186,18 @@ impl Options {
     }
 }
 
+impl Options {
+    /// Every flow carries its socket's cgroup and the container that
+    /// cgroup is ([`flow_core::workload`]), for watching a whole host. Only
+    /// the eBPF backend can tell a socket's cgroup: the nflog backend
+    /// refuses to open (default: flows carry no workload).
+    #[must_use]
+    pub fn workloads(mut self) -> Self {
+        self.workloads = true;
+        self
+    }
+}
+
 /// Opens the sources `choice` names for `scope`, ready for
 /// [`crate::merge::Merger::add`] (which attaches them).
 ///
@@ -261,7 +274,8 @@ fn open_ebpf(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, Fl
             }
             config = config
                 .names(!options.without_names)
-                .processes(!options.without_processes);
+                .processes(!options.without_processes)
+                .workloads(options.workloads);
             Ok(Box::new(EbpfSource::new(config)))
         }
         Scope::Netns(_) => Err(FlowError::unavailable(
@@ -283,6 +297,12 @@ fn open_nflog(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, F
         return Err(FlowError::unavailable(
             "nflog",
             "it cannot enforce a policy in this build",
+        ));
+    }
+    if options.workloads {
+        return Err(FlowError::unavailable(
+            "nflog",
+            "it cannot tell which cgroup a flow's socket is in (watching the whole host needs the eBPF backend)",
         ));
     }
     let mut config = match scope {

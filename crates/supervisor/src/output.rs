@@ -193,7 +193,8 @@ impl<W: Write> RecordWriter<W> {
 /// `denied` lines the name (`-` when unknown), the policy rule that denied
 /// the flow when it was flowtrack's, and `enforced` or `audit`; on a `dns`
 /// line the lookup and its answer. Last, the process,
-/// `comm[pid]`, when known.
+/// `comm[pid]`, when known, and under `watch --all` the container
+/// (`container` and its short id) or else the cgroup.
 fn write_text_line(record: &FlowRecord<'_>, out: &mut Vec<u8>) {
     let mut line = Line::new(out);
     line.seconds(record.timestamp_ns(), 19)
@@ -260,7 +261,7 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut Vec<u8>) {
                     line.raw(if *enforced { b"  enforced" } else { b"  audit" });
                 }
                 // The name column, when something follows the key.
-                _ if name.is_some() || event.process.is_some() => {
+                _ if name.is_some() || event.process.is_some() || event.workload.is_some() => {
                     line.address(key.dst_addr, key.dst_port, 21, false)
                         .raw(b" ")
                         .left(name.unwrap_or("-"), 24);
@@ -277,6 +278,16 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut Vec<u8>) {
                     (Some(pid), _) => line.raw(b"[").number(u64::from(pid), 0).raw(b"]"),
                     (None, Some(uid)) => line.raw(b"[uid ").number(u64::from(uid), 0).raw(b"]"),
                     (None, None) => line.raw(b"[?]"),
+                };
+            }
+            if let Some(workload) = &event.workload {
+                // A container by its short id (as `docker ps` shows it),
+                // else the cgroup.
+                match &workload.container {
+                    Some(id) => line
+                        .raw(b"  container ")
+                        .left(id.get(..12).unwrap_or(id), 0),
+                    None => line.raw(b"  cgroup ").left(&workload.cgroup, 0),
                 };
             }
         }
@@ -339,6 +350,37 @@ mod tests {
         );
         let unknown = text_of(&FlowRecord::event("ebpf", closed));
         assert_eq!(unknown, known.replace("  reset", ""));
+    }
+
+    #[test]
+    fn text_ends_with_the_container_or_the_cgroup() {
+        use flow_core::workload::Workload;
+        use std::sync::Arc;
+        let key = FlowKey::udp(
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:53".parse().unwrap(),
+        );
+        let id = "3f1c".repeat(16);
+        let in_container = text_of(&FlowRecord::event(
+            "ebpf",
+            FlowEvent::opened(key, 1).within(Arc::new(Workload::new(format!(
+                "/system.slice/docker-{id}.scope"
+            )))),
+        ));
+        assert!(
+            in_container.ends_with(
+                "10.0.0.2:53           -                         container 3f1c3f1c3f1c\n"
+            ),
+            "{in_container:?}"
+        );
+        let in_cgroup = text_of(&FlowRecord::event(
+            "ebpf",
+            FlowEvent::closed(key, 1, 60, 2).within(Arc::new(Workload::new("/user.slice"))),
+        ));
+        assert!(
+            in_cgroup.ends_with("60 B  cgroup /user.slice\n"),
+            "{in_cgroup:?}"
+        );
     }
 
     #[test]
