@@ -167,13 +167,68 @@ pub fn privileged(test: &str) -> bool {
 
 static SERIAL: AtomicU32 = AtomicU32::new(0);
 
-/// A unique name for this process's `kind` of object.
+/// A unique name for this process's `kind` of object. The first one made
+/// in a process sweeps away what killed test processes left
+/// ([`sweep_dead_tests`]).
 fn unique(kind: &str) -> String {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_dead_tests);
     format!(
         "ft{kind}-{}-{}",
         std::process::id(),
         SERIAL.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The test process that made an object named by [`unique`] (`ftKIND-PID-N`).
+fn maker_of(name: &str, kind: &str) -> Option<u32> {
+    let rest = name
+        .strip_prefix("ft")?
+        .strip_prefix(kind)?
+        .strip_prefix('-')?;
+    let (pid, serial) = rest.split_once('-')?;
+    serial.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
+/// Whether process `pid` is gone (a test process killed before its drops
+/// ran: its namespaces and cgroups, and the servers in them, stay).
+fn is_gone(pid: u32) -> bool {
+    !Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Removes the namespaces and cgroups of test processes that no longer
+/// run, with what still runs in them. A pid that lives again (reused)
+/// keeps them: they are swept once it is gone.
+pub fn sweep_dead_tests() {
+    let dead = |name: &str, kind: &str| maker_of(name, kind).is_some_and(is_gone);
+    for entry in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if dead(&name, "ns") {
+            drop(Netns { name });
+        }
+    }
+    if let Ok(mount) = flow_cgroup::cgroup2_mount() {
+        for entry in std::fs::read_dir(&mount).into_iter().flatten().flatten() {
+            if dead(&entry.file_name().to_string_lossy(), "cg") {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+}
+
+/// Removes cgroup `path`, its descendants first, killing what runs in them.
+fn remove_cgroup_tree(path: &Path) {
+    for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            remove_cgroup_tree(&entry.path());
+        }
+    }
+    let _ = flow_cgroup::kill_and_remove(path);
 }
 
 fn run(command: &mut Command) {
@@ -894,4 +949,80 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .lines()
         .find_map(|line| line.strip_prefix(field))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_name_the_test_process_that_made_them() {
+        assert_eq!(maker_of("ftns-4711-3", "ns"), Some(4711));
+        assert_eq!(maker_of("ftcg-4711-0", "cg"), Some(4711));
+        for other in [
+            "ftns-4711-3",
+            "ftcg-x-1",
+            "ftcg-4711",
+            "system.slice",
+            "ftcg-1-2-3",
+        ] {
+            assert_eq!(maker_of(other, "cg"), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_killed_tests_namespace_and_cgroup_are_swept_with_their_processes() {
+        if !privileged("a_killed_tests_namespace_and_cgroup_are_swept_with_their_processes") {
+            return;
+        }
+        let mut exited = Command::new("true").spawn().unwrap();
+        exited.wait().unwrap();
+        let dead = exited.id();
+        assert!(is_gone(dead));
+        // What a test killed before its drops left: a namespace with a
+        // server in it, a cgroup with a child cgroup and a process.
+        let netns = format!("ftns-{dead}-0");
+        run(Command::new("ip").args(["netns", "add", &netns]));
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", &netns, "sleep", "600"])
+            .spawn()
+            .unwrap();
+        let cgroup = flow_cgroup::cgroup2_mount()
+            .unwrap()
+            .join(format!("ftcg-{dead}-0"));
+        std::fs::create_dir_all(cgroup.join("child")).unwrap();
+        let mut sleeper = Command::new("sh")
+            .arg("-c")
+            .arg("echo 0 > \"$0/cgroup.procs\" && exec sleep 600")
+            .arg(cgroup.join("child"))
+            .spawn()
+            .unwrap();
+        wait_until_populated(&cgroup.join("child"));
+        let alive = unique("ns"); // a live process's name: kept
+        run(Command::new("ip").args(["netns", "add", &alive]));
+        let kept = Netns { name: alive };
+        sweep_dead_tests();
+        assert!(
+            !Path::new("/run/netns").join(&netns).exists(),
+            "namespace swept"
+        );
+        assert!(!cgroup.exists(), "cgroup swept");
+        assert!(kept.path().exists(), "a live test's namespace is kept");
+        assert!(
+            server.wait().is_ok() && sleeper.wait().is_ok(),
+            "their processes killed"
+        );
+    }
+
+    fn wait_until_populated(cgroup: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while flow_cgroup::is_populated(cgroup) != Some(true) {
+            assert!(
+                Instant::now() < deadline,
+                "{} never populated",
+                cgroup.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
