@@ -34,6 +34,7 @@ mod capture;
 mod parse;
 mod policy;
 mod process;
+mod redirect;
 mod socket;
 
 #[map(name = "FLOWS")]

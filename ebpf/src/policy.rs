@@ -5,7 +5,9 @@
 //! `cgroup_skb` program drops the ICMP echo requests the hooks never see
 //! (raw and ping sockets). Each refusal is reported as a
 //! `RECORD_DENIED` record with the rule's id and the refused process.
-//! With `ENFORCE` off (the loader's default) nothing is checked.
+//! With `ENFORCE` off (the loader's default) nothing is checked. A
+//! permitted DNS query may go to flowtrack's resolver instead
+//! ([`redirect`]).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::{cgroup_sock_addr, map};
@@ -18,6 +20,7 @@ use flow_ebpf_common::{
 };
 
 use crate::parse::parse;
+use crate::redirect;
 use crate::{EVENTS, bump, is_icmp, process};
 
 /// Destination prefixes with the rules under them (IPv4 as IPv4-mapped).
@@ -75,7 +78,11 @@ fn check_v4(ctx: &SockAddrContext) -> i32 {
     };
     let mut dst = [0; 16];
     dst[..4].copy_from_slice(&ip.to_ne_bytes());
-    check_hook(dst, FAMILY_V4, port, protocol)
+    let verdict = check_hook(dst, FAMILY_V4, port, protocol);
+    if verdict == ACCEPT && redirect::redirects(port, protocol) {
+        redirect::to_resolver_v4(ctx, ip.to_ne_bytes(), protocol);
+    }
+    verdict
 }
 
 /// A hook's verdict on an IPv6 destination (IPv4-mapped ones meet the
@@ -101,7 +108,11 @@ fn check_v6(ctx: &SockAddrContext) -> i32 {
     for (i, word) in words.iter().enumerate() {
         dst[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
     }
-    check_hook(dst, FAMILY_V6, port, protocol)
+    let verdict = check_hook(dst, FAMILY_V6, port, protocol);
+    if verdict == ACCEPT && redirect::redirects(port, protocol) {
+        redirect::to_resolver_v6(ctx, dst, protocol);
+    }
+    verdict
 }
 
 /// The verdict on a connection or datagram to `dst` (in `family`'s
@@ -131,9 +142,11 @@ fn check_hook(dst: [u8; 16], family: u8, user_port: u32, protocol: u32) -> i32 {
 }
 
 /// Whether the egress program must drop this packet: an ICMP echo request
-/// the policy denies; reported with its socket's owner. The packet is
-/// parsed here, apart from observing it (enforce mode only): the two
-/// together would pass the verifier's limit on a call chain's stack.
+/// the policy denies; reported with its socket's owner. A query to
+/// flowtrack's resolver has its client filed ([`redirect::file_client`]).
+/// The packet is parsed here, apart from observing it (enforce mode only):
+/// the two together would pass the verifier's limit on a call chain's
+/// stack.
 #[inline(always)]
 pub fn drops_echo_request(ctx: &SkBuffContext) -> bool {
     let enforce = enforce();
@@ -146,6 +159,7 @@ fn denied_echo_request(ctx: &SkBuffContext, enforce: u32) -> bool {
     let Some(packet) = parse(ctx) else {
         return false;
     };
+    redirect::file_client(ctx, &packet.key);
     if !packet.starts_flow || !is_icmp(packet.key.protocol) {
         return false;
     }

@@ -10,8 +10,8 @@ use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 use flow_core::FlowError;
 use flow_ebpf_common::{
     CAPTURE_NAMES_GLOBAL, EGRESS_PROGRAM, ENFORCE_GLOBAL, EVENTS_MAP, EXEC_PROGRAM, FLOWS_MAP,
-    FORK_PROGRAM, INGRESS_PROGRAM, OWN_SLOT_CPUS_GLOBAL, SCOPE_CGROUP_ID_GLOBAL,
-    SCOPE_CGROUP_LEVEL_GLOBAL, SOCK_CREATE_PROGRAM, SOCK_RELEASE_PROGRAM,
+    FORK_PROGRAM, INGRESS_PROGRAM, OWN_SLOT_CPUS_GLOBAL, RESOLVER_PORT_GLOBAL,
+    SCOPE_CGROUP_ID_GLOBAL, SCOPE_CGROUP_LEVEL_GLOBAL, SOCK_CREATE_PROGRAM, SOCK_RELEASE_PROGRAM,
 };
 
 use crate::checkpoint::Checkpoint;
@@ -38,10 +38,12 @@ impl Attached {
     /// and sock_release to `config.cgroup`; with a policy to enforce, fills
     /// its maps first and attaches the socket-address hooks last (any
     /// failure fails the whole: enforcement is in place, or nothing is).
-    pub(crate) fn load_and_attach(config: &EbpfConfig) -> Result<Self, FlowError> {
-        if let Some(why) = config.policy.as_deref().and_then(enforce::refusal) {
-            return Err(FlowError::unavailable(BACKEND_NAME, why));
-        }
+    /// `resolver_port`: where the scope's DNS goes (enforce mode with name
+    /// rules), 0 for nowhere.
+    pub(crate) fn load_and_attach(
+        config: &EbpfConfig,
+        resolver_port: u16,
+    ) -> Result<Self, FlowError> {
         let cgroup = File::open(&config.cgroup).map_err(|error| {
             let what = format!("cgroup {}", config.cgroup.display());
             match error.kind() {
@@ -81,6 +83,7 @@ impl Attached {
             .override_global(OWN_SLOT_CPUS_GLOBAL, &config.own_slot_cpus, true)
             .override_global(CAPTURE_NAMES_GLOBAL, &capture_names, true)
             .override_global(ENFORCE_GLOBAL, &enforcing, true)
+            .override_global(RESOLVER_PORT_GLOBAL, &resolver_port, true)
             .override_global(SCOPE_CGROUP_ID_GLOBAL, &scope.id, true)
             .override_global(SCOPE_CGROUP_LEVEL_GLOBAL, &scope.level, true);
         for (global, offset) in &offsets {
@@ -146,7 +149,11 @@ impl Attached {
             } else {
                 cgroup
             };
-            programs.extend(enforce::attach_hooks(&mut ebpf, &hooks_to)?);
+            programs.extend(enforce::attach_hooks(
+                &mut ebpf,
+                &hooks_to,
+                resolver_port != 0,
+            )?);
         }
         Ok(Self {
             ebpf,

@@ -4,11 +4,13 @@
 //! attached. Every step that fails fails the backend's start: enforcement
 //! is in place before the scope's command runs, or nothing runs.
 //!
-//! Name rules are refused: a name's addresses are only known from the
-//! scope's own lookups, and allowing them after userspace reads the
-//! answer leaves a window in which the workload may already connect (a
-//! false denial). Enforcing names without that race needs flowtrack's own
-//! resolver in front of the scope, which this backend does not have yet.
+//! Name rules: a name's addresses are only known from the scope's own
+//! lookups, and allowing them after userspace reads a passive copy of the
+//! answer would leave a window in which the workload may already connect
+//! (a false denial). So with name rules the scope's DNS goes through
+//! flowtrack's own resolver ([`crate::resolver`]), which allows the
+//! addresses before it relays the answer; the `recvmsg` hooks then give
+//! the answers the server's address.
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -20,9 +22,9 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use flow_core::FlowError;
 use flow_ebpf_common::{
     CONNECT4_PROGRAM, CONNECT6_PROGRAM, ENFORCE_DEFAULT_ALLOW, ENFORCE_DEFAULT_DENY, ENFORCE_OFF,
-    POLICY_ANYWHERE_MAP, POLICY_PREFIXES, POLICY_PREFIXES_MAP, POLICY_RULES, RULE_ANY_PROTOCOL,
-    RULE_DENY, RULE_PORTS, RawPolicyRule, RawPolicyRules, SENDMSG4_PROGRAM, SENDMSG6_PROGRAM,
-    V4_PREFIX_OFFSET, mapped_v4,
+    POLICY_ANYWHERE_MAP, POLICY_PREFIXES, POLICY_PREFIXES_MAP, POLICY_RULES, RECVMSG4_PROGRAM,
+    RECVMSG6_PROGRAM, RULE_ANY_PROTOCOL, RULE_DENY, RULE_PORTS, RawPolicyRule, RawPolicyRules,
+    SENDMSG4_PROGRAM, SENDMSG6_PROGRAM, V4_PREFIX_OFFSET, mapped_v4,
 };
 use flow_policy::{Action, Entry, Policy, Proto};
 
@@ -40,7 +42,7 @@ pub(crate) const HOOKS: [&str; 4] = [
 /// [`RawPolicyRules`] as a map value.
 #[derive(Clone, Copy)]
 #[repr(transparent)]
-struct Rules(RawPolicyRules);
+pub(crate) struct Rules(pub(crate) RawPolicyRules);
 
 // SAFETY: plain integers, no padding (the layout is checked in
 // flow-ebpf-common's tests), valid for any bit pattern.
@@ -54,24 +56,6 @@ pub(crate) fn global(policy: Option<&Policy>) -> u32 {
         Some(policy) if policy.default_deny() => ENFORCE_DEFAULT_DENY,
         Some(_) => ENFORCE_DEFAULT_ALLOW,
     }
-}
-
-/// Why `policy` cannot be enforced by this backend, if it cannot.
-pub(crate) fn refusal(policy: &Policy) -> Option<String> {
-    let names: Vec<String> = policy
-        .rules()
-        .iter()
-        .filter(|rule| rule.dest.is_name())
-        .map(ToString::to_string)
-        .collect();
-    (!names.is_empty()).then(|| {
-        format!(
-            "enforce mode takes address rules only; name rules ({}) are not enforced yet \
-             (allowing a name's answers after the lookup would race the workload): \
-             give addresses, or use --mode audit",
-            names.join(", ")
-        )
-    })
 }
 
 /// A rule as the kernel checks it.
@@ -99,7 +83,7 @@ fn raw_rule(entry: &Entry) -> RawPolicyRule {
 }
 
 /// The kernel's form of a list of rules.
-fn raw_rules(entries: &[Entry]) -> Result<RawPolicyRules, String> {
+pub(crate) fn raw_rules(entries: &[Entry]) -> Result<RawPolicyRules, String> {
     let mut rules = RawPolicyRules::default();
     if entries.len() > POLICY_RULES {
         return Err(format!(
@@ -180,14 +164,20 @@ pub(crate) fn fill_maps(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), FlowErro
     Ok(())
 }
 
-/// Loads and attaches the socket-address hooks to `cgroup`; each one's
-/// name and kernel id.
+/// Loads and attaches the socket-address hooks to `cgroup` (with a
+/// resolver, the `recvmsg` ones too); each one's name and kernel id.
 pub(crate) fn attach_hooks(
     ebpf: &mut Ebpf,
     cgroup: &File,
+    resolver: bool,
 ) -> Result<Vec<(&'static str, u32)>, FlowError> {
     let mut programs = Vec::new();
-    for name in HOOKS {
+    let recvmsg: &[&str] = if resolver {
+        &[RECVMSG4_PROGRAM, RECVMSG6_PROGRAM]
+    } else {
+        &[]
+    };
+    for &name in HOOKS.iter().chain(recvmsg) {
         let hook: &mut CgroupSockAddr = program(ebpf, name)?;
         hook.load().map_err(|e| program_error(name, "loading", e))?;
         hook.attach(cgroup, CgroupAttachMode::Single)
@@ -244,13 +234,14 @@ mod tests {
     }
 
     #[test]
-    fn name_rules_are_refused_with_their_text() {
-        let why = refusal(&policy(&["tcp://pypi.org:443", "udp://10.0.0.53:53"], &[])).unwrap();
-        assert!(why.contains("name rules (tcp://pypi.org:443)"), "{why}");
-        assert_eq!(refusal(&policy(&[], &["tcp://10.0.0.1"])), None);
+    fn the_global_says_whether_the_rest_is_allowed() {
         assert_eq!(
             global(Some(&policy(&[], &["tcp://10.0.0.1"]))),
             ENFORCE_DEFAULT_ALLOW
+        );
+        assert_eq!(
+            global(Some(&policy(&["tcp://pypi.org:443"], &[]))),
+            ENFORCE_DEFAULT_DENY
         );
     }
 }

@@ -44,6 +44,7 @@ mod decode;
 mod enforce;
 mod kernel_offsets;
 mod reader;
+mod resolver;
 mod workloads;
 
 use std::num::NonZeroUsize;
@@ -138,13 +139,17 @@ impl EbpfConfig {
         self
     }
 
-    /// Enforces `policy` (address rules only): denied connections and
-    /// datagrams fail with `EPERM` in the `connect()` or `sendmsg()` call
-    /// (the cgroup's socket-address hooks), denied ICMP echo requests are
-    /// dropped as they leave, and each refusal is a `denied` event with
-    /// `"enforced": true`. The source fails to start when the policy
-    /// cannot be put in place (a name rule, too many rules on one prefix,
-    /// a hook the kernel refuses). The policy's mode is not looked at.
+    /// Enforces `policy`: denied connections and datagrams fail with
+    /// `EPERM` in the `connect()` or `sendmsg()` call (the cgroup's
+    /// socket-address hooks), denied ICMP echo requests are dropped as they
+    /// leave, and each refusal is a `denied` event with `"enforced": true`.
+    /// With name rules, the scope's DNS (port 53, TCP and UDP) goes through
+    /// flowtrack's own resolver, which allows a name's answered addresses
+    /// before the answer reaches the workload; it runs in flowtrack's
+    /// network namespace, which the scope's processes must share. The
+    /// source fails to start when the policy cannot be put in place (too
+    /// many rules on one prefix, a hook the kernel refuses). The policy's
+    /// mode is not looked at.
     #[must_use]
     pub fn enforce(mut self, policy: Arc<flow_policy::Policy>) -> Self {
         self.policy = Some(policy);
@@ -365,7 +370,14 @@ impl FlowSource for EbpfSource {
         let config = self.config.take().ok_or_else(|| {
             FlowError::unavailable(BACKEND_NAME, "this source was already started")
         })?;
-        let attached = attach::Attached::load_and_attach(&config)?;
-        reader::stream(attached, config)
+        // Name rules enforced: the scope's DNS goes through flowtrack's
+        // resolver, bound before the programs that redirect to it.
+        let resolver = match &config.policy {
+            Some(policy) if policy.has_name_rules() => Some(resolver::Sockets::bind()?),
+            _ => None,
+        };
+        let port = resolver.as_ref().map_or(0, resolver::Sockets::port);
+        let attached = attach::Attached::load_and_attach(&config, port)?;
+        reader::stream(attached, config, resolver)
     }
 }

@@ -13,8 +13,8 @@ use flow_core::clock::monotonic_now_ns;
 use flow_core::{CloseReason, FlowError, FlowEvent, FlowStream, LossPoint, protocol};
 use flow_ebpf_common::{
     COUNTER_FLOWS_INSERTED, COUNTER_FLOWS_REMOVED, COUNTER_INSERT_FAILED, COUNTER_PAYLOAD_LOST,
-    COUNTER_RING_FULL, COUNTERS_MAP, EVENTS_MAP, FLAG_FIN_ORIG, FLAG_FIN_REPLY, FLOWS_MAP,
-    RawFlowKey, RawFlowState, sockets_hold_counts,
+    COUNTER_RING_FULL, COUNTERS_MAP, DNS_CLIENTS_MAP, EVENTS_MAP, FLAG_FIN_ORIG, FLAG_FIN_REPLY,
+    FLOWS_MAP, POLICY_PREFIXES_MAP, RawFlowKey, RawFlowState, sockets_hold_counts,
 };
 use futures::StreamExt;
 use tokio::io::Interest;
@@ -25,6 +25,7 @@ use flow_cgroup as cgroup;
 use crate::attach::Attached;
 use crate::checkpoint::Checkpoint;
 use crate::decode::{Record, decode_record, directions, flow_key};
+use crate::resolver;
 use crate::workloads::Workloads;
 use crate::{BACKEND_NAME, EbpfConfig};
 use flow_enrich::{EnrichConfig, Enricher};
@@ -72,7 +73,21 @@ where
 }
 
 /// Builds the stream; it owns the programs, so dropping it detaches them.
-pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowStream, FlowError> {
+/// With `resolver`, the scope's DNS goes through it.
+pub(crate) fn stream(
+    mut attached: Attached,
+    config: EbpfConfig,
+    resolver: Option<resolver::Sockets>,
+) -> Result<FlowStream, FlowError> {
+    let resolver = match (resolver, &config.policy) {
+        (Some(sockets), Some(policy)) => Some(resolver::start(
+            sockets,
+            Arc::clone(policy),
+            take_map(&mut attached, POLICY_PREFIXES_MAP)?,
+            take_map(&mut attached, DNS_CLIENTS_MAP)?,
+        )?),
+        _ => None,
+    };
     let ring: RingBuf<MapData> = take_map(&mut attached, EVENTS_MAP)?;
     let flows: HashMap<MapData, TableKey, TableValue> = take_map(&mut attached, FLOWS_MAP)?;
     let counters: PerCpuArray<MapData, u64> = take_map(&mut attached, COUNTERS_MAP)?;
@@ -107,6 +122,7 @@ pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowS
         user_removed: 0,
         pending: VecDeque::new(),
         enricher: Enricher::new(enrich_config(&config)),
+        resolver,
         workloads: config
             .workloads
             .then(|| Workloads::new(crate::workloads::mount_of(&config.cgroup))),
@@ -127,15 +143,50 @@ pub(crate) fn stream(mut attached: Attached, config: EbpfConfig) -> Result<FlowS
 /// Decodes every record in the ring, in the kernel's order, through the
 /// enricher into `pending`; undecodable ones are counted and reported as
 /// a loss. A denial's rule is named by `policy`; flows and denials carry
-/// their cgroup's workload when `workloads` is given.
+/// their cgroup's workload when `workloads` is given. The answers the
+/// `resolver` relayed come first: each was queued before the workload got
+/// it, so before any record of a flow it names.
+/// The next answer `resolver` relays (never, without one).
+async fn next_relayed(resolver: &mut Option<resolver::Running>) -> Option<resolver::Relayed> {
+    match resolver {
+        Some(resolver) => resolver.relayed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reports the lookup of an answer the resolver relayed.
+fn relayed_answer(
+    enricher: &mut Enricher,
+    relayed: resolver::Relayed,
+    pending: &mut VecDeque<Item>,
+) {
+    let mut made = Vec::new();
+    let answer = &relayed.answer;
+    enricher.dns_answer(
+        relayed.lookup,
+        None,
+        answer,
+        answer.len(),
+        relayed.at_ns,
+        &mut made,
+    );
+    pending.extend(made);
+}
+
 fn drain(
     ring: &mut RingBuf<MapData>,
     enricher: &mut Enricher,
     policy: Option<&Policy>,
     mut workloads: Option<&mut Workloads>,
+    resolver: Option<&mut resolver::Running>,
     pending: &mut VecDeque<Item>,
 ) {
     let mut made = Vec::new();
+    if let Some(resolver) = resolver {
+        while let Some(relayed) = resolver.try_relayed() {
+            relayed_answer(enricher, relayed, pending);
+        }
+    }
     while let Some(record) = ring.next() {
         match decode_record(&record) {
             Ok(Record::Opened(event, owner, cgroup_id)) => {
@@ -399,6 +450,8 @@ struct Reader {
     enricher: Enricher,
     /// The cgroups' workloads, when flows carry them.
     workloads: Option<Workloads>,
+    /// The resolver the scope's DNS goes through (name rules enforced).
+    resolver: Option<resolver::Running>,
     /// A fatal error was queued: the stream ends after `pending`.
     failed: bool,
     /// The cgroup was removed: each sweep walks the table as for an ended
@@ -420,7 +473,15 @@ impl Reader {
     async fn next_item(&mut self) -> Option<Item> {
         loop {
             if let Some(item) = self.pending.pop_front() {
-                return Some(item);
+                return Some(match (item, &self.resolver) {
+                    // A flow to the resolver is reported as to the server
+                    // the client asked.
+                    (Ok(mut event), Some(resolver)) => {
+                        event.key = resolver.as_the_client_made_it(event.key);
+                        Ok(event)
+                    }
+                    (item, _) => item,
+                });
             }
             if self.failed {
                 return None;
@@ -442,6 +503,7 @@ impl Reader {
                             &mut self.enricher,
                             self.policy.as_deref(),
                             self.workloads.as_mut(),
+                            self.resolver.as_mut(),
                             &mut self.pending,
                         );
                         guard.clear_ready();
@@ -453,6 +515,9 @@ impl Reader {
                     self.pending.push_back(Ok(self.enricher.update(update)));
                 }
                 walked = walk_done(&mut self.walking) => self.walk_done(walked),
+                Some(relayed) = next_relayed(&mut self.resolver) => {
+                    relayed_answer(&mut self.enricher, relayed, &mut self.pending);
+                }
             }
         }
     }
@@ -463,6 +528,7 @@ impl Reader {
             &mut self.enricher,
             self.policy.as_deref(),
             self.workloads.as_mut(),
+            self.resolver.as_mut(),
             &mut self.pending,
         );
     }

@@ -14,7 +14,7 @@ use flowtrack_kernel_tests::{Netns, privileged};
 
 mod common;
 
-use common::{FLOWTRACK, flowtrack_in};
+use common::{FLOWTRACK, flowtrack_in, traffic_generator};
 
 /// The backends, as `--backend` takes them.
 const BACKENDS: [&str; 2] = ["ebpf", "nflog"];
@@ -57,6 +57,17 @@ print('sent')";
 /// `flowtrack run ARGS --format json -o OUT -- ip netns exec NS python3 -c
 /// SCRIPT`, in `netns`.
 fn run_python(netns: &Netns, args: &[&str], out: &Path, script: &str) -> Output {
+    run_python_args(netns, args, out, script, &[])
+}
+
+/// [`run_python`], the script given `script_args`.
+fn run_python_args(
+    netns: &Netns,
+    args: &[&str],
+    out: &Path,
+    script: &str,
+    script_args: &[&str],
+) -> Output {
     flowtrack_in(netns, &["run"])
         .args(args)
         .args(["--format", "json", "-o"])
@@ -71,6 +82,7 @@ fn run_python(netns: &Netns, args: &[&str], out: &Path, script: &str) -> Output 
             "-c",
             script,
         ])
+        .args(script_args)
         .output()
         .unwrap()
 }
@@ -404,8 +416,9 @@ fn enforce_refuses_denied_destinations_at_once_with_eperm() {
     }
 }
 
-/// Enforcement that cannot be put in place starts nothing: a name rule
-/// (not enforced yet), or a backend that cannot enforce.
+/// Enforcement that cannot be put in place starts nothing: a backend that
+/// cannot enforce. (The eBPF backend's hooks failing to attach is
+/// simulated in the kernel tests: `EbpfConfig::fail_enforcement`.)
 #[test]
 fn enforce_mode_that_cannot_be_put_in_place_starts_nothing() {
     if !privileged("enforce_mode_that_cannot_be_put_in_place_starts_nothing") {
@@ -414,16 +427,10 @@ fn enforce_mode_that_cannot_be_put_in_place_starts_nothing() {
     let netns = Netns::new();
     let dir = tempfile::tempdir().unwrap();
     let ran = dir.path().join("ran");
-    for (args, why) in [
-        (
-            ["--backend", "ebpf", "--allow", "tcp://pypi.org:443"],
-            "ebpf backend unavailable: enforce mode takes address rules only; name rules (tcp://pypi.org:443) are not enforced yet",
-        ),
-        (
-            ["--backend", "nflog", "--allow", "tcp://127.0.0.1:443"],
-            "nflog backend unavailable: it cannot enforce a policy in this build",
-        ),
-    ] {
+    for (args, why) in [(
+        ["--backend", "nflog", "--allow", "tcp://127.0.0.1:443"],
+        "nflog backend unavailable: it cannot enforce a policy in this build",
+    )] {
         let output = flowtrack_in(&netns, &["run", "--mode", "enforce"])
             .args(args)
             .args(["--", "touch"])
@@ -506,4 +513,271 @@ fn a_suggested_policy_enforced_allows_the_run_and_denies_a_new_destination() {
         denials(&enforced),
         [("192.0.2.2:9".to_owned(), Some("default".to_owned()), true)]
     );
+}
+
+/// The test DNS server's zone for the name rules: names, a CNAME, an IPv6
+/// name, an answer too big for UDP (glibc asks again over TCP), and
+/// `N.race.test` answering 127.0.0.1 + N.
+const NAMES_ZONE: &[&str] = &[
+    "127.0.0.1:53",
+    "--record",
+    "pypi.test",
+    "A",
+    "127.0.0.20",
+    "--record",
+    "evil.test",
+    "A",
+    "127.0.0.21",
+    "--record",
+    "www.test",
+    "CNAME",
+    "cdn.test",
+    "--record",
+    "cdn.test",
+    "A",
+    "127.0.0.22",
+    "--record",
+    "v6.test",
+    "AAAA",
+    "::1",
+    "--big",
+    "big.test",
+    "40",
+    "--synthesize",
+    "race.test",
+];
+
+/// `netns` with the test DNS server as its resolver (on 127.0.0.1:53).
+fn serve_names(netns: &Netns) -> flowtrack_kernel_tests::Server {
+    let dns_server = traffic_generator().with_file_name("dns-server");
+    let server = netns.serve(&dns_server, NAMES_ZONE);
+    netns.use_resolver("127.0.0.1:53".parse().unwrap());
+    server
+}
+
+/// Listens on port 8443 (both families), then resolves each name of
+/// `sys.argv[1:]` through glibc (`v6.` names over IPv6; `literal:ADDR`
+/// not at all) and connects to its first address; prints `NAME ok` or
+/// `NAME ERRNO`.
+const RESOLVE_AND_CONNECT: &str = r#"
+import errno, socket, sys
+listener = socket.socket(socket.AF_INET6)
+listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+listener.bind(("::", 8443))
+listener.listen(64)
+for name in sys.argv[1:]:
+    family = socket.AF_INET6 if name.startswith("v6.") else socket.AF_INET
+    try:
+        if name.startswith("literal:"):
+            address = name.split(":", 1)[1]
+        else:
+            address = socket.getaddrinfo(name, 8443, family, socket.SOCK_STREAM)[0][4][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect((address, 8443))
+        print(name, "ok")
+    except OSError as e:
+        print(name, errno.errorcode.get(e.errno, e))
+"#;
+
+/// Name rules enforced: DNS goes through flowtrack's resolver, which lets
+/// the addresses an allowed name was answered with through before the
+/// workload has the answer; a denied name's, and addresses never
+/// answered, fail with EPERM at once. The flows still show the DNS server
+/// the workload asked, and the lookups are reported.
+#[test]
+fn enforced_name_rules_allow_what_their_lookups_answered_and_nothing_else() {
+    if !privileged("enforced_name_rules_allow_what_their_lookups_answered_and_nothing_else") {
+        return;
+    }
+    let netns = Netns::new();
+    let _dns = serve_names(&netns);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let policy = [
+        "--backend",
+        "ebpf",
+        "--mode",
+        "enforce",
+        "--allow",
+        "udp://127.0.0.1:53",
+        "--allow",
+        "tcp://127.0.0.1:53",
+        "--allow",
+        "tcp://pypi.test:8443",
+        "--allow",
+        "tcp://www.test:8443",
+        "--allow",
+        "tcp://*.race.test:8443",
+        "--allow",
+        "tcp://big.test:8443",
+        "--allow",
+        "tcp://v6.test:8443",
+        "--allow",
+        "tcp://evil.test:8443",
+        "--deny",
+        "tcp://evil.test",
+    ];
+    let names = [
+        "pypi.test",
+        "www.test",
+        "7.race.test",
+        "big.test",
+        "v6.test",
+        "evil.test",
+        "literal:127.0.0.23",
+    ];
+    let mut script = vec![RESOLVE_AND_CONNECT];
+    script.extend(names);
+    let output = flowtrack_in(&netns, &["run"])
+        .args(policy)
+        .args(["--format", "json", "-o"])
+        .arg(&out)
+        .args(["--", "ip", "netns", "exec", &netns.name, "python3", "-c"])
+        .args(script)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let said: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        said,
+        [
+            "pypi.test ok",
+            "www.test ok",
+            "7.race.test ok",
+            "big.test ok",
+            "v6.test ok",
+            "evil.test EPERM",
+            "literal:127.0.0.23 EPERM",
+        ],
+        "{output:?}"
+    );
+    let records = records(&out);
+    // TCP only: glibc sorts a multi-address answer (big.test) by
+    // connecting a UDP socket to each address, which the TCP rules deny
+    // (and report) without any packet sent.
+    let mut refused: Vec<(String, Option<String>)> = records
+        .iter()
+        .filter_map(|record| match &record.item {
+            RecordItem::Event(event) if event.key.protocol == 6 => match &event.kind {
+                FlowEventKind::Denied { rule, enforced } => {
+                    assert!(enforced);
+                    Some((
+                        event.key.dst().to_string(),
+                        rule.as_deref().map(str::to_owned),
+                    ))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        [
+            (
+                "127.0.0.21:8443".to_owned(),
+                Some("tcp://evil.test".to_owned())
+            ),
+            ("127.0.0.23:8443".to_owned(), Some("default".to_owned())),
+        ]
+    );
+    let lookups: Vec<(String, u16)> = records
+        .iter()
+        .filter_map(|record| match &record.item {
+            RecordItem::Event(event) => event
+                .lookup()
+                .map(|lookup| (lookup.query.to_string(), event.key.dst_port)),
+            _ => None,
+        })
+        .collect();
+    for name in [
+        "pypi.test",
+        "www.test",
+        "7.race.test",
+        "big.test",
+        "v6.test",
+        "evil.test",
+    ] {
+        assert!(
+            lookups.contains(&(name.to_owned(), 53)),
+            "{name}'s lookup, to the server's port 53: {lookups:?}"
+        );
+    }
+    let hosts: Vec<String> = records
+        .iter()
+        .filter_map(|record| match &record.item {
+            RecordItem::Event(event) if matches!(event.kind, FlowEventKind::Opened) => {
+                event.host.as_deref().map(str::to_owned)
+            }
+            _ => None,
+        })
+        .collect();
+    for name in [
+        "pypi.test",
+        "www.test",
+        "7.race.test",
+        "big.test",
+        "v6.test",
+    ] {
+        assert!(
+            hosts.iter().any(|host| host == name),
+            "{name} names its flow: {hosts:?}"
+        );
+    }
+}
+
+/// Resolves `N.race.test` and connects a UDP socket to its address, for
+/// N from 1 to `sys.argv[1]`, each address answered fresh; prints how
+/// many connects were refused.
+const RACE: &str = r#"
+import errno, socket, sys
+refused = 0
+for n in range(1, int(sys.argv[1]) + 1):
+    address = socket.gethostbyname(f"{n}.race.test")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((address, 9))
+        except PermissionError:
+            refused += 1
+print(refused)
+"#;
+
+/// No race between the answer and the connection: 10,000 lookups, each
+/// of a name answered with an address of its own, each followed at once
+/// by a connection to it, in enforce mode: none is refused.
+#[test]
+fn ten_thousand_resolve_then_connect_cycles_are_never_falsely_denied() {
+    if !privileged("ten_thousand_resolve_then_connect_cycles_are_never_falsely_denied") {
+        return;
+    }
+    let netns = Netns::new();
+    let _dns = serve_names(&netns);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let output = run_python_args(
+        &netns,
+        &[
+            "--backend",
+            "ebpf",
+            "--mode",
+            "enforce",
+            "--allow",
+            "udp://127.0.0.1:53",
+            "--allow",
+            "udp://*.race.test:9",
+        ],
+        &out,
+        RACE,
+        &["10000"],
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "0",
+        "{output:?}"
+    );
+    assert_eq!(denials(&out), [], "nothing denied");
 }

@@ -11,10 +11,12 @@
 mod payload;
 mod policy;
 mod process;
+mod redirect;
 
 pub use payload::*;
 pub use policy::*;
 pub use process::*;
+pub use redirect::*;
 
 /// Name of the flow table map (LRU hash: [`RawFlowKey`] → [`RawFlowState`]).
 pub const FLOWS_MAP: &str = "FLOWS";
