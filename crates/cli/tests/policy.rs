@@ -427,27 +427,22 @@ fn enforce_mode_that_cannot_be_put_in_place_starts_nothing() {
     let netns = Netns::new();
     let dir = tempfile::tempdir().unwrap();
     let ran = dir.path().join("ran");
-    for (args, why) in [(
-        ["--backend", "nflog", "--allow", "tcp://127.0.0.1:443"],
-        "nflog backend unavailable: it cannot enforce a policy in this build",
-    )] {
-        let output = flowtrack_in(&netns, &["run", "--mode", "enforce"])
-            .args(args)
-            .args(["--", "touch"])
-            .arg(&ran)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{stderr}");
-        assert!(
-            stderr.starts_with(
-                "flowtrack: error: cannot enforce the policy, so the command was not started: "
-            ) && stderr.contains(why)
-                && stderr.lines().count() == 1,
-            "{stderr}"
-        );
-        assert!(!ran.exists(), "the command never ran");
-    }
+    let output = flowtrack_in(&netns, &["run", "--mode", "enforce"])
+        .args(["--backend", "nflog", "--allow", "tcp://127.0.0.1:443"])
+        .args(["--", "touch"])
+        .arg(&ran)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "flowtrack: error: cannot enforce the policy, so the command was not started: "
+        ) && stderr.contains("nflog backend unavailable: it cannot enforce a policy in this build")
+            && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(!ran.exists(), "the command never ran");
 }
 
 /// Sends a datagram to port 9 of each address of `sys.argv[1:]`, then
@@ -515,44 +510,35 @@ fn a_suggested_policy_enforced_allows_the_run_and_denies_a_new_destination() {
     );
 }
 
-/// The test DNS server's zone for the name rules: names, a CNAME, an IPv6
-/// name, an answer too big for UDP (glibc asks again over TCP), and
-/// `N.race.test` answering 127.0.0.1 + N.
-const NAMES_ZONE: &[&str] = &[
-    "127.0.0.1:53",
-    "--record",
-    "pypi.test",
-    "A",
-    "127.0.0.20",
-    "--record",
-    "evil.test",
-    "A",
-    "127.0.0.21",
-    "--record",
-    "www.test",
-    "CNAME",
-    "cdn.test",
-    "--record",
-    "cdn.test",
-    "A",
-    "127.0.0.22",
-    "--record",
-    "v6.test",
-    "AAAA",
-    "::1",
-    "--big",
-    "big.test",
-    "40",
-    "--synthesize",
-    "race.test",
-];
+/// A namespace whose resolver is the test DNS server
+/// ([`flowtrack_kernel_tests::names::serve_zone`]), and a file for a
+/// run's events.
+struct NamesRun {
+    netns: Netns,
+    _dns: flowtrack_kernel_tests::Server,
+    _dir: tempfile::TempDir,
+    out: std::path::PathBuf,
+}
 
-/// `netns` with the test DNS server as its resolver (on 127.0.0.1:53).
-fn serve_names(netns: &Netns) -> flowtrack_kernel_tests::Server {
-    let dns_server = traffic_generator().with_file_name("dns-server");
-    let server = netns.serve(&dns_server, NAMES_ZONE);
-    netns.use_resolver("127.0.0.1:53".parse().unwrap());
-    server
+impl NamesRun {
+    fn new() -> Self {
+        let netns = Netns::new();
+        let dns_server = traffic_generator().with_file_name("dns-server");
+        let dns = flowtrack_kernel_tests::names::serve_zone(&netns, &dns_server);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("events.jsonl");
+        Self {
+            netns,
+            _dns: dns,
+            _dir: dir,
+            out,
+        }
+    }
+
+    /// [`run_python_args`] in this namespace, into this file.
+    fn run(&self, args: &[&str], script: &str, script_args: &[&str]) -> Output {
+        run_python_args(&self.netns, args, &self.out, script, script_args)
+    }
 }
 
 /// Listens on port 8443 (both families), then resolves each name of
@@ -590,10 +576,7 @@ fn enforced_name_rules_allow_what_their_lookups_answered_and_nothing_else() {
     if !privileged("enforced_name_rules_allow_what_their_lookups_answered_and_nothing_else") {
         return;
     }
-    let netns = Netns::new();
-    let _dns = serve_names(&netns);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("events.jsonl");
+    let names_run = NamesRun::new();
     let policy = [
         "--backend",
         "ebpf",
@@ -627,16 +610,7 @@ fn enforced_name_rules_allow_what_their_lookups_answered_and_nothing_else() {
         "evil.test",
         "literal:127.0.0.23",
     ];
-    let mut script = vec![RESOLVE_AND_CONNECT];
-    script.extend(names);
-    let output = flowtrack_in(&netns, &["run"])
-        .args(policy)
-        .args(["--format", "json", "-o"])
-        .arg(&out)
-        .args(["--", "ip", "netns", "exec", &netns.name, "python3", "-c"])
-        .args(script)
-        .output()
-        .unwrap();
+    let output = names_run.run(&policy, RESOLVE_AND_CONNECT, &names);
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let said: Vec<&str> = stdout.lines().collect();
@@ -653,7 +627,7 @@ fn enforced_name_rules_allow_what_their_lookups_answered_and_nothing_else() {
         ],
         "{output:?}"
     );
-    let records = records(&out);
+    let records = records(&names_run.out);
     // TCP only: glibc sorts a multi-address answer (big.test) by
     // connecting a UDP socket to each address, which the TCP rules deny
     // (and report) without any packet sent.
@@ -753,12 +727,8 @@ fn ten_thousand_resolve_then_connect_cycles_are_never_falsely_denied() {
     if !privileged("ten_thousand_resolve_then_connect_cycles_are_never_falsely_denied") {
         return;
     }
-    let netns = Netns::new();
-    let _dns = serve_names(&netns);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("events.jsonl");
-    let output = run_python_args(
-        &netns,
+    let names_run = NamesRun::new();
+    let output = names_run.run(
         &[
             "--backend",
             "ebpf",
@@ -769,7 +739,6 @@ fn ten_thousand_resolve_then_connect_cycles_are_never_falsely_denied() {
             "--allow",
             "udp://*.race.test:9",
         ],
-        &out,
         RACE,
         &["10000"],
     );
@@ -779,5 +748,5 @@ fn ten_thousand_resolve_then_connect_cycles_are_never_falsely_denied() {
         "0",
         "{output:?}"
     );
-    assert_eq!(denials(&out), [], "nothing denied");
+    assert_eq!(denials(&names_run.out), [], "nothing denied");
 }

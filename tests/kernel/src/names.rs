@@ -15,9 +15,18 @@ use crate::observe::{Observed, observe_until};
 use crate::{Server, TestEnv};
 
 /// The test zone: names, a CNAME chain, an address two names share, an
-/// IPv6 name, an answer too big for UDP, and synthesized names for races.
+/// IPv6 name, an answer too big for UDP, synthesized names for races, and
+/// two names of their own for the policy's tests.
 const ZONE: &[&str] = &[
     "127.0.0.1:53",
+    "--record",
+    "pypi.test",
+    "A",
+    "127.0.0.20",
+    "--record",
+    "evil.test",
+    "A",
+    "127.0.0.21",
     "--record",
     "a.test",
     "A",
@@ -51,9 +60,21 @@ const ZONE: &[&str] = &[
 /// When it does not start.
 #[must_use]
 pub fn serve_names(env: &TestEnv, dns_server: &Path) -> Server {
-    let server = env.netns.serve(dns_server, ZONE);
-    env.netns
-        .use_resolver("127.0.0.1:53".parse().expect("an address"));
+    serve_zone(&env.netns, dns_server)
+}
+
+/// Starts the test DNS server (at `dns_server`) with the test zone in
+/// `netns`, as its resolver on 127.0.0.1:53: `pypi.test` (127.0.0.20),
+/// `evil.test` (.21), `a.test` and `alias.test` (.10), `www.test` (CNAME
+/// `cdn.test`, .11), `v6.test` (::1), `big.test` (40 addresses from
+/// 127.200.0.1: too big for UDP), `N.race.test` (127.0.0.1 + N).
+///
+/// # Panics
+/// When it does not start.
+#[must_use]
+pub fn serve_zone(netns: &crate::Netns, dns_server: &Path) -> Server {
+    let server = netns.serve(dns_server, ZONE);
+    netns.use_resolver("127.0.0.1:53".parse().expect("an address"));
     server
 }
 
