@@ -256,7 +256,8 @@ pub(crate) struct BackendArgs {
     pub(crate) no_processes: bool,
     /// Report each flow open this long or longer with its counters so far
     /// (an `update` line), every SECONDS: a flow's first update comes one
-    /// to two timeouts after it opened. Default: no updates.
+    /// to two timeouts after it opened. Default: no updates; 60 with an
+    /// --export (a collector's interim records, IPFIX's active timeout).
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..=86_400))]
     pub(crate) active_timeout: Option<u32>,
     /// `both`: show each backend's events as they come, without
@@ -269,9 +270,14 @@ pub(crate) struct BackendArgs {
     pub(crate) dedup_capacity: u32,
 }
 
+/// `--active-timeout` when flows are exported and none is given: long
+/// flows reach the collector while they last, as IPFIX exporters do.
+pub(crate) const EXPORT_ACTIVE_TIMEOUT: u32 = 60;
+
 impl BackendArgs {
-    /// The backend settings these flags give.
-    pub(crate) fn options(&self) -> backend::Options {
+    /// The backend settings these flags give (`exporting`: an `--export`
+    /// was given, which turns interim updates on by default).
+    pub(crate) fn options(&self, exporting: bool) -> backend::Options {
         let mut options = backend::Options::default();
         if let Some(group) = self.nflog_group {
             options = options.nflog_group(group);
@@ -297,7 +303,10 @@ impl BackendArgs {
         if self.no_processes {
             options = options.without_processes();
         }
-        if let Some(seconds) = self.active_timeout {
+        let active_timeout = self
+            .active_timeout
+            .or(exporting.then_some(EXPORT_ACTIVE_TIMEOUT));
+        if let Some(seconds) = active_timeout {
             options = options.active_timeout(std::time::Duration::from_secs(seconds.into()));
         }
         options
@@ -417,5 +426,37 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The backend flags of `flowtrack watch --cgroup /x EXTRA...`.
+    fn backend_args(extra: &[&str]) -> BackendArgs {
+        let mut args = vec!["flowtrack", "watch", "--cgroup", "/x"];
+        args.extend(extra);
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Watch(watch) => watch.backend,
+            _ => unreachable!("a watch"),
+        }
+    }
+
+    #[test]
+    fn exporting_reports_long_flows_every_minute_unless_told_otherwise() {
+        let timeout = |extra: &[&str], exporting| {
+            let options = format!("{:?}", backend_args(extra).options(exporting));
+            options
+                .split("active_timeout: ")
+                .nth(1)
+                .and_then(|rest| rest.split([',', ' ']).next())
+                .map(str::to_owned)
+        };
+        assert_eq!(timeout(&[], false).as_deref(), Some("None"));
+        assert_eq!(timeout(&[], true).as_deref(), Some("Some(60s)"));
+        assert_eq!(
+            timeout(&["--active-timeout", "5"], true).as_deref(),
+            Some("Some(5s)")
+        );
+        assert_eq!(
+            timeout(&["--active-timeout", "5"], false).as_deref(),
+            Some("Some(5s)")
+        );
     }
 }

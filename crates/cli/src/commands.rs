@@ -47,13 +47,23 @@ pub(crate) async fn dispatch(command: Command) -> Result<ExitCode> {
 /// policy in enforce mode, the backends put it in the kernel (one of them
 /// under `both`: a line says which) and fail to start when they cannot;
 /// in audit mode it is checked against the events as they pass.
+/// What the backends are started for, beyond their flags.
+#[derive(Debug, Clone, Copy)]
+struct Watching {
+    /// The whole host (`watch --all`): flows carry their workload.
+    host_wide: bool,
+    /// Flows are exported: interim updates by default.
+    exporting: bool,
+}
+
 async fn start_backends(
     args: &BackendArgs,
     scope: &Scope,
     policy: Option<&Arc<Policy>>,
-    host_wide: bool,
+    how: Watching,
 ) -> Result<Backends> {
-    let mut options = args.options();
+    let mut options = args.options(how.exporting);
+    let host_wide = how.host_wide;
     if host_wide {
         options = options.workloads();
     }
@@ -263,7 +273,11 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
     let metrics = serve_metrics(args.report.metrics_addr).await?;
     let output = Output::open(&args.output, DefaultStream::Stdout)?;
     let exports = Exports::start(&args.output.exports)?;
-    let backends = start_backends(&args.backend, &scope, policy.as_ref(), args.scope.all)
+    let how = Watching {
+        host_wide: args.scope.all,
+        exporting: !args.output.exports.is_empty(),
+    };
+    let backends = start_backends(&args.backend, &scope, policy.as_ref(), how)
         .await
         .with_context(|| format!("cannot watch {}", Describe(&scope)))?;
     tracing::info!(scope = %Describe(&scope), "watching until Ctrl-C");
@@ -307,7 +321,11 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let exports = Exports::start(&args.output.exports)?;
     // Every source is attached before the child starts, so its first
     // connection is seen.
-    let backends = start_backends(&args.backend, &scope, policy.as_ref(), false)
+    let how = Watching {
+        host_wide: false,
+        exporting: !args.output.exports.is_empty(),
+    };
+    let backends = start_backends(&args.backend, &scope, policy.as_ref(), how)
         .await
         .context(
             if policy.as_ref().is_some_and(|p| p.mode() == Mode::Enforce) {
