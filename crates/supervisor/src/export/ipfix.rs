@@ -37,6 +37,8 @@ const REVERSE_PEN: u32 = 29_305;
 /// The largest message sent over UDP: below a 1,500-byte MTU with the IP
 /// and UDP headers.
 pub const MAX_UDP_MESSAGE: usize = 1_400;
+/// The largest message sent over TCP (the header's length field is 16 bits).
+pub const MAX_TCP_MESSAGE: usize = 65_535;
 
 /// One field of a template: information element id, length, and whether
 /// it is the reverse (RFC 5103) of that element.
