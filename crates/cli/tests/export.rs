@@ -218,6 +218,28 @@ fn written(lines: &str) -> HashMap<Flow, u64> {
         .collect()
 }
 
+/// The flows a collector decoded are the output's (addresses, ports,
+/// protocol, packets and bytes of each direction, a flow's records added
+/// up), each lasting as long, within a millisecond.
+fn assert_same_flows(
+    collected: &HashMap<Flow, (u64, u64)>,
+    expected: &HashMap<Flow, u64>,
+    what: &str,
+) {
+    assert_eq!(
+        collected.keys().collect::<HashSet<_>>(),
+        expected.keys().collect(),
+        "{what}: addresses, ports, protocol, packets and bytes of each direction"
+    );
+    for (flow, (first, last)) in collected {
+        let took = expected[flow];
+        assert!(
+            (last - first).abs_diff(took) <= 1,
+            "{what} {flow:?}: {first}..{last} at the collector, {took} ms in the output"
+        );
+    }
+}
+
 fn recorded() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/export.jsonl")
 }
@@ -241,18 +263,7 @@ fn replayed_flows_reach_nfcapd_as_written() {
     );
     let expected = written(&stdout);
     let collected = collected(&collector.stop_and_read());
-    assert_eq!(
-        collected.keys().collect::<std::collections::HashSet<_>>(),
-        expected.keys().collect(),
-        "addresses, ports, protocol, packets and bytes of each direction (the update and the close of one flow added up)"
-    );
-    for (flow, (first, last)) in &collected {
-        let took = expected[flow];
-        assert!(
-            (last - first).abs_diff(took) <= 1,
-            "{flow:?}: {first}..{last} at the collector, {took} ms in the output"
-        );
-    }
+    assert_same_flows(&collected, &expected, "replayed");
 }
 
 /// A TCP connection between two sockets of the command (5,000 bytes, 3,000
@@ -305,18 +316,7 @@ fn each_backends_flows_reach_nfcapd_as_written() {
         let expected = written(&std::fs::read_to_string(&out).unwrap());
         assert_eq!(expected.len(), 2, "{backend}: {expected:?}");
         let collected = collected(&collector.stop_and_read());
-        assert_eq!(
-            collected.keys().collect::<std::collections::HashSet<_>>(),
-            expected.keys().collect(),
-            "{backend}: addresses, ports, protocol, packets and bytes of each direction"
-        );
-        for (flow, (first, last)) in &collected {
-            let took = expected[flow];
-            assert!(
-                (last - first).abs_diff(took) <= 1,
-                "{backend} {flow:?}: {first}..{last} at the collector, {took} ms in the output"
-            );
-        }
+        assert_same_flows(&collected, &expected, backend);
     }
 }
 
@@ -467,6 +467,18 @@ fn losses(lines: &str) -> Vec<(String, String, u64)> {
         .collect()
 }
 
+/// The records the lost items of `lines` say `url` dropped (every lost
+/// item is one of these).
+fn export_dropped(lines: &str, url: &str) -> u64 {
+    losses(lines)
+        .iter()
+        .map(|(backend, point, count)| {
+            assert_eq!((backend.as_str(), point.as_str()), (url, "export_dropped"));
+            count
+        })
+        .sum()
+}
+
 /// The lines of `output` that are not lost items.
 fn events_only(output: &str) -> Vec<&str> {
     output
@@ -495,18 +507,7 @@ fn replayed_flows_reach_a_tcp_collector_as_written() {
     let expected = written(&stdout);
     let stream = collector.streams.recv().unwrap();
     let collected = collected(&ipfix_dump(&stream));
-    assert_eq!(
-        collected.keys().collect::<HashSet<_>>(),
-        expected.keys().collect(),
-        "addresses, ports, protocol, packets and bytes of each direction"
-    );
-    for (flow, (first, last)) in &collected {
-        let took = expected[flow];
-        assert!(
-            (last - first).abs_diff(took) <= 1,
-            "{flow:?}: {first}..{last} at the collector, {took} ms in the output"
-        );
-    }
+    assert_same_flows(&collected, &expected, "over TCP");
 }
 
 #[test]
@@ -595,13 +596,7 @@ fn a_tcp_collector_that_stops_reading_holds_no_flow_back() {
         lines.lines().collect::<Vec<_>>(),
         "every flow"
     );
-    let dropped: u64 = losses(&stdout)
-        .iter()
-        .map(|(backend, point, count)| {
-            assert_eq!((backend, point.as_str()), (&url, "export_dropped"));
-            count
-        })
-        .sum();
+    let dropped = export_dropped(&stdout, &url);
     assert!(dropped > 0 && dropped <= flows, "{dropped}");
     assert!(
         stderr.contains(&format!(
@@ -682,13 +677,7 @@ fn a_collector_down_then_up_misses_what_overflowed_counted_and_gets_the_rest() {
     let lines = std::fs::read_to_string(&out).unwrap();
     let written = written(&lines);
     assert_eq!(written.len(), 30, "every flow in the output: {lines}");
-    let lost: u64 = losses(&lines)
-        .iter()
-        .map(|(backend, point, count)| {
-            assert_eq!((backend, point.as_str()), (&url, "export_dropped"));
-            count
-        })
-        .sum();
+    let lost = export_dropped(&lines, &url);
     assert_eq!(lost, 15, "{lines}");
     assert!(
         stderr.contains("exports dropped 15 flow records (export_dropped"),
