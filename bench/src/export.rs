@@ -3,8 +3,9 @@
 //! with `--export ipfix+udp://` to a local nfcapd, alternating: flows made,
 //! closed lines written, records at the collector, CPU per 10,000 flows;
 //! and `--active-timeout 60` with a large number of flows open at once
-//! (`crate::scale`'s workload): the CPU of a window that holds one update
-//! walk of every flow, against the same window without updates.
+//! (`crate::scale`'s workload, each flow sent to again every 10 s or so,
+//! so that none idles out): the CPU of a window that holds one update walk
+//! of every flow, against the same window without updates.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
@@ -184,8 +185,16 @@ fn open_flows_row(flows: u64, active_timeout: Option<u32>, port: u16) -> Result<
         ensure!(Instant::now() < deadline, "flowtrack did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut workload =
-        crate::scale::open_at_once(&netns, &cgroup, flows, WINDOW_END + Duration::from_secs(30))?;
+    let mut workload = crate::scale::open_at_once(
+        &netns,
+        &cgroup,
+        flows,
+        WINDOW_END + Duration::from_secs(30),
+        // A round of 1,000,000 datagrams takes about 10 s: rounds 2 s
+        // apart leave none idle 30 s (a flow closed in the window is
+        // counted in the row).
+        Some(Duration::from_secs(2)),
+    )?;
     // The window starts once every flow is reported opened.
     while metric("flowtrack_flows_opened_total").unwrap_or(0) < flows {
         ensure!(
@@ -196,9 +205,11 @@ fn open_flows_row(flows: u64, active_timeout: Option<u32>, port: u16) -> Result<
     }
     let (window_start, cpu_start) = (started.elapsed(), cpu_seconds(watch.id())?);
     let updates_before = metric("flowtrack_flow_updates_total").unwrap_or(0);
+    let closed_before = metric("flowtrack_flows_closed_total").unwrap_or(0);
     std::thread::sleep(WINDOW_END.saturating_sub(started.elapsed()));
     let cpu = cpu_seconds(watch.id())? - cpu_start;
     let updates = metric("flowtrack_flow_updates_total").unwrap_or(0) - updates_before;
+    let closed = metric("flowtrack_flows_closed_total").unwrap_or(0) - closed_before;
     let window = started.elapsed() - window_start;
     let _ = workload.kill();
     let _ = workload.wait();
@@ -207,7 +218,7 @@ fn open_flows_row(flows: u64, active_timeout: Option<u32>, port: u16) -> Result<
     }
     let _ = watch.wait();
     Ok(format!(
-        "| {} | {flows} | {updates} | {:.0} s | {cpu:.2} |\n",
+        "| {} | {flows} | {updates} | {closed} | {:.0} s | {cpu:.2} |\n",
         active_timeout.map_or("off".to_owned(), |s| format!("{s} s")),
         window.as_secs_f64(),
     ))
@@ -222,7 +233,7 @@ pub(crate) fn export(storm_flows: usize, open_flows: u64) -> Result<String> {
         open_flows + open_flows / 4,
     )?;
     text.push_str(
-        "| --active-timeout | flows open at once | updates reported in the window | window | flowtrack CPU s in the window |\n|---|---|---|---|---|\n",
+        "| --active-timeout | flows open at once | updates reported in the window | closed in the window | window | flowtrack CPU s in the window |\n|---|---|---|---|---|---|\n",
     );
     for (timeout, port) in [(None, 19_466), (Some(60), 19_467)] {
         write!(text, "{}", open_flows_row(open_flows, timeout, port)?)?;

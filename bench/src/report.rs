@@ -439,7 +439,8 @@ fn export_section(plan: &Plan, machine: &str) -> Result<String> {
          *records at the collector* are nfdump's records of the storm's\n\
          flows (the collector stopped once it read every datagram).\n\
          Then `--active-timeout 60` with {} idle UDP flows open at once (the\n\
-         workload of *Memory at scale*, eBPF, JSON to /dev/null): flowtrack's\n\
+         workload of *Memory at scale*, every flow sent to again in rounds 2 s\n\
+         apart so that none idles out; eBPF, JSON to /dev/null): flowtrack's\n\
          CPU from the moment every flow is reported opened to 130 s after it\n\
          started, a window that holds its update walk at 120 s (the first\n\
          that reports flows opened after it started: every one of them),\n\

@@ -11,13 +11,21 @@ use anyhow::{Context, Result, bail, ensure};
 use flowtrack_kernel_tests::{Netns, TestCgroup, metric_sum, status_kib};
 
 /// Opens FLOWS idle UDP flows (one datagram each, from one socket, to
-/// 127.1.x.1 ports 1024–61023), then stays alive so they stay open.
+/// 127.1.x.1 ports 1024–61023), then stays alive for LIFE seconds so they
+/// stay open; with EVERY above 0, sends to each again EVERY seconds after
+/// the last round, so that none idles out (the eBPF backend closes a UDP
+/// flow after 30 s without a packet).
 const FAN_OUT: &str = "import socket,sys,time\n\
 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-n=int(sys.argv[1])\n\
-for i in range(n): s.sendto(b'x',('127.1.%d.1' % (i // 60000), 1024 + i % 60000))\n\
+n,life,every=int(sys.argv[1]),int(sys.argv[2]),int(sys.argv[3])\n\
+def fan():\n\
+    for i in range(n): s.sendto(b'x',('127.1.%d.1' % (i // 60000), 1024 + i % 60000))\n\
+fan()\n\
 print('sent', flush=True)\n\
-time.sleep(int(sys.argv[2]))\n";
+end=time.time()+life\n\
+while every and time.time()+every<end:\n\
+    time.sleep(every); fan()\n\
+time.sleep(max(0,end-time.time()))\n";
 
 /// `flowtrack_flows_opened_total` and observations reported lost, from
 /// the metrics endpoint at 127.0.0.1:`port` in `netns`.
@@ -168,12 +176,14 @@ pub(crate) fn watch_at_scale(
 }
 
 /// Runs [`FAN_OUT`] in `netns` and `cgroup`: `flows` flows opened, kept
-/// open for `life`; returns once every datagram is sent.
+/// open for `life` (each sent to again `every`, when given); returns once
+/// every datagram of the first round is sent.
 pub(crate) fn open_at_once(
     netns: &Netns,
     cgroup: &TestCgroup,
     flows: u64,
     life: Duration,
+    every: Option<Duration>,
 ) -> Result<Child> {
     let mut python = netns.command("python3");
     python.args([
@@ -181,6 +191,7 @@ pub(crate) fn open_at_once(
         FAN_OUT,
         &flows.to_string(),
         &life.as_secs().to_string(),
+        &every.map_or(0, |every| every.as_secs()).to_string(),
     ]);
     let mut workload = cgroup.wrap(&python).stdout(Stdio::piped()).spawn()?;
     let mut sent = String::new();
@@ -210,7 +221,7 @@ fn measure(backend: &str, flows: u64, port: u16) -> Result<String> {
     let rss_before = status_kib(watch.id(), "VmRSS:").unwrap_or(0);
     let kernel_before = kernel_bytes(backend, &cgroup.path)?;
     let started = Instant::now();
-    let mut workload = open_at_once(&netns, &cgroup, flows, WORKLOAD_LIFE)?;
+    let mut workload = open_at_once(&netns, &cgroup, flows, WORKLOAD_LIFE, None)?;
     // Every flow is open now, none idle yet: the kernel state is at its
     // largest.
     let kernel = kernel_bytes(backend, &cgroup.path)?.saturating_sub(if backend == "nflog" {
