@@ -18,13 +18,11 @@ use flowtrack_kernel_tests::{Netns, TestCgroup, metric_sum, status_kib};
 const FAN_OUT: &str = "import socket,sys,time\n\
 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
 n,life,every=int(sys.argv[1]),int(sys.argv[2]),int(sys.argv[3])\n\
-def fan():\n\
-    for i in range(n): s.sendto(b'x',('127.1.%d.1' % (i // 60000), 1024 + i % 60000))\n\
+def fan(): [s.sendto(b'x',('127.1.%d.1' % (i // 60000), 1024 + i % 60000)) for i in range(n)]\n\
 fan()\n\
 print('sent', flush=True)\n\
 end=time.time()+life\n\
-while every and time.time()+every<end:\n\
-    time.sleep(every); fan()\n\
+while every and time.time()+every<end: time.sleep(every); fan()\n\
 time.sleep(max(0,end-time.time()))\n";
 
 /// `flowtrack_flows_opened_total` and observations reported lost, from
