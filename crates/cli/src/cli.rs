@@ -168,7 +168,8 @@ pub(crate) struct OutputArgs {
     #[arg(long)]
     pub(crate) cmdline: bool,
     /// Also export closed flows and updates to a collector:
-    /// `ipfix+udp://HOST:PORT` (IPFIX, RFC 5103 biflows). Repeatable.
+    /// `ipfix+udp://HOST:PORT` or `ipfix+tcp://HOST:PORT` (IPFIX, RFC 5103
+    /// biflows), optionally `?queue=RECORDS`. Repeatable.
     #[arg(long = "export", value_name = "URL", value_parser = export_url)]
     pub(crate) exports: Vec<ExportUrl>,
 }

@@ -21,7 +21,8 @@
 //! - [`backend`]: opens backends by name (`auto`, `ebpf`, `nflog`, `both`).
 //! - [`audit`]: a policy in audit mode, on any backend: the flows it
 //!   would deny, reported.
-//! - `export` (feature `ipfix`): flow records to IPFIX collectors over UDP.
+//! - `export` (feature `ipfix`): flow records to IPFIX collectors over UDP
+//!   or TCP.
 //!
 //! The event vocabulary is [`flow_core`]'s, re-exported here.
 
