@@ -4,11 +4,8 @@
 //! attached. Every step that fails fails the backend's start: enforcement
 //! is in place before the scope's command runs, or nothing runs.
 //!
-//! Name rules are refused: a name's addresses are only known from the
-//! scope's own lookups, and allowing them after userspace reads the
-//! answer leaves a window in which the workload may already connect (a
-//! false denial). Enforcing names without that race needs flowtrack's own
-//! resolver in front of the scope, which this backend does not have yet.
+//! Name rules are refused ([`Policy::enforce_refusal`]): enforcing names
+//! without a race needs flowtrack's own resolver in front of the scope.
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -54,24 +51,6 @@ pub(crate) fn global(policy: Option<&Policy>) -> u32 {
         Some(policy) if policy.default_deny() => ENFORCE_DEFAULT_DENY,
         Some(_) => ENFORCE_DEFAULT_ALLOW,
     }
-}
-
-/// Why `policy` cannot be enforced by this backend, if it cannot.
-pub(crate) fn refusal(policy: &Policy) -> Option<String> {
-    let names: Vec<String> = policy
-        .rules()
-        .iter()
-        .filter(|rule| rule.dest.is_name())
-        .map(ToString::to_string)
-        .collect();
-    (!names.is_empty()).then(|| {
-        format!(
-            "enforce mode takes address rules only; name rules ({}) are not enforced yet \
-             (allowing a name's answers after the lookup would race the workload): \
-             give addresses, or use --mode audit",
-            names.join(", ")
-        )
-    })
 }
 
 /// A rule as the kernel checks it.
@@ -244,10 +223,7 @@ mod tests {
     }
 
     #[test]
-    fn name_rules_are_refused_with_their_text() {
-        let why = refusal(&policy(&["tcp://pypi.org:443", "udp://10.0.0.53:53"], &[])).unwrap();
-        assert!(why.contains("name rules (tcp://pypi.org:443)"), "{why}");
-        assert_eq!(refusal(&policy(&[], &["tcp://10.0.0.1"])), None);
+    fn deny_rules_alone_allow_by_default() {
         assert_eq!(
             global(Some(&policy(&[], &["tcp://10.0.0.1"]))),
             ENFORCE_DEFAULT_ALLOW
