@@ -177,6 +177,15 @@ impl Family {
         value.to_be_bytes()[16 - len..].to_vec()
     }
 
+    /// Whether packets of the family can carry `protocol` (ICMP is IPv4's,
+    /// ICMPv6 IPv6's).
+    fn carries(self, protocol: u8) -> bool {
+        match self {
+            Self::V4 => protocol != libc::IPPROTO_ICMPV6 as u8,
+            Self::V6 => protocol != libc::IPPROTO_ICMP as u8,
+        }
+    }
+
     fn suffix(self) -> &'static str {
         match self {
             Self::V4 => "4",
@@ -512,7 +521,13 @@ pub(crate) fn policy_batch(
             };
             for set in &sets {
                 for &protocol in &protocols {
-                    rules.push(policy_rule(set.as_ref(), protocol, ports, action));
+                    let carried = match (set, protocol) {
+                        (Some(set), Some(protocol)) => set.family.carries(protocol),
+                        _ => true,
+                    };
+                    if carried {
+                        rules.push(policy_rule(set.as_ref(), protocol, ports, action));
+                    }
                 }
             }
         }
