@@ -39,7 +39,11 @@ impl Attached {
     /// its maps first and attaches the socket-address hooks last (any
     /// failure fails the whole: enforcement is in place, or nothing is).
     pub(crate) fn load_and_attach(config: &EbpfConfig) -> Result<Self, FlowError> {
-        if let Some(why) = config.policy.as_deref().and_then(flow_policy::Policy::enforce_refusal) {
+        if let Some(why) = config
+            .policy
+            .as_deref()
+            .and_then(flow_policy::Policy::enforce_refusal)
+        {
             return Err(FlowError::unavailable(BACKEND_NAME, why));
         }
         let cgroup = File::open(&config.cgroup).map_err(|error| {

@@ -673,15 +673,21 @@ fn install_policy(
             format!("cannot put the policy in the kernel: {why}"),
         )
     };
-    nft.fit_send_buffer(batch.len())
-        .map_err(|e| unable(format!("a send buffer for {} bytes of rules: {e}", batch.len())))?;
-    nft.transact(&batch, last).map(drop).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT | libc::EOPNOTSUPP) => unable(format!(
-            "the kernel refused its nf_tables rules ({e}): it lacks the reject or lookup \
+    nft.fit_send_buffer(batch.len()).map_err(|e| {
+        unable(format!(
+            "a send buffer for {} bytes of rules: {e}",
+            batch.len()
+        ))
+    })?;
+    nft.transact(&batch, last)
+        .map(drop)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT | libc::EOPNOTSUPP) => unable(format!(
+                "the kernel refused its nf_tables rules ({e}): it lacks the reject or lookup \
              expressions or interval sets (modules nft_reject_inet, nft_set_rbtree)"
-        )),
-        _ => unable(format!("the kernel refused its nf_tables rules: {e}")),
-    })
+            )),
+            _ => unable(format!("the kernel refused its nf_tables rules: {e}")),
+        })
 }
 
 /// Deletes the table `name` (a warning when it cannot).

@@ -310,9 +310,7 @@ fn enforce_refuses_denied_destinations_at_once() {
             );
             let mut denied: Vec<_> = denied
                 .into_iter()
-                .map(|(dst, rule, _)| {
-                    (canonical(dst.parse().unwrap()), rule.unwrap_or_default())
-                })
+                .map(|(dst, rule, _)| (canonical(dst.parse().unwrap()), rule.unwrap_or_default()))
                 .collect();
             denied.sort();
             assert_eq!(

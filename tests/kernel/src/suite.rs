@@ -44,8 +44,7 @@ pub trait KernelBackend: Clone + Send + Sync + 'static {
 
     /// A fresh source that enforces `policy` but cannot put it in place
     /// (the backend's test knob simulates a kernel that refuses it).
-    fn failing_enforcing_source(&self, env: &TestEnv, policy: Arc<Policy>)
-    -> Box<dyn FlowSource>;
+    fn failing_enforcing_source(&self, env: &TestEnv, policy: Arc<Policy>) -> Box<dyn FlowSource>;
 
     /// The errno's name a TCP `connect()` the policy refuses fails with.
     fn tcp_refusal(&self) -> &'static str;

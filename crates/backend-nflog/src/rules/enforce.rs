@@ -284,10 +284,7 @@ fn verdict(code: i32, chain: Option<&str>) -> Nlattr<u16, Buffer> {
         "immediate",
         &[
             attr_be32(nft::immediate::DREG, REG_VERDICT),
-            nested(
-                nft::immediate::DATA,
-                &[nested(attrs::verdict::DATA, &data)],
-            ),
+            nested(nft::immediate::DATA, &[nested(attrs::verdict::DATA, &data)]),
         ],
     )
 }
@@ -551,13 +548,7 @@ pub(crate) fn policy_batch(
         ];
         jump.extend(in_scope(table));
         jump.push(verdict(VERDICT_JUMP, Some(POLICY_CHAIN)));
-        messages.push(rule_message(
-            table,
-            "output",
-            NlmF::ACK,
-            &jump,
-            next(),
-        ));
+        messages.push(rule_message(table, "output", NlmF::ACK, &jump, next()));
         messages
     })
 }
@@ -577,14 +568,15 @@ mod tests {
     use crate::netlink::{self, Received, split};
     use crate::rules::{MARK_BIT, RuleScope, SUBSYSTEM};
 
-    fn policy(allow: &[&str], deny: &[&str]) -> Policy {
-        let mut builder = Policy::builder();
-        for rule in allow {
-            builder = builder.allow(rule).unwrap();
-        }
-        for rule in deny {
-            builder = builder.deny(rule).unwrap();
-        }
+    /// A policy of `rules`: allow rules, and deny rules written `!RULE`.
+    fn policy(rules: &[&str]) -> Policy {
+        let builder = rules.iter().fold(Policy::builder(), |builder, rule| {
+            match rule.strip_prefix('!') {
+                Some(denied) => builder.deny(denied),
+                None => builder.allow(rule),
+            }
+            .unwrap()
+        });
         builder.build().unwrap().unwrap()
     }
 
@@ -600,16 +592,15 @@ mod tests {
 
     #[test]
     fn rules_group_by_action_protocol_and_ports_with_a_set_per_family() {
-        let policy = policy(
-            &[
-                "tcp://127.0.0.1:8000-8100",
-                "tcp://10.0.0.0/8:8000-8100",
-                "tcp://[::1]:8000",
-                "udp://*:9",
-                "icmp://127.0.0.5",
-            ],
-            &["tcp://127.0.0.1:8050", "any://[::ffff:10.1.0.0]/112"],
-        );
+        let policy = policy(&[
+            "tcp://127.0.0.1:8000-8100",
+            "tcp://10.0.0.0/8:8000-8100",
+            "tcp://[::1]:8000",
+            "udp://*:9",
+            "icmp://127.0.0.5",
+            "!tcp://127.0.0.1:8050",
+            "!any://[::ffff:10.1.0.0]/112",
+        ]);
         let groups = groups(&policy);
         let shown: Vec<_> = groups
             .iter()
@@ -654,7 +645,13 @@ mod tests {
                     vec![(Family::V4, 2)]
                 ),
                 (Action::Allow, Proto::Udp, Some((9, 9)), true, vec![]),
-                (Action::Allow, Proto::Icmp, None, false, vec![(Family::V4, 1)]),
+                (
+                    Action::Allow,
+                    Proto::Icmp,
+                    None,
+                    false,
+                    vec![(Family::V4, 1)]
+                ),
             ]
         );
         assert_eq!(
@@ -706,7 +703,7 @@ mod tests {
     #[test]
     fn the_batch_makes_chains_sets_and_rules_then_the_jump() {
         let table = Table::new(MARK_BIT, RuleScope::Cgroup { id: 9, level: 1 }, 7);
-        let policy = policy(&["tcp://127.0.0.1:8000-8100", "udp://*:9"], &[]);
+        let policy = policy(&["tcp://127.0.0.1:8000-8100", "udp://*:9"]);
         let (bytes, last) = policy_batch(&table, &policy, 1, false);
         let (kinds, rules) = shape(&bytes);
         assert_eq!(
@@ -720,7 +717,9 @@ mod tests {
         let names = |chain: &str, list: &[&str]| {
             (
                 chain.to_owned(),
-                list.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>(),
+                list.iter()
+                    .map(|name| (*name).to_owned())
+                    .collect::<Vec<_>>(),
             )
         };
         assert_eq!(
@@ -732,8 +731,16 @@ mod tests {
                 names(
                     "policy",
                     &[
-                        "meta", "cmp", "meta", "cmp", "payload", "cmp", "cmp", "payload",
-                        "lookup", "immediate"
+                        "meta",
+                        "cmp",
+                        "meta",
+                        "cmp",
+                        "payload",
+                        "cmp",
+                        "cmp",
+                        "payload",
+                        "lookup",
+                        "immediate"
                     ]
                 ),
                 names("policy", &["meta", "cmp", "payload", "cmp", "immediate"]),
@@ -745,10 +752,20 @@ mod tests {
             ]
         );
         // Deny rules alone: no default refusal at the end.
-        let deny_only = self::policy(&[], &["tcp://*:25"]);
+        let deny_only = self::policy(&["!tcp://*:25"]);
         let (_, rules) = shape(&policy_batch(&table, &deny_only, 1, false).0);
-        let policy_rules: Vec<_> = rules.iter().filter(|(chain, _)| chain == "policy").collect();
+        let policy_rules: Vec<_> = rules
+            .iter()
+            .filter(|(chain, _)| chain == "policy")
+            .collect();
         assert_eq!(policy_rules.len(), 1);
+        // ICMP to an IPv4 set: ICMP's rule only, not ICMPv6's; to anywhere,
+        // both.
+        for (rule, icmp_rules) in [("icmp://127.0.0.5", 1), ("icmp://*", 2)] {
+            let (_, rules) = shape(&policy_batch(&table, &self::policy(&[rule]), 1, false).0);
+            let decided = rules.iter().filter(|(chain, _)| chain == "policy").count();
+            assert_eq!(decided, icmp_rules + 1, "{rule}: and the default");
+        }
         // The test knob: an expression no kernel has.
         let (_, rules) = shape(&policy_batch(&table, &deny_only, 1, true).0);
         assert_eq!(rules[0].1, ["flowtrack_missing"]);
@@ -770,7 +787,7 @@ mod tests {
 
     #[test]
     fn the_refusing_rule_is_the_first_deny_rule_or_the_default() {
-        let policy = policy(&["tcp://127.0.0.1:8000-8100"], &["tcp://127.0.0.1:8050"]);
+        let policy = policy(&["tcp://127.0.0.1:8000-8100", "!tcp://127.0.0.1:8050"]);
         let key = |port| FlowKey::tcp("127.0.0.1:40000".parse().unwrap(), port);
         assert_eq!(
             &*refusing_rule(&policy, &key("127.0.0.1:8050".parse().unwrap())),
