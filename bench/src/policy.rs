@@ -239,11 +239,13 @@ fn connect_rows(
     }
     let mut rows = String::new();
     for (index, rules) in policies.iter().enumerate() {
+        // Median, lowest and highest of the rounds.
         let column = |which: usize| {
             let mut values: Vec<f64> = measured[index].iter().map(|run| run[which]).collect();
-            median(&mut values)
+            let middle = median(&mut values);
+            (middle, values[0], values[values.len() - 1])
         };
-        let (p50, p99, cpu) = (column(0), column(1), column(2));
+        let (p50, p99, cpu) = (column(0), column(1).0, column(2));
         let hook = if hook_ns[index].is_empty() {
             "–".to_owned()
         } else {
@@ -251,12 +253,41 @@ fn connect_rows(
         };
         writeln!(
             rows,
-            "| {} | {} | {p50:.1} µs | {p99:.1} µs | {cpu:.1} µs | {hook} |",
+            "| {} | {} | {:.1} µs ({:.1}–{:.1}) | {p99:.1} µs | {:.1} µs ({:.1}–{:.1}) | {hook} |",
             backend.name(),
             rules.name(),
+            p50.0,
+            p50.1,
+            p50.2,
+            cpu.0,
+            cpu.1,
+            cpu.2,
         )?;
     }
     Ok(rows)
+}
+
+/// Waits (a minute at most) until `flowtrack watch` with `backend` has
+/// put itself in place: every eBPF program attached to the cgroup (the
+/// verifier takes seconds over the enforcing hooks), or the nflog table
+/// made (its policy's rules come in the batch after, before it reads).
+fn ready(backend: Backend, netns: &Netns, cgroup: &TestCgroup, enforcing: bool) -> Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let done = match backend {
+            Backend::Ebpf => {
+                let hooks = if enforcing { 4 } else { 0 };
+                flowtrack_kernel_tests::attached_programs(&cgroup.path).len()
+                    >= flow_backend_ebpf::CGROUP_PROGRAMS.len() + hooks
+            }
+            Backend::Nflog => netns.tables().contains("flowtrack_"),
+        };
+        if done {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "flowtrack watch did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// The storms with a policy: `flowtrack watch` with none, then the
@@ -299,6 +330,8 @@ fn storm_rows(flows: usize) -> Result<String> {
                 if matches!(backend, Backend::Ebpf) {
                     netns.enable_conntrack();
                 }
+                let watcher = Watcher::spawn(ours)?;
+                ready(backend, &netns, &cgroup, *mode == Some("enforce"))?;
                 let generator = Generator {
                     netns: &netns,
                     cgroup: Some(&cgroup),
@@ -307,7 +340,7 @@ fn storm_rows(flows: usize) -> Result<String> {
                     threads: 2,
                     lookup: None,
                 };
-                let storm = generator.run(vec![Watcher::spawn(ours)?])?;
+                let storm = generator.run(vec![watcher])?;
                 let (lines, cpu) = storm.watched.into_iter().next().context("flowtrack")?;
                 let counted = tally(&lines, &storm.made, flowtrack_line(server.port));
                 let denied = lines
@@ -348,7 +381,7 @@ pub(crate) fn policy(connects: usize, rounds: usize, storm_flows: usize) -> Resu
     }
     let runtime = tokio::runtime::Runtime::new()?;
     let mut connect_table = format!(
-        "| backend | policy (enforce) | connect() p50 | p99 | cgroup CPU per connection | eBPF connect hook per run |\n|---|---|---|---|---|---|\n"
+        "| backend | policy (enforce) | connect() p50: median of the rounds (range) | p99 (median) | cgroup CPU per connection: median (range) | eBPF connect hook per run (median) |\n|---|---|---|---|---|---|\n"
     );
     for backend in [Backend::Ebpf, Backend::Nflog] {
         connect_table.push_str(&connect_rows(&runtime, backend, connects, rounds)?);

@@ -459,7 +459,9 @@ fn policy_section(plan: &Plan, machine: &str) -> Result<String> {
          policy that allows the server: 1 rule, or 1,000 (999 prefixes\n\
          `10.x.y.0/24` over ten ports, then loopback; for nflog also with a port\n\
          each: 1,000 groups, so 1,000 nf_tables rules in turn). The policies\n\
-         take turns over {} rounds, in the same run; medians of the rounds. The\n\
+         take turns over {} rounds, in the same run: medians of the rounds, with\n\
+         their range where the rounds' spread (the machine is shared) tells\n\
+         how large a difference must be to mean something. The\n\
          cgroup's CPU (`cpu.stat` `usage_usec`: the socket hooks and the output\n\
          hook's rules run in the connecting process) per connection includes\n\
          the client's own work, the same in every row. For eBPF the connect\n\
