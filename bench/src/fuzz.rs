@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// The targets and what they feed.
-const TARGETS: [(&str, &str); 7] = [
+const TARGETS: [(&str, &str); 8] = [
     (
         "ring_record",
         "any bytes to the eBPF ring-buffer record decoder",
@@ -34,6 +34,10 @@ const TARGETS: [(&str, &str); 7] = [
     (
         "client_hello",
         "any bytes to the TLS ClientHello server-name parser",
+    ),
+    (
+        "policy",
+        "any text as a policy rule and as a policy file, with a check that a rule that parses prints back to itself and a file that parses compiles",
     ),
 ];
 

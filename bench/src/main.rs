@@ -6,6 +6,7 @@ mod ebpf_cost;
 mod export;
 mod fuzz;
 mod lookups;
+mod policy;
 mod report;
 mod scale;
 mod soak;
@@ -94,6 +95,26 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         open_flows: u64,
     },
+    /// What an egress policy costs: connect() latency and the cgroup's CPU
+    /// per connection with no policy, 1 rule and 1,000 rules (each
+    /// backend, enforcing), and storms watched with the 1,000-rule policy
+    /// in audit and enforce mode beside none. Needs `flowtrack` built
+    /// beside this harness.
+    Policy {
+        /// Connections per client run.
+        #[arg(long, default_value_t = policy::DEFAULT_CONNECTS)]
+        connects: usize,
+        /// Rounds of every policy, interleaved.
+        #[arg(long, default_value_t = policy::DEFAULT_ROUNDS)]
+        rounds: usize,
+        /// Connections per storm.
+        #[arg(long, default_value_t = 20_000)]
+        flows: usize,
+    },
+    /// (internal) Connects to DST COUNT times, one after the other, and
+    /// prints connect()'s median and 99th percentile in nanoseconds.
+    #[command(hide = true)]
+    Connects { dst: SocketAddr, count: usize },
     /// (internal) Makes FLOWS connections to DST from THREADS threads,
     /// each looked up at LOOKUP first when given.
     #[command(hide = true)]
@@ -132,6 +153,12 @@ fn main() -> Result<()> {
         Cmd::Storms { flows, threads } => print(storm::storms(flows, threads)),
         Cmd::Lookups { flows } => print(lookups::lookups(flows)),
         Cmd::Export { flows, open_flows } => print(export::export(flows, open_flows)),
+        Cmd::Policy {
+            connects,
+            rounds,
+            flows,
+        } => print(policy::policy(connects, rounds, flows)),
+        Cmd::Connects { dst, count } => policy::connects(dst, count),
         Cmd::Storm {
             dst,
             flows,

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 
-use crate::{ebpf_cost, export, fuzz, lookups, scale, soak, storm};
+use crate::{ebpf_cost, export, fuzz, lookups, policy, scale, soak, storm};
 
 /// How long and how big each measurement is.
 #[derive(Debug, clap::Args)]
@@ -24,6 +24,12 @@ pub(crate) struct Plan {
     /// Memory at scale: concurrent flows.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) scale_flows: u64,
+    /// Policy: connections per client run.
+    #[arg(long, default_value_t = policy::DEFAULT_CONNECTS)]
+    pub(crate) policy_connects: usize,
+    /// Policy: rounds of every policy.
+    #[arg(long, default_value_t = policy::DEFAULT_ROUNDS)]
+    pub(crate) policy_rounds: usize,
     /// Soak: seconds.
     #[arg(long, default_value_t = 300)]
     pub(crate) soak_seconds: u64,
@@ -165,7 +171,7 @@ struct Section {
 }
 
 /// The sections, in the report's order.
-const SECTIONS: [Section; 9] = [
+const SECTIONS: [Section; 10] = [
     Section {
         name: "merge",
         heading: "## Merge + encoding",
@@ -192,6 +198,11 @@ const SECTIONS: [Section; 9] = [
         write: lookups_section,
     },
     Section {
+        name: "policy",
+        heading: "## Egress policy: connect() latency, cost per decision, storms",
+        write: policy_section,
+    },
+    Section {
         name: "scale",
         heading: "## Memory at scale",
         write: scale_section,
@@ -214,12 +225,13 @@ const SECTIONS: [Section; 9] = [
 ];
 
 /// The names `--only` accepts.
-pub(crate) const SECTION_NAMES: [&str; 9] = [
+pub(crate) const SECTION_NAMES: [&str; 10] = [
     "merge",
     "correlation",
     "ebpf-cost",
     "storm",
     "lookups",
+    "policy",
     "scale",
     "export",
     "soak",
@@ -502,6 +514,33 @@ fn scale_section(plan: &Plan, machine: &str) -> Result<String> {
          they last changed, counted from the sender's start. **Machine**: {machine}.\n\n{}\n",
         plan.scale_flows,
         scale::scale(plan.scale_flows)?
+    ))
+}
+
+fn policy_section(plan: &Plan, machine: &str) -> Result<String> {
+    Ok(format!(
+        "**What**: first, a client in the cgroup connects {} times, one\n\
+         connection after the other, to a server outside it on loopback, timing\n\
+         each `connect()`, while a backend observes (no policy) or enforces a\n\
+         policy that allows the server: 1 rule, or 1,000 (999 prefixes\n\
+         `10.x.y.0/24` over ten ports, then loopback; for nflog also with a port\n\
+         each: 1,000 groups, so 1,000 nf_tables rules in turn). The policies\n\
+         take turns over {} rounds, in the same run: medians of the rounds, with\n\
+         their range where the rounds' spread (the machine is shared) tells\n\
+         how large a difference must be to mean something. The\n\
+         cgroup's CPU (`cpu.stat` `usage_usec`: the socket hooks and the output\n\
+         hook's rules run in the connecting process) per connection includes\n\
+         the client's own work, the same in every row. For eBPF the connect\n\
+         hook's cost per run (`run_time_ns / run_cnt`, statistics on in a second\n\
+         pass: they add their own clock reads, see the eBPF section). Then the\n\
+         storm of short connections (two client threads, an echo server) watched\n\
+         by `flowtrack watch --cgroup` without a policy, and with the 1,000-rule\n\
+         policy (ten ports) in audit and in enforce mode, each twice in turn:\n\
+         flowtrack's CPU per 10,000 flows. **How**: `flowtrack-bench policy`.\n\
+         **Machine**: {machine}.\n\n{}\n",
+        plan.policy_connects,
+        plan.policy_rounds,
+        policy::policy(plan.policy_connects, plan.policy_rounds, plan.storm_flows)?
     ))
 }
 

@@ -18,7 +18,11 @@
 //!   sends, with their payload. The table is named after its mark and
 //!   owned by the thread's socket: no two instances in a namespace share a
 //!   mark, and the kernel removes the table when the process ends, however
-//!   it ends.
+//!   it ends. In enforce mode the table also holds the policy's address
+//!   rules (interval sets per family): the scope's new outgoing flows the
+//!   policy denies are refused with a TCP reset (`connect()` fails with
+//!   `ECONNREFUSED` at once) or ICMP administratively prohibited (the
+//!   `send()` fails with `EPERM`), never silently dropped.
 //!
 //! Events:
 //!
@@ -39,7 +43,9 @@
 //!   first; the listener then leaves the namespace, so it does not keep a
 //!   deleted namespace alive.
 //! - `Denied` for packets logged by a drop rule whose log prefix starts
-//!   with [`DENY_PREFIX`] to the backend's group (one per flow per minute).
+//!   with [`DENY_PREFIX`] to the backend's group (one per flow per minute);
+//!   in enforce mode ([`NflogConfig::enforce`]), for each new flow of the
+//!   scope its own rules refused, with the policy's rule that denied it.
 //! - `Dns` for each answer a lookup of the scope got; flow events carry
 //!   the destination's `host` (looked up before the flow opened: the
 //!   thread reads the log queued before a conntrack event ahead of it) and
@@ -91,10 +97,12 @@ use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use flow_core::{ConfigError, FlowError, FlowSource, FlowStream};
+use flow_policy::Policy;
 use futures::Stream;
 use tokio::sync::mpsc;
 
@@ -139,6 +147,8 @@ pub struct NflogConfig {
     pub(crate) names: bool,
     pub(crate) processes: bool,
     pub(crate) active_timeout: Option<std::time::Duration>,
+    pub(crate) policy: Option<Arc<Policy>>,
+    pub(crate) fail_enforcement: bool,
 }
 
 impl NflogConfig {
@@ -244,6 +254,30 @@ impl NflogConfig {
         Ok(self)
     }
 
+    /// Enforces `policy`'s address rules in the backend's own table (see
+    /// the crate documentation): the scope's new outgoing flows that it
+    /// denies are refused — a TCP reset, ICMP administratively prohibited
+    /// for the rest — and each refusal is a `denied` event with
+    /// `"enforced": true` and the rule. The source fails to start when the
+    /// policy cannot be put in place (a name rule, rules the kernel
+    /// refuses). The policy's mode is not looked at.
+    #[must_use]
+    pub fn enforce(mut self, policy: Arc<Policy>) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// For tests (feature `testing`): the policy's rules hold an
+    /// expression no kernel has, so the kernel refuses them as one without
+    /// the reject expression would, and enforce mode's refusal to start
+    /// can be seen.
+    #[cfg(feature = "testing")]
+    #[must_use]
+    pub fn fail_enforcement(mut self) -> Self {
+        self.fail_enforcement = true;
+        self
+    }
+
     /// The most the buffer grows to after overruns (default 64 MiB).
     ///
     /// # Errors
@@ -293,6 +327,8 @@ impl Default for NflogConfig {
             names: true,
             processes: true,
             active_timeout: None,
+            policy: None,
+            fail_enforcement: false,
         }
     }
 }

@@ -25,6 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use flow_core::{CloseReason, FlowError, FlowEvent, FlowKey, LossPoint};
+use flow_policy::Policy;
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,6 +34,7 @@ use crate::conntrack::{self, CtEntry};
 use crate::netlink::{Reply, Socket};
 use crate::nflog::{self, DENY_PREFIX};
 use crate::procs::Members;
+use crate::rules::enforce::{self, POLICY_PREFIX};
 use crate::rules::{self, MARK_BIT, RuleScope, Table};
 use crate::sysctl::ConntrackSettings;
 use crate::tracker::{Clock, FlowId, Step, Tracker};
@@ -196,6 +198,8 @@ struct Session {
     updates: Option<(Duration, Instant)>,
     log_sequence: nflog::Sequence,
     denied: HashMap<FlowKey, Instant>,
+    /// In enforce mode: the policy, to name the rule of each refusal.
+    policy: Option<Arc<Policy>>,
     annotator: Annotator,
     // Dropped last: restores the settings after the table is gone.
     _settings: ConntrackSettings,
@@ -203,6 +207,9 @@ struct Session {
 
 impl Session {
     fn open(config: &NflogConfig) -> Result<Self, FlowError> {
+        if let Some(why) = config.policy.as_deref().and_then(Policy::enforce_refusal) {
+            return Err(FlowError::unavailable(BACKEND_NAME, why));
+        }
         let mut watched = Vec::new();
         if let Some(netns) = &config.netns {
             watched.push(Watched::Netns(netns.clone(), enter_netns(netns)?));
@@ -283,6 +290,12 @@ impl Session {
             ),
             _ => setup_error("installing the nf_tables rules", needs, e),
         })?;
+        if let Some(policy) = &config.policy
+            && let Err(error) = install_policy(&mut nft, &table, policy, config.fail_enforcement)
+        {
+            remove_table(&mut nft, &table.name);
+            return Err(error);
+        }
         tracing::debug!(table = %table.name, mark = table.mark, group = table.log_group, "rules installed");
         Ok(Self {
             events,
@@ -302,6 +315,7 @@ impl Session {
                 .map(|every| (every, Instant::now() + every)),
             log_sequence: nflog::Sequence::default(),
             denied: HashMap::new(),
+            policy: config.policy.clone(),
             // After entering the namespace: its sock_diag socket is there.
             annotator: Annotator::new(
                 config.processes.then_some(members),
@@ -553,15 +567,20 @@ impl Session {
             )));
         }
         let Some(key) = packet.key else { return };
-        if packet.prefix.starts_with(DENY_PREFIX) {
+        let refused = packet.prefix == POLICY_PREFIX;
+        if refused || packet.prefix.starts_with(DENY_PREFIX) {
             // One Denied per flow per minute: a dropped SYN is retried.
             let now = Instant::now();
             self.denied
                 .retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
             if self.denied.insert(key, now).is_none() {
                 tracing::info!(%key, uid = ?packet.uid, gid = ?packet.gid, prefix = %packet.prefix, "denied");
-                // A drop rule flowtrack does not own: no policy rule.
-                let event = FlowEvent::denied(key, None::<&str>, true, Clock::now().now_ns);
+                // A drop rule flowtrack does not own has no policy rule.
+                let rule = match &self.policy {
+                    Some(policy) if refused => Some(enforce::refusing_rule(policy, &key)),
+                    _ => None,
+                };
+                let event = FlowEvent::denied(key, rule, true, Clock::now().now_ns);
                 self.emit(event, batch);
             }
         } else {
@@ -634,11 +653,49 @@ impl Session {
     }
 
     fn remove_table(&mut self) {
-        let seq = self.nft.next_seq();
-        let (batch, last) = rules::delete_batch(&self.table.name, seq);
-        if let Err(error) = self.nft.transact(&batch, last) {
-            tracing::warn!(%error, table = %self.table.name, "could not remove the nf_tables table");
-        }
+        remove_table(&mut self.nft, &self.table.name);
+    }
+}
+
+/// Puts `policy` in the made `table` (its rules, sets and the jump to
+/// them), in one batch: in place, or an error saying why.
+fn install_policy(
+    nft: &mut Socket,
+    table: &Table,
+    policy: &Policy,
+    fail: bool,
+) -> Result<(), FlowError> {
+    let seq = nft.next_seq();
+    let (batch, last) = enforce::policy_batch(table, policy, seq, fail);
+    let unable = |why: String| {
+        FlowError::unavailable(
+            BACKEND_NAME,
+            format!("cannot put the policy in the kernel: {why}"),
+        )
+    };
+    nft.fit_send_buffer(batch.len()).map_err(|e| {
+        unable(format!(
+            "a send buffer for {} bytes of rules: {e}",
+            batch.len()
+        ))
+    })?;
+    nft.transact(&batch, last)
+        .map(drop)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT | libc::EOPNOTSUPP) => unable(format!(
+                "the kernel refused its nf_tables rules ({e}): it lacks the reject or lookup \
+             expressions or interval sets (modules nft_reject_inet, nft_set_rbtree)"
+            )),
+            _ => unable(format!("the kernel refused its nf_tables rules: {e}")),
+        })
+}
+
+/// Deletes the table `name` (a warning when it cannot).
+fn remove_table(nft: &mut Socket, name: &str) {
+    let seq = nft.next_seq();
+    let (batch, last) = rules::delete_batch(name, seq);
+    if let Err(error) = nft.transact(&batch, last) {
+        tracing::warn!(%error, table = %name, "could not remove the nf_tables table");
     }
 }
 

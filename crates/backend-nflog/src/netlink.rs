@@ -308,6 +308,19 @@ impl Socket {
         Ok(rustix::net::sockopt::socket_recv_buffer_size(fd)?)
     }
 
+    /// Lets one datagram of `bytes` be sent: the send buffer set with
+    /// `SO_SNDBUFFORCE` (needs CAP_NET_ADMIN) when the default is smaller
+    /// (a large batch of nf_tables rules goes as one datagram).
+    pub(crate) fn fit_send_buffer(&self, bytes: usize) -> io::Result<()> {
+        let fd = self.fd();
+        // The kernel refuses a datagram longer than the buffer less 32.
+        let needed = bytes + 1024;
+        if rustix::net::sockopt::socket_send_buffer_size(fd)? < needed {
+            rustix::net::sockopt::set_socket_send_buffer_size_force(fd, needed)?;
+        }
+        Ok(())
+    }
+
     /// Makes `recv` give up after `timeout` (requests must not hang).
     pub(crate) fn set_receive_timeout(&self, timeout: Duration) -> io::Result<()> {
         rustix::net::sockopt::set_socket_timeout(

@@ -46,6 +46,8 @@ use neli::types::Buffer;
 use crate::netlink::{self, Nfgenmsg, attr, attr_be32, attr_str, nested};
 use crate::nflog;
 
+pub(crate) mod enforce;
+
 /// `NFNL_SUBSYS_NFTABLES`.
 const SUBSYSTEM: u8 = 10;
 /// `NFNL_MSG_BATCH_BEGIN`, `NFNL_MSG_BATCH_END`.
@@ -361,11 +363,17 @@ fn immediate(bytes: &[u8]) -> Nlattr<u16, Buffer> {
 
 /// Register 1 compared with `bytes`: `equal` or not equal.
 fn compare(equal: bool, bytes: &[u8]) -> Nlattr<u16, Buffer> {
+    compare_with(if equal { CMP_EQ } else { CMP_NEQ }, bytes)
+}
+
+/// Register 1 compared with `bytes` by `op` (`NFT_CMP_*`; bytes in order,
+/// so big-endian numbers compare as numbers).
+fn compare_with(op: u32, bytes: &[u8]) -> Nlattr<u16, Buffer> {
     expression(
         "cmp",
         &[
             attr_be32(attr::cmp::SREG, REG_1),
-            attr_be32(attr::cmp::OP, if equal { CMP_EQ } else { CMP_NEQ }),
+            attr_be32(attr::cmp::OP, op),
             data_value(attr::cmp::DATA, bytes),
         ],
     )

@@ -10,6 +10,7 @@ use std::process::Output;
 
 use flow_core::FlowEventKind;
 use flow_core::record::{FlowRecord, RecordItem};
+use flowtrack_kernel_tests::policy::{ENFORCED, PROBE, canonical, probe_denials, probe_results};
 use flowtrack_kernel_tests::{Netns, privileged};
 
 mod common;
@@ -269,156 +270,75 @@ fn suggest_allows_what_the_recorded_run_did() {
         .unwrap();
 }
 
-/// Tries each way out of the scope and prints one line per try: its name
-/// and `ok` or the errno's name. With `noraw` as its argument it sends
-/// no raw ICMP (a user without CAP_NET_RAW cannot).
-const PROBE: &str = r#"
-import errno, subprocess, sys
-from socket import *
-def attempt(name, f):
-    try:
-        f(); result = 'ok'
-    except OSError as e:
-        result = errno.errorcode.get(e.errno, str(e.errno))
-    print(name, result, flush=True)
-def tcp(family, addr, port):
-    s = socket(family); s.settimeout(5)
-    try: s.connect((addr, port))
-    finally: s.close()
-def sendto(addr):
-    s = socket(AF_INET, SOCK_DGRAM)
-    try: s.sendto(b'x', (addr, 9))
-    finally: s.close()
-def connected(addr):
-    s = socket(AF_INET, SOCK_DGRAM)
-    try: s.connect((addr, 9)); s.send(b'x')
-    finally: s.close()
-def ping(addr):
-    s = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP); s.settimeout(5)
-    try: s.sendto(b'\x08\x00\xf7\xff\x00\x00\x00\x00', (addr, 0)); s.recv(100)
-    finally: s.close()
-v4 = socket(); v4.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1); v4.bind(('127.0.0.1', 8000)); v4.listen(64)
-v6 = socket(AF_INET6); v6.setsockopt(IPPROTO_IPV6, IPV6_V6ONLY, 1); v6.bind(('::1', 8000)); v6.listen(64)
-attempt('tcp4-allowed', lambda: tcp(AF_INET, '127.0.0.1', 8000))
-attempt('tcp4-deny-rule', lambda: tcp(AF_INET, '127.0.0.1', 8050))
-attempt('tcp4-outside-range', lambda: tcp(AF_INET, '127.0.0.1', 8101))
-attempt('tcp6-allowed', lambda: tcp(AF_INET6, '::1', 8000))
-attempt('tcp6-other-port', lambda: tcp(AF_INET6, '::1', 8001))
-attempt('mapped-allowed', lambda: tcp(AF_INET6, '::ffff:127.0.0.1', 8000))
-attempt('mapped-outside-range', lambda: tcp(AF_INET6, '::ffff:127.0.0.1', 8101))
-attempt('udp-sendto-allowed', lambda: sendto('127.0.0.1'))
-attempt('udp-sendto-denied', lambda: sendto('127.0.0.2'))
-attempt('udp-connect-denied', lambda: connected('127.0.0.3'))
-if sys.argv[1:] != ['noraw']:
-    attempt('ping-allowed', lambda: ping('127.0.0.5'))
-    attempt('ping-denied', lambda: ping('127.0.0.4'))
-grandchild = "import socket\ntry:\n socket.create_connection(('127.0.0.1', 8101), 5)\n print('grandchild ok')\nexcept OSError as e:\n print('grandchild', __import__('errno').errorcode[e.errno])"
-sys.stdout.write(subprocess.run([sys.executable, '-c', grandchild], capture_output=True, text=True).stdout)
-"#;
-
-/// The enforced policy [`PROBE`] meets: a port range with a deny rule
-/// inside it (deny wins), IPv6, UDP to one address, ICMP to another.
-const ENFORCED: [&str; 12] = [
-    "--mode",
-    "enforce",
-    "--allow",
-    "tcp://127.0.0.1:8000-8100",
-    "--deny",
-    "tcp://127.0.0.1:8050",
-    "--allow",
-    "tcp://[::1]:8000",
-    "--allow",
-    "udp://127.0.0.1:9",
-    "--allow",
-    "icmp://127.0.0.5",
-];
-
+/// The probe every backend's suite runs (`flowtrack_kernel_tests::policy`),
+/// through `flowtrack run` on each backend, as root and as `nobody` (no
+/// raw ICMP then): the command and its grandchild are bound, each refusal
+/// is a `denied` line with its rule, and `--fail-on-deny` exits 4.
 #[test]
-fn enforce_refuses_denied_destinations_at_once_with_eperm() {
-    if !privileged("enforce_refuses_denied_destinations_at_once_with_eperm") {
+fn enforce_refuses_denied_destinations_at_once() {
+    if !privileged("enforce_refuses_denied_destinations_at_once") {
         return;
     }
-    for user in [None, Some("nobody")] {
-        let netns = Netns::new();
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("flows.jsonl");
-        let mut args = vec!["--backend", "ebpf", "--fail-on-deny"];
-        args.extend(ENFORCED);
-        if let Some(user) = user {
-            args.extend(["--user", user]);
+    for (backend, refusal) in [("ebpf", "EPERM"), ("nflog", "ECONNREFUSED")] {
+        for user in [None, Some("nobody")] {
+            let netns = Netns::new();
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("flows.jsonl");
+            let mut args = vec!["--backend", backend, "--fail-on-deny"];
+            args.extend(ENFORCED);
+            if let Some(user) = user {
+                args.extend(["--user", user]);
+            }
+            let raw = user.is_none();
+            let script = format!(
+                "import sys; sys.argv[1:] = [{:?}]\n{PROBE}",
+                if raw { "" } else { "noraw" }
+            );
+            // The command inherits flowtrack's namespace (nobody could not
+            // enter one with `ip netns exec`).
+            let output = flowtrack_in(&netns, &["run"])
+                .args(&args)
+                .args(["--format", "json", "-o"])
+                .arg(&out)
+                .args(["--", "python3", "-c", &script])
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(
+                stdout.lines().collect::<Vec<_>>(),
+                probe_results(refusal, raw),
+                "{backend} {user:?}: {stderr}"
+            );
+            assert_eq!(
+                output.status.code(),
+                Some(4),
+                "{backend} {user:?}: {stderr}"
+            );
+            let denied = denials(&out);
+            assert!(
+                denied.iter().all(|(_, _, enforced)| *enforced),
+                "{denied:?}"
+            );
+            let mut denied: Vec<_> = denied
+                .into_iter()
+                .map(|(dst, rule, _)| (canonical(dst.parse().unwrap()), rule.unwrap_or_default()))
+                .collect();
+            denied.sort();
+            assert_eq!(
+                denied,
+                probe_denials(raw),
+                "{backend} {user:?}: {}",
+                std::fs::read_to_string(&out).unwrap()
+            );
         }
-        let script = format!(
-            "import sys; sys.argv[1:] = [{:?}]\n{PROBE}",
-            if user.is_some() { "noraw" } else { "" }
-        );
-        // The command inherits flowtrack's namespace (nobody could not
-        // enter one with `ip netns exec`).
-        let output = flowtrack_in(&netns, &["run"])
-            .args(&args)
-            .args(["--format", "json", "-o"])
-            .arg(&out)
-            .args(["--", "python3", "-c", &script])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let mut expected = vec![
-            "tcp4-allowed ok",
-            "tcp4-deny-rule EPERM",
-            "tcp4-outside-range EPERM",
-            "tcp6-allowed ok",
-            "tcp6-other-port EPERM",
-            "mapped-allowed ok",
-            "mapped-outside-range EPERM",
-            "udp-sendto-allowed ok",
-            "udp-sendto-denied EPERM",
-            "udp-connect-denied EPERM",
-        ];
-        if user.is_none() {
-            expected.extend(["ping-allowed ok", "ping-denied EPERM"]);
-        }
-        expected.push("grandchild EPERM");
-        assert_eq!(
-            stdout.lines().collect::<Vec<_>>(),
-            expected,
-            "{user:?}: {stderr}"
-        );
-        assert_eq!(output.status.code(), Some(4), "{user:?}: {stderr}");
-        let denied = denials(&out);
-        let mut want: Vec<(String, Option<String>, bool)> = [
-            ("127.0.0.1:8050", "tcp://127.0.0.1:8050"),
-            ("127.0.0.1:8101", "default"),
-            ("127.0.0.1:8101", "default"),
-            // The destination as the workload gave it.
-            ("[::ffff:127.0.0.1]:8101", "default"),
-            ("[::1]:8001", "default"),
-            ("127.0.0.2:9", "default"),
-            ("127.0.0.3:9", "default"),
-        ]
-        .into_iter()
-        .map(|(dst, rule)| (dst.to_owned(), Some(rule.to_owned()), true))
-        .collect();
-        if user.is_none() {
-            // An echo request's "port": its type (8) and code.
-            want.push((
-                "127.0.0.4:2048".to_owned(),
-                Some("default".to_owned()),
-                true,
-            ));
-        }
-        want.sort();
-        assert_eq!(
-            denied,
-            want,
-            "{user:?}: {}",
-            std::fs::read_to_string(&out).unwrap()
-        );
     }
 }
 
-/// Enforcement that cannot be put in place starts nothing: a backend that
-/// cannot enforce. (The eBPF backend's hooks failing to attach is
-/// simulated in the kernel tests: `EbpfConfig::fail_enforcement`.)
+/// Enforcement that cannot be put in place starts nothing: a name rule
+/// the nflog backend cannot enforce (the eBPF backend enforces it through
+/// its resolver: below). Hooks or rules the kernel refuses are simulated
+/// in the conformance suite.
 #[test]
 fn enforce_mode_that_cannot_be_put_in_place_starts_nothing() {
     if !privileged("enforce_mode_that_cannot_be_put_in_place_starts_nothing") {
@@ -428,7 +348,7 @@ fn enforce_mode_that_cannot_be_put_in_place_starts_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let ran = dir.path().join("ran");
     let output = flowtrack_in(&netns, &["run", "--mode", "enforce"])
-        .args(["--backend", "nflog", "--allow", "tcp://127.0.0.1:443"])
+        .args(["--backend", "nflog", "--allow", "tcp://pypi.org:443"])
         .args(["--", "touch"])
         .arg(&ran)
         .output()
@@ -438,8 +358,9 @@ fn enforce_mode_that_cannot_be_put_in_place_starts_nothing() {
     assert!(
         stderr.starts_with(
             "flowtrack: error: cannot enforce the policy, so the command was not started: "
-        ) && stderr.contains("nflog backend unavailable: it cannot enforce a policy in this build")
-            && stderr.lines().count() == 1,
+        ) && stderr.contains(
+            "nflog backend unavailable: it enforces address rules only; name rules (tcp://pypi.org:443) are enforced by the eBPF backend"
+        ) && stderr.lines().count() == 1,
         "{stderr}"
     );
     assert!(!ran.exists(), "the command never ran");

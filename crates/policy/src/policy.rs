@@ -242,6 +242,31 @@ impl Policy {
         !self.names.is_empty()
     }
 
+    /// Why a backend without a resolver of its own (nflog) cannot enforce
+    /// this policy, if it cannot: its name and wildcard rules (a name's
+    /// addresses are only known from the scope's own lookups, and allowing
+    /// them after userspace reads the answer races the workload, which may
+    /// connect first: a false denial). The eBPF backend enforces them
+    /// through its resolver.
+    #[must_use]
+    pub fn enforce_refusal(&self) -> Option<String> {
+        let names: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|rule| rule.dest.is_name())
+            .map(ToString::to_string)
+            .collect();
+        (!names.is_empty()).then(|| {
+            format!(
+                "it enforces address rules only; name rules ({}) are enforced by the eBPF \
+                 backend, whose resolver allows a name's answers before the workload has them \
+                 (allowing them after the lookup would race the workload): use --backend ebpf, \
+                 give addresses, or use --mode audit",
+                names.join(", ")
+            )
+        })
+    }
+
     /// The compiled address rules.
     #[must_use]
     pub fn prefixes(&self) -> &Prefixes {
@@ -400,6 +425,22 @@ mod tests {
             error.to_string(),
             "--deny rule \"tcp://x.org:0-\": \"\" is not a port: give a number from 0 to 65535, or a range such as 8000-8100"
         );
+    }
+
+    #[test]
+    fn name_rules_cannot_be_enforced_and_are_named() {
+        let policy = |rules: &[&str]| {
+            let mut builder = Policy::builder();
+            for rule in rules {
+                builder = builder.allow(rule).unwrap();
+            }
+            builder.build().unwrap().unwrap()
+        };
+        let why = policy(&["tcp://pypi.org:443", "udp://10.0.0.53:53"])
+            .enforce_refusal()
+            .unwrap();
+        assert!(why.contains("name rules (tcp://pypi.org:443)"), "{why}");
+        assert_eq!(policy(&["tcp://10.0.0.1"]).enforce_refusal(), None);
     }
 
     #[test]

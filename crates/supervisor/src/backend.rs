@@ -293,12 +293,6 @@ fn open_ebpf(_scope: &Scope, _options: &Options) -> Result<Box<dyn FlowSource>, 
 #[cfg(feature = "nflog")]
 fn open_nflog(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, FlowError> {
     use flow_backend_nflog::{NflogConfig, NflogSource};
-    if options.enforce.is_some() {
-        return Err(FlowError::unavailable(
-            "nflog",
-            "it cannot enforce a policy in this build",
-        ));
-    }
     if options.workloads {
         return Err(FlowError::unavailable(
             "nflog",
@@ -309,6 +303,9 @@ fn open_nflog(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, F
         Scope::Cgroup(path) => NflogConfig::cgroup(path.clone()),
         Scope::Netns(path) => NflogConfig::netns(path.clone()),
     };
+    if let Some(policy) = &options.enforce {
+        config = config.enforce(Arc::clone(policy));
+    }
     if let Some(group) = options.nflog_group {
         config = config.log_group(group);
     }

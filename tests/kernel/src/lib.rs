@@ -8,6 +8,7 @@
 
 pub mod names;
 pub mod observe;
+pub mod policy;
 pub mod scenarios;
 pub mod soak;
 pub mod suite;

@@ -1,6 +1,7 @@
 //! The suite every kernel backend runs: the contract of [`FlowSource`]
-//! ([`flow_conformance`], on a [`KernelSubject`]) and the traffic
-//! [`scenarios`](crate::scenarios), generated for a backend by
+//! ([`flow_conformance`], on a [`KernelSubject`]), the traffic
+//! [`scenarios`](crate::scenarios) and the enforced egress
+//! [`policy`](crate::policy), generated for a backend by
 //! [`backend_suite!`](crate::backend_suite).
 
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use async_trait::async_trait;
 use flow_conformance::{ExpectedFlow, Subject};
 use flow_core::counters::{Counters, DirectionCounters};
 use flow_core::{CloseReason, FlowSource, FlowStream};
+use flow_policy::Policy;
 
 use crate::{Server, TestEnv, send_udp};
 
@@ -36,6 +38,16 @@ pub trait KernelBackend: Clone + Send + Sync + 'static {
     /// A fresh source that reports flows open for `every` with their
     /// counters so far, every `every` ([`Subject::updating_source`]).
     fn updating_source(&self, env: &TestEnv, every: Duration) -> Box<dyn FlowSource>;
+
+    /// A fresh source that enforces `policy` (the backend's enforce mode).
+    fn enforcing_source(&self, env: &TestEnv, policy: Arc<Policy>) -> Box<dyn FlowSource>;
+
+    /// A fresh source that enforces `policy` but cannot put it in place
+    /// (the backend's test knob simulates a kernel that refuses it).
+    fn failing_enforcing_source(&self, env: &TestEnv, policy: Arc<Policy>) -> Box<dyn FlowSource>;
+
+    /// The errno's name a TCP `connect()` the policy refuses fails with.
+    fn tcp_refusal(&self) -> &'static str;
 
     /// Makes the started source of `env` fail, from outside.
     fn break_source(&self, env: &TestEnv);
@@ -248,6 +260,51 @@ macro_rules! backend_suite {
                 |env, stream| $crate::scenarios::inbound_connection(env, stream));
             $crate::backend_suite!(@scenario $backend, traffic_outside_the_cgroup_is_not_reported,
                 |env, stream| $crate::scenarios::outside_traffic_is_not_reported(env, stream));
+        }
+
+        /// The egress policy, enforced by this backend.
+        mod policy {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn enforce_refuses_denied_destinations_at_once() {
+                if let Some(env) = $crate::TestEnv::new(
+                    "enforce_refuses_denied_destinations_at_once",
+                    env!("CARGO_BIN_EXE_traffic"),
+                ) {
+                    let backend = $backend;
+                    $crate::suite::KernelBackend::prepare(&backend, &env);
+                    let policy = std::sync::Arc::new($crate::policy::enforced_policy());
+                    let mut source =
+                        $crate::suite::KernelBackend::enforcing_source(&backend, &env, policy);
+                    let mut stream = source
+                        .start()
+                        .await
+                        .unwrap_or_else(|error| panic!("enforcement is not in place: {error}"));
+                    let refusal = $crate::suite::KernelBackend::tcp_refusal(&backend);
+                    $crate::policy::enforce_refuses_at_once(&env, &mut stream, refusal).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn enforcement_that_cannot_be_put_in_place_fails_the_start() {
+                if let Some(env) = $crate::TestEnv::new(
+                    "enforcement_that_cannot_be_put_in_place_fails_the_start",
+                    env!("CARGO_BIN_EXE_traffic"),
+                ) {
+                    let backend = $backend;
+                    $crate::suite::KernelBackend::prepare(&backend, &env);
+                    let policy = std::sync::Arc::new($crate::policy::enforced_policy());
+                    let source = $crate::suite::KernelBackend::failing_enforcing_source(
+                        &backend, &env, policy,
+                    );
+                    $crate::policy::enforcement_that_cannot_be_put_in_place_fails_the_start(
+                        source,
+                        || $crate::suite::KernelBackend::leftovers(&backend, &env),
+                    )
+                    .await;
+                }
+            }
         }
     };
     (@clause $backend:expr, $clause:ident) => {

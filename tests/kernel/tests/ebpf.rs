@@ -72,6 +72,30 @@ impl KernelBackend for Ebpf {
         Box::new(EbpfSource::new(config(env).active_timeout(every).unwrap()))
     }
 
+    fn enforcing_source(
+        &self,
+        env: &TestEnv,
+        policy: std::sync::Arc<flow_policy::Policy>,
+    ) -> Box<dyn FlowSource> {
+        Box::new(EbpfSource::new(config(env).enforce(policy)))
+    }
+
+    /// Its socket-address hooks pointed at a directory that is no cgroup.
+    fn failing_enforcing_source(
+        &self,
+        env: &TestEnv,
+        policy: std::sync::Arc<flow_policy::Policy>,
+    ) -> Box<dyn FlowSource> {
+        Box::new(EbpfSource::new(
+            config(env).enforce(policy).fail_enforcement(),
+        ))
+    }
+
+    /// The `connect4`/`connect6` hooks' verdict.
+    fn tcp_refusal(&self) -> &'static str {
+        "EPERM"
+    }
+
     /// Detaches its programs' links from the cgroup, as `bpftool link
     /// detach` would.
     fn break_source(&self, env: &TestEnv) {
@@ -499,37 +523,4 @@ async fn an_accepted_connection_carries_the_servers_process() {
     };
     let mut stream = start(config(&env)).await;
     names::an_accepted_connection_carries_the_servers_process(&env, &mut stream).await;
-}
-
-/// Enforce mode fails closed: when a socket-address hook cannot be
-/// attached (simulated: pointed at a directory that is no cgroup), the
-/// source does not start, says which hook and why, and leaves none of its
-/// programs on the cgroup.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enforcement_that_cannot_be_put_in_place_fails_the_start() {
-    let Some(env) = env("enforcement_that_cannot_be_put_in_place_fails_the_start") else {
-        return;
-    };
-    let policy = flow_policy::Policy::builder()
-        .allow("tcp://127.0.0.1:443")
-        .and_then(flow_policy::PolicyBuilder::build)
-        .unwrap()
-        .unwrap();
-    let config = config(&env)
-        .enforce(std::sync::Arc::new(policy))
-        .fail_enforcement();
-    let error = EbpfSource::new(config)
-        .start()
-        .await
-        .err()
-        .expect("the start fails");
-    let message = error.to_string();
-    assert!(
-        message.starts_with("ebpf backend unavailable: attaching flowtrack_connect4 failed"),
-        "{message}"
-    );
-    assert!(
-        flowtrack_kernel_tests::attached_programs(&env.cgroup.path).is_empty(),
-        "nothing left attached"
-    );
 }

@@ -74,6 +74,30 @@ impl KernelBackend for Nflog {
         ))
     }
 
+    fn enforcing_source(
+        &self,
+        env: &TestEnv,
+        policy: Arc<flow_policy::Policy>,
+    ) -> Box<dyn FlowSource> {
+        Box::new(NflogSource::new(cgroup_config(env).enforce(policy)))
+    }
+
+    /// Its policy's rules hold an expression no kernel has.
+    fn failing_enforcing_source(
+        &self,
+        env: &TestEnv,
+        policy: Arc<flow_policy::Policy>,
+    ) -> Box<dyn FlowSource> {
+        Box::new(NflogSource::new(
+            cgroup_config(env).enforce(policy).fail_enforcement(),
+        ))
+    }
+
+    /// A TCP reset.
+    fn tcp_refusal(&self) -> &'static str {
+        "ECONNREFUSED"
+    }
+
     /// Deletes its table, with `nft`, from outside.
     fn break_source(&self, env: &TestEnv) {
         let tables = flowtrack_tables(env);
