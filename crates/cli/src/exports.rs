@@ -4,20 +4,20 @@
 //! and said at the end.
 
 use anyhow::{Context, Result};
-use flow_supervisor::export::{ExportUrl, Exporter};
+use flow_supervisor::export::destination::{AnyExporter, Destination};
 use flow_supervisor::merge::MergedItem;
 
 use crate::diag::say;
 
 /// The running exporters, one per `--export`.
-pub(crate) struct Exports(Vec<Exporter>);
+pub(crate) struct Exports(Vec<AnyExporter>);
 
 impl Exports {
     /// Starts one exporter per URL.
-    pub(crate) fn start(urls: &[ExportUrl]) -> Result<Self> {
+    pub(crate) fn start(urls: &[Destination]) -> Result<Self> {
         urls.iter()
             .map(|url| {
-                Exporter::start(url.clone()).with_context(|| format!("cannot export to {url}"))
+                AnyExporter::start(url.clone()).with_context(|| format!("cannot export to {url}"))
             })
             .collect::<Result<_>>()
             .map(Self)
@@ -34,7 +34,7 @@ impl Exports {
     /// each dropped, if any.
     pub(crate) fn finish(self) {
         for exporter in self.0 {
-            let url = exporter.url().clone();
+            let url = exporter.url();
             let dropped = exporter.finish();
             if dropped > 0 {
                 say!(

@@ -1,4 +1,6 @@
-//! Flow export to collectors (feature `ipfix`): IPFIX over UDP.
+//! Flow export to collectors (feature `ipfix`): IPFIX over UDP; with the
+//! feature `otlp`, OpenTelemetry log records over OTLP/gRPC ([`otlp`]);
+//! [`destination`] picks one by the URL's scheme.
 //!
 //! [`Exporter::offer`] never blocks the pipeline: it hands the event to a
 //! bounded queue ([`QUEUE`] records) that a thread of the exporter drains,
@@ -17,7 +19,10 @@
 //! (a close without counters by direction counts everything as the
 //! initiator's).
 
+pub mod destination;
 pub mod ipfix;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod wall;
 
 use std::collections::HashMap;

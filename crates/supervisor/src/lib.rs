@@ -9,8 +9,8 @@
 //!
 //! Features: `ebpf` and `nflog` compile in the kernel backends (both on by
 //! default), `mock` the scripted and mockall sources for tests, `ipfix`
-//! flow export to IPFIX collectors. The
-//! `flowtrack` command is a crate of its own (package `flowtrack`), so this
+//! flow export to IPFIX collectors, `otlp` flow export as OpenTelemetry
+//! log records (OTLP/gRPC). The `flowtrack` command is a crate of its own (package `flowtrack`), so this
 //! library brings no command-line, HTTP or metrics crates.
 //!
 //! - [`merge`]: the merge engine — any number of [`FlowSource`]s, one
@@ -21,7 +21,8 @@
 //! - [`backend`]: opens backends by name (`auto`, `ebpf`, `nflog`, `both`).
 //! - [`audit`]: a policy in audit mode, on any backend: the flows it
 //!   would deny, reported.
-//! - `export` (feature `ipfix`): flow records to IPFIX collectors over UDP.
+//! - `export` (feature `ipfix`): flow records to IPFIX collectors over UDP,
+//!   and (feature `otlp`) to OpenTelemetry collectors over OTLP/gRPC.
 //!
 //! The event vocabulary is [`flow_core`]'s, re-exported here.
 

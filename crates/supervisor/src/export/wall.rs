@@ -46,6 +46,15 @@ impl WallClock {
         u64::try_from(wall.max(0) / 1_000_000).unwrap_or(u64::MAX)
     }
 
+    /// The wall-clock time of the monotonic stamp `monotonic_ns`, in
+    /// nanoseconds since the UNIX epoch (0 before it), as OpenTelemetry
+    /// carries it.
+    #[must_use]
+    pub fn ns(&self, monotonic_ns: u64) -> u64 {
+        let wall = i128::from(monotonic_ns) + self.offset_ns;
+        u64::try_from(wall.max(0)).unwrap_or(u64::MAX)
+    }
+
     /// Seconds since the UNIX epoch now, as an IPFIX header's export time.
     #[must_use]
     pub fn export_secs() -> u32 {
