@@ -155,6 +155,16 @@ impl Receiver {
     /// When it cannot enter the namespace or listen.
     #[must_use]
     pub fn start_in(netns: Option<&Path>) -> Self {
+        Self::start_at(netns, 0)
+    }
+
+    /// On `port` of 127.0.0.1 (0: a free one), in the network namespace
+    /// bound at `netns`, or in the test's for `None`.
+    ///
+    /// # Panics
+    /// When it cannot enter the namespace or listen.
+    #[must_use]
+    pub fn start_at(netns: Option<&Path>, port: u16) -> Self {
         let records = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (bound, addr) = std::sync::mpsc::channel();
@@ -174,7 +184,9 @@ impl Receiver {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .unwrap();
                 bound.send(listener.local_addr().unwrap()).unwrap();
                 tonic::transport::Server::builder()
                     .add_service(service)

@@ -525,13 +525,33 @@ mod tests {
         assert_eq!(denied["flowtrack.enforced"], Value::Bool(true));
     }
 
+    /// A port of 127.0.0.1 nothing listens on.
+    fn free_port() -> u16 {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap().port()
+    }
+
+    #[test]
+    fn export_resumes_when_the_collector_comes_up_and_only_what_it_missed_is_dropped() {
+        let port = free_port();
+        let url = OtlpUrl::parse(&format!("otlp+grpc://127.0.0.1:{port}")).unwrap();
+        let exporter = OtlpExporter::start(url).unwrap();
+        let closed = FlowEvent::closed(key(), 2, 120, monotonic_now_ns());
+        (0..10).for_each(|_| exporter.offer(&closed));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while exporter.dropped() < 10 {
+            assert!(std::time::Instant::now() < deadline, "never dropped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let receiver = Receiver::start_at(None, port);
+        (0..5).for_each(|_| exporter.offer(&closed));
+        assert_eq!(exporter.finish(), 10);
+        assert_eq!(receiver.records().len(), 5);
+    }
+
     #[test]
     fn records_nobody_receives_are_dropped_and_counted() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let closed = FlowEvent::closed(key(), 2, 120, monotonic_now_ns());
         let dropped = export(
             &format!("otlp+grpc://127.0.0.1:{port}"),
