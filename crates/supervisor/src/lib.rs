@@ -10,8 +10,9 @@
 //! Features: `ebpf` and `nflog` compile in the kernel backends (both on by
 //! default), `mock` the scripted and mockall sources for tests, `ipfix`
 //! flow export to IPFIX collectors, `otlp` flow export as OpenTelemetry
-//! log records (OTLP/gRPC). The `flowtrack` command is a crate of its own (package `flowtrack`), so this
-//! library brings no command-line, HTTP or metrics crates.
+//! log records (OTLP/gRPC). The `flowtrack` command is a crate of its own
+//! (package `flowtrack`), so this library brings no command-line, HTTP or
+//! metrics crates (unless asked for `otlp`: its gRPC client is tonic's).
 //!
 //! - [`merge`]: the merge engine — any number of [`FlowSource`]s, one
 //!   stream of [`merge::MergedItem`]s tagged with their backend.

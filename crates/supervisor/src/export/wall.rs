@@ -42,8 +42,7 @@ impl WallClock {
     /// milliseconds since the UNIX epoch (0 before it).
     #[must_use]
     pub fn ms(&self, monotonic_ns: u64) -> u64 {
-        let wall = i128::from(monotonic_ns) + self.offset_ns;
-        u64::try_from(wall.max(0) / 1_000_000).unwrap_or(u64::MAX)
+        self.ns(monotonic_ns) / 1_000_000
     }
 
     /// The wall-clock time of the monotonic stamp `monotonic_ns`, in
