@@ -314,6 +314,12 @@ fn describe(record: &mut SdkLogRecord, event: &FlowEvent, clock: &WallClock) {
             record.add_attribute("flowtrack.process.group_id", gid);
         }
     }
+    if let Some(workload) = &event.workload {
+        record.add_attribute("flowtrack.cgroup", text(&workload.cgroup));
+        if let Some(container) = &workload.container {
+            record.add_attribute("container.id", text(container));
+        }
+    }
     if let Some(total) = event.kind.counters() {
         record.add_attribute("flowtrack.packets", count(total.packets));
         record.add_attribute("flowtrack.bytes", count(total.bytes));
@@ -460,7 +466,11 @@ mod tests {
             "[fd00::2]:5353".parse().unwrap(),
             "[fd00::1]:53".parse().unwrap(),
         );
-        let denied = FlowEvent::denied(denied_key, "default", true, now);
+        let id = "0123456789abcdef".repeat(4);
+        let mut denied = FlowEvent::denied(denied_key, "default", true, now);
+        denied.workload = Some(Arc::new(flow_core::workload::Workload::new(format!(
+            "/system.slice/docker-{id}.scope"
+        ))));
         let dropped = export(
             &format!("otlp+grpc://{}", receiver.addr()),
             &[FlowEvent::opened(key(), now), update, closed, denied],
@@ -523,6 +533,11 @@ mod tests {
         assert_eq!(denied["network.transport"], str("udp"));
         assert_eq!(denied["flowtrack.rule"], str("default"));
         assert_eq!(denied["flowtrack.enforced"], Value::Bool(true));
+        assert_eq!(denied["container.id"], str(&id));
+        assert_eq!(
+            denied["flowtrack.cgroup"],
+            str(&format!("/system.slice/docker-{id}.scope"))
+        );
     }
 
     /// A port of 127.0.0.1 nothing listens on.
