@@ -3,6 +3,7 @@
 //! other commands run one measurement and print its Markdown.
 
 mod ebpf_cost;
+mod export;
 mod fuzz;
 mod lookups;
 mod report;
@@ -81,6 +82,18 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         flows: usize,
     },
+    /// What IPFIX export and interim updates cost: the eBPF storm without
+    /// and with `--export ipfix+udp://` to a local nfcapd, and
+    /// `--active-timeout 60` with OPEN_FLOWS flows open at once. Needs
+    /// `flowtrack` built beside this harness, and nfdump.
+    Export {
+        /// Connections per storm.
+        #[arg(long, default_value_t = 20_000)]
+        flows: usize,
+        /// Flows open at once for the active timeout.
+        #[arg(long, default_value_t = 1_000_000)]
+        open_flows: u64,
+    },
     /// (internal) Makes FLOWS connections to DST from THREADS threads,
     /// each looked up at LOOKUP first when given.
     #[command(hide = true)]
@@ -118,6 +131,7 @@ fn main() -> Result<()> {
         Cmd::EbpfCost { bytes, rounds } => print(ebpf_cost::ebpf_cost(bytes, rounds)),
         Cmd::Storms { flows, threads } => print(storm::storms(flows, threads)),
         Cmd::Lookups { flows } => print(lookups::lookups(flows)),
+        Cmd::Export { flows, open_flows } => print(export::export(flows, open_flows)),
         Cmd::Storm {
             dst,
             flows,

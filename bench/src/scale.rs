@@ -11,13 +11,19 @@ use anyhow::{Context, Result, bail, ensure};
 use flowtrack_kernel_tests::{Netns, TestCgroup, metric_sum, status_kib};
 
 /// Opens FLOWS idle UDP flows (one datagram each, from one socket, to
-/// 127.1.x.1 ports 1024–61023), then stays alive so they stay open.
+/// 127.1.x.1 ports 1024–61023), then stays alive for LIFE seconds so they
+/// stay open; with EVERY above 0, sends to each again EVERY seconds after
+/// the last round, so that none idles out (the eBPF backend closes a UDP
+/// flow after 30 s without a packet).
 const FAN_OUT: &str = "import socket,sys,time\n\
 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-n=int(sys.argv[1])\n\
-for i in range(n): s.sendto(b'x',('127.1.%d.1' % (i // 60000), 1024 + i % 60000))\n\
+n,life,every=int(sys.argv[1]),int(sys.argv[2]),int(sys.argv[3])\n\
+def fan(): [s.sendto(b'x',('127.1.%d.1' % (i // 60000), 1024 + i % 60000)) for i in range(n)]\n\
+fan()\n\
 print('sent', flush=True)\n\
-time.sleep(int(sys.argv[2]))\n";
+end=time.time()+life\n\
+while every and time.time()+every<end: time.sleep(every); fan()\n\
+time.sleep(max(0,end-time.time()))\n";
 
 /// `flowtrack_flows_opened_total` and observations reported lost, from
 /// the metrics endpoint at 127.0.0.1:`port` in `netns`.
@@ -98,13 +104,13 @@ fn conntrack_drops(netns: &Netns) -> u64 {
 }
 
 /// A global setting changed for the measurement, put back on drop.
-struct Setting {
+pub(crate) struct Setting {
     path: &'static str,
     old: String,
 }
 
 impl Setting {
-    fn raise(path: &'static str, at_least: u64) -> Result<Self> {
+    pub(crate) fn raise(path: &'static str, at_least: u64) -> Result<Self> {
         let old = std::fs::read_to_string(path)?.trim().to_owned();
         if old.parse::<u64>().unwrap_or(0) < at_least {
             std::fs::write(path, at_least.to_string())
@@ -131,11 +137,17 @@ fn stop(mut child: Child) {
 /// may take to settle, less a margin).
 const WORKLOAD_LIFE: Duration = Duration::from_secs(120);
 
-/// One backend's row.
-fn measure(backend: &str, flows: u64, port: u16) -> Result<String> {
+/// `flowtrack watch --backend BACKEND` in `netns`, of `cgroup`, with
+/// room for `flows` flows, JSON to /dev/null, metrics on 127.0.0.1:`port`
+/// there.
+pub(crate) fn watch_at_scale(
+    netns: &Netns,
+    cgroup: &TestCgroup,
+    backend: &str,
+    flows: u64,
+    port: u16,
+) -> Result<Command> {
     let flowtrack = std::env::current_exe()?.with_file_name("flowtrack");
-    let netns = Netns::new();
-    let cgroup = TestCgroup::new();
     let mut watch = Command::new("nsenter");
     watch
         .arg(format!("--net={}", netns.path().display()))
@@ -148,13 +160,53 @@ fn measure(backend: &str, flows: u64, port: u16) -> Result<String> {
             "json",
             "-o",
             "/dev/null",
+        ])
+        .args([
             "--summary",
             "off",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
         ])
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--cgroup"])
+        .arg("--cgroup")
         .arg(&cgroup.path)
-        .args(["--flow-table-entries", &(flows + flows / 4).to_string()])
-        .args(["--netlink-buffer", &(64 << 20).to_string()]);
+        .args(["--flow-table-entries", &(flows + flows / 4).to_string()]);
+    Ok(watch)
+}
+
+/// Runs [`FAN_OUT`] in `netns` and `cgroup`: `flows` flows opened, kept
+/// open for `life` (each sent to again `every`, when given); returns once
+/// every datagram of the first round is sent.
+pub(crate) fn open_at_once(
+    netns: &Netns,
+    cgroup: &TestCgroup,
+    flows: u64,
+    life: Duration,
+    every: Option<Duration>,
+) -> Result<Child> {
+    let mut python = netns.command("python3");
+    python.args([
+        "-c",
+        FAN_OUT,
+        &flows.to_string(),
+        &life.as_secs().to_string(),
+        &every.map_or(0, |every| every.as_secs()).to_string(),
+    ]);
+    let mut workload = cgroup.wrap(&python).stdout(Stdio::piped()).spawn()?;
+    let mut sent = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(workload.stdout.as_mut().context("stdout")?),
+        &mut sent,
+    )?;
+    ensure!(sent.trim() == "sent", "the sender failed: {sent:?}");
+    Ok(workload)
+}
+
+/// One backend's row.
+fn measure(backend: &str, flows: u64, port: u16) -> Result<String> {
+    let netns = Netns::new();
+    let cgroup = TestCgroup::new();
+    let mut watch = watch_at_scale(&netns, &cgroup, backend, flows, port)?;
+    watch.args(["--netlink-buffer", &(64 << 20).to_string()]);
     let watch = watch.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while scrape(&netns, port).is_none() {
@@ -166,21 +218,8 @@ fn measure(backend: &str, flows: u64, port: u16) -> Result<String> {
     }
     let rss_before = status_kib(watch.id(), "VmRSS:").unwrap_or(0);
     let kernel_before = kernel_bytes(backend, &cgroup.path)?;
-    let mut python = netns.command("python3");
-    python.args([
-        "-c",
-        FAN_OUT,
-        &flows.to_string(),
-        &WORKLOAD_LIFE.as_secs().to_string(),
-    ]);
-    let mut workload = cgroup.wrap(&python).stdout(Stdio::piped()).spawn()?;
     let started = Instant::now();
-    let mut sent = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(workload.stdout.as_mut().context("stdout")?),
-        &mut sent,
-    )?;
-    ensure!(sent.trim() == "sent", "the sender failed: {sent:?}");
+    let mut workload = open_at_once(&netns, &cgroup, flows, WORKLOAD_LIFE, None)?;
     // Every flow is open now, none idle yet: the kernel state is at its
     // largest.
     let kernel = kernel_bytes(backend, &cgroup.path)?.saturating_sub(if backend == "nflog" {

@@ -168,8 +168,9 @@ pub(crate) struct OutputArgs {
     #[arg(long)]
     pub(crate) cmdline: bool,
     /// Also export closed flows and updates to a collector:
-    /// `ipfix+udp://HOST:PORT` (IPFIX, RFC 5103 biflows) or
-    /// `otlp+grpc://HOST:PORT` (OpenTelemetry log records). Repeatable.
+    /// `ipfix+udp://HOST:PORT` or `ipfix+tcp://HOST:PORT` (IPFIX, RFC 5103
+    /// biflows), optionally `?queue=RECORDS`, or `otlp+grpc://HOST:PORT`
+    /// (OpenTelemetry log records). Repeatable.
     #[arg(long = "export", value_name = "URL", value_parser = export_url)]
     pub(crate) exports: Vec<Destination>,
 }

@@ -216,25 +216,26 @@ async fn write_events(
     mut writer: RecordWriter<Box<dyn Write + Send>>,
     open_flows: tokio::sync::watch::Sender<usize>,
     metrics: Option<Metrics>,
-    exports: &Exports,
+    exports: Exports,
 ) -> PipelineReport {
     let count = move |item: &MergedItem| {
         if let Some(metrics) = &metrics {
             metrics.record(item);
         }
-        exports.offer(item);
     };
     let audit = backends.audit;
     match backends.events {
         Events::Correlated(mut correlated) => {
-            let stream = Audited::new(&mut *correlated, audit).inspect(count);
+            let stream = exports
+                .feed(Audited::new(&mut *correlated, audit))
+                .inspect(count);
             let mut report =
                 pipeline::write_all_tracking_open(stream, &mut writer, open_flows).await;
             report.correlation_evictions = correlated.evictions();
             report
         }
         Events::Merged(stream) => {
-            let stream = Audited::new(stream, audit).inspect(count);
+            let stream = exports.feed(Audited::new(stream, audit)).inspect(count);
             pipeline::write_all_tracking_open(stream, &mut writer, open_flows).await
         }
     }
@@ -260,8 +261,7 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let Output { mut writer, name } = Output::open(&args.output, DefaultStream::Stdout)?;
     let exports = Exports::start(&args.output.exports)?;
     let items = flow_supervisor::replay::items(replay.into_records());
-    let report = pipeline::write_all(items.inspect(|item| exports.offer(item)), &mut writer).await;
-    exports.finish();
+    let report = pipeline::write_all(exports.feed(items), &mut writer).await;
     report::print_incomplete_output(&report, &name);
     Ok(report::exit_code(&report, sources))
 }
@@ -287,8 +287,7 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
         backends.report_to(metrics);
     }
     let open_flows = tokio::sync::watch::channel(0).0;
-    let report = write_events(backends, output.writer, open_flows, metrics, &exports).await;
-    exports.finish();
+    let report = write_events(backends, output.writer, open_flows, metrics, exports).await;
     let code = report::exit_code(&report, sources);
     report::print_summaries(
         &report,
@@ -363,7 +362,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(metrics) = &metrics {
         backends.report_to(metrics);
     }
-    let written = write_events(backends, output.writer, open_flows, metrics, &exports);
+    let written = write_events(backends, output.writer, open_flows, metrics, exports);
     let grace = Duration::from_secs_f64(args.grace);
     let supervise = async {
         let status = signals.wait_forwarding(&mut child).await;
@@ -385,7 +384,6 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         status
     };
     let (report, status) = tokio::join!(written, supervise);
-    exports.finish();
     let status = status.context("cannot wait for the command")?;
     // The command's status is the exit code, unless every backend failed,
     // the output could not take every event, a backend failed while

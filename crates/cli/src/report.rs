@@ -128,7 +128,7 @@ fn summary(report: &PipelineReport, output: &str) -> String {
         let points: Vec<String> = report
             .loss_points
             .iter()
-            .filter(|point| point.loses_flows() == flows)
+            .filter(|point| point.loses_flows() == flows && **point != LossPoint::ExportDropped)
             .map(|point| match remedy(*point) {
                 Some(remedy) => format!("{point}: {remedy}"),
                 None => point.to_string(),
@@ -154,6 +154,12 @@ fn summary(report: &PipelineReport, output: &str) -> String {
             "; names or processes may be missing: {} ({})",
             Count(report.names_lost, "record"),
             points(false)
+        ));
+    }
+    if report.export_dropped > 0 {
+        line.push_str(&format!(
+            "; exports dropped {} (export_dropped: the collector misses them, the output has them)",
+            Count(report.export_dropped, "flow record")
         ));
     }
     if let Some(incomplete) = output::incompleteness(&report.output, output) {
@@ -220,5 +226,23 @@ mod tests {
             fault(&report, 1).map(|code| format!("{code:?}")),
             Some(format!("{:?}", ExitCode::from(5)))
         );
+    }
+
+    #[test]
+    fn records_exports_dropped_are_said_apart_from_lost_observations() {
+        let report = PipelineReport {
+            opened: 3,
+            closed: 3,
+            loss_items: 2,
+            export_dropped: 12,
+            loss_points: vec![LossPoint::ExportDropped],
+            ..PipelineReport::default()
+        };
+        assert_eq!(
+            summary(&report, "stdout"),
+            "flowtrack: 3 flows opened, 3 closed; nothing lost; exports dropped 12 flow records \
+             (export_dropped: the collector misses them, the output has them)"
+        );
+        assert!(fault(&report, 1).is_none());
     }
 }

@@ -522,7 +522,7 @@ fn an_export_url_flowtrack_cannot_send_to_is_a_usage_error_naming_what_it_can() 
         ),
         (
             "kafka://127.0.0.1:9092",
-            "unknown scheme (expected ipfix+udp://HOST:PORT or otlp+grpc://HOST:PORT)",
+            "unknown scheme (expected ipfix+udp://HOST:PORT, ipfix+tcp://HOST:PORT or otlp+grpc://HOST:PORT)",
         ),
         ("otlp+grpc://127.0.0.1", "expected HOST:PORT"),
     ] {

@@ -1,11 +1,17 @@
-//! `--export ipfix+udp://…`: what flowtrack writes reaches an IPFIX
-//! collector of its own (nfcapd, from Debian's nfdump; scripts/setup.sh
-//! installs it) and decodes there (nfdump) to the same flows.
+//! `--export ipfix+udp://…` and `ipfix+tcp://…`: what flowtrack writes
+//! reaches an IPFIX collector of its own (nfcapd, from Debian's nfdump,
+//! over UDP; over TCP, which nfcapd does not take, a collector written here
+//! whose stream `ipfixDump` from libfixbuf-tools decodes; scripts/setup.sh
+//! installs both) and decodes there to the same flows; what a collector
+//! down, or not reading, misses is counted in-band (`export_dropped`), in
+//! the summary and in the metrics, and holds nothing back.
 
-use std::collections::HashMap;
-use std::net::UdpSocket;
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use flow_core::FlowEvent;
@@ -14,7 +20,7 @@ use flowtrack_kernel_tests::{Netns, privileged};
 
 mod common;
 
-use common::flowtrack_in;
+use common::{FLOWTRACK, Lines, flowtrack_in, scrape, wait_until};
 
 /// A flow as both sides tell it: addresses, ports, protocol, each
 /// direction's packets and bytes.
@@ -212,6 +218,28 @@ fn written(lines: &str) -> HashMap<Flow, u64> {
         .collect()
 }
 
+/// The flows a collector decoded are the output's (addresses, ports,
+/// protocol, packets and bytes of each direction, a flow's records added
+/// up), each lasting as long, within a millisecond.
+fn assert_same_flows(
+    collected: &HashMap<Flow, (u64, u64)>,
+    expected: &HashMap<Flow, u64>,
+    what: &str,
+) {
+    assert_eq!(
+        collected.keys().collect::<HashSet<_>>(),
+        expected.keys().collect(),
+        "{what}: addresses, ports, protocol, packets and bytes of each direction"
+    );
+    for (flow, (first, last)) in collected {
+        let took = expected[flow];
+        assert!(
+            (last - first).abs_diff(took) <= 1,
+            "{what} {flow:?}: {first}..{last} at the collector, {took} ms in the output"
+        );
+    }
+}
+
 fn recorded() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/export.jsonl")
 }
@@ -235,18 +263,7 @@ fn replayed_flows_reach_nfcapd_as_written() {
     );
     let expected = written(&stdout);
     let collected = collected(&collector.stop_and_read());
-    assert_eq!(
-        collected.keys().collect::<std::collections::HashSet<_>>(),
-        expected.keys().collect(),
-        "addresses, ports, protocol, packets and bytes of each direction (the update and the close of one flow added up)"
-    );
-    for (flow, (first, last)) in &collected {
-        let took = expected[flow];
-        assert!(
-            (last - first).abs_diff(took) <= 1,
-            "{flow:?}: {first}..{last} at the collector, {took} ms in the output"
-        );
-    }
+    assert_same_flows(&collected, &expected, "replayed");
 }
 
 /// A TCP connection between two sockets of the command (5,000 bytes, 3,000
@@ -299,17 +316,382 @@ fn each_backends_flows_reach_nfcapd_as_written() {
         let expected = written(&std::fs::read_to_string(&out).unwrap());
         assert_eq!(expected.len(), 2, "{backend}: {expected:?}");
         let collected = collected(&collector.stop_and_read());
-        assert_eq!(
-            collected.keys().collect::<std::collections::HashSet<_>>(),
-            expected.keys().collect(),
-            "{backend}: addresses, ports, protocol, packets and bytes of each direction"
-        );
-        for (flow, (first, last)) in &collected {
-            let took = expected[flow];
-            assert!(
-                (last - first).abs_diff(took) <= 1,
-                "{backend} {flow:?}: {first}..{last} at the collector, {took} ms in the output"
-            );
+        assert_same_flows(&collected, &expected, backend);
+    }
+}
+
+/// An IPFIX-over-TCP collector written here, on 127.0.0.1: it accepts
+/// connections and keeps each one's byte stream until flowtrack closes it;
+/// or, not `reading`, accepts them with a small receive buffer and never
+/// reads.
+struct TcpCollector {
+    port: u16,
+    accepted: Receiver<()>,
+    streams: Receiver<Vec<u8>>,
+}
+
+impl TcpCollector {
+    fn start(reading: bool) -> Self {
+        Self::on(0, reading)
+    }
+
+    fn on(port: u16, reading: bool) -> Self {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        if !reading {
+            socket.set_recv_buffer_size(4_096).unwrap();
         }
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+            .unwrap();
+        socket.listen(16).unwrap();
+        let listener = TcpListener::from(socket);
+        let port = listener.local_addr().unwrap().port();
+        let (accept, accepted) = channel();
+        let (keep, streams) = channel();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let _ = accept.send(());
+                if reading {
+                    let mut bytes = Vec::new();
+                    let _ = stream.read_to_end(&mut bytes);
+                    let _ = keep.send(bytes);
+                } else {
+                    held.push(stream);
+                }
+            }
+        });
+        Self {
+            port,
+            accepted,
+            streams,
+        }
+    }
+
+    fn url(&self, query: &str) -> String {
+        format!("ipfix+tcp://127.0.0.1:{}{query}", self.port)
+    }
+}
+
+/// A port of 127.0.0.1 nothing listens on (bound, then let go).
+fn unused_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `ipfixDump`'s decoding of an IPFIX stream, each data record with the
+/// keys `nfdump -o json` uses (so that [`collected`] reads both), after
+/// checking that the templates came before the first data record.
+fn ipfix_dump(stream: &[u8]) -> Vec<serde_json::Value> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), stream).unwrap();
+    let output = Command::new("ipfixDump")
+        .arg("-i")
+        .arg(file.path())
+        .env("TZ", "UTC")
+        .output()
+        .expect("ipfixDump runs (Debian package libfixbuf-tools; scripts/setup.sh installs it)");
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let first_data = text.find("--- data record").unwrap_or(text.len());
+    assert!(
+        text[..first_data].contains("--- template record ---"),
+        "templates first: {text}"
+    );
+    let names = [
+        ("sourceIPv4Address", "src4_addr"),
+        ("destinationIPv4Address", "dst4_addr"),
+        ("sourceIPv6Address", "src6_addr"),
+        ("destinationIPv6Address", "dst6_addr"),
+        ("sourceTransportPort", "src_port"),
+        ("destinationTransportPort", "dst_port"),
+        ("protocolIdentifier", "proto"),
+        ("packetDeltaCount", "in_packets"),
+        ("octetDeltaCount", "in_bytes"),
+        ("reversePacketDeltaCount", "out_packets"),
+        ("reverseOctetDeltaCount", "out_bytes"),
+        ("flowStartMilliseconds", "first"),
+        ("flowEndMilliseconds", "last"),
+    ];
+    text.split("--- data record")
+        .skip(1)
+        .map(|record| {
+            let mut json = serde_json::Map::new();
+            for line in record.lines() {
+                let Some((name, value)) = line.split_once(" : ") else {
+                    continue;
+                };
+                let name = name.split_whitespace().last().unwrap_or_default();
+                let Some((_, key)) = names.iter().find(|(ipfix, _)| *ipfix == name) else {
+                    continue;
+                };
+                let value = value.trim();
+                json.insert(
+                    (*key).to_owned(),
+                    match *key {
+                        "first" | "last" => value.replacen(' ', "T", 1).into(),
+                        "src6_addr" | "dst6_addr" => value
+                            .parse::<std::net::Ipv6Addr>()
+                            .unwrap()
+                            .to_string()
+                            .into(),
+                        "src4_addr" | "dst4_addr" => value.into(),
+                        _ => value.parse::<u64>().unwrap().into(),
+                    },
+                );
+            }
+            json.into()
+        })
+        .collect()
+}
+
+/// The lost items of a JSON-lines output: (backend, point, count).
+fn losses(lines: &str) -> Vec<(String, String, u64)> {
+    lines
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|line| line["kind"] == "lost")
+        .map(|line| {
+            (
+                line["backend"].as_str().unwrap().to_owned(),
+                line["point"].as_str().unwrap().to_owned(),
+                line["count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The records the lost items of `lines` say `url` dropped (every lost
+/// item is one of these).
+fn export_dropped(lines: &str, url: &str) -> u64 {
+    losses(lines)
+        .iter()
+        .map(|(backend, point, count)| {
+            assert_eq!((backend.as_str(), point.as_str()), (url, "export_dropped"));
+            count
+        })
+        .sum()
+}
+
+/// The lines of `output` that are not lost items.
+fn events_only(output: &str) -> Vec<&str> {
+    output
+        .lines()
+        .filter(|line| !line.contains("\"kind\":\"lost\""))
+        .collect()
+}
+
+#[test]
+fn replayed_flows_reach_a_tcp_collector_as_written() {
+    let collector = TcpCollector::start(true);
+    let output = assert_cmd::Command::cargo_bin("flowtrack")
+        .unwrap()
+        .arg("replay")
+        .arg(recorded())
+        .args(["--format", "json", "--export", &collector.url("")])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let expected = written(&stdout);
+    let stream = collector.streams.recv().unwrap();
+    let collected = collected(&ipfix_dump(&stream));
+    assert_same_flows(&collected, &expected, "over TCP");
+}
+
+#[test]
+fn what_an_unreachable_collector_misses_is_a_lost_item_at_export_dropped() {
+    let url = format!("ipfix+tcp://127.0.0.1:{}", unused_port());
+    let replay = |format: &str| {
+        let output = assert_cmd::Command::cargo_bin("flowtrack")
+            .unwrap()
+            .arg("replay")
+            .arg(recorded())
+            .args(["--format", format, "--export", &url])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        (
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    let (json, stderr) = replay("json");
+    // The update and the two closes.
+    assert_eq!(
+        losses(&json),
+        [(url.clone(), "export_dropped".to_owned(), 3)],
+        "{json}"
+    );
+    let input = std::fs::read_to_string(recorded()).unwrap();
+    assert_eq!(
+        events_only(&json),
+        input.lines().collect::<Vec<_>>(),
+        "every flow"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "cannot export flow records to {url}: Connection refused"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "flowtrack: export to {url}: 3 flow records dropped"
+        )),
+        "{stderr}"
+    );
+    let (text, _) = replay("text");
+    assert!(
+        text.lines().any(|line| line.contains(&url)
+            && line.ends_with("3 flow records not exported (export dropped)")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_tcp_collector_that_stops_reading_holds_no_flow_back() {
+    let collector = TcpCollector::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flows.jsonl");
+    // More than the socket buffers hold (about 6 MB of records): the
+    // exporter's writes stall.
+    let flows = 100_000;
+    let lines: String = (0..flows)
+        .map(|n| {
+            format!(
+                "{{\"ts_ns\":{},\"kind\":\"closed\",\"proto\":\"tcp\",\"src\":\"10.{}.{}.{}\",\"sport\":40000,\"dst\":\"192.0.2.80\",\"dport\":443,\"packets\":3,\"bytes\":300,\"src_packets\":2,\"src_bytes\":200,\"dst_packets\":1,\"dst_bytes\":100,\"start_ns\":1000,\"reason\":\"fin\",\"backend\":\"ebpf\",\"backends\":[\"ebpf\"]}}\n",
+                2_000 + n,
+                n / 65_536,
+                n / 256 % 256,
+                n % 256
+            )
+        })
+        .collect();
+    std::fs::write(&file, &lines).unwrap();
+    let url = collector.url("?queue=100");
+    let output = assert_cmd::Command::cargo_bin("flowtrack")
+        .unwrap()
+        .arg("replay")
+        .arg(&file)
+        .args(["--format", "json", "--export", &url])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        events_only(&stdout),
+        lines.lines().collect::<Vec<_>>(),
+        "every flow"
+    );
+    let dropped = export_dropped(&stdout, &url);
+    assert!(dropped > 0 && dropped <= flows, "{dropped}");
+    assert!(
+        stderr.contains(&format!(
+            "flowtrack: export to {url}: {dropped} flow records dropped"
+        )),
+        "{stderr}"
+    );
+    assert!(collector.accepted.try_recv().is_ok(), "it was connected to");
+}
+
+/// Two rounds of TCP connections between sockets of the command: 20 to one
+/// server, then, once the file `argv[1]` exists, 10 to another.
+const ROUNDS: &str = r"
+import os, socket, sys, threading, time
+def round(count):
+    server = socket.socket(); server.bind(('127.0.0.1', 0)); server.listen(count)
+    def serve():
+        for _ in range(count):
+            peer, _ = server.accept(); peer.recv(100); peer.sendall(b'y' * 50); peer.close()
+    thread = threading.Thread(target=serve); thread.start()
+    for _ in range(count):
+        client = socket.create_connection(server.getsockname()); client.sendall(b'x' * 100)
+        while client.recv(100): pass
+        client.close()
+    thread.join(); server.close()
+round(20)
+deadline = time.time() + 60
+while not os.path.exists(sys.argv[1]) and time.time() < deadline: time.sleep(0.05)
+round(10)
+";
+
+#[test]
+fn a_collector_down_then_up_misses_what_overflowed_counted_and_gets_the_rest() {
+    if !privileged("a_collector_down_then_up_misses_what_overflowed_counted_and_gets_the_rest") {
+        return;
+    }
+    let port = unused_port();
+    let url = format!("ipfix+tcp://127.0.0.1:{port}?queue=5");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("flows.jsonl");
+    let go = dir.path().join("go");
+    let mut flowtrack = Command::new(FLOWTRACK)
+        .args(["run", "--backend", "ebpf", "--format", "json", "-o"])
+        .arg(&out)
+        .args(["--metrics-addr", "127.0.0.1:0", "--export", &url])
+        .args(["--", "python3", "-c", ROUNDS])
+        .arg(&go)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flowtrack starts");
+    let stderr = Lines::follow(flowtrack.stderr.take().unwrap());
+    let mut metrics = None;
+    stderr.wait_for("flowtrack serves metrics", |lines| {
+        metrics = lines.iter().find_map(|line| {
+            line.strip_prefix("flowtrack: serving metrics on http://")?
+                .strip_suffix("/metrics")?
+                .parse::<SocketAddr>()
+                .ok()
+        });
+        metrics.is_some()
+    });
+    // The first round's 20 closes: 5 wait in the queue, 15 are dropped.
+    let dropped = format!(
+        "flowtrack_observations_lost_total{{backend=\"{url}\",point=\"export_dropped\"}} 15"
+    );
+    wait_until("the metrics count 15 records dropped", || {
+        scrape(metrics.unwrap()).is_some_and(|text| text.contains(&dropped))
+    });
+    let collector = TcpCollector::on(port, true);
+    collector
+        .accepted
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the exporter connects again");
+    std::fs::write(&go, "").unwrap();
+    let status = flowtrack.wait().unwrap();
+    let stderr = stderr.all();
+    assert!(status.success(), "{stderr}");
+    let lines = std::fs::read_to_string(&out).unwrap();
+    let written = written(&lines);
+    assert_eq!(written.len(), 30, "every flow in the output: {lines}");
+    let lost = export_dropped(&lines, &url);
+    assert_eq!(lost, 15, "{lines}");
+    assert!(
+        stderr.contains("exports dropped 15 flow records (export_dropped"),
+        "the summary: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("export to {url} works again")),
+        "{stderr}"
+    );
+    // Fresh templates on the new connection, then the 5 queued records
+    // and the second round's 10.
+    let collected = collected(&ipfix_dump(&collector.streams.recv().unwrap()));
+    assert_eq!(collected.len(), 15, "{collected:?}");
+    for flow in collected.keys() {
+        assert!(written.contains_key(flow), "{flow:?} not in {written:?}");
     }
 }

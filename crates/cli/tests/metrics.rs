@@ -2,7 +2,7 @@
 //! when descriptors run out, and clients that never send cannot hold its
 //! descriptors.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use flowtrack_kernel_tests::privileged;
 
 mod common;
 
-use common::{FLOWTRACK, wait_until};
+use common::{FLOWTRACK, scrape, wait_until};
 
 /// `flowtrack run --metrics-addr 127.0.0.1:0 -- sleep SECONDS` and the
 /// address its metrics server bound (from its stderr line).
@@ -86,18 +86,6 @@ fn accept_queue(port: u16) -> u64 {
         .find(|fields| fields[1].ends_with(&local) && fields[3] == "0A")
         .and_then(|fields| u64::from_str_radix(fields[4].split(':').nth(1)?, 16).ok())
         .expect("flowtrack listens on the port")
-}
-
-/// One scrape; `None` when the server closed the connection unanswered.
-fn scrape(addr: SocketAddr) -> Option<String> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.starts_with("HTTP/1.").then_some(response)
 }
 
 #[test]

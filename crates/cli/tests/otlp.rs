@@ -197,4 +197,21 @@ fn a_receiver_that_is_down_costs_the_records_counted_and_nothing_else() {
         "{stderr}"
     );
     assert!(stderr.contains("cannot export flow records"), "{stderr}");
+    let in_band: u64 = lines
+        .lines()
+        .filter_map(
+            |line| match FlowRecord::from_json_line(line).unwrap().item {
+                RecordItem::Lost {
+                    point: flow_core::LossPoint::ExportDropped,
+                    count,
+                    ..
+                } => count,
+                _ => None,
+            },
+        )
+        .sum();
+    assert_eq!(
+        in_band, 4,
+        "export_dropped loss items in the output: {lines}"
+    );
 }

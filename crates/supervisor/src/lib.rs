@@ -22,8 +22,9 @@
 //! - [`backend`]: opens backends by name (`auto`, `ebpf`, `nflog`, `both`).
 //! - [`audit`]: a policy in audit mode, on any backend: the flows it
 //!   would deny, reported.
-//! - `export` (feature `ipfix`): flow records to IPFIX collectors over UDP,
-//!   and (feature `otlp`) to OpenTelemetry collectors over OTLP/gRPC.
+//! - `export` (feature `ipfix`): flow records to IPFIX collectors over UDP
+//!   or TCP, and (feature `otlp`) to OpenTelemetry collectors over
+//!   OTLP/gRPC.
 //!
 //! The event vocabulary is [`flow_core`]'s, re-exported here.
 

@@ -2,9 +2,9 @@
 
 use std::io::{self, Write};
 
-use flow_core::display::LossCount;
+use flow_core::display::{Count, LossCount};
 use flow_core::record::{FlowRecord, JsonOptions, RecordItem};
-use flow_core::{FlowEventKind, protocol};
+use flow_core::{FlowEventKind, LossPoint, protocol};
 
 use crate::columns::Line;
 
@@ -290,6 +290,19 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut Vec<u8>) {
                     None => line.raw(b"  cgroup ").left(&workload.cgroup, 0),
                 };
             }
+        }
+        RecordItem::Lost {
+            point: LossPoint::ExportDropped,
+            count,
+            ..
+        } => {
+            match count {
+                Some(count) => line.display(format_args!(
+                    "{} not exported (export dropped)",
+                    Count(*count, "flow record")
+                )),
+                None => line.display(format_args!("flow records not exported (export dropped)")),
+            };
         }
         RecordItem::Lost { point, count, .. } => {
             line.display(format_args!("{} lost ({point})", LossCount(*count)));

@@ -56,6 +56,9 @@ pub struct PipelineReport {
     /// evictions: [`LossPoint::loses_flows`] is false), apart from lost
     /// flow observations.
     pub names_lost: u64,
+    /// Flow records an export dropped ([`LossPoint::ExportDropped`]): the
+    /// collector misses them, the output has them.
+    pub export_dropped: u64,
     /// Per-destination totals of the events observed.
     pub destinations: Destinations,
     /// Per-program totals of the events observed.
@@ -222,6 +225,12 @@ fn tally(report: &mut PipelineReport, item: MergedItem) {
                 report.loss_points.push(point);
             }
             match count {
+                Some(count) if point == LossPoint::ExportDropped => {
+                    report.export_dropped = report.export_dropped.saturating_add(count);
+                }
+                None if point == LossPoint::ExportDropped => {
+                    report.export_dropped = report.export_dropped.saturating_add(1);
+                }
                 // Counts read back from a file may be anything.
                 Some(count) if !point.loses_flows() => {
                     report.names_lost = report.names_lost.saturating_add(count);

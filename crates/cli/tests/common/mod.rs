@@ -5,7 +5,7 @@
 // Each test file uses what it needs of these.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -232,4 +232,16 @@ impl Lines {
         let lines = self.lines.lock().unwrap();
         lines.iter().map(|line| format!("{line}\n")).collect()
     }
+}
+
+/// One scrape; `None` when the server closed the connection unanswered.
+pub(crate) fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.starts_with("HTTP/1.").then_some(response)
 }

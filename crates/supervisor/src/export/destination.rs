@@ -54,7 +54,9 @@ impl Destination {
             };
             return Err(ExportUrlError {
                 url: url.to_owned(),
-                why: format!("unknown scheme (expected ipfix+udp://HOST:PORT{otlp})"),
+                why: format!(
+                    "unknown scheme (expected ipfix+udp://HOST:PORT, ipfix+tcp://HOST:PORT{otlp})"
+                ),
             });
         }
         ExportUrl::parse(url).map(Self::Ipfix)
