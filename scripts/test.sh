@@ -25,13 +25,13 @@ echo "== lint (all features)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 # A downstream crate picks features; each choice must build on its own.
-for features in "" ebpf nflog mock ipfix; do
+for features in "" ebpf nflog mock ipfix otlp; do
     echo "== lint flow-supervisor, no default features${features:+, features: $features}"
     cargo clippy -p flow-supervisor --no-default-features ${features:+--features "$features"} --all-targets -- -D warnings
 done
 
-echo "== the library brings no command-line, HTTP or metrics crates"
-if cargo tree -p flow-supervisor -e normal --prefix none | grep -E '^(clap|hyper|prometheus-client|anyhow) '; then
+echo "== the library brings no command-line, HTTP, metrics or OpenTelemetry crates unless asked (feature otlp)"
+if cargo tree -p flow-supervisor -e normal --prefix none | grep -E '^(clap|hyper|prometheus-client|anyhow|tonic|opentelemetry[a-z_-]*) '; then
     echo "flow-supervisor depends on a crate that belongs to the flowtrack command" >&2
     exit 1
 fi

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use flow_supervisor::backend::{self, BackendChoice};
-use flow_supervisor::export::ExportUrl;
+use flow_supervisor::export::destination::Destination;
 use flow_supervisor::output::OutputFormat;
 
 /// Report every network connection a workload makes, straight from the Linux
@@ -169,14 +169,15 @@ pub(crate) struct OutputArgs {
     pub(crate) cmdline: bool,
     /// Also export closed flows and updates to a collector:
     /// `ipfix+udp://HOST:PORT` or `ipfix+tcp://HOST:PORT` (IPFIX, RFC 5103
-    /// biflows), optionally `?queue=RECORDS`. Repeatable.
+    /// biflows), optionally `?queue=RECORDS`, or `otlp+grpc://HOST:PORT`
+    /// (OpenTelemetry log records). Repeatable.
     #[arg(long = "export", value_name = "URL", value_parser = export_url)]
-    pub(crate) exports: Vec<ExportUrl>,
+    pub(crate) exports: Vec<Destination>,
 }
 
 /// Parses `--export`.
-fn export_url(value: &str) -> Result<ExportUrl, String> {
-    ExportUrl::parse(value).map_err(|error| error.to_string())
+fn export_url(value: &str) -> Result<Destination, String> {
+    Destination::parse(value).map_err(|error| error.to_string())
 }
 
 /// What `run` and `watch` report besides the events: the

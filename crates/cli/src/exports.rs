@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use flow_core::LossPoint;
 use flow_core::clock::monotonic_now_ns;
-use flow_supervisor::export::{ExportUrl, Exporter};
+use flow_supervisor::export::destination::{AnyExporter, Destination};
 use flow_supervisor::merge::MergedItem;
 use futures::Stream;
 
@@ -23,14 +23,14 @@ use crate::diag::say;
 const LOSS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The running exporters, one per `--export`.
-pub(crate) struct Exports(Vec<Exporter>);
+pub(crate) struct Exports(Vec<AnyExporter>);
 
 impl Exports {
     /// Starts one exporter per URL.
-    pub(crate) fn start(urls: &[ExportUrl]) -> Result<Self> {
+    pub(crate) fn start(urls: &[Destination]) -> Result<Self> {
         urls.iter()
             .map(|url| {
-                Exporter::start(url.clone()).with_context(|| format!("cannot export to {url}"))
+                AnyExporter::start(url.clone()).with_context(|| format!("cannot export to {url}"))
             })
             .collect::<Result<_>>()
             .map(Self)
@@ -49,11 +49,7 @@ impl Exports {
         let reported = vec![0; self.0.len()];
         Fed {
             items,
-            names: self
-                .0
-                .iter()
-                .map(|e| Arc::from(e.url().to_string()))
-                .collect(),
+            names: self.0.iter().map(|e| Arc::from(e.url())).collect(),
             reported,
             exports: Some(self),
             tick,
@@ -68,7 +64,7 @@ impl Exports {
         self.0
             .into_iter()
             .map(|exporter| {
-                let url = exporter.url().clone();
+                let url = exporter.url();
                 let dropped = exporter.finish();
                 if dropped > 0 {
                     say!(
@@ -150,7 +146,7 @@ where
                 return Pin::new(&mut this.items).poll_next(cx);
             }
             if this.tick.poll_tick(cx).is_ready() {
-                let dropped: Vec<u64> = exports.0.iter().map(Exporter::dropped).collect();
+                let dropped: Vec<u64> = exports.0.iter().map(AnyExporter::dropped).collect();
                 this.report(dropped);
                 continue;
             }

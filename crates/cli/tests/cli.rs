@@ -512,3 +512,28 @@ fn output_through_another_users_link_in_a_sticky_directory_is_refused() {
     let mode = std::fs::metadata(&link).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o600);
 }
+
+#[test]
+fn an_export_url_flowtrack_cannot_send_to_is_a_usage_error_naming_what_it_can() {
+    for (url, says) in [
+        (
+            "otlp+http://127.0.0.1:4318",
+            "OTLP over HTTP is not supported; use otlp+grpc://HOST:PORT",
+        ),
+        (
+            "kafka://127.0.0.1:9092",
+            "unknown scheme (expected ipfix+udp://HOST:PORT, ipfix+tcp://HOST:PORT or otlp+grpc://HOST:PORT)",
+        ),
+        ("otlp+grpc://127.0.0.1", "expected HOST:PORT"),
+    ] {
+        let assert = flowtrack()
+            .args(["replay", "x", "--export", url])
+            .assert()
+            .code(2);
+        let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+        assert!(
+            stderr.contains(&format!("cannot export to {url:?}: {says}")),
+            "{stderr}"
+        );
+    }
+}

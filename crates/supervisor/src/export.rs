@@ -1,4 +1,6 @@
-//! Flow export to collectors (feature `ipfix`): IPFIX over UDP or TCP.
+//! Flow export to collectors (feature `ipfix`): IPFIX over UDP or TCP;
+//! with the feature `otlp`, OpenTelemetry log records over OTLP/gRPC
+//! ([`otlp`]); [`destination`] picks one by the URL's scheme.
 //!
 //! [`Exporter::offer`] never blocks the pipeline: it hands the event to a
 //! bounded queue ([`QUEUE`] records, or the URL's `?queue=N`) that a
@@ -25,8 +27,11 @@
 
 #[cfg(test)]
 mod decode;
+pub mod destination;
 pub mod ipfix;
 pub mod link;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod wall;
 
 use std::collections::HashMap;

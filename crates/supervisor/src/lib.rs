@@ -9,9 +9,10 @@
 //!
 //! Features: `ebpf` and `nflog` compile in the kernel backends (both on by
 //! default), `mock` the scripted and mockall sources for tests, `ipfix`
-//! flow export to IPFIX collectors. The
-//! `flowtrack` command is a crate of its own (package `flowtrack`), so this
-//! library brings no command-line, HTTP or metrics crates.
+//! flow export to IPFIX collectors, `otlp` flow export as OpenTelemetry
+//! log records (OTLP/gRPC). The `flowtrack` command is a crate of its own
+//! (package `flowtrack`), so this library brings no command-line, HTTP or
+//! metrics crates (unless asked for `otlp`: its gRPC client is tonic's).
 //!
 //! - [`merge`]: the merge engine — any number of [`FlowSource`]s, one
 //!   stream of [`merge::MergedItem`]s tagged with their backend.
@@ -22,7 +23,8 @@
 //! - [`audit`]: a policy in audit mode, on any backend: the flows it
 //!   would deny, reported.
 //! - `export` (feature `ipfix`): flow records to IPFIX collectors over UDP
-//!   or TCP.
+//!   or TCP, and (feature `otlp`) to OpenTelemetry collectors over
+//!   OTLP/gRPC.
 //!
 //! The event vocabulary is [`flow_core`]'s, re-exported here.
 

@@ -42,8 +42,16 @@ impl WallClock {
     /// milliseconds since the UNIX epoch (0 before it).
     #[must_use]
     pub fn ms(&self, monotonic_ns: u64) -> u64 {
+        self.ns(monotonic_ns) / 1_000_000
+    }
+
+    /// The wall-clock time of the monotonic stamp `monotonic_ns`, in
+    /// nanoseconds since the UNIX epoch (0 before it), as OpenTelemetry
+    /// carries it.
+    #[must_use]
+    pub fn ns(&self, monotonic_ns: u64) -> u64 {
         let wall = i128::from(monotonic_ns) + self.offset_ns;
-        u64::try_from(wall.max(0) / 1_000_000).unwrap_or(u64::MAX)
+        u64::try_from(wall.max(0)).unwrap_or(u64::MAX)
     }
 
     /// Seconds since the UNIX epoch now, as an IPFIX header's export time.
