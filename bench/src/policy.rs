@@ -380,8 +380,8 @@ pub(crate) fn policy(connects: usize, rounds: usize, storm_flows: usize) -> Resu
         bail!("needs root");
     }
     let runtime = tokio::runtime::Runtime::new()?;
-    let mut connect_table = format!(
-        "| backend | policy (enforce) | connect() p50: median of the rounds (range) | p99 (median) | cgroup CPU per connection: median (range) | eBPF connect hook per run (median) |\n|---|---|---|---|---|---|\n"
+    let mut connect_table = String::from(
+        "| backend | policy (enforce) | connect() p50: median of the rounds (range) | p99 (median) | cgroup CPU per connection: median (range) | eBPF connect hook per run (median) |\n|---|---|---|---|---|---|\n",
     );
     for backend in [Backend::Ebpf, Backend::Nflog] {
         connect_table.push_str(&connect_rows(&runtime, backend, connects, rounds)?);
