@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     match flow_backend_ebpf::decode_record(data) {
-        Ok(Record::Opened(event, _) | Record::Closed(event)) => {
+        Ok(Record::Opened(event, _, _) | Record::Closed(event)) => {
             assert_eq!(event.key.src_addr.is_ipv4(), event.key.dst_addr.is_ipv4());
         }
         Ok(Record::DnsAnswer {
