@@ -624,6 +624,41 @@ fn enforced_name_rules_allow_what_their_lookups_answered_and_nothing_else() {
     }
 }
 
+/// DNS itself must be allowed: a lookup whose server the policy denies
+/// fails at once (its query refused with EPERM, reported), and the name
+/// it would have answered stays denied.
+#[test]
+fn a_lookup_the_policy_denies_fails_at_once_and_allows_nothing() {
+    if !privileged("a_lookup_the_policy_denies_fails_at_once_and_allows_nothing") {
+        return;
+    }
+    let names_run = NamesRun::new();
+    let policy = [
+        "--backend",
+        "ebpf",
+        "--mode",
+        "enforce",
+        "--allow",
+        "tcp://pypi.test:8443",
+    ];
+    let output = names_run.run(&policy, RESOLVE_AND_CONNECT, &["pypi.test"]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.starts_with("pypi.test ") && !stdout.contains("ok"),
+        "the lookup fails: {output:?}"
+    );
+    let refused = denials(&names_run.out);
+    assert!(
+        refused.contains(&("127.0.0.1:53".to_owned(), Some("default".to_owned()), true)),
+        "the query refused: {refused:?}"
+    );
+    assert!(
+        refused.iter().all(|(dst, _, _)| dst.ends_with(":53")),
+        "nothing else was tried: {refused:?}"
+    );
+}
+
 /// Resolves `N.race.test` and connects a UDP socket to its address, for
 /// N from 1 to `sys.argv[1]`, each address answered fresh; prints how
 /// many connects were refused.
