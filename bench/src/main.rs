@@ -35,7 +35,7 @@ enum Cmd {
         out: std::path::PathBuf,
         /// Only these sections (comma-separated); the others are kept from
         /// the report already at `--out`.
-        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(report::SECTION_NAMES))]
+        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(report::section_names()))]
         only: Vec<String>,
         /// How long and how big each measurement is.
         #[command(flatten)]

@@ -220,7 +220,8 @@ pub(crate) fn flow_key(raw: &RawFlowKey) -> FlowKey {
     }
 }
 
-fn address(family: u8, bytes: &[u8; 16]) -> IpAddr {
+/// An address as the kernel's records hold it (`family`'s layout).
+pub(crate) fn address(family: u8, bytes: &[u8; 16]) -> IpAddr {
     if family == FAMILY_V4 {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
     } else {

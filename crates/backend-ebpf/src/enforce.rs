@@ -114,14 +114,9 @@ pub(crate) fn prefixes(policy: &Policy) -> Result<Vec<(u32, [u8; 16], RawPolicyR
     let mut v4_root = false;
     for (net, entries) in table.iter() {
         let rules = raw_rules(entries).map_err(|why| format!("{net}: {why}"))?;
-        match net.network() {
-            IpAddr::V4(address) => {
-                let len = V4_PREFIX_OFFSET + u32::from(net.prefix_len());
-                v4_root |= net.prefix_len() == 0;
-                out.push((len, mapped_v4(address.octets()), rules));
-            }
-            IpAddr::V6(address) => out.push((u32::from(net.prefix_len()), address.octets(), rules)),
-        }
+        v4_root |= net.network().is_ipv4() && net.prefix_len() == 0;
+        let (len, address) = trie_prefix(net.network(), net.prefix_len());
+        out.push((len, address, rules));
     }
     if !v4_root {
         out.push((
@@ -131,6 +126,15 @@ pub(crate) fn prefixes(policy: &Policy) -> Result<Vec<(u32, [u8; 16], RawPolicyR
         ));
     }
     Ok(out)
+}
+
+/// The trie's prefix length and address of `address/len` (IPv4 as
+/// IPv4-mapped: `flow_ebpf_common::policy`).
+pub(crate) fn trie_prefix(address: IpAddr, len: u8) -> (u32, [u8; 16]) {
+    match address {
+        IpAddr::V4(v4) => (V4_PREFIX_OFFSET + u32::from(len), mapped_v4(v4.octets())),
+        IpAddr::V6(v6) => (u32::from(len), v6.octets()),
+    }
 }
 
 /// Fills the policy's maps in the loaded object.

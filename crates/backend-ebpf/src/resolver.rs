@@ -20,7 +20,7 @@ use std::time::Duration;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData};
 use flow_core::{FlowError, FlowKey};
-use flow_ebpf_common::{FAMILY_V4, FAMILY_V6, RawEndpoint, V4_PREFIX_OFFSET, mapped_v4};
+use flow_ebpf_common::{FAMILY_V4, FAMILY_V6, RawEndpoint};
 use flow_policy::{Matcher, Policy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::BACKEND_NAME;
-use crate::enforce::{Rules, raw_rules};
+use crate::decode::address;
+use crate::enforce::{Rules, raw_rules, trie_prefix};
 
 /// How long the server the query was for has to answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -191,17 +192,10 @@ impl Shared {
             protocol,
         });
         let server = self.clients.get(&key, 0).ok()?.0;
-        let ip = if server.family == FAMILY_V4 {
-            IpAddr::from([
-                server.addr[0],
-                server.addr[1],
-                server.addr[2],
-                server.addr[3],
-            ])
-        } else {
-            IpAddr::from(server.addr)
-        };
-        Some(SocketAddr::new(ip, server.port))
+        Some(SocketAddr::new(
+            address(server.family, &server.addr),
+            server.port,
+        ))
     }
 
     /// Puts what `answer` teaches the policy into the kernel.
@@ -218,10 +212,10 @@ impl Shared {
             );
         }
         for address in learned.addresses {
-            let key = match address.address {
-                IpAddr::V4(v4) => Key::new(V4_PREFIX_OFFSET + 32, mapped_v4(v4.octets())),
-                IpAddr::V6(v6) => Key::new(128, v6.octets()),
-            };
+            // One address: its full length.
+            let full = if address.address.is_ipv4() { 32 } else { 128 };
+            let (len, bytes) = trie_prefix(address.address, full);
+            let key = Key::new(len, bytes);
             let inserted = raw_rules(&address.entries)
                 .map_err(|why| why.to_string())
                 .and_then(|rules| {
