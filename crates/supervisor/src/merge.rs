@@ -280,7 +280,13 @@ enum Flow {
 
 impl Forwarder {
     async fn run(mut self, stream: FlowStream) {
-        let mut chunks = stream.ready_chunks(self.config.batch_size);
+        // Each item is tagged as it comes off the stream, straight into the
+        // batch that is sent: an event is moved as few times as it can be
+        // (it is large, and moving it was most of the merge's cost).
+        let backend = Arc::clone(&self.backend);
+        let mut chunks = stream
+            .map(move |item| MergedItem::from_source(&backend, item))
+            .ready_chunks(self.config.batch_size);
         loop {
             let chunk = tokio::select! {
                 biased;
@@ -322,18 +328,14 @@ impl Forwarder {
 
     /// Tags and sends a batch; stops after a fatal error or when the
     /// consumer is gone.
-    async fn forward(&self, items: Vec<Result<FlowEvent, FlowError>>) -> Flow {
-        let mut failed = false;
-        let mut batch = Vec::with_capacity(items.len());
-        for item in items {
-            let merged = MergedItem::from_source(&self.backend, item);
-            failed = matches!(merged, MergedItem::SourceFailed { .. });
-            batch.push(merged);
-            if failed {
-                break;
-            }
+    async fn forward(&self, mut batch: Vec<MergedItem>) -> Flow {
+        let failure = batch
+            .iter()
+            .position(|item| matches!(item, MergedItem::SourceFailed { .. }));
+        if let Some(failure) = failure {
+            batch.truncate(failure + 1);
         }
-        if self.sender.send(batch).await.is_err() || failed {
+        if self.sender.send(batch).await.is_err() || failure.is_some() {
             Flow::Stop
         } else {
             Flow::Continue
