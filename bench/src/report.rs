@@ -386,7 +386,8 @@ fn storm_section(plan: &Plan, machine: &str) -> Result<String> {
          Each tool's lines are stamped with CLOCK_MONOTONIC on arrival; the\n\
          generator stamps each connect(). A port reused from TIME_WAIT carries\n\
          several flows in turn: the k-th open of a port answers its k-th connect.\n\
-         CPU is the tool's user + system time over the storm, per 10,000\n\
+         CPU is the tool's user + system time over the storm (from when its\n\
+         start is over: its CPU time stops rising), per 10,000\n\
          connections made and per 10,000 events (opened + closed lines) it\n\
          reported. `conntrack -E` and\n\
          ulogd2 see a DESTROY only when an entry expires (120 s after a clean close) or is\n\

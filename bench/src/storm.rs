@@ -91,6 +91,24 @@ pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / 100.0)
 }
 
+/// CPU seconds `pid` has used once it has settled: its start (loading
+/// and verifying programs, parsing BTF: a few tenths of a second, longer
+/// on a loaded machine) is over when two reads 200 ms apart agree (at most
+/// 10 s). The storms compare what watching costs per flow, which a
+/// one-off start would blur.
+fn settled_cpu_seconds(pid: u32) -> Result<f64> {
+    let mut before = cpu_seconds(pid)?;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = cpu_seconds(pid)?;
+        if (now - before).abs() < 0.005 {
+            break;
+        }
+        before = now;
+    }
+    Ok(before)
+}
+
 /// A watcher process and the thread collecting its lines.
 pub(crate) struct Watcher {
     pub(crate) child: Child,
@@ -506,7 +524,7 @@ impl Generator<'_> {
         std::thread::sleep(Duration::from_secs(1));
         let mut cpu_before = Vec::new();
         for watcher in &watchers {
-            cpu_before.push(cpu_seconds(watcher.child.id())?);
+            cpu_before.push(settled_cpu_seconds(watcher.child.id())?);
         }
         let mut generator = self.netns.command(&harness()?);
         generator.args([
