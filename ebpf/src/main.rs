@@ -20,7 +20,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or, atomic_xadd};
 
 use aya_ebpf::EbpfContext;
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::generated::bpf_skb_cgroup_id;
 use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use aya_ebpf::macros::{btf_tracepoint, cgroup_skb, cgroup_sock, map};
@@ -49,6 +49,12 @@ static SOCKETS: LruHashMap<u64, RawFlowKey> =
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Submit flags of a record the reader must see at once (an open, a
+/// denial, a payload): a wakeup even when closes, written without one
+/// ([`emit`]), wait unread before it; the ring itself wakes the reader
+/// only when it has read everything.
+const WAKE_READER: u64 = BPF_RB_FORCE_WAKEUP as u64;
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
@@ -307,7 +313,7 @@ fn emit_opened(ctx: &SkBuffContext, key: &RawFlowKey, state: &RawFlowState, now:
         (&raw mut (*owner).tgid).write(0);
         process::owner_of_packet(ctx, owner);
     }
-    entry.submit(0);
+    entry.submit(WAKE_READER);
 }
 
 /// Counts a packet of a known flow in the table and follows its TCP state.
@@ -443,14 +449,18 @@ fn close(key: &RawFlowKey, state: *const RawFlowState, reason: u32) {
     }
 }
 
-/// Sends a record with the key oriented initiator → responder.
+/// Sends a record with the key oriented initiator → responder, without
+/// waking the reader: a close rides along with the next record that does
+/// (an open, a lookup), or the reader's catch-up read a few milliseconds
+/// after its last one. A storm of short connections then costs the reader
+/// one wakeup per connection rather than two.
 fn emit(kind: u32, close_reason: u32, key: &RawFlowKey, state: &RawFlowState, now: u64) {
     let Some(mut entry) = EVENTS.reserve::<RawFlowRecord>(0) else {
         bump(COUNTER_RING_FULL);
         return;
     };
     entry.write(flow_record(kind, close_reason, key, state, now));
-    entry.submit(0);
+    entry.submit(u64::from(BPF_RB_NO_WAKEUP));
 }
 
 /// A flow record with the key oriented initiator → responder.

@@ -1,9 +1,12 @@
-//! The stream of a running eBPF source: ring-buffer records as they come,
-//! and every sweep interval the idle flows and the loss counters; with an
-//! active timeout, every timeout the open flows' counters so far.
+//! The stream of a running eBPF source: ring-buffer records as they come
+//! (closes, which the programs write without a wakeup, at the next wakeup
+//! or a catch-up read shortly after), and every sweep interval the idle
+//! flows and the loss counters; with an active timeout, every timeout the
+//! open flows' counters so far.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,6 +119,7 @@ pub(crate) fn stream(
         updated: None,
         counters,
         sweep,
+        catch_up: None,
         cgroup: config.cgroup.clone(),
         capacity: u64::from(config.flow_table_entries),
         reported: Counts::default(),
@@ -173,6 +177,7 @@ fn relayed_answer(
     pending.extend(made);
 }
 
+/// Reads every record in the ring into `pending`; whether there was any.
 fn drain(
     ring: &mut RingBuf<MapData>,
     enricher: &mut Enricher,
@@ -180,14 +185,16 @@ fn drain(
     mut workloads: Option<&mut Workloads>,
     resolver: Option<&mut resolver::Running>,
     pending: &mut VecDeque<Item>,
-) {
+) -> bool {
     let mut made = Vec::new();
+    let mut read = false;
     if let Some(resolver) = resolver {
         while let Some(relayed) = resolver.try_relayed() {
             relayed_answer(enricher, relayed, pending);
         }
     }
     while let Some(record) = ring.next() {
+        read = true;
         match decode_record(&record) {
             Ok(Record::Opened(event, owner, cgroup_id)) => {
                 let event = event.within(workloads.as_deref_mut().and_then(|w| w.of(cgroup_id)));
@@ -235,6 +242,7 @@ fn drain(
             }
         }
     }
+    read
 }
 
 /// Idle limits, in nanoseconds.
@@ -418,6 +426,19 @@ async fn next_update(
     }
 }
 
+/// How long after a read that found records the ring is read again, for
+/// the closes the programs write without a wakeup: the longest a close
+/// waits when nothing else wakes the reader.
+const CATCH_UP: Duration = Duration::from_millis(5);
+
+/// Waits for the catch-up read, if one is scheduled (else forever).
+async fn catch_up_due(catch_up: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match catch_up {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits for the walk in progress, if any (else forever).
 async fn walk_done(walking: &mut Option<Walk>) -> Result<Walked, tokio::task::JoinError> {
     match walking {
@@ -440,6 +461,9 @@ struct Reader {
     updated: Option<tokio::sync::mpsc::Receiver<FlowEvent>>,
     counters: PerCpuArray<MapData, u64>,
     sweep: tokio::time::Interval,
+    /// A read of the ring [`CATCH_UP`] after one that found records, for
+    /// the closes the programs write without waking the reader.
+    catch_up: Option<Pin<Box<tokio::time::Sleep>>>,
     cgroup: PathBuf,
     capacity: u64,
     reported: Counts,
@@ -498,7 +522,7 @@ impl Reader {
             tokio::select! {
                 guard = self.ring.readable_mut() => match guard {
                     Ok(mut guard) => {
-                        drain(
+                        let read = drain(
                             guard.get_inner_mut(),
                             &mut self.enricher,
                             self.policy.as_deref(),
@@ -507,10 +531,12 @@ impl Reader {
                             &mut self.pending,
                         );
                         guard.clear_ready();
+                        self.catch_up_after(read);
                     }
                     Err(e) => return Some(Err(FlowError::io("reading the eBPF ring buffer", e))),
                 },
                 _ = self.sweep.tick() => self.sweep(),
+                () = catch_up_due(&mut self.catch_up) => self.catch_up = None,
                 Some(update) = next_update(&mut self.updated) => {
                     self.pending.push_back(Ok(self.enricher.update(update)));
                 }
@@ -523,7 +549,7 @@ impl Reader {
     }
 
     fn drain_ring(&mut self) {
-        drain(
+        let read = drain(
             self.ring.get_mut(),
             &mut self.enricher,
             self.policy.as_deref(),
@@ -531,6 +557,16 @@ impl Reader {
             self.resolver.as_mut(),
             &mut self.pending,
         );
+        self.catch_up_after(read);
+    }
+
+    /// After a read that found records, schedules the catch-up read (once:
+    /// a busy ring costs one extra wakeup per [`CATCH_UP`] at most, an idle
+    /// one none).
+    fn catch_up_after(&mut self, read: bool) {
+        if read && self.catch_up.is_none() {
+            self.catch_up = Some(Box::pin(tokio::time::sleep(CATCH_UP)));
+        }
     }
 
     /// Reports new losses, starts a walk of the table for idle flows (on a
