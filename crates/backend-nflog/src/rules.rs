@@ -9,8 +9,12 @@
 //!   chain input  { type filter hook input  priority 0; }
 //!   # in both chains:
 //!   ct state new socket cgroupv2 level L == ID
-//!     ct mark set MARK ct event set new,destroy,protoinfo
+//!     ct mark set MARK ct event set new,destroy
 //!     log group G snaplen 160 prefix "flowtrack:new"
+//!   # in both chains: a marked TCP connection's TCP state changes from
+//!   # its first FIN or RST on (they show its close)
+//!   meta l4proto tcp ct mark == MARK tcp flags & (fin|rst) != 0
+//!     ct event set new,destroy,protoinfo
 //!   # in input: the scope's DNS answers (TCP: segments with a payload)
 //!   meta l4proto udp udp sport 53 socket cgroupv2 level L == ID
 //!     log group G snaplen 2167 prefix "flowtrack:dns"
@@ -90,9 +94,18 @@ const DNS_PORT: u16 = 53;
 const TLS_HANDSHAKE: u8 = 0x16;
 const CLIENT_HELLO: u8 = 0x01;
 const CT_EVENTMASK: u32 = 18;
-/// Events flowtrack needs: `IPCT_NEW`, `IPCT_DESTROY`, and `IPCT_PROTOINFO`
-/// (TCP state changes, which show a close at once).
-const EVENTS: u32 = 1 << 0 | 1 << 2 | 1 << 5;
+/// Events a new connection reports: `IPCT_NEW` and `IPCT_DESTROY`.
+const EVENTS: u32 = 1 << 0 | 1 << 2;
+/// Events once a TCP connection sends a FIN or a RST: also
+/// `IPCT_PROTOINFO`, its TCP state changes, which show its close at once
+/// (TIME_WAIT, CLOSE). Asked for only then: the handshake's state changes
+/// (SYN_RECV, ESTABLISHED) would be two more events per connection that
+/// say nothing flowtrack reports.
+const EVENTS_CLOSING: u32 = EVENTS | 1 << 5;
+/// TCP's FIN and RST flags (byte 13 of its header).
+const TCP_FIN_OR_RST: u8 = 0x01 | 0x04;
+/// The offset of the TCP header's flags byte.
+const TCP_FLAGS_OFFSET: u32 = 13;
 /// `NFT_SOCKET_CGROUPV2`.
 const SOCKET_CGROUPV2: u32 = 3;
 
@@ -498,6 +511,25 @@ fn new_flow_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
     expressions
 }
 
+/// The rule that asks for a marked TCP connection's state changes from
+/// its first FIN or RST on ([`EVENTS_CLOSING`]). Conntrack caches the
+/// packet's events before this chain and delivers them when the packet
+/// leaves the hook, under the mask it then has: the FIN's or RST's own
+/// state change is reported.
+fn closing_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
+    let mut expressions: Vec<_> = l4proto_is(libc::IPPROTO_TCP as u8).into();
+    expressions.extend([
+        ct_load(CT_MARK),
+        compare(true, &table.mark.to_ne_bytes()),
+        payload_load(BASE_TRANSPORT, TCP_FLAGS_OFFSET, 1),
+        mask(&[TCP_FIN_OR_RST]),
+        compare(false, &[0]),
+        immediate(&EVENTS_CLOSING.to_ne_bytes()),
+        ct_store(CT_EVENTMASK),
+    ]);
+    expressions
+}
+
 /// The rules that log the DNS answers reaching the scope: over UDP, and
 /// the TCP segments that carry a payload.
 fn dns_answer_rules(table: &Table) -> [Vec<Nlattr<u16, Buffer>>; 2] {
@@ -537,8 +569,8 @@ pub(crate) fn create_batch(table: &Table, first_seq: u32, owned: bool) -> (Vec<u
         RuleScope::Netns => ("prerouting", HOOK_PREROUTING),
         RuleScope::Cgroup { .. } => ("input", HOOK_INPUT),
     };
-    let mut inbound_rules = vec![new_flow_rule(table)];
-    let mut outbound = vec![new_flow_rule(table)];
+    let mut inbound_rules = vec![new_flow_rule(table), closing_rule(table)];
+    let mut outbound = vec![new_flow_rule(table), closing_rule(table)];
     if table.names {
         inbound_rules.extend(dns_answer_rules(table));
         if table.inner_payload {
@@ -697,13 +729,15 @@ mod tests {
                 nft(NEWRULE),
                 nft(NEWRULE),
                 nft(NEWRULE),
+                nft(NEWRULE),
                 nft(NEWCHAIN),
+                nft(NEWRULE),
                 nft(NEWRULE),
                 nft(NEWRULE),
                 BATCH_END
             ]
         );
-        assert_eq!(last, 18, "eight requests after the batch start");
+        assert_eq!(last, 20, "ten requests after the batch start");
         let Received::Message { payload, .. } = &messages[1] else {
             panic!()
         };
@@ -722,6 +756,14 @@ mod tests {
 
     /// Each rule of a batch: its chain, its expressions' names, and its log
     /// expression's prefix and snaplen.
+    /// [`rules_of`] that log (a prefix), in order.
+    fn logging_rules_of(bytes: &[u8]) -> Vec<(String, Vec<String>, String, u32)> {
+        rules_of(bytes)
+            .into_iter()
+            .filter(|(_, _, prefix, _)| !prefix.is_empty())
+            .collect()
+    }
+
     fn rules_of(bytes: &[u8]) -> Vec<(String, Vec<String>, String, u32)> {
         let text = |bytes: &[u8]| {
             String::from_utf8_lossy(bytes)
@@ -757,6 +799,32 @@ mod tests {
     }
 
     #[test]
+    fn tcp_state_changes_are_asked_for_from_a_fin_or_rst_on_in_both_chains() {
+        let table = Table::new(MARK_BIT | 5, RuleScope::Netns, 7);
+        let closing: Vec<_> = rules_of(&create_batch(&table, 1, true).0)
+            .into_iter()
+            .filter(|(_, _, prefix, _)| prefix.is_empty())
+            .collect();
+        let expected = [
+            "meta",
+            "cmp",
+            "ct",
+            "cmp",
+            "payload",
+            "bitwise",
+            "cmp",
+            "immediate",
+            "ct",
+        ];
+        let chains: Vec<&str> = closing.iter().map(|(chain, ..)| chain.as_str()).collect();
+        assert_eq!(chains, ["prerouting", "output"]);
+        for (_, names, ..) in &closing {
+            assert_eq!(names, &expected);
+        }
+        assert_eq!(EVENTS_CLOSING & !EVENTS, 1 << 5, "protoinfo, added");
+    }
+
+    #[test]
     fn dns_answers_and_client_hellos_are_logged_with_room_for_them() {
         use crate::nflog::{
             DNS_PREFIX, HELLO_PREFIX, NEW_FLOW_PREFIX, NEW_FLOW_SNAPLEN, PAYLOAD_SNAPLEN,
@@ -764,7 +832,7 @@ mod tests {
         let cgroup = Table::new(MARK_BIT, RuleScope::Cgroup { id: 9, level: 1 }, 7);
         let netns = Table::new(MARK_BIT, RuleScope::Netns, 7);
         for (table, inbound) in [(cgroup, "input"), (netns, "prerouting")] {
-            let rules = rules_of(&create_batch(&table, 1, true).0);
+            let rules = logging_rules_of(&create_batch(&table, 1, true).0);
             let logs: Vec<(&str, &str, u32)> = rules
                 .iter()
                 .map(|(chain, _, prefix, snaplen)| (chain.as_str(), prefix.as_str(), *snaplen))
@@ -798,7 +866,7 @@ mod tests {
     fn without_names_only_new_flows_are_logged() {
         let scope = RuleScope::Cgroup { id: 9, level: 1 };
         let table = Table::new(MARK_BIT, scope, 7).without_names();
-        let rules = rules_of(&create_batch(&table, 1, true).0);
+        let rules = logging_rules_of(&create_batch(&table, 1, true).0);
         let prefixes: Vec<&str> = rules.iter().map(|rule| rule.2.as_str()).collect();
         use crate::nflog::NEW_FLOW_PREFIX;
         assert_eq!(prefixes, [NEW_FLOW_PREFIX, NEW_FLOW_PREFIX]);
@@ -808,7 +876,7 @@ mod tests {
     fn without_inner_payloads_no_client_hello_is_logged() {
         let scope = RuleScope::Cgroup { id: 9, level: 1 };
         let table = Table::new(MARK_BIT, scope, 7).without_inner_payload();
-        let rules = rules_of(&create_batch(&table, 1, true).0);
+        let rules = logging_rules_of(&create_batch(&table, 1, true).0);
         let prefixes: Vec<&str> = rules.iter().map(|rule| rule.2.as_str()).collect();
         use crate::nflog::{DNS_PREFIX, NEW_FLOW_PREFIX};
         assert_eq!(
