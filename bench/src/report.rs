@@ -389,7 +389,10 @@ fn storm_section(plan: &Plan, machine: &str) -> Result<String> {
          CPU is the tool's user + system time over the storm (from when its\n\
          start is over: its CPU time stops rising), per 10,000\n\
          connections made and per 10,000 events (opened + closed lines) it\n\
-         reported. `conntrack -E` and\n\
+         reported; *wakeups / flow*: the times its threads slept waiting\n\
+         (voluntary context switches) over the storm, per connection made —\n\
+         on this virtual machine each costs more than the work it brings,\n\
+         and it is far less noisy than CPU time. `conntrack -E` and\n\
          ulogd2 see a DESTROY only when an entry expires (120 s after a clean close) or is\n\
          replaced by a reused port; flowtrack reports every close at once, from\n\
          the TCP state. Targets: 100% captured with default settings, never\n\

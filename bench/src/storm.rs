@@ -91,6 +91,22 @@ pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / 100.0)
 }
 
+/// Times `pid`'s threads (those alive now) have slept waiting for
+/// something (voluntary context switches): the wakeups a watcher paid
+/// for, which on these machines cost more than the work each brings.
+pub(crate) fn sleeps(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let status = std::fs::read_to_string(task?.path().join("status"))?;
+        let switches = status
+            .lines()
+            .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+            .context("voluntary_ctxt_switches in /proc/PID/task/TID/status")?;
+        total += switches.trim().parse::<u64>()?;
+    }
+    Ok(total)
+}
+
 /// CPU seconds `pid` has used once it has settled: its start (loading
 /// and verifying programs, parsing BTF: a few tenths of a second, longer
 /// on a loaded machine) is over when two reads 200 ms apart agree (at most
@@ -347,8 +363,8 @@ pub(crate) fn storms(flows: usize, threads: usize) -> Result<String> {
     }
     Ok(format!(
         "{rates}\n\
-         | storm | tool | flows made | opened captured | closed captured | loss reports | CPU s / 10k flows | CPU s / 10k events reported | connect → line p50 | p99 |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n{rows}"
+         | storm | tool | flows made | opened captured | closed captured | loss reports | CPU s / 10k flows | CPU s / 10k events reported | wakeups / flow | connect → line p50 | p99 |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n{rows}"
     ))
 }
 
@@ -413,6 +429,7 @@ fn beside(
         watched.next().context("peer")?,
     );
     let cpu = [ours.1, theirs.1];
+    let slept = [storm.sleeps[0], storm.sleeps[1]];
     let tallies = [
         (
             format!("flowtrack watch --backend {}", backend.name()),
@@ -430,10 +447,10 @@ fn beside(
 
     let per_10k = |cpu: f64| cpu * 10_000.0 / total as f64;
     let mut rows = String::new();
-    for ((name, tally), cpu) in tallies.iter().zip(cpu) {
+    for (((name, tally), cpu), slept) in tallies.iter().zip(cpu).zip(slept) {
         writeln!(
             rows,
-            "| {} beside {} | {name} | {} | {} ({:.2}%) | {} | {} | {:.3} | {:.3} | {:.2} ms | {:.2} ms |",
+            "| {} beside {} | {name} | {} | {} ({:.2}%) | {} | {} | {:.3} | {:.3} | {:.2} | {:.2} ms | {:.2} ms |",
             backend.name(),
             peer.name.split_whitespace().next().unwrap_or(peer.name),
             total,
@@ -443,6 +460,7 @@ fn beside(
             tally.lost_lines,
             per_10k(cpu),
             cpu * 10_000.0 / (tally.opened + tally.closed).max(1) as f64,
+            slept as f64 / total as f64,
             percentile(&tally.delays_ns, 0.5),
             percentile(&tally.delays_ns, 0.99),
         )?;
@@ -504,6 +522,8 @@ pub(crate) struct Storm {
     pub(crate) pid: u32,
     /// Each watcher's lines and the CPU seconds it spent over the storm.
     pub(crate) watched: Vec<(Vec<(u64, String)>, f64)>,
+    /// Each watcher's [`sleeps`] over the storm.
+    pub(crate) sleeps: Vec<u64>,
 }
 
 impl Generator<'_> {
@@ -523,8 +543,10 @@ impl Generator<'_> {
     ) -> Result<(Storm, T)> {
         std::thread::sleep(Duration::from_secs(1));
         let mut cpu_before = Vec::new();
+        let mut sleeps_before = Vec::new();
         for watcher in &watchers {
             cpu_before.push(settled_cpu_seconds(watcher.child.id())?);
+            sleeps_before.push(sleeps(watcher.child.id())?);
         }
         let mut generator = self.netns.command(&harness()?);
         generator.args([
@@ -570,8 +592,12 @@ impl Generator<'_> {
         std::thread::sleep(Duration::from_secs(2));
         let after = after_storm()?;
         let mut watched = Vec::new();
-        for (watcher, before) in watchers.into_iter().zip(cpu_before) {
+        let mut slept = Vec::new();
+        for ((watcher, before), sleeps_before) in
+            watchers.into_iter().zip(cpu_before).zip(sleeps_before)
+        {
             let cpu = cpu_seconds(watcher.child.id())? - before;
+            slept.push(sleeps(watcher.child.id())?.saturating_sub(sleeps_before));
             watched.push((watcher.stop()?, cpu));
         }
         let storm = Storm {
@@ -580,6 +606,7 @@ impl Generator<'_> {
             seconds,
             pid,
             watched,
+            sleeps: slept,
         };
         Ok((storm, after))
     }
