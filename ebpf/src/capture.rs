@@ -163,5 +163,5 @@ fn copy_into<const N: usize>(
         (&raw mut (*header).key).write(*canonical);
         (&raw mut (*header).timestamp_ns).write(bpf_ktime_get_ns());
     }
-    entry.submit(crate::wake_reader());
+    entry.submit(crate::wakeup::can_wait());
 }

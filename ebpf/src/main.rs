@@ -20,13 +20,11 @@
 use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or, atomic_xadd};
 
 use aya_ebpf::EbpfContext;
-use aya_ebpf::bindings::{
-    BPF_NOEXIST, BPF_RB_CONS_POS, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_PROD_POS,
-};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::generated::bpf_skb_cgroup_id;
 use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use aya_ebpf::macros::{btf_tracepoint, cgroup_skb, cgroup_sock, map};
-use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{BtfTracePointContext, SkBuffContext, SockContext};
 use flow_ebpf_common::*;
 
@@ -38,6 +36,7 @@ mod policy;
 mod process;
 mod redirect;
 mod socket;
+mod wakeup;
 
 #[map(name = "FLOWS")]
 static FLOWS: LruHashMap<RawFlowKey, RawFlowState> =
@@ -50,39 +49,8 @@ static SOCKETS: LruHashMap<u64, RawFlowKey> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_ENTRIES, 0);
 
 #[map(name = "EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
-/// The ring's producer position just past the last record that woke the
-/// reader ([`wake_reader`]).
-#[map(name = "WOKEN_UP_TO")]
-static WOKEN_UP_TO: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Submit flags of a record the reader must see at once (an open, a
-/// denial, a payload), once it is written: a forced wakeup, since closes,
-/// written without one ([`emit`]), may wait unread before it (the ring
-/// itself wakes the reader only when it has read everything); none when a
-/// wakeup is already due, the reader not having read past the last record
-/// that woke it (woken, it reads the whole ring). A record the reader
-/// reached before it was submitted, and then slept, is read by its
-/// catch-up read, a few milliseconds later.
-#[inline(always)]
-pub(crate) fn wake_reader() -> u64 {
-    const FORCE: u64 = BPF_RB_FORCE_WAKEUP as u64;
-    let produced = EVENTS.query(u64::from(BPF_RB_PROD_POS));
-    let consumed = EVENTS.query(u64::from(BPF_RB_CONS_POS));
-    let Some(woken_up_to) = WOKEN_UP_TO.get_ptr_mut(0) else {
-        return FORCE;
-    };
-    // SAFETY: the map's only value, valid for the program's run; CPUs race
-    // on it harmlessly (at worst one wakeup too many).
-    unsafe {
-        if consumed < *woken_up_to {
-            return u64::from(BPF_RB_NO_WAKEUP);
-        }
-        *woken_up_to = produced;
-    }
-    FORCE
-}
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
@@ -341,7 +309,7 @@ fn emit_opened(ctx: &SkBuffContext, key: &RawFlowKey, state: &RawFlowState, now:
         (&raw mut (*owner).tgid).write(0);
         process::owner_of_packet(ctx, owner);
     }
-    entry.submit(wake_reader());
+    entry.submit(wakeup::urgent());
 }
 
 /// Counts a packet of a known flow in the table and follows its TCP state.
@@ -477,18 +445,15 @@ fn close(key: &RawFlowKey, state: *const RawFlowState, reason: u32) {
     }
 }
 
-/// Sends a record with the key oriented initiator → responder, without
-/// waking the reader: a close rides along with the next record that does
-/// (an open, a lookup), or the reader's catch-up read a few milliseconds
-/// after its last one. A storm of short connections then costs the reader
-/// one wakeup per connection rather than two.
+/// Sends a record with the key oriented initiator → responder (a close:
+/// it can wait for the reader's next wakeup, [`wakeup::can_wait`]).
 fn emit(kind: u32, close_reason: u32, key: &RawFlowKey, state: &RawFlowState, now: u64) {
     let Some(mut entry) = EVENTS.reserve::<RawFlowRecord>(0) else {
         bump(COUNTER_RING_FULL);
         return;
     };
     entry.write(flow_record(kind, close_reason, key, state, now));
-    entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+    entry.submit(wakeup::can_wait());
 }
 
 /// A flow record with the key oriented initiator → responder.

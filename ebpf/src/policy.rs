@@ -224,5 +224,5 @@ fn report(key: &RawFlowKey, rule: u16, owner: impl FnOnce(*mut flow_ebpf_common:
         (&raw mut (*flow).timestamp_ns).write(now);
         owner(&raw mut (*record).owner);
     }
-    entry.submit(crate::wake_reader());
+    entry.submit(crate::wakeup::urgent());
 }

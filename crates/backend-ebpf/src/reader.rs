@@ -1,6 +1,6 @@
 //! The stream of a running eBPF source: ring-buffer records as they come
-//! (closes, which the programs write without a wakeup, at the next wakeup
-//! or a catch-up read shortly after), and every sweep interval the idle
+//! (those the programs write without a wakeup, at the next wakeup or a
+//! catch-up read shortly after), and every sweep interval the idle
 //! flows and the loss counters; with an active timeout, every timeout the
 //! open flows' counters so far.
 
@@ -426,9 +426,11 @@ async fn next_update(
     }
 }
 
-/// How long after a read that found records the ring is read again, for
-/// the closes the programs write without a wakeup: the longest a close
-/// waits when nothing else wakes the reader.
+/// How long after the last read that found records the ring is read again,
+/// for the records the programs write without a wakeup (a close, a DNS
+/// answer, a ClientHello: `ebpf/src/wakeup.rs`, which writes them so only
+/// within 2 ms of a wakeup): the longest such a record waits when nothing
+/// else wakes the reader.
 const CATCH_UP: Duration = Duration::from_millis(5);
 
 /// Waits for the catch-up read, if one is scheduled (else forever).
@@ -461,8 +463,9 @@ struct Reader {
     updated: Option<tokio::sync::mpsc::Receiver<FlowEvent>>,
     counters: PerCpuArray<MapData, u64>,
     sweep: tokio::time::Interval,
-    /// A read of the ring [`CATCH_UP`] after one that found records, for
-    /// the closes the programs write without waking the reader.
+    /// A read of the ring [`CATCH_UP`] after the last one that found
+    /// records, for the records the programs write without waking the
+    /// reader.
     catch_up: Option<Pin<Box<tokio::time::Sleep>>>,
     cgroup: PathBuf,
     capacity: u64,
@@ -560,12 +563,17 @@ impl Reader {
         self.catch_up_after(read);
     }
 
-    /// After a read that found records, schedules the catch-up read (once:
-    /// a busy ring costs one extra wakeup per [`CATCH_UP`] at most, an idle
-    /// one none).
+    /// After a read that found records, (re)schedules the catch-up read
+    /// [`CATCH_UP`] later: a busy ring pushes it back, an idle one costs it
+    /// once.
     fn catch_up_after(&mut self, read: bool) {
-        if read && self.catch_up.is_none() {
-            self.catch_up = Some(Box::pin(tokio::time::sleep(CATCH_UP)));
+        if !read {
+            return;
+        }
+        let due = tokio::time::Instant::now() + CATCH_UP;
+        match &mut self.catch_up {
+            Some(sleep) => sleep.as_mut().reset(due),
+            None => self.catch_up = Some(Box::pin(tokio::time::sleep_until(due))),
         }
     }
 
