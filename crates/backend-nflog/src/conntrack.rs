@@ -413,11 +413,12 @@ fn family(key: &FlowKey) -> u8 {
     }
 }
 
-/// A request for the one entry whose original tuple is `key`.
+/// A request for the one entry whose original tuple is `key`, answered by
+/// one message (no ACK: [`netlink::Answered::ByOneMessage`]).
 pub(crate) fn get_request(key: &FlowKey, seq: u32) -> Vec<u8> {
     netlink::encode(
         netlink::message_type(SUBSYSTEM, MSG_GET),
-        NlmF::REQUEST | NlmF::ACK,
+        NlmF::REQUEST,
         seq,
         Nfgenmsg::new(family(key), 0, vec![encode_tuple(key)]),
     )

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::annotate::Annotator;
 use crate::conntrack::{self, CtEntry};
-use crate::netlink::{Reply, Socket};
+use crate::netlink::{Answered, Reply, Socket};
 use crate::nflog::{self, DENY_PREFIX};
 use crate::procs::Members;
 use crate::rules::enforce::{self, POLICY_PREFIX};
@@ -390,7 +390,11 @@ impl Session {
     }
 
     /// Drains the conntrack event socket, and the nflog socket before each
-    /// datagram's events (see the module's documentation) and at the end.
+    /// datagram's events that may need it (see the module's documentation)
+    /// and at the end. Only an update of a flow already open needs nothing
+    /// logged: a TCP state change (a connection closes after the final read
+    /// of the log, with its counters), the most frequent event; for it the
+    /// log is not read, a system call that would find it empty.
     fn read_events(&mut self, batch: &mut Vec<Item>) -> Result<(), FlowError> {
         loop {
             // Decoded in the socket's buffer: the entries are owned, no copy.
@@ -411,7 +415,12 @@ impl Session {
                 }
                 Err(e) => return Err(FlowError::io("reading conntrack events", e)),
             };
-            self.read_log(batch)?;
+            if entries
+                .iter()
+                .any(|entry| !self.tracker.is_open_update(entry))
+            {
+                self.read_log(batch)?;
+            }
             let clock = Clock::now();
             push_malformed(batch, malformed);
             let mut steps = Vec::new();
@@ -484,7 +493,7 @@ impl Session {
             }
             let answers = self
                 .requests
-                .transact_batch(&bytes, first, last)
+                .transact_batch(&bytes, first, last, Answered::ByOneMessage)
                 .map_err(|e| FlowError::io("reading conntrack entries", e))?;
             let now_ns = Clock::now().now_ns;
             for (seq, (flow, reason)) in (first..=last).zip(chunk) {

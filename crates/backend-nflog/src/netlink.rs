@@ -273,6 +273,18 @@ pub(crate) struct Socket {
     next_seq: u32,
 }
 
+/// How the answer to a request ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answered {
+    /// With an ACK (a request that asks for one, or is refused) or a dump's
+    /// end.
+    ByAck,
+    /// With its one message: the reply, or the error it was refused with
+    /// (a lookup sent without `NLM_F_ACK`: the kernel then sends nothing
+    /// after the reply, one datagram fewer to read per lookup).
+    ByOneMessage,
+}
+
 impl Socket {
     /// A netfilter socket subscribed to the multicast `groups` (none for
     /// requests).
@@ -374,17 +386,29 @@ impl Socket {
     /// and collects its replies until its ACK or the dump's end. A refused
     /// request is an error carrying its errno.
     pub(crate) fn transact(&mut self, bytes: &[u8], seq: u32) -> io::Result<Vec<Reply>> {
-        match self.transact_batch(bytes, seq, seq)?.remove(&seq) {
+        self.transact_one(bytes, seq, Answered::ByAck)
+    }
+
+    /// Sends one lookup numbered `seq` (asking for no ACK) and returns its
+    /// reply ([`Answered::ByOneMessage`]). A refused lookup is an error
+    /// carrying its errno.
+    pub(crate) fn look_up(&mut self, bytes: &[u8], seq: u32) -> io::Result<Vec<Reply>> {
+        self.transact_one(bytes, seq, Answered::ByOneMessage)
+    }
+
+    fn transact_one(
+        &mut self,
+        bytes: &[u8],
+        seq: u32,
+        answered: Answered,
+    ) -> io::Result<Vec<Reply>> {
+        match self.transact_batch(bytes, seq, seq, answered)?.remove(&seq) {
             Some(Ok(replies)) => Ok(replies),
             Some(Err(errno)) => Err(io::Error::from_raw_os_error(errno)),
             None => Ok(Vec::new()),
         }
     }
 
-    /// Sends requests numbered `first..=last` in one datagram, each asking
-    /// for an ACK (or a dump), and collects the replies to each until all
-    /// are answered (ACK or dump end): per request, its reply messages, or
-    /// the errno it was refused with. One round trip for them all.
     /// The messages of the next datagram (blocking), none malformed (else
     /// an `InvalidData` error).
     fn recv_whole(&mut self) -> io::Result<Vec<Received<'_>>> {
@@ -428,11 +452,17 @@ impl Socket {
         }
     }
 
+    /// Sends requests numbered `first..=last` in one datagram, each asking
+    /// for an ACK (or a dump), or each a lookup answered by one message
+    /// (`answered`), and collects the replies to each until all are
+    /// answered: per request, its reply messages, or the errno it was
+    /// refused with. One round trip for them all.
     pub(crate) fn transact_batch(
         &mut self,
         bytes: &[u8],
         first: u32,
         last: u32,
+        answered: Answered,
     ) -> io::Result<HashMap<u32, Result<Vec<Reply>, i32>>> {
         self.send(bytes)?;
         let mut answers: HashMap<u32, Result<Vec<Reply>, i32>> = HashMap::new();
@@ -467,6 +497,9 @@ impl Socket {
                     } => {
                         if let Ok(replies) = answers.entry(seq).or_insert_with(|| Ok(Vec::new())) {
                             replies.push(Reply::copied(kind, flags, seq, payload));
+                        }
+                        if answered == Answered::ByOneMessage && asked(seq) {
+                            pending = pending.saturating_sub(1);
                         }
                     }
                 }

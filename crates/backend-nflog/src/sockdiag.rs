@@ -11,8 +11,9 @@ use crate::netlink::Socket;
 
 /// `SOCK_DIAG_BY_FAMILY`.
 const BY_FAMILY: u16 = 20;
-/// `NLM_F_REQUEST | NLM_F_ACK`.
-const REQUEST_ACK: u16 = 0x1 | 0x4;
+/// `NLM_F_REQUEST`: answered by one message, the socket or an error (no
+/// ACK after it: one datagram fewer to read per lookup).
+const REQUEST: u16 = 0x1;
 /// `INET_DIAG_NOCOOKIE`: any socket.
 const NO_COOKIE: u32 = !0;
 /// Every TCP state.
@@ -56,7 +57,7 @@ pub(crate) fn request(key: &FlowKey, local: Local, seq: u32) -> Option<Vec<u8>> 
     let mut bytes = Vec::with_capacity(REQUEST_LEN);
     bytes.extend_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
     bytes.extend_from_slice(&BY_FAMILY.to_ne_bytes());
-    bytes.extend_from_slice(&REQUEST_ACK.to_ne_bytes());
+    bytes.extend_from_slice(&REQUEST.to_ne_bytes());
     bytes.extend_from_slice(&seq.to_ne_bytes());
     bytes.extend_from_slice(&0u32.to_ne_bytes());
     bytes.extend_from_slice(&[family as u8, protocol, 0, 0]);
@@ -137,7 +138,7 @@ impl SockDiag {
         let seq = self.socket.next_seq();
         let request = request(key, local, seq)?;
         // A socket that is not there is refused (ENOENT): no inode.
-        let replies = self.socket.transact(&request, seq).ok()?;
+        let replies = self.socket.look_up(&request, seq).ok()?;
         replies
             .iter()
             .find_map(|reply| inode_in(reply.kind, &reply.payload))

@@ -153,6 +153,12 @@ impl Tracker {
         self.open.len()
     }
 
+    /// Whether `entry` is an update of a flow already open (whose handling
+    /// needs no logged packet: it opens nothing).
+    pub(crate) fn is_open_update(&self, entry: &CtEntry) -> bool {
+        entry.kind == CtEventKind::Update && self.open.contains_key(&FlowId::from(entry))
+    }
+
     /// Handles one message that arrived at `clock`'s time.
     pub(crate) fn on_message(&mut self, entry: &CtEntry, clock: Clock, steps: &mut Vec<Step>) {
         let flow = FlowId::from(entry);
@@ -332,6 +338,22 @@ mod tests {
                 Step::FetchCounters(flow, _) => ("fetch", flow.id),
             })
             .collect()
+    }
+
+    #[test]
+    fn only_an_update_of_an_open_flow_needs_nothing_logged() {
+        let mut tracker = Tracker::new(MARK);
+        let update = entry(CtEventKind::Update, 1, 1000, Some(TCP_STATE_TIME_WAIT));
+        assert!(
+            !tracker.is_open_update(&update),
+            "not open yet: it would open"
+        );
+        let new = entry(CtEventKind::New, 1, 1000, None);
+        tracker.on_message(&new, clock(10), &mut Vec::new());
+        assert!(tracker.is_open_update(&update));
+        assert!(!tracker.is_open_update(&new));
+        assert!(!tracker.is_open_update(&entry(CtEventKind::Destroy, 1, 1000, None)));
+        assert!(!tracker.is_open_update(&entry(CtEventKind::Update, 2, 1001, None)));
     }
 
     #[test]
