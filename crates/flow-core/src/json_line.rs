@@ -10,9 +10,10 @@
 //! string is copied as it is unless it needs escaping, when serde_json
 //! escapes it (so the bytes are the same as serde_json's).
 
-use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use crate::display::AddressText;
 
 /// Bytes reserved for a line before it is written: more than an event
 /// line with a process takes.
@@ -120,15 +121,7 @@ impl JsonValue for Arc<str> {
 impl JsonValue for IpAddr {
     fn write_json(&self, out: &mut Vec<u8>) {
         out.push(b'"');
-        match self {
-            IpAddr::V4(ip) => write_ipv4(*ip, out),
-            IpAddr::V6(ip) => {
-                // Display never fails into a String; IPv6 is the rarer case.
-                let mut text = String::with_capacity(39);
-                let _ = write!(text, "{ip}");
-                out.extend_from_slice(text.as_bytes());
-            }
-        }
+        out.extend_from_slice(AddressText::new(*self).as_bytes());
         out.push(b'"');
     }
 }
@@ -184,17 +177,6 @@ const fn repeated(byte: u8) -> u64 {
 /// `bound`, and `!word` drops the bytes whose top bit was set already.
 const fn has_byte_below(word: u64, bound: u8) -> bool {
     word.wrapping_sub(repeated(bound)) & !word & repeated(0x80) != 0
-}
-
-/// `a.b.c.d`, as `Ipv4Addr`'s Display writes it.
-pub(crate) fn write_ipv4(ip: Ipv4Addr, out: &mut Vec<u8>) {
-    let mut digits = itoa::Buffer::new();
-    for (index, octet) in ip.octets().into_iter().enumerate() {
-        if index > 0 {
-            out.push(b'.');
-        }
-        out.extend_from_slice(digits.format(octet).as_bytes());
-    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@
 //! profile of the merge + text benchmark. The bytes are the same as
 //! `format!`'s for the same widths (tested below).
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
+
+use flow_core::display::AddressText;
 
 /// A text line being written at the end of a buffer.
 pub(crate) struct Line<'a> {
@@ -70,7 +71,7 @@ impl<'a> Line<'a> {
         width: usize,
         right: bool,
     ) -> &mut Self {
-        let mut text = AddressText::default();
+        let mut text = SocketText::default();
         text.write(ip, port);
         let len = text.len;
         let pad = width.saturating_sub(len);
@@ -99,12 +100,12 @@ impl<'a> Line<'a> {
 }
 
 /// The text of a socket address, at most `[` 39 `]:` 5 = 47 bytes.
-struct AddressText {
+struct SocketText {
     bytes: [u8; 48],
     len: usize,
 }
 
-impl Default for AddressText {
+impl Default for SocketText {
     fn default() -> Self {
         Self {
             bytes: [0; 48],
@@ -113,31 +114,23 @@ impl Default for AddressText {
     }
 }
 
-impl AddressText {
+impl SocketText {
     fn push(&mut self, bytes: &[u8]) {
         self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
         self.len += bytes.len();
     }
 
     fn write(&mut self, ip: IpAddr, port: u16) {
-        let mut digits = itoa::Buffer::new();
-        match ip {
-            IpAddr::V4(ip) => {
-                for (index, octet) in ip.octets().into_iter().enumerate() {
-                    if index > 0 {
-                        self.push(b".");
-                    }
-                    self.push(digits.format(octet).as_bytes());
-                }
-            }
-            IpAddr::V6(ip) => {
-                let mut text = String::with_capacity(41);
-                let _ = write!(text, "[{ip}]");
-                self.push(text.as_bytes());
-            }
+        let text = AddressText::new(ip);
+        if ip.is_ipv6() {
+            self.push(b"[");
+            self.push(text.as_bytes());
+            self.push(b"]");
+        } else {
+            self.push(text.as_bytes());
         }
         self.push(b":");
-        self.push(digits.format(port).as_bytes());
+        self.push(itoa::Buffer::new().format(port).as_bytes());
     }
 }
 
