@@ -19,35 +19,52 @@ use crate::display::AddressText;
 /// line with a process takes.
 const LINE_BYTES: usize = 512;
 
+/// The longest field name [`JsonObject::entry`] takes.
+const MAX_KEY: usize = 28;
+
 /// One JSON object being written at the end of a buffer.
 pub(crate) struct JsonObject<'a> {
     out: &'a mut Vec<u8>,
-    empty: bool,
 }
 
 impl<'a> JsonObject<'a> {
-    /// Opens an object at the end of `out`.
-    pub(crate) fn open(out: &'a mut Vec<u8>) -> Self {
+    /// Opens an object at the end of `out` with its first entry (as
+    /// [`JsonObject::entry`] writes it).
+    #[inline(always)]
+    pub(crate) fn open(
+        out: &'a mut Vec<u8>,
+        key: &'static str,
+        value: &(impl JsonValue + ?Sized),
+    ) -> Self {
         // Room for a typical line, so that the pieces are appended without
         // a capacity check failing midway.
         out.reserve(LINE_BYTES);
-        out.push(b'{');
-        Self { out, empty: true }
+        let mut object = Self { out };
+        object.write_entry(b'{', key, value);
+        object
     }
 
-    /// Writes `"key":value`. `key` must need no escaping (the schema's
-    /// field names). Inlined, so that each key, a literal, is copied with
-    /// its length known.
+    /// Writes `,"key":value`. `key` must need no escaping (the schema's
+    /// field names).
     #[inline(always)]
     pub(crate) fn entry(&mut self, key: &'static str, value: &(impl JsonValue + ?Sized)) {
+        self.write_entry(b',', key, value);
+    }
+
+    /// `lead` (`{` or `,`), then `"key":` in one copy, then the value.
+    /// Inlined, so that each key, a literal, is put together with its
+    /// length known: a few stores rather than four appends, each with its
+    /// capacity check.
+    #[inline(always)]
+    fn write_entry(&mut self, lead: u8, key: &'static str, value: &(impl JsonValue + ?Sized)) {
         debug_assert!(!needs_escaping(key), "a field name that needs escaping");
-        if !self.empty {
-            self.out.push(b',');
-        }
-        self.empty = false;
-        self.out.push(b'"');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
+        let key = key.as_bytes();
+        let mut text = [0; MAX_KEY + 4];
+        text[0] = lead;
+        text[1] = b'"';
+        text[2..2 + key.len()].copy_from_slice(key);
+        text[2 + key.len()..4 + key.len()].copy_from_slice(b"\":");
+        self.out.extend_from_slice(&text[..4 + key.len()]);
         value.write_json(self.out);
     }
 
@@ -227,8 +244,7 @@ mod tests {
     #[test]
     fn an_object_separates_its_entries() {
         let mut out = Vec::new();
-        let mut object = JsonObject::open(&mut out);
-        object.entry("a", &1_u16);
+        let mut object = JsonObject::open(&mut out, "a", &1_u16);
         object.entry("b", "x\"y");
         object.entry("c", &true);
         object.close();

@@ -297,8 +297,7 @@ impl JsonOptions {
 /// The record's JSON object, without its newline (schema: the module
 /// documentation).
 fn write_json(record: &FlowRecord<'_>, options: JsonOptions, out: &mut Vec<u8>) {
-    let mut object = JsonObject::open(out);
-    object.entry("ts_ns", &record.timestamp_ns());
+    let mut object = JsonObject::open(out, "ts_ns", &record.timestamp_ns());
     object.entry("kind", &Name(record.kind_name()));
     match &record.item {
         RecordItem::Event(event) => {
