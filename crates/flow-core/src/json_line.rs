@@ -163,11 +163,23 @@ impl<T: JsonValue> JsonValue for [T] {
 /// Eight bytes at a time (no crate offers serde_json's test alone): the
 /// byte-by-byte test was the largest part of writing a string.
 fn needs_escaping(text: &str) -> bool {
-    let (words, rest) = text.as_bytes().as_chunks::<8>();
-    words
-        .iter()
-        .any(|word| word_needs_escaping(u64::from_le_bytes(*word)))
-        || rest.iter().any(|&byte| byte_needs_escaping(byte))
+    let bytes = text.as_bytes();
+    if let Some(last) = bytes.last_chunk::<8>() {
+        // Each word, then the last eight bytes when some are left
+        // (overlapping the last word).
+        let (words, rest) = bytes.as_chunks::<8>();
+        words
+            .iter()
+            .chain((!rest.is_empty()).then_some(last))
+            .any(|word| word_needs_escaping(u64::from_le_bytes(*word)))
+    } else if let (Some(first), Some(last)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        // 4 to 7 bytes: the first four and the last four, overlapping.
+        let word =
+            u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32;
+        word_needs_escaping(word)
+    } else {
+        bytes.iter().any(|&byte| byte_needs_escaping(byte))
+    }
 }
 
 /// [`needs_escaping`] for one byte.
@@ -231,12 +243,18 @@ mod tests {
 
     #[test]
     fn every_byte_that_needs_escaping_is_found_at_every_position() {
-        for position in 0..20 {
-            for byte in (0..=0x7f_u8).map(char::from) {
-                let mut text = "a".repeat(20);
-                text.replace_range(position..=position, &byte.to_string());
-                let escaped = serde_json::to_string(&text).unwrap().len() > text.len() + 2;
-                assert_eq!(needs_escaping(&text), escaped, "{byte:?} at {position}");
+        for len in 1..20 {
+            for position in 0..len {
+                for byte in (0..=0x7f_u8).map(char::from) {
+                    let mut text = "a".repeat(len);
+                    text.replace_range(position..=position, &byte.to_string());
+                    let escaped = serde_json::to_string(&text).unwrap().len() > text.len() + 2;
+                    assert_eq!(
+                        needs_escaping(&text),
+                        escaped,
+                        "{byte:?} at {position} of {len}"
+                    );
+                }
             }
         }
     }

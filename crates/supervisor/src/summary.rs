@@ -447,7 +447,10 @@ impl Hash for ProgramRef<'_> {
 
 impl Equivalent<Program> for ProgramRef<'_> {
     fn equivalent(&self, program: &Program) -> bool {
-        self.uid == program.uid && *self.program == program.program
+        // Most events share their program's name (their process's `exe`):
+        // the same `Arc` needs no comparison of the text.
+        self.uid == program.uid
+            && (Arc::ptr_eq(self.program, &program.program) || *self.program == program.program)
     }
 }
 
