@@ -73,8 +73,34 @@ impl fmt::Display for LossCount {
     }
 }
 
-/// An IP address's text, as `IpAddr`'s Display writes it, in a buffer on
-/// the stack: for the output's writers, which append it in one copy.
+/// Each octet's decimal digits (without leading zeros) and a dot, in four
+/// bytes, and how many digits.
+const OCTETS: [([u8; 4], usize); 256] = octet_texts();
+
+const fn octet_texts() -> [([u8; 4], usize); 256] {
+    let mut texts = [([0; 4], 0); 256];
+    let mut octet = 0;
+    while octet < 256 {
+        let (hundreds, tens, ones) = (digit(octet / 100), digit(octet / 10), digit(octet));
+        texts[octet] = match octet {
+            0..10 => ([ones, b'.', 0, 0], 1),
+            10..100 => ([tens, ones, b'.', 0], 2),
+            _ => ([hundreds, tens, ones, b'.'], 3),
+        };
+        octet += 1;
+    }
+    texts
+}
+
+/// The last decimal digit of `value`, in ASCII.
+const fn digit(value: usize) -> u8 {
+    // Below 10: the cast loses nothing.
+    b'0' + (value % 10) as u8
+}
+
+/// An IP address's text, or a socket address's, as `IpAddr`'s and
+/// `SocketAddr`'s Display write them, in a buffer on the stack: for the
+/// output's writers, which append it in one copy.
 ///
 /// By hand for IPv4 because the output writes two addresses a line,
 /// millions of lines a second: `Display` (or `itoa`, an octet at a time)
@@ -84,13 +110,16 @@ impl fmt::Display for LossCount {
 /// use flow_core::display::AddressText;
 /// assert_eq!(AddressText::new("10.0.200.1".parse()?).as_bytes(), b"10.0.200.1");
 /// assert_eq!(AddressText::new("2001:db8::1".parse()?).as_bytes(), b"2001:db8::1");
+/// assert_eq!(AddressText::socket("10.0.0.1".parse()?, 443).as_bytes(), b"10.0.0.1:443");
+/// assert_eq!(AddressText::socket("::1".parse()?, 53).as_bytes(), b"[::1]:53");
 /// # Ok::<(), std::net::AddrParseError>(())
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct AddressText {
-    /// The longest text, an IPv6 address's, is 39 bytes (`Ipv6Addr`
-    /// writes a mapped IPv4 address as `::ffff:a.b.c.d`, shorter).
-    bytes: [u8; 39],
+    /// The longest text is a socket address with an IPv6 address:
+    /// `[` 39 `]:` 5 bytes (`Ipv6Addr` writes a mapped IPv4 address as
+    /// `::ffff:a.b.c.d`, shorter).
+    bytes: [u8; 47],
     len: usize,
 }
 
@@ -98,44 +127,80 @@ impl AddressText {
     /// The text of `ip`.
     #[must_use]
     pub fn new(ip: IpAddr) -> Self {
-        let mut text = Self {
-            bytes: [0; 39],
-            len: 0,
-        };
+        let mut text = Self::empty();
         match ip {
-            IpAddr::V4(ip) => {
-                for (index, octet) in ip.octets().into_iter().enumerate() {
-                    if index > 0 {
-                        text.push(b'.');
-                    }
-                    text.push_octet(octet);
-                }
-            }
-            IpAddr::V6(ip) => {
-                let mut rest = &mut text.bytes[..];
-                // 39 bytes always hold it: writing cannot fail.
-                let _ = write!(rest, "{ip}");
-                text.len = 39 - rest.len();
-            }
+            IpAddr::V4(ip) => text.push_ipv4(ip),
+            IpAddr::V6(ip) => text.write(format_args!("{ip}")),
         }
         text
+    }
+
+    /// The text of the socket address `ip`:`port` (`[ip]:port` for IPv6).
+    #[must_use]
+    pub fn socket(ip: IpAddr, port: u16) -> Self {
+        let mut text = Self::empty();
+        match ip {
+            IpAddr::V4(ip) => {
+                text.push_ipv4(ip);
+                text.push(b':');
+                text.push_number(port);
+            }
+            IpAddr::V6(ip) => text.write(format_args!("[{ip}]:{port}")),
+        }
+        text
+    }
+
+    fn empty() -> Self {
+        Self {
+            bytes: [0; 47],
+            len: 0,
+        }
+    }
+
+    /// Appends formatted text (IPv6).
+    fn write(&mut self, text: fmt::Arguments<'_>) {
+        let mut rest = &mut self.bytes[self.len..];
+        let room = rest.len();
+        // The buffer holds the longest text: writing cannot fail.
+        let _ = rest.write_fmt(text);
+        self.len += room - rest.len();
+    }
+
+    /// `a.b.c.d`: each octet's digits and a dot copied from [`OCTETS`],
+    /// the last dot left out.
+    fn push_ipv4(&mut self, ip: std::net::Ipv4Addr) {
+        let mut len = self.len;
+        for octet in ip.octets() {
+            let (text, digits) = OCTETS[usize::from(octet)];
+            self.bytes[len..len + 4].copy_from_slice(&text);
+            len += digits + 1;
+        }
+        self.len = len - 1;
+    }
+
+    /// A port's decimal digits, without leading zeros.
+    fn push_number(&mut self, number: u16) {
+        let mut digits = [0; 5];
+        let mut start = digits.len();
+        let mut rest = number;
+        loop {
+            start -= 1;
+            // A digit: below 10, so the cast loses nothing.
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        for &digit in &digits[start..] {
+            self.push(digit);
+        }
     }
 
     /// The text.
     #[must_use]
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
-    }
-
-    /// An octet's decimal digits, without leading zeros.
-    fn push_octet(&mut self, octet: u8) {
-        if octet >= 100 {
-            self.push(b'0' + octet / 100);
-        }
-        if octet >= 10 {
-            self.push(b'0' + octet / 10 % 10);
-        }
-        self.push(b'0' + octet % 10);
     }
 
     fn push(&mut self, byte: u8) {
@@ -163,6 +228,24 @@ mod tests {
         fn address_text_is_what_display_writes(ip in any::<IpAddr>()) {
             let (text, expected) = (AddressText::new(ip), ip.to_string());
             prop_assert_eq!(text.as_bytes(), expected.as_bytes());
+        }
+    }
+
+    #[test]
+    fn socket_text_is_what_display_writes() {
+        for port in [0, 7, 80, 443, 9_999, 10_000, 65_535] {
+            for ip in [
+                "0.0.0.0",
+                "255.255.255.255",
+                "::",
+                "::ffff:1.2.3.4",
+                "fe80::1:2:3:4:5",
+            ] {
+                let address = std::net::SocketAddr::new(ip.parse().unwrap(), port);
+                let (text, expected) =
+                    (AddressText::socket(address.ip(), port), address.to_string());
+                assert_eq!(text.as_bytes(), expected.as_bytes());
+            }
         }
     }
 
