@@ -162,38 +162,38 @@ impl<T: JsonValue> JsonValue for [T] {
 ///
 /// Eight bytes at a time (no crate offers serde_json's test alone): the
 /// byte-by-byte test was the largest part of writing a string.
+#[inline]
 fn needs_escaping(text: &str) -> bool {
     let bytes = text.as_bytes();
+    let (words, rest) = bytes.as_chunks::<8>();
+    words
+        .iter()
+        .any(|word| word_needs_escaping(u64::from_le_bytes(*word)))
+        || (!rest.is_empty() && word_needs_escaping(last_word(bytes)))
+}
+
+/// The last bytes of `bytes` (not empty) as one word: the last eight, or
+/// all of a shorter text, some of them twice (a byte seen twice changes
+/// nothing [`word_needs_escaping`] finds).
+fn last_word(bytes: &[u8]) -> u64 {
     if let Some(last) = bytes.last_chunk::<8>() {
-        // Each word, then the last eight bytes when some are left
-        // (overlapping the last word).
-        let (words, rest) = bytes.as_chunks::<8>();
-        words
-            .iter()
-            .chain((!rest.is_empty()).then_some(last))
-            .any(|word| word_needs_escaping(u64::from_le_bytes(*word)))
+        u64::from_le_bytes(*last)
     } else if let (Some(first), Some(last)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
-        // 4 to 7 bytes: the first four and the last four, overlapping.
-        let word =
-            u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32;
-        word_needs_escaping(word)
+        u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32
     } else {
-        bytes.iter().any(|&byte| byte_needs_escaping(byte))
+        // One to three bytes.
+        let [a, b, c] = [0, bytes.len() / 2, bytes.len() - 1].map(|index| bytes[index]);
+        u64::from_le_bytes([a, b, c, c, c, c, c, c])
     }
 }
 
-/// [`needs_escaping`] for one byte.
-fn byte_needs_escaping(byte: u8) -> bool {
-    byte < 0x20 || byte == b'"' || byte == b'\\'
-}
-
-/// [`needs_escaping`] for eight bytes at once: whether one of them is
-/// below 0x20, or a quote or a backslash (a quote or backslash is a zero
-/// byte of the word xor eight of them).
+/// Whether one of a word's eight bytes is below 0x20, a quote or a
+/// backslash (a quote or a backslash is a zero byte of the word xor
+/// eight of them).
 fn word_needs_escaping(word: u64) -> bool {
-    has_byte_below(word, 0x20)
-        || has_byte_below(word ^ repeated(b'"'), 1)
-        || has_byte_below(word ^ repeated(b'\\'), 1)
+    let found =
+        below(word, 0x20) | below(word ^ repeated(b'"'), 1) | below(word ^ repeated(b'\\'), 1);
+    found & repeated(0x80) != 0
 }
 
 /// `byte` in each of a word's eight bytes.
@@ -201,11 +201,13 @@ const fn repeated(byte: u8) -> u64 {
     u64::from_ne_bytes([byte; 8])
 }
 
-/// Whether one of `word`'s bytes is below `bound` (at most 0x80): the
-/// subtraction borrows into a byte's top bit only from a byte below
-/// `bound`, and `!word` drops the bytes whose top bit was set already.
-const fn has_byte_below(word: u64, bound: u8) -> bool {
-    word.wrapping_sub(repeated(bound)) & !word & repeated(0x80) != 0
+/// The top bit of each byte of `word` below `bound` (at most 0x80) is set
+/// in the result, if there is one (the bits above the lowest such byte may
+/// be wrong, but not all of them clear): the subtraction borrows into a
+/// byte's top bit only from a byte below `bound`, and `!word` drops the
+/// bytes whose top bit was set already.
+const fn below(word: u64, bound: u8) -> u64 {
+    word.wrapping_sub(repeated(bound)) & !word
 }
 
 #[cfg(test)]
