@@ -126,6 +126,7 @@ pub struct AddressText {
 impl AddressText {
     /// The text of `ip`.
     #[must_use]
+    #[inline]
     pub fn new(ip: IpAddr) -> Self {
         let mut text = Self::empty();
         match ip {
@@ -137,6 +138,7 @@ impl AddressText {
 
     /// The text of the socket address `ip`:`port` (`[ip]:port` for IPv6).
     #[must_use]
+    #[inline]
     pub fn socket(ip: IpAddr, port: u16) -> Self {
         let mut text = Self::empty();
         match ip {
@@ -178,23 +180,22 @@ impl AddressText {
         self.len = len - 1;
     }
 
-    /// A port's decimal digits, without leading zeros.
+    /// A port's decimal digits, without leading zeros, written from the
+    /// last.
     fn push_number(&mut self, number: u16) {
-        let mut digits = [0; 5];
-        let mut start = digits.len();
-        let mut rest = number;
-        loop {
-            start -= 1;
-            // A digit: below 10, so the cast loses nothing.
-            digits[start] = b'0' + (rest % 10) as u8;
+        let digits = match number {
+            0..10 => 1,
+            10..100 => 2,
+            100..1_000 => 3,
+            1_000..10_000 => 4,
+            _ => 5,
+        };
+        let mut rest = usize::from(number);
+        for slot in self.bytes[self.len..self.len + digits].iter_mut().rev() {
+            *slot = digit(rest);
             rest /= 10;
-            if rest == 0 {
-                break;
-            }
         }
-        for &digit in &digits[start..] {
-            self.push(digit);
-        }
+        self.len += digits;
     }
 
     /// The text.
