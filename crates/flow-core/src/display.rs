@@ -210,6 +210,64 @@ impl AddressText {
     }
 }
 
+/// Whether `text` is printable ASCII (a space to `~`): a terminal shows
+/// it as it is, a column a byte.
+///
+/// ```
+/// use flow_core::display::is_printable_ascii;
+/// assert!(is_printable_ascii("files.pythonhosted.org"));
+/// assert!(!is_printable_ascii("\u{1b}[2J"));
+/// assert!(!is_printable_ascii("caf\u{e9}"));
+/// ```
+#[must_use]
+pub fn is_printable_ascii(text: &str) -> bool {
+    // A word at a time, as the JSON escape test: the text output tests
+    // every name it writes.
+    !any_word(text.as_bytes(), |word| {
+        // Below a space; at or above 0x80; 0x7f, which adding one takes
+        // to 0x80 (a carry comes only from a byte 0xff, found already).
+        let found = below(word, 0x20) | word | word.wrapping_add(repeated(1));
+        found & repeated(0x80) != 0
+    })
+}
+
+/// Whether `found` is true of a word of `bytes`: eight bytes at a time,
+/// the last bytes (however few) as one word, some of them twice (a test
+/// of whether any byte is of a kind is the same with a byte seen twice).
+pub(crate) fn any_word(bytes: &[u8], found: impl Fn(u64) -> bool) -> bool {
+    let (words, rest) = bytes.as_chunks::<8>();
+    words.iter().any(|word| found(u64::from_le_bytes(*word)))
+        || (!rest.is_empty() && found(last_word(bytes)))
+}
+
+/// The last bytes of `bytes` (not empty) as one word: the last eight, or
+/// all of a shorter text, some of them twice.
+fn last_word(bytes: &[u8]) -> u64 {
+    if let Some(last) = bytes.last_chunk::<8>() {
+        u64::from_le_bytes(*last)
+    } else if let (Some(first), Some(last)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32
+    } else {
+        // One to three bytes.
+        let [a, b, c] = [0, bytes.len() / 2, bytes.len() - 1].map(|index| bytes[index]);
+        u64::from_le_bytes([a, b, c, c, c, c, c, c])
+    }
+}
+
+/// `byte` in each of a word's eight bytes.
+pub(crate) const fn repeated(byte: u8) -> u64 {
+    u64::from_ne_bytes([byte; 8])
+}
+
+/// The top bit of each byte of `word` below `bound` (at most 0x80) is set
+/// in the result, if there is one (the bits above the lowest such byte may
+/// be wrong, but not all of them clear): the subtraction borrows into a
+/// byte's top bit only from a byte below `bound`, and `!word` drops the
+/// bytes whose top bit was set already.
+pub(crate) const fn below(word: u64, bound: u8) -> u64 {
+    word.wrapping_sub(repeated(bound)) & !word
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +287,24 @@ mod tests {
         fn address_text_is_what_display_writes(ip in any::<IpAddr>()) {
             let (text, expected) = (AddressText::new(ip), ip.to_string());
             prop_assert_eq!(text.as_bytes(), expected.as_bytes());
+        }
+    }
+
+    #[test]
+    fn printable_ascii_is_found_at_every_length_and_position() {
+        for len in 1..20 {
+            for position in 0..len {
+                for byte in (0..=0x7f_u8).map(char::from).chain(['\u{e9}', '\u{80}']) {
+                    let mut text = "a".repeat(len);
+                    text.replace_range(position..=position, &byte.to_string());
+                    let printable = (' '..='~').contains(&byte);
+                    assert_eq!(
+                        is_printable_ascii(&text),
+                        printable,
+                        "{byte:?} at {position} of {len}"
+                    );
+                }
+            }
         }
     }
 

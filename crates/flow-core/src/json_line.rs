@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::display::AddressText;
+use crate::display::{AddressText, any_word, below, repeated};
 
 /// Bytes reserved for a line before it is written: more than an event
 /// line with a process takes.
@@ -164,27 +164,7 @@ impl<T: JsonValue> JsonValue for [T] {
 /// byte-by-byte test was the largest part of writing a string.
 #[inline]
 fn needs_escaping(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let (words, rest) = bytes.as_chunks::<8>();
-    words
-        .iter()
-        .any(|word| word_needs_escaping(u64::from_le_bytes(*word)))
-        || (!rest.is_empty() && word_needs_escaping(last_word(bytes)))
-}
-
-/// The last bytes of `bytes` (not empty) as one word: the last eight, or
-/// all of a shorter text, some of them twice (a byte seen twice changes
-/// nothing [`word_needs_escaping`] finds).
-fn last_word(bytes: &[u8]) -> u64 {
-    if let Some(last) = bytes.last_chunk::<8>() {
-        u64::from_le_bytes(*last)
-    } else if let (Some(first), Some(last)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
-        u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32
-    } else {
-        // One to three bytes.
-        let [a, b, c] = [0, bytes.len() / 2, bytes.len() - 1].map(|index| bytes[index]);
-        u64::from_le_bytes([a, b, c, c, c, c, c, c])
-    }
+    any_word(text.as_bytes(), word_needs_escaping)
 }
 
 /// Whether one of a word's eight bytes is below 0x20, a quote or a
@@ -194,20 +174,6 @@ fn word_needs_escaping(word: u64) -> bool {
     let found =
         below(word, 0x20) | below(word ^ repeated(b'"'), 1) | below(word ^ repeated(b'\\'), 1);
     found & repeated(0x80) != 0
-}
-
-/// `byte` in each of a word's eight bytes.
-const fn repeated(byte: u8) -> u64 {
-    u64::from_ne_bytes([byte; 8])
-}
-
-/// The top bit of each byte of `word` below `bound` (at most 0x80) is set
-/// in the result, if there is one (the bits above the lowest such byte may
-/// be wrong, but not all of them clear): the subtraction borrows into a
-/// byte's top bit only from a byte below `bound`, and `!word` drops the
-/// bytes whose top bit was set already.
-const fn below(word: u64, bound: u8) -> u64 {
-    word.wrapping_sub(repeated(bound)) & !word
 }
 
 #[cfg(test)]

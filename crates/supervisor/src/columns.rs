@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use flow_core::display::AddressText;
+use flow_core::display::{AddressText, is_printable_ascii};
 
 /// A text line being written at the end of a buffer.
 pub(crate) struct Line<'a> {
@@ -31,7 +31,7 @@ impl<'a> Line<'a> {
     /// `text` for a terminal ([`push_printable`]), then spaces up to
     /// `width` characters (`{:<width}`).
     pub(crate) fn left(&mut self, text: &str, width: usize) -> &mut Self {
-        if text.bytes().all(|byte| (b' '..=b'~').contains(&byte)) {
+        if is_printable_ascii(text) {
             // Printable ASCII (most names): as it is, a column a byte.
             return self.name(text, width);
         }
@@ -44,7 +44,7 @@ impl<'a> Line<'a> {
     /// `name`, printable ASCII (one of flowtrack's own: `opened`, `tcp`),
     /// then spaces up to `width` characters.
     pub(crate) fn name(&mut self, name: &str, width: usize) -> &mut Self {
-        debug_assert!(name.bytes().all(|byte| (b' '..=b'~').contains(&byte)));
+        debug_assert!(is_printable_ascii(name), "{name:?} is not printable ASCII");
         self.out.extend_from_slice(name.as_bytes());
         self.spaces(width.saturating_sub(name.len()))
     }
