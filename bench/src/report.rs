@@ -86,7 +86,11 @@ fn estimate<'a>(line: &'a str, label: &str) -> Option<[String; 3]> {
 
 /// Merge + JSON/text throughput from the criterion benchmark.
 fn merge() -> Result<String> {
-    let text = cargo_bench("merge_json")?;
+    merge_table(&cargo_bench("merge_json")?)
+}
+
+/// The table of [`merge`] from criterion's output `text`.
+fn merge_table(text: &str) -> Result<String> {
     let mut table =
         String::from("| output | throughput (criterion's estimate, low – high) |\n|---|---|\n");
     let mut format = "";
@@ -96,17 +100,24 @@ fn merge() -> Result<String> {
             .next()
             .and_then(|w| w.strip_prefix("merge_4_sources_1m_events/"))
         {
-            format = if name.starts_with("json") {
-                "JSON lines"
-            } else {
-                "text"
-            };
+            format = merge_row_name(name);
         }
         if let Some([low, mid, high]) = estimate(line, "thrpt:") {
             writeln!(table, "| {format} | **{mid}** ({low} – {high}) |")?;
         }
     }
     Ok(table)
+}
+
+/// The row of the merge benchmark's function `name` (`json`,
+/// `text_names_processes`, …).
+fn merge_row_name(name: &str) -> &'static str {
+    match (name.starts_with("json"), name.ends_with("_names_processes")) {
+        (true, false) => "JSON lines",
+        (false, false) => "text",
+        (true, true) => "JSON lines, names and processes",
+        (false, true) => "text, names and processes",
+    }
 }
 
 /// A criterion time (`1.0221 µs`) in nanoseconds.
@@ -296,7 +307,10 @@ fn merge_section(_plan: &Plan, machine: &str) -> Result<String> {
          `opened`/`closed` over distinct TCP keys) merged by `Merger` (65,536-item\n\
          queue, batches of 256) and written by `pipeline::write_all` through\n\
          `RecordWriter` to `io::sink()`, on a current-thread tokio runtime (one\n\
-         core); generating the events is included.\n\n\
+         core); generating the events is included. \"Names and processes\": as\n\
+         the enrichers attach them, each `opened` event carries its destination's\n\
+         name and every event a process (pid, comm, exe, uid), each of a source's\n\
+         8 processes shared by the events of many flows.\n\n\
          **How**: the criterion benchmark `crates/supervisor/benches/merge_json.rs`\n\
          (`cargo bench -p flow-supervisor --bench merge_json`). **Machine**: {machine}.\n\n{}\n",
         merge()?
@@ -576,6 +590,23 @@ fn fuzz_section(plan: &Plan, machine: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_merge_table_names_each_variant() {
+        let text = "merge_4_sources_1m_events/json
+                        time:   [380.00 ms 388.00 ms 399.00 ms]
+                        thrpt:  [2.5000 Melem/s 2.5752 Melem/s 2.6300 Melem/s]
+merge_4_sources_1m_events/text_names_processes
+                        time:   [380.00 ms 388.00 ms 399.00 ms]
+                        thrpt:  [2.1000 Melem/s 2.2000 Melem/s 2.3000 Melem/s]
+";
+        assert_eq!(
+            merge_table(text).unwrap(),
+            "| output | throughput (criterion's estimate, low – high) |\n|---|---|\n\
+             | JSON lines | **2.5752 Melem/s** (2.5000 Melem/s – 2.6300 Melem/s) |\n\
+             | text, names and processes | **2.2000 Melem/s** (2.1000 Melem/s – 2.3000 Melem/s) |\n"
+        );
+    }
 
     #[test]
     fn the_correlation_table_reads_criterions_estimates_and_skips_its_change_lines() {

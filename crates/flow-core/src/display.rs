@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::io::Write as _;
+use std::net::IpAddr;
 
 use crate::clock::NANOS_PER_SEC;
 
@@ -72,6 +73,201 @@ impl fmt::Display for LossCount {
     }
 }
 
+/// Each octet's decimal digits (without leading zeros) and a dot, in four
+/// bytes, and how many digits.
+const OCTETS: [([u8; 4], usize); 256] = octet_texts();
+
+const fn octet_texts() -> [([u8; 4], usize); 256] {
+    let mut texts = [([0; 4], 0); 256];
+    let mut octet = 0;
+    while octet < 256 {
+        let (hundreds, tens, ones) = (digit(octet / 100), digit(octet / 10), digit(octet));
+        texts[octet] = match octet {
+            0..10 => ([ones, b'.', 0, 0], 1),
+            10..100 => ([tens, ones, b'.', 0], 2),
+            _ => ([hundreds, tens, ones, b'.'], 3),
+        };
+        octet += 1;
+    }
+    texts
+}
+
+/// The last decimal digit of `value`, in ASCII.
+const fn digit(value: usize) -> u8 {
+    // Below 10: the cast loses nothing.
+    b'0' + (value % 10) as u8
+}
+
+/// An IP address's text, or a socket address's, as `IpAddr`'s and
+/// `SocketAddr`'s Display write them, in a buffer on the stack: for the
+/// output's writers, which append it in one copy.
+///
+/// By hand for IPv4 because the output writes two addresses a line,
+/// millions of lines a second: `Display` (or `itoa`, an octet at a time)
+/// copied a few bytes at a time. IPv6, rarer, goes through `Display`.
+///
+/// ```
+/// use flow_core::display::AddressText;
+/// assert_eq!(AddressText::new("10.0.200.1".parse()?).as_bytes(), b"10.0.200.1");
+/// assert_eq!(AddressText::new("2001:db8::1".parse()?).as_bytes(), b"2001:db8::1");
+/// assert_eq!(AddressText::socket("10.0.0.1".parse()?, 443).as_bytes(), b"10.0.0.1:443");
+/// assert_eq!(AddressText::socket("::1".parse()?, 53).as_bytes(), b"[::1]:53");
+/// # Ok::<(), std::net::AddrParseError>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct AddressText {
+    /// The longest text is a socket address with an IPv6 address:
+    /// `[` 39 `]:` 5 bytes (`Ipv6Addr` writes a mapped IPv4 address as
+    /// `::ffff:a.b.c.d`, shorter).
+    bytes: [u8; 47],
+    len: usize,
+}
+
+impl AddressText {
+    /// The text of `ip`.
+    #[must_use]
+    #[inline]
+    pub fn new(ip: IpAddr) -> Self {
+        let mut text = Self::empty();
+        match ip {
+            IpAddr::V4(ip) => text.push_ipv4(ip),
+            IpAddr::V6(ip) => text.write(format_args!("{ip}")),
+        }
+        text
+    }
+
+    /// The text of the socket address `ip`:`port` (`[ip]:port` for IPv6).
+    #[must_use]
+    #[inline]
+    pub fn socket(ip: IpAddr, port: u16) -> Self {
+        let mut text = Self::empty();
+        match ip {
+            IpAddr::V4(ip) => {
+                text.push_ipv4(ip);
+                text.push(b':');
+                text.push_number(port);
+            }
+            IpAddr::V6(ip) => text.write(format_args!("[{ip}]:{port}")),
+        }
+        text
+    }
+
+    fn empty() -> Self {
+        Self {
+            bytes: [0; 47],
+            len: 0,
+        }
+    }
+
+    /// Appends formatted text (IPv6).
+    fn write(&mut self, text: fmt::Arguments<'_>) {
+        let mut rest = &mut self.bytes[self.len..];
+        let room = rest.len();
+        // The buffer holds the longest text: writing cannot fail.
+        let _ = rest.write_fmt(text);
+        self.len += room - rest.len();
+    }
+
+    /// `a.b.c.d`: each octet's digits and a dot copied from [`OCTETS`],
+    /// the last dot left out.
+    fn push_ipv4(&mut self, ip: std::net::Ipv4Addr) {
+        let mut len = self.len;
+        for octet in ip.octets() {
+            let (text, digits) = OCTETS[usize::from(octet)];
+            self.bytes[len..len + 4].copy_from_slice(&text);
+            len += digits + 1;
+        }
+        self.len = len - 1;
+    }
+
+    /// A port's decimal digits, without leading zeros, written from the
+    /// last.
+    fn push_number(&mut self, number: u16) {
+        let digits = match number {
+            0..10 => 1,
+            10..100 => 2,
+            100..1_000 => 3,
+            1_000..10_000 => 4,
+            _ => 5,
+        };
+        let mut rest = usize::from(number);
+        for slot in self.bytes[self.len..self.len + digits].iter_mut().rev() {
+            *slot = digit(rest);
+            rest /= 10;
+        }
+        self.len += digits;
+    }
+
+    /// The text.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.bytes[self.len] = byte;
+        self.len += 1;
+    }
+}
+
+/// Whether `text` is printable ASCII (a space to `~`): a terminal shows
+/// it as it is, a column a byte.
+///
+/// ```
+/// use flow_core::display::is_printable_ascii;
+/// assert!(is_printable_ascii("files.pythonhosted.org"));
+/// assert!(!is_printable_ascii("\u{1b}[2J"));
+/// assert!(!is_printable_ascii("caf\u{e9}"));
+/// ```
+#[must_use]
+pub fn is_printable_ascii(text: &str) -> bool {
+    // A word at a time, as the JSON escape test: the text output tests
+    // every name it writes.
+    !any_word(text.as_bytes(), |word| {
+        // Below a space; at or above 0x80; 0x7f, which adding one takes
+        // to 0x80 (a carry comes only from a byte 0xff, found already).
+        let found = below(word, 0x20) | word | word.wrapping_add(repeated(1));
+        found & repeated(0x80) != 0
+    })
+}
+
+/// Whether `found` is true of a word of `bytes`: eight bytes at a time,
+/// the last bytes (however few) as one word, some of them twice (a test
+/// of whether any byte is of a kind is the same with a byte seen twice).
+pub(crate) fn any_word(bytes: &[u8], found: impl Fn(u64) -> bool) -> bool {
+    let (words, rest) = bytes.as_chunks::<8>();
+    words.iter().any(|word| found(u64::from_le_bytes(*word)))
+        || (!rest.is_empty() && found(last_word(bytes)))
+}
+
+/// The last bytes of `bytes` (not empty) as one word: the last eight, or
+/// all of a shorter text, some of them twice.
+fn last_word(bytes: &[u8]) -> u64 {
+    if let Some(last) = bytes.last_chunk::<8>() {
+        u64::from_le_bytes(*last)
+    } else if let (Some(first), Some(last)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32
+    } else {
+        // One to three bytes.
+        let [a, b, c] = [0, bytes.len() / 2, bytes.len() - 1].map(|index| bytes[index]);
+        u64::from_le_bytes([a, b, c, c, c, c, c, c])
+    }
+}
+
+/// `byte` in each of a word's eight bytes.
+pub(crate) const fn repeated(byte: u8) -> u64 {
+    u64::from_ne_bytes([byte; 8])
+}
+
+/// The top bit of each byte of `word` below `bound` (at most 0x80) is set
+/// in the result, if there is one (the bits above the lowest such byte may
+/// be wrong, but not all of them clear): the subtraction borrows into a
+/// byte's top bit only from a byte below `bound`, and `!word` drops the
+/// bytes whose top bit was set already.
+pub(crate) const fn below(word: u64, bound: u8) -> u64 {
+    word.wrapping_sub(repeated(bound)) & !word
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +281,56 @@ mod tests {
             prop_assert_eq!(fraction.len(), 9);
             let back = whole.parse::<u64>().unwrap() * NANOS_PER_SEC + fraction.parse::<u64>().unwrap();
             prop_assert_eq!(back, ns);
+        }
+
+        #[test]
+        fn address_text_is_what_display_writes(ip in any::<IpAddr>()) {
+            let (text, expected) = (AddressText::new(ip), ip.to_string());
+            prop_assert_eq!(text.as_bytes(), expected.as_bytes());
+        }
+    }
+
+    #[test]
+    fn printable_ascii_is_found_at_every_length_and_position() {
+        for len in 1..20 {
+            for position in 0..len {
+                for byte in (0..=0x7f_u8).map(char::from).chain(['\u{e9}', '\u{80}']) {
+                    let mut text = "a".repeat(len);
+                    text.replace_range(position..=position, &byte.to_string());
+                    let printable = (' '..='~').contains(&byte);
+                    assert_eq!(
+                        is_printable_ascii(&text),
+                        printable,
+                        "{byte:?} at {position} of {len}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn socket_text_is_what_display_writes() {
+        for port in [0, 7, 80, 443, 9_999, 10_000, 65_535] {
+            for ip in [
+                "0.0.0.0",
+                "255.255.255.255",
+                "::",
+                "::ffff:1.2.3.4",
+                "fe80::1:2:3:4:5",
+            ] {
+                let address = std::net::SocketAddr::new(ip.parse().unwrap(), port);
+                let (text, expected) =
+                    (AddressText::socket(address.ip(), port), address.to_string());
+                assert_eq!(text.as_bytes(), expected.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn every_octet_is_written_as_display_writes_it() {
+        for octet in 0..=255 {
+            let ip = IpAddr::from([octet, 0, 255, octet]);
+            assert_eq!(AddressText::new(ip).as_bytes(), ip.to_string().as_bytes());
         }
     }
 

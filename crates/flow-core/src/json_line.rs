@@ -10,43 +10,61 @@
 //! string is copied as it is unless it needs escaping, when serde_json
 //! escapes it (so the bytes are the same as serde_json's).
 
-use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use crate::display::{AddressText, any_word, below, repeated};
 
 /// Bytes reserved for a line before it is written: more than an event
 /// line with a process takes.
 const LINE_BYTES: usize = 512;
 
+/// The longest field name [`JsonObject::entry`] takes.
+const MAX_KEY: usize = 28;
+
 /// One JSON object being written at the end of a buffer.
 pub(crate) struct JsonObject<'a> {
     out: &'a mut Vec<u8>,
-    empty: bool,
 }
 
 impl<'a> JsonObject<'a> {
-    /// Opens an object at the end of `out`.
-    pub(crate) fn open(out: &'a mut Vec<u8>) -> Self {
+    /// Opens an object at the end of `out` with its first entry (as
+    /// [`JsonObject::entry`] writes it).
+    #[inline(always)]
+    pub(crate) fn open(
+        out: &'a mut Vec<u8>,
+        key: &'static str,
+        value: &(impl JsonValue + ?Sized),
+    ) -> Self {
         // Room for a typical line, so that the pieces are appended without
         // a capacity check failing midway.
         out.reserve(LINE_BYTES);
-        out.push(b'{');
-        Self { out, empty: true }
+        let mut object = Self { out };
+        object.write_entry(b'{', key, value);
+        object
     }
 
-    /// Writes `"key":value`. `key` must need no escaping (the schema's
-    /// field names). Inlined, so that each key, a literal, is copied with
-    /// its length known.
+    /// Writes `,"key":value`. `key` must need no escaping (the schema's
+    /// field names).
     #[inline(always)]
     pub(crate) fn entry(&mut self, key: &'static str, value: &(impl JsonValue + ?Sized)) {
+        self.write_entry(b',', key, value);
+    }
+
+    /// `lead` (`{` or `,`), then `"key":` in one copy, then the value.
+    /// Inlined, so that each key, a literal, is put together with its
+    /// length known: a few stores rather than four appends, each with its
+    /// capacity check.
+    #[inline(always)]
+    fn write_entry(&mut self, lead: u8, key: &'static str, value: &(impl JsonValue + ?Sized)) {
         debug_assert!(!needs_escaping(key), "a field name that needs escaping");
-        if !self.empty {
-            self.out.push(b',');
-        }
-        self.empty = false;
-        self.out.push(b'"');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
+        let key = key.as_bytes();
+        let mut text = [0; MAX_KEY + 4];
+        text[0] = lead;
+        text[1] = b'"';
+        text[2..2 + key.len()].copy_from_slice(key);
+        text[2 + key.len()..4 + key.len()].copy_from_slice(b"\":");
+        self.out.extend_from_slice(&text[..4 + key.len()]);
         value.write_json(self.out);
     }
 
@@ -97,6 +115,20 @@ impl JsonValue for str {
     }
 }
 
+/// One of the schema's own names (`"opened"`, `"tcp"`, `"fin"`): written
+/// as it is, without looking for characters to escape (it has none).
+pub(crate) struct Name(pub(crate) &'static str);
+
+impl JsonValue for Name {
+    #[inline]
+    fn write_json(&self, out: &mut Vec<u8>) {
+        debug_assert!(!needs_escaping(self.0), "a name that needs escaping");
+        out.push(b'"');
+        out.extend_from_slice(self.0.as_bytes());
+        out.push(b'"');
+    }
+}
+
 impl JsonValue for Arc<str> {
     fn write_json(&self, out: &mut Vec<u8>) {
         (**self).write_json(out);
@@ -106,15 +138,7 @@ impl JsonValue for Arc<str> {
 impl JsonValue for IpAddr {
     fn write_json(&self, out: &mut Vec<u8>) {
         out.push(b'"');
-        match self {
-            IpAddr::V4(ip) => write_ipv4(*ip, out),
-            IpAddr::V6(ip) => {
-                // Display never fails into a String; IPv6 is the rarer case.
-                let mut text = String::with_capacity(39);
-                let _ = write!(text, "{ip}");
-                out.extend_from_slice(text.as_bytes());
-            }
-        }
+        out.extend_from_slice(AddressText::new(*self).as_bytes());
         out.push(b'"');
     }
 }
@@ -135,20 +159,21 @@ impl<T: JsonValue> JsonValue for [T] {
 /// Whether serde_json would escape something in `text`: a control
 /// character, a quote or a backslash (anything else, UTF-8 included, is
 /// written as it is).
+///
+/// Eight bytes at a time (no crate offers serde_json's test alone): the
+/// byte-by-byte test was the largest part of writing a string.
+#[inline]
 fn needs_escaping(text: &str) -> bool {
-    text.bytes()
-        .any(|byte| byte < 0x20 || byte == b'"' || byte == b'\\')
+    any_word(text.as_bytes(), word_needs_escaping)
 }
 
-/// `a.b.c.d`, as `Ipv4Addr`'s Display writes it.
-pub(crate) fn write_ipv4(ip: Ipv4Addr, out: &mut Vec<u8>) {
-    let mut digits = itoa::Buffer::new();
-    for (index, octet) in ip.octets().into_iter().enumerate() {
-        if index > 0 {
-            out.push(b'.');
-        }
-        out.extend_from_slice(digits.format(octet).as_bytes());
-    }
+/// Whether one of a word's eight bytes is below 0x20, a quote or a
+/// backslash (a quote or a backslash is a zero byte of the word xor
+/// eight of them).
+fn word_needs_escaping(word: u64) -> bool {
+    let found =
+        below(word, 0x20) | below(word ^ repeated(b'"'), 1) | below(word ^ repeated(b'\\'), 1);
+    found & repeated(0x80) != 0
 }
 
 #[cfg(test)]
@@ -185,10 +210,27 @@ mod tests {
     }
 
     #[test]
+    fn every_byte_that_needs_escaping_is_found_at_every_position() {
+        for len in 1..20 {
+            for position in 0..len {
+                for byte in (0..=0x7f_u8).map(char::from) {
+                    let mut text = "a".repeat(len);
+                    text.replace_range(position..=position, &byte.to_string());
+                    let escaped = serde_json::to_string(&text).unwrap().len() > text.len() + 2;
+                    assert_eq!(
+                        needs_escaping(&text),
+                        escaped,
+                        "{byte:?} at {position} of {len}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn an_object_separates_its_entries() {
         let mut out = Vec::new();
-        let mut object = JsonObject::open(&mut out);
-        object.entry("a", &1_u16);
+        let mut object = JsonObject::open(&mut out, "a", &1_u16);
         object.entry("b", "x\"y");
         object.entry("c", &true);
         object.close();

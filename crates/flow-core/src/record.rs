@@ -65,7 +65,7 @@ use std::sync::Arc;
 
 use crate::counters::{Counters, DirectionCounters};
 use crate::dns::{DnsLookup, QueryType, ResponseCode};
-use crate::json_line::{JsonObject, JsonValue};
+use crate::json_line::{JsonObject, JsonValue, Name};
 use crate::process::{Attribution, Process};
 use crate::workload::Workload;
 use crate::{CloseReason, FlowEvent, FlowEventKind, FlowKey, LossPoint, protocol};
@@ -297,9 +297,8 @@ impl JsonOptions {
 /// The record's JSON object, without its newline (schema: the module
 /// documentation).
 fn write_json(record: &FlowRecord<'_>, options: JsonOptions, out: &mut Vec<u8>) {
-    let mut object = JsonObject::open(out);
-    object.entry("ts_ns", &record.timestamp_ns());
-    object.entry("kind", record.kind_name());
+    let mut object = JsonObject::open(out, "ts_ns", &record.timestamp_ns());
+    object.entry("kind", &Name(record.kind_name()));
     match &record.item {
         RecordItem::Event(event) => {
             write_key(&mut object, &event.key);
@@ -309,7 +308,7 @@ fn write_json(record: &FlowRecord<'_>, options: JsonOptions, out: &mut Vec<u8>) 
             match &event.kind {
                 FlowEventKind::Closed { .. } => {
                     if let Some(reason) = event.close_reason {
-                        object.entry("reason", reason.name());
+                        object.entry("reason", &Name(reason.name()));
                     }
                 }
                 FlowEventKind::Dns(lookup) => write_lookup(&mut object, lookup),
@@ -352,7 +351,7 @@ fn write_json(record: &FlowRecord<'_>, options: JsonOptions, out: &mut Vec<u8>) 
                 None => object.entry("count", &Null),
             }
             if *point != LossPoint::Recorded {
-                object.entry("point", point.name());
+                object.entry("point", &Name(point.name()));
             }
         }
     }
@@ -426,7 +425,7 @@ fn write_process(object: &mut JsonObject<'_>, process: &Process, options: JsonOp
     if let Some(gid) = process.gid {
         object.entry("gid", &gid);
     }
-    object.entry("attribution", process.attribution.name());
+    object.entry("attribution", &Name(process.attribution.name()));
     if options.cmdline
         && let Some(cmdline) = &process.cmdline
     {
@@ -436,7 +435,7 @@ fn write_process(object: &mut JsonObject<'_>, process: &Process, options: JsonOp
 
 fn write_key(object: &mut JsonObject<'_>, key: &FlowKey) {
     match protocol::name(key.protocol) {
-        Some(name) => object.entry("proto", name),
+        Some(name) => object.entry("proto", &Name(name)),
         None => object.entry("proto", key.protocol.to_string().as_str()),
     }
     object.entry("src", &key.src_addr);

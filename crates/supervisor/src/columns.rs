@@ -7,8 +7,9 @@
 //! profile of the merge + text benchmark. The bytes are the same as
 //! `format!`'s for the same widths (tested below).
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
+
+use flow_core::display::{AddressText, is_printable_ascii};
 
 /// A text line being written at the end of a buffer.
 pub(crate) struct Line<'a> {
@@ -27,13 +28,25 @@ impl<'a> Line<'a> {
         self
     }
 
-    /// `text` for a terminal ([`printable`]), then spaces up to `width`
-    /// characters (`{:<width}`).
+    /// `text` for a terminal ([`push_printable`]), then spaces up to
+    /// `width` characters (`{:<width}`).
     pub(crate) fn left(&mut self, text: &str, width: usize) -> &mut Self {
+        if is_printable_ascii(text) {
+            // Printable ASCII (most names): as it is, a column a byte.
+            return self.name(text, width);
+        }
         let start = self.out.len();
         push_printable(self.out, text);
         let written = char_count(&self.out[start..]);
         self.spaces(width.saturating_sub(written))
+    }
+
+    /// `name`, printable ASCII (one of flowtrack's own: `opened`, `tcp`),
+    /// then spaces up to `width` characters.
+    pub(crate) fn name(&mut self, name: &str, width: usize) -> &mut Self {
+        debug_assert!(is_printable_ascii(name), "{name:?} is not printable ASCII");
+        self.out.extend_from_slice(name.as_bytes());
+        self.spaces(width.saturating_sub(name.len()))
     }
 
     /// A number right-aligned in `width` characters (`{:>width}`).
@@ -51,12 +64,12 @@ impl<'a> Line<'a> {
         let mut whole = itoa::Buffer::new();
         let whole = whole.format(ns / 1_000_000_000);
         let mut fraction = itoa::Buffer::new();
-        let fraction = fraction.format(ns % 1_000_000_000);
+        // A one, then the nine digits of the fraction with their leading
+        // zeros: the one is left out.
+        let fraction = &fraction.format(1_000_000_000 + ns % 1_000_000_000)[1..];
         self.spaces(width.saturating_sub(whole.len() + 10));
         self.out.extend_from_slice(whole.as_bytes());
         self.out.push(b'.');
-        self.out
-            .extend(std::iter::repeat_n(b'0', 9 - fraction.len()));
         self.out.extend_from_slice(fraction.as_bytes());
         self
     }
@@ -70,14 +83,12 @@ impl<'a> Line<'a> {
         width: usize,
         right: bool,
     ) -> &mut Self {
-        let mut text = AddressText::default();
-        text.write(ip, port);
-        let len = text.len;
-        let pad = width.saturating_sub(len);
+        let text = AddressText::socket(ip, port);
+        let pad = width.saturating_sub(text.as_bytes().len());
         if right {
             self.spaces(pad);
         }
-        self.out.extend_from_slice(&text.bytes[..len]);
+        self.out.extend_from_slice(text.as_bytes());
         if !right {
             self.spaces(pad);
         }
@@ -86,7 +97,15 @@ impl<'a> Line<'a> {
 
     /// `count` spaces.
     pub(crate) fn spaces(&mut self, count: usize) -> &mut Self {
-        self.out.extend(std::iter::repeat_n(b' ', count));
+        if count <= SPACES.len() {
+            // A column's padding: a copy of known length, cut back, rather
+            // than a fill of any length (a call to memset).
+            let end = self.out.len() + count;
+            self.out.extend_from_slice(&SPACES);
+            self.out.truncate(end);
+        } else {
+            self.out.extend(std::iter::repeat_n(b' ', count));
+        }
         self
     }
 
@@ -98,48 +117,8 @@ impl<'a> Line<'a> {
     }
 }
 
-/// The text of a socket address, at most `[` 39 `]:` 5 = 47 bytes.
-struct AddressText {
-    bytes: [u8; 48],
-    len: usize,
-}
-
-impl Default for AddressText {
-    fn default() -> Self {
-        Self {
-            bytes: [0; 48],
-            len: 0,
-        }
-    }
-}
-
-impl AddressText {
-    fn push(&mut self, bytes: &[u8]) {
-        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
-    }
-
-    fn write(&mut self, ip: IpAddr, port: u16) {
-        let mut digits = itoa::Buffer::new();
-        match ip {
-            IpAddr::V4(ip) => {
-                for (index, octet) in ip.octets().into_iter().enumerate() {
-                    if index > 0 {
-                        self.push(b".");
-                    }
-                    self.push(digits.format(octet).as_bytes());
-                }
-            }
-            IpAddr::V6(ip) => {
-                let mut text = String::with_capacity(41);
-                let _ = write!(text, "[{ip}]");
-                self.push(text.as_bytes());
-            }
-        }
-        self.push(b":");
-        self.push(digits.format(port).as_bytes());
-    }
-}
+/// The most padding [`Line::spaces`] writes in one copy: the widest column.
+const SPACES: [u8; 32] = [b' '; 32];
 
 /// Characters in UTF-8 `bytes`.
 fn char_count(bytes: &[u8]) -> usize {

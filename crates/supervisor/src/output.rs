@@ -199,7 +199,7 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut Vec<u8>) {
     let mut line = Line::new(out);
     line.seconds(record.timestamp_ns(), 19)
         .raw(b"  ")
-        .left(record.kind_name(), 6)
+        .name(record.kind_name(), 6)
         .raw(b"  ")
         .left(&record.backend, 6)
         .raw(b"  ");
@@ -207,7 +207,7 @@ fn write_text_line(record: &FlowRecord<'_>, out: &mut Vec<u8>) {
         RecordItem::Event(event) => {
             let key = &event.key;
             match protocol::name(key.protocol) {
-                Some(name) => line.left(name, 6),
+                Some(name) => line.name(name, 6),
                 None => line.left(&key.protocol.to_string(), 6),
             };
             line.raw(b" ")

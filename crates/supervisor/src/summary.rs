@@ -29,15 +29,16 @@
 //! ```
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::fmt::Write as _;
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use flow_core::display::Seconds;
 use flow_core::protocol;
 use flow_core::{FlowEvent, FlowEventKind};
+use hashbrown::Equivalent;
+use hashbrown::hash_map::EntryRef;
 use serde::Serialize;
 
 /// Rows a summary tracks at most; events of the rest are counted together.
@@ -93,7 +94,7 @@ impl DestinationStats {
 }
 
 /// A destination: protocol, address, port (ICMP: `type << 8 | code`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Destination {
     /// IANA protocol number.
     pub protocol: u8,
@@ -103,15 +104,34 @@ pub struct Destination {
     pub port: u16,
 }
 
+/// By hand: one or two writes to the hasher instead of the derived five
+/// (the summaries hash a destination per event). Equal destinations write
+/// the same, as `Eq` requires.
+impl Hash for Destination {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let protocol_and_port = u64::from(self.protocol) << 16 | u64::from(self.port);
+        match self.address {
+            IpAddr::V4(ip) => state.write_u64(protocol_and_port << 32 | u64::from(ip.to_bits())),
+            IpAddr::V6(ip) => {
+                state.write_u128(ip.to_bits());
+                state.write_u64(protocol_and_port);
+            }
+        }
+    }
+}
+
 /// Up to [`MAX_LISTED`] distinct values, in the order first seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 struct Listed<T>(Vec<T>);
 
-impl<T: PartialEq> Listed<T> {
-    fn add(&mut self, value: T) {
-        if self.0.len() < MAX_LISTED && !self.0.contains(&value) {
-            self.0.push(value);
+impl<T: PartialEq + Clone> Listed<T> {
+    /// Adds `value` (a clone of it) unless it is listed or the list is
+    /// full: most events repeat a listed value, and cloning a name is an
+    /// atomic increment.
+    fn add(&mut self, value: &T) {
+        if self.0.len() < MAX_LISTED && !self.0.contains(value) {
+            self.0.push(value.clone());
         }
     }
 }
@@ -122,30 +142,39 @@ impl<T: PartialEq> Listed<T> {
 struct Rows<K, V> {
     /// foldhash: the keys are the run's own, not an attacker's choosing
     /// to collide (and the rows are bounded), so a fast hash will do.
-    rows: HashMap<K, (DestinationStats, V), foldhash::fast::RandomState>,
+    /// hashbrown's map rather than std's: it looks a row up by a borrowed
+    /// form of its key ([`Equivalent`]), so that an event's key is made
+    /// (an `Arc` cloned) only for a new row.
+    rows: hashbrown::HashMap<K, (DestinationStats, V), foldhash::fast::RandomState>,
     untracked_events: u64,
 }
 
 impl<K, V> Default for Rows<K, V> {
     fn default() -> Self {
         Self {
-            rows: HashMap::default(),
+            rows: hashbrown::HashMap::default(),
             untracked_events: 0,
         }
     }
 }
 
 impl<K: Hash + Eq + Ord, V: Default> Rows<K, V> {
-    /// Counts `event` in row `key`; the row's extra value, unless the row
-    /// is beyond the bound.
-    fn record(&mut self, key: K, event: &FlowEvent) -> Option<&mut V> {
+    /// Counts `event` in the row of `key` (made with `owned` for a new
+    /// row); the row's extra value, unless the row is beyond the bound.
+    fn record<Q: Hash + Equivalent<K> + ?Sized>(
+        &mut self,
+        key: &Q,
+        owned: impl FnOnce(&Q) -> K,
+        event: &FlowEvent,
+    ) -> Option<&mut V> {
         let full = self.rows.len() >= MAX_DESTINATIONS;
-        let (stats, extra) = match self.rows.entry(key) {
-            Entry::Occupied(row) => row.into_mut(),
-            Entry::Vacant(row) if !full => {
-                row.insert((DestinationStats::new(event.timestamp_ns), V::default()))
-            }
-            Entry::Vacant(_) => {
+        let (stats, extra) = match self.rows.entry_ref(key) {
+            EntryRef::Occupied(row) => row.into_mut(),
+            EntryRef::Vacant(row) if !full => row.insert_with_key(
+                owned(key),
+                (DestinationStats::new(event.timestamp_ns), V::default()),
+            ),
+            EntryRef::Vacant(_) => {
                 self.untracked_events += 1;
                 return None;
             }
@@ -188,9 +217,9 @@ impl Destinations {
             address: event.key.dst_addr,
             port: event.key.dst_port,
         };
-        if let Some(names) = self.rows.record(destination, event) {
+        if let Some(names) = self.rows.record(&destination, |key| *key, event) {
             for name in [&event.host, &event.sni].into_iter().flatten() {
-                names.add(Arc::clone(name));
+                names.add(name);
             }
         }
     }
@@ -323,9 +352,9 @@ impl Denials {
             rule: rule.clone(),
             enforced: *enforced,
         };
-        if let Some(names) = self.rows.record(denial, event) {
+        if let Some(names) = self.rows.record(&denial, Denial::clone, event) {
             for name in [&event.host, &event.sni].into_iter().flatten() {
-                names.add(Arc::clone(name));
+                names.add(name);
             }
         }
     }
@@ -380,13 +409,59 @@ impl Denials {
 
 /// A program that made connections: its executable (or, unknown, its
 /// command name) and its user.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Program {
     /// The executable, or the command name in brackets when the executable
     /// is unknown, or `?`.
     pub program: Arc<str>,
     /// Its user id, when known.
     pub uid: Option<u32>,
+}
+
+/// By hand: two writes to the hasher instead of the derived four (the
+/// summaries hash a program per event), the same as [`ProgramRef`]'s.
+impl Hash for Program {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        ProgramRef {
+            program: &self.program,
+            uid: self.uid,
+        }
+        .hash(state);
+    }
+}
+
+/// A [`Program`] borrowed from an event: its row is looked up without
+/// cloning its name.
+#[derive(Debug, Clone, Copy)]
+struct ProgramRef<'a> {
+    program: &'a Arc<str>,
+    uid: Option<u32>,
+}
+
+impl Hash for ProgramRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.program.as_bytes());
+        state.write_u64(self.uid.map_or(u64::MAX, u64::from));
+    }
+}
+
+impl Equivalent<Program> for ProgramRef<'_> {
+    fn equivalent(&self, program: &Program) -> bool {
+        // Most events share their program's name (their process's `exe`):
+        // the same `Arc` needs no comparison of the text.
+        self.uid == program.uid
+            && (Arc::ptr_eq(self.program, &program.program) || *self.program == program.program)
+    }
+}
+
+impl ProgramRef<'_> {
+    /// The program, its name cloned (for a new row).
+    fn owned(&self) -> Program {
+        Program {
+            program: Arc::clone(self.program),
+            uid: self.uid,
+        }
+    }
 }
 
 /// What else is kept of a program: the pids it ran as.
@@ -427,31 +502,38 @@ impl Programs {
             return;
         }
         let process = event.process.as_deref();
-        let program = Program {
+        let bracketed;
+        let program = ProgramRef {
             program: match process.map(|process| (&process.exe, &process.comm)) {
-                Some((Some(exe), _)) => Arc::clone(exe),
-                Some((None, Some(comm))) => match self.bracketed.get(comm) {
-                    Some(name) => Arc::clone(name),
-                    None => {
-                        let name: Arc<str> = format!("[{comm}]").into();
-                        if self.bracketed.len() < MAX_DESTINATIONS {
-                            self.bracketed.insert(Arc::clone(comm), Arc::clone(&name));
-                        }
-                        name
-                    }
-                },
-                _ => Arc::clone(&self.unknown),
+                Some((Some(exe), _)) => exe,
+                Some((None, Some(comm))) => {
+                    bracketed = self.bracketed(comm);
+                    &bracketed
+                }
+                _ => &self.unknown,
             },
             uid: process.and_then(|process| process.uid),
         };
-        if let Some(extra) = self.rows.record(program, event)
+        if let Some(extra) = self.rows.record(&program, ProgramRef::owned, event)
             && let Some(pid) = process.and_then(|process| process.pid)
             && event.kind == FlowEventKind::Opened
             && !extra.pids.0.contains(&pid)
         {
             extra.processes += 1;
-            extra.pids.add(pid);
+            extra.pids.add(&pid);
         }
+    }
+
+    /// `[comm]`, the name of a program known only by its command name.
+    fn bracketed(&mut self, comm: &Arc<str>) -> Arc<str> {
+        if let Some(name) = self.bracketed.get(comm) {
+            return Arc::clone(name);
+        }
+        let name: Arc<str> = format!("[{comm}]").into();
+        if self.bracketed.len() < MAX_DESTINATIONS {
+            self.bracketed.insert(Arc::clone(comm), Arc::clone(&name));
+        }
+        name
     }
 
     /// Whether nothing was seen.
@@ -561,4 +643,90 @@ fn summary_json<R: Serialize>(name: &str, rows: Vec<R>, untracked_events: u64) -
 /// Nanoseconds as seconds with six decimals.
 fn seconds(ns: u64) -> String {
     format!("{:.6}s", Seconds(ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flow_core::FlowKey;
+    use flow_core::process::Process;
+
+    fn key(dst: &str) -> FlowKey {
+        FlowKey::tcp("10.0.0.1:40000".parse().unwrap(), dst.parse().unwrap())
+    }
+
+    #[test]
+    fn equal_programs_share_a_row_whatever_holds_their_names() {
+        let mut programs = Programs::default();
+        let processes = [
+            Process::new(1).with_exe("/usr/bin/curl").with_uid(1000),
+            Process::new(2).with_exe("/usr/bin/curl").with_uid(1000),
+            Process::new(3).with_exe("/usr/bin/curl").with_uid(0),
+            Process::new(4).with_comm("curl"),
+            Process::new(5).with_comm("curl"),
+        ];
+        for process in processes {
+            programs.record(&FlowEvent::opened(key("10.0.0.2:80"), 1).by(Arc::new(process)));
+        }
+        programs.record(&FlowEvent::opened(key("10.0.0.2:80"), 1));
+        let rows: Vec<_> = programs
+            .rows
+            .sorted()
+            .into_iter()
+            .map(|(program, stats, extra)| {
+                let name = program.program.to_string();
+                (name, program.uid, stats.connections, extra.processes)
+            })
+            .collect();
+        let row = |name: &str, uid, connections, processes| {
+            (name.to_owned(), uid, connections, processes)
+        };
+        assert_eq!(
+            rows,
+            [
+                row("/usr/bin/curl", Some(0), 1, 1),
+                row("/usr/bin/curl", Some(1000), 2, 2),
+                row("?", None, 1, 0),
+                row("[curl]", None, 2, 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn destinations_differ_by_protocol_address_and_port() {
+        let mut destinations = Destinations::default();
+        for dst in [
+            "10.0.0.2:80",
+            "10.0.0.2:80",
+            "10.0.0.2:81",
+            "[::a00:2]:80",
+            "10.0.0.3:80",
+        ] {
+            destinations.record(&FlowEvent::opened(key(dst), 1));
+        }
+        let udp = FlowKey::udp(
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        );
+        destinations.record(&FlowEvent::opened(udp, 1));
+        let rows: Vec<_> = destinations
+            .iter()
+            .map(|(destination, stats)| {
+                let address = std::net::SocketAddr::new(destination.address, destination.port);
+                (destination.protocol, address.to_string(), stats.connections)
+            })
+            .collect();
+        let row =
+            |protocol, address: &str, connections| (protocol, address.to_owned(), connections);
+        assert_eq!(
+            rows,
+            [
+                row(6, "10.0.0.2:80", 2),
+                row(6, "10.0.0.2:81", 1),
+                row(6, "10.0.0.3:80", 1),
+                row(6, "[::a00:2]:80", 1),
+                row(17, "10.0.0.2:80", 1),
+            ]
+        );
+    }
 }
