@@ -180,22 +180,12 @@ impl AddressText {
         self.len = len - 1;
     }
 
-    /// A port's decimal digits, without leading zeros, written from the
-    /// last.
+    /// A port's decimal digits.
     fn push_number(&mut self, number: u16) {
-        let digits = match number {
-            0..10 => 1,
-            10..100 => 2,
-            100..1_000 => 3,
-            1_000..10_000 => 4,
-            _ => 5,
-        };
-        let mut rest = usize::from(number);
-        for slot in self.bytes[self.len..self.len + digits].iter_mut().rev() {
-            *slot = digit(rest);
-            rest /= 10;
-        }
-        self.len += digits;
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(number).as_bytes();
+        self.bytes[self.len..self.len + digits.len()].copy_from_slice(digits);
+        self.len += digits.len();
     }
 
     /// The text.
