@@ -16,7 +16,7 @@ use anyhow::{Context, Result, ensure};
 use flowtrack_kernel_tests::{Netns, Server, TestCgroup, metric_sum};
 
 use crate::storm::{
-    Generator, Watcher, cpu_seconds, flowtrack_beside, flowtrack_line, harness, tally,
+    Generator, Watched, Watcher, cpu_seconds, flowtrack_beside, flowtrack_line, harness, tally,
 };
 
 /// nfcapd on a free UDP port of 127.0.0.1, writing into a directory of
@@ -118,7 +118,7 @@ fn storm_row(flowtrack: &str, export: bool, flows: usize) -> Result<String> {
         lookup: None,
     };
     let storm = generator.run(vec![Watcher::spawn(ours)?])?;
-    let (lines, cpu) = storm.watched.into_iter().next().context("flowtrack")?;
+    let Watched { lines, cpu, .. } = storm.watched.into_iter().next().context("flowtrack")?;
     let seen = tally(&lines, &storm.made, flowtrack_line(server.port));
     let dropped: u64 = lines
         .iter()

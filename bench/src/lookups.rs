@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use flowtrack_kernel_tests::{Netns, Server, TestCgroup};
 
-use crate::storm::{Generator, Watcher, flowtrack_line, harness, percentile, tally};
+use crate::storm::{Generator, Watched, Watcher, flowtrack_line, harness, percentile, tally};
 
 /// The name the `index`-th connection looks up.
 fn name(index: usize) -> String {
@@ -232,7 +232,7 @@ fn lookup_storm(
             .join(" beside ")
     );
     let mut rows = String::new();
-    for (without, (lines, cpu)) in instances.iter().zip(&storm.watched) {
+    for (without, Watched { lines, cpu, .. }) in instances.iter().zip(&storm.watched) {
         let counted = tally(lines, &storm.made, flowtrack_line(echo.port));
         let (named, attributed) = names_and_owners(lines, echo.port, storm.pid);
         let total = storm.total as f64;

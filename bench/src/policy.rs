@@ -29,7 +29,7 @@ use flowtrack_kernel_tests::{Netns, Server, TestCgroup};
 use futures::StreamExt;
 
 use crate::ebpf_cost::{BpfStats, program_stats};
-use crate::storm::{Generator, Watcher, flowtrack_beside, flowtrack_line, harness, tally};
+use crate::storm::{Generator, Watched, Watcher, flowtrack_beside, flowtrack_line, harness, tally};
 
 /// Connections per client run, by default.
 pub(crate) const DEFAULT_CONNECTS: usize = 2_000;
@@ -341,7 +341,8 @@ fn storm_rows(flows: usize) -> Result<String> {
                     lookup: None,
                 };
                 let storm = generator.run(vec![watcher])?;
-                let (lines, cpu) = storm.watched.into_iter().next().context("flowtrack")?;
+                let Watched { lines, cpu, .. } =
+                    storm.watched.into_iter().next().context("flowtrack")?;
                 let counted = tally(&lines, &storm.made, flowtrack_line(server.port));
                 let denied = lines
                     .iter()

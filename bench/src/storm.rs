@@ -428,17 +428,15 @@ fn beside(
         watched.next().context("flowtrack")?,
         watched.next().context("peer")?,
     );
-    let cpu = [ours.1, theirs.1];
-    let slept = [storm.sleeps[0], storm.sleeps[1]];
     let tallies = [
         (
             format!("flowtrack watch --backend {}", backend.name()),
-            tally(&ours.0, made, flowtrack_line(server.port)),
+            tally(&ours.lines, made, flowtrack_line(server.port)),
         ),
         (
             peer.name.to_owned(),
             tally(
-                &theirs.0,
+                &theirs.lines,
                 made,
                 event_line(server.port, peer.sport_field, peer.dport_field),
             ),
@@ -447,7 +445,7 @@ fn beside(
 
     let per_10k = |cpu: f64| cpu * 10_000.0 / total as f64;
     let mut rows = String::new();
-    for (((name, tally), cpu), slept) in tallies.iter().zip(cpu).zip(slept) {
+    for ((name, tally), watched) in tallies.iter().zip([&ours, &theirs]) {
         writeln!(
             rows,
             "| {} beside {} | {name} | {} | {} ({:.2}%) | {} | {} | {:.3} | {:.3} | {:.2} | {:.2} ms | {:.2} ms |",
@@ -458,9 +456,9 @@ fn beside(
             100.0 * tally.opened as f64 / total as f64,
             tally.closed,
             tally.lost_lines,
-            per_10k(cpu),
-            cpu * 10_000.0 / (tally.opened + tally.closed).max(1) as f64,
-            slept as f64 / total as f64,
+            per_10k(watched.cpu),
+            watched.cpu * 10_000.0 / (tally.opened + tally.closed).max(1) as f64,
+            watched.sleeps as f64 / total as f64,
             percentile(&tally.delays_ns, 0.5),
             percentile(&tally.delays_ns, 0.99),
         )?;
@@ -520,10 +518,18 @@ pub(crate) struct Storm {
     pub(crate) seconds: f64,
     /// The generator's pid.
     pub(crate) pid: u32,
-    /// Each watcher's lines and the CPU seconds it spent over the storm.
-    pub(crate) watched: Vec<(Vec<(u64, String)>, f64)>,
-    /// Each watcher's [`sleeps`] over the storm.
-    pub(crate) sleeps: Vec<u64>,
+    /// What each watcher reported, and what it cost.
+    pub(crate) watched: Vec<Watched>,
+}
+
+/// One watcher over a storm.
+pub(crate) struct Watched {
+    /// Its lines, each stamped on arrival.
+    pub(crate) lines: Vec<(u64, String)>,
+    /// The CPU seconds it spent.
+    pub(crate) cpu: f64,
+    /// Its [`sleeps`].
+    pub(crate) sleeps: u64,
 }
 
 impl Generator<'_> {
@@ -542,11 +548,10 @@ impl Generator<'_> {
         after_storm: impl FnOnce() -> Result<T>,
     ) -> Result<(Storm, T)> {
         std::thread::sleep(Duration::from_secs(1));
-        let mut cpu_before = Vec::new();
-        let mut sleeps_before = Vec::new();
+        let mut before = Vec::new();
         for watcher in &watchers {
-            cpu_before.push(settled_cpu_seconds(watcher.child.id())?);
-            sleeps_before.push(sleeps(watcher.child.id())?);
+            let pid = watcher.child.id();
+            before.push((settled_cpu_seconds(pid)?, sleeps(pid)?));
         }
         let mut generator = self.netns.command(&harness()?);
         generator.args([
@@ -592,13 +597,14 @@ impl Generator<'_> {
         std::thread::sleep(Duration::from_secs(2));
         let after = after_storm()?;
         let mut watched = Vec::new();
-        let mut slept = Vec::new();
-        for ((watcher, before), sleeps_before) in
-            watchers.into_iter().zip(cpu_before).zip(sleeps_before)
-        {
-            let cpu = cpu_seconds(watcher.child.id())? - before;
-            slept.push(sleeps(watcher.child.id())?.saturating_sub(sleeps_before));
-            watched.push((watcher.stop()?, cpu));
+        for (watcher, (cpu_before, sleeps_before)) in watchers.into_iter().zip(before) {
+            let pid = watcher.child.id();
+            let (cpu, sleeps) = (cpu_seconds(pid)? - cpu_before, sleeps(pid)?);
+            watched.push(Watched {
+                cpu,
+                sleeps: sleeps.saturating_sub(sleeps_before),
+                lines: watcher.stop()?,
+            });
         }
         let storm = Storm {
             made,
@@ -606,7 +612,6 @@ impl Generator<'_> {
             seconds,
             pid,
             watched,
-            sleeps: slept,
         };
         Ok((storm, after))
     }
