@@ -135,12 +135,7 @@ pub async fn write_all_tracking_open<W: Write>(
         if let Some(record) = item.to_record() {
             output.write(&record);
         }
-        if let MergedItem::SourceFailed { backend, error } = item {
-            tracing::error!(%backend, %error, "flow source failed");
-            report.failures.push(SourceFailure { backend, error });
-        } else {
-            tally(&mut report, &item);
-        }
+        tally(&mut report, item);
     }
     output.flush();
     open_flows.send_replace(report.open_flows());
@@ -208,15 +203,13 @@ impl PipelineReport {
     }
 }
 
-/// Counts `item` in the report (a source's failure, which the report keeps,
-/// is taken apart by the caller).
-fn tally(report: &mut PipelineReport, item: &MergedItem) {
-    match *item {
-        MergedItem::Event { ref event, .. } => {
+fn tally(report: &mut PipelineReport, item: MergedItem) {
+    match item {
+        MergedItem::Event { event, .. } => {
             report.events += 1;
-            report.destinations.record(event);
-            report.programs.record(event);
-            report.denials.record(event);
+            report.destinations.record(&event);
+            report.programs.record(&event);
+            report.denials.record(&event);
             match event.kind {
                 FlowEventKind::Opened => report.opened += 1,
                 FlowEventKind::Closed { .. } => report.closed += 1,
@@ -251,9 +244,10 @@ fn tally(report: &mut PipelineReport, item: &MergedItem) {
                 None => report.losses_of_unknown_size += 1,
             }
         }
-        MergedItem::SourceFailed { .. } => {}
-        MergedItem::SourceEnded { ref backend } => {
-            tracing::debug!(%backend, "flow source ended");
+        MergedItem::SourceFailed { backend, error } => {
+            tracing::error!(%backend, %error, "flow source failed");
+            report.failures.push(SourceFailure { backend, error });
         }
+        MergedItem::SourceEnded { backend } => tracing::debug!(%backend, "flow source ended"),
     }
 }
