@@ -153,6 +153,8 @@ fn copy_into<const N: usize>(
         entry.discard(0);
         return;
     }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: as above.
     unsafe {
         let header = &raw mut (*record).header;
@@ -161,7 +163,7 @@ fn copy_into<const N: usize>(
         (&raw mut (*header).orig_len).write(payload);
         (&raw mut (*header).tcp_seq).write(seq);
         (&raw mut (*header).key).write(*canonical);
-        (&raw mut (*header).timestamp_ns).write(bpf_ktime_get_ns());
+        (&raw mut (*header).timestamp_ns).write(now);
     }
-    entry.submit(crate::wakeup::can_wait());
+    entry.submit(crate::wakeup::can_wait(now));
 }

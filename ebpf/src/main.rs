@@ -308,7 +308,7 @@ fn emit_opened(ctx: &SkBuffContext, key: &RawFlowKey, state: &RawFlowState, now:
         (&raw mut (*owner).tgid).write(0);
         process::owner_of_packet(ctx, owner);
     }
-    entry.submit(wakeup::urgent());
+    entry.submit(wakeup::urgent(now));
 }
 
 /// Counts a packet of a known flow in the table and follows its TCP state.
@@ -452,7 +452,7 @@ fn emit(kind: u32, close_reason: u32, key: &RawFlowKey, state: &RawFlowState, no
         return;
     };
     entry.write(flow_record(kind, close_reason, key, state, now));
-    entry.submit(wakeup::can_wait());
+    entry.submit(wakeup::can_wait(now));
 }
 
 /// A flow record with the key oriented initiator → responder.

@@ -212,9 +212,10 @@ fn report(key: &RawFlowKey, rule: u16, owner: impl FnOnce(*mut flow_ebpf_common:
         return;
     };
     let record = entry.as_mut_ptr();
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the reserved entry, valid until it is submitted.
     unsafe {
-        let now = bpf_ktime_get_ns();
         record.write(RawOpenedRecord::default());
         let flow = &raw mut (*record).flow;
         (&raw mut (*flow).kind).write(RECORD_DENIED);
@@ -224,5 +225,5 @@ fn report(key: &RawFlowKey, rule: u16, owner: impl FnOnce(*mut flow_ebpf_common:
         (&raw mut (*flow).timestamp_ns).write(now);
         owner(&raw mut (*record).owner);
     }
-    entry.submit(crate::wakeup::urgent());
+    entry.submit(crate::wakeup::urgent(now));
 }

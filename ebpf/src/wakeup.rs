@@ -12,7 +12,6 @@
 //! which a record written without a wakeup and still unread prevents.
 
 use aya_ebpf::bindings::{BPF_RB_CONS_POS, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_PROD_POS};
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::Array;
 
@@ -39,17 +38,17 @@ const QUIET: u64 = BPF_RB_NO_WAKEUP as u64;
 const QUIET_FOR_NS: u64 = 2_000_000;
 
 /// Submit flags of a record the reader must see at once (an open, a
-/// denial), once it is written.
+/// denial), once it is written; `now` is its time (`bpf_ktime_get_ns`).
 #[inline(always)]
-pub(crate) fn urgent() -> u64 {
-    flags(false)
+pub(crate) fn urgent(now: u64) -> u64 {
+    flags(false, now)
 }
 
 /// Submit flags of a record that can wait a few milliseconds (a close, a
-/// DNS answer, a ClientHello), once it is written.
+/// DNS answer, a ClientHello), once it is written; `now` is its time.
 #[inline(always)]
-pub(crate) fn can_wait() -> u64 {
-    flags(true)
+pub(crate) fn can_wait(now: u64) -> u64 {
+    flags(true, now)
 }
 
 /// No wakeup when one is due (the reader has not read past the last record
@@ -58,12 +57,10 @@ pub(crate) fn can_wait() -> u64 {
 /// nor for a record that can wait after a recent wakeup; else a forced one,
 /// remembered.
 #[inline(always)]
-fn flags(can_wait: bool) -> u64 {
+fn flags(can_wait: bool, now: u64) -> u64 {
     let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
         return FORCE;
     };
-    // SAFETY: helpers without arguments that can be wrong.
-    let now = unsafe { bpf_ktime_get_ns() };
     let produced = EVENTS.query(u64::from(BPF_RB_PROD_POS));
     let consumed = EVENTS.query(u64::from(BPF_RB_CONS_POS));
     // SAFETY: the map's only value, valid for the program's run; CPUs race
