@@ -5,7 +5,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The processes of the cgroup `dir` and of every cgroup below it (their
 /// `cgroup.procs`); those of a cgroup that cannot be read are left out.
@@ -96,6 +96,11 @@ pub fn is_populated(cgroup: &Path) -> Option<bool> {
 /// Kills every process left in `cgroup` (`cgroup.kill`, Linux 5.14+), waits
 /// up to two seconds for it to empty, and removes the directory.
 ///
+/// A process may still be joining when this looks (its write to
+/// `cgroup.procs` can take milliseconds, and a dead flowtrack's command
+/// may be half-way through it): the removal is then refused as busy, and
+/// the newcomer is killed in another round, within the same two seconds.
+///
 /// # Errors
 /// The `rmdir` error (`NotFound`, or `EBUSY` when processes remain).
 ///
@@ -103,16 +108,23 @@ pub fn is_populated(cgroup: &Path) -> Option<bool> {
 /// assert!(flow_cgroup::kill_and_remove("/nonexistent".as_ref()).is_err());
 /// ```
 pub fn kill_and_remove(cgroup: &Path) -> io::Result<()> {
-    if is_populated(cgroup) == Some(true) {
-        let _ = fs::write(cgroup.join("cgroup.kill"), "1");
-        for _ in 0..200 {
-            if is_populated(cgroup) != Some(true) {
-                break;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if is_populated(cgroup) == Some(true) {
+            let _ = fs::write(cgroup.join("cgroup.kill"), "1");
+            while is_populated(cgroup) == Some(true) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(10));
+        }
+        match fs::remove_dir(cgroup) {
+            Err(error)
+                if error.kind() == io::ErrorKind::ResourceBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            removed => return removed,
         }
     }
-    fs::remove_dir(cgroup)
 }
 
 #[cfg(test)]

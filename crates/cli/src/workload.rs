@@ -11,6 +11,7 @@ use std::ffi::{CString, OsString};
 use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -28,7 +29,7 @@ pub(crate) struct WorkloadCgroup {
     path: PathBuf,
     procs: CString,
     /// The directory, held locked: the cgroup is in use.
-    _lock: File,
+    lock: File,
 }
 
 impl WorkloadCgroup {
@@ -62,11 +63,7 @@ impl WorkloadCgroup {
             let Some(lock) = claim(&path) else { continue };
             let procs = CString::new(path.join("cgroup.procs").as_os_str().as_bytes())
                 .context("cgroup path contains a NUL byte")?;
-            return Ok(Self {
-                path,
-                procs,
-                _lock: lock,
-            });
+            return Ok(Self { path, procs, lock });
         }
         anyhow::bail!("no free cgroup name under {}", mount.display())
     }
@@ -103,17 +100,25 @@ impl WorkloadCgroup {
                 .env("LOGNAME", &user.name);
         }
         let procs = self.procs.clone();
+        let lock = self.lock.as_raw_fd();
         let user = user.cloned();
         // SAFETY: the closure runs in the forked child before exec; it only
-        // makes system calls through rustix (open, write, setsid, ioctl,
-        // dup2, setgroups, setgid, setuid: per-thread calls, and the child
-        // has one thread) with values prepared before the fork, and
+        // makes system calls through rustix (close, open, write, setsid,
+        // ioctl, dup2, setgroups, setgid, setuid: per-thread calls, and the
+        // child has one thread) with values prepared before the fork, and
         // allocates nothing. It joins the cgroup first, while still root:
         // std's own uid/gid switch would run before it and leave it unable
-        // to write cgroup.procs.
+        // to write cgroup.procs. The lock's descriptor is the child's own
+        // copy, closed once and never used after.
         #[allow(unsafe_code)]
         unsafe {
             command.pre_exec(move || {
+                // The lock is flowtrack's, not the command's. The child's copy
+                // (until exec would close it) would hold it after flowtrack
+                // died: joining the cgroup can take milliseconds, and a
+                // `flowtrack cleanup` run then took the cgroup for a live
+                // run's and left it.
+                rustix::io::close(lock);
                 let fd = rustix::fs::open(
                     procs.as_c_str(),
                     rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,

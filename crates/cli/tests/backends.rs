@@ -20,7 +20,7 @@ mod common;
 use common::{
     FLOWTRACK, accounting, as_nobody, assert_one_udp_flow, cgroups_of, closed_pipe,
     ctrl_c_after_lines, flowtrack_in, program_goes_away, remove_watched, signal,
-    start_sleeping_run, traffic_generator, wait_until,
+    start_sleeping_run, traffic_generator, wait_for_command, wait_until,
 };
 
 /// What the tests expect of a backend where backends differ.
@@ -69,8 +69,8 @@ fn attached(backend: &Backend, netns: &Netns, cgroup: &Path) -> bool {
     }
 }
 
-/// Waits until `run`'s cgroup exists and `backend` is attached to it; the
-/// cgroup and the BPF programs attached to it.
+/// Waits until `run`'s cgroup exists, `backend` is attached to it and its
+/// `sleep` runs in it; the cgroup and the BPF programs attached to it.
 fn wait_for_run(run: &Child, backend: &Backend, netns: &Netns) -> (PathBuf, Vec<u64>) {
     let mut cgroup = None;
     wait_until(
@@ -83,6 +83,7 @@ fn wait_for_run(run: &Child, backend: &Backend, netns: &Netns) -> (PathBuf, Vec<
         },
     );
     let cgroup = cgroup.expect("the run's cgroup");
+    wait_for_command(&cgroup, "sleep");
     let programs = attached_programs(&cgroup);
     (cgroup, programs)
 }

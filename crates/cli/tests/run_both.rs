@@ -12,7 +12,10 @@ use flowtrack_kernel_tests::{
 
 mod common;
 
-use common::{Lines, accounting, flowtrack_in, program_goes_away, wait_for_table, wait_until};
+use common::{
+    Lines, accounting, flowtrack_in, program_goes_away, wait_for_command, wait_for_table,
+    wait_until,
+};
 
 /// Two TCP connections to a local server, a UDP datagram to port 9, then
 /// exit.
@@ -212,6 +215,7 @@ fn after_sigkill_cleanup_removes_everything_and_a_new_run_works() {
         netns.tables().contains("flowtrack_")
             && programs.len() == flow_backend_ebpf::CGROUP_PROGRAMS.len()
     });
+    wait_for_command(&cgroup, "sleep");
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(cgroups().len(), 1, "the killed run's cgroup is left");

@@ -298,6 +298,58 @@ fn processes_left_in_the_cgroup_are_killed_and_counted() {
     );
 }
 
+/// flowtrack killed the moment it has forked its command, whose child is
+/// still joining the cgroup (a write to `cgroup.procs` can take
+/// milliseconds) and has not executed yet: a `flowtrack cleanup` right
+/// after removes the cgroup. It once found the cgroup locked (the child's
+/// copy of flowtrack's lock) and said "nothing left behind", or found the
+/// child joining as it removed the cgroup and gave up on "busy".
+#[test]
+fn a_run_killed_as_its_command_starts_is_cleaned_up_at_once() {
+    if !privileged("a_run_killed_as_its_command_starts_is_cleaned_up_at_once") {
+        return;
+    }
+    for _ in 0..5 {
+        let mut run = Command::new(FLOWTRACK)
+            .args(["run", "--backend", "ebpf", "--", "sleep", "30"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = run.id();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // No sleep between looks: the window is a few milliseconds.
+        while forked_children(pid).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "flowtrack never forked its command"
+            );
+        }
+        run.kill().unwrap();
+        run.wait().unwrap();
+        let cgroups = common::cgroups_of(pid);
+        assert_eq!(cgroups.len(), 1, "the killed run's cgroup is left");
+        let output = Command::new(FLOWTRACK).arg("cleanup").output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let removed = format!("removed cgroup {}\n", cgroups[0].display());
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains(&removed),
+            "{output:?}"
+        );
+        assert!(!cgroups[0].exists());
+    }
+}
+
+/// The processes `pid`'s threads forked.
+fn forked_children(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return String::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .collect()
+}
+
 #[test]
 fn running_out_of_file_descriptors_is_named_with_what_to_do() {
     if !privileged("running_out_of_file_descriptors_is_named_with_what_to_do") {

@@ -158,6 +158,22 @@ pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until `command` (by its name, so executed) runs in `cgroup`.
+/// Until then the child flowtrack forked for it still shares flowtrack's
+/// lock on the cgroup, so a run killed earlier leaves a cgroup that looks
+/// in use for the moment the child takes to execute.
+pub(crate) fn wait_for_command(cgroup: &Path, command: &str) {
+    wait_until(&format!("{command} runs in {}", cgroup.display()), || {
+        std::fs::read_to_string(cgroup.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .any(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|name| name.trim_end() == command)
+            })
+    });
+}
+
 /// `flowtrack run --backend BACKEND -- sleep 30` in `netns`, its stderr
 /// piped.
 pub(crate) fn start_sleeping_run(netns: &Netns, backend: &str) -> Child {
