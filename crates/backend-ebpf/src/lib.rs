@@ -348,6 +348,8 @@ pub fn ring_bytes_problem(bytes: u32) -> Option<String> {
 #[derive(Debug)]
 pub struct EbpfSource {
     config: Option<EbpfConfig>,
+    /// Once started: asks the stream to finish.
+    finish: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl EbpfSource {
@@ -356,6 +358,7 @@ impl EbpfSource {
     pub fn new(config: EbpfConfig) -> Self {
         Self {
             config: Some(config),
+            finish: None,
         }
     }
 }
@@ -378,6 +381,15 @@ impl FlowSource for EbpfSource {
         };
         let port = resolver.as_ref().map_or(0, resolver::Sockets::port);
         let attached = attach::Attached::load_and_attach(&config, port)?;
-        reader::stream(attached, config, resolver)
+        let finish = Arc::new(tokio::sync::Notify::new());
+        let stream = reader::stream(attached, config, resolver, Arc::clone(&finish))?;
+        self.finish = Some(finish);
+        Ok(stream)
+    }
+
+    /// The stream reads the ring to its end, reports the losses the
+    /// kernel counted by then, and ends.
+    fn finish(&mut self) -> bool {
+        self.finish.as_ref().inspect(|f| f.notify_one()).is_some()
     }
 }

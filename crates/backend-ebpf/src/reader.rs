@@ -76,11 +76,14 @@ where
 }
 
 /// Builds the stream; it owns the programs, so dropping it detaches them.
-/// With `resolver`, the scope's DNS goes through it.
+/// With `resolver`, the scope's DNS goes through it. Notified on `finish`,
+/// it reads the ring to its end, reports the losses counted by then, and
+/// ends.
 pub(crate) fn stream(
     mut attached: Attached,
     config: EbpfConfig,
     resolver: Option<resolver::Sockets>,
+    finish: Arc<tokio::sync::Notify>,
 ) -> Result<FlowStream, FlowError> {
     let resolver = match (resolver, &config.policy) {
         (Some(sockets), Some(policy)) => Some(resolver::start(
@@ -132,6 +135,8 @@ pub(crate) fn stream(
             .then(|| Workloads::new(crate::workloads::mount_of(&config.cgroup))),
         failed: false,
         cgroup_removed: false,
+        finish,
+        finishing: false,
         finished: false,
         next_walk: std::time::Instant::now(),
         last_live: 0,
@@ -485,8 +490,13 @@ struct Reader {
     /// scope (its sockets' last packets may still pass: they hold the
     /// cgroup), and the stream ends once a walk finds it empty.
     cgroup_removed: bool,
-    /// A walk since the removal found the table empty: the stream ends once
-    /// the ring and `pending` are empty.
+    /// Notified when the stream is to finish.
+    finish: Arc<tokio::sync::Notify>,
+    /// Asked to finish: once the ring is read to its end, the losses are
+    /// reported and the stream ends.
+    finishing: bool,
+    /// A walk since the removal found the table empty, or the stream
+    /// finishes: it ends once the ring and `pending` are empty.
     finished: bool,
     /// When the table may be walked next (see [`Reader::sweep`]).
     next_walk: std::time::Instant,
@@ -522,6 +532,13 @@ impl Reader {
             if self.finished {
                 return None;
             }
+            if self.finishing {
+                // The ring is read to its end: what the kernel counted lost
+                // until now, then the end.
+                self.report_losses(None);
+                self.finished = true;
+                continue;
+            }
             tokio::select! {
                 guard = self.ring.readable_mut() => match guard {
                     Ok(mut guard) => {
@@ -547,6 +564,7 @@ impl Reader {
                 Some(relayed) = next_relayed(&mut self.resolver) => {
                     relayed_answer(&mut self.enricher, relayed, &mut self.pending);
                 }
+                () = self.finish.notified() => self.finishing = true,
             }
         }
     }

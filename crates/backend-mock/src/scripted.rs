@@ -1,5 +1,6 @@
 //! A [`FlowSource`] that plays a script.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,7 +9,7 @@ use flow_core::dns::DnsLookup;
 use flow_core::{FlowError, FlowEvent, FlowKey, FlowSource, FlowStream, LossPoint};
 use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// One step of a script.
 #[derive(Debug)]
@@ -61,6 +62,8 @@ impl From<Result<FlowEvent, FlowError>> for Step {
 pub struct ScriptedSource {
     name: String,
     script: Option<BoxStream<'static, Step>>,
+    /// A channel's: notified, the script ends after the steps sent.
+    finish: Option<Arc<Notify>>,
 }
 
 impl ScriptedSource {
@@ -72,6 +75,7 @@ impl ScriptedSource {
         Self {
             name: name.into(),
             script: Some(script.boxed()),
+            finish: None,
         }
     }
 
@@ -110,13 +114,29 @@ impl ScriptedSource {
     }
 
     /// A source fed live through a channel of `capacity` steps; it ends when
-    /// every sender is dropped.
+    /// every sender is dropped, or, asked to finish
+    /// ([`FlowSource::finish`]), after the steps sent until then.
     pub fn channel(name: impl Into<String>, capacity: usize) -> (mpsc::Sender<Step>, Self) {
         let (sender, receiver) = mpsc::channel(capacity);
-        let script = stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|step| (step, receiver))
-        });
-        (sender, Self::from_stream(name, script))
+        let finish = Arc::new(Notify::new());
+        let script = stream::unfold(
+            (receiver, Arc::clone(&finish)),
+            |(mut receiver, finish)| async move {
+                let step = tokio::select! {
+                    biased;
+                    step = receiver.recv() => step,
+                    // Closed, the channel yields what it holds, then ends.
+                    () = finish.notified() => {
+                        receiver.close();
+                        receiver.recv().await
+                    }
+                };
+                step.map(|step| (step, (receiver, finish)))
+            },
+        );
+        let mut source = Self::from_stream(name, script);
+        source.finish = Some(finish);
+        (sender, source)
     }
 
     /// A builder for a script written step by step.
@@ -166,6 +186,12 @@ impl FlowSource for ScriptedSource {
             FlowError::unavailable(&self.name, "this scripted source was already started")
         })?;
         Ok(play(script))
+    }
+
+    /// A channel's script ends after the steps sent until now; other
+    /// scripts play on.
+    fn finish(&mut self) -> bool {
+        self.finish.as_ref().inspect(|f| f.notify_one()).is_some()
     }
 }
 

@@ -385,6 +385,8 @@ pub fn decode_nflog_datagram(datagram: &[u8]) -> Decoded {
 #[derive(Debug)]
 pub struct NflogSource {
     config: Option<NflogConfig>,
+    /// Once started: asks the listener thread to finish.
+    finisher: Option<listener::Finisher>,
 }
 
 impl NflogSource {
@@ -393,6 +395,7 @@ impl NflogSource {
     pub fn new(config: NflogConfig) -> Self {
         Self {
             config: Some(config),
+            finisher: None,
         }
     }
 }
@@ -438,10 +441,18 @@ impl FlowSource for NflogSource {
         // which is reported).
         let (sender, receiver) = mpsc::channel(64);
         let listener = listener::spawn(config, sender).await?;
+        self.finisher = Some(listener.finisher());
         Ok(Box::pin(Batches {
             receiver,
             pending: VecDeque::new(),
             _listener: listener,
         }))
+    }
+
+    /// The listener thread reads what its sockets hold, sends it, and
+    /// leaves (removing its rules, restoring the settings); the stream
+    /// ends after it.
+    fn finish(&mut self) -> bool {
+        self.finisher.as_ref().inspect(|f| f.finish()).is_some()
     }
 }

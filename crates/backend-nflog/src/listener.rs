@@ -3,7 +3,8 @@
 //! settings, reads ctnetlink events and nflog packets, and hands batches of
 //! items to the stream. Dropping the [`Listener`] wakes the thread, which
 //! leaves at once and undoes everything it installed; the drop itself
-//! never blocks an async runtime.
+//! never blocks an async runtime. A [`Finisher`] asks it to leave after a
+//! last read instead: what its sockets hold is sent, then the stream ends.
 //!
 //! Order: the kernel queues the log of a DNS answer (or of a new flow's
 //! first packet) before the answer reaches its socket, so before the NEW
@@ -21,6 +22,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -51,7 +53,38 @@ const CHECK_EVERY: Duration = Duration::from_millis(250);
 pub(crate) struct Listener {
     /// An eventfd in the thread's poll set: written to stop it.
     wake: Arc<OwnedFd>,
+    /// Set before `wake` is written: the thread is to finish, not stop.
+    finishing: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    /// What asks the thread to finish.
+    pub(crate) fn finisher(&self) -> Finisher {
+        Finisher {
+            wake: Arc::clone(&self.wake),
+            finishing: Arc::clone(&self.finishing),
+        }
+    }
+}
+
+/// Asks the listener thread to finish: to read what its sockets hold
+/// (with the losses that shows), send it, and leave, which ends the
+/// stream.
+#[derive(Debug, Clone)]
+pub(crate) struct Finisher {
+    wake: Arc<OwnedFd>,
+    finishing: Arc<AtomicBool>,
+}
+
+impl Finisher {
+    /// Asks; the thread finishes the round it is in first.
+    pub(crate) fn finish(&self) {
+        self.finishing.store(true, Ordering::Release);
+        if let Err(error) = rustix::io::write(&*self.wake, &1u64.to_ne_bytes()) {
+            tracing::warn!(%error, "could not wake the nflog listener");
+        }
+    }
 }
 
 impl Drop for Listener {
@@ -97,14 +130,16 @@ pub(crate) async fn spawn(
     let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
         .map_err(|e| FlowError::io("making the nflog listener's wake-up eventfd", e.into()))?;
     let wake = Arc::new(wake);
+    let finishing = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = oneshot::channel();
     let thread_wake = Arc::clone(&wake);
+    let thread_finishing = Arc::clone(&finishing);
     let thread = std::thread::Builder::new()
         .name("flowtrack-nflog".into())
         .spawn(move || match Session::open(&config) {
             Ok(mut session) => {
                 let _ = ready_tx.send(Ok(()));
-                session.run(thread_wake.as_fd(), &items);
+                session.run(thread_wake.as_fd(), &thread_finishing, &items);
             }
             Err(error) => {
                 let _ = ready_tx.send(Err(error));
@@ -113,6 +148,7 @@ pub(crate) async fn spawn(
         .map_err(|e| FlowError::io("starting the nflog listener thread", e))?;
     let listener = Listener {
         wake,
+        finishing,
         thread: Some(thread),
     };
     match ready_rx.await {
@@ -325,9 +361,15 @@ impl Session {
         })
     }
 
-    /// Reads until the listener is dropped, the stream's reader is gone,
-    /// the scope is gone, or a fatal error; then removes the table.
-    fn run(&mut self, wake: BorrowedFd<'_>, items: &mpsc::Sender<Vec<Item>>) {
+    /// Reads until the listener is dropped or asked to finish (then after
+    /// a last read), the stream's reader is gone, the scope is gone, or a
+    /// fatal error; then removes the table.
+    fn run(
+        &mut self,
+        wake: BorrowedFd<'_>,
+        finishing: &AtomicBool,
+        items: &mpsc::Sender<Vec<Item>>,
+    ) {
         let mut next_check = Instant::now() + CHECK_EVERY;
         loop {
             let mut batch = Vec::new();
@@ -336,7 +378,12 @@ impl Session {
                 None => next_check,
             };
             let round = match self.wait_and_read(wake, deadline, &mut batch) {
-                Ok(Woken::Stop) => break,
+                Ok(Woken::Stop) => {
+                    if finishing.load(Ordering::Acquire) {
+                        self.last_read(items);
+                    }
+                    break;
+                }
                 Ok(Woken::Work) if Instant::now() >= next_check => {
                     next_check = Instant::now() + CHECK_EVERY;
                     self.check_scope(&mut batch)
@@ -359,8 +406,20 @@ impl Session {
         self.remove_table();
     }
 
+    /// Reads what the sockets hold and sends it: the end of a finish.
+    fn last_read(&mut self, items: &mpsc::Sender<Vec<Item>>) {
+        let mut batch = Vec::new();
+        if let Err(error) = self.read_events(&mut batch) {
+            batch.push(Err(error));
+        }
+        if !batch.is_empty() {
+            // A reader gone has stopped waiting for the rest.
+            let _ = items.blocking_send(batch);
+        }
+    }
+
     /// Waits for messages (until `deadline` at the most), then reads them;
-    /// or finds the listener dropped.
+    /// or finds the listener dropped or asked to finish.
     fn wait_and_read(
         &mut self,
         wake: BorrowedFd<'_>,

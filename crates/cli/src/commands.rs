@@ -82,13 +82,9 @@ async fn start_backends(
             notice!("flowtrack: {decision}");
         }
         let mut merger = Merger::new(MergeConfig::default());
-        merger.add_stream(auto.name().to_owned(), stream);
-        return Ok(Backends::new(
-            merger,
-            vec![auto.name().to_owned()],
-            None,
-            audit,
-        ));
+        let name = auto.name().to_owned();
+        merger.add_started(Box::new(auto), stream);
+        return Ok(Backends::new(merger, vec![name], None, audit));
     }
     let sources = backend::open(args.backend, scope, &options)?;
     if args.backend == BackendChoice::Both && options.enforcing() {

@@ -145,6 +145,68 @@ fn a_reader_that_stops_gets_backpressure_then_counted_loss_never_unbounded_memor
     );
 }
 
+/// A storm that overfills the smallest ring just before the command exits:
+/// its losses happen after the last periodic check of the kernel's
+/// counters, and are still in the output and the summary (once they were
+/// not, and the summary said "nothing lost" with flows missing). Each
+/// opened and closed event is written or counted lost.
+#[test]
+fn losses_at_the_end_of_a_run_are_counted_in_its_summary() {
+    if !privileged("losses_at_the_end_of_a_run_are_counted_in_its_summary") {
+        return;
+    }
+    let netns = Netns::new();
+    let made: u64 = 3_000;
+    let server = netns.serve(&traffic_generator(), &["serve-tcp", "127.0.0.1:0"]);
+    let storm = format!(
+        "ip netns exec {} {} tcp 127.0.0.1:{} --bytes 1 --count {made} > /dev/null",
+        netns.name,
+        traffic_generator().display(),
+        server.port,
+    );
+    let mut runs_with_loss = 0;
+    for _ in 0..3 {
+        let output = Command::new(FLOWTRACK)
+            .args(["run", "--backend", "ebpf", "--format", "json"])
+            .args(["--ring-bytes", "4096", "-o", "/dev/stdout", "--"])
+            .args(["sh", "-c", &storm])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let (mut events, mut lost) = (0_u64, 0_u64);
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            match value["kind"].as_str().unwrap() {
+                "opened" | "closed" => events += 1,
+                "lost" if value["point"] == "payload_lost" => {}
+                "lost" => lost += value["count"].as_u64().expect("counted"),
+                other => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(
+            events + lost,
+            2 * made,
+            "every opened and closed event written or counted lost"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if lost > 0 {
+            runs_with_loss += 1;
+            assert!(
+                stderr.contains(&format!(
+                    "; LOST {lost} observations (ring buffer full: raise --ring-bytes)"
+                )),
+                "{stderr}"
+            );
+        } else {
+            assert!(stderr.contains("; nothing lost"), "{stderr}");
+        }
+    }
+    assert!(
+        runs_with_loss > 0,
+        "no run overfilled a 4 KiB ring: the test provoked nothing"
+    );
+}
+
 /// `run` arguments for a command in `netns` that makes 200 UDP flows to
 /// 127.0.0.1:9, then creates `marker`, and exits with status 7.
 fn two_hundred_flows(netns: &Netns, marker: &Path) -> Vec<String> {

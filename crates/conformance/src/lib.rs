@@ -32,7 +32,7 @@ use flow_core::counters::DirectionCounters;
 use flow_core::{FlowError, FlowEvent, FlowKey, FlowSource, FlowStream};
 use futures::StreamExt;
 
-use crate::observe::{Observed, observe, observe_until};
+use crate::observe::{Observed, observe, observe_to_end, observe_until};
 
 /// How long a check waits for what a source must report.
 const WAIT: Duration = Duration::from_secs(30);
@@ -402,6 +402,36 @@ pub async fn dropping_the_stream_releases_everything_promptly(subject: &dyn Subj
     assert_released(subject, dropped, "after the drop").await;
 }
 
+/// Asked to finish ([`FlowSource::finish`]) after it lost observations
+/// while nobody read, a source says it will, yields what it holds (the
+/// loss among it) and ends its stream within 5 seconds (a merge's bound
+/// for it), having released everything by then.
+///
+/// # Panics
+/// When the source breaks the clause.
+pub async fn finishing_hands_over_the_losses_then_ends(subject: &dyn Subject) {
+    let mut source = subject.lossy_source();
+    let name = source.name().to_owned();
+    let mut stream = source
+        .start()
+        .await
+        .unwrap_or_else(|error| panic!("the {name} source does not start: {error}"));
+    subject.cause_loss().await;
+    assert!(source.finish(), "the {name} source finishes");
+    let observed = tokio::time::timeout(PROMPTLY, observe_to_end(&mut stream))
+        .await
+        .unwrap_or_else(|_| panic!("the {name} stream did not end within {PROMPTLY:?}"));
+    assert!(
+        observed.lost_items > 0,
+        "the loss is handed over: {observed:#?}"
+    );
+    assert_eq!(
+        subject.leftovers(),
+        Vec::<String>::new(),
+        "released once ended"
+    );
+}
+
 /// Every check, one after the other, on `subject`.
 ///
 /// # Panics
@@ -413,4 +443,5 @@ pub async fn run_all(subject: &dyn Subject) {
     loss_is_recoverable(subject).await;
     reports_updates(subject).await;
     dropping_the_stream_releases_everything_promptly(subject).await;
+    finishing_hands_over_the_losses_then_ends(subject).await;
 }

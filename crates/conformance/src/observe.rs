@@ -163,6 +163,22 @@ impl Observed {
     }
 }
 
+/// Reads the stream to its end.
+///
+/// # Panics
+/// When the stream yields a fatal error.
+pub async fn observe_to_end(stream: &mut FlowStream) -> Observed {
+    let mut observed = Observed::default();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(event) => observed.event(&event),
+            Err(FlowError::Lost { count, point, .. }) => observed.loss(point, count),
+            Err(error) => panic!("the backend failed: {error}"),
+        }
+    }
+    observed
+}
+
 /// Reads the stream until every key in `expected` is closed (then a little
 /// longer, to catch duplicates), or until the deadline.
 ///

@@ -50,6 +50,11 @@ pub enum LossPoint {
     /// collector could not be reached or refused them. The flows are all
     /// in flowtrack's own output; the collector misses these records.
     ExportDropped,
+    /// Observation stopped before the backend had handed over all it had
+    /// taken from the kernel: asked to finish
+    /// ([`FlowSource::finish`](crate::FlowSource::finish)), it did not
+    /// within the bound a stop allows.
+    Unfinished,
 }
 
 impl LossPoint {
@@ -72,11 +77,12 @@ impl LossPoint {
             Self::PayloadLost => "payload_lost",
             Self::Recorded => "recorded",
             Self::ExportDropped => "export_dropped",
+            Self::Unfinished => "unfinished",
         }
     }
 
     /// Every loss point, in declaration order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::RingBufferFull,
         Self::FlowTableEviction,
         Self::NetlinkOverrun,
@@ -88,6 +94,7 @@ impl LossPoint {
         Self::PayloadLost,
         Self::Recorded,
         Self::ExportDropped,
+        Self::Unfinished,
     ];
 
     /// Whether observations of flows were lost here (else what was lost
@@ -138,6 +145,7 @@ impl fmt::Display for LossPoint {
             Self::PayloadLost => "payload record lost",
             Self::Recorded => "recorded loss",
             Self::ExportDropped => "export dropped",
+            Self::Unfinished => "stopped before the backend handed everything over",
         })
     }
 }

@@ -67,4 +67,19 @@ pub trait FlowSource: std::fmt::Debug + Send {
     /// on is observed. Errors are fatal (not
     /// [`FlowError::Lost`]): the backend could not start.
     async fn start(&mut self) -> Result<FlowStream, FlowError>;
+
+    /// Asks the started source to end its stream once it has yielded what
+    /// it observed until now: what its kernel queues hold, a read in
+    /// progress, the losses its counters show. Returns whether it will; the
+    /// default does not.
+    ///
+    /// A supervisor that stops calls this, then reads the stream until it
+    /// ends (within a bound; past it, a [`LossPoint::Unfinished`] loss is
+    /// reported). A stream whose source says `false` is read for what is
+    /// ready and dropped.
+    ///
+    /// [`LossPoint::Unfinished`]: crate::LossPoint::Unfinished
+    fn finish(&mut self) -> bool {
+        false
+    }
 }

@@ -13,10 +13,14 @@
 //! - **Failure**: a source that ends or fails is reported with
 //!   [`MergedItem::SourceEnded`] or [`MergedItem::SourceFailed`]; the others
 //!   go on.
-//! - **Shutdown**: [`ShutdownHandle::shutdown`] stops the sources after
-//!   forwarding what they have ready (bounded by the queue capacity); the
-//!   merged stream then yields everything queued and ends. Dropping a
-//!   source's stream releases its kernel objects.
+//! - **Shutdown**: [`ShutdownHandle::shutdown`] asks each source to finish
+//!   ([`FlowSource::finish`]) and forwards its stream until it ends, for
+//!   [`MergeConfig::finish_within`] at the most (past it, an
+//!   [`LossPoint::Unfinished`] loss is reported); a source that does not
+//!   finish (or a stream added without its source) has what is ready
+//!   forwarded, bounded by the queue capacity. The merged stream then
+//!   yields everything queued and ends. Dropping a source's stream
+//!   releases its kernel objects.
 //! - **Drop**: dropping the [`MergedStream`] stops every forwarding task at
 //!   once, idle or not, and with it every source's stream.
 //!
@@ -40,6 +44,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use flow_core::record::FlowRecord;
 use flow_core::{FlowError, FlowEvent, FlowSource, FlowStream, LossPoint};
@@ -51,14 +56,17 @@ use tokio::sync::{mpsc, watch};
 pub struct MergeConfig {
     queue_capacity: usize,
     batch_size: usize,
+    finish_within: Duration,
 }
 
 impl Default for MergeConfig {
-    /// 65,536 queued items in batches of up to 256.
+    /// 65,536 queued items in batches of up to 256; sources get 5 seconds
+    /// to finish at shutdown.
     fn default() -> Self {
         Self {
             queue_capacity: 65_536,
             batch_size: 256,
+            finish_within: Duration::from_secs(5),
         }
     }
 }
@@ -77,6 +85,15 @@ impl MergeConfig {
     #[must_use]
     pub fn batch_size(mut self, items: usize) -> Self {
         self.batch_size = items.max(1);
+        self
+    }
+
+    /// At shutdown, a source that finishes ([`FlowSource::finish`]) has this
+    /// long to end its stream; past it, the stream is dropped and an
+    /// [`LossPoint::Unfinished`] loss reported for it.
+    #[must_use]
+    pub fn finish_within(mut self, bound: Duration) -> Self {
+        self.finish_within = bound;
         self
     }
 
@@ -193,8 +210,9 @@ impl MergedItem {
 pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
 
 impl ShutdownHandle {
-    /// Asks every source to stop after forwarding what it has ready. The
-    /// merged stream ends once the queue is drained.
+    /// Asks every source to finish and stops it once it has (see the
+    /// module's documentation). The merged stream ends once the queue is
+    /// drained.
     pub fn shutdown(&self) {
         self.0.send_replace(true);
     }
@@ -232,19 +250,35 @@ impl Merger {
     /// not affected.
     pub async fn add(&mut self, mut source: Box<dyn FlowSource>) -> Result<(), FlowError> {
         let stream = source.start().await?;
-        self.add_stream(source.name(), stream);
+        self.add_started(source, stream);
         Ok(())
     }
 
-    /// Merges an already started stream under `backend`'s name.
+    /// Merges the stream `source` returned when it was started, under the
+    /// source's name; at shutdown the source is asked to finish.
+    pub fn add_started(&mut self, source: Box<dyn FlowSource>, stream: FlowStream) {
+        self.spawn_forwarder(source.name().into(), Some(source), stream);
+    }
+
+    /// Merges an already started stream under `backend`'s name; at
+    /// shutdown, what it has ready is forwarded and it is dropped.
     pub fn add_stream(&mut self, backend: impl Into<Arc<str>>, stream: FlowStream) {
+        self.spawn_forwarder(backend.into(), None, stream);
+    }
+
+    fn spawn_forwarder(
+        &mut self,
+        backend: Arc<str>,
+        source: Option<Box<dyn FlowSource>>,
+        stream: FlowStream,
+    ) {
         let forwarder = Forwarder {
-            backend: backend.into(),
+            backend,
             config: self.config,
             sender: self.sender.clone(),
             shutdown: self.shutdown.0.subscribe(),
         };
-        tokio::spawn(forwarder.run(stream));
+        tokio::spawn(forwarder.run(source, stream));
     }
 
     /// A handle that stops all sources, for signal handlers and timeouts.
@@ -279,7 +313,9 @@ enum Flow {
 }
 
 impl Forwarder {
-    async fn run(mut self, stream: FlowStream) {
+    /// Forwards `stream`'s items; at shutdown asks `source` (the one that
+    /// started it, when known) to finish.
+    async fn run(mut self, mut source: Option<Box<dyn FlowSource>>, stream: FlowStream) {
         // Each item is tagged as it comes off the stream, straight into the
         // batch that is sent: an event is moved as few times as it can be
         // (it is large, and moving it was most of the merge's cost).
@@ -307,8 +343,64 @@ impl Forwarder {
                 return;
             }
         }
-        // Shutdown: forward what the source has ready now, up to a queue's
-        // worth, so that nothing already observed is thrown away.
+        // Shutdown: nothing already observed is thrown away.
+        let finishing = source.as_mut().is_some_and(|source| source.finish());
+        let flow = if finishing {
+            self.forward_until_finished(&mut chunks).await
+        } else {
+            self.forward_ready(&mut chunks).await
+        };
+        if let Flow::Stop = flow {
+            return;
+        }
+        // The source's stream is dropped (detaching its kernel objects)
+        // before the end is reported, so a consumer that sees the merged
+        // stream end knows every source is released.
+        drop(chunks);
+        drop(source);
+        self.send_end().await;
+    }
+
+    /// Forwards what a source that was asked to finish yields until its
+    /// stream ends, for [`MergeConfig::finish_within`] at the most; past
+    /// it, reports what it still held as lost.
+    async fn forward_until_finished(
+        &self,
+        chunks: &mut (impl Stream<Item = Vec<MergedItem>> + Unpin),
+    ) -> Flow {
+        let deadline = tokio::time::Instant::now() + self.config.finish_within;
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = self.sender.closed() => return Flow::Stop,
+                next = tokio::time::timeout_at(deadline, chunks.next()) => next,
+            };
+            match next {
+                Ok(Some(items)) => {
+                    if let Flow::Stop = self.forward(items).await {
+                        return Flow::Stop;
+                    }
+                }
+                Ok(None) => return Flow::Continue,
+                Err(_) => {
+                    tracing::warn!(
+                        backend = %self.backend,
+                        bound = ?self.config.finish_within,
+                        "the source did not finish in time: what it still held is reported lost"
+                    );
+                    let unfinished = Err(FlowError::lost(LossPoint::Unfinished, None));
+                    let lost = MergedItem::from_source(&self.backend, unfinished);
+                    return self.forward(vec![lost]).await;
+                }
+            }
+        }
+    }
+
+    /// Forwards what the source has ready now, up to a queue's worth.
+    async fn forward_ready(
+        &self,
+        chunks: &mut (impl Stream<Item = Vec<MergedItem>> + Unpin),
+    ) -> Flow {
         let mut budget = self.config.queue_capacity;
         while budget > 0 {
             let Some(Some(items)) = chunks.next().now_or_never() else {
@@ -316,14 +408,10 @@ impl Forwarder {
             };
             budget = budget.saturating_sub(items.len());
             if let Flow::Stop = self.forward(items).await {
-                return;
+                return Flow::Stop;
             }
         }
-        // The source's stream is dropped (detaching its kernel objects)
-        // before the end is reported, so a consumer that sees the merged
-        // stream end knows every source is released.
-        drop(chunks);
-        self.send_end().await;
+        Flow::Continue
     }
 
     /// Tags and sends a batch; stops after a fatal error or when the

@@ -237,3 +237,121 @@ async fn dropping_the_merged_stream_releases_an_idle_source_at_once() {
         .await
         .expect("an idle source is released once the merged stream is dropped");
 }
+
+/// A source that holds what it observed until it is asked to finish (as a
+/// backend with a read in progress, or unread kernel queues), then hands
+/// it over after `delay` and ends its stream, or never does.
+#[derive(Debug)]
+struct HeldUntilFinished {
+    finish: Arc<tokio::sync::Notify>,
+    held: Option<Vec<Result<FlowEvent, FlowError>>>,
+    delay: Duration,
+    ends: bool,
+}
+
+impl HeldUntilFinished {
+    fn new(delay: Duration, ends: bool) -> Self {
+        Self {
+            finish: Arc::new(tokio::sync::Notify::new()),
+            held: Some(vec![
+                Ok(FlowEvent::opened(key(1), 7)),
+                Err(FlowError::lost(LossPoint::NetlinkOverrun, None)),
+            ]),
+            delay,
+            ends,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl FlowSource for HeldUntilFinished {
+    fn name(&self) -> &str {
+        "held"
+    }
+
+    async fn start(&mut self) -> Result<flow_core::FlowStream, FlowError> {
+        let (finish, held, delay) = (
+            Arc::clone(&self.finish),
+            self.held.take().unwrap_or_default(),
+            self.delay,
+        );
+        let handed_over = stream::once(async move {
+            finish.notified().await;
+            tokio::time::sleep(delay).await;
+            stream::iter(held)
+        })
+        .flatten();
+        Ok(if self.ends {
+            handed_over.boxed()
+        } else {
+            handed_over.chain(stream::pending()).boxed()
+        })
+    }
+
+    fn finish(&mut self) -> bool {
+        self.finish.notify_one();
+        true
+    }
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_finishing_source_to_hand_over_what_it_holds() {
+    let mut merger = Merger::new(MergeConfig::default());
+    merger
+        .add(Box::new(HeldUntilFinished::new(
+            Duration::from_millis(300),
+            true,
+        )))
+        .await
+        .unwrap();
+    let shutdown = merger.shutdown_handle();
+    let merged = merger.into_stream();
+    shutdown.shutdown();
+    let items: Vec<_> = tokio::time::timeout(Duration::from_secs(30), merged.collect())
+        .await
+        .expect("the merged stream ends once the source has finished");
+    assert_eq!(events_of(&items, "held"), [7]);
+    assert!(
+        items.iter().any(|item| matches!(
+            item,
+            MergedItem::Lost {
+                point: LossPoint::NetlinkOverrun,
+                ..
+            }
+        )),
+        "the held loss report came out: {items:?}"
+    );
+    assert!(matches!(items.last(), Some(MergedItem::SourceEnded { .. })));
+}
+
+#[tokio::test]
+async fn a_source_that_does_not_finish_in_time_is_reported_unfinished() {
+    let mut merger = Merger::new(MergeConfig::default().finish_within(Duration::from_millis(200)));
+    merger
+        .add(Box::new(HeldUntilFinished::new(
+            Duration::from_secs(3600),
+            false,
+        )))
+        .await
+        .unwrap();
+    let shutdown = merger.shutdown_handle();
+    let merged = merger.into_stream();
+    shutdown.shutdown();
+    let items: Vec<_> = tokio::time::timeout(Duration::from_secs(30), merged.collect())
+        .await
+        .expect("the merged stream ends once the bound has passed");
+    assert!(
+        matches!(
+            items.as_slice(),
+            [
+                MergedItem::Lost {
+                    point: LossPoint::Unfinished,
+                    count: None,
+                    ..
+                },
+                MergedItem::SourceEnded { .. }
+            ]
+        ),
+        "{items:?}"
+    );
+}

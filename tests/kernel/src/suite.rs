@@ -224,6 +224,7 @@ macro_rules! backend_suite {
             $crate::backend_suite!(@clause $backend, a_fatal_error_ends_the_stream);
             $crate::backend_suite!(@clause $backend, loss_is_recoverable);
             $crate::backend_suite!(@clause $backend, reports_updates);
+            $crate::backend_suite!(@clause $backend, finishing_hands_over_the_losses_then_ends);
 
             /// On a single-threaded runtime: the drop must not wait for
             /// the clean-up on the runtime's one thread.

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use flow_backend_nflog::{DENY_PREFIX, NflogConfig, NflogSource};
 use flow_core::process::{Attribution, Process};
-use flow_core::{CloseReason, FlowKey, FlowSource, FlowStream};
+use flow_core::{CloseReason, FlowKey, FlowSource, FlowStream, LossPoint};
+use flow_supervisor::merge::{MergeConfig, MergedItem, Merger};
 use flowtrack_kernel_tests::observe::{
     assert_in_conntrack, observe_storm, observe_until, unaccounted,
 };
@@ -248,6 +249,72 @@ async fn a_tiny_receive_buffer_overruns_and_resyncs() {
         keys.len(),
         &missing[..missing.len().min(3)]
     );
+}
+
+/// Stopped while its reader lags and its kernel queue has overrun, the
+/// backend hands over, at the merge's shutdown, what it holds and the
+/// losses its last read finds: the overrun is reported. (Stopped without
+/// finishing, its last round and the overrun were dropped, and the output
+/// said nothing was lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_hands_over_the_last_read_and_its_losses() {
+    let Some(env) = env("nflog a_stop_hands_over_the_last_read_and_its_losses") else {
+        return;
+    };
+    let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
+    let config = cgroup_config(&env)
+        .receive_buffer(4096)
+        .and_then(|config| config.max_receive_buffer(4096))
+        .unwrap();
+    let mut merger = Merger::new(MergeConfig::default().queue_capacity(16).batch_size(16));
+    merger
+        .add(Box::new(NflogSource::new(config)))
+        .await
+        .unwrap();
+    let shutdown = merger.shutdown_handle();
+    let merged = merger.into_stream();
+    // Nobody reads while the storm runs: the merge queue fills, then the
+    // listener's channel, and the kernel's queue overruns.
+    let mut command = env.cgroup.wrap(&env.traffic(&[
+        "tcp",
+        &format!("127.0.0.1:{}", server.port),
+        "--bytes",
+        "1",
+        "--count",
+        "2000",
+    ]));
+    let made = tokio::task::spawn_blocking(move || generate(&mut command).len())
+        .await
+        .unwrap();
+    assert_eq!(made, 2000);
+    shutdown.shutdown();
+    let items: Vec<MergedItem> = tokio::time::timeout(Duration::from_secs(60), merged.collect())
+        .await
+        .expect("the backend finishes within the merge's bound");
+    let overruns = items
+        .iter()
+        .filter(|item| {
+            matches!(
+                item,
+                MergedItem::Lost {
+                    point: LossPoint::NetlinkOverrun,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(overruns > 0, "the overrun is reported");
+    assert!(
+        !items.iter().any(|item| matches!(
+            item,
+            MergedItem::Lost {
+                point: LossPoint::Unfinished,
+                ..
+            }
+        )),
+        "the backend finished in time"
+    );
+    assert!(matches!(items.last(), Some(MergedItem::SourceEnded { .. })));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

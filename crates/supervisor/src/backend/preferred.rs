@@ -102,6 +102,10 @@ impl FlowSource for Preferred {
             format!("no backend can run here: {}", why.join("; ")),
         ))
     }
+
+    fn finish(&mut self) -> bool {
+        self.chosen.as_mut().is_some_and(|source| source.finish())
+    }
 }
 
 /// `using the nflog backend (auto: ebpf cannot run here: …)`.
