@@ -294,22 +294,22 @@ impl FlowSource for HeldUntilFinished {
     }
 }
 
-#[tokio::test]
-async fn shutdown_waits_for_a_finishing_source_to_hand_over_what_it_holds() {
-    let mut merger = Merger::new(MergeConfig::default());
-    merger
-        .add(Box::new(HeldUntilFinished::new(
-            Duration::from_millis(300),
-            true,
-        )))
-        .await
-        .unwrap();
+/// What a merger of `source` alone yields when it is shut down at once.
+async fn shut_down_at_once(config: MergeConfig, source: HeldUntilFinished) -> Vec<MergedItem> {
+    let mut merger = Merger::new(config);
+    merger.add(Box::new(source)).await.unwrap();
     let shutdown = merger.shutdown_handle();
     let merged = merger.into_stream();
     shutdown.shutdown();
-    let items: Vec<_> = tokio::time::timeout(Duration::from_secs(30), merged.collect())
+    tokio::time::timeout(Duration::from_secs(30), merged.collect())
         .await
-        .expect("the merged stream ends once the source has finished");
+        .expect("the merged stream ends at shutdown")
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_finishing_source_to_hand_over_what_it_holds() {
+    let held = HeldUntilFinished::new(Duration::from_millis(300), true);
+    let items = shut_down_at_once(MergeConfig::default(), held).await;
     assert_eq!(events_of(&items, "held"), [7]);
     assert!(
         items.iter().any(|item| matches!(
@@ -326,20 +326,9 @@ async fn shutdown_waits_for_a_finishing_source_to_hand_over_what_it_holds() {
 
 #[tokio::test]
 async fn a_source_that_does_not_finish_in_time_is_reported_unfinished() {
-    let mut merger = Merger::new(MergeConfig::default().finish_within(Duration::from_millis(200)));
-    merger
-        .add(Box::new(HeldUntilFinished::new(
-            Duration::from_secs(3600),
-            false,
-        )))
-        .await
-        .unwrap();
-    let shutdown = merger.shutdown_handle();
-    let merged = merger.into_stream();
-    shutdown.shutdown();
-    let items: Vec<_> = tokio::time::timeout(Duration::from_secs(30), merged.collect())
-        .await
-        .expect("the merged stream ends once the bound has passed");
+    let config = MergeConfig::default().finish_within(Duration::from_millis(200));
+    let never = HeldUntilFinished::new(Duration::from_secs(3600), false);
+    let items = shut_down_at_once(config, never).await;
     assert!(
         matches!(
             items.as_slice(),

@@ -214,6 +214,28 @@ async fn conntrack_events_see_the_same_flows_and_counters() {
     assert_eq!(observed.lost, 0);
 }
 
+/// The cgroup's connections, through a receive buffer far too small for a
+/// burst.
+fn tiny_buffer_config(env: &TestEnv) -> NflogConfig {
+    cgroup_config(env)
+        .receive_buffer(4096)
+        .and_then(|config| config.max_receive_buffer(4096))
+        .unwrap()
+}
+
+/// 2,000 TCP connections from the cgroup to 127.0.0.1:`port`, one after
+/// the other.
+fn burst_of_two_thousand(env: &TestEnv, port: u16) -> std::process::Command {
+    env.cgroup.wrap(&env.traffic(&[
+        "tcp",
+        &format!("127.0.0.1:{port}"),
+        "--bytes",
+        "1",
+        "--count",
+        "2000",
+    ]))
+}
+
 /// With a receive buffer far too small for a burst, overruns are reported
 /// and the resync still gives every flow its Opened and Closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,19 +244,9 @@ async fn a_tiny_receive_buffer_overruns_and_resyncs() {
         return;
     };
     let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
-    let config = cgroup_config(&env)
-        .receive_buffer(4096)
-        .and_then(|config| config.max_receive_buffer(4096))
-        .unwrap();
+    let config = tiny_buffer_config(&env);
     let mut stream = start(config).await;
-    let command = env.cgroup.wrap(&env.traffic(&[
-        "tcp",
-        &format!("127.0.0.1:{}", server.port),
-        "--bytes",
-        "1",
-        "--count",
-        "2000",
-    ]));
+    let command = burst_of_two_thousand(&env, server.port);
     let (keys, observed) = observe_storm(&mut stream, command, Duration::from_secs(60)).await;
     assert!(
         observed.lost_items > 0,
@@ -262,10 +274,7 @@ async fn a_stop_hands_over_the_last_read_and_its_losses() {
         return;
     };
     let server = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
-    let config = cgroup_config(&env)
-        .receive_buffer(4096)
-        .and_then(|config| config.max_receive_buffer(4096))
-        .unwrap();
+    let config = tiny_buffer_config(&env);
     let mut merger = Merger::new(MergeConfig::default().queue_capacity(16).batch_size(16));
     merger
         .add(Box::new(NflogSource::new(config)))
@@ -275,14 +284,7 @@ async fn a_stop_hands_over_the_last_read_and_its_losses() {
     let merged = merger.into_stream();
     // Nobody reads while the storm runs: the merge queue fills, then the
     // listener's channel, and the kernel's queue overruns.
-    let mut command = env.cgroup.wrap(&env.traffic(&[
-        "tcp",
-        &format!("127.0.0.1:{}", server.port),
-        "--bytes",
-        "1",
-        "--count",
-        "2000",
-    ]));
+    let mut command = burst_of_two_thousand(&env, server.port);
     let made = tokio::task::spawn_blocking(move || generate(&mut command).len())
         .await
         .unwrap();
