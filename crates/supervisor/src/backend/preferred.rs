@@ -8,7 +8,9 @@ use flow_core::{FlowError, FlowSource, FlowStream};
 /// then nflog), remembering why the others could not. Its name is the
 /// chosen backend's once started (`auto` before).
 ///
-/// ```
+// The example uses the mock sources (feature `mock`).
+#[cfg_attr(feature = "mock", doc = "```")]
+#[cfg_attr(not(feature = "mock"), doc = "```ignore")]
 /// use flow_supervisor::backend::Preferred;
 /// use flow_supervisor::FlowSource;
 /// use flow_supervisor::mock::MockFlowSource;
