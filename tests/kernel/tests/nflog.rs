@@ -654,6 +654,62 @@ async fn a_connection_to_a_server_that_has_not_accepted_it_carries_the_servers_p
     finish(server);
 }
 
+/// A server in the cgroup that accepts one connection, prints its port
+/// first, then waits for its input to end.
+const ACCEPT_ONE: &str = "import socket, sys\n\
+    listener = socket.create_server(('127.0.0.1', 0))\n\
+    print(listener.getsockname()[1], flush=True)\n\
+    connection, _ = listener.accept()\n\
+    sys.stdin.read()";
+
+/// A connection into the cgroup from a local process outside it is
+/// reported open while it lasts (conntrack reported it new, unmarked, as
+/// its SYN left the sender, before the input chain marked it: it once
+/// came out only at the client's first FIN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_connection_into_the_scope_is_reported_while_open() {
+    let Some(env) = env("nflog a_local_connection_into_the_scope_is_reported_while_open") else {
+        return;
+    };
+    let (server, port) = python_waiting(&env, ACCEPT_ONE);
+    let mut stream = start(cgroup_config(&env)).await;
+    let mut client = env
+        .netns
+        .command("python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket, sys\nc = socket.create_connection(('127.0.0.1', {port}))\n\
+                 print(c.getsockname()[1], flush=True)\nsys.stdin.read()"
+            ),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sport = String::new();
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut sport)
+        .unwrap();
+    let key = FlowKey::tcp(
+        format!("127.0.0.1:{}", sport.trim()).parse().unwrap(),
+        format!("127.0.0.1:{port}").parse().unwrap(),
+    );
+    let observed = observe_until(
+        &mut stream,
+        |observed| observed.opened.contains_key(&key),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(observed.opened.get(&key), Some(&1), "{observed:#?}");
+    assert!(
+        observed.closed.is_empty(),
+        "reported while open: {observed:#?}"
+    );
+    finish(client);
+    finish(server);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unconnected_udp_sender_is_found() {
     let Some(env) = env("nflog an_unconnected_udp_sender_is_found") else {
