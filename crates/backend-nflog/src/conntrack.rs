@@ -434,9 +434,8 @@ pub(crate) fn dump_request(seq: u32) -> Vec<u8> {
     )
 }
 
-/// A request to dump the entries whose ct mark is `mark`, whatever FINs
-/// their connections sent (the kernel filters them: `CTA_MARK` with a
-/// `CTA_MARK_MASK` of all but [`crate::rules::FIN_BITS`]).
+/// A request to dump the entries whose ct mark is `mark` (the kernel
+/// filters them: `CTA_MARK` with an all-ones `CTA_MARK_MASK`).
 pub(crate) fn dump_marked_request(mark: u32, seq: u32) -> Vec<u8> {
     netlink::encode(
         netlink::message_type(SUBSYSTEM, MSG_GET),
@@ -447,7 +446,7 @@ pub(crate) fn dump_marked_request(mark: u32, seq: u32) -> Vec<u8> {
             0,
             vec![
                 netlink::attr_be32(CtAttr::Mark.into(), mark),
-                netlink::attr_be32(CtAttr::MarkMask.into(), !crate::rules::FIN_BITS),
+                netlink::attr_be32(CtAttr::MarkMask.into(), u32::MAX),
             ],
         ),
     )

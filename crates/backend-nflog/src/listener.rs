@@ -37,7 +37,7 @@ use crate::netlink::{Answered, Reply, Socket};
 use crate::nflog::{self, DENY_PREFIX};
 use crate::procs::Members;
 use crate::rules::enforce::{self, POLICY_PREFIX};
-use crate::rules::{self, FIN_BITS, MARK_BIT, RuleScope, Table};
+use crate::rules::{self, MARK_BIT, RuleScope, Table};
 use crate::sysctl::ConntrackSettings;
 use crate::tracker::{Clock, FlowId, Step, Tracker};
 use crate::{BACKEND_NAME, NflogConfig};
@@ -899,10 +899,10 @@ fn bind_log_group(group: Option<u16>) -> Result<(Socket, u16), FlowError> {
 
 /// ct marks to try for a new table: random ones (the table's name carries
 /// the mark, so the kernel refuses one another instance in the namespace
-/// holds, and the next is tried), without the bits the rules set at FINs.
+/// holds, and the next is tried).
 fn mark_candidates() -> impl Iterator<Item = u32> {
     let random = std::collections::hash_map::RandomState::new();
-    (0u32..64).map(move |attempt| (random.hash_one(attempt) as u32) & !(MARK_BIT | FIN_BITS))
+    (0u32..64).map(move |attempt| (random.hash_one(attempt) as u32) & !MARK_BIT)
 }
 
 /// Deletes flowtrack tables no netlink socket owns: a live flowtrack's

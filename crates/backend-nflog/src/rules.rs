@@ -17,18 +17,9 @@
 //!   ct state new ct status confirmed socket cgroupv2 level L == ID
 //!     ct event set new,destroy,protoinfo
 //!   # in both chains: a marked TCP connection's TCP state changes from
-//!   # the FIN answering the other direction's FIN, or a RST, on (they
-//!   # show its close); a first FIN notes its direction in the mark
-//!   meta l4proto tcp ct mark == MARK|FIN_ORIG ct direction reply
-//!     tcp flags & fin != 0 ct event set new,destroy,protoinfo
-//!   meta l4proto tcp ct mark == MARK|FIN_REPLY ct direction original
-//!     tcp flags & fin != 0 ct event set new,destroy,protoinfo
-//!   meta l4proto tcp ct mark & ~(FIN_ORIG|FIN_REPLY) == MARK
-//!     tcp flags & rst != 0 ct event set new,destroy,protoinfo
-//!   meta l4proto tcp ct mark == MARK ct direction original
-//!     tcp flags & fin != 0 ct mark set MARK|FIN_ORIG
-//!   meta l4proto tcp ct mark == MARK ct direction reply
-//!     tcp flags & fin != 0 ct mark set MARK|FIN_REPLY
+//!   # its first FIN or RST on (they show its close)
+//!   meta l4proto tcp ct mark == MARK tcp flags & (fin|rst) != 0
+//!     ct event set new,destroy,protoinfo
 //!   # in input: the scope's DNS answers (TCP: segments with a payload)
 //!   meta l4proto udp udp sport 53 socket cgroupv2 level L == ID
 //!     log group G snaplen 2167 prefix "flowtrack:dns"
@@ -99,7 +90,6 @@ const CT_STATUS: u32 = 2;
 const CT_MARK: u32 = 3;
 /// `IP_CT_DIR_ORIGINAL`: from the connection's initiator.
 const DIRECTION_ORIGINAL: u8 = 0;
-const DIRECTION_REPLY: u8 = 1;
 /// `NFT_META_L4PROTO`.
 const META_L4PROTO: u32 = 16;
 /// `NFT_PAYLOAD_TRANSPORT_HEADER`, `NFT_PAYLOAD_INNER_HEADER` (the
@@ -114,15 +104,14 @@ const CLIENT_HELLO: u8 = 0x01;
 const CT_EVENTMASK: u32 = 18;
 /// Events a new connection reports: `IPCT_NEW` and `IPCT_DESTROY`.
 const EVENTS: u32 = 1 << 0 | 1 << 2;
-/// Events once a TCP connection has sent a FIN each way, or a RST: also
+/// Events once a TCP connection sends a FIN or a RST: also
 /// `IPCT_PROTOINFO`, its TCP state changes, which show its close at once
 /// (TIME_WAIT, CLOSE). Asked for only then: the handshake's state changes
 /// (SYN_RECV, ESTABLISHED) would be two more events per connection that
 /// say nothing flowtrack reports.
 const EVENTS_CLOSING: u32 = EVENTS | 1 << 5;
 /// TCP's FIN and RST flags (byte 13 of its header).
-const TCP_FIN: u8 = 0x01;
-const TCP_RST: u8 = 0x04;
+const TCP_FIN_OR_RST: u8 = 0x01 | 0x04;
 /// The offset of the TCP header's flags byte.
 const TCP_FLAGS_OFFSET: u32 = 13;
 /// `NFT_SOCKET_CGROUPV2`.
@@ -133,16 +122,6 @@ const TABLE_PREFIX: &str = "flowtrack_";
 
 /// The bit every flowtrack ct mark has set.
 pub(crate) const MARK_BIT: u32 = 0x8000_0000;
-
-/// Set in a marked TCP connection's ct mark by its first FIN in the
-/// original direction, and in the reply direction: the rules ask for its
-/// state changes at the FIN of the other direction. Never part of a
-/// table's own mark.
-pub(crate) const FIN_SENT_ORIGINAL: u32 = 0x4000_0000;
-pub(crate) const FIN_SENT_REPLY: u32 = 0x2000_0000;
-/// Both FIN bits: a marked connection's ct mark is its table's mark with
-/// some of these.
-pub(crate) const FIN_BITS: u32 = FIN_SENT_ORIGINAL | FIN_SENT_REPLY;
 
 /// Which connections the table marks and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -565,70 +544,23 @@ fn local_inbound_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
     expressions
 }
 
-/// The rules that ask for a marked TCP connection's state changes
-/// ([`EVENTS_CLOSING`]) from the FIN that answers the other direction's
-/// FIN, or from a RST, on: then its close (LAST_ACK, TIME_WAIT, CLOSE) is
-/// reported at once. A first FIN only notes its direction in the ct mark
-/// ([`FIN_SENT_ORIGINAL`], [`FIN_SENT_REPLY`]): the state changes in
-/// between (FIN_WAIT, CLOSE_WAIT) would be events that show nothing
-/// flowtrack reports. By direction, not by count: on loopback a packet
-/// passes both chains, and a FIN may be sent again. Conntrack caches the
-/// packet's events before these chains and delivers them when the packet
+/// The rule that asks for a marked TCP connection's state changes from
+/// its first FIN or RST on ([`EVENTS_CLOSING`]). Conntrack caches the
+/// packet's events before this chain and delivers them when the packet
 /// leaves the hook, under the mask it then has: the FIN's or RST's own
 /// state change is reported.
-fn closing_rules(table: &Table) -> [Vec<Nlattr<u16, Buffer>>; 5] {
-    let ask_state_changes = || {
-        [
-            immediate(&EVENTS_CLOSING.to_ne_bytes()),
-            ct_store(CT_EVENTMASK),
-        ]
-    };
-    let note_fin = |bit: u32| {
-        [
-            immediate(&(table.mark | bit).to_ne_bytes()),
-            ct_store(CT_MARK),
-        ]
-    };
-    let fin_from = |mark: u32, direction: u8, then: [Nlattr<u16, Buffer>; 2]| {
-        let mut rule: Vec<_> = l4proto_is(libc::IPPROTO_TCP as u8).into();
-        rule.extend([ct_load(CT_MARK), compare(true, &mark.to_ne_bytes())]);
-        rule.extend([ct_load(CT_DIRECTION), compare(true, &[direction])]);
-        rule.extend(tcp_flags_have(TCP_FIN));
-        rule.extend(then);
-        rule
-    };
-    let mut reset: Vec<_> = l4proto_is(libc::IPPROTO_TCP as u8).into();
-    reset.extend([
+fn closing_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
+    let mut expressions: Vec<_> = l4proto_is(libc::IPPROTO_TCP as u8).into();
+    expressions.extend([
         ct_load(CT_MARK),
-        mask(&(!FIN_BITS).to_ne_bytes()),
         compare(true, &table.mark.to_ne_bytes()),
-    ]);
-    reset.extend(tcp_flags_have(TCP_RST));
-    reset.extend(ask_state_changes());
-    [
-        fin_from(
-            table.mark | FIN_SENT_ORIGINAL,
-            DIRECTION_REPLY,
-            ask_state_changes(),
-        ),
-        fin_from(
-            table.mark | FIN_SENT_REPLY,
-            DIRECTION_ORIGINAL,
-            ask_state_changes(),
-        ),
-        reset,
-        fin_from(table.mark, DIRECTION_ORIGINAL, note_fin(FIN_SENT_ORIGINAL)),
-        fin_from(table.mark, DIRECTION_REPLY, note_fin(FIN_SENT_REPLY)),
-    ]
-}
-
-/// `tcp flags & flags != 0`.
-fn tcp_flags_have(flags: u8) -> [Nlattr<u16, Buffer>; 3] {
-    [
         payload_load(BASE_TRANSPORT, TCP_FLAGS_OFFSET, 1),
-        mask(&[flags]),
+        mask(&[TCP_FIN_OR_RST]),
         compare(false, &[0]),
-    ]
+        immediate(&EVENTS_CLOSING.to_ne_bytes()),
+        ct_store(CT_EVENTMASK),
+    ]);
+    expressions
 }
 
 /// The rules that log the DNS answers reaching the scope: over UDP, and
@@ -674,9 +606,8 @@ pub(crate) fn create_batch(table: &Table, first_seq: u32, owned: bool) -> (Vec<u
     if let RuleScope::Cgroup { .. } = table.scope {
         inbound_rules.push(local_inbound_rule(table));
     }
-    inbound_rules.extend(closing_rules(table));
-    let mut outbound = vec![new_flow_rule(table)];
-    outbound.extend(closing_rules(table));
+    inbound_rules.push(closing_rule(table));
+    let mut outbound = vec![new_flow_rule(table), closing_rule(table)];
     if table.names {
         inbound_rules.extend(dns_answer_rules(table));
         if table.inner_payload {
@@ -829,18 +760,23 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                &[BATCH_BEGIN, nft(NEWTABLE), nft(NEWCHAIN)][..],
-                // New flows, local inbound ones, the five closing rules,
-                // DNS over UDP and TCP.
-                &[nft(NEWRULE); 9],
-                &[nft(NEWCHAIN)],
-                // New flows, the five closing rules, ClientHellos.
-                &[nft(NEWRULE); 7],
-                &[BATCH_END],
+                BATCH_BEGIN,
+                nft(NEWTABLE),
+                nft(NEWCHAIN),
+                // New flows, local inbound ones, closing, DNS (UDP, TCP).
+                nft(NEWRULE),
+                nft(NEWRULE),
+                nft(NEWRULE),
+                nft(NEWRULE),
+                nft(NEWRULE),
+                nft(NEWCHAIN),
+                nft(NEWRULE),
+                nft(NEWRULE),
+                nft(NEWRULE),
+                BATCH_END
             ]
-            .concat()
         );
-        assert_eq!(last, 29, "19 requests after the batch start");
+        assert_eq!(last, 21, "eleven requests after the batch start");
         let Received::Message { payload, .. } = &messages[1] else {
             panic!()
         };
@@ -902,17 +838,14 @@ mod tests {
     }
 
     #[test]
-    fn tcp_state_changes_are_asked_for_from_the_answering_fin_or_a_rst_on_in_both_chains() {
+    fn tcp_state_changes_are_asked_for_from_a_fin_or_rst_on_in_both_chains() {
         let table = Table::new(MARK_BIT | 5, RuleScope::Netns, 7);
         let closing: Vec<_> = rules_of(&create_batch(&table, 1, true).0)
             .into_iter()
             .filter(|(_, _, prefix, _)| prefix.is_empty())
             .collect();
-        // tcp, the mark, the direction, the FIN flag, then what is set.
-        let at_a_fin = [
+        let expected = [
             "meta",
-            "cmp",
-            "ct",
             "cmp",
             "ct",
             "cmp",
@@ -922,33 +855,12 @@ mod tests {
             "immediate",
             "ct",
         ];
-        // tcp, the mark without the FIN bits, the RST flag, the events.
-        let at_a_reset = [
-            "meta",
-            "cmp",
-            "ct",
-            "bitwise",
-            "cmp",
-            "payload",
-            "bitwise",
-            "cmp",
-            "immediate",
-            "ct",
-        ];
-        for chain in ["prerouting", "output"] {
-            let names: Vec<&[String]> = closing
-                .iter()
-                .filter(|(name, ..)| name == chain)
-                .map(|(_, names, ..)| names.as_slice())
-                .collect();
-            assert_eq!(
-                names,
-                [&at_a_fin[..], &at_a_fin, &at_a_reset, &at_a_fin, &at_a_fin],
-                "{chain}"
-            );
+        let chains: Vec<&str> = closing.iter().map(|(chain, ..)| chain.as_str()).collect();
+        assert_eq!(chains, ["prerouting", "output"]);
+        for (_, names, ..) in &closing {
+            assert_eq!(names, &expected);
         }
         assert_eq!(EVENTS_CLOSING & !EVENTS, 1 << 5, "protoinfo, added");
-        assert_eq!(FIN_BITS & (MARK_BIT | 5), 0, "no table mark has a FIN bit");
     }
 
     #[test]

@@ -25,7 +25,6 @@ use flow_core::counters::DirectionCounters;
 use flow_core::{CloseReason, FlowEvent, FlowKey, protocol};
 
 use crate::conntrack::{CtEntry, CtEventKind, TCP_STATE_CLOSE, TCP_STATE_TIME_WAIT};
-use crate::rules::FIN_BITS;
 
 /// What the listener must do after a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,12 +148,6 @@ impl Tracker {
         self.mark
     }
 
-    /// Whether `entry` is of the scope: its ct mark is the scope's, with
-    /// the FINs its connection sent noted ([`FIN_BITS`]).
-    fn is_ours(&self, entry: &CtEntry) -> bool {
-        entry.mark & !FIN_BITS == self.mark
-    }
-
     /// Flows opened and not yet closed.
     pub(crate) fn open_flows(&self) -> usize {
         self.open.len()
@@ -169,7 +162,7 @@ impl Tracker {
     /// Handles one message that arrived at `clock`'s time.
     pub(crate) fn on_message(&mut self, entry: &CtEntry, clock: Clock, steps: &mut Vec<Step>) {
         let flow = FlowId::from(entry);
-        if !self.is_ours(entry) || self.closed.contains_key(&flow) {
+        if entry.mark != self.mark || self.closed.contains_key(&flow) {
             if entry.kind == CtEventKind::Destroy {
                 self.closed.remove(&flow);
             }
@@ -221,7 +214,7 @@ impl Tracker {
     /// `now_ns`, if the flow is open and opened at or before `opened_by`
     /// (its counters so far, conntrack's).
     pub(crate) fn update(&self, entry: &CtEntry, now_ns: u64, opened_by: u64) -> Option<FlowEvent> {
-        if !self.is_ours(entry) {
+        if entry.mark != self.mark {
             return None;
         }
         let opened_at = *self.open.get(&FlowId::from(entry))?;
@@ -244,7 +237,7 @@ impl Tracker {
         let mut listed = HashSet::new();
         let mut emit = |event: FlowEvent| steps.push(Step::Emit(event.resynced(true)));
         for entry in table {
-            if !self.is_ours(entry) {
+            if entry.mark != self.mark {
                 continue;
             }
             let flow = FlowId::from(entry);
@@ -282,7 +275,7 @@ impl Tracker {
     pub(crate) fn close_all(&mut self, table: &[CtEntry], now_ns: u64, steps: &mut Vec<Step>) {
         let counters: HashMap<FlowId, Option<DirectionCounters>> = table
             .iter()
-            .filter(|entry| self.is_ours(entry))
+            .filter(|entry| entry.mark == self.mark)
             .map(|entry| (FlowId::from(entry), entry.counters))
             .collect();
         let flows: Vec<FlowId> = self.open.keys().copied().collect();
@@ -483,26 +476,6 @@ mod tests {
         other.mark = 0;
         tracker.on_message(&other, clock(1), &mut steps);
         assert!(steps.is_empty());
-    }
-
-    #[test]
-    fn the_fins_noted_in_a_mark_keep_a_flow_this_scopes() {
-        use crate::rules::{FIN_SENT_ORIGINAL, FIN_SENT_REPLY};
-        let mut tracker = Tracker::new(MARK);
-        let mut steps = Vec::new();
-        tracker.on_message(
-            &entry(CtEventKind::New, 1, 40000, None),
-            clock(1),
-            &mut steps,
-        );
-        let mut closing = entry(CtEventKind::Update, 1, 40000, Some(TCP_STATE_TIME_WAIT));
-        closing.mark = MARK | FIN_SENT_ORIGINAL;
-        tracker.on_message(&closing, clock(2), &mut steps);
-        assert_eq!(kinds(&steps), [("opened", 40000), ("fetch", 1)]);
-        let mut other = entry(CtEventKind::New, 2, 40001, None);
-        other.mark = FIN_SENT_ORIGINAL | FIN_SENT_REPLY;
-        tracker.on_message(&other, clock(3), &mut steps);
-        assert_eq!(steps.len(), 2, "another scope's, FIN bits or not");
     }
 
     #[test]
