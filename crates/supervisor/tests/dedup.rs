@@ -458,3 +458,47 @@ async fn a_lagging_backends_view_of_an_earlier_flow_on_a_reused_key_is_not_a_new
         "the second flow, both saw: {out:?}"
     );
 }
+
+/// nflog's close, alone in the window (eBPF's comes later), carries the
+/// process the flow's `opened` line had from the kernel, not nflog's
+/// guess.
+#[tokio::test(start_paused = true)]
+async fn a_close_alone_in_the_window_keeps_the_kernels_process() {
+    use flow_core::process::{Attribution, Process};
+    let kernel = Arc::new(Process::new(42).with_comm("python3"));
+    let guess = Arc::new(Process::new(0).attributed(Attribution::BestEffort));
+    let mut h = Harness::new(100);
+    h.send_all([
+        (
+            "ebpf",
+            FlowEvent::opened(key(9), 10).by(Arc::clone(&kernel)),
+        ),
+        (
+            "nflog",
+            FlowEvent::opened(key(9), 11).by(Arc::clone(&guess)),
+        ),
+        ("nflog", FlowEvent::closed(key(9), 2, 120, 30).by(guess)),
+    ]);
+    let mut items = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(item)) = tokio::time::timeout_at(deadline, h.output.next()).await {
+        items.push(item);
+    }
+    let processes: Vec<(&str, Option<Attribution>)> = items
+        .iter()
+        .filter_map(|item| match item {
+            MergedItem::Event { event, .. } => Some((
+                event.kind.name(),
+                event.process.as_ref().map(|process| process.attribution),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        processes,
+        [
+            ("opened", Some(Attribution::Kernel)),
+            ("closed", Some(Attribution::Kernel))
+        ]
+    );
+}

@@ -19,8 +19,13 @@ pub(super) fn fill(kept: &mut FlowEvent, other: &FlowEvent) {
     if kept.sni.is_none() {
         kept.sni.clone_from(&other.sni);
     }
-    if better(other.process.as_ref(), kept.process.as_ref()) {
-        kept.process.clone_from(&other.process);
+    prefer_process(&mut kept.process, other.process.as_ref());
+}
+
+/// Takes `candidate` for `process` when it is the better attribution.
+pub(super) fn prefer_process(process: &mut Option<Arc<Process>>, candidate: Option<&Arc<Process>>) {
+    if better(candidate, process.as_ref()) {
+        *process = candidate.cloned();
     }
 }
 

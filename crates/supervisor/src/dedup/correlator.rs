@@ -303,6 +303,7 @@ impl Correlator {
         };
         // Opening the key again, it lost the earlier flow's close.
         flow.owed_earlier = flow.owed_earlier - Backends::one(backend);
+        annotations::prefer_process(&mut flow.process, event.process.as_ref());
         flow.opened_by = flow.opened_by | Backends::one(backend);
         if !event.resynced {
             let stamp = event.timestamp_ns;
@@ -322,7 +323,7 @@ impl Correlator {
     fn closed(
         &mut self,
         backend: u8,
-        event: FlowEvent,
+        mut event: FlowEvent,
         now: Instant,
         out: &mut VecDeque<MergedItem>,
     ) {
@@ -347,6 +348,9 @@ impl Correlator {
         if flow.closed_by.contains(backend) {
             return;
         }
+        // The process the flow's `opened` line carried, when this view has
+        // none as good (nflog's guess, where eBPF's close comes late).
+        annotations::prefer_process(&mut event.process, flow.process.as_ref());
         let of_earlier_flow =
             flow.owed_earlier.contains(backend) && !flow.opened_by.contains(backend);
         if of_earlier_flow {
@@ -406,6 +410,10 @@ impl Correlator {
         }
         for held in self.table.take_for_close(&key, now) {
             out.push_back(self.emit(held, seen_by));
+        }
+        // Lingering, the flow needs its process no more.
+        if let Some(flow) = self.table.get_mut(&key) {
+            flow.process = None;
         }
     }
 

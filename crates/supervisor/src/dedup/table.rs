@@ -11,6 +11,9 @@
 //! hash map unlinks any entry in constant time and keeps the order of the
 //! rest.
 
+use std::sync::Arc;
+
+use flow_core::process::Process;
 use flow_core::{FlowEvent, FlowKey};
 use hashlink::{LinkedHashMap, LinkedHashSet};
 use tokio::time::Instant;
@@ -53,6 +56,10 @@ pub(super) struct Flow {
     closed_at: Option<Instant>,
     /// Past its linger, it waits for an owed close ([`Table::wait_owed`]).
     waits_owed: bool,
+    /// The best process its `opened` views carried, until its `closed`
+    /// is sent: a close view without it (one backend's, alone in the
+    /// window) gets it.
+    pub(super) process: Option<Arc<Process>>,
 }
 
 impl Flow {
@@ -69,6 +76,7 @@ impl Flow {
             close: None,
             closed_at: None,
             waits_owed: false,
+            process: opened.process.clone(),
         }
     }
 
