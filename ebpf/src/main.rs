@@ -335,18 +335,22 @@ fn update(
             seen = or(flags, bit) | bit;
         }
     }
-    if both_ends_local(seen) && hook == Hook::Ingress {
-        return;
+    // Both ends local, a packet was counted as it left. Its TCP flags still
+    // count here: an orphaned socket that turned timewait (closed first,
+    // its FIN acknowledged on its own) sends its last ACK from the kernel's
+    // control socket, outside the cgroup, which no egress program sees.
+    let counted_at_egress = both_ends_local(seen) && hook == Hook::Ingress;
+    if !counted_at_egress {
+        let direction = if from_initiator {
+            unsafe { &raw mut (*state).orig }
+        } else {
+            unsafe { &raw mut (*state).reply }
+        };
+        add(unsafe { &raw mut (*direction).packets }, 1);
+        add(unsafe { &raw mut (*direction).bytes }, len);
+        // Coarse time (jiffies) is enough for idle timeouts and cheaper.
+        unsafe { (&raw mut (*state).last_seen_ns).write_volatile(bpf_ktime_get_coarse_ns()) };
     }
-    let direction = if from_initiator {
-        unsafe { &raw mut (*state).orig }
-    } else {
-        unsafe { &raw mut (*state).reply }
-    };
-    add(unsafe { &raw mut (*direction).packets }, 1);
-    add(unsafe { &raw mut (*direction).bytes }, len);
-    // Coarse time (jiffies) is enough for idle timeouts and cheaper.
-    unsafe { (&raw mut (*state).last_seen_ns).write_volatile(bpf_ktime_get_coarse_ns()) };
     if key.protocol != PROTO_TCP {
         return;
     }

@@ -281,6 +281,52 @@ async fn simultaneous_closes_close_on_their_fin_exchange() {
     );
 }
 
+/// Both ends in the cgroup; the server closes first, and the client's
+/// kernel acknowledges that FIN on its own before the client closes. The
+/// server's socket, orphaned in FIN_WAIT2, turns timewait, and its last
+/// ACK leaves from the kernel's control socket, outside the cgroup: no
+/// egress program sees it, only the client's ingress. The flow still
+/// closes on its FIN exchange (`fin_linger` is set far beyond the test's
+/// wait); it once waited for the linger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_ack_from_a_timewait_socket_closes_the_flow() {
+    let Some(env) = env("a_last_ack_from_a_timewait_socket_closes_the_flow") else {
+        return;
+    };
+    let config = EbpfConfig::new(&env.cgroup.path)
+        .fin_linger(Duration::from_secs(3600))
+        .unwrap();
+    let mut stream = start(config).await;
+    let client_port = env.python_inside(
+        "import socket, time\n\
+         listener = socket.create_server(('127.0.0.1', 0))\n\
+         client = socket.create_connection(listener.getsockname())\n\
+         accepted, _ = listener.accept()\n\
+         accepted.close()\n\
+         time.sleep(0.2)\n\
+         print(client.getsockname()[1])\n\
+         client.close()",
+        &[],
+    );
+    let observed = observe_until(
+        &mut stream,
+        |observed| !observed.closed.is_empty(),
+        Duration::from_secs(20),
+    )
+    .await;
+    let closed: Vec<u16> = observed.closed.keys().map(|key| key.src_port).collect();
+    assert_eq!(
+        closed,
+        [client_port.parse::<u16>().unwrap()],
+        "{observed:#?}"
+    );
+    assert_eq!(
+        observed.close_reasons.values().cloned().collect::<Vec<_>>(),
+        [vec![Some(CloseReason::Fin)]],
+        "{observed:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_ring_buffer_reports_every_lost_record() {
     let Some(env) = env("a_tiny_ring_buffer_reports_every_lost_record") else {
