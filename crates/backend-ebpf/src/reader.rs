@@ -136,7 +136,6 @@ pub(crate) fn stream(
         failed: false,
         cgroup_removed: false,
         finish,
-        finishing: false,
         finished: false,
         next_walk: std::time::Instant::now(),
         last_live: 0,
@@ -490,11 +489,9 @@ struct Reader {
     /// scope (its sockets' last packets may still pass: they hold the
     /// cgroup), and the stream ends once a walk finds it empty.
     cgroup_removed: bool,
-    /// Notified when the stream is to finish.
+    /// Notified when the stream is to finish: the losses counted by then
+    /// are reported, and it ends once the ring is read to its end.
     finish: Arc<tokio::sync::Notify>,
-    /// Asked to finish: once the ring is read to its end, the losses are
-    /// reported and the stream ends.
-    finishing: bool,
     /// A walk since the removal found the table empty, or the stream
     /// finishes: it ends once the ring and `pending` are empty.
     finished: bool,
@@ -532,13 +529,6 @@ impl Reader {
             if self.finished {
                 return None;
             }
-            if self.finishing {
-                // The ring is read to its end: what the kernel counted lost
-                // until now, then the end.
-                self.report_losses(None);
-                self.finished = true;
-                continue;
-            }
             tokio::select! {
                 guard = self.ring.readable_mut() => match guard {
                     Ok(mut guard) => {
@@ -564,7 +554,10 @@ impl Reader {
                 Some(relayed) = next_relayed(&mut self.resolver) => {
                     relayed_answer(&mut self.enricher, relayed, &mut self.pending);
                 }
-                () = self.finish.notified() => self.finishing = true,
+                () = self.finish.notified() => {
+                    self.report_losses(None);
+                    self.finished = true;
+                }
             }
         }
     }

@@ -51,20 +51,15 @@ const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// The running listener thread; dropping it wakes the thread, which
 /// removes its rules and restores the settings as it leaves.
 pub(crate) struct Listener {
-    /// An eventfd in the thread's poll set: written to stop it.
-    wake: Arc<OwnedFd>,
-    /// Set before `wake` is written: the thread is to finish, not stop.
-    finishing: Arc<AtomicBool>,
+    /// Wakes the thread: to stop it here, to finish it from the source.
+    finisher: Finisher,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Listener {
     /// What asks the thread to finish.
     pub(crate) fn finisher(&self) -> Finisher {
-        Finisher {
-            wake: Arc::clone(&self.wake),
-            finishing: Arc::clone(&self.finishing),
-        }
+        self.finisher.clone()
     }
 }
 
@@ -73,7 +68,9 @@ impl Listener {
 /// stream.
 #[derive(Debug, Clone)]
 pub(crate) struct Finisher {
+    /// An eventfd in the thread's poll set: written to wake it.
     wake: Arc<OwnedFd>,
+    /// Set before `wake` is written: the thread is to finish, not stop.
     finishing: Arc<AtomicBool>,
 }
 
@@ -81,6 +78,11 @@ impl Finisher {
     /// Asks; the thread finishes the round it is in first.
     pub(crate) fn finish(&self) {
         self.finishing.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    /// Wakes the thread: it stops, or finishes if asked to.
+    fn wake(&self) {
         if let Err(error) = rustix::io::write(&*self.wake, &1u64.to_ne_bytes()) {
             tracing::warn!(%error, "could not wake the nflog listener");
         }
@@ -89,9 +91,7 @@ impl Finisher {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Err(error) = rustix::io::write(&*self.wake, &1u64.to_ne_bytes()) {
-            tracing::warn!(%error, "could not wake the nflog listener");
-        }
+        self.finisher.wake();
         if let Some(thread) = self.thread.take() {
             join_off_runtime(thread);
         }
@@ -129,17 +129,18 @@ pub(crate) async fn spawn(
 ) -> Result<Listener, FlowError> {
     let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
         .map_err(|e| FlowError::io("making the nflog listener's wake-up eventfd", e.into()))?;
-    let wake = Arc::new(wake);
-    let finishing = Arc::new(AtomicBool::new(false));
+    let finisher = Finisher {
+        wake: Arc::new(wake),
+        finishing: Arc::new(AtomicBool::new(false)),
+    };
     let (ready_tx, ready_rx) = oneshot::channel();
-    let thread_wake = Arc::clone(&wake);
-    let thread_finishing = Arc::clone(&finishing);
+    let control = finisher.clone();
     let thread = std::thread::Builder::new()
         .name("flowtrack-nflog".into())
         .spawn(move || match Session::open(&config) {
             Ok(mut session) => {
                 let _ = ready_tx.send(Ok(()));
-                session.run(thread_wake.as_fd(), &thread_finishing, &items);
+                session.run(control.wake.as_fd(), &control.finishing, &items);
             }
             Err(error) => {
                 let _ = ready_tx.send(Err(error));
@@ -147,8 +148,7 @@ pub(crate) async fn spawn(
         })
         .map_err(|e| FlowError::io("starting the nflog listener thread", e))?;
     let listener = Listener {
-        wake,
-        finishing,
+        finisher,
         thread: Some(thread),
     };
     match ready_rx.await {

@@ -501,13 +501,27 @@ fn log(table: &Table, prefix: &str, snaplen: u32) -> Nlattr<u16, Buffer> {
     )
 }
 
+/// `ct KEY & bits != 0`: the conntrack field `key` (`ct state`, `ct
+/// status`) has one of `bits` set.
+fn ct_has(key: u32, bits: u32) -> [Nlattr<u16, Buffer>; 3] {
+    [
+        ct_load(key),
+        mask(&bits.to_ne_bytes()),
+        compare(false, &[0; 4]),
+    ]
+}
+
+/// `ct event set new,destroy,protoinfo` ([`EVENTS_CLOSING`]).
+fn ask_state_changes() -> [Nlattr<u16, Buffer>; 2] {
+    [
+        immediate(&EVENTS_CLOSING.to_ne_bytes()),
+        ct_store(CT_EVENTMASK),
+    ]
+}
+
 /// The rule that marks and logs the scope's new connections.
 fn new_flow_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
-    let mut expressions = vec![
-        ct_load(CT_STATE),
-        mask(&CT_STATE_NEW.to_ne_bytes()),
-        compare(false, &[0; 4]),
-    ];
+    let mut expressions = Vec::from(ct_has(CT_STATE, CT_STATE_NEW));
     expressions.extend(in_scope(table));
     expressions.extend([
         immediate(&table.mark.to_ne_bytes()),
@@ -528,19 +542,10 @@ fn new_flow_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
 /// (A connection within the scope matches too, at the cost of its
 /// handshake's two events.)
 fn local_inbound_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
-    let mut expressions = vec![
-        ct_load(CT_STATE),
-        mask(&CT_STATE_NEW.to_ne_bytes()),
-        compare(false, &[0; 4]),
-        ct_load(CT_STATUS),
-        mask(&CT_STATUS_CONFIRMED.to_ne_bytes()),
-        compare(false, &[0; 4]),
-    ];
+    let mut expressions = Vec::from(ct_has(CT_STATE, CT_STATE_NEW));
+    expressions.extend(ct_has(CT_STATUS, CT_STATUS_CONFIRMED));
     expressions.extend(in_scope(table));
-    expressions.extend([
-        immediate(&EVENTS_CLOSING.to_ne_bytes()),
-        ct_store(CT_EVENTMASK),
-    ]);
+    expressions.extend(ask_state_changes());
     expressions
 }
 
@@ -557,9 +562,8 @@ fn closing_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
         payload_load(BASE_TRANSPORT, TCP_FLAGS_OFFSET, 1),
         mask(&[TCP_FIN_OR_RST]),
         compare(false, &[0]),
-        immediate(&EVENTS_CLOSING.to_ne_bytes()),
-        ct_store(CT_EVENTMASK),
     ]);
+    expressions.extend(ask_state_changes());
     expressions
 }
 
@@ -793,8 +797,6 @@ mod tests {
         assert!(!is_owned(payload), "unless told otherwise");
     }
 
-    /// Each rule of a batch: its chain, its expressions' names, and its log
-    /// expression's prefix and snaplen.
     /// [`rules_of`] that log (a prefix), in order.
     fn logging_rules_of(bytes: &[u8]) -> Vec<(String, Vec<String>, String, u32)> {
         rules_of(bytes)
@@ -803,6 +805,8 @@ mod tests {
             .collect()
     }
 
+    /// Each rule of a batch: its chain, its expressions' names, and its log
+    /// expression's prefix and snaplen.
     fn rules_of(bytes: &[u8]) -> Vec<(String, Vec<String>, String, u32)> {
         let text = |bytes: &[u8]| {
             String::from_utf8_lossy(bytes)

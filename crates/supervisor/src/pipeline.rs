@@ -203,6 +203,7 @@ impl PipelineReport {
     }
 }
 
+/// Counts `item` in the report, which keeps a source's failure.
 fn tally(report: &mut PipelineReport, item: MergedItem) {
     match item {
         MergedItem::Event { event, .. } => {

@@ -45,8 +45,7 @@ use neli::types::Buffer;
 
 use super::{
     BASE_TRANSPORT, CT_STATE, CT_STATE_NEW, NEWCHAIN, NEWRULE, REG_1, Table, attr as nft, batch,
-    compare, compare_with, ct_load, expression, in_scope, l4proto_is, log, mask, message,
-    payload_load,
+    compare, compare_with, ct_has, expression, in_scope, l4proto_is, log, message, payload_load,
 };
 use crate::netlink::{attr, attr_be32, attr_str, nested};
 use crate::nflog;
@@ -541,11 +540,7 @@ pub(crate) fn policy_batch(
             ));
         }
         // The scope's new flows, before the table's other output rules.
-        let mut jump = vec![
-            ct_load(CT_STATE),
-            mask(&CT_STATE_NEW.to_ne_bytes()),
-            compare(false, &[0; 4]),
-        ];
+        let mut jump = Vec::from(ct_has(CT_STATE, CT_STATE_NEW));
         jump.extend(in_scope(table));
         jump.push(verdict(VERDICT_JUMP, Some(POLICY_CHAIN)));
         messages.push(rule_message(table, "output", NlmF::ACK, &jump, next()));
