@@ -24,6 +24,10 @@
 //!   `ECONNREFUSED` at once) or ICMP administratively prohibited (the
 //!   `send()` fails with `EPERM`), never silently dropped.
 //!
+//! The stream then reads the sockets on the task that polls it (one
+//! thread wakes per batch of messages); the thread waits to undo all of
+//! this in the namespace when the stream ends or is dropped.
+//!
 //! Events:
 //!
 //! - `Opened` on NEW; the key is conntrack's original tuple
@@ -40,7 +44,7 @@
 //! - The end of the stream when the scope is gone: the cgroup removed, or
 //!   the network namespace's name deleted (`ip netns delete`, or the end of
 //!   the process of a `/proc/PID/ns/net` path). Open flows are closed
-//!   first; the listener then leaves the namespace, so it does not keep a
+//!   first; the thread then leaves the namespace, so it does not keep a
 //!   deleted namespace alive.
 //! - `Denied` for packets logged by a drop rule whose log prefix starts
 //!   with [`DENY_PREFIX`] to the backend's group (one per flow per minute);
@@ -48,7 +52,7 @@
 //!   scope its own rules refused, with the policy's rule that denied it.
 //! - `Dns` for each answer a lookup of the scope got; flow events carry
 //!   the destination's `host` (looked up before the flow opened: the
-//!   thread reads the log queued before a conntrack event ahead of it) and
+//!   stream reads the log queued before a conntrack event ahead of it) and
 //!   the `sni` of a ClientHello.
 //! - The process behind a flow, best effort: the socket's user and group
 //!   exactly (from the new-flow log packet of a connection the scope
@@ -93,18 +97,14 @@ mod sysctl;
 mod test_corpus;
 mod tracker;
 
-use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use flow_core::{ConfigError, FlowError, FlowSource, FlowStream};
 use flow_policy::Policy;
-use futures::Stream;
-use tokio::sync::mpsc;
+use futures::StreamExt;
 
 pub use nflog::DENY_PREFIX;
 pub use sysctl::STATE_DIR;
@@ -379,13 +379,13 @@ pub fn decode_nflog_datagram(datagram: &[u8]) -> Decoded {
 }
 
 /// The nflog [`FlowSource`]: installs its rules on [`FlowSource::start`];
-/// dropping the stream wakes its listener thread, which removes them and
-/// restores the settings at once. Inside a tokio runtime the drop does not
+/// dropping the stream hands its session back to the thread that opened
+/// it, which removes them and restores the settings at once. Inside a tokio runtime the drop does not
 /// wait for that (the runtime's shutdown does); outside one it does.
 #[derive(Debug)]
 pub struct NflogSource {
     config: Option<NflogConfig>,
-    /// Once started: asks the listener thread to finish.
+    /// Once started: asks the stream to finish.
     finisher: Option<listener::Finisher>,
 }
 
@@ -400,32 +400,6 @@ impl NflogSource {
     }
 }
 
-/// Batches the listener thread sent, flattened; owns the listener.
-struct Batches {
-    // Declared before `_listener`: dropped first, so a listener blocked on
-    // a full channel wakes up and can be joined.
-    receiver: mpsc::Receiver<Vec<listener::Item>>,
-    pending: VecDeque<listener::Item>,
-    _listener: listener::Listener,
-}
-
-impl Stream for Batches {
-    type Item = listener::Item;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            if let Some(item) = self.pending.pop_front() {
-                return Poll::Ready(Some(item));
-            }
-            match self.receiver.poll_recv(cx) {
-                Poll::Ready(Some(batch)) => self.pending.extend(batch),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
 #[async_trait]
 impl FlowSource for NflogSource {
     fn name(&self) -> &str {
@@ -436,22 +410,21 @@ impl FlowSource for NflogSource {
         let config = self.config.take().ok_or_else(|| {
             FlowError::unavailable(BACKEND_NAME, "this source was already started")
         })?;
-        // Batches in flight between the thread and the stream; when full,
-        // the thread waits and the kernel queue absorbs (then overruns,
-        // which is reported).
-        let (sender, receiver) = mpsc::channel(64);
-        let listener = listener::spawn(config, sender).await?;
-        self.finisher = Some(listener.finisher());
-        Ok(Box::pin(Batches {
-            receiver,
-            pending: VecDeque::new(),
-            _listener: listener,
-        }))
+        let reader = listener::spawn(config).await?;
+        self.finisher = Some(reader.finisher());
+        // Boxed: the reader moves with each item the stream yields.
+        Ok(
+            futures::stream::unfold(Box::new(reader), |mut reader| async move {
+                let item = reader.next_item().await?;
+                Some((item, reader))
+            })
+            .boxed(),
+        )
     }
 
-    /// The listener thread reads what its sockets hold, sends it, and
-    /// leaves (removing its rules, restoring the settings); the stream
-    /// ends after it.
+    /// The stream reads what the sockets hold, yields it, and ends once
+    /// the thread that opened them has removed the rules and restored the
+    /// settings.
     fn finish(&mut self) -> bool {
         self.finisher.as_ref().inspect(|f| f.finish()).is_some()
     }

@@ -1,35 +1,39 @@
-//! The listener thread: it enters the scope's network namespace (a
-//! dedicated thread, never a shared tokio worker), installs the rules and
-//! settings, reads ctnetlink events and nflog packets, and hands batches of
-//! items to the stream. Dropping the [`Listener`] wakes the thread, which
-//! leaves at once and undoes everything it installed; the drop itself
-//! never blocks an async runtime. A [`Finisher`] asks it to leave after a
-//! last read instead: what its sockets hold is sent, then the stream ends.
+//! The listener: a thread of its own enters the scope's network
+//! namespace (never a shared tokio worker), installs the rules and
+//! settings, and opens the sockets ([`Session::open`]); the session's
+//! sockets are then read by the stream, on the task that polls it, so that
+//! one thread wakes per batch of messages, not two (the sockets belong to
+//! the namespace they were opened in, whichever thread reads them). When
+//! the stream ends or is dropped, the session goes back to its thread,
+//! which drops it there: it removes its table and restores the
+//! namespace's settings, and the thread leaves; a drop never blocks an
+//! async runtime. A [`Finisher`] asks the stream to end after a last read
+//! of the sockets, what they hold included.
 //!
 //! Order: the kernel queues the log of a DNS answer (or of a new flow's
 //! first packet) before the answer reaches its socket, so before the NEW
 //! event of any connection that used it; but on another socket. So the
-//! thread receives a conntrack datagram, then reads every log message
+//! reader receives a conntrack datagram, then reads every log message
 //! queued by then, then handles the datagram's events: the answers and
 //! owners an event depends on are known when it is handled. (Reading the
 //! log first and then the events until none are left would race: an event
 //! queued during that read could depend on a message logged after it.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use flow_core::{CloseReason, FlowError, FlowEvent, FlowKey, LossPoint};
 use flow_policy::Policy;
-use rustix::event::{EventfdFlags, PollFd, PollFlags};
-use tokio::sync::{mpsc, oneshot};
+use futures::FutureExt;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{Notify, oneshot};
 
 use crate::annotate::Annotator;
 use crate::conntrack::{self, CtEntry};
@@ -45,56 +49,161 @@ use crate::{BACKEND_NAME, NflogConfig};
 /// What the stream yields.
 pub(crate) type Item = Result<FlowEvent, FlowError>;
 
-/// How often the thread checks its table and its scope.
+/// How often the reader checks its table and its scope.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 
-/// The running listener thread; dropping it wakes the thread, which
-/// removes its rules and restores the settings as it leaves.
-pub(crate) struct Listener {
-    /// Wakes the thread: to stop it here, to finish it from the source.
-    finisher: Finisher,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Listener {
-    /// What asks the thread to finish.
-    pub(crate) fn finisher(&self) -> Finisher {
-        self.finisher.clone()
-    }
-}
-
-/// Asks the listener thread to finish: to read what its sockets hold
-/// (with the losses that shows), send it, and leave, which ends the
-/// stream.
-#[derive(Debug, Clone)]
+/// Asks the reader to finish: to read what its sockets hold (with the
+/// losses that shows), yield it, and end the stream.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Finisher {
-    /// An eventfd in the thread's poll set: written to wake it.
-    wake: Arc<OwnedFd>,
-    /// Set before `wake` is written: the thread is to finish, not stop.
-    finishing: Arc<AtomicBool>,
+    asked: Arc<Notify>,
 }
 
 impl Finisher {
-    /// Asks; the thread finishes the round it is in first.
+    /// Asks; the reader finishes the round it is in first.
     pub(crate) fn finish(&self) {
-        self.finishing.store(true, Ordering::Release);
-        self.wake();
+        // A permit is kept when the reader is not waiting now.
+        self.asked.notify_one();
+    }
+}
+
+/// A socket's descriptor, registered with the runtime while the session
+/// that owns the socket is read (see [`Reader::go_home`]).
+struct Registered(RawFd);
+
+impl AsRawFd for Registered {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// The thread that opened a session, in the scope's namespace, waiting to
+/// take it back and drop it there.
+struct Home {
+    sessions: std::sync::mpsc::Sender<Session>,
+    /// Fired once the session is dropped (its table removed, its settings
+    /// restored).
+    undone: Option<oneshot::Receiver<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Reads a session's sockets: the flow stream's state.
+pub(crate) struct Reader {
+    /// Until the stream ends (then it is home).
+    session: Option<Session>,
+    /// The event and log sockets' readiness.
+    sockets: Option<(AsyncFd<Registered>, AsyncFd<Registered>)>,
+    home: Home,
+    finisher: Finisher,
+    next_check: Instant,
+    pending: VecDeque<Item>,
+    /// Nothing more is read: the stream ends once `pending` is yielded.
+    ended: bool,
+}
+
+impl Reader {
+    /// What asks the reader to finish.
+    pub(crate) fn finisher(&self) -> Finisher {
+        self.finisher.clone()
     }
 
-    /// Wakes the thread: it stops, or finishes if asked to.
-    fn wake(&self) {
-        if let Err(error) = rustix::io::write(&*self.wake, &1u64.to_ne_bytes()) {
-            tracing::warn!(%error, "could not wake the nflog listener");
+    /// The next item; `None` once the stream ended (the scope gone, a
+    /// fatal error, or a finish), after the session was undone at home.
+    pub(crate) async fn next_item(&mut self) -> Option<Item> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Some(item);
+            }
+            if self.ended {
+                self.go_home();
+                if let Some(undone) = self.home.undone.take() {
+                    // The table is gone and the settings restored before
+                    // the stream ends.
+                    let _ = undone.await;
+                }
+                return None;
+            }
+            self.read_round().await;
+        }
+    }
+
+    /// Waits for messages, a finish, or the time to check (whichever is
+    /// first), then reads what the sockets hold into `pending`.
+    async fn read_round(&mut self) {
+        let (Some(session), Some((events, log))) = (&mut self.session, &self.sockets) else {
+            self.ended = true;
+            return;
+        };
+        let deadline = match session.updates {
+            Some((_, next_update)) => self.next_check.min(next_update),
+            None => self.next_check,
+        };
+        let finishing = tokio::select! {
+            biased;
+            () = self.finisher.asked.notified() => true,
+            _ = events.readable() => false,
+            _ = log.readable() => false,
+            () = tokio::time::sleep_until(deadline.into()) => false,
+        };
+        // Both sockets are read to their end below: a message that comes
+        // after this is signalled anew.
+        for socket in [events, log] {
+            if let Some(Ok(mut ready)) = socket.readable().now_or_never() {
+                ready.clear_ready();
+            }
+        }
+        let mut batch = Vec::new();
+        let round = if finishing {
+            session.read_events(&mut batch).map(|()| ScopeState::Gone)
+        } else {
+            session.read_events(&mut batch).and_then(|()| {
+                if Instant::now() >= self.next_check {
+                    self.next_check = Instant::now() + CHECK_EVERY;
+                    session.check_scope(&mut batch)
+                } else {
+                    session
+                        .report_updates(&mut batch)
+                        .map(|()| ScopeState::Live)
+                }
+            })
+        };
+        match round {
+            Ok(ScopeState::Live) => {}
+            Ok(ScopeState::Gone) => self.ended = true,
+            Err(error) => {
+                batch.push(Err(error));
+                self.ended = true;
+            }
+        }
+        self.pending.extend(batch);
+    }
+
+    /// Sends the session back to its thread, which drops it in the scope's
+    /// namespace (the settings it restores are that namespace's) and
+    /// leaves; the sockets are no longer watched first.
+    fn go_home(&mut self) {
+        self.sockets = None;
+        if let Some(session) = self.session.take()
+            && let Err(std::sync::mpsc::SendError(session)) = self.home.sessions.send(session)
+        {
+            // The thread is gone (it cannot be, short of a panic). Dropped
+            // here, the session would restore the settings in this thread's
+            // namespace, not the scope's: it is left as it is, its table
+            // and settings undone when the process ends (the table is its
+            // socket's; the next start or `flowtrack cleanup` restores the
+            // settings from their record).
+            tracing::warn!("the nflog listener thread is gone: its clean-up waits for the exit");
+            std::mem::forget(session);
+        }
+        if let Some(thread) = self.home.thread.take() {
+            join_off_runtime(thread);
         }
     }
 }
 
-impl Drop for Listener {
+impl Drop for Reader {
     fn drop(&mut self) {
-        self.finisher.wake();
-        if let Some(thread) = self.thread.take() {
-            join_off_runtime(thread);
-        }
+        self.go_home();
     }
 }
 
@@ -121,44 +230,74 @@ pub(crate) fn join_off_runtime(thread: JoinHandle<()>) {
     }
 }
 
-/// Starts the listener; returns once its rules are installed (or why they
-/// could not be).
-pub(crate) async fn spawn(
-    config: NflogConfig,
-    items: mpsc::Sender<Vec<Item>>,
-) -> Result<Listener, FlowError> {
-    let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-        .map_err(|e| FlowError::io("making the nflog listener's wake-up eventfd", e.into()))?;
-    let finisher = Finisher {
-        wake: Arc::new(wake),
-        finishing: Arc::new(AtomicBool::new(false)),
-    };
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let control = finisher.clone();
+/// Opens a session on a thread of its own (in the scope's namespace);
+/// returns its reader once the rules are installed (or why they could not
+/// be).
+pub(crate) async fn spawn(config: NflogConfig) -> Result<Reader, FlowError> {
+    let (opened_tx, opened_rx) = oneshot::channel();
+    let (sessions, returned) = std::sync::mpsc::channel::<Session>();
+    let (undone_tx, undone) = oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("flowtrack-nflog".into())
         .spawn(move || match Session::open(&config) {
-            Ok(mut session) => {
-                let _ = ready_tx.send(Ok(()));
-                session.run(control.wake.as_fd(), &control.finishing, &items);
+            Ok(session) => {
+                if let Err(Ok(session)) = opened_tx.send(Ok(session)) {
+                    // The start was abandoned: undone here, in the namespace.
+                    drop(session);
+                    return;
+                }
+                if let Ok(session) = returned.recv() {
+                    drop(session);
+                }
+                let _ = undone_tx.send(());
             }
             Err(error) => {
-                let _ = ready_tx.send(Err(error));
+                let _ = opened_tx.send(Err(error));
             }
         })
         .map_err(|e| FlowError::io("starting the nflog listener thread", e))?;
-    let listener = Listener {
-        finisher,
-        thread: Some(thread),
-    };
-    match ready_rx.await {
-        Ok(Ok(())) => Ok(listener),
-        Ok(Err(error)) => Err(error),
-        Err(_) => Err(FlowError::unavailable(
+    let opened = opened_rx.await.unwrap_or_else(|_| {
+        Err(FlowError::unavailable(
             BACKEND_NAME,
             "the listener thread ended before it was ready",
-        )),
+        ))
+    });
+    let session = match opened {
+        Ok(session) => session,
+        Err(error) => {
+            join_off_runtime(thread);
+            return Err(error);
+        }
+    };
+    let mut reader = Reader {
+        session: Some(session),
+        sockets: None,
+        home: Home {
+            sessions,
+            undone: Some(undone),
+            thread: Some(thread),
+        },
+        finisher: Finisher::default(),
+        next_check: Instant::now() + CHECK_EVERY,
+        pending: VecDeque::new(),
+        ended: false,
+    };
+    let watch = |socket: &Socket| {
+        let fd = Registered(socket.fd().as_raw_fd());
+        // SAFETY: the session owns the socket, which stays open until the
+        // session goes home, after the AsyncFd is dropped (`go_home`).
+        #[allow(unsafe_code)]
+        unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| FlowError::io("watching the netlink sockets", e.into()))
+    };
+    if let Some(session) = &reader.session {
+        // On an error the reader is dropped last: the session goes home
+        // after what was registered is not watched any more.
+        let events = watch(&session.events)?;
+        let log = watch(&session.log)?;
+        reader.sockets = Some((events, log));
     }
+    Ok(reader)
 }
 
 fn permission(action: &str, needs: &str) -> FlowError {
@@ -207,15 +346,9 @@ enum ScopeState {
     Gone,
 }
 
-/// What woke the thread.
-enum Woken {
-    /// Messages, or the time to check.
-    Work,
-    /// The listener was dropped.
-    Stop,
-}
-
-/// What the thread owns while it runs.
+/// What a listener owns: its sockets, rules, settings and flows. Dropped
+/// on the thread that opened it (in the scope's namespace): the drop
+/// removes the table, then restores the settings.
 struct Session {
     events: Socket,
     requests: Socket,
@@ -359,93 +492,6 @@ impl Session {
             ),
             _settings: settings,
         })
-    }
-
-    /// Reads until the listener is dropped or asked to finish (then after
-    /// a last read), the stream's reader is gone, the scope is gone, or a
-    /// fatal error; then removes the table.
-    fn run(
-        &mut self,
-        wake: BorrowedFd<'_>,
-        finishing: &AtomicBool,
-        items: &mpsc::Sender<Vec<Item>>,
-    ) {
-        let mut next_check = Instant::now() + CHECK_EVERY;
-        loop {
-            let mut batch = Vec::new();
-            let deadline = match self.updates {
-                Some((_, next_update)) => next_check.min(next_update),
-                None => next_check,
-            };
-            let round = match self.wait_and_read(wake, deadline, &mut batch) {
-                Ok(Woken::Stop) => {
-                    if finishing.load(Ordering::Acquire) {
-                        self.last_read(items);
-                    }
-                    break;
-                }
-                Ok(Woken::Work) if Instant::now() >= next_check => {
-                    next_check = Instant::now() + CHECK_EVERY;
-                    self.check_scope(&mut batch)
-                }
-                Ok(Woken::Work) => self.report_updates(&mut batch).map(|()| ScopeState::Live),
-                Err(error) => Err(error),
-            };
-            let end = match round {
-                Ok(ScopeState::Live) => false,
-                Ok(ScopeState::Gone) => true,
-                Err(error) => {
-                    batch.push(Err(error));
-                    true
-                }
-            };
-            if (!batch.is_empty() && items.blocking_send(batch).is_err()) || end {
-                break;
-            }
-        }
-        self.remove_table();
-    }
-
-    /// Reads what the sockets hold and sends it: the end of a finish.
-    fn last_read(&mut self, items: &mpsc::Sender<Vec<Item>>) {
-        let mut batch = Vec::new();
-        if let Err(error) = self.read_events(&mut batch) {
-            batch.push(Err(error));
-        }
-        if !batch.is_empty() {
-            // A reader gone has stopped waiting for the rest.
-            let _ = items.blocking_send(batch);
-        }
-    }
-
-    /// Waits for messages (until `deadline` at the most), then reads them;
-    /// or finds the listener dropped or asked to finish.
-    fn wait_and_read(
-        &mut self,
-        wake: BorrowedFd<'_>,
-        deadline: Instant,
-        batch: &mut Vec<Item>,
-    ) -> Result<Woken, FlowError> {
-        let (events, log) = (self.events.fd(), self.log.fd());
-        let mut fds = [
-            PollFd::new(&events, PollFlags::IN),
-            PollFd::new(&log, PollFlags::IN),
-            PollFd::new(&wake, PollFlags::IN),
-        ];
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let timeout = rustix::time::Timespec {
-            tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
-            tv_nsec: i64::from(wait.subsec_nanos()),
-        };
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(FlowError::io("waiting for netlink messages", e.into())),
-        }
-        if fds[2].revents().contains(PollFlags::IN) {
-            return Ok(Woken::Stop);
-        }
-        self.read_events(batch)?;
-        Ok(Woken::Work)
     }
 
     /// Drains the conntrack event socket, and the nflog socket before each
@@ -719,8 +765,10 @@ impl Session {
             Err(e) => Err(FlowError::io("checking the nf_tables table", e)),
         }
     }
+}
 
-    fn remove_table(&mut self) {
+impl Drop for Session {
+    fn drop(&mut self) {
         remove_table(&mut self.nft, &self.table.name);
     }
 }
