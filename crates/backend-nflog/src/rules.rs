@@ -35,7 +35,9 @@
 //! (`@ih` is the payload after the transport header; loading from it
 //! fails on a segment without payload, which ends the rule.) A
 //! network-namespace scope hooks prerouting and output instead and
-//! matches every new connection, DNS answer and ClientHello. Each rule's
+//! matches every new connection, DNS answer and ClientHello (in
+//! prerouting, a new connection not yet confirmed: one the namespace
+//! made over loopback was marked and logged in output). Each rule's
 //! snaplen caps its copy (the group's copy range is the largest of them).
 //! The `owner` flag ties the table to the
 //! netlink socket that made it: the kernel removes it when flowtrack's
@@ -519,6 +521,15 @@ fn ask_state_changes() -> [Nlattr<u16, Buffer>; 2] {
     ]
 }
 
+/// `ct KEY & bits == 0`: the conntrack field `key` has none of `bits`.
+fn ct_lacks(key: u32, bits: u32) -> [Nlattr<u16, Buffer>; 3] {
+    [
+        ct_load(key),
+        mask(&bits.to_ne_bytes()),
+        compare(true, &[0; 4]),
+    ]
+}
+
 /// The rule that marks and logs the scope's new connections.
 fn new_flow_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
     let mut expressions = Vec::from(ct_has(CT_STATE, CT_STATE_NEW));
@@ -530,6 +541,17 @@ fn new_flow_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
         ct_store(CT_EVENTMASK),
         log(table, nflog::NEW_FLOW_PREFIX, nflog::NEW_FLOW_SNAPLEN),
     ]);
+    expressions
+}
+
+/// [`new_flow_rule`] for a namespace scope's prerouting chain: it passes
+/// over a connection conntrack confirmed already, one the namespace made
+/// over loopback, which the output chain marked and logged as it left
+/// (logged again on its way in, it cost a message per connection and
+/// told nothing).
+fn arriving_flow_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
+    let mut expressions = Vec::from(ct_lacks(CT_STATUS, CT_STATUS_CONFIRMED));
+    expressions.extend(new_flow_rule(table));
     expressions
 }
 
@@ -606,10 +628,10 @@ pub(crate) fn create_batch(table: &Table, first_seq: u32, owned: bool) -> (Vec<u
         RuleScope::Netns => ("prerouting", HOOK_PREROUTING),
         RuleScope::Cgroup { .. } => ("input", HOOK_INPUT),
     };
-    let mut inbound_rules = vec![new_flow_rule(table)];
-    if let RuleScope::Cgroup { .. } = table.scope {
-        inbound_rules.push(local_inbound_rule(table));
-    }
+    let mut inbound_rules = match table.scope {
+        RuleScope::Netns => vec![arriving_flow_rule(table)],
+        RuleScope::Cgroup { .. } => vec![new_flow_rule(table), local_inbound_rule(table)],
+    };
     inbound_rules.push(closing_rule(table));
     let mut outbound = vec![new_flow_rule(table), closing_rule(table)];
     if table.names {
@@ -903,6 +925,23 @@ mod tests {
             assert_eq!(&hello[..4], ["meta", "cmp", "ct", "cmp"]);
             assert_eq!(hello.iter().filter(|name| *name == "payload").count(), 2);
         }
+    }
+
+    #[test]
+    fn in_a_namespace_a_connection_it_made_over_loopback_is_logged_once() {
+        let table = Table::new(MARK_BIT, RuleScope::Netns, 7);
+        let rules = logging_rules_of(&create_batch(&table, 1, true).0);
+        let new_flow = |chain: &str| {
+            let rule = rules.iter().find(|(rule_chain, _, prefix, _)| {
+                rule_chain == chain && prefix == crate::nflog::NEW_FLOW_PREFIX
+            });
+            rule.unwrap().1.clone()
+        };
+        let (arriving, leaving) = (new_flow("prerouting"), new_flow("output"));
+        // `ct status & confirmed == 0` first: confirmed, it left through
+        // output, which logged it.
+        assert_eq!(arriving[..3], ["ct", "bitwise", "cmp"]);
+        assert_eq!(arriving[3..], leaving[..]);
     }
 
     #[test]
