@@ -52,6 +52,18 @@ pub(crate) type Item = Result<FlowEvent, FlowError>;
 /// How often the reader checks its table and its scope.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 
+/// Datagrams of conntrack events a round reads at the most: rounds run on
+/// the task that polls the stream, and a long queue (after a stall) read
+/// whole would hold up the other sources and the output meanwhile.
+const EVENTS_PER_ROUND: usize = 256;
+
+/// Whether a round read the conntrack event socket to its end.
+enum Drained {
+    Yes,
+    /// More may be queued: the next round reads on without waiting.
+    No,
+}
+
 /// Asks the reader to finish: to read what its sockets hold (with the
 /// losses that shows), yield it, and end the stream.
 #[derive(Debug, Clone, Default)]
@@ -97,6 +109,8 @@ pub(crate) struct Reader {
     finisher: Finisher,
     next_check: Instant,
     pending: VecDeque<Item>,
+    /// The last round left messages queued: the next reads on at once.
+    unread: bool,
     /// Nothing more is read: the stream ends once `pending` is yielded.
     ended: bool,
 }
@@ -105,6 +119,16 @@ impl Reader {
     /// What asks the reader to finish.
     pub(crate) fn finisher(&self) -> Finisher {
         self.finisher.clone()
+    }
+
+    /// The next items, at least one, all that were read with it; `None`
+    /// as [`Reader::next_item`].
+    pub(crate) async fn next_batch(&mut self) -> Option<Vec<Item>> {
+        let first = self.next_item().await?;
+        let mut batch = Vec::with_capacity(1 + self.pending.len());
+        batch.push(first);
+        batch.extend(self.pending.drain(..));
+        Some(batch)
     }
 
     /// The next item; `None` once the stream ended (the scope gone, a
@@ -138,15 +162,22 @@ impl Reader {
             Some((_, next_update)) => self.next_check.min(next_update),
             None => self.next_check,
         };
-        let finishing = tokio::select! {
-            biased;
-            () = self.finisher.asked.notified() => true,
-            _ = events.readable() => false,
-            _ = log.readable() => false,
-            () = tokio::time::sleep_until(deadline.into()) => false,
+        let finishing = if self.unread {
+            // Other tasks first, then on with the queue.
+            tokio::task::yield_now().await;
+            self.finisher.asked.notified().now_or_never().is_some()
+        } else {
+            tokio::select! {
+                biased;
+                () = self.finisher.asked.notified() => true,
+                _ = events.readable() => false,
+                _ = log.readable() => false,
+                () = tokio::time::sleep_until(deadline.into()) => false,
+            }
         };
-        // Both sockets are read to their end below: a message that comes
-        // after this is signalled anew.
+        // The sockets are read below until they say there is nothing more
+        // (or the next round reads on): a message that comes after that is
+        // signalled anew.
         for socket in [events, log] {
             if let Some(Ok(mut ready)) = socket.readable().now_or_never() {
                 ready.clear_ready();
@@ -154,9 +185,12 @@ impl Reader {
         }
         let mut batch = Vec::new();
         let round = if finishing {
-            session.read_events(&mut batch).map(|()| ScopeState::Gone)
+            session
+                .read_all_events(&mut batch)
+                .map(|()| ScopeState::Gone)
         } else {
-            session.read_events(&mut batch).and_then(|()| {
+            session.read_events(&mut batch).and_then(|drained| {
+                self.unread = matches!(drained, Drained::No);
                 if Instant::now() >= self.next_check {
                     self.next_check = Instant::now() + CHECK_EVERY;
                     session.check_scope(&mut batch)
@@ -280,6 +314,7 @@ pub(crate) async fn spawn(config: NflogConfig) -> Result<Reader, FlowError> {
         finisher: Finisher::default(),
         next_check: Instant::now() + CHECK_EVERY,
         pending: VecDeque::new(),
+        unread: false,
         ended: false,
     };
     let watch = |socket: &Socket| {
@@ -494,14 +529,16 @@ impl Session {
         })
     }
 
-    /// Drains the conntrack event socket, and the nflog socket before each
-    /// datagram's events that may need it (see the module's documentation)
-    /// and at the end. Only an update of a flow already open needs nothing
-    /// logged: a TCP state change (a connection closes after the final read
-    /// of the log, with its counters), the most frequent event; for it the
-    /// log is not read, a system call that would find it empty.
-    fn read_events(&mut self, batch: &mut Vec<Item>) -> Result<(), FlowError> {
-        loop {
+    /// Reads the conntrack event socket, up to [`EVENTS_PER_ROUND`]
+    /// datagrams, and the nflog socket before each datagram's events that
+    /// may need it (see the module's documentation) and at the end. Only
+    /// an update of a flow already open needs nothing logged: a TCP state
+    /// change (a connection closes after the final read of the log, with
+    /// its counters), the most frequent event; for it the log is not read,
+    /// a system call that would find it empty. Whether the event socket
+    /// was read to its end.
+    fn read_events(&mut self, batch: &mut Vec<Item>) -> Result<Drained, FlowError> {
+        for _ in 0..EVENTS_PER_ROUND {
             // Decoded in the socket's buffer: the entries are owned, no copy.
             let (entries, malformed) = match self.events.recv(true) {
                 Ok(datagram) => conntrack::decode_datagram(datagram),
@@ -512,7 +549,7 @@ impl Session {
                         self.resync_pending = false;
                         self.resync(batch)?;
                     }
-                    return Ok(());
+                    return Ok(Drained::Yes);
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     self.overrun(batch);
@@ -534,6 +571,15 @@ impl Session {
             }
             self.apply(steps, batch);
         }
+        // The closes read so far are not held back for the rest.
+        self.fetch_pending(batch)?;
+        Ok(Drained::No)
+    }
+
+    /// Reads the sockets to their end: the last read of a finish.
+    fn read_all_events(&mut self, batch: &mut Vec<Item>) -> Result<(), FlowError> {
+        while let Drained::No = self.read_events(batch)? {}
+        Ok(())
     }
 
     /// When the active timeout's round is due: every flow open that long,

@@ -97,6 +97,9 @@ pub struct Options {
     without_processes: bool,
     active_timeout: Option<std::time::Duration>,
     workloads: bool,
+    /// The nflog backend reads on a thread of its own.
+    #[cfg_attr(not(feature = "nflog"), allow(dead_code))]
+    nflog_own_thread: bool,
 }
 
 impl Options {
@@ -151,11 +154,14 @@ impl Options {
         self.enforce.is_some()
     }
 
-    /// The same options without enforcement (a backend that observes
-    /// beside the one that enforces).
-    fn observing(&self) -> Self {
+    /// The nflog backend's options beside the eBPF backend (`--backend
+    /// both`): it observes (the eBPF backend enforces), and it reads on a
+    /// thread of its own, so that after a stall each backend drains its
+    /// backlog on its own core.
+    fn beside_ebpf(&self) -> Self {
         Self {
             enforce: None,
+            nflog_own_thread: true,
             ..self.clone()
         }
     }
@@ -222,7 +228,7 @@ pub fn open(
         BackendChoice::Nflog => Ok(vec![open_nflog(scope, options)?]),
         BackendChoice::Both => Ok(vec![
             open_ebpf(scope, options)?,
-            open_nflog(scope, &options.observing())?,
+            open_nflog(scope, &options.beside_ebpf())?,
         ]),
         BackendChoice::Auto => Ok(vec![Box::new(preferred(scope, options)?)]),
     }
@@ -320,7 +326,8 @@ fn open_nflog(scope: &Scope, options: &Options) -> Result<Box<dyn FlowSource>, F
     }
     config = config
         .names(!options.without_names)
-        .processes(!options.without_processes);
+        .processes(!options.without_processes)
+        .own_thread(options.nflog_own_thread);
     Ok(Box::new(NflogSource::new(config)))
 }
 

@@ -45,24 +45,36 @@ const SETTINGS: [&str; 2] = [
     "net.netfilter.nf_conntrack_timestamp",
 ];
 
-/// The nflog backend, as the suite drives it.
+/// The nflog backend, as the suite drives it: its sockets read on the
+/// task that polls the stream, or on a thread of their own
+/// ([`NflogConfig::own_thread`], as `--backend both` runs it).
 #[derive(Clone, Copy)]
-struct Nflog;
+struct Nflog {
+    own_thread: bool,
+}
+
+impl Nflog {
+    /// The test's namespace, only the cgroup's connections.
+    fn config(self, env: &TestEnv) -> NflogConfig {
+        cgroup_config(env).own_thread(self.own_thread)
+    }
+}
 
 impl KernelBackend for Nflog {
     fn source(&self, env: &TestEnv) -> Box<dyn FlowSource> {
-        Box::new(NflogSource::new(cgroup_config(env)))
+        Box::new(NflogSource::new(self.config(env)))
     }
 
     /// Its table without the owner flag: the kernel lets no other process
     /// delete an owned one.
     fn breakable_source(&self, env: &TestEnv) -> Box<dyn FlowSource> {
-        Box::new(NflogSource::new(cgroup_config(env).unowned_table()))
+        Box::new(NflogSource::new(self.config(env).unowned_table()))
     }
 
     /// The smallest event buffer, never grown.
     fn lossy_source(&self, env: &TestEnv) -> Box<dyn FlowSource> {
-        let config = cgroup_config(env)
+        let config = self
+            .config(env)
             .receive_buffer(4096)
             .and_then(|config| config.max_receive_buffer(4096))
             .unwrap();
@@ -71,7 +83,7 @@ impl KernelBackend for Nflog {
 
     fn updating_source(&self, env: &TestEnv, every: std::time::Duration) -> Box<dyn FlowSource> {
         Box::new(NflogSource::new(
-            cgroup_config(env).active_timeout(every).unwrap(),
+            self.config(env).active_timeout(every).unwrap(),
         ))
     }
 
@@ -80,7 +92,7 @@ impl KernelBackend for Nflog {
         env: &TestEnv,
         policy: Arc<flow_policy::Policy>,
     ) -> Box<dyn FlowSource> {
-        Box::new(NflogSource::new(cgroup_config(env).enforce(policy)))
+        Box::new(NflogSource::new(self.config(env).enforce(policy)))
     }
 
     /// Its policy's rules hold an expression no kernel has.
@@ -90,7 +102,7 @@ impl KernelBackend for Nflog {
         policy: Arc<flow_policy::Policy>,
     ) -> Box<dyn FlowSource> {
         Box::new(NflogSource::new(
-            cgroup_config(env).enforce(policy).fail_enforcement(),
+            self.config(env).enforce(policy).fail_enforcement(),
         ))
     }
 
@@ -143,7 +155,14 @@ fn flowtrack_tables(env: &TestEnv) -> Vec<String> {
         .collect()
 }
 
-flowtrack_kernel_tests::backend_suite!(Nflog);
+flowtrack_kernel_tests::backend_suite!(Nflog { own_thread: false });
+
+/// The same suite, the sockets read on a thread of their own.
+mod own_thread {
+    use super::*;
+
+    flowtrack_kernel_tests::backend_suite!(Nflog { own_thread: true });
+}
 
 /// `conntrack -E` beside the backend on a whole namespace: the same flows,
 /// the same counters.
