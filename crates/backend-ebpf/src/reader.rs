@@ -555,6 +555,7 @@ impl Reader {
                     relayed_answer(&mut self.enricher, relayed, &mut self.pending);
                 }
                 () = self.finish.notified() => {
+                    self.last_walk_near_capacity().await;
                     self.report_losses(None);
                     self.finished = true;
                 }
@@ -655,6 +656,32 @@ impl Reader {
         }
     }
 
+    /// At a finish: the flows a full table evicted since the last walk are
+    /// found by a walk only, so one more is taken (after the one under
+    /// way) when the table is near capacity; else they would be reported
+    /// neither closed nor lost.
+    async fn last_walk_near_capacity(&mut self) {
+        if self.walking.is_some() {
+            let walked = walk_done(&mut self.walking).await;
+            self.walk_done(walked);
+        }
+        let inserted_before = self.counter(COUNTER_FLOWS_INSERTED);
+        if self.outstanding_near_capacity(inserted_before).is_none() {
+            return;
+        }
+        let Some(table) = self.table.take() else {
+            return;
+        };
+        self.walking = Some(Walk {
+            handle: tokio::task::spawn_blocking(move || table.walk(false, None)),
+            started: std::time::Instant::now(),
+            inserted_before,
+            after_removal: false,
+        });
+        let walked = walk_done(&mut self.walking).await;
+        self.walk_done(walked);
+    }
+
     /// Takes a finished walk's results: the table back, its closes, and
     /// when to walk next.
     fn walk_done(&mut self, walked: Result<Walked, tokio::task::JoinError>) {
@@ -708,13 +735,17 @@ impl Reader {
     /// the table is quiet. Only near capacity can a flow be evicted, which
     /// keeps a race from looking like loss elsewhere.
     fn evicted(&self, inserted_before: u64, live: u64) -> u64 {
+        self.outstanding_near_capacity(inserted_before)
+            .map_or(0, |outstanding| outstanding.saturating_sub(live))
+    }
+
+    /// The flows inserted before a walk and not removed since, when they
+    /// come within 4,096 of the table's capacity (else `None`: none can
+    /// have been evicted).
+    fn outstanding_near_capacity(&self, inserted_before: u64) -> Option<u64> {
         let removed = self.counter(COUNTER_FLOWS_REMOVED) + self.user_removed;
         let outstanding = inserted_before.saturating_sub(removed);
-        if outstanding + 4_096 >= self.capacity {
-            outstanding.saturating_sub(live)
-        } else {
-            0
-        }
+        (outstanding + 4_096 >= self.capacity).then_some(outstanding)
     }
 
     /// Turns counter increases into loss items, one per loss point;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-pub use flow_conformance::observe::{Observed, observe, observe_until};
+pub use flow_conformance::observe::{Observed, observe, observe_to_end, observe_until};
 use flow_core::counters::DirectionCounters;
 use flow_core::{FlowKey, FlowStream};
 

@@ -10,7 +10,7 @@ use flow_backend_ebpf::{EbpfConfig, EbpfSource};
 use flow_core::{CloseReason, FlowKey, FlowSource, FlowStream};
 use flowtrack_kernel_tests::names;
 use flowtrack_kernel_tests::observe::{
-    assert_matches_conntrack, observe, observe_storm, observe_until, unaccounted,
+    assert_matches_conntrack, observe, observe_storm, observe_to_end, observe_until, unaccounted,
 };
 use flowtrack_kernel_tests::suite::KernelBackend;
 use flowtrack_kernel_tests::{
@@ -429,6 +429,49 @@ async fn a_full_flow_table_reports_every_evicted_flow() {
         closed + observed.evicted,
         made,
         "flows made = flows closed + flows reported evicted"
+    );
+}
+
+/// Flows the full table evicted just before a finish are in what it hands
+/// over: counted lost, not left out as if still open (a walk finds
+/// evictions, and with an hour between sweeps only the finish's last walk
+/// can).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_just_before_a_finish_are_reported() {
+    let Some(env) = env("evictions_just_before_a_finish_are_reported") else {
+        return;
+    };
+    let config = config(&env)
+        .sweep_interval(Duration::from_secs(3600))
+        .and_then(|config| config.flow_table_entries(256))
+        .unwrap();
+    let mut source = EbpfSource::new(config);
+    let mut stream = source.start().await.expect("the eBPF backend attaches");
+    // The first sweep (at once, on the first read) walks the empty table.
+    let _ = observe_until(&mut stream, |_| false, Duration::from_millis(500)).await;
+    let made = 2_000_u64;
+    let _ = env.python_inside(UDP_FAN_OUT, &[&made.to_string()]);
+    // The flows still in the table close as the process ends.
+    let before = observe_until(
+        &mut stream,
+        |observed| observed.closed_total() > 0,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(before.evicted, 0, "no walk yet: {before:#?}");
+    assert!(source.finish(), "the eBPF source finishes");
+    let after = tokio::time::timeout(Duration::from_secs(10), observe_to_end(&mut stream))
+        .await
+        .expect("the stream ends");
+    // At most the table's 256 entries were not evicted: those closed, or
+    // still open as the observation stopped.
+    assert!(
+        after.evicted >= made - 256,
+        "the finish's walk found them: {after:#?}"
+    );
+    assert!(
+        before.closed_total() + after.closed_total() + after.evicted <= made,
+        "no flow counted twice"
     );
 }
 
