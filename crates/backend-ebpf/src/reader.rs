@@ -647,13 +647,25 @@ impl Reader {
                 }
                 _ => None,
             };
-            self.walking = Some(Walk {
-                handle: tokio::task::spawn_blocking(move || table.walk(scope_ended, updates)),
-                started: std::time::Instant::now(),
-                inserted_before,
-                after_removal: self.cgroup_removed,
-            });
+            self.start_walk(table, inserted_before, scope_ended, updates);
         }
+    }
+
+    /// Walks `table` on a blocking thread (see [`Reader::walk_done`]);
+    /// `inserted_before` is the flows inserted until now.
+    fn start_walk(
+        &mut self,
+        table: Table,
+        inserted_before: u64,
+        scope_ended: bool,
+        updates: Option<UpdateRequest>,
+    ) {
+        self.walking = Some(Walk {
+            handle: tokio::task::spawn_blocking(move || table.walk(scope_ended, updates)),
+            started: std::time::Instant::now(),
+            inserted_before,
+            after_removal: self.cgroup_removed,
+        });
     }
 
     /// At a finish: the flows a full table evicted since the last walk are
@@ -672,12 +684,7 @@ impl Reader {
         let Some(table) = self.table.take() else {
             return;
         };
-        self.walking = Some(Walk {
-            handle: tokio::task::spawn_blocking(move || table.walk(false, None)),
-            started: std::time::Instant::now(),
-            inserted_before,
-            after_removal: false,
-        });
+        self.start_walk(table, inserted_before, false, None);
         let walked = walk_done(&mut self.walking).await;
         self.walk_done(walked);
     }

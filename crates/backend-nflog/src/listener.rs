@@ -99,12 +99,39 @@ struct Home {
     thread: Option<JoinHandle<()>>,
 }
 
+impl Home {
+    /// Sends `session` back to the thread, which drops it in the scope's
+    /// namespace (the settings it restores are that namespace's) and
+    /// leaves; the thread is joined off the runtime.
+    fn take_back(&mut self, session: Session) {
+        if let Err(std::sync::mpsc::SendError(session)) = self.sessions.send(session) {
+            // The thread is gone (it cannot be, short of a panic). Dropped
+            // here, the session would restore the settings in this thread's
+            // namespace, not the scope's: it is left as it is, its table
+            // and settings undone when the process ends (the table is its
+            // socket's; the next start or `flowtrack cleanup` restores the
+            // settings from their record).
+            tracing::warn!("the nflog listener thread is gone: its clean-up waits for the exit");
+            std::mem::forget(session);
+        }
+        if let Some(thread) = self.thread.take() {
+            join_off_runtime(thread);
+        }
+    }
+}
+
+/// A session being read: its event and log sockets' readiness (dropped
+/// before the session goes home, where the sockets close), and the session.
+struct Reading {
+    events: AsyncFd<Registered>,
+    log: AsyncFd<Registered>,
+    session: Session,
+}
+
 /// Reads a session's sockets: the flow stream's state.
 pub(crate) struct Reader {
-    /// Until the stream ends (then it is home).
-    session: Option<Session>,
-    /// The event and log sockets' readiness.
-    sockets: Option<(AsyncFd<Registered>, AsyncFd<Registered>)>,
+    /// Until the stream ends (then the session is home).
+    reading: Option<Reading>,
     home: Home,
     finisher: Finisher,
     next_check: Instant,
@@ -154,7 +181,12 @@ impl Reader {
     /// Waits for messages, a finish, or the time to check (whichever is
     /// first), then reads what the sockets hold into `pending`.
     async fn read_round(&mut self) {
-        let (Some(session), Some((events, log))) = (&mut self.session, &self.sockets) else {
+        let Some(Reading {
+            events,
+            log,
+            session,
+        }) = &mut self.reading
+        else {
             self.ended = true;
             return;
         };
@@ -212,25 +244,17 @@ impl Reader {
         self.pending.extend(batch);
     }
 
-    /// Sends the session back to its thread, which drops it in the scope's
-    /// namespace (the settings it restores are that namespace's) and
-    /// leaves; the sockets are no longer watched first.
+    /// Sends the session home (see [`Home::take_back`]), after its sockets
+    /// are no longer watched.
     fn go_home(&mut self) {
-        self.sockets = None;
-        if let Some(session) = self.session.take()
-            && let Err(std::sync::mpsc::SendError(session)) = self.home.sessions.send(session)
+        if let Some(Reading {
+            events,
+            log,
+            session,
+        }) = self.reading.take()
         {
-            // The thread is gone (it cannot be, short of a panic). Dropped
-            // here, the session would restore the settings in this thread's
-            // namespace, not the scope's: it is left as it is, its table
-            // and settings undone when the process ends (the table is its
-            // socket's; the next start or `flowtrack cleanup` restores the
-            // settings from their record).
-            tracing::warn!("the nflog listener thread is gone: its clean-up waits for the exit");
-            std::mem::forget(session);
-        }
-        if let Some(thread) = self.home.thread.take() {
-            join_off_runtime(thread);
+            drop((events, log));
+            self.home.take_back(session);
         }
     }
 }
@@ -250,10 +274,11 @@ pub(crate) fn join_off_runtime(thread: JoinHandle<()>) {
     struct JoinOnDrop(Option<JoinHandle<()>>);
     impl Drop for JoinOnDrop {
         fn drop(&mut self) {
-            if let Some(thread) = self.0.take()
-                && thread.join().is_err()
-            {
-                tracing::warn!("the nflog listener thread panicked");
+            if let Some(thread) = self.0.take() {
+                let name = thread.thread().name().unwrap_or("unnamed").to_owned();
+                if thread.join().is_err() {
+                    tracing::warn!(thread = %name, "a thread of the nflog backend panicked");
+                }
             }
         }
     }
@@ -303,19 +328,10 @@ pub(crate) async fn spawn(config: NflogConfig) -> Result<Reader, FlowError> {
             return Err(error);
         }
     };
-    let mut reader = Reader {
-        session: Some(session),
-        sockets: None,
-        home: Home {
-            sessions,
-            undone: Some(undone),
-            thread: Some(thread),
-        },
-        finisher: Finisher::default(),
-        next_check: Instant::now() + CHECK_EVERY,
-        pending: VecDeque::new(),
-        unread: false,
-        ended: false,
+    let mut home = Home {
+        sessions,
+        undone: Some(undone),
+        thread: Some(thread),
     };
     let watch = |socket: &Socket| {
         let fd = Registered(socket.fd().as_raw_fd());
@@ -325,14 +341,27 @@ pub(crate) async fn spawn(config: NflogConfig) -> Result<Reader, FlowError> {
         unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
             .map_err(|e| FlowError::io("watching the netlink sockets", e.into()))
     };
-    if let Some(session) = &reader.session {
-        // On an error the reader is dropped last: the session goes home
-        // after what was registered is not watched any more.
-        let events = watch(&session.events)?;
-        let log = watch(&session.log)?;
-        reader.sockets = Some((events, log));
-    }
-    Ok(reader)
+    let watched = watch(&session.events).and_then(|events| Ok((events, watch(&session.log)?)));
+    let (events, log) = match watched {
+        Ok(sockets) => sockets,
+        Err(error) => {
+            home.take_back(session);
+            return Err(error);
+        }
+    };
+    Ok(Reader {
+        reading: Some(Reading {
+            events,
+            log,
+            session,
+        }),
+        home,
+        finisher: Finisher::default(),
+        next_check: Instant::now() + CHECK_EVERY,
+        pending: VecDeque::new(),
+        unread: false,
+        ended: false,
+    })
 }
 
 fn permission(action: &str, needs: &str) -> FlowError {
