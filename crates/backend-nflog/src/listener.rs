@@ -650,8 +650,13 @@ impl Session {
         }
     }
 
-    /// Emits `event`, named and attributed.
-    fn emit(&mut self, event: FlowEvent, batch: &mut Vec<Item>) {
+    /// Emits `event`, named and attributed. Behind an overrun (until the
+    /// drained queue's resync) events are marked resynced: their messages
+    /// waited in the backlog, so their times are when they were read, not
+    /// when the flow opened or closed (after a stall, seconds later), and a
+    /// correlated backend's view of the flow cannot be found by its time.
+    fn emit(&mut self, mut event: FlowEvent, batch: &mut Vec<Item>) {
+        event.resynced |= self.resync_pending;
         batch.push(Ok(self.annotator.event(event)));
     }
 

@@ -216,11 +216,13 @@ pub struct FlowEvent {
     /// The cgroup (and container) the flow's socket belongs to, when the
     /// backend watches a whole host ([`crate::workload`]).
     pub workload: Option<Arc<Workload>>,
-    /// The backend lost this event's own message and rebuilt it from a
-    /// listing of its table ([`FlowEvent::resynced`]): the flow is real,
-    /// but [`timestamp_ns`](Self::timestamp_ns) is when the listing was
-    /// taken, not when the flow opened or closed (and a close's counters
-    /// are the listing's). `false` for events as they happened.
+    /// The backend lost messages and rebuilt this event after the loss
+    /// ([`FlowEvent::resynced`]): from a listing of its table, or from a
+    /// message it read late, from the backlog behind the loss. The flow is
+    /// real, but [`timestamp_ns`](Self::timestamp_ns) is when the listing
+    /// was taken or the message read, not when the flow opened or closed
+    /// (and a close's counters are those of that moment). `false` for
+    /// events as they happened.
     pub resynced: bool,
     /// The flow was started from outside the scope: an accepted connection,
     /// or a datagram that arrived before any was sent
@@ -345,9 +347,9 @@ impl FlowEvent {
         }
     }
 
-    /// The same event, marked as rebuilt from a listing of the backend's
-    /// table after its own message was lost (its time is the listing's),
-    /// or not.
+    /// The same event, marked as rebuilt after the backend lost messages
+    /// (from a listing of its table, or a message read late behind the
+    /// loss: its time is the listing's or the read's), or not.
     ///
     /// ```
     /// use flow_core::{FlowEvent, FlowKey};

@@ -27,7 +27,7 @@
 //! | `rule`    | denied        | the policy rule that denied it (`"tcp://pypi.org:443"`), or `"default"` (no allow rule allowed it); absent for a drop rule flowtrack does not own |
 //! | `enforced`| denied        | `true` when the flow was stopped, `false` when only reported (a policy in audit mode) |
 //! | `inbound` | flow lines    | `true` when the flow was started from outside the scope (an accepted connection); absent otherwise |
-//! | `resynced`| flow lines    | `true` when the backend lost the event's message and rebuilt it from a listing of its table: `ts_ns` is the listing's time ([`FlowEvent::resynced`]); absent otherwise |
+//! | `resynced`| flow lines    | `true` when the backend lost messages and rebuilt the event after the loss (from a listing of its table, or a message read late behind it): `ts_ns` is the listing's or the read's time ([`FlowEvent::resynced`]); absent otherwise |
 //! | `backend` | every line    | the backend that observed it (several: whose counters) |
 //! | `backends`| flow lines    | every backend that observed it, `backend` first         |
 //! | `count`   | lost          | observations lost, `null` when unknown                  |

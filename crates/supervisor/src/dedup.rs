@@ -25,9 +25,10 @@
 //! packet) is that earlier flow's, already reported, and is absorbed with
 //! its close.
 //!
-//! A view a backend rebuilt from a listing of its table after losing its
-//! messages ([`flow_core::FlowEvent::resynced`]: nflog after an overrun)
-//! carries the listing's time, so it cannot be matched to one of several
+//! A view a backend rebuilt after losing messages
+//! ([`flow_core::FlowEvent::resynced`]: nflog after an overrun, from a
+//! listing of its table or from the backlog behind the loss) carries the
+//! listing's or the read's time, so it cannot be matched to one of several
 //! flows on a reused key: on a key remembered while another backend runs
 //! (which reports each flow itself), it is absorbed into the flow
 //! remembered; it never starts a second one. In a line, a view as it
