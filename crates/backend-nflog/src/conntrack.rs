@@ -39,6 +39,7 @@ pub(crate) enum CtAttr {
     Id = 12,
     Timestamp = 20,
     MarkMask = 21,
+    TimestampEvent = 27,
 }
 impl NlAttrType for CtAttr {}
 
@@ -142,6 +143,10 @@ pub(crate) struct CtEntry {
     pub(crate) start_ns: Option<u64>,
     /// See `start_ns`.
     pub(crate) stop_ns: Option<u64>,
+    /// When the kernel recorded the event (`CTA_TIMESTAMP_EVENT`, wall
+    /// clock ns; Linux 6.14 and later, with timestamps on): a NEW's is its
+    /// first packet's, however late the message is read.
+    pub(crate) event_ns: Option<u64>,
 }
 
 /// Why a message was skipped.
@@ -221,6 +226,7 @@ pub(crate) fn decode(kind: u16, flags: NlmF, payload: &[u8]) -> Result<CtEntry, 
         counters,
         start_ns,
         stop_ns,
+        event_ns: attrs.get(CtAttr::TimestampEvent)?.map(be_u64).transpose()?,
     })
 }
 
@@ -593,6 +599,27 @@ mod tests {
                     protocol,
                 },
             )
+    }
+
+    #[test]
+    fn the_event_time_is_decoded() {
+        let key = FlowKey::tcp(
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        );
+        let mut message = encode_event(CtEventKind::New, &key, 7, 1, None, None);
+        let (entries, _) = decode_datagram(&message);
+        assert_eq!(entries[0].event_ns, None, "an older kernel sends none");
+        // Appended as the kernel does, last; the message grows by it.
+        // (An attribute: length and type, native order; a big-endian u64.)
+        message.extend_from_slice(&12u16.to_ne_bytes());
+        message.extend_from_slice(&u16::from(CtAttr::TimestampEvent).to_ne_bytes());
+        message.extend_from_slice(&1_700_000_000_123u64.to_be_bytes());
+        let length = u32::try_from(message.len()).unwrap();
+        message[..4].copy_from_slice(&length.to_ne_bytes());
+        let (entries, malformed) = decode_datagram(&message);
+        assert_eq!(malformed, 0);
+        assert_eq!(entries[0].event_ns, Some(1_700_000_000_123));
     }
 
     proptest! {

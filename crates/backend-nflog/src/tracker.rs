@@ -169,7 +169,9 @@ impl Tracker {
             return;
         }
         let opened_at = *self.open.entry(flow).or_insert_with(|| {
-            let opened_at = clock.to_monotonic(entry.start_ns);
+            // A NEW carries no start, but its event's time: read late (a
+            // stall's backlog), the flow is still stamped when it opened.
+            let opened_at = clock.to_monotonic(entry.start_ns.or(entry.event_ns));
             steps.push(Step::Emit(FlowEvent::opened(entry.key, opened_at)));
             opened_at
         });
@@ -320,6 +322,7 @@ mod tests {
             )),
             start_ns: None,
             stop_ns: None,
+            event_ns: None,
         }
     }
 
@@ -338,6 +341,33 @@ mod tests {
                 Step::FetchCounters(flow, _) => ("fetch", flow.id),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_new_read_late_is_stamped_with_its_event_time() {
+        let mut tracker = Tracker::new(MARK);
+        let mut steps = Vec::new();
+        // Wall = monotonic + 1 ms (`clock`); read at 5 s, recorded at 2 s.
+        let new = CtEntry {
+            event_ns: Some(2_000_000_000 + 1_000_000),
+            ..entry(CtEventKind::New, 1, 40000, None)
+        };
+        tracker.on_message(&new, clock(5_000_000_000), &mut steps);
+        let [Step::Emit(opened)] = &steps[..] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(opened.timestamp_ns, 2_000_000_000);
+        // Without the kernel's event time (before Linux 6.14): when read.
+        let mut steps = Vec::new();
+        tracker.on_message(
+            &entry(CtEventKind::New, 2, 40001, None),
+            clock(5_000_000_000),
+            &mut steps,
+        );
+        let [Step::Emit(opened)] = &steps[..] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(opened.timestamp_ns, 5_000_000_000);
     }
 
     #[test]
