@@ -485,11 +485,14 @@ impl Session {
         nft.set_receive_timeout(Duration::from_secs(5))
             .map_err(|e| FlowError::io("setting a netlink timeout", e))?;
         let _ = remove_leftover_tables(&mut nft);
-        let mut create = |inner_payload: bool| {
+        let mut create = |inner_payload: bool, labels: bool| {
             let make = |mark| {
                 let mut table = Table::new(mark, scope, log_group);
                 if !inner_payload {
                     table = table.without_inner_payload();
+                }
+                if !labels {
+                    table = table.without_labels();
                 }
                 if !config.names {
                     table = table.without_names();
@@ -502,18 +505,33 @@ impl Session {
                 nft.transact(&batch, last).map(drop)
             })
         };
-        let table = match create(true) {
-            // A kernel before 6.2 cannot read a transport payload in a rule.
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+        // A kernel before 6.2 cannot read a transport payload in a rule,
+        // and one without CONFIG_NF_CONNTRACK_LABELS cannot set a label:
+        // each refuses the table with EOPNOTSUPP, and the table is made
+        // again without what it lacks.
+        let mut made = Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        for (inner_payload, labels) in [(true, true), (true, false), (false, true), (false, false)]
+        {
+            made = create(inner_payload, labels);
+            if !matches!(&made, Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP)) {
+                break;
+            }
+        }
+        if let Ok(table) = &made {
+            if !table.inner_payload {
                 tracing::warn!(
                     "the kernel's nf_tables cannot match payload bytes (Linux 6.2 and later \
                      can): flows are not named after the ClientHello's server name (SNI)"
                 );
-                create(false)
             }
-            other => other,
+            if !table.labels {
+                tracing::debug!(
+                    "the kernel has no conntrack labels: TCP state changes are read from each \
+                     connection's first FIN on"
+                );
+            }
         }
-        .map_err(|e| match e.raw_os_error() {
+        let table = made.map_err(|e| match e.raw_os_error() {
             Some(libc::EOPNOTSUPP | libc::ENOENT) => FlowError::unavailable(
                 BACKEND_NAME,
                 format!(

@@ -16,9 +16,18 @@
 //!   # its state changes from the handshake on show it
 //!   ct state new ct status confirmed socket cgroupv2 level L == ID
 //!     ct event set new,destroy,protoinfo
-//!   # in both chains: a marked TCP connection's TCP state changes from
-//!   # its first FIN or RST on (they show its close)
-//!   meta l4proto tcp ct mark == MARK tcp flags & (fin|rst) != 0
+//!   # in both chains: a marked TCP connection's FINs, noted by direction
+//!   # in two ct label bits; its TCP state changes asked for from a RST,
+//!   # and from the first packet after FINs both ways (the last ACK,
+//!   # whose change to TIME_WAIT shows the close)
+//!   meta l4proto tcp ct mark == MARK tcp flags & fin != 0
+//!     ct direction original ct label set FIN_ORIGINAL
+//!   meta l4proto tcp ct mark == MARK tcp flags & fin != 0
+//!     ct direction reply ct label set FIN_REPLY
+//!   meta l4proto tcp ct mark == MARK tcp flags & rst != 0
+//!     ct event set new,destroy,protoinfo
+//!   meta l4proto tcp ct mark == MARK tcp flags & fin == 0
+//!     ct label & (FIN_ORIGINAL|FIN_REPLY) == FIN_ORIGINAL|FIN_REPLY
 //!     ct event set new,destroy,protoinfo
 //!   # in input: the scope's DNS answers (TCP: segments with a payload)
 //!   meta l4proto udp udp sport 53 socket cgroupv2 level L == ID
@@ -39,7 +48,9 @@
 //! prerouting, a new connection not yet confirmed: one the namespace
 //! made over loopback was marked and logged in output). Each rule's
 //! snaplen caps its copy (the group's copy range is the largest of them).
-//! The `owner` flag ties the table to the
+//! (A kernel without conntrack labels gets the one rule they replace:
+//! state changes asked for from the first FIN or RST on, two or three
+//! more events per connection.) The `owner` flag ties the table to the
 //! netlink socket that made it: the kernel removes it when flowtrack's
 //! process ends, however it ends; a flowtrack table without it is a
 //! leftover (of a kernel without table owners).
@@ -90,6 +101,7 @@ const CT_STATE: u32 = 0;
 const CT_DIRECTION: u32 = 1;
 const CT_STATUS: u32 = 2;
 const CT_MARK: u32 = 3;
+const CT_LABELS: u32 = 13;
 /// `IP_CT_DIR_ORIGINAL`: from the connection's initiator.
 const DIRECTION_ORIGINAL: u8 = 0;
 /// `NFT_META_L4PROTO`.
@@ -113,7 +125,19 @@ const EVENTS: u32 = 1 << 0 | 1 << 2;
 /// say nothing flowtrack reports.
 const EVENTS_CLOSING: u32 = EVENTS | 1 << 5;
 /// TCP's FIN and RST flags (byte 13 of its header).
-const TCP_FIN_OR_RST: u8 = 0x01 | 0x04;
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+const TCP_FIN_OR_RST: u8 = TCP_FIN | TCP_RST;
+/// The ct label bits (the labels' 128-bit map, as the kernel stores it)
+/// that note a FIN sent by the initiator and by the responder: bits 126
+/// and 127, the last, far from the low bits people name in
+/// connlabel.conf. The kernel sets label bits with an atomic OR, so FINs
+/// that cross on two CPUs are both noted.
+const FIN_ORIGINAL: [u8; 16] = label_bits(0x40);
+const FIN_REPLY: [u8; 16] = label_bits(0x80);
+const FIN_BOTH_WAYS: [u8; 16] = label_bits(0x40 | 0x80);
+/// `IP_CT_DIR_REPLY`: from the connection's responder.
+const DIRECTION_REPLY: u8 = 1;
 /// The offset of the TCP header's flags byte.
 const TCP_FLAGS_OFFSET: u32 = 13;
 /// `NFT_SOCKET_CGROUPV2`.
@@ -148,6 +172,10 @@ pub(crate) struct Table {
     pub(crate) inner_payload: bool,
     /// Whether DNS answers and ClientHellos are logged (flows named).
     pub(crate) names: bool,
+    /// Whether rules may set conntrack labels (CONFIG_NF_CONNTRACK_LABELS):
+    /// without them, a TCP connection's state changes are asked for from
+    /// its first FIN on, not from its last ACK ([`closing_rules`]).
+    pub(crate) labels: bool,
 }
 
 impl Table {
@@ -160,7 +188,14 @@ impl Table {
             log_group,
             inner_payload: true,
             names: true,
+            labels: true,
         }
+    }
+
+    /// The same table, for a kernel without conntrack labels.
+    pub(crate) fn without_labels(mut self) -> Self {
+        self.labels = false;
+        self
     }
 
     /// The same table, logging nothing that names flows.
@@ -571,22 +606,77 @@ fn local_inbound_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
     expressions
 }
 
-/// The rule that asks for a marked TCP connection's state changes from
-/// its first FIN or RST on ([`EVENTS_CLOSING`]). Conntrack caches the
-/// packet's events before this chain and delivers them when the packet
-/// leaves the hook, under the mask it then has: the FIN's or RST's own
-/// state change is reported.
-fn closing_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
+/// The label map with only `last_byte` set in its last byte.
+const fn label_bits(last_byte: u8) -> [u8; 16] {
+    let mut bits = [0; 16];
+    bits[15] = last_byte;
+    bits
+}
+
+/// `meta l4proto tcp ct mark == MARK`: a packet of one of the table's TCP
+/// connections.
+fn marked_tcp(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
     let mut expressions: Vec<_> = l4proto_is(libc::IPPROTO_TCP as u8).into();
-    expressions.extend([
-        ct_load(CT_MARK),
-        compare(true, &table.mark.to_ne_bytes()),
-        payload_load(BASE_TRANSPORT, TCP_FLAGS_OFFSET, 1),
-        mask(&[TCP_FIN_OR_RST]),
-        compare(false, &[0]),
-    ]);
-    expressions.extend(ask_state_changes());
+    expressions.extend([ct_load(CT_MARK), compare(true, &table.mark.to_ne_bytes())]);
     expressions
+}
+
+/// `tcp flags & flags != 0` (`has`), or `== 0`.
+fn tcp_flags(flags: u8, has: bool) -> [Nlattr<u16, Buffer>; 3] {
+    [
+        payload_load(BASE_TRANSPORT, TCP_FLAGS_OFFSET, 1),
+        mask(&[flags]),
+        compare(!has, &[0]),
+    ]
+}
+
+/// The rules that ask for a marked TCP connection's state changes
+/// ([`EVENTS_CLOSING`]) where its close shows. Conntrack caches a packet's
+/// events before these chains and delivers them as the packet leaves the
+/// hook, under the mask it then has: the asking packet's own state change
+/// is reported.
+///
+/// With labels: from a RST (→ CLOSE), and from the first packet without a
+/// FIN after FINs both ways (the last ACK, → TIME_WAIT). One state change
+/// is reported per connection closed by FINs, where asking from the first
+/// FIN on reported three or four (FIN_WAIT, CLOSE_WAIT, LAST_ACK and
+/// TIME_WAIT), each a message to read. Without labels: from the first
+/// FIN or RST on.
+fn closing_rules(table: &Table) -> Vec<Vec<Nlattr<u16, Buffer>>> {
+    if !table.labels {
+        let mut from_first_fin = marked_tcp(table);
+        from_first_fin.extend(tcp_flags(TCP_FIN_OR_RST, true));
+        from_first_fin.extend(ask_state_changes());
+        return vec![from_first_fin];
+    }
+    let note_fin = |direction: u8, label: &[u8; 16]| {
+        let mut rule = marked_tcp(table);
+        rule.extend(tcp_flags(TCP_FIN, true));
+        rule.extend([
+            ct_load(CT_DIRECTION),
+            compare(true, &[direction]),
+            immediate(label),
+            ct_store(CT_LABELS),
+        ]);
+        rule
+    };
+    let mut reset = marked_tcp(table);
+    reset.extend(tcp_flags(TCP_RST, true));
+    reset.extend(ask_state_changes());
+    let mut last_ack = marked_tcp(table);
+    last_ack.extend(tcp_flags(TCP_FIN, false));
+    last_ack.extend([
+        ct_load(CT_LABELS),
+        mask(&FIN_BOTH_WAYS),
+        compare(true, &FIN_BOTH_WAYS),
+    ]);
+    last_ack.extend(ask_state_changes());
+    vec![
+        note_fin(DIRECTION_ORIGINAL, &FIN_ORIGINAL),
+        note_fin(DIRECTION_REPLY, &FIN_REPLY),
+        reset,
+        last_ack,
+    ]
 }
 
 /// The rules that log the DNS answers reaching the scope: over UDP, and
@@ -632,8 +722,9 @@ pub(crate) fn create_batch(table: &Table, first_seq: u32, owned: bool) -> (Vec<u
         RuleScope::Netns => vec![arriving_flow_rule(table)],
         RuleScope::Cgroup { .. } => vec![new_flow_rule(table), local_inbound_rule(table)],
     };
-    inbound_rules.push(closing_rule(table));
-    let mut outbound = vec![new_flow_rule(table), closing_rule(table)];
+    inbound_rules.extend(closing_rules(table));
+    let mut outbound = vec![new_flow_rule(table)];
+    outbound.extend(closing_rules(table));
     if table.names {
         inbound_rules.extend(dns_answer_rules(table));
         if table.inner_payload {
@@ -789,20 +880,28 @@ mod tests {
                 BATCH_BEGIN,
                 nft(NEWTABLE),
                 nft(NEWCHAIN),
-                // New flows, local inbound ones, closing, DNS (UDP, TCP).
+                // New flows, local inbound ones, closing (two FIN notes,
+                // RST, last ACK), DNS (UDP, TCP).
+                nft(NEWRULE),
+                nft(NEWRULE),
+                nft(NEWRULE),
                 nft(NEWRULE),
                 nft(NEWRULE),
                 nft(NEWRULE),
                 nft(NEWRULE),
                 nft(NEWRULE),
                 nft(NEWCHAIN),
+                // New flows, closing, ClientHello.
+                nft(NEWRULE),
+                nft(NEWRULE),
+                nft(NEWRULE),
                 nft(NEWRULE),
                 nft(NEWRULE),
                 nft(NEWRULE),
                 BATCH_END
             ]
         );
-        assert_eq!(last, 21, "eleven requests after the batch start");
+        assert_eq!(last, 27, "seventeen requests after the batch start");
         let Received::Message { payload, .. } = &messages[1] else {
             panic!()
         };
@@ -863,13 +962,60 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn tcp_state_changes_are_asked_for_from_a_fin_or_rst_on_in_both_chains() {
-        let table = Table::new(MARK_BIT | 5, RuleScope::Netns, 7);
-        let closing: Vec<_> = rules_of(&create_batch(&table, 1, true).0)
+    /// The rules of `table` that log nothing, by chain: their expressions.
+    fn closing_rules_of(table: &Table) -> Vec<(String, Vec<String>)> {
+        rules_of(&create_batch(table, 1, true).0)
             .into_iter()
             .filter(|(_, _, prefix, _)| prefix.is_empty())
+            .map(|(chain, names, ..)| (chain, names))
+            .collect()
+    }
+
+    #[test]
+    fn fins_are_noted_by_direction_and_state_changes_asked_for_from_a_rst_or_the_last_ack() {
+        let table = Table::new(MARK_BIT | 5, RuleScope::Netns, 7);
+        let then = |rest: &[&str]| -> Vec<String> {
+            ["meta", "cmp", "ct", "cmp", "payload", "bitwise", "cmp"]
+                .iter()
+                .chain(rest)
+                .map(|name| name.to_string())
+                .collect()
+        };
+        let note_fin = then(&["ct", "cmp", "immediate", "ct"]);
+        let reset = then(&["immediate", "ct"]);
+        let last_ack = then(&["ct", "bitwise", "cmp", "immediate", "ct"]);
+        for chain in ["prerouting", "output"] {
+            let rules: Vec<Vec<String>> = closing_rules_of(&table)
+                .into_iter()
+                .filter(|(rule_chain, _)| rule_chain == chain)
+                .map(|(_, names)| names)
+                .collect();
+            assert_eq!(
+                rules,
+                [&note_fin, &note_fin, &reset, &last_ack].map(Clone::clone),
+                "{chain}"
+            );
+        }
+        assert_eq!(EVENTS_CLOSING & !EVENTS, 1 << 5, "protoinfo, added");
+    }
+
+    #[test]
+    fn the_fin_labels_are_two_bits_and_the_last_ack_rule_wants_both() {
+        let bits = |label: [u8; 16]| label.iter().map(|byte| byte.count_ones()).sum::<u32>();
+        assert_eq!(bits(FIN_ORIGINAL), 1);
+        assert_eq!(bits(FIN_REPLY), 1);
+        let either: Vec<u8> = FIN_ORIGINAL
+            .iter()
+            .zip(FIN_REPLY)
+            .map(|(a, b)| a | b)
             .collect();
+        assert_eq!(either, FIN_BOTH_WAYS);
+        assert_ne!(FIN_ORIGINAL, FIN_REPLY);
+    }
+
+    #[test]
+    fn without_labels_state_changes_are_asked_for_from_the_first_fin_or_rst() {
+        let table = Table::new(MARK_BIT | 5, RuleScope::Netns, 7).without_labels();
         let expected = [
             "meta",
             "cmp",
@@ -881,12 +1027,12 @@ mod tests {
             "immediate",
             "ct",
         ];
-        let chains: Vec<&str> = closing.iter().map(|(chain, ..)| chain.as_str()).collect();
+        let closing = closing_rules_of(&table);
+        let chains: Vec<&str> = closing.iter().map(|(chain, _)| chain.as_str()).collect();
         assert_eq!(chains, ["prerouting", "output"]);
-        for (_, names, ..) in &closing {
+        for (_, names) in &closing {
             assert_eq!(names, &expected);
         }
-        assert_eq!(EVENTS_CLOSING & !EVENTS, 1 << 5, "protoinfo, added");
     }
 
     #[test]

@@ -651,6 +651,9 @@ pub struct ConntrackEntry {
     /// The original direction's counters (the initiator's) and the
     /// reply's.
     pub directions: DirectionCounters,
+    /// TCP: the connection's state (`ESTABLISHED`, `TIME_WAIT`, …), when
+    /// the line gives it.
+    pub tcp_state: Option<String>,
 }
 
 impl ConntrackEntry {
@@ -695,13 +698,61 @@ impl ConntrackEntry {
         let direction = |nth| Counters::new(number("packets", nth), number("bytes", nth));
         let directions = DirectionCounters::new(direction(0), direction(1));
         let total = directions.total();
+        // `tcp 6 TIMEOUT STATE src=…`: the state is the first word of
+        // capitals before the tuple.
+        let tcp_state = fields
+            .iter()
+            .skip(4)
+            .take_while(|field| !field.contains('='))
+            .find(|field| field.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+            .filter(|_| protocol == 6)
+            .map(|state| (*state).to_owned());
         Some(Self {
             key,
             packets: total.packets,
             bytes: total.bytes,
             directions,
+            tcp_state,
         })
     }
+}
+
+/// Twenty thousand connections from the test cgroup whose two ends close
+/// at once, observed on `stream`: a server on CPU 1 that closes after one
+/// byte, and clients on CPU 0 that close after its echo, so the two FINs,
+/// and the ACKs each draws, pass on different CPUs. Every flow must close
+/// on its FIN exchange within a minute, none lost.
+///
+/// # Panics
+/// When a flow is not reported closed, or a loss is.
+pub async fn crossing_fins_close_on_their_fins(env: &TestEnv, stream: &mut flow_core::FlowStream) {
+    let server = Server::start(on_cpu(
+        1,
+        &env.traffic(&["serve-tcp", "127.0.0.1:0", "--close-after", "1"]),
+    ));
+    let dst = format!("127.0.0.1:{}", server.port);
+    let command = on_cpu(
+        0,
+        &env.cgroup.wrap(&env.traffic(&[
+            "tcp",
+            &dst,
+            "--bytes",
+            "1",
+            "--count",
+            "20000",
+            "--threads",
+            "2",
+            "--close-after-echo",
+        ])),
+    );
+    let (keys, observed) = observe::observe_storm(stream, command, Duration::from_secs(60)).await;
+    assert_eq!(keys.len(), 20_000);
+    assert_eq!(observed.lost, 0);
+    assert_eq!(
+        observe::unaccounted(&keys, &observed),
+        [],
+        "every flow closed on its FINs"
+    );
 }
 
 /// A cgroup v2 directory for one test; its processes are killed and it is

@@ -14,7 +14,8 @@ use flowtrack_kernel_tests::observe::{
 };
 use flowtrack_kernel_tests::suite::KernelBackend;
 use flowtrack_kernel_tests::{
-    PortSide, Server, TestEnv, attached_programs, cgroup_links, detach_link, on_cpu,
+    PortSide, Server, TestEnv, attached_programs, cgroup_links, crossing_fins_close_on_their_fins,
+    detach_link, on_cpu,
 };
 
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_traffic");
@@ -246,39 +247,11 @@ async fn simultaneous_closes_close_on_their_fin_exchange() {
     let Some(env) = env("simultaneous_closes_close_on_their_fin_exchange") else {
         return;
     };
-    // The server on one CPU, the clients on the other: the two ends'
-    // FINs, and the ACKs each draws, pass on different CPUs.
-    let server = Server::start(on_cpu(
-        1,
-        &env.traffic(&["serve-tcp", "127.0.0.1:0", "--close-after", "1"]),
-    ));
     let config = EbpfConfig::new(&env.cgroup.path)
         .fin_linger(Duration::from_secs(3600))
         .unwrap();
     let mut stream = start(config).await;
-    let dst = format!("127.0.0.1:{}", server.port);
-    let command = on_cpu(
-        0,
-        &env.cgroup.wrap(&env.traffic(&[
-            "tcp",
-            &dst,
-            "--bytes",
-            "1",
-            "--count",
-            "20000",
-            "--threads",
-            "2",
-            "--close-after-echo",
-        ])),
-    );
-    let (keys, observed) = observe_storm(&mut stream, command, Duration::from_secs(60)).await;
-    assert_eq!(keys.len(), 20_000);
-    assert_eq!(observed.lost, 0);
-    assert_eq!(
-        unaccounted(&keys, &observed),
-        [],
-        "every flow closed on its FINs"
-    );
+    crossing_fins_close_on_their_fins(&env, &mut stream).await;
 }
 
 /// Both ends in the cgroup; the server closes first, and the client's

@@ -18,7 +18,9 @@ use flowtrack_kernel_tests::observe::{
     assert_in_conntrack, observe_storm, observe_until, unaccounted,
 };
 use flowtrack_kernel_tests::suite::KernelBackend;
-use flowtrack_kernel_tests::{ConntrackEvents, GeneratedFlow, TestEnv, generate, names};
+use flowtrack_kernel_tests::{
+    ConntrackEvents, GeneratedFlow, TestEnv, crossing_fins_close_on_their_fins, generate, names,
+};
 use futures::StreamExt;
 
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_traffic");
@@ -231,6 +233,76 @@ async fn conntrack_events_see_the_same_flows_and_counters() {
         assert_in_conntrack(&table, key, (packets, bytes));
     }
     assert_eq!(observed.lost, 0);
+}
+
+/// A TCP close costs one state-change event: the last ACK's (TIME_WAIT)
+/// after FINs, whether one end closed first or both at once, and the
+/// RST's (CLOSE). `conntrack -E` beside the backend hears no other update
+/// of the connections (the rules ask for state changes only there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_close_is_one_state_change_event() {
+    let Some(env) = env("nflog a_tcp_close_is_one_state_change_event") else {
+        return;
+    };
+    let echo = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
+    let closing = env.server_outside(&["serve-tcp", "127.0.0.1:0", "--close-after", "1"]);
+    let mut stream = start(NflogConfig::netns(env.netns.path())).await;
+    let peer = ConntrackEvents::listen_for(&env.netns, "UPDATE");
+    let to = |server: &flowtrack_kernel_tests::Server| format!("127.0.0.1:{}", server.port);
+    let count = ["--count", "10"];
+    let connections = |args: &[&str], server| {
+        let mut command = env.traffic(&[&["tcp", &to(server)], &count[..], args].concat());
+        generate(&mut command)
+            .iter()
+            .map(GeneratedFlow::key)
+            .collect::<Vec<_>>()
+    };
+    let client_first = connections(&[], &echo);
+    let both_at_once = connections(&["--bytes", "1", "--close-after-echo"], &closing);
+    let reset = connections(&["--reset"], &echo);
+    let keys = [&client_first[..], &both_at_once, &reset].concat();
+    let observed = observe_until(
+        &mut stream,
+        |observed| keys.iter().all(|key| observed.closed.contains_key(key)),
+        Duration::from_secs(20),
+    )
+    .await;
+    for key in &keys {
+        observed.closed_once(key);
+    }
+    // Each close's event reached flowtrack, so it reached conntrack -E
+    // too; a moment for it to print them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let heard = peer.heard(&keys);
+    let states = |key: &FlowKey| -> Vec<String> {
+        heard
+            .iter()
+            .filter(|entry| entry.key == *key)
+            .filter_map(|entry| entry.tcp_state.clone())
+            .collect()
+    };
+    for (keys, state) in [
+        (&client_first, "TIME_WAIT"),
+        (&both_at_once, "TIME_WAIT"),
+        (&reset, "CLOSE"),
+    ] {
+        for key in keys {
+            assert_eq!(states(key), [state], "{key}");
+        }
+    }
+}
+
+/// Twenty thousand connections whose two ends close at once, on two CPUs:
+/// each FIN is noted in the connection's labels as the other may be, and
+/// every flow still closes on its FIN exchange, none left for its DESTROY
+/// (two minutes later, beyond the wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_fins_close_on_their_fin_exchange() {
+    let Some(env) = env("nflog crossing_fins_close_on_their_fin_exchange") else {
+        return;
+    };
+    let mut stream = start(cgroup_config(&env)).await;
+    crossing_fins_close_on_their_fins(&env, &mut stream).await;
 }
 
 /// The cgroup's connections, through a receive buffer far too small for a
