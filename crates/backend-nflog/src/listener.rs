@@ -43,7 +43,7 @@ use crate::procs::Members;
 use crate::rules::enforce::{self, POLICY_PREFIX};
 use crate::rules::{self, MARK_BIT, RuleScope, Table};
 use crate::sysctl::ConntrackSettings;
-use crate::tracker::{Clock, FlowId, Step, Tracker};
+use crate::tracker::{Clock, FlowId, Step, Tracker, tcp_over};
 use crate::{BACKEND_NAME, NflogConfig};
 
 /// What the stream yields.
@@ -425,7 +425,7 @@ struct Session {
     receive_buffer: usize,
     max_receive_buffer: usize,
     resync_pending: bool,
-    pending_fetches: Vec<(FlowId, CloseReason)>,
+    pending_fetches: Vec<(FlowId, Option<CloseReason>)>,
     /// With an active timeout: how often, and when next, the open flows
     /// are reported with their counters so far.
     updates: Option<(Duration, Instant)>,
@@ -700,11 +700,16 @@ impl Session {
                 .map_err(|e| FlowError::io("reading conntrack entries", e))?;
             let now_ns = Clock::now().now_ns;
             for (seq, (flow, reason)) in (first..=last).zip(chunk) {
-                let counters = match answers.get(&seq) {
-                    Some(Ok(replies)) => entries(replies).into_iter().find_map(|e| e.counters),
+                let fetched = match answers.get(&seq) {
+                    Some(Ok(replies)) => entries(replies).into_iter().next(),
                     _ => None,
                 };
-                if let Some(event) = self.tracker.close(*flow, counters, Some(*reason), now_ns) {
+                let Some(reason) = reason.or_else(|| fetched.as_ref().and_then(tcp_over)) else {
+                    // Not over yet: its change to TIME_WAIT is still to come.
+                    continue;
+                };
+                let counters = fetched.and_then(|entry| entry.counters);
+                if let Some(event) = self.tracker.close(*flow, counters, Some(reason), now_ns) {
                     self.emit(event, batch);
                 }
             }
@@ -824,8 +829,17 @@ impl Session {
     }
 
     /// Closes every open flow (the scope ended), with the counters of a
-    /// dump of the table.
+    /// dump of the table. The events are read to their end first: a
+    /// process's last FIN exchange was signalled before it exited, but
+    /// may have come after this round's read.
     fn close_open_flows(&mut self, batch: &mut Vec<Item>) {
+        if self.tracker.open_flows() == 0 {
+            return;
+        }
+        if let Err(error) = self.read_all_events(batch) {
+            batch.push(Err(error));
+            return;
+        }
         if self.tracker.open_flows() == 0 {
             return;
         }

@@ -32,8 +32,11 @@ pub(crate) enum Step {
     /// Emit this event.
     Emit(FlowEvent),
     /// The TCP flow closed for this reason: fetch its counters, then call
-    /// [`Tracker::close`].
-    FetchCounters(FlowId, CloseReason),
+    /// [`Tracker::close`]. `None`: its close was asked for but its state
+    /// change not reported (an update without a TCP state, see
+    /// `rules::closing_rules`): the fetched entry says whether it is over
+    /// ([`tcp_over`]), and why.
+    FetchCounters(FlowId, Option<CloseReason>),
 }
 
 /// The monotonic time now, and how to convert the kernel's wall-clock
@@ -104,7 +107,7 @@ pub(crate) struct Tracker {
 
 /// Why a TCP entry is over, if conntrack's state says it is: TIME_WAIT
 /// follows a FIN exchange, CLOSE a reset.
-fn tcp_over(entry: &CtEntry) -> Option<CloseReason> {
+pub(crate) fn tcp_over(entry: &CtEntry) -> Option<CloseReason> {
     if entry.key.protocol != 6 {
         return None;
     }
@@ -187,7 +190,9 @@ impl Tracker {
             }
             CtEventKind::Update => {
                 if let Some(reason) = tcp_over(entry) {
-                    steps.push(Step::FetchCounters(flow, reason));
+                    steps.push(Step::FetchCounters(flow, Some(reason)));
+                } else if entry.key.protocol == protocol::TCP && entry.tcp_state.is_none() {
+                    steps.push(Step::FetchCounters(flow, None));
                 }
             }
             CtEventKind::New => {}
@@ -273,18 +278,24 @@ impl Tracker {
     }
 
     /// Closes every open flow (the scope has no process left), with the
-    /// counters of `table` where the entry is still listed.
+    /// counters of `table` where the entry is still listed, and with why
+    /// TCP says it is over where it does (the FIN exchange of a process
+    /// that has just exited may be listed before its event is read), else
+    /// because the scope ended.
     pub(crate) fn close_all(&mut self, table: &[CtEntry], now_ns: u64, steps: &mut Vec<Step>) {
-        let counters: HashMap<FlowId, Option<DirectionCounters>> = table
+        let listed: HashMap<FlowId, &CtEntry> = table
             .iter()
             .filter(|entry| entry.mark == self.mark)
-            .map(|entry| (FlowId::from(entry), entry.counters))
+            .map(|entry| (FlowId::from(entry), entry))
             .collect();
         let flows: Vec<FlowId> = self.open.keys().copied().collect();
         for flow in flows {
-            let counts = counters.get(&flow).copied().flatten();
-            let reason = Some(CloseReason::ScopeEnded);
-            if let Some(event) = self.close(flow, counts, reason, now_ns) {
+            let entry = listed.get(&flow);
+            let counts = entry.and_then(|entry| entry.counters);
+            let reason = entry
+                .and_then(|entry| tcp_over(entry))
+                .unwrap_or(CloseReason::ScopeEnded);
+            if let Some(event) = self.close(flow, counts, Some(reason), now_ns) {
                 steps.push(Step::Emit(event));
             }
         }
@@ -386,6 +397,39 @@ mod tests {
         assert!(!tracker.is_open_update(&entry(CtEventKind::Update, 2, 1001, None)));
     }
 
+    /// The steps `tracker` takes on `message`, read at `at`.
+    fn steps_on(tracker: &mut Tracker, message: &CtEntry, at: u64) -> Vec<Step> {
+        let mut steps = Vec::new();
+        tracker.on_message(message, clock(at), &mut steps);
+        steps
+    }
+
+    #[test]
+    fn an_update_without_a_tcp_state_asks_for_a_look_at_the_entry() {
+        let mut tracker = Tracker::new(MARK);
+        let new = entry(CtEventKind::New, 1, 40000, Some(1));
+        assert_eq!(
+            kinds(&steps_on(&mut tracker, &new, 10)),
+            [("opened", 40000)]
+        );
+        // Its close was asked for; its change to TIME_WAIT went unreported.
+        let asked = entry(CtEventKind::Update, 1, 40000, None);
+        let steps = steps_on(&mut tracker, &asked, 11);
+        assert!(
+            matches!(steps[..], [Step::FetchCounters(flow, None)] if flow.id == 1),
+            "{steps:?}"
+        );
+        // A state that is not an end says nothing.
+        let closing = entry(CtEventKind::Update, 1, 40000, Some(5));
+        assert_eq!(steps_on(&mut tracker, &closing, 12), []);
+        // Only TCP has states.
+        let mut udp = entry(CtEventKind::New, 2, 40001, None);
+        udp.key = FlowKey::udp(udp.key.src(), udp.key.dst());
+        steps_on(&mut tracker, &udp, 13);
+        udp.kind = CtEventKind::Update;
+        assert_eq!(steps_on(&mut tracker, &udp, 14), []);
+    }
+
     #[test]
     fn a_tcp_flow_closes_on_its_state_and_its_destroy_is_ignored() {
         let mut tracker = Tracker::new(MARK);
@@ -406,7 +450,10 @@ mod tests {
             &mut steps,
         );
         assert_eq!(kinds(&steps), [("opened", 40000), ("fetch", 1)]);
-        assert!(matches!(steps[1], Step::FetchCounters(_, CloseReason::Fin)));
+        assert!(matches!(
+            steps[1],
+            Step::FetchCounters(_, Some(CloseReason::Fin))
+        ));
         let flow = FlowId::from(&entry(CtEventKind::Update, 1, 40000, None));
         let counted = DirectionCounters::new(Counters::new(5, 500), Counters::new(4, 400));
         let closed = tracker
@@ -572,6 +619,44 @@ mod tests {
         assert!(steps.is_empty(), "4 was closed by the resync");
         tracker.close_all(&table, 7, &mut steps);
         assert_eq!(kinds(&steps).len(), 2);
+        assert_eq!(tracker.open_flows(), 0);
+    }
+
+    #[test]
+    fn flows_closed_when_the_scope_ends_say_how_tcp_ended_them_where_it_did() {
+        let mut tracker = Tracker::new(MARK);
+        for (id, port) in [(1, 40001), (2, 40002), (3, 40003), (4, 40004)] {
+            steps_on(&mut tracker, &entry(CtEventKind::New, id, port, None), 1);
+        }
+        let mut steps = Vec::new();
+        // Listed in TIME_WAIT, CLOSE and ESTABLISHED; 4 is not listed.
+        let table = [
+            entry(CtEventKind::Update, 1, 40001, Some(TCP_STATE_TIME_WAIT)),
+            entry(CtEventKind::Update, 2, 40002, Some(TCP_STATE_CLOSE)),
+            entry(CtEventKind::Update, 3, 40003, Some(3)),
+        ];
+        tracker.close_all(&table, 7, &mut steps);
+        let mut reasons: Vec<(u16, Option<CloseReason>, u64)> = steps
+            .iter()
+            .map(|step| match step {
+                Step::Emit(event) => (
+                    event.key.src_port,
+                    event.close_reason,
+                    event.kind.counters().map_or(0, |counters| counters.bytes),
+                ),
+                Step::FetchCounters(..) => panic!("the listing's counters are used: {step:?}"),
+            })
+            .collect();
+        reasons.sort_unstable_by_key(|(port, ..)| *port);
+        assert_eq!(
+            reasons,
+            [
+                (40001, Some(CloseReason::Fin), 60 + 40),
+                (40002, Some(CloseReason::Reset), 120 + 80),
+                (40003, Some(CloseReason::ScopeEnded), 180 + 120),
+                (40004, Some(CloseReason::ScopeEnded), 0),
+            ]
+        );
         assert_eq!(tracker.open_flows(), 0);
     }
 

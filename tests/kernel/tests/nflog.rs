@@ -238,7 +238,8 @@ async fn conntrack_events_see_the_same_flows_and_counters() {
 /// A TCP close costs one state-change event: the last ACK's (TIME_WAIT)
 /// after FINs, whether one end closed first or both at once, and the
 /// RST's (CLOSE). `conntrack -E` beside the backend hears no other update
-/// of the connections (the rules ask for state changes only there).
+/// of the connections (the rules ask for state changes only there), but
+/// for the close label's when a race on two CPUs hid the state change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_close_is_one_state_change_event() {
     let Some(env) = env("nflog a_tcp_close_is_one_state_change_event") else {
@@ -274,11 +275,11 @@ async fn a_tcp_close_is_one_state_change_event() {
     // too; a moment for it to print them.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let heard = peer.heard(&keys);
-    let states = |key: &FlowKey| -> Vec<String> {
+    let updates = |key: &FlowKey| -> Vec<Option<String>> {
         heard
             .iter()
             .filter(|entry| entry.key == *key)
-            .filter_map(|entry| entry.tcp_state.clone())
+            .map(|entry| entry.tcp_state.clone())
             .collect()
     };
     for (keys, state) in [
@@ -287,7 +288,21 @@ async fn a_tcp_close_is_one_state_change_event() {
         (&reset, "CLOSE"),
     ] {
         for key in keys {
-            assert_eq!(states(key), [state], "{key}");
+            let heard = updates(key);
+            let one_state_change = matches!(&heard[..], [Some(only)] if only == state);
+            // Where a packet on the other CPU took the state change from
+            // the cache under the old mask: the close label's update,
+            // without a state (perhaps followed by the change, when the
+            // label was set a packet early).
+            let asked_without_a_state = match &heard[..] {
+                [None] => true,
+                [None, Some(then)] => then == state,
+                _ => false,
+            };
+            assert!(
+                one_state_change || asked_without_a_state,
+                "{key}: {heard:?}, not one update ({state})"
+            );
         }
     }
 }
