@@ -51,6 +51,10 @@ use flow_core::{FlowError, FlowEvent, FlowSource, FlowStream, LossPoint};
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 
+use batches::ReadyBatches;
+
+mod batches;
+
 /// Sizes of the merge engine's buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MergeConfig {
@@ -319,10 +323,8 @@ impl Forwarder {
         // Each item is tagged as it comes off the stream, straight into the
         // batch that is sent: an event is moved as few times as it can be
         // (it is large, and moving it was most of the merge's cost).
-        let backend = Arc::clone(&self.backend);
-        let mut chunks = stream
-            .map(move |item| MergedItem::from_source(&backend, item))
-            .ready_chunks(self.config.batch_size);
+        let mut chunks =
+            ReadyBatches::new(stream, Arc::clone(&self.backend), self.config.batch_size);
         loop {
             let chunk = tokio::select! {
                 biased;

@@ -3,10 +3,11 @@
 
 use std::io::{self, Write};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use flow_core::record::FlowRecord;
 use flow_core::{FlowError, FlowEventKind, LossPoint};
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
 use crate::merge::MergedItem;
@@ -119,11 +120,14 @@ pub async fn write_all_tracking_open<W: Write>(
 ) -> PipelineReport {
     let mut report = PipelineReport::default();
     let mut output = Output::new(writer);
+    // What is ready is taken without waiting (polled with a waker that does
+    // nothing); the output is flushed only when the stream pauses.
+    let mut without_waiting = Context::from_waker(Waker::noop());
     loop {
-        let item = match stream.next().now_or_never() {
-            Some(Some(item)) => item,
-            Some(None) => break,
-            None => {
+        let item = match stream.poll_next_unpin(&mut without_waiting) {
+            Poll::Ready(Some(item)) => item,
+            Poll::Ready(None) => break,
+            Poll::Pending => {
                 output.flush();
                 open_flows.send_replace(report.open_flows());
                 match stream.next().await {
@@ -135,7 +139,14 @@ pub async fn write_all_tracking_open<W: Write>(
         if let Some(record) = item.to_record() {
             output.write(&record);
         }
-        tally(&mut report, item);
+        // Counted where it lies (an event is large, and moving it costs);
+        // a failure is kept.
+        if let MergedItem::SourceFailed { backend, error } = item {
+            tracing::error!(%backend, %error, "flow source failed");
+            report.failures.push(SourceFailure { backend, error });
+        } else {
+            tally(&mut report, &item);
+        }
     }
     output.flush();
     open_flows.send_replace(report.open_flows());
@@ -203,14 +214,15 @@ impl PipelineReport {
     }
 }
 
-/// Counts `item` in the report, which keeps a source's failure.
-fn tally(report: &mut PipelineReport, item: MergedItem) {
+/// Counts `item` in the report (a source's failure is kept by the caller,
+/// which owns it).
+fn tally(report: &mut PipelineReport, item: &MergedItem) {
     match item {
         MergedItem::Event { event, .. } => {
             report.events += 1;
-            report.destinations.record(&event);
-            report.programs.record(&event);
-            report.denials.record(&event);
+            report.destinations.record(event);
+            report.programs.record(event);
+            report.denials.record(event);
             match event.kind {
                 FlowEventKind::Opened => report.opened += 1,
                 FlowEventKind::Closed { .. } => report.closed += 1,
@@ -222,10 +234,11 @@ fn tally(report: &mut PipelineReport, item: MergedItem) {
         }
         MergedItem::Lost { point, count, .. } => {
             report.loss_items += 1;
+            let point = *point;
             if !report.loss_points.contains(&point) {
                 report.loss_points.push(point);
             }
-            match count {
+            match *count {
                 Some(count) if point == LossPoint::ExportDropped => {
                     report.export_dropped = report.export_dropped.saturating_add(count);
                 }
@@ -245,10 +258,8 @@ fn tally(report: &mut PipelineReport, item: MergedItem) {
                 None => report.losses_of_unknown_size += 1,
             }
         }
-        MergedItem::SourceFailed { backend, error } => {
-            tracing::error!(%backend, %error, "flow source failed");
-            report.failures.push(SourceFailure { backend, error });
-        }
+        // Kept by the caller, which owns it.
+        MergedItem::SourceFailed { .. } => {}
         MergedItem::SourceEnded { backend } => tracing::debug!(%backend, "flow source ended"),
     }
 }
