@@ -459,6 +459,35 @@ async fn a_lagging_backends_view_of_an_earlier_flow_on_a_reused_key_is_not_a_new
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_lagging_backends_close_of_an_earlier_flow_leaves_the_next_flow_waiting_for_its_view() {
+    // After a stall of nflog alone, eBPF has reported both flows of a key,
+    // closes included, before nflog reports the first, close and all:
+    // that close is the earlier flow's, and nflog's view of the second
+    // flow is still to come (taken as all in, the second flow came out
+    // twice: `run_both after_a_stall_within_the_buffer…` under load).
+    const MS: u64 = 1_000_000;
+    let mut h = Harness::new(100);
+    h.send_all([
+        ("ebpf", FlowEvent::opened(key(15), 1_000 * MS)),
+        ("ebpf", FlowEvent::closed(key(15), 12, 840, 1_100 * MS)),
+    ]);
+    let mut out = h.after(Duration::from_secs(1)).await;
+    h.send_all([
+        ("ebpf", FlowEvent::opened(key(15), 4_000 * MS)),
+        ("ebpf", FlowEvent::closed(key(15), 12, 840, 4_100 * MS)),
+    ]);
+    out.extend(h.after(Duration::from_secs(1)).await);
+    h.send_all([
+        ("nflog", FlowEvent::opened(key(15), 1_000 * MS)),
+        ("nflog", FlowEvent::closed(key(15), 12, 840, 6_000 * MS)),
+        ("nflog", FlowEvent::opened(key(15), 4_000 * MS)),
+        ("nflog", FlowEvent::closed(key(15), 12, 840, 6_000 * MS)),
+    ]);
+    out.extend(h.after(Duration::from_secs(5)).await);
+    assert_eq!(counts(&out), (2, 2), "two flows, not three: {out:?}");
+}
+
 /// nflog's close, alone in the window (eBPF's comes later), carries the
 /// process the flow's `opened` line had from the kernel, not nflog's
 /// guess.

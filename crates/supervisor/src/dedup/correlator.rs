@@ -363,7 +363,10 @@ impl Correlator {
             // A late view of a flow already reported closed.
             if let Some(closed_at) = flow.closed_at() {
                 let lingered = now.saturating_duration_since(closed_at) >= linger;
-                if flow.complete() {
+                // The close of an earlier flow says its backend lags: its
+                // view of this flow is still to come, so this flow is not
+                // all in (its `opened` would start a second flow).
+                if flow.complete() && !of_earlier_flow {
                     if lingered {
                         self.table.remove(&key);
                     } else {
