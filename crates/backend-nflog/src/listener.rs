@@ -43,7 +43,7 @@ use crate::procs::Members;
 use crate::rules::enforce::{self, POLICY_PREFIX};
 use crate::rules::{self, MARK_BIT, RuleScope, Table};
 use crate::sysctl::ConntrackSettings;
-use crate::tracker::{Clock, FlowId, Step, Tracker, tcp_over};
+use crate::tracker::{Clock, FlowId, Step, Tracker};
 use crate::{BACKEND_NAME, NflogConfig};
 
 /// What the stream yields.
@@ -704,12 +704,11 @@ impl Session {
                     Some(Ok(replies)) => entries(replies).into_iter().next(),
                     _ => None,
                 };
-                let Some(reason) = reason.or_else(|| fetched.as_ref().and_then(tcp_over)) else {
-                    // Not over yet: its change to TIME_WAIT is still to come.
-                    continue;
-                };
-                let counters = fetched.and_then(|entry| entry.counters);
-                if let Some(event) = self.tracker.close(*flow, counters, Some(reason), now_ns) {
+                // Not over yet (no event): its change to TIME_WAIT is to come.
+                if let Some(event) =
+                    self.tracker
+                        .close_fetched(*flow, *reason, fetched.as_ref(), now_ns)
+                {
                     self.emit(event, batch);
                 }
             }

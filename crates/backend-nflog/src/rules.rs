@@ -555,12 +555,15 @@ fn ct_has(key: u32, bits: u32) -> [Nlattr<u16, Buffer>; 3] {
     ]
 }
 
-/// `ct event set new,destroy,protoinfo` ([`EVENTS_CLOSING`]).
-fn ask_state_changes() -> [Nlattr<u16, Buffer>; 2] {
-    [
-        immediate(&EVENTS_CLOSING.to_ne_bytes()),
-        ct_store(CT_EVENTMASK),
-    ]
+/// `ct event set EVENTS`: the events conntrack reports of the connection
+/// from now on ([`EVENTS_CLOSING`], [`EVENTS_CLOSE_ASKED`]).
+fn ask_events(events: u32) -> [Nlattr<u16, Buffer>; 2] {
+    [immediate(&events.to_ne_bytes()), ct_store(CT_EVENTMASK)]
+}
+
+/// `ct label set LABEL`: sets the bits of `label` (the kernel ORs them in).
+fn set_label(label: &[u8; 16]) -> [Nlattr<u16, Buffer>; 2] {
+    [immediate(label), ct_store(CT_LABELS)]
 }
 
 /// `ct KEY & bits == 0`: the conntrack field `key` has none of `bits`.
@@ -609,7 +612,7 @@ fn local_inbound_rule(table: &Table) -> Vec<Nlattr<u16, Buffer>> {
     let mut expressions = Vec::from(ct_has(CT_STATE, CT_STATE_NEW));
     expressions.extend(ct_has(CT_STATUS, CT_STATUS_CONFIRMED));
     expressions.extend(in_scope(table));
-    expressions.extend(ask_state_changes());
+    expressions.extend(ask_events(EVENTS_CLOSING));
     expressions
 }
 
@@ -663,28 +666,19 @@ fn closing_rules(table: &Table) -> Vec<Vec<Nlattr<u16, Buffer>>> {
     if !table.labels {
         let mut from_first_fin = marked_tcp(table);
         from_first_fin.extend(tcp_flags(TCP_FIN_OR_RST, true));
-        from_first_fin.extend(ask_state_changes());
+        from_first_fin.extend(ask_events(EVENTS_CLOSING));
         return vec![from_first_fin];
     }
     let note_fin = |direction: u8, label: &[u8; 16]| {
         let mut rule = marked_tcp(table);
         rule.extend(tcp_flags(TCP_FIN, true));
-        rule.extend([
-            ct_load(CT_DIRECTION),
-            compare(true, &[direction]),
-            immediate(label),
-            ct_store(CT_LABELS),
-        ]);
+        rule.extend([ct_load(CT_DIRECTION), compare(true, &[direction])]);
+        rule.extend(set_label(label));
         rule
     };
     // The mask first: a CPU that takes the label's event from the cache
     // delivers it under the new mask.
-    let ask_close = [
-        immediate(&EVENTS_CLOSE_ASKED.to_ne_bytes()),
-        ct_store(CT_EVENTMASK),
-        immediate(&CLOSE_ASKED),
-        ct_store(CT_LABELS),
-    ];
+    let ask_close = [ask_events(EVENTS_CLOSE_ASKED), set_label(&CLOSE_ASKED)].concat();
     let mut reset = marked_tcp(table);
     reset.extend(tcp_flags(TCP_RST, true));
     reset.extend(ask_close.clone());

@@ -107,7 +107,7 @@ pub(crate) struct Tracker {
 
 /// Why a TCP entry is over, if conntrack's state says it is: TIME_WAIT
 /// follows a FIN exchange, CLOSE a reset.
-pub(crate) fn tcp_over(entry: &CtEntry) -> Option<CloseReason> {
+fn tcp_over(entry: &CtEntry) -> Option<CloseReason> {
     if entry.key.protocol != 6 {
         return None;
     }
@@ -201,7 +201,7 @@ impl Tracker {
 
     /// Reports `flow` closed with `counters` (from a fresh look at its
     /// entry), for `reason` when known; its later messages are ignored.
-    pub(crate) fn close(
+    fn close(
         &mut self,
         flow: FlowId,
         counters: Option<DirectionCounters>,
@@ -214,6 +214,26 @@ impl Tracker {
             closed_event(flow.key, counters, now_ns)
                 .started(opened_at)
                 .because(reason),
+        )
+    }
+
+    /// Reports `flow` closed after a fresh look at its entry (`fetched`;
+    /// `None`: gone), for `reason`, or where that is not known
+    /// ([`Step::FetchCounters`] with `None`) for the one TCP's state gives;
+    /// `None` when the entry says the flow is not over yet.
+    pub(crate) fn close_fetched(
+        &mut self,
+        flow: FlowId,
+        reason: Option<CloseReason>,
+        fetched: Option<&CtEntry>,
+        now_ns: u64,
+    ) -> Option<FlowEvent> {
+        let reason = reason.or_else(|| fetched.and_then(tcp_over))?;
+        self.close(
+            flow,
+            fetched.and_then(|entry| entry.counters),
+            Some(reason),
+            now_ns,
         )
     }
 
@@ -428,6 +448,27 @@ mod tests {
         steps_on(&mut tracker, &udp, 13);
         udp.kind = CtEventKind::Update;
         assert_eq!(steps_on(&mut tracker, &udp, 14), []);
+    }
+
+    #[test]
+    fn a_look_at_the_entry_closes_the_flow_only_when_tcp_says_it_is_over() {
+        let mut tracker = Tracker::new(MARK);
+        let new = entry(CtEventKind::New, 1, 40000, Some(1));
+        steps_on(&mut tracker, &new, 10);
+        let flow = FlowId::from(&new);
+        let established = entry(CtEventKind::Update, 1, 40000, Some(3));
+        assert_eq!(
+            tracker.close_fetched(flow, None, Some(&established), 11),
+            None
+        );
+        assert_eq!(tracker.open_flows(), 1, "not over yet");
+        let time_wait = entry(CtEventKind::Update, 1, 40000, Some(TCP_STATE_TIME_WAIT));
+        let closed = tracker
+            .close_fetched(flow, None, Some(&time_wait), 12)
+            .unwrap();
+        assert_eq!(closed.close_reason, Some(CloseReason::Fin));
+        assert_eq!(closed.directions, time_wait.counters);
+        assert_eq!(tracker.open_flows(), 0);
     }
 
     #[test]
