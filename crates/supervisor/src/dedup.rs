@@ -30,8 +30,9 @@
 //! listing of its table or from the backlog behind the loss) carries the
 //! listing's or the read's time, so it cannot be matched to one of several
 //! flows on a reused key: on a key remembered while another backend runs
-//! (which reports each flow itself), it is absorbed into the flow
-//! remembered; it never starts a second one. In a line, a view as it
+//! (which reports each flow itself), or after that backend ended with the
+//! scope, it is absorbed into the flow remembered; it never starts a
+//! second one. In a line, a view as it
 //! happened wins over a rebuilt one.
 //!
 //! At most [`DedupConfig::capacity`] flows are

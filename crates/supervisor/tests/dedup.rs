@@ -1,6 +1,7 @@
 //! `--backend both` correlation: one flow, one `opened`, one `closed`,
 //! whichever backends saw it; timed with tokio's paused clock.
 
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -486,6 +487,77 @@ async fn a_lagging_backends_close_of_an_earlier_flow_leaves_the_next_flow_waitin
     ]);
     out.extend(h.after(Duration::from_secs(5)).await);
     assert_eq!(counts(&out), (2, 2), "two flows, not three: {out:?}");
+}
+
+/// Both backends report a flow on `key(port)`, nflog's close after the
+/// flow was reported: every view of it is in.
+async fn both_reported_a_flow(h: &mut Harness, port: u16) {
+    h.send_all([
+        ("ebpf", FlowEvent::opened(key(port), 1)),
+        ("ebpf", FlowEvent::closed(key(port), 12, 840, 2)),
+        ("nflog", FlowEvent::opened(key(port), 1)),
+    ]);
+    assert_eq!(counts(&h.after(Duration::from_secs(1)).await), (1, 1));
+    h.send(seen("nflog", FlowEvent::closed(key(port), 12, 840, 2)));
+    assert_eq!(h.after(Duration::from_secs(1)).await, []);
+}
+
+/// Sends eBPF's end (`failed`: a failure) and takes it from the output,
+/// where it passes unchanged.
+async fn ebpf_stops(h: &mut Harness, failed: bool) {
+    let backend = Arc::from("ebpf");
+    h.send(if failed {
+        MergedItem::SourceFailed {
+            backend,
+            error: FlowError::io("reading the ring buffer", io::ErrorKind::BrokenPipe.into()),
+        }
+    } else {
+        MergedItem::SourceEnded { backend }
+    });
+    let passed = h.output.next().await.unwrap();
+    assert_eq!(
+        matches!(passed, MergedItem::SourceFailed { .. }),
+        failed,
+        "{passed:?}"
+    );
+}
+
+/// nflog's view of the flow on `key(port)`, rebuilt from a listing.
+fn rebuilt(port: u16) -> [(&'static str, FlowEvent); 2] {
+    [
+        ("nflog", FlowEvent::opened(key(port), 10).resynced(true)),
+        (
+            "nflog",
+            FlowEvent::closed(key(port), 12, 840, 10).resynced(true),
+        ),
+    ]
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rebuilt_view_read_after_ebpf_ended_is_absorbed_into_the_flow_ebpf_reported() {
+    // At the end of a run whose nflog queue overran, nflog's last listing
+    // rebuilds flows both backends reported, and may be read after eBPF's
+    // source ended with the scope (`run_both after_a_stall_each_flow_still_comes_out_once`,
+    // one run in ten under load: hundreds of flows came out twice).
+    let mut h = Harness::new(100);
+    both_reported_a_flow(&mut h, 16).await;
+    ebpf_stops(&mut h, false).await;
+    h.send_all(rebuilt(16));
+    assert_eq!(h.after(Duration::from_secs(5)).await, [], "absorbed");
+    // A key eBPF never reported is a flow only the listing showed.
+    h.send_all(rebuilt(17));
+    assert_eq!(counts(&h.after(Duration::from_secs(1)).await), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rebuilt_view_read_after_ebpf_failed_is_reported() {
+    // As above, but eBPF failed: it may have missed flows of the key since,
+    // so the rebuilt view is reported.
+    let mut h = Harness::new(100);
+    both_reported_a_flow(&mut h, 18).await;
+    ebpf_stops(&mut h, true).await;
+    h.send_all(rebuilt(18));
+    assert_eq!(counts(&h.after(Duration::from_secs(5)).await), (1, 1));
 }
 
 /// nflog's close, alone in the window (eBPF's comes later), carries the

@@ -47,6 +47,9 @@ pub(super) struct Correlator {
     known: Vec<Arc<str>>,
     /// The backends still running: a flow all of them saw is not waited on.
     active: Backends,
+    /// The backends whose source ended (not failed): each reported every
+    /// flow of the scope it saw, and the scope ended with them.
+    ended: Backends,
     /// The index of [`DedupConfig::preferred`].
     preferred: Option<u8>,
     pub(super) table: Table,
@@ -78,6 +81,7 @@ impl Correlator {
             config,
             known: Vec::new(),
             active: Backends::default(),
+            ended: Backends::default(),
             preferred: None,
             table: Table::default(),
             now: Instant::now(),
@@ -141,6 +145,9 @@ impl Correlator {
                 // Its view will not come: stop waiting for it.
                 self.active = self.active - Backends::one(index);
                 self.recheck_owed = true;
+                if matches!(item, MergedItem::SourceEnded { .. }) {
+                    self.ended = self.ended | Backends::one(index);
+                }
             }
             out.push_back(item);
             return;
@@ -163,21 +170,28 @@ impl Correlator {
         self.preferred == Some(backend)
     }
 
-    /// Whether a backend other than `backend` is running: one that reports
-    /// every flow on its own, with its real times.
-    fn others_active(&self, backend: u8) -> bool {
-        !(self.active - Backends::one(backend)).is_empty()
+    /// Whether a backend other than `backend` reports (or, its source
+    /// ended with the scope, reported) every flow on its own, with its real
+    /// times.
+    fn others_report_every_flow(&self, backend: u8) -> bool {
+        !((self.active | self.ended) - Backends::one(backend)).is_empty()
     }
 
     /// Whether `event` from `backend` is a view rebuilt from a listing of
     /// its table (times lost with the messages: the listing's) on a key
-    /// whose remembered flow another running backend reports: it is
-    /// absorbed. Such a view cannot be told apart from the flow reported by
-    /// its time, and the other backend reports each flow of the key itself,
-    /// so one flow stays one flow; at worst a flow the other backend lost
-    /// too (and reported lost) is missed.
+    /// whose remembered flow another backend reports, running or ended with
+    /// the scope: it is absorbed. Such a view cannot be told apart from the
+    /// flow reported by its time, and the other backend reports each flow
+    /// of the key itself, so one flow stays one flow; at worst a flow the
+    /// other backend lost too (and reported lost) is missed. nflog's last
+    /// listing, at the scope's end, may well be read after eBPF's source
+    /// ended (unabsorbed, hundreds of flows of `run_both
+    /// after_a_stall_each_flow_still_comes_out_once` came out twice, one
+    /// run in ten under load).
     fn absorbs_resynced(&self, backend: u8, event: &FlowEvent) -> bool {
-        event.resynced && self.others_active(backend) && self.table.get(&event.key).is_some()
+        event.resynced
+            && self.others_report_every_flow(backend)
+            && self.table.get(&event.key).is_some()
     }
 
     /// A flow whose every view came in after it was reported closed is
