@@ -144,6 +144,7 @@ pub struct NflogConfig {
     pub(crate) receive_buffer: usize,
     pub(crate) max_receive_buffer: usize,
     pub(crate) owned_table: bool,
+    pub(crate) labels: bool,
     pub(crate) name_cache_entries: NonZeroUsize,
     pub(crate) names: bool,
     pub(crate) processes: bool,
@@ -312,6 +313,17 @@ impl NflogConfig {
         self.owned_table = false;
         self
     }
+
+    /// For tests (feature `testing`): the rules of a kernel without
+    /// conntrack labels, which ask for a connection's TCP state changes
+    /// from its first FIN or RST on (the kernel tests run them on a kernel
+    /// that has labels).
+    #[cfg(feature = "testing")]
+    #[must_use]
+    pub fn without_conntrack_labels(mut self) -> Self {
+        self.labels = false;
+        self
+    }
 }
 
 /// `bytes`, if a netlink receive buffer can be that size.
@@ -338,6 +350,7 @@ impl Default for NflogConfig {
             receive_buffer: 4 << 20,
             max_receive_buffer: 64 << 20,
             owned_table: true,
+            labels: true,
             name_cache_entries: flow_enrich::DEFAULT_NAME_CACHE_ENTRIES,
             names: true,
             processes: true,

@@ -512,6 +512,9 @@ impl Session {
         let mut made = Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         for (inner_payload, labels) in [(true, true), (true, false), (false, true), (false, false)]
         {
+            if labels && !config.labels {
+                continue;
+            }
             made = create(inner_payload, labels);
             if !matches!(&made, Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP)) {
                 break;

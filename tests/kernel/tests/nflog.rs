@@ -235,19 +235,23 @@ async fn conntrack_events_see_the_same_flows_and_counters() {
     assert_eq!(observed.lost, 0);
 }
 
-/// A TCP close costs one state-change event: the last ACK's (TIME_WAIT)
-/// after FINs, whether one end closed first or both at once, and the
-/// RST's (CLOSE). `conntrack -E` beside the backend hears no other update
-/// of the connections (the rules ask for state changes only there), but
-/// for the close label's when a race on two CPUs hid the state change.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tcp_close_is_one_state_change_event() {
-    let Some(env) = env("nflog a_tcp_close_is_one_state_change_event") else {
-        return;
-    };
+/// Ten TCP connections closed each way (the client first, both ends at
+/// once, a RST) from the namespace to servers outside it, watched by a
+/// backend of `config` and by `conntrack -E` for updates: their keys (in
+/// that order), what the backend reported once each had closed, and the
+/// peer.
+struct ClosedThreeWays {
+    client_first: Vec<FlowKey>,
+    both_at_once: Vec<FlowKey>,
+    reset: Vec<FlowKey>,
+    observed: flowtrack_kernel_tests::observe::Observed,
+    peer: ConntrackEvents,
+}
+
+async fn close_three_ways(env: &TestEnv, config: NflogConfig) -> ClosedThreeWays {
     let echo = env.server_outside(&["serve-tcp", "127.0.0.1:0"]);
     let closing = env.server_outside(&["serve-tcp", "127.0.0.1:0", "--close-after", "1"]);
-    let mut stream = start(NflogConfig::netns(env.netns.path())).await;
+    let mut stream = start(config).await;
     let peer = ConntrackEvents::listen_for(&env.netns, "UPDATE");
     let to = |server: &flowtrack_kernel_tests::Server| format!("127.0.0.1:{}", server.port);
     let count = ["--count", "10"];
@@ -268,27 +272,58 @@ async fn a_tcp_close_is_one_state_change_event() {
         Duration::from_secs(20),
     )
     .await;
-    for key in &keys {
-        observed.closed_once(key);
-    }
-    // Each close's event reached flowtrack, so it reached conntrack -E
+    // Each close's event reached the backend, so it reached conntrack -E
     // too; a moment for it to print them.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let heard = peer.heard(&keys);
-    let updates = |key: &FlowKey| -> Vec<Option<String>> {
-        heard
-            .iter()
-            .filter(|entry| entry.key == *key)
-            .map(|entry| entry.tcp_state.clone())
-            .collect()
+    ClosedThreeWays {
+        client_first,
+        both_at_once,
+        reset,
+        observed,
+        peer,
+    }
+}
+
+/// The TCP states `conntrack -E` heard in the updates of `key`, in order.
+fn states_heard(
+    heard: &[flowtrack_kernel_tests::ConntrackEntry],
+    key: &FlowKey,
+) -> Vec<Option<String>> {
+    heard
+        .iter()
+        .filter(|entry| entry.key == *key)
+        .map(|entry| entry.tcp_state.clone())
+        .collect()
+}
+
+/// A TCP close costs one state-change event: the last ACK's (TIME_WAIT)
+/// after FINs, whether one end closed first or both at once, and the
+/// RST's (CLOSE). `conntrack -E` beside the backend hears no other update
+/// of the connections (the rules ask for state changes only there), but
+/// for the close label's when a race on two CPUs hid the state change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_close_is_one_state_change_event() {
+    let Some(env) = env("nflog a_tcp_close_is_one_state_change_event") else {
+        return;
     };
+    let closed = close_three_ways(&env, NflogConfig::netns(env.netns.path())).await;
+    let keys = [
+        &closed.client_first[..],
+        &closed.both_at_once,
+        &closed.reset,
+    ]
+    .concat();
+    for key in &keys {
+        closed.observed.closed_once(key);
+    }
+    let heard = closed.peer.heard(&keys);
     for (keys, state) in [
-        (&client_first, "TIME_WAIT"),
-        (&both_at_once, "TIME_WAIT"),
-        (&reset, "CLOSE"),
+        (&closed.client_first, "TIME_WAIT"),
+        (&closed.both_at_once, "TIME_WAIT"),
+        (&closed.reset, "CLOSE"),
     ] {
         for key in keys {
-            let heard = updates(key);
+            let heard = states_heard(&heard, key);
             let one_state_change = matches!(&heard[..], [Some(only)] if only == state);
             // Where a packet on the other CPU took the state change from
             // the cache under the old mask: the close label's update,
@@ -304,6 +339,49 @@ async fn a_tcp_close_is_one_state_change_event() {
                 "{key}: {heard:?}, not one update ({state})"
             );
         }
+    }
+}
+
+/// On a kernel without conntrack labels, the rules ask for a connection's
+/// TCP state changes from its first FIN or RST on: more events per close
+/// (`conntrack -E` hears the states between), the same closes — on the
+/// FINs, whichever end closed first, or on the RST — with conntrack's
+/// counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_conntrack_labels_closes_come_from_the_state_changes_after_a_fin() {
+    let Some(env) =
+        env("nflog without_conntrack_labels_closes_come_from_the_state_changes_after_a_fin")
+    else {
+        return;
+    };
+    let config = NflogConfig::netns(env.netns.path()).without_conntrack_labels();
+    let closed = close_three_ways(&env, config).await;
+    let observed = &closed.observed;
+    let table = env.netns.conntrack_entries();
+    for key in closed.client_first.iter().chain(&closed.both_at_once) {
+        let counters = observed.closed_once(key);
+        assert_eq!(
+            observed.closed_because(key),
+            Some(CloseReason::Fin),
+            "{key}"
+        );
+        assert_in_conntrack(&table, key, counters);
+    }
+    for key in &closed.reset {
+        observed.closed_once(key);
+        assert_eq!(
+            observed.closed_because(key),
+            Some(CloseReason::Reset),
+            "{key}"
+        );
+    }
+    let heard = closed.peer.heard(&closed.client_first);
+    for key in &closed.client_first {
+        let states = states_heard(&heard, key);
+        assert!(
+            states.len() >= 2 && states.last() == Some(&Some("TIME_WAIT".to_owned())),
+            "{key}: the state changes from the first FIN on, not one: {states:?}"
+        );
     }
 }
 
