@@ -57,6 +57,10 @@ const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// whole would hold up the other sources and the output meanwhile.
 const EVENTS_PER_ROUND: usize = 256;
 
+/// Rounds of events (each up to [`EVENTS_PER_ROUND`] datagrams) read when
+/// the scope ends, before its open flows are closed from a dump.
+const ROUNDS_BEFORE_CLOSING: usize = 16;
+
 /// Whether a round read the conntrack event socket to its end.
 enum Drained {
     Yes,
@@ -831,16 +835,25 @@ impl Session {
     }
 
     /// Closes every open flow (the scope ended), with the counters of a
-    /// dump of the table. The events are read to their end first: a
-    /// process's last FIN exchange was signalled before it exited, but
-    /// may have come after this round's read.
+    /// dump of the table. The events queued are read first, up to
+    /// [`ROUNDS_BEFORE_CLOSING`] rounds: a process's last FIN exchange was
+    /// signalled before it exited, but may have come after this round's
+    /// read. A read that fails, or a queue that other connections keep
+    /// full, does not keep the flows open: the dump closes the rest, each
+    /// for the reason its TCP state gives.
     fn close_open_flows(&mut self, batch: &mut Vec<Item>) {
-        if self.tracker.open_flows() == 0 {
-            return;
-        }
-        if let Err(error) = self.read_all_events(batch) {
-            batch.push(Err(error));
-            return;
+        for _ in 0..ROUNDS_BEFORE_CLOSING {
+            if self.tracker.open_flows() == 0 {
+                return;
+            }
+            match self.read_events(batch) {
+                Ok(Drained::Yes) => break,
+                Ok(Drained::No) => {}
+                Err(error) => {
+                    batch.push(Err(error));
+                    break;
+                }
+            }
         }
         if self.tracker.open_flows() == 0 {
             return;

@@ -217,10 +217,13 @@ impl Tracker {
         )
     }
 
-    /// Reports `flow` closed after a fresh look at its entry (`fetched`;
-    /// `None`: gone), for `reason`, or where that is not known
-    /// ([`Step::FetchCounters`] with `None`) for the one TCP's state gives;
-    /// `None` when the entry says the flow is not over yet.
+    /// Reports `flow` closed after a fresh look at its entry (`fetched`),
+    /// for `reason`, or where that is not known ([`Step::FetchCounters`]
+    /// with `None`) for the one TCP's state gives; `None` when the entry
+    /// says the flow is not over yet, or is gone: replaced by a new
+    /// connection on the same tuple (another id), or destroyed. The
+    /// entry's DESTROY, queued when it went, then closes the flow with its
+    /// last counters (closed here, it had none: zeros).
     pub(crate) fn close_fetched(
         &mut self,
         flow: FlowId,
@@ -228,13 +231,9 @@ impl Tracker {
         fetched: Option<&CtEntry>,
         now_ns: u64,
     ) -> Option<FlowEvent> {
-        let reason = reason.or_else(|| fetched.and_then(tcp_over))?;
-        self.close(
-            flow,
-            fetched.and_then(|entry| entry.counters),
-            Some(reason),
-            now_ns,
-        )
+        let fetched = fetched.filter(|entry| entry.id == flow.id)?;
+        let reason = reason.or_else(|| tcp_over(fetched))?;
+        self.close(flow, fetched.counters, Some(reason), now_ns)
     }
 
     /// An interim report of the flow a listing shows as `entry`, at
@@ -468,6 +467,37 @@ mod tests {
             .unwrap();
         assert_eq!(closed.close_reason, Some(CloseReason::Fin));
         assert_eq!(closed.directions, time_wait.counters);
+        assert_eq!(tracker.open_flows(), 0);
+    }
+
+    #[test]
+    fn a_flow_whose_entry_went_before_the_look_closes_on_its_destroy() {
+        let mut tracker = Tracker::new(MARK);
+        let new = entry(CtEventKind::New, 1, 40000, Some(1));
+        steps_on(&mut tracker, &new, 10);
+        let flow = FlowId::from(&new);
+        // Gone, or replaced by a connection reusing the tuple (in CLOSE:
+        // refused), between the state change and the look.
+        assert_eq!(
+            tracker.close_fetched(flow, Some(CloseReason::Fin), None, 11),
+            None
+        );
+        let mut reused = entry(CtEventKind::Update, 2, 40000, Some(TCP_STATE_CLOSE));
+        reused.key = new.key;
+        assert_eq!(tracker.close_fetched(flow, None, Some(&reused), 12), None);
+        assert_eq!(
+            tracker.close_fetched(flow, Some(CloseReason::Fin), Some(&reused), 12),
+            None,
+            "not the counters of another connection"
+        );
+        assert_eq!(tracker.open_flows(), 1);
+        let destroy = entry(CtEventKind::Destroy, 1, 40000, Some(TCP_STATE_TIME_WAIT));
+        let steps = steps_on(&mut tracker, &destroy, 13);
+        assert!(
+            matches!(&steps[..], [Step::Emit(closed)] if closed.directions == destroy.counters
+                && closed.close_reason == Some(CloseReason::Fin)),
+            "{steps:?}"
+        );
         assert_eq!(tracker.open_flows(), 0);
     }
 

@@ -48,7 +48,10 @@ pub(super) struct Correlator {
     /// The backends still running: a flow all of them saw is not waited on.
     active: Backends,
     /// The backends whose source ended (not failed): each reported every
-    /// flow of the scope it saw, and the scope ended with them.
+    /// flow it saw until then. Sources end with the scope, or when
+    /// flowtrack stops: only a flow begun between two backends' ends, on a
+    /// key remembered, and seen by the last only in a rebuilt view (after
+    /// an overrun, reported as a loss) could be taken for one reported.
     ended: Backends,
     /// The index of [`DedupConfig::preferred`].
     preferred: Option<u8>,
