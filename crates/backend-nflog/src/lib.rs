@@ -85,6 +85,7 @@ mod annotate;
 pub mod cleanup;
 mod conntrack;
 mod listener;
+mod mark_filter;
 mod netlink;
 mod nflog;
 mod owners;

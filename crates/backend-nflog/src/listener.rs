@@ -37,6 +37,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::annotate::Annotator;
 use crate::conntrack::{self, CtEntry};
+use crate::mark_filter;
 use crate::netlink::{Answered, Reply, Socket};
 use crate::nflog::{self, DENY_PREFIX};
 use crate::procs::Members;
@@ -555,6 +556,10 @@ impl Session {
             return Err(error);
         }
         tracing::debug!(table = %table.name, mark = table.mark, group = table.log_group, "rules installed");
+        if let Err(error) = mark_filter::attach(events.fd(), table.mark) {
+            // The reader passes over other connections' events itself.
+            tracing::warn!(%error, "no kernel filter on conntrack events: other connections' are read and passed over");
+        }
         Ok(Self {
             events,
             requests,
