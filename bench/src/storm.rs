@@ -3,7 +3,8 @@
 //! peer (nflog beside `conntrack -E -e NEW,DESTROY`, then beside ulogd2's
 //! NFCT plugin; eBPF beside `conntrack -E`): flows
 //! captured of flows made, loss reported, CPU per 10,000 flows, and the
-//! delay from connect() to the line leaving each tool.
+//! delay from connect() to the line leaving each tool; and a storm outside
+//! the scope, which the backends watch only to ignore.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -366,6 +367,63 @@ pub(crate) fn storms(flows: usize, threads: usize) -> Result<String> {
          | storm | tool | flows made | opened captured | closed captured | loss reports | CPU s / 10k flows | CPU s / 10k events reported | wakeups / flow | connect → line p50 | p99 |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n{rows}"
     ))
+}
+
+/// A storm outside the scope: the nflog and eBPF backends each watch an
+/// idle cgroup, started in the storm's namespace (as `--backend both`
+/// starts there), while the generator, outside that cgroup, makes `flows`
+/// connections: what ignoring the traffic of others costs each. A table:
+/// lines written (none is the scope's), CPU per 10,000 connections made,
+/// wakeups per connection.
+pub(crate) fn outside_the_scope(flows: usize, threads: usize) -> Result<String> {
+    let flowtrack = flowtrack_beside("flowtrack-bench storms")?;
+    let flowtrack = flowtrack
+        .to_str()
+        .context("flowtrack's path is not UTF-8")?;
+    let netns = Netns::new();
+    let mut sink = netns.command(&harness()?);
+    sink.args(["echo", "127.0.0.1:0"]);
+    let server = Server::start(sink);
+    let cgroup = TestCgroup::new();
+    let backends = [Backend::Nflog, Backend::Ebpf];
+    let mut watchers = Vec::new();
+    for backend in backends {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", netns.name))
+            .arg(flowtrack)
+            .args(["watch", "--backend", backend.name(), "--format", "json"])
+            .arg("--cgroup")
+            .arg(&cgroup.path);
+        watchers.push(Watcher::spawn(command)?);
+    }
+    let generator = Generator {
+        netns: &netns,
+        cgroup: None,
+        dst: SocketAddr::from(([127, 0, 0, 1], server.port)),
+        flows,
+        threads,
+        lookup: None,
+    };
+    let storm = generator.run(watchers)?;
+    let total = storm.total as f64;
+    let mut table = format!(
+        "{} connections from {threads} threads in {:.2} s, outside the cgroup watched\n\n\
+         | backend watching an idle cgroup | lines written | CPU s / 10k connections made outside | wakeups / connection |\n\
+         |---|---|---|---|\n",
+        storm.total, storm.seconds
+    );
+    for (backend, watched) in backends.into_iter().zip(&storm.watched) {
+        writeln!(
+            table,
+            "| `watch --backend {}` | {} | {:.3} | {:.3} |",
+            backend.name(),
+            watched.lines.len(),
+            watched.cpu * 10_000.0 / total,
+            watched.sleeps as f64 / total,
+        )?;
+    }
+    Ok(table)
 }
 
 /// One storm with flowtrack's `backend` and `peer` watching: the storm's

@@ -2,9 +2,10 @@
 //! drops, before they are queued, the events of connections that do not
 //! carry the backend's ct mark. The reader would only read and pass them
 //! over (`Tracker::on_message` compares the mark); with a cgroup scope
-//! they are every other connection on the host: watching an idle cgroup
-//! while 20,000 connections were made outside it cost 0.35–0.40 CPU s and
-//! 1.2–1.3 wakeups per 10,000 of them / per connection.
+//! they are every other connection on the host. Watching an idle cgroup
+//! while 20,000 connections were made outside it cost 0.37–0.40 CPU s per
+//! 10,000 of them, and 1.3 wakeups per connection, without the filter;
+//! nothing measurable with it (BENCHMARKS.md, the storm section).
 //!
 //! Written by hand, as libnetfilter_conntrack does in C (its `bsf.c`): no
 //! Rust crate builds a filter for netlink attributes. The program walks the
