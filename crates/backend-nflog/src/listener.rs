@@ -716,7 +716,8 @@ impl Session {
                     Some(Ok(replies)) => entries(replies).into_iter().next(),
                     _ => None,
                 };
-                // Not over yet (no event): its change to TIME_WAIT is to come.
+                // No event when not over yet (its change to TIME_WAIT is to
+                // come) or gone (its DESTROY closes it).
                 if let Some(event) =
                     self.tracker
                         .close_fetched(*flow, *reason, fetched.as_ref(), now_ns)

@@ -449,12 +449,19 @@ mod tests {
         assert_eq!(steps_on(&mut tracker, &udp, 14), []);
     }
 
-    #[test]
-    fn a_look_at_the_entry_closes_the_flow_only_when_tcp_says_it_is_over() {
+    /// A tracker with one TCP flow open (its NEW read at 10), the NEW, and
+    /// the flow.
+    fn tracker_with_an_open_flow() -> (Tracker, CtEntry, FlowId) {
         let mut tracker = Tracker::new(MARK);
         let new = entry(CtEventKind::New, 1, 40000, Some(1));
         steps_on(&mut tracker, &new, 10);
         let flow = FlowId::from(&new);
+        (tracker, new, flow)
+    }
+
+    #[test]
+    fn a_look_at_the_entry_closes_the_flow_only_when_tcp_says_it_is_over() {
+        let (mut tracker, _, flow) = tracker_with_an_open_flow();
         let established = entry(CtEventKind::Update, 1, 40000, Some(3));
         assert_eq!(
             tracker.close_fetched(flow, None, Some(&established), 11),
@@ -472,10 +479,7 @@ mod tests {
 
     #[test]
     fn a_flow_whose_entry_went_before_the_look_closes_on_its_destroy() {
-        let mut tracker = Tracker::new(MARK);
-        let new = entry(CtEventKind::New, 1, 40000, Some(1));
-        steps_on(&mut tracker, &new, 10);
-        let flow = FlowId::from(&new);
+        let (mut tracker, new, flow) = tracker_with_an_open_flow();
         // Gone, or replaced by a connection reusing the tuple (in CLOSE:
         // refused), between the state change and the look.
         assert_eq!(

@@ -425,11 +425,7 @@ async fn closed_flows_are_forgotten_in_turn_and_a_close_owed_by_a_stopped_backen
     );
     assert_eq!(h.after(Duration::from_secs(60)).await, []);
     assert_eq!(h.output.remembered(), 1, "then the second; the third waits");
-    h.send(MergedItem::SourceEnded {
-        backend: Arc::from("nflog"),
-    });
-    let ended = h.output.next().await.unwrap();
-    assert!(matches!(ended, MergedItem::SourceEnded { .. }), "{ended:?}");
+    source_stops(&mut h, "nflog", false).await;
     assert_eq!(h.after(Duration::from_secs(1)).await, []);
     assert_eq!(h.output.remembered(), 0, "nflog ended: nothing is owed");
 }
@@ -502,10 +498,10 @@ async fn both_reported_a_flow(h: &mut Harness, port: u16) {
     assert_eq!(h.after(Duration::from_secs(1)).await, []);
 }
 
-/// Sends eBPF's end (`failed`: a failure) and takes it from the output,
-/// where it passes unchanged.
-async fn ebpf_stops(h: &mut Harness, failed: bool) {
-    let backend = Arc::from("ebpf");
+/// Sends `backend`'s end (`failed`: a failure) and takes it from the
+/// output, where it passes unchanged.
+async fn source_stops(h: &mut Harness, backend: &str, failed: bool) {
+    let backend = Arc::from(backend);
     h.send(if failed {
         MergedItem::SourceFailed {
             backend,
@@ -541,7 +537,7 @@ async fn a_rebuilt_view_read_after_ebpf_ended_is_absorbed_into_the_flow_ebpf_rep
     // one run in ten under load: hundreds of flows came out twice).
     let mut h = Harness::new(100);
     both_reported_a_flow(&mut h, 16).await;
-    ebpf_stops(&mut h, false).await;
+    source_stops(&mut h, "ebpf", false).await;
     h.send_all(rebuilt(16));
     assert_eq!(h.after(Duration::from_secs(5)).await, [], "absorbed");
     // A key eBPF never reported is a flow only the listing showed.
@@ -555,7 +551,7 @@ async fn a_rebuilt_view_read_after_ebpf_failed_is_reported() {
     // so the rebuilt view is reported.
     let mut h = Harness::new(100);
     both_reported_a_flow(&mut h, 18).await;
-    ebpf_stops(&mut h, true).await;
+    source_stops(&mut h, "ebpf", true).await;
     h.send_all(rebuilt(18));
     assert_eq!(counts(&h.after(Duration::from_secs(5)).await), (1, 1));
 }
