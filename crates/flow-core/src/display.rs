@@ -194,6 +194,32 @@ impl AddressText {
         &self.bytes[..self.len]
     }
 
+    /// Appends the text to `out`.
+    ///
+    /// ```
+    /// use flow_core::display::AddressText;
+    /// let mut out = b"to ".to_vec();
+    /// AddressText::socket("10.0.0.1".parse()?, 443).append_to(&mut out);
+    /// AddressText::new("2001:db8::1".parse()?).append_to(&mut out);
+    /// assert_eq!(out, b"to 10.0.0.1:4432001:db8::1");
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[inline]
+    pub fn append_to(&self, out: &mut Vec<u8>) {
+        // A text of up to 24 bytes (any IPv4 address with its port) is
+        // copied as 24 bytes and cut back: a copy of a fixed size is a few
+        // moves, a copy of the text's own length a call to memcpy (a third
+        // of what writing an address cost).
+        match self.bytes.first_chunk::<24>() {
+            Some(first) if self.len <= first.len() => {
+                let start = out.len();
+                out.extend_from_slice(first);
+                out.truncate(start + self.len);
+            }
+            _ => out.extend_from_slice(self.as_bytes()),
+        }
+    }
+
     fn push(&mut self, byte: u8) {
         self.bytes[self.len] = byte;
         self.len += 1;

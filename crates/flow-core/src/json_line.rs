@@ -68,6 +68,19 @@ impl<'a> JsonObject<'a> {
         value.write_json(self.out);
     }
 
+    /// Continues an object opened in `out` by another [`JsonObject`]: for
+    /// entries written on their own (each [`JsonObject::entry`] starts
+    /// with its comma).
+    pub(crate) fn continuing(out: &'a mut Vec<u8>) -> Self {
+        Self { out }
+    }
+
+    /// The buffer the object is written in, for entries written there
+    /// by a [`JsonObject::continuing`] it.
+    pub(crate) fn buffer(&mut self) -> &mut Vec<u8> {
+        self.out
+    }
+
     /// Closes the object.
     pub(crate) fn close(self) {
         self.out.push(b'}');
@@ -138,7 +151,7 @@ impl JsonValue for Arc<str> {
 impl JsonValue for IpAddr {
     fn write_json(&self, out: &mut Vec<u8>) {
         out.push(b'"');
-        out.extend_from_slice(AddressText::new(*self).as_bytes());
+        AddressText::new(*self).append_to(out);
         out.push(b'"');
     }
 }

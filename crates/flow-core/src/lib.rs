@@ -34,6 +34,8 @@ pub mod dns;
 mod error;
 mod event;
 #[cfg(feature = "serde")]
+mod json_fragments;
+#[cfg(feature = "serde")]
 mod json_line;
 mod key;
 pub mod process;

@@ -65,6 +65,7 @@ use std::sync::Arc;
 
 use crate::counters::{Counters, DirectionCounters};
 use crate::dns::{DnsLookup, QueryType, ResponseCode};
+use crate::json_fragments::{ArcFragments, BackendFragments};
 use crate::json_line::{JsonObject, JsonValue, Name};
 use crate::process::{Attribution, Process};
 use crate::workload::Workload;
@@ -250,9 +251,9 @@ impl<'a> FlowRecord<'a> {
     /// Appends the record as one JSON line, newline included, to `line`:
     /// [`FlowRecord::write_json_line_with`] without an intermediate copy,
     /// for writers that buffer lines themselves.
+    /// A stream of records is written faster by a [`JsonEncoder`].
     pub fn append_json_line(&self, line: &mut Vec<u8>, options: JsonOptions) {
-        write_json(self, options, line);
-        line.push(b'\n');
+        JsonEncoder::new(options).append_line(self, line);
     }
 
     /// Parses one JSON line (without or with its newline).
@@ -294,9 +295,57 @@ impl JsonOptions {
     }
 }
 
+/// Writes records as JSON lines, as [`FlowRecord::append_json_line`]
+/// does, faster for a stream of them: it keeps the JSON of the processes,
+/// names and backends it wrote last (a few dozen of each), and copies it
+/// into a line that has the same process or name (the same `Arc`) or
+/// backends again.
+///
+/// ```
+/// use std::sync::Arc;
+/// use flow_core::process::Process;
+/// use flow_core::{FlowEvent, FlowKey};
+/// use flow_core::record::{FlowRecord, JsonEncoder, JsonOptions};
+///
+/// let key = FlowKey::tcp("10.0.0.1:40000".parse()?, "10.0.0.2:80".parse()?);
+/// let curl = Arc::new(Process::new(7).with_comm("curl"));
+/// let mut encoder = JsonEncoder::new(JsonOptions::default());
+/// let mut lines = Vec::new();
+/// for event in [FlowEvent::opened(key, 1), FlowEvent::closed(key, 2, 120, 3)] {
+///     encoder.append_line(&FlowRecord::event("ebpf", event.by(Arc::clone(&curl))), &mut lines);
+/// }
+/// let lines = String::from_utf8(lines)?;
+/// assert_eq!(lines.matches(r#""pid":7,"comm":"curl""#).count(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct JsonEncoder {
+    options: JsonOptions,
+    processes: ArcFragments<Process>,
+    hosts: ArcFragments<str>,
+    backends: BackendFragments,
+}
+
+impl JsonEncoder {
+    /// An encoder writing with `options`, having kept nothing yet.
+    #[must_use]
+    pub fn new(options: JsonOptions) -> Self {
+        Self {
+            options,
+            ..Self::default()
+        }
+    }
+
+    /// Appends `record` as one JSON line, newline included, to `line`.
+    pub fn append_line(&mut self, record: &FlowRecord<'_>, line: &mut Vec<u8>) {
+        write_json(record, self, line);
+        line.push(b'\n');
+    }
+}
+
 /// The record's JSON object, without its newline (schema: the module
 /// documentation).
-fn write_json(record: &FlowRecord<'_>, options: JsonOptions, out: &mut Vec<u8>) {
+fn write_json(record: &FlowRecord<'_>, encoder: &mut JsonEncoder, out: &mut Vec<u8>) {
     let mut object = JsonObject::open(out, "ts_ns", &record.timestamp_ns());
     object.entry("kind", &Name(record.kind_name()));
     match &record.item {
@@ -321,13 +370,20 @@ fn write_json(record: &FlowRecord<'_>, options: JsonOptions, out: &mut Vec<u8>) 
                 _ => {}
             }
             if let Some(host) = &event.host {
-                object.entry("host", host);
+                encoder.hosts.append(host, object.buffer(), |host, out| {
+                    JsonObject::continuing(out).entry("host", host);
+                });
             }
             if let Some(sni) = &event.sni {
                 object.entry("sni", sni);
             }
             if let Some(process) = &event.process {
-                write_process(&mut object, process, options);
+                let options = encoder.options;
+                encoder
+                    .processes
+                    .append(process, object.buffer(), |process, out| {
+                        write_process(&mut JsonObject::continuing(out), process, options);
+                    });
             }
             if let Some(workload) = &event.workload {
                 object.entry("cgroup", &workload.cgroup);
@@ -341,8 +397,16 @@ fn write_json(record: &FlowRecord<'_>, options: JsonOptions, out: &mut Vec<u8>) 
             if event.resynced {
                 object.entry("resynced", &true);
             }
-            object.entry("backend", record.backend.as_ref());
-            object.entry("backends", &Backends(record));
+            encoder.backends.append(
+                &record.backend,
+                &record.also_seen_by,
+                object.buffer(),
+                |out| {
+                    let mut object = JsonObject::continuing(out);
+                    object.entry("backend", record.backend.as_ref());
+                    object.entry("backends", &Backends(record));
+                },
+            );
         }
         RecordItem::Lost { count, point, .. } => {
             object.entry("backend", record.backend.as_ref());

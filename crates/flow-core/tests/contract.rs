@@ -7,7 +7,7 @@ use std::sync::Arc;
 use flow_core::counters::{Counters, DirectionCounters};
 use flow_core::dns::{DnsLookup, QueryType, ResponseCode};
 use flow_core::process::{Attribution, Process};
-use flow_core::record::{FlowRecord, JsonOptions, RecordItem};
+use flow_core::record::{FlowRecord, JsonEncoder, JsonOptions, RecordItem};
 use flow_core::workload::Workload;
 use flow_core::{CloseReason, FlowError, FlowEvent, FlowEventKind, FlowKey, LossPoint};
 use proptest::prelude::*;
@@ -221,6 +221,33 @@ proptest! {
             event.to_mut().process = Some(Arc::new(process));
         }
         prop_assert_eq!(FlowRecord::from_json_line(text).unwrap(), expected);
+    }
+
+    /// An encoder copies what it kept of a process or of backends into
+    /// later lines: each line is still the line its record alone makes.
+    #[test]
+    fn an_encoder_writes_each_line_as_the_record_alone(
+        records in proptest::collection::vec(any_record(), 1..6),
+        processes in proptest::collection::vec(any_process(), 1..4),
+        picks in proptest::collection::vec((any::<usize>(), any::<usize>(), 0..3_usize), 1..40),
+        cmdline in any::<bool>(),
+    ) {
+        let processes: Vec<Arc<Process>> = processes.into_iter().map(Arc::new).collect();
+        let backends = ["ebpf", "nflog", "b\"x"];
+        let options = JsonOptions::default().cmdline(cmdline);
+        let mut encoder = JsonEncoder::new(options);
+        let (mut encoded, mut alone) = (Vec::new(), Vec::new());
+        for (record, process, others) in picks {
+            let mut record = records[record % records.len()].clone();
+            if let RecordItem::Event(event) = &mut record.item {
+                event.to_mut().process = Some(Arc::clone(&processes[process % processes.len()]));
+            }
+            record.backend = backends[process % backends.len()].into();
+            record.also_seen_by = backends[..others].iter().map(|&b| b.into()).collect();
+            encoder.append_line(&record, &mut encoded);
+            record.append_json_line(&mut alone, options);
+        }
+        prop_assert_eq!(String::from_utf8(encoded).unwrap(), String::from_utf8(alone).unwrap());
     }
 
     #[test]

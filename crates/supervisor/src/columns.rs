@@ -88,7 +88,7 @@ impl<'a> Line<'a> {
         if right {
             self.spaces(pad);
         }
-        self.out.extend_from_slice(text.as_bytes());
+        text.append_to(self.out);
         if !right {
             self.spaces(pad);
         }

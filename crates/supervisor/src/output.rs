@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use flow_core::display::{Count, LossCount};
-use flow_core::record::{FlowRecord, JsonOptions, RecordItem};
+use flow_core::record::{FlowRecord, JsonEncoder, JsonOptions, RecordItem};
 use flow_core::{FlowEventKind, LossPoint, protocol};
 
 use crate::columns::Line;
@@ -85,7 +85,7 @@ impl std::str::FromStr for OutputFormat {
 #[derive(Debug)]
 pub struct RecordWriter<W: Write> {
     format: OutputFormat,
-    json: JsonOptions,
+    json: JsonEncoder,
     writer: W,
     /// Whole lines not yet handed to `writer`.
     buffer: Vec<u8>,
@@ -103,7 +103,7 @@ impl<W: Write> RecordWriter<W> {
     pub fn new(format: OutputFormat, writer: W) -> Self {
         Self {
             format,
-            json: JsonOptions::default(),
+            json: JsonEncoder::default(),
             writer,
             buffer: Vec::with_capacity(BUFFER_BYTES),
             line_ends: Vec::new(),
@@ -115,7 +115,7 @@ impl<W: Write> RecordWriter<W> {
     /// command lines, which are left out by default).
     #[must_use]
     pub fn with_json_options(mut self, options: JsonOptions) -> Self {
-        self.json = options;
+        self.json = JsonEncoder::new(options);
         self
     }
 
@@ -126,7 +126,7 @@ impl<W: Write> RecordWriter<W> {
     /// on; the records buffered then that it did not take are dropped.
     pub fn write(&mut self, record: &FlowRecord<'_>) -> io::Result<()> {
         match self.format {
-            OutputFormat::Json => record.append_json_line(&mut self.buffer, self.json),
+            OutputFormat::Json => self.json.append_line(record, &mut self.buffer),
             OutputFormat::Text => write_text_line(record, &mut self.buffer),
         }
         self.line_ends.push(self.buffer.len());
