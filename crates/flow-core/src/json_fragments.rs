@@ -16,37 +16,20 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-/// Values whose JSON is kept, at most, of each kind (a direct-mapped
-/// table: a value takes the slot its address picks, and the value there
-/// before it is forgotten).
-const SLOTS: usize = 64;
+use crate::arc_memo::ArcMemo;
 
 /// Sets of backends whose fields are kept, at most (the oldest is
 /// forgotten first).
 const BACKEND_SETS: usize = 8;
 
-/// The JSON a shared value was written as.
-///
-/// The `Arc` is kept with it: while it is, no one can change the value
-/// (an `Arc`'s value is changed only through its only owner), and its
-/// address cannot be taken by another value.
+/// The JSON of the shared values (processes, names) written last, by
+/// their `Arc` ([`ArcMemo`]).
 #[derive(Debug)]
-struct Fragment<T: ?Sized> {
-    value: Arc<T>,
-    json: Box<[u8]>,
-}
-
-/// The JSON of the shared values (processes, names) written last, by the
-/// address of their `Arc`.
-#[derive(Debug)]
-pub(crate) struct ArcFragments<T: ?Sized> {
-    /// Empty until the first value is written.
-    slots: Vec<Option<Fragment<T>>>,
-}
+pub(crate) struct ArcFragments<T: ?Sized>(ArcMemo<T, Box<[u8]>>);
 
 impl<T: ?Sized> Default for ArcFragments<T> {
     fn default() -> Self {
-        Self { slots: Vec::new() }
+        Self(ArcMemo::default())
     }
 }
 
@@ -59,30 +42,14 @@ impl<T: ?Sized> ArcFragments<T> {
         out: &mut Vec<u8>,
         write: impl FnOnce(&T, &mut Vec<u8>),
     ) {
-        if self.slots.is_empty() {
-            self.slots.resize_with(SLOTS, || None);
-        }
-        let slot = &mut self.slots[slot_of(value)];
-        if let Some(kept) = slot
-            && Arc::ptr_eq(&kept.value, value)
-        {
-            out.extend_from_slice(&kept.json);
+        if let Some(json) = self.0.get(value) {
+            out.extend_from_slice(json);
             return;
         }
         let start = out.len();
         write(value, out);
-        *slot = Some(Fragment {
-            value: Arc::clone(value),
-            json: out[start..].into(),
-        });
+        self.0.insert(value, out[start..].into());
     }
-}
-
-/// The slot of a value: bits of its address above an allocation's
-/// alignment, folded.
-fn slot_of<T: ?Sized>(value: &Arc<T>) -> usize {
-    let address = Arc::as_ptr(value).addr();
-    (address >> 4 ^ address >> 10) % SLOTS
 }
 
 /// The JSON of one set of backends: a line's `backend`, its

@@ -26,6 +26,7 @@
 //! ```
 
 #[cfg(feature = "serde")]
+pub mod arc_memo;
 mod by_name;
 pub mod clock;
 pub mod counters;

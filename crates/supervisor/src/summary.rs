@@ -34,7 +34,9 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use flow_core::arc_memo::ArcMemo;
 use flow_core::display::Seconds;
+use flow_core::process::Process;
 use flow_core::protocol;
 use flow_core::{FlowEvent, FlowEventKind};
 use hashbrown::Equivalent;
@@ -136,23 +138,41 @@ impl<T: PartialEq + Clone> Listed<T> {
     }
 }
 
+impl Listed<Arc<str>> {
+    /// [`Listed::add`] for a name: most events carry one of the names
+    /// listed, behind the same `Arc` (the enricher shares them), found
+    /// without comparing the text of the others.
+    fn add_name(&mut self, name: &Arc<str>) {
+        if !self.0.iter().any(|listed| Arc::ptr_eq(listed, name)) {
+            self.add(name);
+        }
+    }
+}
+
 /// Rows of `K`, bounded by [`MAX_DESTINATIONS`]: a hash map, one lookup
 /// per event on the output's hot path, sorted only when shown.
 #[derive(Debug, Clone)]
 struct Rows<K, V> {
+    /// Each key's row in `values`.
+    ///
     /// foldhash: the keys are the run's own, not an attacker's choosing
     /// to collide (and the rows are bounded), so a fast hash will do.
     /// hashbrown's map rather than std's: it looks a row up by a borrowed
     /// form of its key ([`Equivalent`]), so that an event's key is made
     /// (an `Arc` cloned) only for a new row.
-    rows: hashbrown::HashMap<K, (DestinationStats, V), foldhash::fast::RandomState>,
+    index: hashbrown::HashMap<K, usize, foldhash::fast::RandomState>,
+    /// The rows, in the order they were made: a row's number stays its
+    /// own, so that a caller can remember it ([`Programs`] does, by
+    /// process).
+    values: Vec<(DestinationStats, V)>,
     untracked_events: u64,
 }
 
 impl<K, V> Default for Rows<K, V> {
     fn default() -> Self {
         Self {
-            rows: hashbrown::HashMap::default(),
+            index: hashbrown::HashMap::default(),
+            values: Vec::new(),
             untracked_events: 0,
         }
     }
@@ -167,27 +187,56 @@ impl<K: Hash + Eq + Ord, V: Default> Rows<K, V> {
         owned: impl FnOnce(&Q) -> K,
         event: &FlowEvent,
     ) -> Option<&mut V> {
-        let full = self.rows.len() >= MAX_DESTINATIONS;
-        let (stats, extra) = match self.rows.entry_ref(key) {
-            EntryRef::Occupied(row) => row.into_mut(),
-            EntryRef::Vacant(row) if !full => row.insert_with_key(
-                owned(key),
-                (DestinationStats::new(event.timestamp_ns), V::default()),
-            ),
+        let row = self.row_of(key, owned, event)?;
+        Some(self.record_in(row, event))
+    }
+
+    /// The number of the row of `key`, made (with `owned`) for `event`
+    /// when there is none; `None`, the event counted as untracked, when
+    /// the rows are at their bound.
+    fn row_of<Q: Hash + Equivalent<K> + ?Sized>(
+        &mut self,
+        key: &Q,
+        owned: impl FnOnce(&Q) -> K,
+        event: &FlowEvent,
+    ) -> Option<usize> {
+        let full = self.values.len() >= MAX_DESTINATIONS;
+        match self.index.entry_ref(key) {
+            EntryRef::Occupied(row) => Some(*row.get()),
+            EntryRef::Vacant(row) if !full => {
+                let number = self.values.len();
+                row.insert_with_key(owned(key), number);
+                self.values
+                    .push((DestinationStats::new(event.timestamp_ns), V::default()));
+                Some(number)
+            }
             EntryRef::Vacant(_) => {
                 self.untracked_events += 1;
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// Counts `event` in row number `row` (from [`Rows::row_of`]); the
+    /// row's extra value.
+    fn record_in(&mut self, row: usize, event: &FlowEvent) -> &mut V {
+        let (stats, extra) = &mut self.values[row];
         stats.add(event);
-        Some(extra)
+        extra
+    }
+
+    fn is_empty(&self) -> bool {
+        self.values.is_empty()
     }
 
     fn sorted(&self) -> Vec<(&K, &DestinationStats, &V)> {
         let mut sorted: Vec<_> = self
-            .rows
+            .index
             .iter()
-            .map(|(key, (stats, extra))| (key, stats, extra))
+            .map(|(key, &row)| {
+                let (stats, extra) = &self.values[row];
+                (key, stats, extra)
+            })
             .collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
         sorted
@@ -219,7 +268,7 @@ impl Destinations {
         };
         if let Some(names) = self.rows.record(&destination, |key| *key, event) {
             for name in [&event.host, &event.sni].into_iter().flatten() {
-                names.add(name);
+                names.add_name(name);
             }
         }
     }
@@ -235,7 +284,7 @@ impl Destinations {
     /// Whether nothing was seen.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.rows.rows.is_empty()
+        self.rows.is_empty()
     }
 
     /// Events about destinations beyond the bound.
@@ -354,7 +403,7 @@ impl Denials {
         };
         if let Some(names) = self.rows.record(&denial, Denial::clone, event) {
             for name in [&event.host, &event.sni].into_iter().flatten() {
-                names.add(name);
+                names.add_name(name);
             }
         }
     }
@@ -362,7 +411,7 @@ impl Denials {
     /// Whether nothing was denied.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.rows.rows.is_empty()
+        self.rows.is_empty()
     }
 
     /// One line per denied destination, at most `max` (then a line saying
@@ -483,6 +532,13 @@ pub struct Programs {
     bracketed: HashMap<Arc<str>, Arc<str>, foldhash::fast::RandomState>,
     /// `?`, the name of unknown programs, made once.
     unknown: Arc<str>,
+    /// The row of each process met lately: a process's program and user
+    /// do not change, and its events come one after another, so its row
+    /// is found by its `Arc` rather than by hashing its program's name
+    /// (which was most of the tally's cost per event).
+    rows_of_processes: ArcMemo<Process, usize>,
+    /// The row of events without a process, once made.
+    row_of_unknown: Option<usize>,
 }
 
 impl Default for Programs {
@@ -491,6 +547,8 @@ impl Default for Programs {
             rows: Rows::default(),
             bracketed: HashMap::default(),
             unknown: Arc::from("?"),
+            rows_of_processes: ArcMemo::default(),
+            row_of_unknown: None,
         }
     }
 }
@@ -501,6 +559,27 @@ impl Programs {
         if !counts(event) {
             return;
         }
+        let remembered = match &event.process {
+            Some(process) => self.rows_of_processes.get(process).copied(),
+            None => self.row_of_unknown,
+        };
+        let Some(row) = remembered.or_else(|| self.row_of(event)) else {
+            return;
+        };
+        let extra = self.rows.record_in(row, event);
+        if let Some(pid) = event.process.as_ref().and_then(|process| process.pid)
+            && event.kind == FlowEventKind::Opened
+            && !extra.pids.0.contains(&pid)
+        {
+            extra.processes += 1;
+            extra.pids.add(&pid);
+        }
+    }
+
+    /// The number of the row of `event`'s program (made when new, and
+    /// remembered for its process, or as the row of events without one);
+    /// `None` beyond the bound.
+    fn row_of(&mut self, event: &FlowEvent) -> Option<usize> {
         let process = event.process.as_deref();
         let bracketed;
         let program = ProgramRef {
@@ -514,14 +593,12 @@ impl Programs {
             },
             uid: process.and_then(|process| process.uid),
         };
-        if let Some(extra) = self.rows.record(&program, ProgramRef::owned, event)
-            && let Some(pid) = process.and_then(|process| process.pid)
-            && event.kind == FlowEventKind::Opened
-            && !extra.pids.0.contains(&pid)
-        {
-            extra.processes += 1;
-            extra.pids.add(&pid);
+        let row = self.rows.row_of(&program, ProgramRef::owned, event)?;
+        match &event.process {
+            Some(process) => self.rows_of_processes.insert(process, row),
+            None => self.row_of_unknown = Some(row),
         }
+        Some(row)
     }
 
     /// `[comm]`, the name of a program known only by its command name.
@@ -539,7 +616,7 @@ impl Programs {
     /// Whether nothing was seen.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.rows.rows.is_empty()
+        self.rows.is_empty()
     }
 
     /// An aligned table, one line per program.
@@ -649,10 +726,54 @@ fn seconds(ns: u64) -> String {
 mod tests {
     use super::*;
     use flow_core::FlowKey;
-    use flow_core::process::Process;
 
     fn key(dst: &str) -> FlowKey {
         FlowKey::tcp("10.0.0.1:40000".parse().unwrap(), dst.parse().unwrap())
+    }
+
+    /// Rows found by process (remembered) and by program (after the
+    /// process was forgotten, or for another process of the program)
+    /// are the same rows.
+    #[test]
+    fn a_process_met_again_counts_in_its_programs_row() {
+        let mut programs = Programs::default();
+        let processes: Vec<Arc<Process>> = (0..300)
+            .map(|pid| {
+                let exe = if pid % 2 == 0 {
+                    "/usr/bin/a"
+                } else {
+                    "/usr/bin/b"
+                };
+                Arc::new(Process::new(pid).with_exe(exe).with_uid(0))
+            })
+            .collect();
+        // Each process opens a flow; the first 100 open another after all
+        // 300 went by (most of them forgotten by then), and each closes
+        // its flows with 2 packets.
+        let flows = processes.iter().chain(&processes[..100]);
+        for process in flows.clone() {
+            programs.record(&FlowEvent::opened(key("10.0.0.2:80"), 1).by(Arc::clone(process)));
+        }
+        for process in flows {
+            let closed = FlowEvent::closed(key("10.0.0.2:80"), 2, 100, 2);
+            programs.record(&closed.by(Arc::clone(process)));
+        }
+        let rows: Vec<_> = programs
+            .rows
+            .sorted()
+            .into_iter()
+            .map(|(program, stats, _)| {
+                let name = program.program.to_string();
+                (name, stats.connections, stats.packets)
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("/usr/bin/a".to_owned(), 200, 400),
+                ("/usr/bin/b".to_owned(), 200, 400),
+            ]
+        );
     }
 
     #[test]
