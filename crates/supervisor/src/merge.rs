@@ -41,12 +41,13 @@
 //! # });
 //! ```
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use flow_core::record::FlowRecord;
+use flow_core::record::{FlowRecord, RecordItem};
 use flow_core::{FlowError, FlowEvent, FlowSource, FlowStream, LossPoint};
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
@@ -168,11 +169,11 @@ impl MergedItem {
                 backend,
                 event,
                 also_seen_by,
-            } => {
-                let mut record = FlowRecord::borrowed(&**backend, event);
-                record.also_seen_by = also_seen_by.iter().map(|b| (&**b).into()).collect();
-                Some(record)
-            }
+            } => Some(FlowRecord {
+                backend: Cow::Borrowed(backend),
+                also_seen_by: also_seen_by.iter().map(|b| Cow::Borrowed(&**b)).collect(),
+                item: RecordItem::Event(Cow::Borrowed(event)),
+            }),
             Self::Lost {
                 backend,
                 point,

@@ -136,8 +136,9 @@ pub async fn write_all_tracking_open<W: Write>(
                 }
             }
         };
-        if let Some(record) = item.to_record() {
-            output.write(&record);
+        // Borrowed where it lies: a record is large, and moving it costs.
+        if let Some(record) = &item.to_record() {
+            output.write(record);
         }
         // Counted where it lies (an event is large, and moving it costs);
         // a failure is kept.
