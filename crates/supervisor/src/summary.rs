@@ -28,7 +28,7 @@
 //! # Ok::<(), std::net::AddrParseError>(())
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
@@ -513,11 +513,34 @@ impl ProgramRef<'_> {
     }
 }
 
+/// Distinct pids a program's process count is exact up to; beyond, new
+/// pids are no longer counted (a set of a program's pids, 4 bytes and a
+/// little more each, is bounded as the rows are).
+const MAX_PIDS_COUNTED: usize = 100_000;
+
 /// What else is kept of a program: the pids it ran as.
 #[derive(Debug, Clone, Default, Serialize)]
 struct ProgramExtra {
+    /// The first pids, listed.
     pids: Listed<u32>,
+    /// Distinct pids that opened a connection.
     processes: u64,
+    /// Every pid counted in `processes`, up to [`MAX_PIDS_COUNTED`]: a
+    /// process's later connections must not count it again (the listed
+    /// pids alone stop at [`MAX_LISTED`]).
+    #[serde(skip)]
+    counted: HashSet<u32, foldhash::fast::RandomState>,
+}
+
+impl ProgramExtra {
+    /// Counts the process `pid` once, whatever number of connections it
+    /// opens.
+    fn count_process(&mut self, pid: u32) {
+        if self.counted.len() < MAX_PIDS_COUNTED && self.counted.insert(pid) {
+            self.processes += 1;
+            self.pids.add(&pid);
+        }
+    }
 }
 
 /// Per-program totals of a stream of events (`--group-by process`),
@@ -569,10 +592,8 @@ impl Programs {
         let extra = self.rows.record_in(row, event);
         if let Some(pid) = event.process.as_ref().and_then(|process| process.pid)
             && event.kind == FlowEventKind::Opened
-            && !extra.pids.0.contains(&pid)
         {
-            extra.processes += 1;
-            extra.pids.add(&pid);
+            extra.count_process(pid);
         }
     }
 
@@ -762,16 +783,18 @@ mod tests {
             .rows
             .sorted()
             .into_iter()
-            .map(|(program, stats, _)| {
+            .map(|(program, stats, extra)| {
                 let name = program.program.to_string();
-                (name, stats.connections, stats.packets)
+                (name, stats.connections, stats.packets, extra.processes)
             })
             .collect();
+        // 150 processes each, however many connections each opened (the
+        // count went on past the 8 pids listed).
         assert_eq!(
             rows,
             [
-                ("/usr/bin/a".to_owned(), 200, 400),
-                ("/usr/bin/b".to_owned(), 200, 400),
+                ("/usr/bin/a".to_owned(), 200, 400, 150),
+                ("/usr/bin/b".to_owned(), 200, 400, 150),
             ]
         );
     }
