@@ -523,12 +523,10 @@ const MAX_PIDS_COUNTED: usize = 100_000;
 struct ProgramExtra {
     /// The first pids, listed.
     pids: Listed<u32>,
-    /// Distinct pids that opened a connection.
-    processes: u64,
-    /// Every pid counted in `processes`, up to [`MAX_PIDS_COUNTED`]: a
-    /// process's later connections must not count it again (the listed
-    /// pids alone stop at [`MAX_LISTED`]).
-    #[serde(skip)]
+    /// Every pid that opened a connection, up to [`MAX_PIDS_COUNTED`]
+    /// (the listed pids alone stop at [`MAX_LISTED`]); written as their
+    /// number, `processes`.
+    #[serde(rename = "processes", serialize_with = "serialize_count")]
     counted: HashSet<u32, foldhash::fast::RandomState>,
 }
 
@@ -537,10 +535,22 @@ impl ProgramExtra {
     /// opens.
     fn count_process(&mut self, pid: u32) {
         if self.counted.len() < MAX_PIDS_COUNTED && self.counted.insert(pid) {
-            self.processes += 1;
             self.pids.add(&pid);
         }
     }
+
+    /// Distinct processes (pids) that opened a connection.
+    fn processes(&self) -> usize {
+        self.counted.len()
+    }
+}
+
+/// A set written as its number of members.
+fn serialize_count<S: serde::Serializer, T>(
+    set: &HashSet<T, foldhash::fast::RandomState>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(set.len() as u64)
 }
 
 /// Per-program totals of a stream of events (`--group-by process`),
@@ -662,7 +672,8 @@ impl Programs {
             let _ = write!(
                 text,
                 "{:<32} {uid:>6} {:>5} ",
-                program.program, extra.processes
+                program.program,
+                extra.processes()
             );
             write_stats(&mut text, stats);
             let pids: Vec<String> = extra.pids.0.iter().map(u32::to_string).collect();
@@ -748,6 +759,30 @@ mod tests {
     use super::*;
     use flow_core::FlowKey;
 
+    /// A [`Programs`] row, as the tests look at it.
+    struct ProgramRow {
+        name: String,
+        uid: Option<u32>,
+        connections: u64,
+        packets: u64,
+        processes: usize,
+    }
+
+    fn program_rows(programs: &Programs) -> Vec<ProgramRow> {
+        programs
+            .rows
+            .sorted()
+            .into_iter()
+            .map(|(program, stats, extra)| ProgramRow {
+                name: program.program.to_string(),
+                uid: program.uid,
+                connections: stats.connections,
+                packets: stats.packets,
+                processes: extra.processes(),
+            })
+            .collect()
+    }
+
     fn key(dst: &str) -> FlowKey {
         FlowKey::tcp("10.0.0.1:40000".parse().unwrap(), dst.parse().unwrap())
     }
@@ -779,14 +814,9 @@ mod tests {
             let closed = FlowEvent::closed(key("10.0.0.2:80"), 2, 100, 2);
             programs.record(&closed.by(Arc::clone(process)));
         }
-        let rows: Vec<_> = programs
-            .rows
-            .sorted()
+        let rows: Vec<_> = program_rows(&programs)
             .into_iter()
-            .map(|(program, stats, extra)| {
-                let name = program.program.to_string();
-                (name, stats.connections, stats.packets, extra.processes)
-            })
+            .map(|row| (row.name, row.connections, row.packets, row.processes))
             .collect();
         // 150 processes each, however many connections each opened (the
         // count went on past the 8 pids listed).
@@ -796,6 +826,11 @@ mod tests {
                 ("/usr/bin/a".to_owned(), 200, 400, 150),
                 ("/usr/bin/b".to_owned(), 200, 400, 150),
             ]
+        );
+        assert!(
+            programs.to_json().contains(r#""processes":150,"#),
+            "{}",
+            programs.to_json()
         );
     }
 
@@ -813,14 +848,9 @@ mod tests {
             programs.record(&FlowEvent::opened(key("10.0.0.2:80"), 1).by(Arc::new(process)));
         }
         programs.record(&FlowEvent::opened(key("10.0.0.2:80"), 1));
-        let rows: Vec<_> = programs
-            .rows
-            .sorted()
+        let rows: Vec<_> = program_rows(&programs)
             .into_iter()
-            .map(|(program, stats, extra)| {
-                let name = program.program.to_string();
-                (name, program.uid, stats.connections, extra.processes)
-            })
+            .map(|row| (row.name, row.uid, row.connections, row.processes))
             .collect();
         let row = |name: &str, uid, connections, processes| {
             (name.to_owned(), uid, connections, processes)
