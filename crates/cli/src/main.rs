@@ -52,7 +52,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::dispatch(cli.command)) {
+    // The command runs as a task, not as `block_on`'s own future: a task
+    // woken by another (the merge's forwarder handing it a batch) runs in
+    // the same turn, where a woken `block_on` future first costs the
+    // runtime an extra poll of the kernel (`epoll_wait` with no timeout),
+    // one per batch.
+    let command = runtime.block_on(async { tokio::spawn(commands::dispatch(cli.command)).await });
+    let outcome = match command {
+        Ok(outcome) => outcome,
+        Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+    };
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             diag::say!("flowtrack: error: {error:#}");

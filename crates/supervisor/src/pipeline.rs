@@ -120,11 +120,12 @@ pub async fn write_all_tracking_open<W: Write>(
 ) -> PipelineReport {
     let mut report = PipelineReport::default();
     let mut output = Output::new(writer);
-    // What is ready is taken without waiting (polled with a waker that does
-    // nothing); the output is flushed only when the stream pauses.
-    let mut without_waiting = Context::from_waker(Waker::noop());
     loop {
-        let item = match stream.poll_next_unpin(&mut without_waiting) {
+        // What is ready is taken without waiting (polled with a waker that
+        // does nothing); the output is flushed only when the stream pauses.
+        // (The context is not kept across the await: it is not `Send`.)
+        let ready = stream.poll_next_unpin(&mut Context::from_waker(Waker::noop()));
+        let item = match ready {
             Poll::Ready(Some(item)) => item,
             Poll::Ready(None) => break,
             Poll::Pending => {
