@@ -22,6 +22,13 @@ pub(super) struct ReadyBatches {
     stream: FlowStream,
     backend: Arc<str>,
     capacity: usize,
+    /// The length of the last batch: the room the next one is given at
+    /// first (it grows past it when more is ready). A source that yields a
+    /// few items per wakeup, as a kernel backend does between a storm's
+    /// connections, then gets small batches, not a full batch's
+    /// allocation (256 items of about 220 bytes) each time; a flood still
+    /// gets full batches allocated once.
+    last_len: usize,
     ended: bool,
 }
 
@@ -32,8 +39,15 @@ impl ReadyBatches {
             stream,
             backend,
             capacity: capacity.max(1),
+            last_len: 1,
             ended: false,
         }
+    }
+
+    /// Hands `batch` on, remembering its length for the next one's room.
+    fn hand_on(&mut self, batch: Vec<MergedItem>) -> Vec<MergedItem> {
+        self.last_len = batch.len();
+        batch
     }
 }
 
@@ -50,11 +64,11 @@ impl Stream for ReadyBatches {
             match this.stream.poll_next_unpin(cx) {
                 Poll::Ready(Some(item)) => {
                     if batch.is_empty() {
-                        batch.reserve_exact(this.capacity);
+                        batch.reserve_exact(this.last_len);
                     }
                     batch.push(MergedItem::from_source(&this.backend, item));
                     if batch.len() == this.capacity {
-                        return Poll::Ready(Some(batch));
+                        return Poll::Ready(Some(this.hand_on(batch)));
                     }
                 }
                 Poll::Ready(None) => {
@@ -62,7 +76,7 @@ impl Stream for ReadyBatches {
                     return Poll::Ready((!batch.is_empty()).then_some(batch));
                 }
                 Poll::Pending if batch.is_empty() => return Poll::Pending,
-                Poll::Pending => return Poll::Ready(Some(batch)),
+                Poll::Pending => return Poll::Ready(Some(this.hand_on(batch))),
             }
         }
     }
@@ -107,6 +121,32 @@ mod tests {
         assert_eq!(ports(&batches.next().await.unwrap()), [5]);
         assert!(batches.next().await.is_none());
         assert!(batches.next().await.is_none(), "ended for good");
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_given_the_room_the_last_one_took_and_grows_past_it() {
+        let (sender, receiver) = futures::channel::mpsc::unbounded();
+        let mut batches = ReadyBatches::new(receiver.boxed(), Arc::from("mock"), 256);
+        for round in 0..3 {
+            sender.unbounded_send(Ok(event(round))).unwrap();
+            sender.unbounded_send(Ok(event(round + 100))).unwrap();
+            let batch = batches.next().await.unwrap();
+            assert_eq!(batch.len(), 2);
+            assert!(
+                batch.capacity() < 16,
+                "not a full batch's room: {}",
+                batch.capacity()
+            );
+        }
+        for port in 0..300 {
+            sender.unbounded_send(Ok(event(port))).unwrap();
+        }
+        assert_eq!(
+            batches.next().await.unwrap().len(),
+            256,
+            "grown to the capacity"
+        );
+        assert_eq!(batches.next().await.unwrap().len(), 44);
     }
 
     #[tokio::test]
