@@ -700,11 +700,12 @@ impl Session {
         let pending = std::mem::take(&mut self.pending_fetches);
         for chunk in pending.chunks(PER_ROUND_TRIP) {
             let first = self.requests.next_seq();
-            let mut bytes = conntrack::get_request(&chunk[0].0.key, first);
+            let mut bytes = Vec::with_capacity(chunk.len() * 80);
+            conntrack::append_get_request(&mut bytes, &chunk[0].0.key, first);
             let mut last = first;
             for (flow, _) in &chunk[1..] {
                 last = self.requests.next_seq();
-                bytes.extend_from_slice(&conntrack::get_request(&flow.key, last));
+                conntrack::append_get_request(&mut bytes, &flow.key, last);
             }
             let answers = self
                 .requests

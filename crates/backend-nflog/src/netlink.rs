@@ -107,6 +107,69 @@ where
     bytes.into_inner()
 }
 
+/// `NLA_F_NESTED`: the attribute holds attributes.
+const NLA_F_NESTED: u16 = 0x8000;
+
+/// Writes netlink attributes straight into a message's bytes. The
+/// requests sent for each flow are built with it rather than with neli's
+/// builders, which allocate for each attribute and each nesting: those
+/// were 4.9% of the nflog backend's CPU in a storm of short connections
+/// (perf, DWARF call graphs). It writes the bytes neli would.
+pub(crate) struct AttrWriter<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl AttrWriter<'_> {
+    /// An attribute of type `kind` holding `payload` as is, padded to 4 bytes.
+    pub(crate) fn attr(&mut self, kind: u16, payload: &[u8]) {
+        let length = u16::try_from(4 + payload.len()).expect("an attribute under 64 KiB");
+        self.out.extend_from_slice(&length.to_ne_bytes());
+        self.out.extend_from_slice(&kind.to_ne_bytes());
+        self.out.extend_from_slice(payload);
+        self.pad();
+    }
+
+    /// An attribute of type `kind` holding the attributes `inner` writes.
+    pub(crate) fn nested(&mut self, kind: u16, inner: impl FnOnce(&mut AttrWriter<'_>)) {
+        let start = self.out.len();
+        self.out.extend_from_slice(&[0, 0]);
+        self.out
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        inner(&mut AttrWriter { out: self.out });
+        let length = u16::try_from(self.out.len() - start).expect("an attribute under 64 KiB");
+        self.out[start..start + 2].copy_from_slice(&length.to_ne_bytes());
+    }
+
+    fn pad(&mut self) {
+        let padded = self.out.len().next_multiple_of(4);
+        self.out.resize(padded, 0);
+    }
+}
+
+/// Appends one nfnetlink request to `out`, written by hand (see
+/// [`AttrWriter`]): its header, an `nfgenmsg` for `family` and resource
+/// `res_id` (host order), and the attributes `attrs` writes.
+pub(crate) fn append_request(
+    out: &mut Vec<u8>,
+    kind: u16,
+    flags: NlmF,
+    seq: u32,
+    (family, res_id): (u8, u16),
+    attrs: impl FnOnce(&mut AttrWriter<'_>),
+) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(&flags.bits().to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes());
+    out.extend_from_slice(&[family, 0]);
+    out.extend_from_slice(&res_id.to_be_bytes());
+    attrs(&mut AttrWriter { out });
+    let length = u32::try_from(out.len() - start).expect("a request under 4 GiB");
+    out[start..start + 4].copy_from_slice(&length.to_ne_bytes());
+}
+
 /// A message or attribute whose length does not fit: kernel bytes that
 /// are not what they claim to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
