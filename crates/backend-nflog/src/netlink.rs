@@ -114,7 +114,8 @@ const NLA_F_NESTED: u16 = 0x8000;
 /// requests sent for each flow are built with it rather than with neli's
 /// builders, which allocate for each attribute and each nesting: those
 /// were 4.9% of the nflog backend's CPU in a storm of short connections
-/// (perf, DWARF call graphs). It writes the bytes neli would.
+/// (perf, DWARF call graphs). Like neli and libmnl, it marks a nesting
+/// attribute `NLA_F_NESTED`.
 pub(crate) struct AttrWriter<'a> {
     out: &'a mut Vec<u8>,
 }
@@ -146,10 +147,10 @@ impl AttrWriter<'_> {
     }
 }
 
-/// Appends one nfnetlink request to `out`, written by hand (see
+/// Appends one nfnetlink message to `out`, written by hand (see
 /// [`AttrWriter`]): its header, an `nfgenmsg` for `family` and resource
 /// `res_id` (host order), and the attributes `attrs` writes.
-pub(crate) fn append_request(
+pub(crate) fn append_message(
     out: &mut Vec<u8>,
     kind: u16,
     flags: NlmF,
@@ -166,7 +167,7 @@ pub(crate) fn append_request(
     out.extend_from_slice(&[family, 0]);
     out.extend_from_slice(&res_id.to_be_bytes());
     attrs(&mut AttrWriter { out });
-    let length = u32::try_from(out.len() - start).expect("a request under 4 GiB");
+    let length = u32::try_from(out.len() - start).expect("a message under 4 GiB");
     out[start..start + 4].copy_from_slice(&length.to_ne_bytes());
 }
 
