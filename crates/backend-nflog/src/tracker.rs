@@ -4,7 +4,12 @@
 //! - An UPDATE whose TCP state is TIME_WAIT or CLOSE → the flow is over
 //!   (closed by a FIN exchange or a reset): the listener fetches the
 //!   entry's counters and calls [`Tracker::close`]. The entry's later
-//!   DESTROY (up to 120 s later) is then ignored.
+//!   DESTROY (up to 120 s later) is then ignored. (Fetched, because an
+//!   UPDATE carries no counters, only a DESTROY does. nfnetlink_log could
+//!   attach the entry with its counters to a logged closing packet
+//!   (`NFULNL_CFG_F_CONNTRACK`), saving the round trip, but only on a
+//!   kernel built with `CONFIG_NETFILTER_NETLINK_GLUE_CT`; the machines
+//!   flowtrack is tested on refuse it with `EOPNOTSUPP`.)
 //! - DESTROY of a flow still open → `Closed` with the counters it carries
 //!   (a timeout, unless its TCP state says otherwise).
 //! - A message for a flow whose NEW was never seen (lost in an overrun)
