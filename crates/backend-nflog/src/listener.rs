@@ -700,7 +700,7 @@ impl Session {
         let pending = std::mem::take(&mut self.pending_fetches);
         for chunk in pending.chunks(PER_ROUND_TRIP) {
             let first = self.requests.next_seq();
-            let mut bytes = Vec::with_capacity(chunk.len() * 80);
+            let mut bytes = Vec::new();
             conntrack::append_get_request(&mut bytes, &chunk[0].0.key, first);
             let mut last = first;
             for (flow, _) in &chunk[1..] {

@@ -147,6 +147,27 @@ impl AttrWriter<'_> {
     }
 }
 
+/// Appends one netlink message to `out`, written by hand: a header of type
+/// `kind` with `flags` and `seq`, then the body `body` writes; the header's
+/// length is filled in after it.
+pub(crate) fn append_netlink_message(
+    out: &mut Vec<u8>,
+    kind: u16,
+    flags: NlmF,
+    seq: u32,
+    body: impl FnOnce(&mut Vec<u8>),
+) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(&flags.bits().to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes());
+    body(out);
+    let length = u32::try_from(out.len() - start).expect("a message under 4 GiB");
+    out[start..start + 4].copy_from_slice(&length.to_ne_bytes());
+}
+
 /// Appends one nfnetlink message to `out`, written by hand (see
 /// [`AttrWriter`]): its header, an `nfgenmsg` for `family` and resource
 /// `res_id` (host order), and the attributes `attrs` writes.
@@ -158,17 +179,11 @@ pub(crate) fn append_message(
     (family, res_id): (u8, u16),
     attrs: impl FnOnce(&mut AttrWriter<'_>),
 ) {
-    let start = out.len();
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(&flags.bits().to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&[family, 0]);
-    out.extend_from_slice(&res_id.to_be_bytes());
-    attrs(&mut AttrWriter { out });
-    let length = u32::try_from(out.len() - start).expect("a message under 4 GiB");
-    out[start..start + 4].copy_from_slice(&length.to_ne_bytes());
+    append_netlink_message(out, kind, flags, seq, |body| {
+        body.extend_from_slice(&[family, 0]);
+        body.extend_from_slice(&res_id.to_be_bytes());
+        attrs(&mut AttrWriter { out: body });
+    });
 }
 
 /// A message or attribute whose length does not fit: kernel bytes that

@@ -6,14 +6,12 @@ use std::io;
 use std::net::IpAddr;
 
 use flow_core::{FlowKey, protocol};
+use neli::consts::nl::NlmF;
 
-use crate::netlink::Socket;
+use crate::netlink::{self, Socket};
 
 /// `SOCK_DIAG_BY_FAMILY`.
 const BY_FAMILY: u16 = 20;
-/// `NLM_F_REQUEST`: answered by one message, the socket or an error (no
-/// ACK after it: one datagram fewer to read per lookup).
-const REQUEST: u16 = 0x1;
 /// `INET_DIAG_NOCOOKIE`: any socket.
 const NO_COOKIE: u32 = !0;
 /// Every TCP state.
@@ -55,20 +53,19 @@ pub(crate) fn request(key: &FlowKey, local: Local, seq: u32) -> Option<Vec<u8>> 
         IpAddr::V6(_) => libc::AF_INET6,
     };
     let mut bytes = Vec::with_capacity(REQUEST_LEN);
-    bytes.extend_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
-    bytes.extend_from_slice(&BY_FAMILY.to_ne_bytes());
-    bytes.extend_from_slice(&REQUEST.to_ne_bytes());
-    bytes.extend_from_slice(&seq.to_ne_bytes());
-    bytes.extend_from_slice(&0u32.to_ne_bytes());
-    bytes.extend_from_slice(&[family as u8, protocol, 0, 0]);
-    bytes.extend_from_slice(&ALL_STATES.to_ne_bytes());
-    bytes.extend_from_slice(&near.1.to_be_bytes());
-    bytes.extend_from_slice(&far.1.to_be_bytes());
-    bytes.extend_from_slice(&address_words(near.0));
-    bytes.extend_from_slice(&address_words(far.0));
-    bytes.extend_from_slice(&0u32.to_ne_bytes()); // any interface
-    bytes.extend_from_slice(&NO_COOKIE.to_ne_bytes());
-    bytes.extend_from_slice(&NO_COOKIE.to_ne_bytes());
+    // A request without `NLM_F_ACK`: answered by one message, the socket
+    // or an error (one datagram fewer to read per lookup).
+    netlink::append_netlink_message(&mut bytes, BY_FAMILY, NlmF::REQUEST, seq, |body| {
+        body.extend_from_slice(&[family as u8, protocol, 0, 0]);
+        body.extend_from_slice(&ALL_STATES.to_ne_bytes());
+        body.extend_from_slice(&near.1.to_be_bytes());
+        body.extend_from_slice(&far.1.to_be_bytes());
+        body.extend_from_slice(&address_words(near.0));
+        body.extend_from_slice(&address_words(far.0));
+        body.extend_from_slice(&0u32.to_ne_bytes()); // any interface
+        body.extend_from_slice(&NO_COOKIE.to_ne_bytes());
+        body.extend_from_slice(&NO_COOKIE.to_ne_bytes());
+    });
     Some(bytes)
 }
 
