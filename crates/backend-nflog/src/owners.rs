@@ -13,7 +13,7 @@ use flow_enrich::Owner;
 use hashlink::LruCache;
 
 use crate::nflog::HOOK_OUTPUT;
-use crate::procs::{self, Members, SocketIndex};
+use crate::procs::{Holder, Members, SocketIndex};
 use crate::sockdiag::{Local, SockDiag};
 
 /// New-flow logs kept until their flow's NEW is read: far more than can
@@ -90,11 +90,10 @@ impl Owners {
             Some(_) => &[Local::Destination],
             None => &[Local::Source, Local::Destination],
         };
-        let process = self
-            .pid_holding(key, sides)
-            .and_then(|pid| Some((pid, procs::stat(pid)?)));
-        let owner = match process {
-            Some((pid, stat)) => Owner::new(pid).started(stat.start_ns).with_comm(stat.comm),
+        let owner = match self.holder(key, sides) {
+            Some(Holder { pid, stat }) => {
+                Owner::new(pid).started(stat.start_ns).with_comm(stat.comm)
+            }
             None if ids.is_some() => Owner::unidentified(),
             None => return None,
         };
@@ -108,21 +107,21 @@ impl Owners {
     /// The process holding the socket of `key` at one of its `sides`,
     /// else (a connection the scope accepted, not yet accepted or already
     /// closed) the socket it was accepted on.
-    fn pid_holding(&mut self, key: &FlowKey, sides: &[Local]) -> Option<u32> {
+    fn holder(&mut self, key: &FlowKey, sides: &[Local]) -> Option<Holder> {
         let diag = self.diag.as_mut()?;
         let mut inodes: Vec<u64> = sides
             .iter()
             .filter_map(|&local| diag.inode(key, local))
             .collect();
-        if let Some(pid) = self.sockets.cached(&inodes) {
-            return Some(pid);
+        if let Some(holder) = self.sockets.known(&inodes) {
+            return Some(holder);
         }
         inodes.extend(
             sides
                 .iter()
                 .filter_map(|&local| diag.listener_inode(key, local)),
         );
-        self.sockets.pid_of_any(&inodes)
+        self.sockets.holder_of_any(&inodes)
     }
 }
 

@@ -9,7 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
-use flow_core::FlowKey;
+use flow_core::record::{FlowRecord, RecordItem};
+use flow_core::{FlowEvent, FlowEventKind, FlowKey};
 use flowtrack_kernel_tests::{
     Netns, SEND_UDP, TestCgroup, attached_programs, privileged, send_udp,
 };
@@ -370,30 +371,7 @@ fn run_as_another_user_keeps_observing_and_leaks_no_descriptor() {
         |backend, netns| {
             let backend = backend.name;
             let dir = tempfile::tempdir().unwrap();
-            let out = dir.path().join("flows.jsonl");
-            let output = flowtrack_in(
-                netns,
-                &[
-                    "run",
-                    "--backend",
-                    backend,
-                    "--user",
-                    "nobody",
-                    "--format",
-                    "json",
-                    "-o",
-                ],
-            )
-            .arg(&out)
-            .args(["--", "python3", "-c", WHO_AM_I])
-            .output()
-            .unwrap();
-            assert!(output.status.success(), "{output:?}");
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            let fields: Vec<u32> = stdout
-                .split_whitespace()
-                .map(|f| f.parse().unwrap())
-                .collect();
+            let (out, fields) = run_python(netns, backend, &["--user", "nobody"], WHO_AM_I, &dir);
             assert_eq!(fields[..2], [65534, 65534], "the child runs as nobody");
             assert_eq!(
                 fields[3], 0,
@@ -411,6 +389,85 @@ fn run_as_another_user_keeps_observing_and_leaks_no_descriptor() {
                 "nflog" => assert!(process.pid.is_none_or(|pid| pid == fields[4])),
                 _ => assert_eq!(process.pid, Some(fields[4]), "{backend}: the child's pid"),
             }
+        },
+    );
+}
+
+/// `flowtrack run --backend BACKEND --format json EXTRA -o FILE -- python3
+/// -c SCRIPT` in `netns`, which must succeed: the flows' file (in `dir`)
+/// and the numbers the script printed.
+fn run_python(
+    netns: &Netns,
+    backend: &str,
+    extra: &[&str],
+    script: &str,
+    dir: &tempfile::TempDir,
+) -> (PathBuf, Vec<u32>) {
+    let out = dir.path().join("flows.jsonl");
+    let mut args = vec!["run", "--backend", backend, "--format", "json"];
+    args.extend_from_slice(extra);
+    args.push("-o");
+    let output = flowtrack_in(netns, &args)
+        .arg(&out)
+        .args(["--", "python3", "-c", script])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{backend}: {output:?}");
+    let printed = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(|field| field.parse().unwrap())
+        .collect();
+    (out, printed)
+}
+
+/// Connects to its own listener 200 times in a row, holding every
+/// connection until the end; prints the listener's port and its pid.
+const CONNECT_AGAIN_AND_AGAIN: &str = concat!(
+    "import os, socket, time\n",
+    "listener = socket.socket(); listener.bind(('127.0.0.1', 0)); listener.listen(512)\n",
+    "port = listener.getsockname()[1]\n",
+    "held = []\n",
+    "for _ in range(200):\n",
+    "    held.append(socket.create_connection(('127.0.0.1', port)))\n",
+    "    held.append(listener.accept()[0])\n",
+    "time.sleep(0.5)\n",
+    "print(port, os.getpid())",
+);
+
+/// A program that connects again and again, faster than /proc can be
+/// read through for each connection, has each of its connections
+/// attributed to it (the nflog backend looks where the last socket was
+/// found before it reads /proc anew, at most 20 times a second).
+#[test]
+fn each_connection_of_a_burst_carries_its_process() {
+    each_backend(
+        "each_connection_of_a_burst_carries_its_process",
+        |backend, netns| {
+            let backend = backend.name;
+            let dir = tempfile::tempdir().unwrap();
+            let (out, fields) = run_python(netns, backend, &[], CONNECT_AGAIN_AND_AGAIN, &dir);
+            let (port, pid) = (u16::try_from(fields[0]).unwrap(), fields[1]);
+            let lines = std::fs::read_to_string(&out).unwrap();
+            let opened: Vec<FlowEvent> = lines
+                .lines()
+                .map(|line| FlowRecord::from_json_line(line).unwrap())
+                .filter_map(|record| match record.item {
+                    RecordItem::Event(event) => Some(event.into_owned()),
+                    _ => None,
+                })
+                .filter(|event| {
+                    matches!(event.kind, FlowEventKind::Opened) && event.key.dst_port == port
+                })
+                .collect();
+            assert_eq!(opened.len(), 200, "{backend}: every connection: {lines}");
+            let pids: Vec<Option<u32>> = opened
+                .iter()
+                .map(|event| event.process.as_ref().and_then(|process| process.pid))
+                .collect();
+            assert!(
+                pids.iter().all(|&found| found == Some(pid)),
+                "{backend}: the program's pid {pid} on every connection: {pids:?}"
+            );
         },
     );
 }
