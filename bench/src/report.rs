@@ -403,7 +403,8 @@ fn storm_section(plan: &Plan, machine: &str) -> Result<String> {
          CPU is the tool's user + system time over the storm (from when its\n\
          start is over: its CPU time stops rising), per 10,000\n\
          connections made and per 10,000 events (opened + closed lines) it\n\
-         reported; *wakeups / flow*: the times its threads slept waiting\n\
+         reported; *opened with a pid*: flowtrack's `opened` lines that name\n\
+         the process (the peers know none); *wakeups / flow*: the times its threads slept waiting\n\
          (voluntary context switches) over the storm, per connection made —\n\
          on this virtual machine each costs more than the work it brings,\n\
          and it is far less noisy than CPU time. `conntrack -E` and\n\

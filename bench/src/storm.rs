@@ -225,6 +225,20 @@ pub(crate) fn flowtrack_line(dport: u16) -> impl Fn(&str) -> Option<(&'static st
     }
 }
 
+/// How many of flowtrack's `opened` lines about the storm's flows (to
+/// `dport`, from a port in `made`) carry a pid: the peers know no process.
+fn opened_with_a_pid(lines: &[(u64, String)], made: &HashMap<u16, Vec<u64>>, dport: u16) -> usize {
+    let storm_line = flowtrack_line(dport);
+    lines
+        .iter()
+        .filter(|(_, line)| {
+            matches!(storm_line(line), Some(("opened", port)) if made.contains_key(&port))
+                && serde_json::from_str::<serde_json::Value>(line)
+                    .is_ok_and(|value| value["pid"].is_u64())
+        })
+        .count()
+}
+
 /// A line of `conntrack -E` (`[NEW] ... sport=P dport=Q`) or of ulogd2's
 /// PRINTFLOW (`[NEW] ORIG: ... SPT=P DPT=Q`): (kind, sport). The first
 /// ports on the line are the original direction's.
@@ -364,8 +378,8 @@ pub(crate) fn storms(flows: usize, threads: usize) -> Result<String> {
     }
     Ok(format!(
         "{rates}\n\
-         | storm | tool | flows made | opened captured | closed captured | loss reports | CPU s / 10k flows | CPU s / 10k events reported | wakeups / flow | connect → line p50 | p99 |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n{rows}"
+         | storm | tool | flows made | opened captured | opened with a pid | closed captured | loss reports | CPU s / 10k flows | CPU s / 10k events reported | wakeups / flow | connect → line p50 | p99 |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n{rows}"
     ))
 }
 
@@ -502,11 +516,21 @@ fn beside(
     ];
 
     let per_10k = |cpu: f64| cpu * 10_000.0 / total as f64;
+    let with_pid = opened_with_a_pid(&ours.lines, made, server.port);
+    let attributed = [
+        format!(
+            "{with_pid} ({:.2}%)",
+            100.0 * with_pid as f64 / total as f64
+        ),
+        "–".to_owned(),
+    ];
     let mut rows = String::new();
-    for ((name, tally), watched) in tallies.iter().zip([&ours, &theirs]) {
+    for (((name, tally), watched), attributed) in
+        tallies.iter().zip([&ours, &theirs]).zip(attributed)
+    {
         writeln!(
             rows,
-            "| {} beside {} | {name} | {} | {} ({:.2}%) | {} | {} | {:.3} | {:.3} | {:.2} | {:.2} ms | {:.2} ms |",
+            "| {} beside {} | {name} | {} | {} ({:.2}%) | {attributed} | {} | {} | {:.3} | {:.3} | {:.2} | {:.2} ms | {:.2} ms |",
             backend.name(),
             peer.name.split_whitespace().next().unwrap_or(peer.name),
             total,

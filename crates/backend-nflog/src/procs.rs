@@ -299,6 +299,10 @@ impl SocketIndex {
     /// The socket `descriptor` holds now, read through its process
     /// (opened first if need be).
     fn socket_at(&mut self, descriptor: Descriptor) -> Option<u64> {
+        if self.opened.len() >= 2 * RECENT && !self.opened.contains_key(&descriptor.pid) {
+            // Processes read through for lookups that found nothing.
+            self.forget_all_but_recent();
+        }
         let opened = match self.opened.entry(descriptor.pid) {
             Entry::Occupied(opened) => opened.into_mut(),
             Entry::Vacant(vacant) => vacant.insert(Opened::open(descriptor.pid)?),
@@ -316,13 +320,18 @@ impl SocketIndex {
         }
         self.recent.push_front(descriptor);
         let stat = self.opened.get_mut(&descriptor.pid)?.fresh_stat()?;
-        let recent = &self.recent;
-        self.opened
-            .retain(|pid, _| recent.iter().any(|descriptor| descriptor.pid == *pid));
+        self.forget_all_but_recent();
         Some(Holder {
             pid: descriptor.pid,
             stat,
         })
+    }
+
+    /// Closes the processes held open that are not those of `recent`.
+    fn forget_all_but_recent(&mut self) {
+        let recent = &self.recent;
+        self.opened
+            .retain(|pid, _| recent.iter().any(|descriptor| descriptor.pid == *pid));
     }
 
     fn rebuild(&mut self) {
@@ -448,6 +457,17 @@ mod tests {
             "processes held: {:?}",
             index.opened.len()
         );
+    }
+
+    #[test]
+    fn lookups_that_find_nothing_hold_few_processes_open() {
+        let mut index = SocketIndex::new(Members::Cgroup("/nonexistent".into()));
+        let alive: Vec<u32> = all_pids().take(4 * RECENT).collect();
+        for (inode, pid) in (1..).zip(&alive) {
+            index.index.insert(inode, Descriptor { pid: *pid, fd: 0 });
+            assert_eq!(index.known(&[inode]), None, "no socket at descriptor 0");
+            assert!(index.opened.len() <= 2 * RECENT, "{}", index.opened.len());
+        }
     }
 
     #[test]
