@@ -231,17 +231,18 @@ impl SocketIndex {
         self.indexed(inodes)
     }
 
-    /// The holder of the first of `inodes` the index has, if it still
-    /// holds it.
+    /// The holder of the first of `inodes` that the index has and that
+    /// is still where the index says.
     fn indexed(&mut self, inodes: &[u64]) -> Option<Holder> {
-        let (inode, descriptor) = inodes
-            .iter()
-            .find_map(|&inode| Some((inode, *self.index.get(&inode)?)))?;
-        if self.socket_at(descriptor) == Some(inode) {
-            self.holder(descriptor)
-        } else {
-            None
+        for &inode in inodes {
+            let Some(&descriptor) = self.index.get(&inode) else {
+                continue;
+            };
+            if self.socket_at(descriptor) == Some(inode) {
+                return self.holder(descriptor);
+            }
         }
+        None
     }
 
     /// The holder of one of `inodes` at a recent descriptor.
@@ -474,10 +475,14 @@ mod tests {
     fn a_socket_no_longer_held_is_not_attributed_from_the_index() {
         let mut index = this_netns();
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let inode = inode_of(&socket);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (inode, listening) = (inode_of(&socket), inode_of(&listener));
         assert!(index.holder_of_any(&[inode]).is_some());
+        assert!(index.index.contains_key(&listening), "indexed on the way");
         drop(socket);
         assert_eq!(index.known(&[inode]), None, "indexed, but gone");
+        let holder = index.known(&[inode, listening]).map(|holder| holder.pid);
+        assert_eq!(holder, Some(std::process::id()), "the next candidate");
     }
 
     #[test]
