@@ -200,6 +200,9 @@ impl SocketIndex {
     /// found where it is cheap to look: where the index says, or at the
     /// descriptors where the last sockets were found (one link read each).
     pub(crate) fn known(&mut self, inodes: &[u64]) -> Option<Holder> {
+        if inodes.is_empty() {
+            return None;
+        }
         self.indexed(inodes)
             .or_else(|| self.at_recent_descriptors(inodes))
     }
@@ -481,6 +484,7 @@ mod tests {
         assert!(index.index.contains_key(&listening), "indexed on the way");
         drop(socket);
         assert_eq!(index.known(&[inode]), None, "indexed, but gone");
+        assert_eq!(index.known(&[]), None, "nothing to look for");
         let holder = index.known(&[inode, listening]).map(|holder| holder.pid);
         assert_eq!(holder, Some(std::process::id()), "the next candidate");
     }
