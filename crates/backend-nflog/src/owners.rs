@@ -116,12 +116,17 @@ impl Owners {
         if let Some(holder) = self.sockets.known(&inodes) {
             return Some(holder);
         }
-        inodes.extend(
-            sides
-                .iter()
-                .filter_map(|&local| diag.listener_inode(key, local)),
-        );
-        self.sockets.holder_of_any(&inodes)
+        let listeners: Vec<u64> = sides
+            .iter()
+            .filter_map(|&local| diag.listener_inode(key, local))
+            .collect();
+        if let Some(holder) = self.sockets.known(&listeners) {
+            return Some(holder);
+        }
+        // Not where it is cheap to look: each is looked for further, the
+        // flow's own socket first.
+        inodes.extend(listeners);
+        self.sockets.search(&inodes)
     }
 }
 

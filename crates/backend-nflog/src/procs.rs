@@ -100,21 +100,25 @@ struct Descriptor {
     fd: u32,
 }
 
-/// The descriptors of process `pid`, with the inode of each that is a
-/// socket; `None` for another descriptor (its link was read all the same).
-fn descriptors(pid: u32) -> impl Iterator<Item = (Descriptor, Option<u64>)> {
+/// The descriptor numbers process `pid` has open (none once it is gone).
+fn open_fds(pid: u32) -> impl Iterator<Item = u32> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(move |entry| {
-            let fd = entry.file_name().to_str()?.parse().ok()?;
-            let link = std::fs::read_link(entry.path()).ok()?;
-            Some((
-                Descriptor { pid, fd },
-                socket_inode(link.as_os_str().as_bytes()),
-            ))
-        })
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+}
+
+/// The descriptors of process `pid`, with the inode of each that is a
+/// socket; `None` for another descriptor (its link was read all the same).
+fn descriptors(pid: u32) -> impl Iterator<Item = (Descriptor, Option<u64>)> {
+    open_fds(pid).filter_map(move |fd| {
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        Some((
+            Descriptor { pid, fd },
+            socket_inode(link.as_os_str().as_bytes()),
+        ))
+    })
 }
 
 /// The process holding a flow's socket.
@@ -207,21 +211,18 @@ impl SocketIndex {
             .or_else(|| self.at_recent_descriptors(inodes))
     }
 
-    /// The process holding the first of `inodes` (the likeliest first)
-    /// that is found: where it is [`known`](Self::known); else among the
+    /// The process holding the first of `inodes` that is found where it
+    /// is dearer to look, when none is [`known`](Self::known): among the
     /// rest of the descriptors of the processes where the last sockets
     /// were found (up to [`SCAN_BUDGET`] of them); else from a fresh index
     /// when the last is older than [`REBUILD_EVERY`]. One rebuild serves
     /// every inode of a flow: a flow whose first candidate missed must not
     /// find the others throttled by its own rebuild.
-    pub(crate) fn holder_of_any(&mut self, inodes: &[u64]) -> Option<Holder> {
+    pub(crate) fn search(&mut self, inodes: &[u64]) -> Option<Holder> {
         if inodes.is_empty() {
             return None;
         }
-        if let Some(holder) = self
-            .known(inodes)
-            .or_else(|| self.in_recent_processes(inodes))
-        {
+        if let Some(holder) = self.in_recent_processes(inodes) {
             return Some(holder);
         }
         if self
@@ -278,13 +279,7 @@ impl SocketIndex {
         }
         let mut budget = SCAN_BUDGET;
         for pid in pids {
-            let fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-                .take(budget)
-                .collect();
+            let fds: Vec<u32> = open_fds(pid).take(budget).collect();
             budget -= fds.len();
             for fd in fds {
                 let descriptor = Descriptor { pid, fd };
@@ -423,12 +418,17 @@ mod tests {
         SocketIndex::new(Members::this_netns().unwrap())
     }
 
+    /// Where `Owners` looks: where it is cheap, then further.
+    fn find(index: &mut SocketIndex, inodes: &[u64]) -> Option<Holder> {
+        index.known(inodes).or_else(|| index.search(inodes))
+    }
+
     #[test]
     fn this_process_holds_its_sockets() {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let inode = inode_of(&socket);
         let mut index = this_netns();
-        let holder = index.holder_of_any(&[1, inode]).unwrap();
+        let holder = find(&mut index, &[1, inode]).unwrap();
         assert_eq!(holder.pid, std::process::id());
         assert!(holder.stat.start_ns > 0);
         assert_eq!(index.known(&[inode]), Some(holder));
@@ -438,7 +438,7 @@ mod tests {
     fn sockets_made_one_after_another_are_found_between_rebuilds() {
         let mut index = this_netns();
         let first = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        assert!(index.holder_of_any(&[inode_of(&first)]).is_some());
+        assert!(find(&mut index, &[inode_of(&first)]).is_some());
         let built = index.built;
         // No rebuild is due from here on: each socket is found where the
         // last was, or beside it.
@@ -447,7 +447,7 @@ mod tests {
         let again = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let beside = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         for socket in [&again, &beside] {
-            let holder = index.holder_of_any(&[inode_of(socket)]);
+            let holder = find(&mut index, &[inode_of(socket)]);
             assert_eq!(holder.map(|holder| holder.pid), Some(std::process::id()));
         }
         assert!(built.is_some());
@@ -480,7 +480,7 @@ mod tests {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let (inode, listening) = (inode_of(&socket), inode_of(&listener));
-        assert!(index.holder_of_any(&[inode]).is_some());
+        assert!(find(&mut index, &[inode]).is_some());
         assert!(index.index.contains_key(&listening), "indexed on the way");
         drop(socket);
         assert_eq!(index.known(&[inode]), None, "indexed, but gone");
@@ -492,12 +492,12 @@ mod tests {
     #[test]
     fn a_miss_right_after_a_rebuild_reads_nothing() {
         let mut index = SocketIndex::new(Members::Cgroup("/nonexistent".into()));
-        assert_eq!(index.holder_of_any(&[]), None);
+        assert_eq!(find(&mut index, &[]), None);
         assert!(index.built.is_none(), "nothing to look for: nothing read");
-        assert_eq!(index.holder_of_any(&[1]), None);
+        assert_eq!(find(&mut index, &[1]), None);
         let built = index.built;
         assert!(built.is_some());
-        assert_eq!(index.holder_of_any(&[2]), None);
+        assert_eq!(find(&mut index, &[2]), None);
         assert_eq!(index.built, built, "not rebuilt within {REBUILD_EVERY:?}");
     }
 
